@@ -1,0 +1,197 @@
+//! The job file the host (or `qci run --local`) places in the dev VM at
+//! `~/.qci/jobs/JOB.json`. Only the dev VM reads it: dom0 takes the job id
+//! from the qrexec call and everything else from the exported code.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// What the dev VM needs to prepare a job and report on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    pub repository: Repository,
+    /// The commit under test (40 hex digits). With `source` unset the dev VM
+    /// clones `repository.url` at this commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<CommitSha>,
+    /// A working tree to run as it is, uncommitted changes included
+    /// (`qci run --local` without `--commit`). Takes precedence over cloning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PathBuf>,
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    pub reason: Reason,
+    #[serde(default)]
+    pub author: String,
+    #[serde(default)]
+    pub message: String,
+    pub sink: Sink,
+    /// The commit status context, e.g. `qci/qubes-4.2`.
+    #[serde(default = "default_context")]
+    pub context: String,
+    /// How long `begin` waits for dom0's runner before giving up.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_context() -> String {
+    "qci".to_owned()
+}
+
+fn default_timeout() -> u64 {
+    6 * 60 * 60
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repository {
+    /// Anything `git clone` accepts.
+    pub url: String,
+    /// `OWNER/REPO`, used for the GitHub statuses API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slug: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Push,
+    PullRequest,
+    Nightly,
+    Manual,
+}
+
+/// Where `qci.Status` forwards status events for this job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Sink {
+    /// Appends each event as a JSON line; a relative path is under `$HOME`.
+    File { path: PathBuf },
+    /// Posts commit statuses straight to GitHub (manual use inside Qubes).
+    Github {
+        /// `https://api.github.com`, or a GitHub Enterprise `/api/v3` base.
+        #[serde(default = "default_api_url")]
+        api_url: String,
+        /// A file holding the token; a relative path is under `$HOME`.
+        token_file: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target_url: Option<String>,
+        #[serde(default = "default_http_timeout")]
+        timeout_secs: u64,
+    },
+}
+
+fn default_api_url() -> String {
+    "https://api.github.com".to_owned()
+}
+
+fn default_http_timeout() -> u64 {
+    30
+}
+
+/// A full 40-hex-digit commit id; abbreviations are ambiguous over time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CommitSha(String);
+
+impl CommitSha {
+    pub fn parse(s: &str) -> Result<Self, JobFileError> {
+        if s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Self(s.to_ascii_lowercase()))
+        } else {
+            Err(JobFileError::BadCommit(s.chars().take(64).collect()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for CommitSha {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for CommitSha {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for CommitSha {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobFileError {
+    #[error("commit must be 40 hex digits, got {0:?}")]
+    BadCommit(String),
+    #[error("cannot read job file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("job file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("job file {0} names neither a source tree nor a commit to check out")]
+    NothingToRun(PathBuf),
+}
+
+impl JobFile {
+    pub fn load(path: &std::path::Path) -> Result<Self, JobFileError> {
+        let bytes = std::fs::read(path).map_err(|source| JobFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let job: JobFile = serde_json::from_slice(&bytes).map_err(|source| JobFileError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        if job.source.is_none() && job.commit.is_none() {
+            return Err(JobFileError::NothingToRun(path.to_owned()));
+        }
+        Ok(job)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_host_written_job() {
+        let raw = r#"{
+            "repository": {"url": "https://github.com/freedomofpress/securedrop-workstation", "slug": "freedomofpress/securedrop-workstation"},
+            "commit": "0123456789ABCDEF0123456789abcdef01234567",
+            "ref": "refs/heads/main", "reason": "pull_request", "author": "a", "message": "m",
+            "sink": {"kind": "github", "token_file": "/run/token"},
+            "context": "qci/qubes-4.2"
+        }"#;
+        let job: JobFile = serde_json::from_str(raw).unwrap();
+        assert_eq!(job.commit.unwrap().as_str(), "0123456789abcdef0123456789abcdef01234567");
+        assert_eq!(job.reason, Reason::PullRequest);
+        match job.sink {
+            Sink::Github { api_url, timeout_secs, .. } => {
+                assert_eq!(api_url, "https://api.github.com");
+                assert_eq!(timeout_secs, 30);
+            }
+            other => panic!("wrong sink {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_short_commits_and_unknown_fields() {
+        assert!(CommitSha::parse("abc123").is_err());
+        let raw = r#"{"repository":{"url":"x"},"reason":"manual","sink":{"kind":"file","path":"s"},"extra":1}"#;
+        assert!(serde_json::from_str::<JobFile>(raw).is_err());
+        let raw = r#"{"repository":{"url":"x"},"reason":"manual","sink":{"kind":"slack","path":"s"}}"#;
+        assert!(serde_json::from_str::<JobFile>(raw).is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! Job ids travel as qrexec service arguments and become file names on both
+//! sides, so every side validates them the same way before any use.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A job id: 1 to 64 characters of `[A-Za-z0-9_.-]`, not starting with `.`
+/// or `-`. Holding one proves it is safe as a file name and as a qrexec
+/// argument (no separators, no option-like or hidden names).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobIdError {
+    #[error("invalid job id: empty")]
+    Empty,
+    #[error("invalid job id: longer than 64 characters")]
+    TooLong,
+    #[error("invalid job id {0:?}: must not start with '.' or '-'")]
+    BadStart(String),
+    #[error("invalid job id {0:?}: only A-Z a-z 0-9 _ . - are allowed")]
+    BadChar(String),
+}
+
+impl JobId {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(s: &str) -> Result<Self, JobIdError> {
+        // Quote at most a bounded prefix: the input may be hostile and huge.
+        let shown = || s.chars().take(80).collect::<String>();
+        if s.is_empty() {
+            return Err(JobIdError::Empty);
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(JobIdError::TooLong);
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            return Err(JobIdError::BadChar(shown()));
+        }
+        if s.starts_with(['.', '-']) {
+            return Err(JobIdError::BadStart(shown()));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for JobId {
+    type Err = JobIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for JobId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for JobId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_documented_alphabet() {
+        for ok in ["a", "JOB-1", "local_20261122.1", "x".repeat(64).as_str(), "9"] {
+            assert_eq!(JobId::parse(ok).unwrap().as_str(), ok);
+        }
+    }
+
+    #[test]
+    fn refuses_everything_else() {
+        assert_eq!(JobId::parse(""), Err(JobIdError::Empty));
+        assert_eq!(JobId::parse(&"x".repeat(65)), Err(JobIdError::TooLong));
+        for bad in [".hidden", "-rf", "..", "a/b", "a b", "a+b", "é", "a\0", "../x"] {
+            assert!(JobId::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(matches!(JobId::parse("-x"), Err(JobIdError::BadStart(_))));
+        assert!(matches!(JobId::parse("a/b"), Err(JobIdError::BadChar(_))));
+    }
+}

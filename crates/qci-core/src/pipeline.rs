@@ -1,0 +1,200 @@
+//! The steps a project asks for, from `.qci.toml` at the top of its tree.
+//! The file comes from the dev VM, so it is parsed strictly and bounded.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// The file name looked for at the top of the exported tree.
+pub const FILE_NAME: &str = ".qci.toml";
+/// A pipeline file larger than this is refused unread.
+const MAX_FILE_BYTES: u64 = 64 * 1024;
+/// Used when a step names no timeout.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// An ordered list of steps; the first failure stops the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pipeline {
+    pub steps: Vec<Step>,
+    /// Qubes versions the project wants to run on (used by the host's pool).
+    pub qubes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Shown in the log as `[name]`: `[A-Za-z0-9_.-]`, at most 32 characters.
+    pub name: String,
+    /// Run with `sh -c` in the workspace.
+    pub command: String,
+    pub timeout: Duration,
+    /// Added to the step's environment after `CI=true`.
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    #[serde(default)]
+    qubes: Vec<String>,
+    steps: Vec<RawStep>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: String,
+    command: String,
+    /// A human duration: `90s`, `30m`, `2h`.
+    timeout: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot read {FILE_NAME}: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("{FILE_NAME} is larger than {MAX_FILE_BYTES} bytes")]
+    TooLarge,
+    #[error("{FILE_NAME} is not valid: {0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("{FILE_NAME}: {0}")]
+    Invalid(String),
+}
+
+impl Pipeline {
+    /// `make clone`, `make dev`, `make test`: what SecureDrop Workstation runs.
+    pub fn default_steps() -> Self {
+        let step = |name: &str| Step {
+            name: name.to_owned(),
+            command: format!("make {name}"),
+            timeout: DEFAULT_STEP_TIMEOUT,
+            env: BTreeMap::new(),
+        };
+        Self {
+            steps: vec![step("clone"), step("dev"), step("test")],
+            qubes: Vec::new(),
+        }
+    }
+
+    /// Reads `.qci.toml` from `tree`, or gives the default steps without one.
+    /// A symlinked pipeline file is refused: it could point anywhere in dom0.
+    pub fn load(tree: &Path) -> Result<Self, PipelineError> {
+        let path = tree.join(FILE_NAME);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default_steps()),
+            Err(e) => return Err(e.into()),
+        };
+        if !meta.is_file() {
+            return Err(PipelineError::Invalid("not a regular file".into()));
+        }
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(PipelineError::TooLarge);
+        }
+        Self::parse(&std::fs::read_to_string(&path)?)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, PipelineError> {
+        let raw: RawPipeline = toml::from_str(text)?;
+        if raw.steps.is_empty() {
+            return Err(PipelineError::Invalid("no steps".into()));
+        }
+        let mut steps = Vec::with_capacity(raw.steps.len());
+        for s in raw.steps {
+            let name_ok = !s.name.is_empty()
+                && s.name.len() <= 32
+                && s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if !name_ok {
+                return Err(PipelineError::Invalid(format!(
+                    "step name {:?} must be 1 to 32 characters of A-Z a-z 0-9 _ . -",
+                    s.name
+                )));
+            }
+            if steps.iter().any(|t: &Step| t.name == s.name) {
+                return Err(PipelineError::Invalid(format!("step {:?} appears twice", s.name)));
+            }
+            let timeout = match &s.timeout {
+                None => DEFAULT_STEP_TIMEOUT,
+                Some(t) => humantime::parse_duration(t).map_err(|e| {
+                    PipelineError::Invalid(format!("step {:?}: timeout {t:?}: {e}", s.name))
+                })?,
+            };
+            if timeout.is_zero() {
+                return Err(PipelineError::Invalid(format!("step {:?}: timeout is zero", s.name)));
+            }
+            if let Some(bad) = s.env.keys().find(|k| !valid_env_name(k)) {
+                return Err(PipelineError::Invalid(format!(
+                    "step {:?}: bad environment variable name {bad:?}",
+                    s.name
+                )));
+            }
+            steps.push(Step {
+                name: s.name,
+                command: s.command,
+                timeout,
+                env: s.env,
+            });
+        }
+        Ok(Self {
+            steps,
+            qubes: raw.qubes,
+        })
+    }
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_make_clone_dev_test() {
+        let p = Pipeline::default_steps();
+        let cmds: Vec<_> = p.steps.iter().map(|s| s.command.as_str()).collect();
+        assert_eq!(cmds, ["make clone", "make dev", "make test"]);
+    }
+
+    #[test]
+    fn parses_steps_in_order_with_timeouts_and_env() {
+        let p = Pipeline::parse(
+            r#"
+            qubes = ["4.2"]
+            [[steps]]
+            name = "lint"
+            command = "make lint"
+            timeout = "90s"
+            env = { RUST_LOG = "debug" }
+            [[steps]]
+            name = "test"
+            command = "make test"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(p.steps[0].name, "lint");
+        assert_eq!(p.steps[0].timeout, Duration::from_secs(90));
+        assert_eq!(p.steps[0].env["RUST_LOG"], "debug");
+        assert_eq!(p.steps[1].timeout, DEFAULT_STEP_TIMEOUT);
+        assert_eq!(p.qubes, ["4.2"]);
+    }
+
+    #[test]
+    fn refuses_bad_names_durations_and_fields() {
+        for bad in [
+            "[[steps]]\nname = \"a b\"\ncommand = \"x\"",
+            "[[steps]]\nname = \"a\"\ncommand = \"x\"\ntimeout = \"soon\"",
+            "[[steps]]\nname = \"a\"\ncommand = \"x\"\nshell = \"bash\"",
+            "[[steps]]\nname = \"a\"\ncommand = \"x\"\nenv = { \"A=B\" = \"1\" }",
+            "[[steps]]\nname = \"a\"\ncommand = \"x\"\n[[steps]]\nname = \"a\"\ncommand = \"y\"",
+            "steps = []",
+        ] {
+            assert!(Pipeline::parse(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Calling qrexec services. STUB.

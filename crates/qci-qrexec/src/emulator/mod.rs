@@ -1,0 +1,1 @@
+//! The emulated Qubes machine. STUB.

@@ -1,0 +1,1 @@
+//! The Qubes 4.1+ `policy.d` policy engine. STUB: to be implemented.

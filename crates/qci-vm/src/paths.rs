@@ -1,0 +1,34 @@
+//! Where a job's files live in the dev VM, all under `$HOME/.qci`.
+
+use qci_core::JobId;
+use std::path::{Path, PathBuf};
+
+/// The dev VM's qci directory for the user the services run as.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub home: PathBuf,
+}
+
+impl Paths {
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var_os("HOME") {
+            Some(h) if !h.is_empty() => Ok(Self { home: h.into() }),
+            _ => Err("HOME is not set".into()),
+        }
+    }
+
+    /// `~/.qci/jobs/JOB.json`, placed by the host or by hand.
+    pub fn job_file(&self, job: &JobId) -> PathBuf {
+        self.home.join(".qci/jobs").join(format!("{job}.json"))
+    }
+
+    /// `~/.qci/work/JOB`: the tree `qci.Export` sends to dom0.
+    pub fn workspace(&self, job: &JobId) -> PathBuf {
+        self.home.join(".qci/work").join(job.as_str())
+    }
+
+    /// Resolves a path from the job file: relative ones are under `$HOME`.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        self.home.join(p)
+    }
+}
