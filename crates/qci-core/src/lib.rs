@@ -9,6 +9,7 @@ pub mod job_file;
 pub mod job_id;
 pub mod log;
 pub mod pipeline;
+pub mod process;
 pub mod status;
 pub mod step;
 pub mod unpack;

@@ -117,7 +117,7 @@ impl Pipeline {
             }
             let timeout = match &s.timeout {
                 None => DEFAULT_STEP_TIMEOUT,
-                Some(t) => humantime::parse_duration(t).map_err(|e| {
+                Some(t) => parse_duration(t).map_err(|e| {
                     PipelineError::Invalid(format!("step {:?}: timeout {t:?}: {e}", s.name))
                 })?,
             };
@@ -142,6 +142,12 @@ impl Pipeline {
             qubes: raw.qubes,
         })
     }
+}
+
+/// Parses a human duration (`90s`, `30m`, `2h`, `1h 30m`), the one form
+/// every qci configuration file uses.
+pub fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
 }
 
 fn valid_env_name(name: &str) -> bool {

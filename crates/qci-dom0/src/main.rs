@@ -1,1 +1,109 @@
-fn main() {}
+//! `qci-dom0`: the `qci.Run` qrexec service in dom0.
+//!
+//! Called from the dev VM as `qci.Run+JOB`. It validates the call, takes the
+//! one-job-per-dom0 lock, pulls the code out of the dev VM through
+//! `qci.Export`, runs the steps, writes `LOG_DIR/JOB.log`, streams the same
+//! lines on stdout (qrexec sends a dom0 service's stderr to dom0's own log, not
+//! to the caller), and reports statuses through `qci.Status`.
+//!
+//! This binary has no network code: it only ever talks to the dev VM
+//! through qrexec, and treats everything that comes back as hostile data.
+
+mod config;
+mod fetch;
+mod lock;
+mod report;
+mod runner;
+
+use config::Config;
+use qci_core::log::{LogWriter, timestamp};
+use qci_core::{ExitCode, JobId};
+use qci_qrexec::service::ServiceCall;
+use std::time::SystemTime;
+
+const HELP: &str = "\
+qci-dom0: the qci.Run qrexec service (dom0)
+
+Installed as /etc/qubes-rpc/qci.Run and called from the dev VM:
+    qrexec-client-vm dom0 qci.Run+JOB
+
+The job id comes from the service argument; the caller from
+QREXEC_REMOTE_DOMAIN. Settings are read from /etc/qci/dom0.toml, or the file
+named by QCI_DOM0_CONFIG. Exit codes: 0 success, 1 a step failed, 2 bad input,
+3 CI error (transfer, timeout, busy).";
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QCI_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--help" || a == "-h") {
+        println!("{HELP}");
+        return ExitCode::Success.into();
+    }
+    serve(&args).into()
+}
+
+fn serve(args: &[std::ffi::OsString]) -> ExitCode {
+    let call = match ServiceCall::from_env(args) {
+        Ok(c) => c,
+        Err(e) => return refuse(ExitCode::BadInput, &e.to_string()),
+    };
+    let job = match JobId::parse(&call.argument) {
+        Ok(j) => j,
+        Err(e) => return refuse(ExitCode::BadInput, &e.to_string()),
+    };
+    let path = std::env::var_os("QCI_DOM0_CONFIG").unwrap_or_else(|| config::DEFAULT_PATH.into());
+    let config = match Config::load(path.as_ref()) {
+        Ok(c) => c,
+        Err(e) => return refuse(ExitCode::CiError, &format!("bad configuration: {e}")),
+    };
+    // Policy already allows only the dev VM; check again in case it changes.
+    match call.remote_domain.as_deref() {
+        Some(vm) if vm == config.dev_vm => {}
+        other => {
+            let who = other.unwrap_or("an unknown caller");
+            return refuse(
+                ExitCode::BadInput,
+                &format!("qci.Run may only be called from {}, not from {who}", config.dev_vm),
+            );
+        }
+    }
+    for dir in [&config.log_dir, &config.work_dir] {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return refuse(ExitCode::CiError, &format!("cannot create {}: {e}", dir.display()));
+        }
+    }
+    let _lock = match lock::RunLock::acquire(&config.work_dir.join("run.lock"), &job) {
+        Ok(l) => l,
+        Err(e) => return refuse(ExitCode::CiError, &e.to_string()),
+    };
+    let log_path = config.log_dir.join(format!("{job}.log"));
+    let log = match LogWriter::create(&log_path, Some(Box::new(std::io::stdout()))) {
+        Ok(l) => l,
+        Err(e) => return refuse(ExitCode::CiError, &format!("cannot create {}: {e}", log_path.display())),
+    };
+    let reporter = report::Reporter {
+        dev_vm: config.dev_vm.clone(),
+        job: job.clone(),
+        timeout: config.status_timeout,
+    };
+    runner::Run {
+        config: &config,
+        job: &job,
+        log,
+        reporter,
+    }
+    .execute()
+}
+
+/// Refuses the call before any job starts. The caller sees only stdout, so
+/// the reason goes there (as a log line) as well as to dom0's qrexec log.
+fn refuse(code: ExitCode, why: &str) -> ExitCode {
+    tracing::error!("refused: {why}");
+    println!("{} [qci] refused: {why}", timestamp(SystemTime::now()));
+    code
+}

@@ -1,1 +1,199 @@
-//! STUB
+//! `qci-vm begin JOB`: prepare the job's workspace and hand the job to dom0.
+//!
+//! The workspace is what `qci.Export` later sends to dom0:
+//! - with `source` in the job file, a copy of that working tree as it is now
+//!   (uncommitted changes included). In a git work tree that means the files
+//!   git would see: tracked and untracked ones, minus ignored ones and the
+//!   local state directory `.qci/`, without `.git` itself. Copying (rather
+//!   than exporting the tree in place) pins what runs even if the developer
+//!   keeps editing.
+//! - otherwise a clone of the repository checked out at the commit.
+
+use crate::paths::Paths;
+use crate::sink;
+use qci_core::job_file::JobFile;
+use qci_core::process::wait_or_kill;
+use qci_core::{ExitCode, JobId, State, StatusEvent};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Bound on each git command while preparing the workspace.
+const GIT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Top-level names never copied from a working tree.
+const SKIPPED: [&str; 2] = [".git", ".qci"];
+
+pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
+    let job_file = match JobFile::load(&paths.job_file(job)) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("qci-vm: {e}");
+            return ExitCode::BadInput;
+        }
+    };
+    let workspace = paths.workspace(job);
+    if let Err(e) = prepare(&job_file, &workspace) {
+        return give_up(job, &job_file, paths, &format!("Cannot prepare the workspace: {e}"));
+    }
+    let mut child = match qci_qrexec::call::from_vm("dom0", "qci.Run", job.as_str())
+        .stdin(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return give_up(job, &job_file, paths, &format!("Cannot call qci.Run: {e}")),
+    };
+    let timeout = Duration::from_secs(job_file.timeout_secs);
+    let status = match wait_or_kill(&mut child, timeout) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            let why = format!("No result from dom0 within {}s", timeout.as_secs());
+            return give_up(job, &job_file, paths, &why);
+        }
+        Err(e) => return give_up(job, &job_file, paths, &format!("Lost qci.Run: {e}")),
+    };
+    match status.code() {
+        // The runner's own codes: it has reported the final status itself.
+        Some(c @ 0..=3) => ExitCode::from_status(Some(c)),
+        code => {
+            let why = qci_qrexec::call::describe_exit(code)
+                .map(|w| format!("dom0 runner did not run: {w}"))
+                .unwrap_or_else(|| format!("dom0 runner ended abnormally ({status})"));
+            give_up(job, &job_file, paths, &why)
+        }
+    }
+}
+
+/// Ends a job that dom0 could not finish: says why, and makes sure the
+/// commit does not stay pending.
+fn give_up(job: &JobId, job_file: &JobFile, paths: &Paths, why: &str) -> ExitCode {
+    eprintln!("qci-vm: {why}");
+    let event = StatusEvent::new(job, State::Error, why);
+    if let Err(e) = sink::forward(&event, job_file, paths) {
+        eprintln!("qci-vm: cannot report the error status: {e}");
+    }
+    ExitCode::CiError
+}
+
+fn prepare(job: &JobFile, workspace: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(workspace) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    if let Some(parent) = workspace.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if let Some(source) = &job.source {
+        std::fs::create_dir(workspace)?;
+        copy_working_tree(source, workspace)
+    } else if let Some(commit) = &job.commit {
+        let ws = workspace.as_os_str();
+        git(None, &["clone".as_ref(), "--quiet".as_ref(), "--no-checkout".as_ref(), "--".as_ref(), job.repository.url.as_ref(), ws])?;
+        git(Some(workspace), &["checkout".as_ref(), "--quiet".as_ref(), "--detach".as_ref(), commit.as_str().as_ref()])?;
+        Ok(())
+    } else {
+        Err(std::io::Error::other("the job names neither a source tree nor a commit"))
+    }
+}
+
+fn git(dir: Option<&Path>, args: &[&std::ffi::OsStr]) -> std::io::Result<Vec<u8>> {
+    let mut cmd = Command::new("git");
+    if let Some(d) = dir {
+        cmd.arg("-C").arg(d);
+    }
+    let mut child = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Read both pipes on threads so a chatty git cannot block on a full pipe.
+    let out = child.stdout.take().map(|mut o| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut o, &mut v);
+            v
+        })
+    });
+    let err = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut e, &mut s);
+            s
+        })
+    });
+    let status = wait_or_kill(&mut child, GIT_TIMEOUT)?;
+    let out = out.and_then(|t| t.join().ok()).unwrap_or_default();
+    let err = err.and_then(|t| t.join().ok()).unwrap_or_default();
+    let shown: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+    match status {
+        None => Err(std::io::Error::other(format!("git {} timed out", shown.join(" ")))),
+        Some(s) if !s.success() => Err(std::io::Error::other(format!(
+            "git {} failed: {}",
+            shown.join(" "),
+            err.trim()
+        ))),
+        Some(_) => Ok(out),
+    }
+}
+
+fn copy_working_tree(source: &Path, dest: &Path) -> std::io::Result<()> {
+    let listed = git(
+        Some(source),
+        &["ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", ".", ":(exclude).qci", ":(exclude).git"]
+            .map(std::ffi::OsStr::new),
+    );
+    match listed {
+        Ok(list) => {
+            for rel in list.split(|&b| b == 0).filter(|p| !p.is_empty()) {
+                let rel: &std::ffi::OsStr = std::os::unix::ffi::OsStrExt::from_bytes(rel);
+                copy_entry(&source.join(rel), &dest.join(rel))?;
+            }
+            Ok(())
+        }
+        // Not a git work tree: take everything.
+        Err(_) => copy_dir(source, dest, true),
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path, top: bool) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(from)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        if top && SKIPPED.iter().any(|s| e.file_name() == *s) {
+            continue;
+        }
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type()?.is_dir() {
+            std::fs::create_dir_all(&dst)?;
+            copy_dir(&src, &dst, false)?;
+        } else {
+            copy_entry(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies one file or symlink (never following it); a path git lists but
+/// the tree no longer has (a deleted file) is skipped, as a commit would.
+fn copy_entry(from: &Path, to: &Path) -> std::io::Result<()> {
+    let meta = match std::fs::symlink_metadata(from) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
+    } else if meta.is_file() {
+        std::fs::copy(from, to).map(|_| ())
+    } else if meta.is_dir() {
+        // A submodule or nested repository: its files as they are.
+        std::fs::create_dir_all(to)?;
+        copy_dir(from, to, false)
+    } else {
+        tracing::warn!("skipping {}: not a file, directory or symlink", from.display());
+        Ok(())
+    }
+}

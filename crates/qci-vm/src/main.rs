@@ -8,13 +8,122 @@
 //!   as a tar stream on stdout.
 //!
 //! The services take the job id from their argument (`$1`, or
-//! `QREXEC_SERVICE_ARGUMENT`), as qrexec passes it.
+//! `QREXEC_SERVICE_ARGUMENT`), as qrexec passes it, and answer only dom0.
 
 mod begin;
 mod export;
 mod paths;
 mod sink;
 
+use clap::{Parser, Subcommand};
+use paths::Paths;
+use qci_core::job_file::JobFile;
+use qci_core::{ExitCode, JobId, StatusEvent};
+use qci_qrexec::service::ServiceCall;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+
+#[derive(Parser)]
+#[command(
+    name = "qci-vm",
+    version,
+    about = "The dev VM side of qci: starts jobs and serves dom0's qci.Status and qci.Export calls",
+    after_help = "Job files live in ~/.qci/jobs/JOB.json, workspaces in ~/.qci/work/JOB.\n\
+                  Exit codes: 0 success, 1 a step failed, 2 bad input, 3 CI error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prepare the job's workspace, run it in dom0 and stream its log.
+    Begin {
+        /// The job id; ~/.qci/jobs/JOB.json must exist.
+        job: String,
+    },
+    /// The qci.Status service: forward one status event (JSON on stdin).
+    Status {
+        /// The job id (qrexec passes it as the service argument).
+        job: Option<OsString>,
+    },
+    /// The qci.Export service: write the job's workspace as a tar stream.
+    Export {
+        /// The job id (qrexec passes it as the service argument).
+        job: Option<OsString>,
+    },
+}
+
 fn main() -> std::process::ExitCode {
-    todo!()
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QCI_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let paths = match Paths::from_env() {
+        Ok(p) => p,
+        Err(e) => return fail(ExitCode::CiError, &e).into(),
+    };
+    let code = match cli.command {
+        Command::Begin { job } => match JobId::parse(&job) {
+            Ok(job) => begin::begin(&job, &paths),
+            Err(e) => fail(ExitCode::BadInput, &e.to_string()),
+        },
+        Command::Status { job } => service_call(job).map_or_else(|e| e, |job| status(&job, &paths)),
+        Command::Export { job } => service_call(job).map_or_else(|e| e, |job| export(&job, &paths)),
+    };
+    code.into()
+}
+
+fn fail(code: ExitCode, why: &str) -> ExitCode {
+    eprintln!("qci-vm: {why}");
+    code
+}
+
+/// Validates a service call: the job id, and that dom0 is the caller (policy
+/// already keeps other VMs out; this holds if policy is ever loosened).
+fn service_call(arg: Option<OsString>) -> Result<JobId, ExitCode> {
+    let call = ServiceCall::from_env(arg.as_slice()).map_err(|e| fail(ExitCode::BadInput, &e.to_string()))?;
+    if let Some(caller) = call.remote_domain.as_deref().filter(|d| *d != "dom0") {
+        return Err(fail(ExitCode::BadInput, &format!("only dom0 may call this service, not {caller}")));
+    }
+    JobId::parse(&call.argument).map_err(|e| fail(ExitCode::BadInput, &e.to_string()))
+}
+
+fn status(job: &JobId, paths: &Paths) -> ExitCode {
+    let job_file = match JobFile::load(&paths.job_file(job)) {
+        Ok(j) => j,
+        Err(e) => return fail(ExitCode::BadInput, &e.to_string()),
+    };
+    let mut raw = Vec::new();
+    let limit = StatusEvent::MAX_WIRE_BYTES;
+    if let Err(e) = std::io::stdin().lock().take(limit + 1).read_to_end(&mut raw) {
+        return fail(ExitCode::CiError, &format!("cannot read the status event: {e}"));
+    }
+    if raw.len() as u64 > limit {
+        return fail(ExitCode::BadInput, &format!("status event is larger than {limit} bytes"));
+    }
+    let event = match StatusEvent::parse_for(&raw, job) {
+        Ok(e) => e,
+        Err(e) => return fail(ExitCode::BadInput, &e.to_string()),
+    };
+    match sink::forward(&event, &job_file, paths) {
+        Ok(()) => ExitCode::Success,
+        Err(e) => fail(ExitCode::CiError, &format!("cannot forward the {} status: {e}", event.state)),
+    }
+}
+
+fn export(job: &JobId, paths: &Paths) -> ExitCode {
+    let workspace = paths.workspace(job);
+    if !workspace.is_dir() {
+        return fail(ExitCode::BadInput, &format!("job {job} has no workspace (was `qci-vm begin {job}` run?)"));
+    }
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    match export::export(&workspace, &mut out).and_then(|()| out.flush().map_err(export::ExportError::Finish)) {
+        Ok(()) => ExitCode::Success,
+        Err(e) => fail(ExitCode::CiError, &format!("export of job {job} failed: {e}")),
+    }
 }

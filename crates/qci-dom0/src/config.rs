@@ -1,0 +1,161 @@
+//! dom0's own settings. dom0 trusts its configuration and nothing from the
+//! dev VM, so everything that bounds a run (who may call, where files go, how
+//! long things may take, how much code may arrive) is set here.
+
+use qci_core::unpack::Limits;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Read when `QCI_DOM0_CONFIG` does not name another file.
+pub const DEFAULT_PATH: &str = "/etc/qci/dom0.toml";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The only qube allowed to call `qci.Run` (also enforced by policy).
+    pub dev_vm: String,
+    /// Where `JOB.log` is written.
+    pub log_dir: PathBuf,
+    /// Where the exported code is unpacked and the lock lives.
+    pub work_dir: PathBuf,
+    /// Whole-job bound, whatever the steps' own timeouts say.
+    pub job_timeout: Duration,
+    /// Bound on one `qci.Status` call.
+    pub status_timeout: Duration,
+    /// Bound on pulling the code.
+    pub export_timeout: Duration,
+    /// Between SIGTERM and SIGKILL when a step is stopped.
+    pub kill_grace: Duration,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            dev_vm: "sd-dev".into(),
+            log_dir: "/var/log/qci".into(),
+            work_dir: "/var/lib/qci".into(),
+            job_timeout: Duration::from_secs(6 * 3600),
+            status_timeout: Duration::from_secs(60),
+            export_timeout: Duration::from_secs(30 * 60),
+            kill_grace: Duration::from_secs(10),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The file's shape: every key optional, unknown keys refused (a typo in a
+/// limit must not silently fall back to the default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    dev_vm: Option<String>,
+    log_dir: Option<PathBuf>,
+    work_dir: Option<PathBuf>,
+    job_timeout: Option<String>,
+    status_timeout: Option<String>,
+    export_timeout: Option<String>,
+    kill_grace: Option<String>,
+    max_total_bytes: Option<u64>,
+    max_entries: Option<u64>,
+    max_path_len: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Toml {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{path}: {key}: {reason}")]
+    Value {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Loads `path`; a missing file means the defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.into(),
+                    source,
+                });
+            }
+        };
+        let raw: RawConfig = toml::from_str(&text).map_err(|source| ConfigError::Toml {
+            path: path.into(),
+            source,
+        })?;
+        let mut c = Self::default();
+        let duration = |key: &'static str, v: Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(s) => qci_core::pipeline::parse_duration(&s).ok().ok_or_else(|| ConfigError::Value {
+                path: path.into(),
+                key,
+                reason: format!("{s:?} is not a duration like 90s, 30m or 6h"),
+            }),
+        };
+        c.job_timeout = duration("job_timeout", raw.job_timeout, c.job_timeout)?;
+        c.status_timeout = duration("status_timeout", raw.status_timeout, c.status_timeout)?;
+        c.export_timeout = duration("export_timeout", raw.export_timeout, c.export_timeout)?;
+        c.kill_grace = duration("kill_grace", raw.kill_grace, c.kill_grace)?;
+        if let Some(vm) = raw.dev_vm {
+            c.dev_vm = vm;
+        }
+        if let Some(d) = raw.log_dir {
+            c.log_dir = d;
+        }
+        if let Some(d) = raw.work_dir {
+            c.work_dir = d;
+        }
+        if let Some(v) = raw.max_total_bytes {
+            c.limits.max_total_bytes = v;
+        }
+        if let Some(v) = raw.max_entries {
+            c.limits.max_entries = v;
+        }
+        if let Some(v) = raw.max_path_len {
+            c.limits.max_path_len = v;
+        }
+        Ok(c)
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_gives_defaults_and_keys_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&dir.path().join("none.toml")).unwrap();
+        assert_eq!(c.dev_vm, "sd-dev");
+        let p = dir.path().join("dom0.toml");
+        std::fs::write(&p, "dev_vm = \"work\"\nkill_grace = \"2s\"\nmax_entries = 10\n").unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!((c.dev_vm.as_str(), c.kill_grace, c.limits.max_entries), ("work", Duration::from_secs(2), 10));
+    }
+
+    #[test]
+    fn typos_and_bad_durations_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dom0.toml");
+        std::fs::write(&p, "dev_mv = \"x\"\n").unwrap();
+        assert!(Config::load(&p).unwrap_err().to_string().contains("unknown field"));
+        std::fs::write(&p, "job_timeout = \"forever\"\n").unwrap();
+        assert!(Config::load(&p).unwrap_err().to_string().contains("job_timeout"));
+    }
+}

@@ -1,0 +1,159 @@
+//! One run of `qci.Run`: report `running`, pull the code, run the steps in
+//! order until one fails, and report the final status. Every outcome,
+//! including CI's own failures, ends in exactly one final status.
+
+use crate::config::Config;
+use crate::fetch::fetch_code;
+use crate::report::Reporter;
+use qci_core::log::LogWriter;
+use qci_core::pipeline::Pipeline;
+use qci_core::step::{StepContext, StepOutcome, run_step};
+use qci_core::{ExitCode, JobId, State};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// A run's end: the final status and the process exit code that go with it.
+pub struct Verdict {
+    pub state: State,
+    pub description: String,
+    pub exit: ExitCode,
+}
+
+impl Verdict {
+    fn new(state: State, description: impl Into<String>, exit: ExitCode) -> Self {
+        Self {
+            state,
+            description: description.into(),
+            exit,
+        }
+    }
+}
+
+/// The log's tag for qci's own lines, as opposed to a step's output.
+const QCI: &str = "qci";
+
+pub struct Run<'a> {
+    pub config: &'a Config,
+    pub job: &'a JobId,
+    pub log: LogWriter,
+    pub reporter: Reporter,
+}
+
+impl Run<'_> {
+    /// Runs the job to its end and reports the final status.
+    pub fn execute(mut self) -> ExitCode {
+        let started = Instant::now();
+        self.note(&format!("job {} called from {}", self.job, self.config.dev_vm));
+        self.report(State::Running, "Fetching the code");
+        let verdict = self.stages(started);
+        self.note(&format!(
+            "job {}: {} ({}) after {:.1}s",
+            self.job,
+            verdict.state,
+            verdict.description,
+            started.elapsed().as_secs_f64()
+        ));
+        self.report(verdict.state, &verdict.description);
+        verdict.exit
+    }
+
+    fn stages(&mut self, started: Instant) -> Verdict {
+        let workspace = match self.fresh_workspace() {
+            Ok(w) => w,
+            Err(e) => {
+                return Verdict::new(State::Error, format!("Cannot prepare the workspace: {e}"), ExitCode::CiError);
+            }
+        };
+        let fetched = fetch_code(
+            &self.config.dev_vm,
+            self.job,
+            &workspace,
+            &self.config.limits,
+            self.config.export_timeout,
+        );
+        match fetched {
+            Ok(s) => self.note(&format!("fetched the code: {} entries, {} bytes", s.entries, s.bytes)),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&workspace);
+                return Verdict::new(State::Error, format!("Code transfer failed: {e}"), ExitCode::CiError);
+            }
+        }
+        let pipeline = match Pipeline::load(&workspace) {
+            Ok(p) => p,
+            Err(e) => return Verdict::new(State::Failure, e.to_string(), ExitCode::StepFailed),
+        };
+        let deadline = started + self.config.job_timeout;
+        let total = pipeline.steps.len();
+        for (i, step) in pipeline.steps.iter().enumerate() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let mut step = step.clone();
+            let job_bound = remaining < step.timeout;
+            step.timeout = step.timeout.min(remaining);
+            if step.timeout.is_zero() {
+                return Verdict::new(State::Error, format!("Job timed out before {}", step.command), ExitCode::CiError);
+            }
+            self.report(State::Running, &format!("Running {} ({}/{total})", step.command, i + 1));
+            self.note(&format!("step {}: {}", step.name, step.command));
+            let step_started = Instant::now();
+            let ctx = StepContext {
+                workdir: &workspace,
+                env: vec![("QCI_JOB".into(), self.job.to_string())],
+                grace: self.config.kill_grace,
+            };
+            let outcome = match run_step(&step, &ctx, &mut self.log) {
+                Ok(o) => o,
+                Err(e) => return Verdict::new(State::Error, e.to_string(), ExitCode::CiError),
+            };
+            let took = step_started.elapsed().as_secs_f64();
+            match outcome {
+                StepOutcome::Succeeded => self.note(&format!("step {} passed in {took:.1}s", step.name)),
+                StepOutcome::Failed { code, signal } => {
+                    let how = match (code, signal) {
+                        (Some(c), _) => format!("exit {c}"),
+                        (None, Some(s)) => format!("signal {s}"),
+                        (None, None) => "unknown status".into(),
+                    };
+                    return Verdict::new(State::Failure, format!("{} failed ({how})", step.command), ExitCode::StepFailed);
+                }
+                StepOutcome::TimedOut => {
+                    let which = if job_bound { "the job timeout" } else { "its timeout" };
+                    return Verdict::new(
+                        State::Error,
+                        format!("{} timed out after {took:.0}s ({which})", step.command),
+                        ExitCode::CiError,
+                    );
+                }
+            }
+        }
+        Verdict::new(State::Success, format!("All {total} steps passed"), ExitCode::Success)
+    }
+
+    /// `WORK/jobs/JOB`, empty. Runs are one at a time, so older jobs'
+    /// trees are removed here rather than left to fill dom0's disk.
+    fn fresh_workspace(&self) -> std::io::Result<PathBuf> {
+        let jobs = self.config.work_dir.join("jobs");
+        remove_if_present(&jobs)?;
+        let ws = jobs.join(self.job.as_str());
+        std::fs::create_dir_all(&ws)?;
+        Ok(ws)
+    }
+
+    fn note(&mut self, text: &str) {
+        if let Err(e) = self.log.line(QCI, text.as_bytes()) {
+            tracing::error!("cannot write the log: {e}");
+        }
+    }
+
+    fn report(&mut self, state: State, description: &str) {
+        if let Err(e) = self.reporter.send(state, description) {
+            self.note(&format!("could not report {state}: {e}"));
+        }
+    }
+}
+
+fn remove_if_present(p: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

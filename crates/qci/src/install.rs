@@ -1,0 +1,160 @@
+//! Puts qci onto an emulated machine exactly as it ships to Qubes: the
+//! service files from `qubes-rpc/`, the policy from `policy/`, and the
+//! binaries, plus the emulated qrexec tools each domain expects on its PATH.
+
+use qci_qrexec::emulator::{DOM0, Machine, MachineError, QubeSpec};
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The files that ship to Qubes, compiled in so the installed copy is
+/// always the one this qci was built with.
+const DOM0_SERVICES: [(&str, &str); 1] = [("qci.Run", include_str!("../../../qubes-rpc/dom0/qci.Run"))];
+const VM_SERVICES: [(&str, &str); 2] = [
+    ("qci.Status", include_str!("../../../qubes-rpc/dev-vm/qci.Status")),
+    ("qci.Export", include_str!("../../../qubes-rpc/dev-vm/qci.Export")),
+];
+const POLICY: (&str, &str) = ("30-qci.policy", include_str!("../../../policy/30-qci.policy"));
+/// What Qubes's `qubes.VMShell` does: a shell reading commands from stdin.
+const VMSHELL: &str = "#!/bin/sh\nexec /bin/bash\n";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot find {name} in {dir} (build the whole workspace: cargo build)")]
+    MissingBinary { name: String, dir: PathBuf },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
+    move |source| InstallError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates or refreshes the machine at `root` with dom0 and `dev_vm`.
+pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, InstallError> {
+    let qubes = BTreeMap::from([(
+        dev_vm.to_owned(),
+        QubeSpec {
+            klass: "AppVM".into(),
+            tags: Vec::new(),
+        },
+    )]);
+    let machine = Machine::create_or_open(root, &qubes)?;
+
+    let multicall = machine.root().join("bin/qci");
+    let qci = std::env::current_exe().map_err(io(bin_dir))?;
+    copy_if_changed(&qci, &multicall)?;
+
+    let dom0 = machine.domain_root(DOM0)?;
+    for (name, text) in DOM0_SERVICES {
+        write_if_changed(&dom0.join("etc/qubes-rpc").join(name), text.as_bytes(), 0o755)?;
+    }
+    write_if_changed(&dom0.join("etc/qubes/policy.d").join(POLICY.0), POLICY.1.as_bytes(), 0o644)?;
+    copy_if_changed(&binary(bin_dir, "qci-dom0")?, &machine.bin_dir(DOM0)?.join("qci-dom0"))?;
+    link_tools(&machine, DOM0, &["qvm-run", "qrexec-client"], &multicall)?;
+    let config = dom0.join("etc/qci/dom0.toml");
+    let settings = format!(
+        "# Written by qci run --local for this emulated machine.\ndev_vm = {dev_vm:?}\nlog_dir = {:?}\nwork_dir = {:?}\n",
+        dom0.join("var/log/qci"),
+        dom0.join("var/lib/qci"),
+    );
+    write_if_changed(&config, settings.as_bytes(), 0o644)?;
+    write_environment(&machine, DOM0, &[("QCI_DOM0_CONFIG", config.to_string_lossy().as_ref())])?;
+
+    let vm = machine.domain_root(dev_vm)?;
+    for (name, text) in VM_SERVICES {
+        write_if_changed(&vm.join("etc/qubes-rpc").join(name), text.as_bytes(), 0o755)?;
+    }
+    write_if_changed(&vm.join("etc/qubes-rpc/qubes.VMShell"), VMSHELL.as_bytes(), 0o755)?;
+    copy_if_changed(&binary(bin_dir, "qci-vm")?, &machine.bin_dir(dev_vm)?.join("qci-vm"))?;
+    link_tools(&machine, dev_vm, &["qrexec-client-vm"], &multicall)?;
+    write_environment(&machine, dev_vm, &[])?;
+    Ok(machine)
+}
+
+/// The directory holding `qci-dom0` and `qci-vm`: `QCI_BIN_DIR`, or the one
+/// this `qci` was started from (cargo puts them side by side).
+pub fn default_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("QCI_BIN_DIR") {
+        return dir.into();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_owned))
+        .unwrap_or_default()
+}
+
+fn binary(dir: &Path, name: &str) -> Result<PathBuf, InstallError> {
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(InstallError::MissingBinary {
+            name: name.into(),
+            dir: dir.into(),
+        })
+    }
+}
+
+/// The domain's PATH keeps its own programs first, then the host's, so
+/// steps find the host's tools as they would find dom0's.
+fn write_environment(machine: &Machine, domain: &str, extra: &[(&str, &str)]) -> Result<(), InstallError> {
+    let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut text = format!(
+        "# Written by qci run --local: the environment of every process in {domain}.\nPATH={}:{host_path}\n",
+        machine.bin_dir(domain)?.display()
+    );
+    for (k, v) in extra {
+        text.push_str(&format!("{k}={v}\n"));
+    }
+    let path = machine.domain_root(domain)?.join("etc/environment");
+    write_if_changed(&path, text.as_bytes(), 0o644)
+}
+
+fn link_tools(machine: &Machine, domain: &str, tools: &[&str], multicall: &Path) -> Result<(), InstallError> {
+    let bin = machine.bin_dir(domain)?;
+    for tool in tools {
+        let link = bin.join(tool);
+        if std::fs::read_link(&link).ok().as_deref() == Some(multicall) {
+            continue;
+        }
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(multicall, &link).map_err(io(&link))?;
+    }
+    Ok(())
+}
+
+/// Replaces `to` by renaming a fresh copy over it, so a binary that another
+/// run is executing is never written in place.
+fn copy_if_changed(from: &Path, to: &Path) -> Result<(), InstallError> {
+    let src = std::fs::metadata(from).map_err(io(from))?;
+    if let Ok(dst) = std::fs::metadata(to) {
+        if dst.len() == src.len() && dst.modified().ok() >= src.modified().ok() {
+            return Ok(());
+        }
+    }
+    let tmp = to.with_extension("installing");
+    std::fs::create_dir_all(to.parent().unwrap_or(Path::new("/"))).map_err(io(to))?;
+    std::fs::copy(from, &tmp).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, to).map_err(io(to))
+}
+
+fn write_if_changed(path: &Path, content: &[u8], mode: u32) -> Result<(), InstallError> {
+    if std::fs::read(path).ok().as_deref() != Some(content) {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        let tmp = path.with_extension("installing");
+        std::fs::write(&tmp, content).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))
+}

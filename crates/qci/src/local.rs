@@ -1,0 +1,193 @@
+//! `qci run --local DIR`: one CI job on an emulated Qubes machine, started
+//! and watched from outside it as the host does with a real one.
+
+use crate::install;
+use qci_core::job_file::{CommitSha, JobFile, Reason, Repository, Sink};
+use qci_core::process::wait_or_kill;
+use qci_core::{ExitCode, JobId, State, StatusEvent};
+use qci_qrexec::emulator::{DOM0, Machine};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+/// The dev VM of a local machine, as on SecureDrop Workstation.
+pub const DEV_VM: &str = "sd-dev";
+
+pub struct LocalRun {
+    pub dir: PathBuf,
+    pub commit: Option<String>,
+    pub state_dir: PathBuf,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("cannot resolve {rev:?} in {dir}: {why}")]
+    BadCommit { rev: String, dir: PathBuf, why: String },
+    #[error(transparent)]
+    Install(#[from] install::InstallError),
+    #[error(transparent)]
+    Machine(#[from] qci_qrexec::emulator::MachineError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+impl LocalError {
+    /// Bad input from the user, or our own failure.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::NotADirectory(_) | Self::BadCommit { .. } => ExitCode::BadInput,
+            _ => ExitCode::CiError,
+        }
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError {
+    let what = what.into();
+    move |source| LocalError::Io { what, source }
+}
+
+impl LocalRun {
+    pub fn execute(&self) -> Result<ExitCode, LocalError> {
+        let dir = std::fs::canonicalize(&self.dir).map_err(|_| LocalError::NotADirectory(self.dir.clone()))?;
+        if !dir.is_dir() {
+            return Err(LocalError::NotADirectory(dir));
+        }
+        let commit = self.commit.as_deref().map(|rev| resolve_commit(&dir, rev)).transpose()?;
+        let machine = install::install(&self.state_dir.join("machine"), DEV_VM, &install::default_bin_dir())?;
+        let job = new_job_id();
+        let job_file = JobFile {
+            repository: Repository {
+                url: dir.to_string_lossy().into_owned(),
+                slug: None,
+            },
+            source: if commit.is_some() { None } else { Some(dir.clone()) },
+            commit,
+            git_ref: None,
+            reason: Reason::Manual,
+            author: std::env::var("USER").unwrap_or_default(),
+            message: String::new(),
+            sink: Sink::File {
+                path: status_file_rel(&job),
+            },
+            context: "qci/local".into(),
+            timeout_secs: self.timeout.as_secs(),
+        };
+        let home = machine.home(DEV_VM)?;
+        let job_path = home.join(".qci/jobs").join(format!("{job}.json"));
+        std::fs::create_dir_all(job_path.parent().unwrap_or(&home)).map_err(io("cannot create the jobs directory"))?;
+        let text = serde_json::to_vec_pretty(&job_file).map_err(|e| io("cannot write the job file")(e.into()))?;
+        std::fs::write(&job_path, text).map_err(io(format!("cannot write {}", job_path.display())))?;
+        eprintln!("qci: job {job} on {} ({DEV_VM})", machine.root().display());
+
+        // As the host does: start `begin` in the dev VM through dom0.
+        let mut child = Command::new(machine.bin_dir(DOM0)?.join("qvm-run"))
+            .env_clear()
+            .envs(machine.domain_env(DOM0)?)
+            .args(["--pass-io", "--no-gui", DEV_VM])
+            .arg(format!("qci-vm begin {job}"))
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(io("cannot start qvm-run in the emulated dom0"))?;
+        // begin bounds the job itself; this bounds begin.
+        let status = wait_or_kill(&mut child, self.timeout + Duration::from_secs(60))
+            .map_err(io("lost the job"))?;
+        let code = status.and_then(|s| s.code());
+        let mut outcome = ExitCode::from_status(code);
+
+        let events = read_events(&home.join(status_file_rel(&job)), &job);
+        let last = events.iter().rev().find(|e| e.state.is_final());
+        let final_event = match last {
+            Some(e) => e.clone(),
+            None => {
+                // Nobody posted a final status: the watcher does, so the
+                // commit never stays pending.
+                let why = match code {
+                    None if status.is_none() => format!("Job timed out after {}s", self.timeout.as_secs()),
+                    Some(c) => format!("Job ended without a final status (exit {c})"),
+                    None => "Job ended without a final status (killed)".into(),
+                };
+                let event = StatusEvent::new(&job, State::Error, why);
+                post_status(&machine, &event)?;
+                outcome = ExitCode::CiError;
+                event
+            }
+        };
+        let log = machine.domain_root(DOM0)?.join("var/log/qci").join(format!("{job}.log"));
+        println!("qci: job {job}: {} ({})", final_event.state, final_event.description);
+        println!("qci: log: {}", log.display());
+        Ok(outcome)
+    }
+}
+
+/// Relative to the dev VM's home, where the `file` sink appends.
+fn status_file_rel(job: &JobId) -> PathBuf {
+    PathBuf::from(".qci/status").join(format!("{job}.jsonl"))
+}
+
+/// The events a job's `file` sink recorded, in order; lines that do not
+/// parse are skipped (the file is the dev VM's, not ours).
+pub fn read_events(path: &Path, job: &JobId) -> Vec<StatusEvent> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| StatusEvent::parse_for(l.as_bytes(), job).ok())
+        .collect()
+}
+
+fn post_status(machine: &Machine, event: &StatusEvent) -> Result<(), LocalError> {
+    let mut child = Command::new(machine.bin_dir(DOM0)?.join("qvm-run"))
+        .env_clear()
+        .envs(machine.domain_env(DOM0)?)
+        .args(["--pass-io", "--no-gui", "--service", DEV_VM])
+        .arg(format!("qci.Status+{}", event.job))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(io("cannot post the final status"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        let _ = stdin.write_all(event.to_json().as_bytes());
+    }
+    match wait_or_kill(&mut child, Duration::from_secs(60)).map_err(io("cannot post the final status"))? {
+        Some(s) if s.success() => Ok(()),
+        other => Err(LocalError::Io {
+            what: "cannot post the final status".into(),
+            source: std::io::Error::other(format!("qci.Status ended with {other:?}")),
+        }),
+    }
+}
+
+fn resolve_commit(dir: &Path, rev: &str) -> Result<CommitSha, LocalError> {
+    let bad = |why: String| LocalError::BadCommit {
+        rev: rev.into(),
+        dir: dir.into(),
+        why,
+    };
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
+        .arg(format!("{rev}^{{commit}}"))
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| bad(format!("cannot run git: {e}")))?;
+    if !out.status.success() {
+        return Err(bad("no such commit".into()));
+    }
+    CommitSha::parse(String::from_utf8_lossy(&out.stdout).trim()).map_err(|e| bad(e.to_string()))
+}
+
+/// `local-YYYYMMDDhhmmssmmm-PID`: sortable, unique per machine.
+fn new_job_id() -> JobId {
+    let stamp: String = qci_core::log::timestamp(SystemTime::now())
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    JobId::parse(&format!("local-{stamp}-{}", std::process::id())).expect("generated job ids are valid")
+}
