@@ -1,38 +1,461 @@
 //! The job log: one line per output line, `2026-11-22T10:15:00.123Z [step] text`,
 //! stamped on arrival, cleaned of terminal escapes and invalid UTF-8, and
 //! written through as it comes so a killed run still leaves its log.
-//!
-//! STUB: to be implemented (see the interface below).
 
+use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::SystemTime;
 
+/// The longest line kept whole. Output is untrusted and unbounded, so a
+/// longer line is cut into pieces of this size instead of being buffered.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Readable by its owner's group (the operator), by nobody else: a log can
+/// show paths and names from dom0.
+const LOG_MODE: u32 = 0o640;
+
 /// Writes log lines to the log file and, optionally, echoes them (dom0's stdout).
 pub struct LogWriter {
-    _file: std::fs::File,
-    _echo: Option<Box<dyn Write + Send>>,
+    file: File,
+    echo: Option<Box<dyn Write + Send>>,
 }
 
 impl LogWriter {
-    /// Creates (truncating) the log file at `path`.
-    pub fn create(_path: &Path, _echo: Option<Box<dyn Write + Send>>) -> io::Result<Self> {
-        todo!()
+    /// Creates (truncating) the log file at `path`. A symlink there is
+    /// refused rather than followed: it could point at any file in dom0.
+    pub fn create(path: &Path, echo: Option<Box<dyn Write + Send>>) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(LOG_MODE)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)?;
+        // The mode above only applies to a new file and is cut by the umask.
+        file.set_permissions(Permissions::from_mode(LOG_MODE))?;
+        Ok(Self { file, echo })
     }
 
-    /// Writes one line for `step`; `raw` is one output line without its newline.
-    pub fn line(&mut self, _step: &str, _raw: &[u8]) -> io::Result<()> {
-        todo!()
+    /// Writes one line for `step`, stamped now; `raw` is one output line
+    /// without its newline.
+    pub fn line(&mut self, step: &str, raw: &[u8]) -> io::Result<()> {
+        self.line_at(step, raw, SystemTime::now())
+    }
+
+    /// Writes one line stamped `at`: the step executor reads output on
+    /// another thread and stamps it there, so a slow log does not skew times.
+    ///
+    /// Both the file and the echo are flushed after every line: a killed run
+    /// still leaves its log, and whoever follows the echo sees each line at
+    /// once. The file is the record; if the echo fails (the caller went away)
+    /// it is dropped with a warning and the run goes on.
+    pub fn line_at(&mut self, step: &str, raw: &[u8], at: SystemTime) -> io::Result<()> {
+        let text = format!(
+            "{} [{}] {}\n",
+            timestamp(at),
+            sanitize(step.as_bytes()),
+            sanitize(raw)
+        );
+        self.file.write_all(text.as_bytes())?;
+        self.file.flush()?;
+        if let Some(echo) = &mut self.echo
+            && let Err(e) = echo.write_all(text.as_bytes()).and_then(|()| echo.flush())
+        {
+            tracing::warn!("cannot echo the log any more, writing only the file: {e}");
+            self.echo = None;
+        }
+        Ok(())
     }
 }
 
-/// `2026-11-22T10:15:00.123Z`.
-pub fn timestamp(_at: SystemTime) -> String {
-    todo!()
+/// `2026-11-22T10:15:00.123Z`: UTC with milliseconds, so lines from
+/// different sources sort and compare without a time zone.
+pub fn timestamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// Removes ANSI escape sequences and other control characters (tab is kept)
-/// and replaces invalid UTF-8.
-pub fn sanitize(_raw: &[u8]) -> String {
-    todo!()
+/// and replaces invalid UTF-8, so a log viewed in a terminal or a browser
+/// shows text only and the output of a step cannot drive the viewer.
+///
+/// Handled: CSI (`ESC [` .. final byte, and the 8-bit `0x9b` when it is not
+/// part of a valid UTF-8 character), string sequences (OSC `ESC ]`, and DCS,
+/// SOS, PM, APC) up to BEL or `ESC \`, and other `ESC` sequences (`ESC x`,
+/// `ESC ( B`). An unterminated sequence swallows the rest of the line, as a
+/// terminal would.
+///
+/// A `\r` inside a line is a progress bar redrawing itself: only the text
+/// after the last `\r` is kept, unless that text is blank, in which case the
+/// last non-blank text before it is (so `50%\r100%` gives `100%` and a CRLF
+/// line `text\r` gives `text`).
+pub fn sanitize(raw: &[u8]) -> String {
+    let mut s = Sanitizer::default();
+    for chunk in raw.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            s.push(c);
+        }
+        match chunk.invalid() {
+            [] => {}
+            [0x9b] => s.push('\u{9b}'),
+            _ => s.push(char::REPLACEMENT_CHARACTER),
+        }
+    }
+    s.finish()
+}
+
+#[derive(Default)]
+enum Escape {
+    #[default]
+    None,
+    /// Just after `ESC`.
+    Esc,
+    /// After `ESC` and intermediate bytes (`ESC ( B`).
+    EscIntermediate,
+    /// In a CSI, until its final byte.
+    Csi,
+    /// In a string sequence (OSC and the like), until BEL or `ESC \`.
+    Str,
+    /// `ESC` seen inside a string sequence.
+    StrEsc,
+}
+
+#[derive(Default)]
+struct Sanitizer {
+    state: Escape,
+    /// Text since the last `\r`.
+    current: String,
+    /// The last non-blank text before a `\r`.
+    kept: String,
+}
+
+impl Sanitizer {
+    fn push(&mut self, c: char) {
+        self.state = match std::mem::take(&mut self.state) {
+            Escape::None => return self.text(c),
+            Escape::Esc => match c {
+                '[' => Escape::Csi,
+                ']' | 'P' | 'X' | '^' | '_' => Escape::Str,
+                ' '..='/' => Escape::EscIntermediate,
+                '0'..='~' => Escape::None,
+                // Not a sequence after all: drop the ESC, keep the character.
+                _ => return self.text(c),
+            },
+            Escape::EscIntermediate => match c {
+                ' '..='/' => Escape::EscIntermediate,
+                '0'..='~' => Escape::None,
+                _ => return self.text(c),
+            },
+            Escape::Csi => match c {
+                // Parameter and intermediate bytes.
+                '0'..='?' | ' '..='/' => Escape::Csi,
+                '@'..='~' => Escape::None,
+                _ => return self.text(c),
+            },
+            Escape::Str => match c {
+                '\x07' => Escape::None,
+                '\x1b' => Escape::StrEsc,
+                _ => Escape::Str,
+            },
+            Escape::StrEsc => match c {
+                '\\' => Escape::None,
+                '\x1b' => Escape::StrEsc,
+                _ => Escape::Str,
+            },
+        };
+    }
+
+    /// A character outside any escape sequence.
+    fn text(&mut self, c: char) {
+        match c {
+            '\x1b' => self.state = Escape::Esc,
+            '\u{9b}' => self.state = Escape::Csi,
+            '\r' => {
+                if !self.current.trim().is_empty() {
+                    self.kept = std::mem::take(&mut self.current);
+                } else {
+                    self.current.clear();
+                }
+            }
+            '\t' => self.current.push(c),
+            // C0, DEL and C1 controls.
+            c if c.is_control() => {}
+            c => self.current.push(c),
+        }
+    }
+
+    fn finish(self) -> String {
+        if self.current.trim().is_empty() && !self.kept.is_empty() {
+            self.kept
+        } else {
+            self.current
+        }
+    }
+}
+
+/// Cuts a byte stream into lines with bounded memory: it holds at most
+/// [`MAX_LINE`] bytes, and a longer line comes out in pieces of that size,
+/// whatever the volume of output.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes the next chunk of the stream and gives back the lines it
+    /// completes, without their `\n`. A piece cut from an overlong line ends
+    /// on a UTF-8 character boundary where it can, so no character is split.
+    pub fn push(&mut self, mut chunk: &[u8]) -> Vec<Vec<u8>> {
+        let mut lines = Vec::new();
+        while !chunk.is_empty() {
+            if self.partial.len() >= MAX_LINE {
+                // Full: the line ends here, at its newline if one follows.
+                if chunk[0] == b'\n' {
+                    lines.push(std::mem::take(&mut self.partial));
+                    chunk = &chunk[1..];
+                } else {
+                    let rest = self.partial.split_off(utf8_cut(&self.partial));
+                    lines.push(std::mem::replace(&mut self.partial, rest));
+                }
+                continue;
+            }
+            let room = MAX_LINE - self.partial.len();
+            match chunk.iter().take(room).position(|&b| b == b'\n') {
+                Some(i) => {
+                    self.partial.extend_from_slice(&chunk[..i]);
+                    lines.push(std::mem::take(&mut self.partial));
+                    chunk = &chunk[i + 1..];
+                }
+                None => {
+                    let n = room.min(chunk.len());
+                    self.partial.extend_from_slice(&chunk[..n]);
+                    chunk = &chunk[n..];
+                }
+            }
+        }
+        lines
+    }
+
+    /// Ends the stream: gives the last line if it had no `\n`.
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
+        (!self.partial.is_empty()).then(|| std::mem::take(&mut self.partial))
+    }
+}
+
+/// Where to cut a full buffer so that an incomplete UTF-8 character at its
+/// end moves on to the next piece; the whole buffer if there is none.
+fn utf8_cut(buf: &[u8]) -> usize {
+    // A character is at most 4 bytes: look back at most 3 for its first byte.
+    for back in 1..=3.min(buf.len()) {
+        let i = buf.len() - back;
+        let b = buf[i];
+        if b & 0xc0 == 0x80 {
+            continue; // continuation byte
+        }
+        let len = match b {
+            0xc0..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xf7 => 4,
+            _ => 1,
+        };
+        return if len > back { i } else { buf.len() };
+    }
+    buf.len()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn timestamp_is_utc_with_millis() {
+        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(timestamp(at), "2023-11-14T22:13:20.123Z");
+        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn sanitize_removes_colours_and_titles() {
+        assert_eq!(sanitize(b"\x1b[31mred\x1b[0m"), "red");
+        assert_eq!(sanitize(b"\x1b[1;38;5;196mbold\x1b[m"), "bold");
+        assert_eq!(sanitize(b"\x1b]0;my title\x07after"), "after");
+        assert_eq!(
+            sanitize(b"\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\"),
+            "link"
+        );
+        assert_eq!(sanitize(b"\x1b(Bplain\x1b=x"), "plainx");
+        assert_eq!(sanitize(b"\x9b32mgreen\x9b0m"), "green");
+        assert_eq!(sanitize(b"a\x1b"), "a");
+    }
+
+    #[test]
+    fn sanitize_removes_controls_but_keeps_tab() {
+        assert_eq!(sanitize(b"a\tb"), "a\tb");
+        assert_eq!(sanitize(b"a\x00b\x07c\x08d\x7fe\x0bf"), "abcdef");
+        assert_eq!(sanitize("a\u{85}b".as_bytes()), "ab");
+    }
+
+    #[test]
+    fn sanitize_replaces_invalid_utf8_but_keeps_valid() {
+        assert_eq!(sanitize(b"a\xffb"), "a\u{FFFD}b");
+        // 0x9b inside a valid character is not a CSI.
+        assert_eq!(sanitize("těst ›".as_bytes()), "těst ›");
+    }
+
+    #[test]
+    fn sanitize_keeps_text_after_the_last_carriage_return() {
+        assert_eq!(sanitize(b" 10%\r 50%\r100% done"), "100% done");
+        assert_eq!(sanitize(b"text\r"), "text");
+        assert_eq!(sanitize(b"50%\r100%\r\x1b[K"), "100%");
+        assert_eq!(sanitize(b"50%\r  \r"), "50%");
+        assert_eq!(sanitize(b"   "), "   ");
+        assert_eq!(sanitize(b""), "");
+    }
+
+    #[test]
+    fn splitter_joins_lines_across_chunks() {
+        let mut s = LineSplitter::new();
+        assert!(s.push(b"hel").is_empty());
+        assert_eq!(s.push(b"lo\nwor"), [b"hello".to_vec()]);
+        assert_eq!(s.push(b"ld\n\nlast"), [b"world".to_vec(), Vec::new()]);
+        assert_eq!(s.finish(), Some(b"last".to_vec()));
+        assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn splitter_cuts_long_lines_into_max_line_pieces() {
+        let mut s = LineSplitter::new();
+        let mut pieces = Vec::new();
+        let long = vec![b'x'; 200 * 1024];
+        for chunk in long.chunks(5000) {
+            for p in s.push(chunk) {
+                assert!(s.partial.len() <= MAX_LINE);
+                pieces.push(p);
+            }
+        }
+        pieces.extend(s.push(b"\nnext\n"));
+        let lens: Vec<_> = pieces.iter().map(Vec::len).collect();
+        assert_eq!(
+            lens,
+            [MAX_LINE, MAX_LINE, MAX_LINE, 200 * 1024 - 3 * MAX_LINE, 4]
+        );
+        assert_eq!(pieces[4], b"next");
+    }
+
+    #[test]
+    fn splitter_keeps_a_line_of_exactly_max_line_whole() {
+        let mut s = LineSplitter::new();
+        let mut pieces = s.push(&vec![b'x'; MAX_LINE]);
+        pieces.extend(s.push(b"\ny\n"));
+        let lens: Vec<_> = pieces.iter().map(Vec::len).collect();
+        assert_eq!(lens, [MAX_LINE, 1]);
+    }
+
+    #[test]
+    fn splitter_does_not_cut_a_character_in_two() {
+        let mut s = LineSplitter::new();
+        let mut line = vec![b'x'; MAX_LINE - 1];
+        line.extend_from_slice("é".as_bytes());
+        line.push(b'\n');
+        let pieces = s.push(&line);
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(pieces[0].len(), MAX_LINE - 1);
+        assert_eq!(pieces[1], "é".as_bytes());
+    }
+
+    /// Checks `2023-11-14T22:13:20.123Z [step] text` by hand.
+    pub(crate) fn parse_line(line: &str) -> Option<(&str, &str, &str)> {
+        let (ts, rest) = line.split_once(' ')?;
+        let shape_ok = ts.len() == 24
+            && ts.bytes().enumerate().all(|(i, b)| match i {
+                4 | 7 => b == b'-',
+                10 => b == b'T',
+                13 | 16 => b == b':',
+                19 => b == b'.',
+                23 => b == b'Z',
+                _ => b.is_ascii_digit(),
+            });
+        let (step, text) = rest.strip_prefix('[')?.split_once("] ")?;
+        shape_ok.then_some((ts, step, text))
+    }
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn writes_formatted_lines_to_file_and_echo() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.log");
+        let echo = Shared::default();
+        let mut log = LogWriter::create(&path, Some(Box::new(echo.clone()))).unwrap();
+        log.line("build", b"\x1b[32mok\x1b[0m").unwrap();
+        // Written through: readable before the writer is dropped.
+        let text = std::fs::read_to_string(&path).unwrap();
+        log.line("test", b"a\xffb").unwrap();
+        drop(log);
+
+        assert_eq!(text.lines().count(), 1);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            String::from_utf8(echo.0.lock().unwrap().clone()).unwrap()
+        );
+        let lines: Vec<_> = text.lines().map(|l| parse_line(l).unwrap()).collect();
+        assert_eq!((lines[0].1, lines[0].2), ("build", "ok"));
+        assert_eq!((lines[1].1, lines[1].2), ("test", "a\u{FFFD}b"));
+        assert!(text.ends_with('\n'));
+        assert!(parse_line("2023-11-14 22:13:20.123Z [a] b").is_none());
+
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+    }
+
+    #[test]
+    fn refuses_to_follow_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        let link = dir.path().join("job.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(LogWriter::create(&link, None).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    }
+
+    struct Broken;
+
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_broken_echo_does_not_stop_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.log");
+        let mut log = LogWriter::create(&path, Some(Box::new(Broken))).unwrap();
+        log.line("a", b"one").unwrap();
+        log.line("a", b"two").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
+    }
 }
