@@ -99,6 +99,7 @@ impl Run<'_> {
                 workdir: &workspace,
                 env: vec![("QCI_JOB".into(), self.job.to_string())],
                 grace: self.config.kill_grace,
+                cancel: None,
             };
             let outcome = match run_step(&step, &ctx, &mut self.log) {
                 Ok(o) => o,
@@ -114,6 +115,9 @@ impl Run<'_> {
                         (None, None) => "unknown status".into(),
                     };
                     return Verdict::new(State::Failure, format!("{} failed ({how})", step.command), ExitCode::StepFailed);
+                }
+                StepOutcome::Canceled => {
+                    return Verdict::new(State::Canceled, format!("{} was canceled", step.command), ExitCode::CiError);
                 }
                 StepOutcome::TimedOut => {
                     let which = if job_bound { "the job timeout" } else { "its timeout" };

@@ -1,0 +1,181 @@
+//! Shared helpers for the end-to-end tests: the workspace's real binaries,
+//! driven through an emulated Qubes machine in a temporary directory.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// `target/debug`, where cargo put `qci`, `qci-dom0` and `qci-vm`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    for name in ["qci", "qci-dom0", "qci-vm"] {
+        assert!(dir.join(name).is_file(), "{name} is not built in {}; run `cargo build` first", dir.display());
+    }
+    dir.to_owned()
+}
+
+pub fn qci() -> Command {
+    let mut cmd = Command::new(bin_dir().join("qci"));
+    cmd.env("QCI_BIN_DIR", bin_dir()).stdin(Stdio::null());
+    cmd
+}
+
+pub fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
+}
+
+/// A scratch area holding a project and a state directory.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn machine(&self) -> PathBuf {
+        self.state().join("machine")
+    }
+
+    /// A project directory with the given files.
+    pub fn project(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        for (path, text) in files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        dir
+    }
+
+    /// `qci run --local DIR --state-dir STATE`.
+    pub fn run(&self, dir: &Path, extra: &[&str]) -> Output {
+        qci()
+            .args(["run", "--local"])
+            .arg(dir)
+            .arg("--state-dir")
+            .arg(self.state())
+            .args(extra)
+            .output()
+            .expect("run qci")
+    }
+
+    /// Runs with stdout piped and returns each line with its arrival time.
+    pub fn run_watched(&self, dir: &Path) -> (i32, Vec<(Instant, String)>, Instant) {
+        let mut child = qci()
+            .args(["run", "--local"])
+            .arg(dir)
+            .arg("--state-dir")
+            .arg(self.state())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn qci");
+        let mut lines = Vec::new();
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            lines.push((Instant::now(), line.expect("utf-8 stdout")));
+        }
+        let status = child.wait().unwrap();
+        (status.code().unwrap_or(-1), lines, Instant::now())
+    }
+
+    pub fn dom0_log_dir(&self) -> PathBuf {
+        self.machine().join("dom0/var/log/qci")
+    }
+
+    pub fn status_file(&self, job: &str) -> PathBuf {
+        self.machine()
+            .join("sd-dev/home/user/.qci/status")
+            .join(format!("{job}.jsonl"))
+    }
+
+    /// `qci qrexec --machine M --from VM TARGET SERVICE`.
+    pub fn qrexec(&self, from: &str, target: &str, service: &str, stdin: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = qci()
+            .args(["qrexec", "--machine"])
+            .arg(self.machine())
+            .args(["--from", from, target, service])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn qci qrexec");
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
+
+/// The job id `qci run` printed in its closing line `qci: job JOB: STATE (...)`.
+pub fn job_id(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("qci: job "))
+        .and_then(|rest| rest.split(':').next())
+        .expect("closing line with the job id")
+        .to_owned()
+}
+
+/// The states a job's file sink recorded, in order.
+pub fn states(status_file: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(status_file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("status line is JSON");
+            (
+                v["state"].as_str().unwrap().to_owned(),
+                v["description"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// One parsed log line: `2026-11-22T10:15:00.123Z [step] text`.
+#[derive(Debug)]
+pub struct LogLine {
+    pub millis: u64,
+    pub step: String,
+    pub text: String,
+}
+
+/// Parses every line of a log, asserting the documented format.
+pub fn parse_log(text: &str) -> Vec<LogLine> {
+    text.lines()
+        .map(|line| {
+            let (stamp, rest) = line.split_once(' ').unwrap_or_else(|| panic!("no stamp: {line:?}"));
+            assert_eq!(stamp.len(), 24, "stamp {stamp:?}");
+            assert!(stamp.ends_with('Z') && &stamp[10..11] == "T" && &stamp[19..20] == ".", "stamp {stamp:?}");
+            let (step, text) = rest
+                .strip_prefix('[')
+                .and_then(|r| r.split_once("] "))
+                .or_else(|| rest.strip_prefix('[').and_then(|r| r.strip_suffix(']')).map(|s| (s, "")))
+                .unwrap_or_else(|| panic!("no [step]: {line:?}"));
+            let hms: Vec<u64> = stamp[11..23].split([':', '.']).map(|n| n.parse().unwrap()).collect();
+            let day: u64 = stamp[8..10].parse().unwrap();
+            LogLine {
+                millis: ((day * 24 + hms[0]) * 3600 + hms[1] * 60 + hms[2]) * 1000 + hms[3],
+                step: step.to_owned(),
+                text: text.to_owned(),
+            }
+        })
+        .collect()
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
