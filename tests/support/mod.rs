@@ -13,7 +13,11 @@ pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     for name in ["qci", "qci-dom0", "qci-vm"] {
-        assert!(dir.join(name).is_file(), "{name} is not built in {}; run `cargo build` first", dir.display());
+        assert!(
+            dir.join(name).is_file(),
+            "{name} is not built in {}; run `cargo build` first",
+            dir.display()
+        );
     }
     dir.to_owned()
 }
@@ -25,7 +29,9 @@ pub fn qci() -> Command {
 }
 
 pub fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
 }
 
 /// A scratch area holding a project and a state directory.
@@ -153,15 +159,27 @@ pub struct LogLine {
 pub fn parse_log(text: &str) -> Vec<LogLine> {
     text.lines()
         .map(|line| {
-            let (stamp, rest) = line.split_once(' ').unwrap_or_else(|| panic!("no stamp: {line:?}"));
+            let (stamp, rest) = line
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("no stamp: {line:?}"));
             assert_eq!(stamp.len(), 24, "stamp {stamp:?}");
-            assert!(stamp.ends_with('Z') && &stamp[10..11] == "T" && &stamp[19..20] == ".", "stamp {stamp:?}");
+            assert!(
+                stamp.ends_with('Z') && &stamp[10..11] == "T" && &stamp[19..20] == ".",
+                "stamp {stamp:?}"
+            );
             let (step, text) = rest
                 .strip_prefix('[')
                 .and_then(|r| r.split_once("] "))
-                .or_else(|| rest.strip_prefix('[').and_then(|r| r.strip_suffix(']')).map(|s| (s, "")))
+                .or_else(|| {
+                    rest.strip_prefix('[')
+                        .and_then(|r| r.strip_suffix(']'))
+                        .map(|s| (s, ""))
+                })
                 .unwrap_or_else(|| panic!("no [step]: {line:?}"));
-            let hms: Vec<u64> = stamp[11..23].split([':', '.']).map(|n| n.parse().unwrap()).collect();
+            let hms: Vec<u64> = stamp[11..23]
+                .split([':', '.'])
+                .map(|n| n.parse().unwrap())
+                .collect();
             let day: u64 = stamp[8..10].parse().unwrap();
             LogLine {
                 millis: ((day * 24 + hms[0]) * 3600 + hms[1] * 60 + hms[2]) * 1000 + hms[3],

@@ -150,10 +150,11 @@ impl JobFile {
             path: path.to_owned(),
             source,
         })?;
-        let job: JobFile = serde_json::from_slice(&bytes).map_err(|source| JobFileError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
+        let job: JobFile =
+            serde_json::from_slice(&bytes).map_err(|source| JobFileError::Parse {
+                path: path.to_owned(),
+                source,
+            })?;
         if job.source.is_none() && job.commit.is_none() {
             return Err(JobFileError::NothingToRun(path.to_owned()));
         }
@@ -175,10 +176,17 @@ mod tests {
             "context": "qci/qubes-4.2"
         }"#;
         let job: JobFile = serde_json::from_str(raw).unwrap();
-        assert_eq!(job.commit.unwrap().as_str(), "0123456789abcdef0123456789abcdef01234567");
+        assert_eq!(
+            job.commit.unwrap().as_str(),
+            "0123456789abcdef0123456789abcdef01234567"
+        );
         assert_eq!(job.reason, Reason::PullRequest);
         match job.sink {
-            Sink::Github { api_url, timeout_secs, .. } => {
+            Sink::Github {
+                api_url,
+                timeout_secs,
+                ..
+            } => {
                 assert_eq!(api_url, "https://api.github.com");
                 assert_eq!(timeout_secs, 30);
             }
@@ -191,7 +199,8 @@ mod tests {
         assert!(CommitSha::parse("abc123").is_err());
         let raw = r#"{"repository":{"url":"x"},"reason":"manual","sink":{"kind":"file","path":"s"},"extra":1}"#;
         assert!(serde_json::from_str::<JobFile>(raw).is_err());
-        let raw = r#"{"repository":{"url":"x"},"reason":"manual","sink":{"kind":"slack","path":"s"}}"#;
+        let raw =
+            r#"{"repository":{"url":"x"},"reason":"manual","sink":{"kind":"slack","path":"s"}}"#;
         assert!(serde_json::from_str::<JobFile>(raw).is_err());
     }
 }

@@ -83,7 +83,13 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_alphabet() {
-        for ok in ["a", "JOB-1", "local_20261122.1", "x".repeat(64).as_str(), "9"] {
+        for ok in [
+            "a",
+            "JOB-1",
+            "local_20261122.1",
+            "x".repeat(64).as_str(),
+            "9",
+        ] {
             assert_eq!(JobId::parse(ok).unwrap().as_str(), ok);
         }
     }
@@ -92,7 +98,9 @@ mod tests {
     fn refuses_everything_else() {
         assert_eq!(JobId::parse(""), Err(JobIdError::Empty));
         assert_eq!(JobId::parse(&"x".repeat(65)), Err(JobIdError::TooLong));
-        for bad in [".hidden", "-rf", "..", "a/b", "a b", "a+b", "é", "a\0", "../x"] {
+        for bad in [
+            ".hidden", "-rf", "..", "a/b", "a b", "a+b", "é", "a\0", "../x",
+        ] {
             assert!(JobId::parse(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(matches!(JobId::parse("-x"), Err(JobIdError::BadStart(_))));

@@ -105,7 +105,9 @@ impl Pipeline {
         for s in raw.steps {
             let name_ok = !s.name.is_empty()
                 && s.name.len() <= 32
-                && s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                && s.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
             if !name_ok {
                 return Err(PipelineError::Invalid(format!(
                     "step name {:?} must be 1 to 32 characters of A-Z a-z 0-9 _ . -",
@@ -113,7 +115,10 @@ impl Pipeline {
                 )));
             }
             if steps.iter().any(|t: &Step| t.name == s.name) {
-                return Err(PipelineError::Invalid(format!("step {:?} appears twice", s.name)));
+                return Err(PipelineError::Invalid(format!(
+                    "step {:?} appears twice",
+                    s.name
+                )));
             }
             let timeout = match &s.timeout {
                 None => DEFAULT_STEP_TIMEOUT,
@@ -122,7 +127,10 @@ impl Pipeline {
                 })?,
             };
             if timeout.is_zero() {
-                return Err(PipelineError::Invalid(format!("step {:?}: timeout is zero", s.name)));
+                return Err(PipelineError::Invalid(format!(
+                    "step {:?}: timeout is zero",
+                    s.name
+                )));
             }
             if let Some(bad) = s.env.keys().find(|k| !valid_env_name(k)) {
                 return Err(PipelineError::Invalid(format!(

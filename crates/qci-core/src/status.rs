@@ -132,20 +132,37 @@ mod tests {
     fn round_trips_the_documented_shape() {
         let raw = br#"{"job": "J1", "state": "running", "description": "Running make dev", "log": "J1.log"}"#;
         let ev = StatusEvent::parse_for(raw, &job()).unwrap();
-        assert_eq!(ev, StatusEvent::new(&job(), State::Running, "Running make dev"));
-        assert_eq!(StatusEvent::parse_for(ev.to_json().as_bytes(), &job()).unwrap(), ev);
+        assert_eq!(
+            ev,
+            StatusEvent::new(&job(), State::Running, "Running make dev")
+        );
+        assert_eq!(
+            StatusEvent::parse_for(ev.to_json().as_bytes(), &job()).unwrap(),
+            ev
+        );
     }
 
     #[test]
     fn refuses_unknown_fields_states_and_other_jobs() {
         let extra = br#"{"job":"J1","state":"running","description":"","log":"J1.log","x":1}"#;
-        assert!(StatusEvent::parse_for(extra, &job()).unwrap_err().to_string().contains("unknown field"));
+        assert!(
+            StatusEvent::parse_for(extra, &job())
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field")
+        );
         let state = br#"{"job":"J1","state":"pending","description":"","log":"J1.log"}"#;
         assert!(StatusEvent::parse_for(state, &job()).is_err());
         let other = br#"{"job":"J2","state":"running","description":"","log":"J2.log"}"#;
-        assert!(matches!(StatusEvent::parse_for(other, &job()), Err(StatusError::WrongJob { .. })));
+        assert!(matches!(
+            StatusEvent::parse_for(other, &job()),
+            Err(StatusError::WrongJob { .. })
+        ));
         let path = br#"{"job":"J1","state":"running","description":"","log":"../etc/passwd"}"#;
-        assert!(matches!(StatusEvent::parse_for(path, &job()), Err(StatusError::BadLogName { .. })));
+        assert!(matches!(
+            StatusEvent::parse_for(path, &job()),
+            Err(StatusError::BadLogName { .. })
+        ));
         let badid = br#"{"job":"../x","state":"running","description":"","log":"J1.log"}"#;
         assert!(StatusEvent::parse_for(badid, &job()).is_err());
     }

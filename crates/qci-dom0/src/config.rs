@@ -101,11 +101,15 @@ impl Config {
         let mut c = Self::default();
         let duration = |key: &'static str, v: Option<String>, default: Duration| match v {
             None => Ok(default),
-            Some(s) => qci_core::pipeline::parse_duration(&s).ok().ok_or_else(|| ConfigError::Value {
-                path: path.into(),
-                key,
-                reason: format!("{s:?} is not a duration like 90s, 30m or 6h"),
-            }),
+            Some(s) => {
+                qci_core::pipeline::parse_duration(&s)
+                    .ok()
+                    .ok_or_else(|| ConfigError::Value {
+                        path: path.into(),
+                        key,
+                        reason: format!("{s:?} is not a duration like 90s, 30m or 6h"),
+                    })
+            }
         };
         c.job_timeout = duration("job_timeout", raw.job_timeout, c.job_timeout)?;
         c.status_timeout = duration("status_timeout", raw.status_timeout, c.status_timeout)?;
@@ -133,7 +137,6 @@ impl Config {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,9 +147,16 @@ mod tests {
         let c = Config::load(&dir.path().join("none.toml")).unwrap();
         assert_eq!(c.dev_vm, "sd-dev");
         let p = dir.path().join("dom0.toml");
-        std::fs::write(&p, "dev_vm = \"work\"\nkill_grace = \"2s\"\nmax_entries = 10\n").unwrap();
+        std::fs::write(
+            &p,
+            "dev_vm = \"work\"\nkill_grace = \"2s\"\nmax_entries = 10\n",
+        )
+        .unwrap();
         let c = Config::load(&p).unwrap();
-        assert_eq!((c.dev_vm.as_str(), c.kill_grace, c.limits.max_entries), ("work", Duration::from_secs(2), 10));
+        assert_eq!(
+            (c.dev_vm.as_str(), c.kill_grace, c.limits.max_entries),
+            ("work", Duration::from_secs(2), 10)
+        );
     }
 
     #[test]
@@ -154,8 +164,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("dom0.toml");
         std::fs::write(&p, "dev_mv = \"x\"\n").unwrap();
-        assert!(Config::load(&p).unwrap_err().to_string().contains("unknown field"));
+        assert!(
+            Config::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field")
+        );
         std::fs::write(&p, "job_timeout = \"forever\"\n").unwrap();
-        assert!(Config::load(&p).unwrap_err().to_string().contains("job_timeout"));
+        assert!(
+            Config::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("job_timeout")
+        );
     }
 }

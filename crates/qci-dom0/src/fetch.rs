@@ -74,7 +74,9 @@ pub fn fetch_code(
     }
     let summary = result?;
     let Some(status) = status else {
-        return Err(FetchError::Export("did not exit after the stream ended".into()));
+        return Err(FetchError::Export(
+            "did not exit after the stream ended".into(),
+        ));
     };
     if !status.success() {
         let code = status.code();

@@ -36,7 +36,8 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QCI_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("QCI_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -68,13 +69,19 @@ fn serve(args: &[std::ffi::OsString]) -> ExitCode {
             let who = other.unwrap_or("an unknown caller");
             return refuse(
                 ExitCode::BadInput,
-                &format!("qci.Run may only be called from {}, not from {who}", config.dev_vm),
+                &format!(
+                    "qci.Run may only be called from {}, not from {who}",
+                    config.dev_vm
+                ),
             );
         }
     }
     for dir in [&config.log_dir, &config.work_dir] {
         if let Err(e) = std::fs::create_dir_all(dir) {
-            return refuse(ExitCode::CiError, &format!("cannot create {}: {e}", dir.display()));
+            return refuse(
+                ExitCode::CiError,
+                &format!("cannot create {}: {e}", dir.display()),
+            );
         }
     }
     let _lock = match lock::RunLock::acquire(&config.work_dir.join("run.lock"), &job) {
@@ -84,7 +91,12 @@ fn serve(args: &[std::ffi::OsString]) -> ExitCode {
     let log_path = config.log_dir.join(format!("{job}.log"));
     let log = match LogWriter::create(&log_path, Some(Box::new(std::io::stdout()))) {
         Ok(l) => l,
-        Err(e) => return refuse(ExitCode::CiError, &format!("cannot create {}: {e}", log_path.display())),
+        Err(e) => {
+            return refuse(
+                ExitCode::CiError,
+                &format!("cannot create {}: {e}", log_path.display()),
+            );
+        }
     };
     let reporter = report::Reporter {
         dev_vm: config.dev_vm.clone(),

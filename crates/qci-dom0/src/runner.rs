@@ -43,7 +43,10 @@ impl Run<'_> {
     /// Runs the job to its end and reports the final status.
     pub fn execute(mut self) -> ExitCode {
         let started = Instant::now();
-        self.note(&format!("job {} called from {}", self.job, self.config.dev_vm));
+        self.note(&format!(
+            "job {} called from {}",
+            self.job, self.config.dev_vm
+        ));
         self.report(State::Running, "Fetching the code");
         let verdict = self.stages(started);
         self.note(&format!(
@@ -61,7 +64,11 @@ impl Run<'_> {
         let workspace = match self.fresh_workspace() {
             Ok(w) => w,
             Err(e) => {
-                return Verdict::new(State::Error, format!("Cannot prepare the workspace: {e}"), ExitCode::CiError);
+                return Verdict::new(
+                    State::Error,
+                    format!("Cannot prepare the workspace: {e}"),
+                    ExitCode::CiError,
+                );
             }
         };
         let fetched = fetch_code(
@@ -72,10 +79,17 @@ impl Run<'_> {
             self.config.export_timeout,
         );
         match fetched {
-            Ok(s) => self.note(&format!("fetched the code: {} entries, {} bytes", s.entries, s.bytes)),
+            Ok(s) => self.note(&format!(
+                "fetched the code: {} entries, {} bytes",
+                s.entries, s.bytes
+            )),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&workspace);
-                return Verdict::new(State::Error, format!("Code transfer failed: {e}"), ExitCode::CiError);
+                return Verdict::new(
+                    State::Error,
+                    format!("Code transfer failed: {e}"),
+                    ExitCode::CiError,
+                );
             }
         }
         let pipeline = match Pipeline::load(&workspace) {
@@ -90,9 +104,16 @@ impl Run<'_> {
             let job_bound = remaining < step.timeout;
             step.timeout = step.timeout.min(remaining);
             if step.timeout.is_zero() {
-                return Verdict::new(State::Error, format!("Job timed out before {}", step.command), ExitCode::CiError);
+                return Verdict::new(
+                    State::Error,
+                    format!("Job timed out before {}", step.command),
+                    ExitCode::CiError,
+                );
             }
-            self.report(State::Running, &format!("Running {} ({}/{total})", step.command, i + 1));
+            self.report(
+                State::Running,
+                &format!("Running {} ({}/{total})", step.command, i + 1),
+            );
             self.note(&format!("step {}: {}", step.name, step.command));
             let step_started = Instant::now();
             let ctx = StepContext {
@@ -107,20 +128,34 @@ impl Run<'_> {
             };
             let took = step_started.elapsed().as_secs_f64();
             match outcome {
-                StepOutcome::Succeeded => self.note(&format!("step {} passed in {took:.1}s", step.name)),
+                StepOutcome::Succeeded => {
+                    self.note(&format!("step {} passed in {took:.1}s", step.name))
+                }
                 StepOutcome::Failed { code, signal } => {
                     let how = match (code, signal) {
                         (Some(c), _) => format!("exit {c}"),
                         (None, Some(s)) => format!("signal {s}"),
                         (None, None) => "unknown status".into(),
                     };
-                    return Verdict::new(State::Failure, format!("{} failed ({how})", step.command), ExitCode::StepFailed);
+                    return Verdict::new(
+                        State::Failure,
+                        format!("{} failed ({how})", step.command),
+                        ExitCode::StepFailed,
+                    );
                 }
                 StepOutcome::Canceled => {
-                    return Verdict::new(State::Canceled, format!("{} was canceled", step.command), ExitCode::CiError);
+                    return Verdict::new(
+                        State::Canceled,
+                        format!("{} was canceled", step.command),
+                        ExitCode::CiError,
+                    );
                 }
                 StepOutcome::TimedOut => {
-                    let which = if job_bound { "the job timeout" } else { "its timeout" };
+                    let which = if job_bound {
+                        "the job timeout"
+                    } else {
+                        "its timeout"
+                    };
                     return Verdict::new(
                         State::Error,
                         format!("{} timed out after {took:.0}s ({which})", step.command),
@@ -129,7 +164,11 @@ impl Run<'_> {
                 }
             }
         }
-        Verdict::new(State::Success, format!("All {total} steps passed"), ExitCode::Success)
+        Verdict::new(
+            State::Success,
+            format!("All {total} steps passed"),
+            ExitCode::Success,
+        )
     }
 
     /// `WORK/jobs/JOB`, empty. Runs are one at a time, so older jobs'

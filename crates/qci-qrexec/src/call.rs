@@ -17,7 +17,9 @@ pub mod exit {
 /// A VM's call of `SERVICE+ARG` in `target` (policy-checked by dom0).
 pub fn from_vm(target: &str, service: &str, argument: &str) -> Command {
     let mut cmd = Command::new("qrexec-client-vm");
-    cmd.arg("--").arg(target).arg(format!("{service}+{argument}"));
+    cmd.arg("--")
+        .arg(target)
+        .arg(format!("{service}+{argument}"));
     cmd
 }
 

@@ -41,7 +41,9 @@ impl ServiceCall {
         let arg = arg.map(text).transpose()?;
         let env_arg = env_arg.map(text).transpose()?;
         let argument = match (arg, env_arg) {
-            (Some(a), Some(e)) if a != e => return Err(ServiceCallError::Mismatch { arg: a, env: e }),
+            (Some(a), Some(e)) if a != e => {
+                return Err(ServiceCallError::Mismatch { arg: a, env: e });
+            }
             (Some(a), _) => a,
             (None, Some(e)) => e,
             (None, None) => String::new(),
@@ -60,7 +62,9 @@ mod tests {
 
     #[test]
     fn argument_from_argv_or_env() {
-        let c = ServiceCall::from_parts(Some("J1".into()), Some("J1".into()), Some("sd-dev".into())).unwrap();
+        let c =
+            ServiceCall::from_parts(Some("J1".into()), Some("J1".into()), Some("sd-dev".into()))
+                .unwrap();
         assert_eq!(c.argument, "J1");
         assert_eq!(c.remote_domain.as_deref(), Some("sd-dev"));
         // qrexec leaves $1 out for an empty argument.

@@ -33,7 +33,12 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
     };
     let workspace = paths.workspace(job);
     if let Err(e) = prepare(&job_file, &workspace) {
-        return give_up(job, &job_file, paths, &format!("Cannot prepare the workspace: {e}"));
+        return give_up(
+            job,
+            &job_file,
+            paths,
+            &format!("Cannot prepare the workspace: {e}"),
+        );
     }
     let mut child = match qci_qrexec::call::from_vm("dom0", "qci.Run", job.as_str())
         .stdin(Stdio::null())
@@ -87,11 +92,31 @@ fn prepare(job: &JobFile, workspace: &Path) -> std::io::Result<()> {
         copy_working_tree(source, workspace)
     } else if let Some(commit) = &job.commit {
         let ws = workspace.as_os_str();
-        git(None, &["clone".as_ref(), "--quiet".as_ref(), "--no-checkout".as_ref(), "--".as_ref(), job.repository.url.as_ref(), ws])?;
-        git(Some(workspace), &["checkout".as_ref(), "--quiet".as_ref(), "--detach".as_ref(), commit.as_str().as_ref()])?;
+        git(
+            None,
+            &[
+                "clone".as_ref(),
+                "--quiet".as_ref(),
+                "--no-checkout".as_ref(),
+                "--".as_ref(),
+                job.repository.url.as_ref(),
+                ws,
+            ],
+        )?;
+        git(
+            Some(workspace),
+            &[
+                "checkout".as_ref(),
+                "--quiet".as_ref(),
+                "--detach".as_ref(),
+                commit.as_str().as_ref(),
+            ],
+        )?;
         Ok(())
     } else {
-        Err(std::io::Error::other("the job names neither a source tree nor a commit"))
+        Err(std::io::Error::other(
+            "the job names neither a source tree nor a commit",
+        ))
     }
 }
 
@@ -126,7 +151,10 @@ fn git(dir: Option<&Path>, args: &[&std::ffi::OsStr]) -> std::io::Result<Vec<u8>
     let err = err.and_then(|t| t.join().ok()).unwrap_or_default();
     let shown: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
     match status {
-        None => Err(std::io::Error::other(format!("git {} timed out", shown.join(" ")))),
+        None => Err(std::io::Error::other(format!(
+            "git {} timed out",
+            shown.join(" ")
+        ))),
         Some(s) if !s.success() => Err(std::io::Error::other(format!(
             "git {} failed: {}",
             shown.join(" "),
@@ -139,8 +167,18 @@ fn git(dir: Option<&Path>, args: &[&std::ffi::OsStr]) -> std::io::Result<Vec<u8>
 fn copy_working_tree(source: &Path, dest: &Path) -> std::io::Result<()> {
     let listed = git(
         Some(source),
-        &["ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", ".", ":(exclude).qci", ":(exclude).git"]
-            .map(std::ffi::OsStr::new),
+        &[
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+            "--",
+            ".",
+            ":(exclude).qci",
+            ":(exclude).git",
+        ]
+        .map(std::ffi::OsStr::new),
     );
     match listed {
         Ok(list) => {
@@ -193,7 +231,10 @@ fn copy_entry(from: &Path, to: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(to)?;
         copy_dir(from, to, false)
     } else {
-        tracing::warn!("skipping {}: not a file, directory or symlink", from.display());
+        tracing::warn!(
+            "skipping {}: not a file, directory or symlink",
+            from.display()
+        );
         Ok(())
     }
 }

@@ -59,7 +59,8 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QCI_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("QCI_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let cli = Cli::parse();
@@ -86,9 +87,13 @@ fn fail(code: ExitCode, why: &str) -> ExitCode {
 /// Validates a service call: the job id, and that dom0 is the caller (policy
 /// already keeps other VMs out; this holds if policy is ever loosened).
 fn service_call(arg: Option<OsString>) -> Result<JobId, ExitCode> {
-    let call = ServiceCall::from_env(arg.as_slice()).map_err(|e| fail(ExitCode::BadInput, &e.to_string()))?;
+    let call = ServiceCall::from_env(arg.as_slice())
+        .map_err(|e| fail(ExitCode::BadInput, &e.to_string()))?;
     if let Some(caller) = call.remote_domain.as_deref().filter(|d| *d != "dom0") {
-        return Err(fail(ExitCode::BadInput, &format!("only dom0 may call this service, not {caller}")));
+        return Err(fail(
+            ExitCode::BadInput,
+            &format!("only dom0 may call this service, not {caller}"),
+        ));
     }
     JobId::parse(&call.argument).map_err(|e| fail(ExitCode::BadInput, &e.to_string()))
 }
@@ -100,11 +105,21 @@ fn status(job: &JobId, paths: &Paths) -> ExitCode {
     };
     let mut raw = Vec::new();
     let limit = StatusEvent::MAX_WIRE_BYTES;
-    if let Err(e) = std::io::stdin().lock().take(limit + 1).read_to_end(&mut raw) {
-        return fail(ExitCode::CiError, &format!("cannot read the status event: {e}"));
+    if let Err(e) = std::io::stdin()
+        .lock()
+        .take(limit + 1)
+        .read_to_end(&mut raw)
+    {
+        return fail(
+            ExitCode::CiError,
+            &format!("cannot read the status event: {e}"),
+        );
     }
     if raw.len() as u64 > limit {
-        return fail(ExitCode::BadInput, &format!("status event is larger than {limit} bytes"));
+        return fail(
+            ExitCode::BadInput,
+            &format!("status event is larger than {limit} bytes"),
+        );
     }
     let event = match StatusEvent::parse_for(&raw, job) {
         Ok(e) => e,
@@ -112,18 +127,29 @@ fn status(job: &JobId, paths: &Paths) -> ExitCode {
     };
     match sink::forward(&event, &job_file, paths) {
         Ok(()) => ExitCode::Success,
-        Err(e) => fail(ExitCode::CiError, &format!("cannot forward the {} status: {e}", event.state)),
+        Err(e) => fail(
+            ExitCode::CiError,
+            &format!("cannot forward the {} status: {e}", event.state),
+        ),
     }
 }
 
 fn export(job: &JobId, paths: &Paths) -> ExitCode {
     let workspace = paths.workspace(job);
     if !workspace.is_dir() {
-        return fail(ExitCode::BadInput, &format!("job {job} has no workspace (was `qci-vm begin {job}` run?)"));
+        return fail(
+            ExitCode::BadInput,
+            &format!("job {job} has no workspace (was `qci-vm begin {job}` run?)"),
+        );
     }
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    match export::export(&workspace, &mut out).and_then(|()| out.flush().map_err(export::ExportError::Finish)) {
+    match export::export(&workspace, &mut out)
+        .and_then(|()| out.flush().map_err(export::ExportError::Finish))
+    {
         Ok(()) => ExitCode::Success,
-        Err(e) => fail(ExitCode::CiError, &format!("export of job {job} failed: {e}")),
+        Err(e) => fail(
+            ExitCode::CiError,
+            &format!("export of job {job} failed: {e}"),
+        ),
     }
 }

@@ -9,12 +9,22 @@ use std::path::{Path, PathBuf};
 
 /// The files that ship to Qubes, compiled in so the installed copy is
 /// always the one this qci was built with.
-const DOM0_SERVICES: [(&str, &str); 1] = [("qci.Run", include_str!("../../../qubes-rpc/dom0/qci.Run"))];
+const DOM0_SERVICES: [(&str, &str); 1] =
+    [("qci.Run", include_str!("../../../qubes-rpc/dom0/qci.Run"))];
 const VM_SERVICES: [(&str, &str); 2] = [
-    ("qci.Status", include_str!("../../../qubes-rpc/dev-vm/qci.Status")),
-    ("qci.Export", include_str!("../../../qubes-rpc/dev-vm/qci.Export")),
+    (
+        "qci.Status",
+        include_str!("../../../qubes-rpc/dev-vm/qci.Status"),
+    ),
+    (
+        "qci.Export",
+        include_str!("../../../qubes-rpc/dev-vm/qci.Export"),
+    ),
 ];
-const POLICY: (&str, &str) = ("30-qci.policy", include_str!("../../../policy/30-qci.policy"));
+const POLICY: (&str, &str) = (
+    "30-qci.policy",
+    include_str!("../../../policy/30-qci.policy"),
+);
 /// What Qubes's `qubes.VMShell` does: a shell reading commands from stdin.
 const VMSHELL: &str = "#!/bin/sh\nexec /bin/bash\n";
 
@@ -55,10 +65,21 @@ pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, Ins
 
     let dom0 = machine.domain_root(DOM0)?;
     for (name, text) in DOM0_SERVICES {
-        write_if_changed(&dom0.join("etc/qubes-rpc").join(name), text.as_bytes(), 0o755)?;
+        write_if_changed(
+            &dom0.join("etc/qubes-rpc").join(name),
+            text.as_bytes(),
+            0o755,
+        )?;
     }
-    write_if_changed(&dom0.join("etc/qubes/policy.d").join(POLICY.0), POLICY.1.as_bytes(), 0o644)?;
-    copy_if_changed(&binary(bin_dir, "qci-dom0")?, &machine.bin_dir(DOM0)?.join("qci-dom0"))?;
+    write_if_changed(
+        &dom0.join("etc/qubes/policy.d").join(POLICY.0),
+        POLICY.1.as_bytes(),
+        0o644,
+    )?;
+    copy_if_changed(
+        &binary(bin_dir, "qci-dom0")?,
+        &machine.bin_dir(DOM0)?.join("qci-dom0"),
+    )?;
     link_tools(&machine, DOM0, &["qvm-run", "qrexec-client"], &multicall)?;
     let config = dom0.join("etc/qci/dom0.toml");
     let settings = format!(
@@ -67,14 +88,25 @@ pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, Ins
         dom0.join("var/lib/qci"),
     );
     write_if_changed(&config, settings.as_bytes(), 0o644)?;
-    write_environment(&machine, DOM0, &[("QCI_DOM0_CONFIG", config.to_string_lossy().as_ref())])?;
+    write_environment(
+        &machine,
+        DOM0,
+        &[("QCI_DOM0_CONFIG", config.to_string_lossy().as_ref())],
+    )?;
 
     let vm = machine.domain_root(dev_vm)?;
     for (name, text) in VM_SERVICES {
         write_if_changed(&vm.join("etc/qubes-rpc").join(name), text.as_bytes(), 0o755)?;
     }
-    write_if_changed(&vm.join("etc/qubes-rpc/qubes.VMShell"), VMSHELL.as_bytes(), 0o755)?;
-    copy_if_changed(&binary(bin_dir, "qci-vm")?, &machine.bin_dir(dev_vm)?.join("qci-vm"))?;
+    write_if_changed(
+        &vm.join("etc/qubes-rpc/qubes.VMShell"),
+        VMSHELL.as_bytes(),
+        0o755,
+    )?;
+    copy_if_changed(
+        &binary(bin_dir, "qci-vm")?,
+        &machine.bin_dir(dev_vm)?.join("qci-vm"),
+    )?;
     link_tools(&machine, dev_vm, &["qrexec-client-vm"], &multicall)?;
     write_environment(&machine, dev_vm, &[])?;
     Ok(machine)
@@ -106,7 +138,11 @@ fn binary(dir: &Path, name: &str) -> Result<PathBuf, InstallError> {
 
 /// The domain's PATH keeps its own programs first, then the host's, so
 /// steps find the host's tools as they would find dom0's.
-fn write_environment(machine: &Machine, domain: &str, extra: &[(&str, &str)]) -> Result<(), InstallError> {
+fn write_environment(
+    machine: &Machine,
+    domain: &str,
+    extra: &[(&str, &str)],
+) -> Result<(), InstallError> {
     let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
     let mut text = format!(
         "# Written by qci run --local: the environment of every process in {domain}.\nPATH={}:{host_path}\n",
@@ -119,7 +155,12 @@ fn write_environment(machine: &Machine, domain: &str, extra: &[(&str, &str)]) ->
     write_if_changed(&path, text.as_bytes(), 0o644)
 }
 
-fn link_tools(machine: &Machine, domain: &str, tools: &[&str], multicall: &Path) -> Result<(), InstallError> {
+fn link_tools(
+    machine: &Machine,
+    domain: &str,
+    tools: &[&str],
+    multicall: &Path,
+) -> Result<(), InstallError> {
     let bin = machine.bin_dir(domain)?;
     for tool in tools {
         let link = bin.join(tool);
@@ -136,10 +177,11 @@ fn link_tools(machine: &Machine, domain: &str, tools: &[&str], multicall: &Path)
 /// run is executing is never written in place.
 fn copy_if_changed(from: &Path, to: &Path) -> Result<(), InstallError> {
     let src = std::fs::metadata(from).map_err(io(from))?;
-    if let Ok(dst) = std::fs::metadata(to) {
-        if dst.len() == src.len() && dst.modified().ok() >= src.modified().ok() {
-            return Ok(());
-        }
+    if let Ok(dst) = std::fs::metadata(to)
+        && dst.len() == src.len()
+        && dst.modified().ok() >= src.modified().ok()
+    {
+        return Ok(());
     }
     let tmp = to.with_extension("installing");
     std::fs::create_dir_all(to.parent().unwrap_or(Path::new("/"))).map_err(io(to))?;

@@ -25,7 +25,11 @@ pub enum LocalError {
     #[error("{0} is not a directory")]
     NotADirectory(PathBuf),
     #[error("cannot resolve {rev:?} in {dir}: {why}")]
-    BadCommit { rev: String, dir: PathBuf, why: String },
+    BadCommit {
+        rev: String,
+        dir: PathBuf,
+        why: String,
+    },
     #[error(transparent)]
     Install(#[from] install::InstallError),
     #[error(transparent)]
@@ -54,19 +58,32 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError {
 
 impl LocalRun {
     pub fn execute(&self) -> Result<ExitCode, LocalError> {
-        let dir = std::fs::canonicalize(&self.dir).map_err(|_| LocalError::NotADirectory(self.dir.clone()))?;
+        let dir = std::fs::canonicalize(&self.dir)
+            .map_err(|_| LocalError::NotADirectory(self.dir.clone()))?;
         if !dir.is_dir() {
             return Err(LocalError::NotADirectory(dir));
         }
-        let commit = self.commit.as_deref().map(|rev| resolve_commit(&dir, rev)).transpose()?;
-        let machine = install::install(&self.state_dir.join("machine"), DEV_VM, &install::default_bin_dir())?;
+        let commit = self
+            .commit
+            .as_deref()
+            .map(|rev| resolve_commit(&dir, rev))
+            .transpose()?;
+        let machine = install::install(
+            &self.state_dir.join("machine"),
+            DEV_VM,
+            &install::default_bin_dir(),
+        )?;
         let job = new_job_id();
         let job_file = JobFile {
             repository: Repository {
                 url: dir.to_string_lossy().into_owned(),
                 slug: None,
             },
-            source: if commit.is_some() { None } else { Some(dir.clone()) },
+            source: if commit.is_some() {
+                None
+            } else {
+                Some(dir.clone())
+            },
             commit,
             git_ref: None,
             reason: Reason::Manual,
@@ -80,9 +97,12 @@ impl LocalRun {
         };
         let home = machine.home(DEV_VM)?;
         let job_path = home.join(".qci/jobs").join(format!("{job}.json"));
-        std::fs::create_dir_all(job_path.parent().unwrap_or(&home)).map_err(io("cannot create the jobs directory"))?;
-        let text = serde_json::to_vec_pretty(&job_file).map_err(|e| io("cannot write the job file")(e.into()))?;
-        std::fs::write(&job_path, text).map_err(io(format!("cannot write {}", job_path.display())))?;
+        std::fs::create_dir_all(job_path.parent().unwrap_or(&home))
+            .map_err(io("cannot create the jobs directory"))?;
+        let text = serde_json::to_vec_pretty(&job_file)
+            .map_err(|e| io("cannot write the job file")(e.into()))?;
+        std::fs::write(&job_path, text)
+            .map_err(io(format!("cannot write {}", job_path.display())))?;
         eprintln!("qci: job {job} on {} ({DEV_VM})", machine.root().display());
 
         // As the host does: start `begin` in the dev VM through dom0.
@@ -108,7 +128,9 @@ impl LocalRun {
                 // Nobody posted a final status: the watcher does, so the
                 // commit never stays pending.
                 let why = match code {
-                    None if status.is_none() => format!("Job timed out after {}s", self.timeout.as_secs()),
+                    None if status.is_none() => {
+                        format!("Job timed out after {}s", self.timeout.as_secs())
+                    }
                     Some(c) => format!("Job ended without a final status (exit {c})"),
                     None => "Job ended without a final status (killed)".into(),
                 };
@@ -118,8 +140,14 @@ impl LocalRun {
                 event
             }
         };
-        let log = machine.domain_root(DOM0)?.join("var/log/qci").join(format!("{job}.log"));
-        println!("qci: job {job}: {} ({})", final_event.state, final_event.description);
+        let log = machine
+            .domain_root(DOM0)?
+            .join("var/log/qci")
+            .join(format!("{job}.log"));
+        println!(
+            "qci: job {job}: {} ({})",
+            final_event.state, final_event.description
+        );
         println!("qci: log: {}", log.display());
         Ok(outcome)
     }
@@ -154,7 +182,9 @@ fn post_status(machine: &Machine, event: &StatusEvent) -> Result<(), LocalError>
         use std::io::Write;
         let _ = stdin.write_all(event.to_json().as_bytes());
     }
-    match wait_or_kill(&mut child, Duration::from_secs(60)).map_err(io("cannot post the final status"))? {
+    match wait_or_kill(&mut child, Duration::from_secs(60))
+        .map_err(io("cannot post the final status"))?
+    {
         Some(s) if s.success() => Ok(()),
         other => Err(LocalError::Io {
             what: "cannot post the final status".into(),
@@ -189,5 +219,6 @@ fn new_job_id() -> JobId {
         .chars()
         .filter(char::is_ascii_digit)
         .collect();
-    JobId::parse(&format!("local-{stamp}-{}", std::process::id())).expect("generated job ids are valid")
+    JobId::parse(&format!("local-{stamp}-{}", std::process::id()))
+        .expect("generated job ids are valid")
 }

@@ -64,8 +64,8 @@ enum Found {
 /// The search of `exec.c:find_qrexec_service`: `SERVICE+ARG` in every
 /// directory, then `SERVICE`; the first name that exists decides.
 fn find_service(domain_root: &Path, service: &str, full: &str) -> Found {
-    let dirs = ["run/qubes-rpc", "usr/local/etc/qubes-rpc", "etc/qubes-rpc"]
-        .map(|d| domain_root.join(d));
+    let dirs =
+        ["run/qubes-rpc", "usr/local/etc/qubes-rpc", "etc/qubes-rpc"].map(|d| domain_root.join(d));
     let names = [full, service]
         .into_iter()
         .filter(|n| n.len() <= NAME_MAX && !n.is_empty());
@@ -157,13 +157,13 @@ impl Machine {
         if !argument.is_empty() {
             cmd.arg(argument);
         }
-        cmd.stdout(Stdio::inherit()).stdin(if stdin_prefix.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::inherit()
-        });
-        let stderr_log;
-        if resolved == DOM0 {
+        cmd.stdout(Stdio::inherit())
+            .stdin(if stdin_prefix.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            });
+        let stderr_log = if resolved == DOM0 {
             // Executed directly by the daemon: cwd is its socket directory and
             // stderr goes to the daemon's log, never to the caller.
             match requested.strip_prefix('@') {
@@ -177,14 +177,14 @@ impl Machine {
             cmd.current_dir(root.join("var/run/qubes"));
             let log = root.join(format!("var/log/qubes/qrexec.{source}.log"));
             cmd.stderr(append(&log)?);
-            stderr_log = None;
+            None
         } else {
             cmd.env("QREXEC_REQUESTED_TARGET_TYPE", "")
                 .env("QREXEC_AGENT_PID", std::process::id().to_string())
                 .current_dir(self.home(&resolved)?);
             cmd.stderr(Stdio::piped());
-            stderr_log = Some(root.join("var/log/qrexec.log"));
-        }
+            Some(root.join("var/log/qrexec.log"))
+        };
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {

@@ -63,7 +63,8 @@ fn qrexec_client_vm(machine: &Machine, domain: &str, args: &[String]) -> ToolRes
     let target = loop {
         match rest.next() {
             Some("--") => break rest.next(),
-            Some("-t" | "-T" | "--filter-escape-chars-stdout" | "--filter-escape-chars-stderr") => {}
+            Some("-t" | "-T" | "--filter-escape-chars-stdout" | "--filter-escape-chars-stderr") => {
+            }
             Some("--no-filter-escape-chars-stdout" | "--no-filter-escape-chars-stderr") => {}
             Some(o) if o.starts_with("--buffer-size=") => {}
             Some("-h" | "--help") => {
@@ -77,7 +78,10 @@ fn qrexec_client_vm(machine: &Machine, domain: &str, args: &[String]) -> ToolRes
         }
     };
     let (Some(target), Some(service)) = (target, rest.next()) else {
-        return Err((2, "usage: qrexec-client-vm [options] TARGET SERVICE[+ARG]".into()));
+        return Err((
+            2,
+            "usage: qrexec-client-vm [options] TARGET SERVICE[+ARG]".into(),
+        ));
     };
     if rest.next().is_some() {
         return Err((exit::PROBLEM, "LOCAL_PROGRAM is not emulated".into()));
@@ -117,7 +121,10 @@ fn qvm_run(machine: &Machine, domain: &str, args: &[String]) -> ToolResult {
         }
     }
     let [vm, command] = positional.as_slice() else {
-        return Err((2, "usage: qvm-run [--pass-io] [--service] VMNAME COMMAND".into()));
+        return Err((
+            2,
+            "usage: qvm-run [--pass-io] [--service] VMNAME COMMAND".into(),
+        ));
     };
     if !pass_io {
         silence_stdio();
@@ -127,7 +134,13 @@ fn qvm_run(machine: &Machine, domain: &str, args: &[String]) -> ToolResult {
         finish(machine, caller, vm, command, None)
     } else {
         let prefix = format!("{command}; exit\n");
-        finish(machine, caller, vm, "qubes.VMShell", Some(prefix.as_bytes()))
+        finish(
+            machine,
+            caller,
+            vm,
+            "qubes.VMShell",
+            Some(prefix.as_bytes()),
+        )
     }
 }
 
@@ -173,7 +186,13 @@ fn qrexec_client(machine: &Machine, domain: &str, args: &[String]) -> ToolResult
         None => {
             let prefix = format!("{cmd}; exit\n");
             let caller = Caller::Dom0 { source: DOM0 };
-            finish(machine, caller, &vm, "qubes.VMShell", Some(prefix.as_bytes()))?
+            finish(
+                machine,
+                caller,
+                &vm,
+                "qubes.VMShell",
+                Some(prefix.as_bytes()),
+            )?
         }
     };
     Ok(if always_zero { 0 } else { code })

@@ -1,0 +1,366 @@
+//! `qci run --local` end to end: the real `qci`, `qci-vm` and `qci-dom0`
+//! binaries, the real service files and policy, on an emulated machine.
+
+mod support;
+
+use std::time::Duration;
+use support::{Scratch, example, job_id, parse_log, states, wait_for};
+
+#[test]
+fn sample_succeeds_with_a_live_log_and_running_then_success() {
+    let s = Scratch::new();
+    let (code, lines, ended) = s.run_watched(&example("sample"));
+    let stdout: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+    assert_eq!(code, 0, "stdout:\n{stdout}");
+
+    // Live: the first line of `make test` reached us while it still ran
+    // (it prints for 2.5 s), not all at the end.
+    let first = lines
+        .iter()
+        .find(|(_, l)| l.ends_with("[test] test: case 1 ok"))
+        .expect("case 1 on stdout");
+    assert!(
+        ended.duration_since(first.0) >= Duration::from_millis(1500),
+        "case 1 arrived only at the end"
+    );
+
+    // The dom0 log: every line of the three steps, in order, each stamped on arrival.
+    let job = job_id(&stdout);
+    let log_path = s.dom0_log_dir().join(format!("{job}.log"));
+    assert!(stdout.contains(&format!("qci: log: {}", log_path.display())));
+    let log = parse_log(&std::fs::read_to_string(&log_path).unwrap());
+    let steps: Vec<(&str, &str)> = log
+        .iter()
+        .filter(|l| l.step != "qci")
+        .map(|l| (l.step.as_str(), l.text.as_str()))
+        .collect();
+    assert_eq!(steps[0].0, "clone");
+    assert!(steps[0].1.starts_with("clone: code is in "));
+    assert_eq!(
+        steps[1..],
+        [
+            ("dev", "dev: provisioning (CI=true)"),
+            ("dev", "dev: ready"),
+            ("test", "test: case 1 ok"),
+            ("test", "test: case 2 ok"),
+            ("test", "test: case 3 ok"),
+            ("test", "test: case 4 ok"),
+            ("test", "test: case 5 ok"),
+            ("test", "test: 5 passed"),
+        ]
+    );
+    let case = |n: &str| {
+        log.iter()
+            .find(|l| l.text == format!("test: case {n} ok"))
+            .unwrap()
+            .millis
+    };
+    assert!(
+        case("5") - case("1") >= 1500,
+        "lines were not stamped as they arrived"
+    );
+    assert!(log.windows(2).all(|w| w[0].millis <= w[1].millis));
+
+    let st = states(&s.status_file(&job));
+    assert_eq!(st.first().map(|s| s.0.as_str()), Some("running"));
+    assert_eq!(
+        st.last().unwrap(),
+        &("success".to_owned(), "All 3 steps passed".to_owned())
+    );
+    assert_eq!(st.iter().filter(|s| s.0 != "running").count(), 1, "{st:?}");
+}
+
+#[test]
+fn failing_dev_stops_before_test_and_reports_failure() {
+    let s = Scratch::new();
+    let out = s.run(&example("failing-dev"), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "stdout:\n{stdout}");
+    let job = job_id(&stdout);
+    let log = std::fs::read_to_string(s.dom0_log_dir().join(format!("{job}.log"))).unwrap();
+    assert!(
+        log.contains("[dev] dev: error: template not found"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("[test]") && !log.contains("must never run"),
+        "{log}"
+    );
+    let st = states(&s.status_file(&job));
+    assert_eq!(
+        st.last().unwrap(),
+        &("failure".to_owned(), "make dev failed (exit 2)".to_owned())
+    );
+    assert!(stdout.contains(&format!(
+        "qci: job {job}: failure (make dev failed (exit 2))"
+    )));
+}
+
+#[test]
+fn ansi_colours_and_invalid_utf8_are_cleaned_without_harm() {
+    let s = Scratch::new();
+    let dir = s.project(
+        "colours",
+        &[(
+            ".qci.toml",
+            "[[steps]]\nname = \"paint\"\ncommand = \"printf '\\\\033[1;31mred\\\\033[0m \\\\377\\\\376 \\\\033]0;title\\\\007done\\\\n'\"\n",
+        )],
+    );
+    let out = s.run(&dir, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}");
+    let log = std::fs::read(s.dom0_log_dir().join(format!("{}.log", job_id(&stdout)))).unwrap();
+    let log = String::from_utf8(log).expect("the log is valid UTF-8");
+    assert!(
+        log.contains("[paint] red \u{FFFD}\u{FFFD} done\n"),
+        "{log:?}"
+    );
+    assert!(!log.contains('\x1b') && !log.contains('\x07'));
+}
+
+#[test]
+fn working_tree_runs_as_is_and_commit_runs_a_clean_checkout() {
+    let s = Scratch::new();
+    let dir = s.project(
+        "repo",
+        &[
+            (
+                ".qci.toml",
+                "[[steps]]\nname = \"show\"\ncommand = \"cat version.txt; ls\"\n",
+            ),
+            ("version.txt", "committed\n"),
+        ],
+    );
+    let git = |args: &[&str]| {
+        let st = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-qm", "one"]);
+    std::fs::write(dir.join("version.txt"), "edited\n").unwrap();
+    std::fs::write(dir.join("new-untracked.txt"), "x").unwrap();
+    std::fs::write(dir.join(".gitignore"), "ignored.txt\n").unwrap();
+    std::fs::write(dir.join("ignored.txt"), "x").unwrap();
+
+    let log_of = |out: &std::process::Output| {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}");
+        std::fs::read_to_string(s.dom0_log_dir().join(format!("{}.log", job_id(&stdout)))).unwrap()
+    };
+    let tree = log_of(&s.run(&dir, &[]));
+    assert!(tree.contains("[show] edited"), "{tree}");
+    assert!(tree.contains("[show] new-untracked.txt"), "{tree}");
+    assert!(
+        !tree.contains("ignored.txt"),
+        "ignored files must not be sent: {tree}"
+    );
+
+    let clean = log_of(&s.run(&dir, &["--commit", "HEAD"]));
+    assert!(clean.contains("[show] committed"), "{clean}");
+    assert!(!clean.contains("new-untracked.txt"), "{clean}");
+
+    let bad = s.run(&dir, &["--commit", "no-such-rev"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no such commit"));
+}
+
+/// A project whose one step takes a while, to catch a run in the middle.
+fn slow_project(s: &Scratch) -> std::path::PathBuf {
+    s.project(
+        "slow",
+        &[(
+            ".qci.toml",
+            "[[steps]]\nname = \"wait\"\ncommand = \"echo started; sleep 3; echo finished\"\n",
+        )],
+    )
+}
+
+#[test]
+fn a_second_run_while_one_runs_is_refused_and_the_first_finishes() {
+    let s = Scratch::new();
+    let dir = slow_project(&s);
+    let first = support::qci()
+        .args(["run", "--local"])
+        .arg(&dir)
+        .arg("--state-dir")
+        .arg(s.state())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = s.dom0_log_dir();
+    wait_for("the first job's step", Duration::from_secs(30), || {
+        std::fs::read_dir(&logs)
+            .map(|d| {
+                d.flatten().any(|e| {
+                    std::fs::read_to_string(e.path())
+                        .unwrap_or_default()
+                        .contains("[wait] started")
+                })
+            })
+            .unwrap_or(false)
+    });
+    // The dev VM calls qci.Run for a second job while the first runs.
+    let second = s.qrexec("sd-dev", "dom0", "qci.Run+second", b"");
+    let said = String::from_utf8_lossy(&second.stdout);
+    assert_eq!(second.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("refused: another job (local-") && said.contains(") is running in this dom0"),
+        "{said}"
+    );
+    assert!(
+        !logs.join("second.log").exists(),
+        "the refused job must not get a log"
+    );
+
+    let out = first.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("[wait] finished"));
+    assert_eq!(
+        states(&s.status_file(&job_id(&stdout))).last().unwrap().0,
+        "success"
+    );
+}
+
+#[test]
+fn bad_job_ids_get_exit_2_and_a_clear_message_everywhere() {
+    let s = Scratch::new();
+    let ok = s.run(
+        &s.project(
+            "noop",
+            &[(
+                ".qci.toml",
+                "[[steps]]\nname = \"noop\"\ncommand = \"true\"\n",
+            )],
+        ),
+        &[],
+    );
+    assert_eq!(ok.status.code(), Some(0));
+
+    // dom0's runner: the message reaches the caller on stdout (a dom0 service's stderr does not).
+    for bad in [
+        "qci.Run+.hidden",
+        "qci.Run+-rf",
+        "qci.Run+",
+        &format!("qci.Run+{}", "x".repeat(65)),
+    ] {
+        let out = s.qrexec("sd-dev", "dom0", bad, b"");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {said}");
+        assert!(
+            said.contains("[qci] refused: invalid job id"),
+            "{bad}: {said}"
+        );
+    }
+    // The daemon turns bytes outside the RPC charset into '_': `a/b` arrives as `a_b`,
+    // a valid id with no job file, so the runner must still not escape its directories.
+    let out = s.qrexec("dom0", "sd-dev", "qci.Export+..", b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid job id"));
+    let out = s.qrexec("dom0", "sd-dev", "qci.Status+-x", b"{}");
+    assert_eq!(out.status.code(), Some(2));
+
+    // The dev VM's begin.
+    let vm_bin = s.machine().join("sd-dev/usr/bin/qci-vm");
+    let out = std::process::Command::new(vm_bin)
+        .args(["begin", "../etc"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid job id"));
+}
+
+#[test]
+fn qci_run_from_another_vm_is_refused_by_policy_and_never_starts() {
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.machine()).unwrap();
+    std::fs::write(
+        s.machine().join("machine.toml"),
+        "[qubes.sys-net]\ntype = \"AppVM\"\n",
+    )
+    .unwrap();
+    let ok = s.run(
+        &s.project(
+            "noop",
+            &[(
+                ".qci.toml",
+                "[[steps]]\nname = \"noop\"\ncommand = \"true\"\n",
+            )],
+        ),
+        &[],
+    );
+    assert_eq!(ok.status.code(), Some(0));
+
+    for target in ["dom0", "@adminvm"] {
+        let out = s.qrexec("sys-net", target, "qci.Run+J1", b"");
+        assert_eq!(out.status.code(), Some(126));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Request refused"));
+        assert!(out.stdout.is_empty(), "the runner must not start");
+    }
+    assert!(!s.dom0_log_dir().join("J1.log").exists());
+    let denied =
+        std::fs::read_to_string(s.machine().join("dom0/var/log/qubes/policy.log")).unwrap();
+    assert!(
+        denied.contains("denied: sys-net -> dom0 qci.Run+J1"),
+        "{denied}"
+    );
+}
+
+#[test]
+fn invalid_status_events_are_refused_by_the_dev_vm() {
+    let s = Scratch::new();
+    let out = s.run(
+        &s.project(
+            "noop",
+            &[(
+                ".qci.toml",
+                "[[steps]]\nname = \"noop\"\ncommand = \"true\"\n",
+            )],
+        ),
+        &[],
+    );
+    let job = job_id(&String::from_utf8_lossy(&out.stdout));
+    let before = states(&s.status_file(&job)).len();
+    let service = format!("qci.Status+{job}");
+    for (event, why) in [
+        (
+            format!(
+                r#"{{"job":"{job}","state":"success","description":"","log":"{job}.log","extra":1}}"#
+            ),
+            "unknown field",
+        ),
+        (
+            format!(r#"{{"job":"{job}","state":"pending","description":"","log":"{job}.log"}}"#),
+            "unknown variant",
+        ),
+        (
+            r#"{"job":"other","state":"success","description":"","log":"other.log"}"#.to_owned(),
+            "is for job other",
+        ),
+        (
+            format!(r#"{{"job":"{job}","state":"success","description":"","log":"/etc/passwd"}}"#),
+            "log must be",
+        ),
+        ("x".repeat(10_000), "larger than"),
+    ] {
+        let out = s.qrexec("dom0", "sd-dev", &service, event.as_bytes());
+        assert_eq!(out.status.code(), Some(2), "{why}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "{why}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        states(&s.status_file(&job)).len(),
+        before,
+        "nothing refused may reach the sink"
+    );
+}
