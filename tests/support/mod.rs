@@ -197,3 +197,104 @@ pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+impl Scratch {
+    /// Writes dom0's settings before the machine's first run (qci writes the
+    /// file only when it is missing), keeping the machine's own directories.
+    pub fn dom0_config(&self, extra: &str) {
+        let dom0 = self.machine().join("dom0");
+        let path = dom0.join("etc/qci/dom0.toml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let text = format!(
+            "dev_vm = \"sd-dev\"\nlog_dir = {:?}\nwork_dir = {:?}\n{extra}\n",
+            dom0.join("var/log/qci"),
+            self.work_dir()
+        );
+        std::fs::write(path, text).unwrap();
+    }
+
+    pub fn work_dir(&self) -> PathBuf {
+        self.machine().join("dom0/var/lib/qci")
+    }
+
+    /// Starts `qci run --local DIR` in the background, stdout piped.
+    pub fn spawn_run(&self, dir: &Path) -> std::process::Child {
+        qci()
+            .args(["run", "--local"])
+            .arg(dir)
+            .arg("--state-dir")
+            .arg(self.state())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn qci")
+    }
+
+    /// The text of the only log in dom0's log directory, once there is one.
+    pub fn current_log(&self) -> String {
+        std::fs::read_dir(self.dom0_log_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect()
+    }
+}
+
+/// Pids of processes whose environment holds `marker` (`KEY=VALUE`) and
+/// whose command line satisfies `pick`: how tests find a machine's processes.
+pub fn processes(marker: &str, pick: impl Fn(&[String]) -> bool) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if !environ.split(|&b| b == 0).any(|v| v == marker.as_bytes()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if stat
+            .rsplit_once(')')
+            .is_some_and(|(_, f)| f.trim_start().starts_with('Z'))
+        {
+            continue;
+        }
+        let cmdline: Vec<String> = std::fs::read(entry.path().join("cmdline"))
+            .unwrap_or_default()
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if pick(&cmdline) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+pub fn sigkill(pid: i32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -KILL {pid}");
+}
+
+/// Whether `pid` is gone or only a zombie.
+pub fn is_dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, f)| f.trim_start().starts_with('Z')),
+    }
+}

@@ -20,6 +20,7 @@ const LOG_MODE: u32 = 0o640;
 pub struct LogWriter {
     file: File,
     echo: Option<Box<dyn Write + Send>>,
+    mask: SecretMask,
 }
 
 impl LogWriter {
@@ -35,7 +36,17 @@ impl LogWriter {
             .open(path)?;
         // The mode above only applies to a new file and is cut by the umask.
         file.set_permissions(Permissions::from_mode(LOG_MODE))?;
-        Ok(Self { file, echo })
+        Ok(Self {
+            file,
+            echo,
+            mask: SecretMask::default(),
+        })
+    }
+
+    /// Masks `secrets` in every line from now on, in the file and the echo.
+    pub fn with_secrets(mut self, mask: SecretMask) -> Self {
+        self.mask = mask;
+        self
     }
 
     /// Writes one line for `step`, stamped now; `raw` is one output line
@@ -56,7 +67,7 @@ impl LogWriter {
             "{} [{}] {}\n",
             timestamp(at),
             sanitize(step.as_bytes()),
-            sanitize(raw)
+            self.mask.apply(&sanitize(raw))
         );
         self.file.write_all(text.as_bytes())?;
         self.file.flush()?;
@@ -67,6 +78,42 @@ impl LogWriter {
             self.echo = None;
         }
         Ok(())
+    }
+}
+
+/// Replaces configured secret values by `***`.
+///
+/// Masking works on whole lines, after they are put together from however
+/// many writes the step made, so a secret split across writes is still
+/// caught. Not caught: a secret cut by the `MAX_LINE` split of an overlong
+/// line, or one that spans a newline.
+#[derive(Debug, Clone, Default)]
+pub struct SecretMask {
+    /// Longest first, so a secret that contains another is masked whole.
+    secrets: Vec<String>,
+}
+
+impl SecretMask {
+    /// Empty values are ignored: they would match everywhere.
+    pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
+        let mut secrets: Vec<String> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        Self { secrets }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    pub fn apply<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        let mut out = std::borrow::Cow::Borrowed(text);
+        for secret in &self.secrets {
+            if out.contains(secret.as_str()) {
+                out = std::borrow::Cow::Owned(out.replace(secret.as_str(), "***"));
+            }
+        }
+        out
     }
 }
 
@@ -270,6 +317,29 @@ fn utf8_cut(buf: &[u8]) -> usize {
 
 #[cfg(test)]
 pub(crate) mod tests {
+
+    #[test]
+    fn secrets_are_masked_longest_first_and_empty_ones_ignored() {
+        let mask = SecretMask::new(["abc".to_owned(), "abcdef".to_owned(), String::new()]);
+        assert_eq!(mask.apply("x abcdef y abc z"), "x *** y *** z");
+        assert_eq!(mask.apply("nothing here"), "nothing here");
+        assert!(SecretMask::new([String::new()]).is_empty());
+    }
+
+    #[test]
+    fn a_secret_reaches_neither_the_file_nor_the_echo() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.log");
+        let echoed = Arc::new(Mutex::new(Vec::new()));
+        let mut log = LogWriter::create(&path, Some(Box::new(Shared(echoed.clone()))))
+            .unwrap()
+            .with_secrets(SecretMask::new(["s3cr3t-value".to_owned()]));
+        log.line("test", b"token=s3cr3t-value ok").unwrap();
+        let file = std::fs::read_to_string(&path).unwrap();
+        assert!(file.ends_with("[test] token=*** ok\n"), "{file}");
+        let echoed = String::from_utf8(echoed.lock().unwrap().clone()).unwrap();
+        assert!(echoed.ends_with("[test] token=*** ok\n"), "{echoed}");
+    }
     use super::*;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, UNIX_EPOCH};
@@ -403,8 +473,8 @@ pub(crate) mod tests {
     fn writes_formatted_lines_to_file_and_echo() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("job.log");
-        let echo = Shared::default();
-        let mut log = LogWriter::create(&path, Some(Box::new(echo.clone()))).unwrap();
+        let echoed = Arc::new(Mutex::new(Vec::new()));
+        let mut log = LogWriter::create(&path, Some(Box::new(Shared(echoed.clone())))).unwrap();
         log.line("build", b"\x1b[32mok\x1b[0m").unwrap();
         // Written through: readable before the writer is dropped.
         let text = std::fs::read_to_string(&path).unwrap();
@@ -415,7 +485,7 @@ pub(crate) mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,
-            String::from_utf8(echo.0.lock().unwrap().clone()).unwrap()
+            String::from_utf8(echoed.lock().unwrap().clone()).unwrap()
         );
         let lines: Vec<_> = text.lines().map(|l| parse_line(l).unwrap()).collect();
         assert_eq!((lines[0].1, lines[0].2), ("build", "ok"));

@@ -32,3 +32,80 @@ pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> std::io::Result<Opt
         }
     }
 }
+
+/// Kills (SIGKILL) every process whose environment holds `key=value`, but
+/// this one. A runner marks its steps' environment this way, so when a
+/// runner was killed and its steps outlived it (even ones that left their
+/// process group), the next run finds and stops them. Returns their pids.
+///
+/// Processes whose environment cannot be read (another user's, already
+/// gone) are left alone.
+pub fn kill_marked(key: &str, value: &str) -> Vec<i32> {
+    let marker = format!("{key}={value}");
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut killed = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|&b| b == 0)
+            .any(|var| var == marker.as_bytes())
+        {
+            let target = nix::unistd::Pid::from_raw(pid);
+            if nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                killed.push(pid);
+            }
+        }
+    }
+    killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn kill_marked_stops_only_the_marked_processes() {
+        let value = format!("test-{}", std::process::id());
+        let mut marked = Command::new("sleep")
+            .arg("30")
+            .env("QCI_TEST_MARK", &value)
+            .spawn()
+            .unwrap();
+        let mut other = Command::new("sleep")
+            .arg("30")
+            .env("QCI_TEST_MARK", "someone-else")
+            .spawn()
+            .unwrap();
+        let killed = kill_marked("QCI_TEST_MARK", &value);
+        assert_eq!(killed, vec![marked.id() as i32]);
+        let status = wait_or_kill(&mut marked, Duration::from_secs(5))
+            .unwrap()
+            .expect("killed");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "an unmarked process was killed"
+        );
+        let _ = other.kill();
+        let _ = other.wait();
+    }
+}

@@ -27,6 +27,9 @@ pub struct Config {
     /// Between SIGTERM and SIGKILL when a step is stopped.
     pub kill_grace: Duration,
     pub limits: Limits,
+    /// Values replaced by `***` wherever they would appear in the log or on
+    /// stdout (a step may print a credential it was given).
+    pub secrets: Vec<String>,
 }
 
 impl Default for Config {
@@ -40,6 +43,7 @@ impl Default for Config {
             export_timeout: Duration::from_secs(30 * 60),
             kill_grace: Duration::from_secs(10),
             limits: Limits::default(),
+            secrets: Vec::new(),
         }
     }
 }
@@ -59,6 +63,8 @@ struct RawConfig {
     max_total_bytes: Option<u64>,
     max_entries: Option<u64>,
     max_path_len: Option<usize>,
+    #[serde(default)]
+    secrets: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +139,7 @@ impl Config {
         if let Some(v) = raw.max_path_len {
             c.limits.max_path_len = v;
         }
+        c.secrets = raw.secrets;
         Ok(c)
     }
 }

@@ -14,9 +14,10 @@ mod fetch;
 mod lock;
 mod report;
 mod runner;
+mod signals;
 
 use config::Config;
-use qci_core::log::{LogWriter, timestamp};
+use qci_core::log::{LogWriter, SecretMask, timestamp};
 use qci_core::{ExitCode, JobId};
 use qci_qrexec::service::ServiceCall;
 use std::time::SystemTime;
@@ -90,7 +91,7 @@ fn serve(args: &[std::ffi::OsString]) -> ExitCode {
     };
     let log_path = config.log_dir.join(format!("{job}.log"));
     let log = match LogWriter::create(&log_path, Some(Box::new(std::io::stdout()))) {
-        Ok(l) => l,
+        Ok(l) => l.with_secrets(SecretMask::new(config.secrets.iter().cloned())),
         Err(e) => {
             return refuse(
                 ExitCode::CiError,
@@ -103,11 +104,13 @@ fn serve(args: &[std::ffi::OsString]) -> ExitCode {
         job: job.clone(),
         timeout: config.status_timeout,
     };
+    signals::cancel_on_termination();
     runner::Run {
         config: &config,
         job: &job,
         log,
         reporter,
+        cancel: &signals::CANCEL,
     }
     .execute()
 }

@@ -10,6 +10,7 @@ use qci_core::pipeline::Pipeline;
 use qci_core::step::{StepContext, StepOutcome, run_step};
 use qci_core::{ExitCode, JobId, State};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// A run's end: the final status and the process exit code that go with it.
@@ -37,7 +38,14 @@ pub struct Run<'a> {
     pub job: &'a JobId,
     pub log: LogWriter,
     pub reporter: Reporter,
+    /// Set when the run must stop (qci-dom0 got SIGTERM, SIGINT or SIGHUP).
+    pub cancel: &'a AtomicBool,
 }
+
+/// Every step process carries `QCI_RUNNER=<work dir>` in its environment, so
+/// processes left by a killed runner (even ones that left their process
+/// group) can be found and stopped by the next run of the same dom0.
+const RUNNER_MARK: &str = "QCI_RUNNER";
 
 impl Run<'_> {
     /// Runs the job to its end and reports the final status.
@@ -47,8 +55,10 @@ impl Run<'_> {
             "job {} called from {}",
             self.job, self.config.dev_vm
         ));
+        self.stop_leftovers("a previous run");
         self.report(State::Running, "Fetching the code");
         let verdict = self.stages(started);
+        self.stop_leftovers("this run");
         self.note(&format!(
             "job {}: {} ({}) after {:.1}s",
             self.job,
@@ -103,6 +113,13 @@ impl Run<'_> {
             let mut step = step.clone();
             let job_bound = remaining < step.timeout;
             step.timeout = step.timeout.min(remaining);
+            if self.cancel.load(Ordering::SeqCst) {
+                return Verdict::new(
+                    State::Canceled,
+                    format!("Canceled before {}", step.command),
+                    ExitCode::CiError,
+                );
+            }
             if step.timeout.is_zero() {
                 return Verdict::new(
                     State::Error,
@@ -118,9 +135,12 @@ impl Run<'_> {
             let step_started = Instant::now();
             let ctx = StepContext {
                 workdir: &workspace,
-                env: vec![("QCI_JOB".into(), self.job.to_string())],
+                env: vec![
+                    ("QCI_JOB".into(), self.job.to_string()),
+                    (RUNNER_MARK.into(), self.runner_id()),
+                ],
                 grace: self.config.kill_grace,
-                cancel: None,
+                cancel: Some(self.cancel),
             };
             let outcome = match run_step(&step, &ctx, &mut self.log) {
                 Ok(o) => o,
@@ -158,7 +178,11 @@ impl Run<'_> {
                     };
                     return Verdict::new(
                         State::Error,
-                        format!("{} timed out after {took:.0}s ({which})", step.command),
+                        format!(
+                            "{} timed out after {}s ({which})",
+                            step.command,
+                            step.timeout.as_secs()
+                        ),
                         ExitCode::CiError,
                     );
                 }
@@ -179,6 +203,22 @@ impl Run<'_> {
         let ws = jobs.join(self.job.as_str());
         std::fs::create_dir_all(&ws)?;
         Ok(ws)
+    }
+
+    fn runner_id(&self) -> String {
+        self.config.work_dir.display().to_string()
+    }
+
+    /// Stops step processes that outlived their step: a killed runner's, or
+    /// this run's that escaped their process group.
+    fn stop_leftovers(&mut self, whose: &str) {
+        let killed = qci_core::process::kill_marked(RUNNER_MARK, &self.runner_id());
+        if !killed.is_empty() {
+            self.note(&format!(
+                "stopped {} leftover process(es) of {whose}: {killed:?}",
+                killed.len()
+            ));
+        }
     }
 
     fn note(&mut self, text: &str) {

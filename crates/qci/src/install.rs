@@ -82,12 +82,18 @@ pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, Ins
     )?;
     link_tools(&machine, DOM0, &["qvm-run", "qrexec-client"], &multicall)?;
     let config = dom0.join("etc/qci/dom0.toml");
-    let settings = format!(
-        "# Written by qci run --local for this emulated machine.\ndev_vm = {dev_vm:?}\nlog_dir = {:?}\nwork_dir = {:?}\n",
-        dom0.join("var/log/qci"),
-        dom0.join("var/lib/qci"),
-    );
-    write_if_changed(&config, settings.as_bytes(), 0o644)?;
+    if !config.exists() {
+        // Written once: after that the file is the user's to edit (secrets,
+        // limits, timeouts), as /etc/qci/dom0.toml is in a real dom0.
+        let settings = format!(
+            "# dom0's qci settings on this emulated machine. Edit freely:\n\
+             # qci writes this file only when it is missing.\n\
+             dev_vm = {dev_vm:?}\nlog_dir = {:?}\nwork_dir = {:?}\n",
+            dom0.join("var/log/qci"),
+            dom0.join("var/lib/qci"),
+        );
+        write_if_changed(&config, settings.as_bytes(), 0o644)?;
+    }
     write_environment(
         &machine,
         DOM0,

@@ -8,7 +8,7 @@ use qci_core::{ExitCode, JobId, State, StatusEvent};
 use qci_qrexec::emulator::{DOM0, Machine};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The dev VM of a local machine, as on SecureDrop Workstation.
 pub const DEV_VM: &str = "sd-dev";
@@ -118,12 +118,21 @@ impl LocalRun {
         let status = wait_or_kill(&mut child, self.timeout + Duration::from_secs(60))
             .map_err(io("lost the job"))?;
         let code = status.and_then(|s| s.code());
-        let mut outcome = ExitCode::from_status(code);
-
-        let events = read_events(&home.join(status_file_rel(&job)), &job);
-        let last = events.iter().rev().find(|e| e.state.is_final());
+        let status_file = home.join(status_file_rel(&job));
+        let mut last = final_event(&status_file, &job);
+        if last.is_none() {
+            // `begin` is gone without a final status, but dom0's runner may
+            // still be at work (it reports on its own): wait for it.
+            let lock = machine.domain_root(DOM0)?.join("var/lib/qci/run.lock");
+            let deadline = Instant::now() + self.timeout;
+            while last.is_none() && runner_busy(&lock) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+                last = final_event(&status_file, &job);
+            }
+            last = last.or_else(|| final_event(&status_file, &job));
+        }
         let final_event = match last {
-            Some(e) => e.clone(),
+            Some(e) => e,
             None => {
                 // Nobody posted a final status: the watcher does, so the
                 // commit never stays pending.
@@ -136,9 +145,18 @@ impl LocalRun {
                 };
                 let event = StatusEvent::new(&job, State::Error, why);
                 post_status(&machine, &event)?;
-                outcome = ExitCode::CiError;
                 event
             }
+        };
+        // The runner's own exit codes say it all; otherwise (begin was
+        // killed, qrexec failed) the final status does.
+        let outcome = match code {
+            Some(c @ 0..=3) => ExitCode::from_status(Some(c)),
+            _ => match final_event.state {
+                State::Success => ExitCode::Success,
+                State::Failure => ExitCode::StepFailed,
+                _ => ExitCode::CiError,
+            },
         };
         let log = machine
             .domain_root(DOM0)?
@@ -150,6 +168,25 @@ impl LocalRun {
         );
         println!("qci: log: {}", log.display());
         Ok(outcome)
+    }
+}
+
+fn final_event(status_file: &Path, job: &JobId) -> Option<StatusEvent> {
+    read_events(status_file, job)
+        .into_iter()
+        .rev()
+        .find(|e| e.state.is_final())
+}
+
+/// Whether a runner holds dom0's run lock (the kernel drops it when the
+/// runner dies, however it dies).
+fn runner_busy(lock: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(lock) else {
+        return false;
+    };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+        Ok(_unlocked_on_drop) => false,
+        Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
     }
 }
 
