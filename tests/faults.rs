@@ -215,3 +215,54 @@ fn a_secret_split_across_two_writes_is_masked_in_the_log_and_on_stdout() {
     assert!(log.contains("[mask] token=*** end"), "{log}");
     assert!(!log.contains("hunter2secret") && !stdout.contains("hunter2secret"));
 }
+
+#[test]
+fn the_whole_job_timeout_bounds_the_steps() {
+    let s = Scratch::new();
+    s.dom0_config("job_timeout = \"2s\"\nkill_grace = \"1s\"");
+    let out = s.run(&waiting_project(&s, 30), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    let (state, description) = states(&s.status_file(&job_id(&stdout))).pop().unwrap();
+    assert_eq!(state, "error");
+    assert!(
+        description.ends_with("timed out after 2s (the job timeout)"),
+        "{description}"
+    );
+}
+
+#[test]
+fn sigterm_to_the_runner_cancels_the_step_and_reports_canceled() {
+    let s = Scratch::new();
+    s.dom0_config("kill_grace = \"1s\"");
+    let child = s.spawn_run(&waiting_project(&s, 30));
+    wait_for("the step", Duration::from_secs(30), || {
+        s.current_log().contains("[wait] before")
+    });
+    let emu = format!("QCI_EMU_MACHINE={}", s.machine().display());
+    let runners = processes(&emu, |cmd| {
+        cmd.first().is_some_and(|c| c.ends_with("qci-dom0"))
+    });
+    assert_eq!(runners.len(), 1);
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &runners[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+
+    let (code, stdout) = finish(child);
+    assert_eq!(code, Some(3), "{stdout}");
+    let job = job_id(&stdout);
+    let (state, description) = states(&s.status_file(&job)).pop().unwrap();
+    assert_eq!(state, "canceled");
+    assert!(
+        description.starts_with("echo before; sleep 30; echo after canceled after"),
+        "{description}"
+    );
+    let marker = format!("QCI_RUNNER={}", s.work_dir().display());
+    assert_eq!(
+        processes(&marker, |_| true),
+        Vec::<i32>::new(),
+        "the step survived the cancel"
+    );
+}

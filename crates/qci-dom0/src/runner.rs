@@ -166,22 +166,22 @@ impl Run<'_> {
                 StepOutcome::Canceled => {
                     return Verdict::new(
                         State::Canceled,
-                        format!("{} was canceled", step.command),
+                        format!("{} canceled after {took:.0}s", step.command),
                         ExitCode::CiError,
                     );
                 }
                 StepOutcome::TimedOut => {
-                    let which = if job_bound {
-                        "the job timeout"
+                    let (limit, which) = if job_bound {
+                        (self.config.job_timeout, "the job timeout")
                     } else {
-                        "its timeout"
+                        (step.timeout, "its timeout")
                     };
                     return Verdict::new(
                         State::Error,
                         format!(
                             "{} timed out after {}s ({which})",
                             step.command,
-                            step.timeout.as_secs()
+                            limit.as_secs()
                         ),
                         ExitCode::CiError,
                     );

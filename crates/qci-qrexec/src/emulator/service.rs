@@ -4,7 +4,7 @@
 
 use super::{DOM0, Machine, MachineError};
 use crate::call::exit;
-use crate::policy::{Policy, Request, Resolution};
+use crate::policy::{Denied, Policy, PolicyError, Request, Resolution};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -114,20 +114,29 @@ impl Machine {
         }
         let (source, resolved, requested) = match caller {
             Caller::Dom0 { source } => {
-                if !self.exists(target) {
+                // `@adminvm` names dom0 (`qrexec-client -d dom0 '... keyword adminvm'`).
+                let resolved = if target == "@adminvm" { DOM0 } else { target };
+                if !self.exists(resolved) {
                     return Err(MachineError::NoSuchQube(target.to_owned()));
                 }
-                (source, target.to_owned(), target)
+                (source, resolved.to_owned(), target)
             }
             Caller::Vm(source) => {
-                let policy = self.load_policy()?;
                 let request = Request {
                     service,
                     argument,
                     source,
                     target,
                 };
-                match policy.evaluate(&request, &self.system()) {
+                // A policy that does not load refuses every call, as
+                // qrexec-policy-exec exits non-zero then (reference §9).
+                let decision = match self.load_policy() {
+                    Ok(policy) => policy.evaluate(&request, &self.system()),
+                    Err(e) => Err(Denied {
+                        reason: format!("error loading policy: {e}"),
+                    }),
+                };
+                match decision {
                     Ok(Resolution::Allow { target: t, .. }) => (source, t, target),
                     Err(denied) => {
                         tracing::info!(%source, %target, %full, reason = %denied.reason, "refused");
@@ -229,14 +238,11 @@ impl Machine {
         })
     }
 
-    fn load_policy(&self) -> Result<Policy, MachineError> {
-        let dom0 = self.domain_root(DOM0)?;
+    fn load_policy(&self) -> Result<Policy, PolicyError> {
+        let dom0 = self.root().join(DOM0);
         let run = dom0.join("run/qubes/policy.d");
         let etc = dom0.join("etc/qubes/policy.d");
-        Policy::load_dirs(&[&run, &etc]).map_err(|e| MachineError::Manifest {
-            path: etc.clone(),
-            reason: e.to_string(),
-        })
+        Policy::load_dirs(&[&run, &etc])
     }
 
     /// dom0 keeps a record of refusals, as `qrexec-policy-daemon` logs them.

@@ -181,7 +181,13 @@ fn qrexec_client(machine: &Machine, domain: &str, args: &[String]) -> ToolResult
             let (Some(service), Some(source)) = (words.next(), words.next()) else {
                 return Err((2, format!("bad QUBESRPC command {cmd:?}")));
             };
-            finish(machine, Caller::Dom0 { source }, &vm, service, None)?
+            // To dom0 the command also names the requested target:
+            // `name dom0` or `keyword adminvm` (reference §9).
+            let target = match (words.next(), words.next()) {
+                (Some("keyword"), Some(keyword)) if vm == DOM0 => format!("@{keyword}"),
+                _ => vm.clone(),
+            };
+            finish(machine, Caller::Dom0 { source }, &target, service, None)?
         }
         None => {
             let prefix = format!("{cmd}; exit\n");
