@@ -47,6 +47,9 @@ pub struct Run<'a> {
 /// group) can be found and stopped by the next run of the same dom0.
 const RUNNER_MARK: &str = "QCI_RUNNER";
 
+const FINAL_REPORT_ATTEMPTS: u32 = 3;
+const FINAL_REPORT_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Run<'_> {
     /// Runs the job to its end and reports the final status.
     pub fn execute(mut self) -> ExitCode {
@@ -66,7 +69,7 @@ impl Run<'_> {
             verdict.description,
             started.elapsed().as_secs_f64()
         ));
-        self.report(verdict.state, &verdict.description);
+        self.report_final(verdict.state, &verdict.description);
         verdict.exit
     }
 
@@ -230,6 +233,23 @@ impl Run<'_> {
     fn report(&mut self, state: State, description: &str) {
         if let Err(e) = self.reporter.send(state, description) {
             self.note(&format!("could not report {state}: {e}"));
+        }
+    }
+
+    /// The final status matters most: a commit must not stay pending
+    /// because one `qci.Status` call failed (its service was killed, the dev
+    /// VM was busy), so it gets a few tries.
+    fn report_final(&mut self, state: State, description: &str) {
+        for attempt in 1..=FINAL_REPORT_ATTEMPTS {
+            match self.reporter.send(state, description) {
+                Ok(()) => return,
+                Err(e) => self.note(&format!(
+                    "could not report {state} (attempt {attempt} of {FINAL_REPORT_ATTEMPTS}): {e}"
+                )),
+            }
+            if attempt < FINAL_REPORT_ATTEMPTS {
+                std::thread::sleep(FINAL_REPORT_PAUSE);
+            }
         }
     }
 }

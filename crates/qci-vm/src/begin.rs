@@ -12,8 +12,10 @@
 use crate::paths::Paths;
 use crate::sink;
 use qci_core::job_file::JobFile;
+use qci_core::log::{LineSplitter, SecretMask};
 use qci_core::process::wait_or_kill;
 use qci_core::{ExitCode, JobId, State, StatusEvent};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -42,11 +44,17 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
     }
     let mut child = match qci_qrexec::call::from_vm("dom0", "qci.Run", job.as_str())
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
     {
         Ok(c) => c,
         Err(e) => return give_up(job, &job_file, paths, &format!("Cannot call qci.Run: {e}")),
     };
+    if let Some(log) = child.stdout.take() {
+        let mask = SecretMask::new(sink::secrets(&job_file, paths));
+        // Not joined: a process dom0 left behind may hold the stream open.
+        std::thread::spawn(move || relay(log, std::io::stdout(), &mask));
+    }
     let timeout = Duration::from_secs(job_file.timeout_secs);
     let status = match wait_or_kill(&mut child, timeout) {
         Ok(Some(s)) => s,
@@ -65,6 +73,27 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
                 .unwrap_or_else(|| format!("dom0 runner ended abnormally ({status})"));
             give_up(job, &job_file, paths, &why)
         }
+    }
+}
+
+/// Passes dom0's live log to stdout line by line, masking the sink's
+/// credentials (dom0 never has them, but the code under test runs there and
+/// could print what it found in the exported tree).
+fn relay(mut log: impl Read, mut out: impl Write, mask: &SecretMask) {
+    let mut splitter = LineSplitter::new();
+    let mut buf = vec![0; 64 * 1024];
+    let mut emit = |line: &[u8]| {
+        let text = String::from_utf8_lossy(line);
+        let _ = writeln!(out, "{}", mask.apply(&text)).and_then(|()| out.flush());
+    };
+    loop {
+        match log.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => splitter.push(&buf[..n]).iter().for_each(|l| emit(l)),
+        }
+    }
+    if let Some(rest) = splitter.finish() {
+        emit(&rest);
     }
 }
 
@@ -236,5 +265,39 @@ fn copy_entry(from: &Path, to: &Path) -> std::io::Result<()> {
             from.display()
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands out its data a few bytes at a time, as a pipe may.
+    struct Trickle(Vec<u8>, usize);
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(3).min(self.0.len() - self.1);
+            buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+            self.1 += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn relay_masks_a_token_split_across_reads_and_keeps_every_line() {
+        let input =
+            b"2026-11-22T10:15:00.123Z [test] token ghp_secretvalue here\nsecond line\nno newline"
+                .to_vec();
+        let mut out = Vec::new();
+        relay(
+            Trickle(input, 0),
+            &mut out,
+            &SecretMask::new(["ghp_secretvalue".to_owned()]),
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2026-11-22T10:15:00.123Z [test] token *** here\nsecond line\nno newline\n"
+        );
     }
 }

@@ -106,6 +106,17 @@ fn append_line(path: &Path, json: &str) -> Result<(), SinkError> {
     Ok(())
 }
 
+/// The credentials this job's sink holds, so `begin` can mask them in the
+/// log it shows. A token that cannot be read is nothing to mask.
+pub fn secrets(job: &JobFile, paths: &Paths) -> Vec<String> {
+    match &job.sink {
+        Sink::Github { token_file, .. } => read_token(&paths.resolve(token_file))
+            .map(|t| vec![t.raw])
+            .unwrap_or_default(),
+        Sink::File { .. } => Vec::new(),
+    }
+}
+
 /// A token, as a header value marked sensitive so it never shows in debug output.
 struct Token {
     header: HeaderValue,
