@@ -255,44 +255,22 @@ impl Scratch {
     }
 }
 
-/// Pids of processes whose environment holds `marker` (`KEY=VALUE`) and
-/// whose command line satisfies `pick`: how tests find a machine's processes.
+/// Pids of live processes whose environment holds `marker` (`KEY=VALUE`)
+/// and whose command line satisfies `pick`: how tests find a machine's processes.
 pub fn processes(marker: &str, pick: impl Fn(&[String]) -> bool) -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if !environ.split(|&b| b == 0).any(|v| v == marker.as_bytes()) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        if stat
-            .rsplit_once(')')
-            .is_some_and(|(_, f)| f.trim_start().starts_with('Z'))
-        {
-            continue;
-        }
-        let cmdline: Vec<String> = std::fs::read(entry.path().join("cmdline"))
-            .unwrap_or_default()
-            .split(|&b| b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if pick(&cmdline) {
-            found.push(pid);
-        }
-    }
-    found
+    let (key, value) = marker.split_once('=').expect("KEY=VALUE");
+    qci_core::process::marked(key, value)
+        .into_iter()
+        .filter(|pid| {
+            let cmdline: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            pick(&cmdline)
+        })
+        .collect()
 }
 
 pub fn sigkill(pid: i32) {

@@ -33,45 +33,43 @@ pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> std::io::Result<Opt
     }
 }
 
-/// Kills (SIGKILL) every process whose environment holds `key=value`, but
-/// this one. A runner marks its steps' environment this way, so when a
-/// runner was killed and its steps outlived it (even ones that left their
-/// process group), the next run finds and stops them. Returns their pids.
-///
-/// Processes whose environment cannot be read (another user's, already
-/// gone) are left alone.
-pub fn kill_marked(key: &str, value: &str) -> Vec<i32> {
+/// Pids of the live processes (zombies excluded) whose environment holds
+/// `key=value`, but this one. Processes whose environment cannot be read
+/// (another user's, already gone) are not listed.
+pub fn marked(key: &str, value: &str) -> Vec<i32> {
     let marker = format!("{key}={value}");
     let me = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let mut killed = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if environ
-            .split(|&b| b == 0)
-            .any(|var| var == marker.as_bytes())
-        {
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ...`; comm may hold anything but ends at the last `)`.
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, f)| f.trim_start().starts_with(['Z', 'X']));
+            let has = environ.split(|&b| b == 0).any(|v| v == marker.as_bytes());
+            (pid != me && has && !zombie).then_some(pid)
+        })
+        .collect()
+}
+
+/// Kills (SIGKILL) every process [`marked`] `key=value`. A runner marks its
+/// steps' environment this way, so when a runner was killed and its steps
+/// outlived it (even ones that left their process group), the next run
+/// finds and stops them. Returns their pids.
+pub fn kill_marked(key: &str, value: &str) -> Vec<i32> {
+    marked(key, value)
+        .into_iter()
+        .filter(|&pid| {
             let target = nix::unistd::Pid::from_raw(pid);
-            if nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL).is_ok() {
-                killed.push(pid);
-            }
-        }
-    }
-    killed
+            nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL).is_ok()
+        })
+        .collect()
 }
 
 #[cfg(test)]
