@@ -76,8 +76,16 @@ pub enum Sink {
         token_file: PathBuf,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         target_url: Option<String>,
+        /// The timeout of each request, connecting included.
         #[serde(default = "default_http_timeout")]
         timeout_secs: u64,
+        /// No retry starts later than this after the first attempt, so a
+        /// GitHub outage delays the job by a bounded time.
+        #[serde(default = "default_retry_budget")]
+        retry_budget_secs: u64,
+        /// Attempts in all, the first included.
+        #[serde(default = "default_max_attempts")]
+        max_attempts: u32,
     },
 }
 
@@ -87,6 +95,14 @@ fn default_api_url() -> String {
 
 fn default_http_timeout() -> u64 {
     30
+}
+
+fn default_retry_budget() -> u64 {
+    120
+}
+
+fn default_max_attempts() -> u32 {
+    8
 }
 
 /// A full 40-hex-digit commit id; abbreviations are ambiguous over time.
@@ -185,10 +201,14 @@ mod tests {
             Sink::Github {
                 api_url,
                 timeout_secs,
+                retry_budget_secs,
+                max_attempts,
                 ..
             } => {
                 assert_eq!(api_url, "https://api.github.com");
                 assert_eq!(timeout_secs, 30);
+                assert_eq!(retry_budget_secs, 120);
+                assert_eq!(max_attempts, 8);
             }
             other => panic!("wrong sink {other:?}"),
         }

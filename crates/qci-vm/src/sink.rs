@@ -1,20 +1,29 @@
 //! Forwards status events to the job's sink: the dev VM is where dom0's
 //! status reports leave the Qubes machine.
 
+mod retry;
+
 use crate::paths::Paths;
 use qci_core::StatusEvent;
 use qci_core::job_file::{JobFile, Sink};
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, USER_AGENT};
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
+pub use retry::RetryPolicy;
+use retry::{Failure, Stop};
 use serde::Serialize;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// GitHub cuts commit status descriptions at this many characters.
 const GITHUB_DESCRIPTION_CHARS: usize = 140;
 /// How much of a refusal's body goes into the error: enough to see why.
-const ERROR_BODY_BYTES: u64 = 200;
+const ERROR_BODY_BYTES: usize = 200;
+/// The first backoff ceiling for GitHub; it doubles per retry up to the cap.
+const GITHUB_BASE_DELAY: Duration = Duration::from_secs(1);
+/// Past half a minute, waiting longer between tries only loses time.
+const GITHUB_MAX_DELAY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -44,16 +53,50 @@ pub enum SinkError {
     Timeout { url: String, secs: u64 },
     #[error("cannot post the status to {url}: {reason}")]
     Request { url: String, reason: String },
-    #[error("{url} refused the status with HTTP {status}: {body}")]
+    #[error("{url} refused the status with HTTP {status} {}: {body}", reason_phrase(*.status))]
     Rejected {
         url: String,
         status: u16,
+        /// The start of the reply, with the token masked should it be echoed.
         body: String,
+    },
+    /// `last` is in the message, not the source chain: callers print only
+    /// the top error, and the last failure is what explains it.
+    #[error(
+        "GitHub status not posted after {attempts} attempt{} in {:.1}s{}: last error: {last}",
+        if *.attempts == 1 { "" } else { "s" },
+        .elapsed.as_secs_f64(),
+        .note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+    )]
+    GaveUp {
+        attempts: u32,
+        elapsed: Duration,
+        note: Option<String>,
+        last: Box<SinkError>,
     },
 }
 
-/// Delivers `event` to `job.sink`. One attempt: the caller decides on retries.
+fn reason_phrase(status: u16) -> &'static str {
+    StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
+}
+
+/// Delivers `event` to `job.sink`. The github sink retries transient
+/// failures within the job file's retry budget; see [`RetryPolicy`].
 pub fn forward(event: &StatusEvent, job: &JobFile, paths: &Paths) -> Result<(), SinkError> {
+    forward_with(event, job, paths, None)
+}
+
+/// [`forward`], with `policy` replacing the job file's retry settings
+/// (tests shrink the delays to milliseconds).
+fn forward_with(
+    event: &StatusEvent,
+    job: &JobFile,
+    paths: &Paths,
+    policy: Option<RetryPolicy>,
+) -> Result<(), SinkError> {
     match &job.sink {
         Sink::File { path } => append_line(&paths.resolve(path), &event.to_json()),
         Sink::Github {
@@ -61,6 +104,8 @@ pub fn forward(event: &StatusEvent, job: &JobFile, paths: &Paths) -> Result<(), 
             token_file,
             target_url,
             timeout_secs,
+            retry_budget_secs,
+            max_attempts,
         } => {
             let token = read_token(&paths.resolve(token_file))?;
             let body = GithubStatus {
@@ -73,7 +118,13 @@ pub fn forward(event: &StatusEvent, job: &JobFile, paths: &Paths) -> Result<(), 
                 context: &job.context,
                 target_url: target_url.as_deref(),
             };
-            post_github(api_url, job, &token, &body, *timeout_secs)
+            let policy = policy.unwrap_or(RetryPolicy {
+                base: GITHUB_BASE_DELAY,
+                cap: GITHUB_MAX_DELAY,
+                budget: Duration::from_secs(*retry_budget_secs),
+                max_attempts: *max_attempts,
+            });
+            post_github(api_url, job, &token, &body, *timeout_secs, &policy)
         }
     }
 }
@@ -157,6 +208,7 @@ fn post_github(
     token: &Token,
     body: &GithubStatus<'_>,
     timeout_secs: u64,
+    policy: &RetryPolicy,
 ) -> Result<(), SinkError> {
     let slug = job.repository.slug.as_deref().ok_or(SinkError::NoSlug)?;
     if !valid_slug(slug) {
@@ -176,29 +228,100 @@ fn post_github(
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(SinkError::Client)?;
-    let reply = client
-        .post(&url)
-        .header(AUTHORIZATION, token.header.clone())
-        .header(ACCEPT, "application/vnd.github+json")
-        .header("X-GitHub-Api-Version", "2022-11-28")
-        .header(USER_AGENT, "qci")
-        .json(body)
-        .send()
-        .map_err(|e| request_error(&url, timeout_secs, e))?;
-
-    let status = reply.status();
-    if status.is_success() {
-        return Ok(());
+    let attempt = || {
+        let reply = client
+            .post(&url)
+            .header(AUTHORIZATION, token.header.clone())
+            .header(ACCEPT, "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", "2022-11-28")
+            .header(USER_AGENT, "qci")
+            .json(body)
+            .send()
+            // Refused, reset, timed out: the next try may well get through.
+            .map_err(|e| Failure::Transient {
+                error: request_error(&url, timeout_secs, e),
+                wait: None,
+            })?;
+        let status = reply.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let transient = status.is_server_error()
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || (status == StatusCode::FORBIDDEN && rate_limited(reply.headers()));
+        let wait = server_wait(reply.headers(), SystemTime::now());
+        let error = rejected(&url, reply, token);
+        Err(if transient {
+            Failure::Transient { error, wait }
+        } else {
+            Failure::Permanent(error)
+        })
+    };
+    match retry::retry(policy, "posting the GitHub status", attempt) {
+        Ok(()) => Ok(()),
+        Err(Stop::Permanent(error)) => Err(error),
+        Err(Stop::GaveUp {
+            attempts,
+            elapsed,
+            last,
+            note,
+        }) => Err(SinkError::GaveUp {
+            attempts,
+            elapsed,
+            note,
+            last: Box::new(last),
+        }),
     }
+}
+
+/// A 403 is a rate limit (retry later) only when GitHub says so in the
+/// headers; otherwise it is a permission problem that retrying won't fix.
+fn rate_limited(headers: &HeaderMap) -> bool {
+    headers.contains_key(RETRY_AFTER) || header_text(headers, "x-ratelimit-remaining") == Some("0")
+}
+
+/// How long GitHub asked us to wait: `Retry-After` in seconds (GitHub does
+/// not send the HTTP-date form), else until `x-ratelimit-reset` (epoch
+/// seconds) when no requests remain. `None` leaves it to the backoff.
+fn server_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    if let Some(secs) = header_text(headers, RETRY_AFTER.as_str()).and_then(|v| v.parse().ok()) {
+        return Some(Duration::from_secs(secs));
+    }
+    if header_text(headers, "x-ratelimit-remaining") != Some("0") {
+        return None;
+    }
+    let reset = header_text(headers, "x-ratelimit-reset")?.parse().ok()?;
+    let reset = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(reset))?;
+    // A reset already past (or a skewed clock) falls back to the backoff.
+    reset.duration_since(now).ok().filter(|d| !d.is_zero())
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// The refusal with the start of its body, which usually says why. The
+/// token is masked before cutting, so a cut cannot leave half of it.
+fn rejected(url: &str, reply: reqwest::blocking::Response, token: &Token) -> SinkError {
+    let status = reply.status().as_u16();
     let mut head = Vec::new();
+    let limit = (ERROR_BODY_BYTES + token.raw.len()) as u64;
     // The body only explains the refusal; failing to read it changes nothing.
-    let _ = reply.take(ERROR_BODY_BYTES).read_to_end(&mut head);
-    let body = String::from_utf8_lossy(&head).replace(&token.raw, "***");
-    Err(SinkError::Rejected {
-        url,
-        status: status.as_u16(),
-        body: body.trim().to_owned(),
-    })
+    let _ = reply.take(limit).read_to_end(&mut head);
+    let text = String::from_utf8_lossy(&head).replace(&token.raw, "***");
+    let text = text.trim();
+    let mut end = text.len().min(ERROR_BODY_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    SinkError::Rejected {
+        url: url.to_owned(),
+        status,
+        body: text[..end].trim_end().to_owned(),
+    }
 }
 
 /// The slug becomes part of the URL path, so it must be exactly two plain names.
@@ -243,6 +366,7 @@ mod tests {
     use qci_core::job_file::{CommitSha, Reason, Repository};
     use serde_json::{Value, json};
     use std::sync::{Arc, Mutex};
+    use std::time::Instant;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
     const TOKEN: &str = "ghp_SECRETSECRETSECRET";
@@ -255,19 +379,51 @@ mod tests {
         authorization: String,
         accept: String,
         body: Value,
+        at: SystemTime,
+    }
+
+    /// One scripted answer; `status: None` never answers.
+    #[derive(Debug, Clone)]
+    struct Reply {
+        status: Option<u16>,
+        headers: Vec<(&'static str, String)>,
+        body: String,
+    }
+
+    fn reply(status: u16, body: impl Into<String>) -> Reply {
+        Reply {
+            status: Some(status),
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    impl Reply {
+        fn header(mut self, name: &'static str, value: impl ToString) -> Self {
+            self.headers.push((name, value.to_string()));
+            self
+        }
     }
 
     /// A real HTTP server on 127.0.0.1 that records requests and answers
-    /// with `status`, or never answers when `status` is `None`.
+    /// the n-th one with the n-th reply of its script, the last one repeating.
     struct FakeGithub {
         base: String,
         seen: Arc<Mutex<Vec<Seen>>>,
     }
 
     impl FakeGithub {
-        fn start(status: Option<u16>, reply: impl Into<String>) -> Self {
-            let reply: String = reply.into();
-            use axum::http::{HeaderMap, Method, StatusCode, Uri};
+        fn start(status: Option<u16>, body: impl Into<String>) -> Self {
+            Self::script(vec![Reply {
+                status,
+                headers: Vec::new(),
+                body: body.into(),
+            }])
+        }
+
+        fn script(replies: Vec<Reply>) -> Self {
+            use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
+            assert!(!replies.is_empty());
             let seen = Arc::new(Mutex::new(Vec::new()));
             let record = seen.clone();
             let (tx, rx) = std::sync::mpsc::channel();
@@ -278,30 +434,44 @@ mod tests {
                     .build()
                     .unwrap();
                 rt.block_on(async move {
-                    let handler =
-                        move |method: Method, uri: Uri, headers: HeaderMap, body: String| {
-                            let record = record.clone();
-                            let reply = reply.clone();
-                            async move {
-                                let header = |name: &str| {
-                                    headers
-                                        .get(name)
-                                        .map(|v| v.to_str().unwrap().to_owned())
-                                        .unwrap_or_default()
-                                };
-                                record.lock().unwrap().push(Seen {
+                    let handler = move |method: Method,
+                                        uri: Uri,
+                                        headers: HeaderMap,
+                                        body: String| {
+                        let record = record.clone();
+                        let replies = replies.clone();
+                        async move {
+                            let header = |name: &str| {
+                                headers
+                                    .get(name)
+                                    .map(|v| v.to_str().unwrap().to_owned())
+                                    .unwrap_or_default()
+                            };
+                            let n = {
+                                let mut seen = record.lock().unwrap();
+                                seen.push(Seen {
                                     method: method.to_string(),
                                     path: uri.path().to_owned(),
                                     authorization: header("authorization"),
                                     accept: header("accept"),
                                     body: serde_json::from_str(&body).unwrap_or(Value::Null),
+                                    at: SystemTime::now(),
                                 });
-                                match status {
-                                    Some(code) => (StatusCode::from_u16(code).unwrap(), reply),
-                                    None => std::future::pending().await,
-                                }
+                                seen.len() - 1
+                            };
+                            let reply = &replies[n.min(replies.len() - 1)];
+                            let mut out = HeaderMap::new();
+                            for (name, value) in &reply.headers {
+                                out.insert(HeaderName::from_static(name), value.parse().unwrap());
                             }
-                        };
+                            match reply.status {
+                                Some(code) => {
+                                    (StatusCode::from_u16(code).unwrap(), out, reply.body.clone())
+                                }
+                                None => std::future::pending().await,
+                            }
+                        }
+                    };
                     let app = axum::Router::new().fallback(handler);
                     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                     tx.send(listener.local_addr().unwrap()).unwrap();
@@ -342,6 +512,17 @@ mod tests {
         StatusEvent::new(&JobId::parse("J1").unwrap(), state, description)
     }
 
+    fn github_sink(api_url: &str, timeout_secs: u64) -> Sink {
+        Sink::Github {
+            api_url: api_url.to_owned(),
+            token_file: "token".into(),
+            target_url: Some("https://ci.example/J1.log".into()),
+            timeout_secs,
+            retry_budget_secs: 120,
+            max_attempts: 8,
+        }
+    }
+
     /// A home with a token file, and a github sink pointing at `api_url`.
     fn github_setup(api_url: &str, timeout_secs: u64) -> (tempfile::TempDir, Paths, JobFile) {
         let home = tempfile::tempdir().unwrap();
@@ -349,13 +530,40 @@ mod tests {
         let paths = Paths {
             home: home.path().to_owned(),
         };
-        let job = job(Sink::Github {
-            api_url: api_url.to_owned(),
-            token_file: "token".into(),
-            target_url: Some("https://ci.example/J1.log".into()),
-            timeout_secs,
-        });
+        let job = job(github_sink(api_url, timeout_secs));
         (home, paths, job)
+    }
+
+    /// Millisecond backoff, so retry tests take no real time.
+    fn fast(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(40),
+            budget: Duration::from_secs(3),
+            max_attempts,
+        }
+    }
+
+    /// Posts `x` as running with the `fast` policy.
+    fn post(job: &JobFile, paths: &Paths, max_attempts: u32) -> Result<(), SinkError> {
+        let event = event(State::Running, "x");
+        forward_with(&event, job, paths, Some(fast(max_attempts)))
+    }
+
+    /// The error `GaveUp` wraps, after checking the attempt count.
+    fn gave_up(err: &SinkError, attempts_seen: usize) -> &SinkError {
+        match err {
+            SinkError::GaveUp { attempts, last, .. } => {
+                assert_eq!(*attempts as usize, attempts_seen, "{err}");
+                last
+            }
+            other => panic!("expected to give up, got {other:?}"),
+        }
+    }
+
+    fn assert_no_token(text: &str) {
+        assert!(!text.contains(TOKEN), "the token leaked: {text}");
+        assert!(!text.contains("SECRET"), "part of the token leaked: {text}");
     }
 
     #[test]
@@ -407,6 +615,8 @@ mod tests {
             token_file: "token".into(),
             target_url: None,
             timeout_secs: 10,
+            retry_budget_secs: 120,
+            max_attempts: 8,
         };
 
         forward(&event(State::Queued, "queued"), &job, &paths).unwrap();
@@ -437,53 +647,304 @@ mod tests {
     }
 
     #[test]
-    fn github_refusal_names_the_code_and_not_the_token() {
+    fn github_does_not_retry_a_422_and_names_the_code_not_the_token() {
         let gh = FakeGithub::start(Some(422), r#"{"message":"Validation Failed"}"#);
         let (_home, paths, job) = github_setup(&gh.base, 10);
 
         let err = forward(&event(State::Running, "x"), &job, &paths).unwrap_err();
 
+        assert_eq!(gh.seen().len(), 1);
         let text = err.to_string();
         assert!(
             matches!(err, SinkError::Rejected { status: 422, .. }),
             "{err:?}"
         );
         assert!(
-            text.contains("422") && text.contains("Validation Failed"),
+            text.contains("HTTP 422 Unprocessable Entity") && text.contains("Validation Failed"),
             "{text}"
         );
-        assert!(!text.contains(TOKEN) && !format!("{err:?}").contains(TOKEN));
+        assert_no_token(&text);
+        assert_no_token(&format!("{err:?}"));
     }
 
     #[test]
-    fn github_refusal_quotes_at_most_200_bytes_of_body() {
-        let gh = FakeGithub::start(Some(500), "x".repeat(5000));
+    fn github_does_not_retry_a_403_that_is_no_rate_limit() {
+        let gh = FakeGithub::start(Some(403), r#"{"message":"Resource not accessible"}"#);
         let (_home, paths, job) = github_setup(&gh.base, 10);
 
-        match forward(&event(State::Running, "x"), &job, &paths) {
+        let err = post(&job, &paths, 5).unwrap_err();
+
+        assert!(
+            matches!(err, SinkError::Rejected { status: 403, .. }),
+            "{err:?}"
+        );
+        assert_eq!(gh.seen().len(), 1);
+    }
+
+    #[test]
+    fn github_refusal_quotes_at_most_200_bytes_of_body_and_masks_the_token() {
+        // The token straddles the cut: masking first leaves none of it.
+        let body = format!("{}{TOKEN}{}", "x".repeat(190), "x".repeat(5000));
+        let gh = FakeGithub::start(Some(400), body);
+        let (_home, paths, job) = github_setup(&gh.base, 10);
+
+        match post(&job, &paths, 5) {
             Err(SinkError::Rejected { status, body, .. }) => {
-                assert_eq!(status, 500);
+                assert_eq!(status, 400);
                 assert_eq!(body.len(), 200);
+                assert_eq!(body, format!("{}***{}", "x".repeat(190), "x".repeat(7)));
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
 
     #[test]
-    fn github_times_out_when_the_server_never_answers() {
+    fn github_retries_a_502_once_with_the_same_request() {
+        let gh = FakeGithub::script(vec![reply(502, "Bad Gateway"), reply(201, "{}")]);
+        let (_home, paths, job) = github_setup(&gh.base, 10);
+
+        post(&job, &paths, 5).unwrap();
+
+        let seen = gh.seen();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].body, seen[1].body);
+        assert_eq!(seen[0].authorization, format!("Bearer {TOKEN}"));
+        assert_eq!(seen[0].authorization, seen[1].authorization);
+        assert_eq!(seen[0].path, seen[1].path);
+    }
+
+    #[test]
+    fn github_waits_out_a_403_with_retry_after() {
+        let gh = FakeGithub::script(vec![
+            reply(403, "secondary rate limit").header("retry-after", 1),
+            reply(201, "{}"),
+        ]);
+        let (_home, paths, job) = github_setup(&gh.base, 10);
+
+        let start = Instant::now();
+        post(&job, &paths, 5).unwrap();
+
+        let seen = gh.seen();
+        assert_eq!(seen.len(), 2);
+        let waited = seen[1].at.duration_since(seen[0].at).unwrap();
+        assert!(waited >= Duration::from_secs(1), "{waited:?}");
+        assert!(start.elapsed() < fast(5).budget, "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn github_waits_for_the_rate_limit_reset_on_a_429() {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let reset = now + 1;
+        let gh = FakeGithub::script(vec![
+            reply(429, "rate limited")
+                .header("x-ratelimit-remaining", 0)
+                .header("x-ratelimit-reset", reset),
+            reply(201, "{}"),
+        ]);
+        let (_home, paths, job) = github_setup(&gh.base, 10);
+
+        post(&job, &paths, 5).unwrap();
+
+        let seen = gh.seen();
+        assert_eq!(seen.len(), 2);
+        let retried_at = seen[1].at.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        assert!(
+            retried_at >= Duration::from_secs(reset),
+            "retried at {retried_at:?}, before the reset at {reset}s"
+        );
+    }
+
+    #[test]
+    fn github_gives_up_on_a_persistent_500_after_max_attempts() {
+        let gh = FakeGithub::start(Some(500), "boom");
+        let (_home, paths, job) = github_setup(&gh.base, 10);
+
+        let start = Instant::now();
+        let err = post(&job, &paths, 4).unwrap_err();
+
+        assert!(start.elapsed() < fast(4).budget, "{:?}", start.elapsed());
+        assert_eq!(gh.seen().len(), 4);
+        let last = gave_up(&err, 4);
+        assert!(
+            matches!(last, SinkError::Rejected { status: 500, .. }),
+            "{last:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("GitHub status not posted after 4 attempts in 0."),
+            "{text}"
+        );
+        assert!(text.ends_with(&format!("last error: {last}")), "{text}");
+        assert!(
+            text.contains("HTTP 500 Internal Server Error: boom"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn github_gives_up_on_a_persistent_503_when_the_budget_is_spent() {
+        let gh = FakeGithub::start(Some(503), "down");
+        let (_home, paths, job) = github_setup(&gh.base, 10);
+        let policy = RetryPolicy {
+            base: Duration::from_millis(20),
+            cap: Duration::from_millis(50),
+            budget: Duration::from_millis(400),
+            max_attempts: 1000,
+        };
+
+        let start = Instant::now();
+        let err =
+            forward_with(&event(State::Running, "x"), &job, &paths, Some(policy)).unwrap_err();
+
+        let elapsed = start.elapsed();
+        assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+        let seen = gh.seen().len();
+        assert!(seen > 1, "{seen}");
+        gave_up(&err, seen);
+    }
+
+    #[test]
+    fn github_gives_up_at_once_when_retry_after_exceeds_the_budget() {
+        let gh = FakeGithub::script(vec![
+            reply(403, "slow down").header("retry-after", 3600),
+            reply(201, "{}"),
+        ]);
+        let (_home, paths, job) = github_setup(&gh.base, 10);
+
+        let start = Instant::now();
+        let err = post(&job, &paths, 5).unwrap_err();
+
+        assert!(start.elapsed() < Duration::from_secs(1), "{err}");
+        gave_up(&err, 1);
+        assert_eq!(gh.seen().len(), 1);
+        let text = err.to_string();
+        assert!(text.contains("asked to wait 3600.0s"), "{text}");
+    }
+
+    #[test]
+    fn github_retries_a_refused_connection_then_gives_up() {
+        // A port that was just free: nothing listens there any more.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (_home, paths, job) = github_setup(&format!("http://127.0.0.1:{port}"), 1);
+
+        let err = post(&job, &paths, 3).unwrap_err();
+
+        let last = gave_up(&err, 3);
+        assert!(matches!(last, SinkError::Request { .. }), "{last:?}");
+        assert!(err.to_string().contains("refused"), "{err}");
+    }
+
+    #[test]
+    fn github_retries_a_timeout() {
         let gh = FakeGithub::start(None, "");
         let (_home, paths, job) = github_setup(&gh.base, 1);
 
-        let start = std::time::Instant::now();
-        let err = forward(&event(State::Running, "x"), &job, &paths).unwrap_err();
+        let start = Instant::now();
+        let err = post(&job, &paths, 2).unwrap_err();
 
-        assert!(matches!(err, SinkError::Timeout { secs: 1, .. }), "{err:?}");
+        let last = gave_up(&err, 2);
+        assert!(
+            matches!(last, SinkError::Timeout { secs: 1, .. }),
+            "{last:?}"
+        );
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "{:?}",
             start.elapsed()
         );
-        assert_eq!(gh.seen().len(), 1);
+        assert_eq!(gh.seen().len(), 2);
+    }
+
+    /// What `tracing` wrote during the tests, all tests together.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Installs one process-wide subscriber on first use. A per-thread one
+    /// (`with_default`) loses events: a test on another thread hitting the
+    /// same `warn!` first makes tracing cache that nobody listens.
+    fn logs() -> String {
+        static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+        let logs = LOGS.get_or_init(|| {
+            let logs = Logs::default();
+            let writer = logs.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).unwrap();
+            logs
+        });
+        String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned()
+    }
+
+    #[test]
+    fn github_token_is_in_no_error_and_no_log() {
+        logs();
+        // A server that echoes the token back must not make it leak either.
+        let gh = FakeGithub::start(Some(500), format!("bad credentials Bearer {TOKEN}"));
+        let (_home, paths, job) = github_setup(&gh.base, 10);
+
+        let err = post(&job, &paths, 3).unwrap_err();
+
+        assert_eq!(gh.seen()[0].authorization, format!("Bearer {TOKEN}"));
+        let all = logs();
+        // The reason names the URL, so the server's address picks our lines.
+        let ours: Vec<_> = all.lines().filter(|l| l.contains(&gh.base)).collect();
+        assert_eq!(ours.len(), 2, "{all}");
+        for line in &ours {
+            assert!(line.contains("WARN") && line.contains("retrying"), "{line}");
+            assert!(
+                line.contains("delay_ms=") && line.contains("HTTP 500"),
+                "{line}"
+            );
+        }
+        assert!(ours[0].contains("attempt=1") && ours[1].contains("attempt=2"));
+        assert_no_token(&all);
+        assert_no_token(&err.to_string());
+        assert_no_token(&format!("{err:?}"));
+        assert!(err.to_string().contains("Bearer ***"), "{err}");
+    }
+
+    #[test]
+    fn github_takes_the_retry_budget_from_the_job_file() {
+        let gh = FakeGithub::start(Some(502), "");
+        let (_home, paths, mut job) = github_setup(&gh.base, 10);
+        let sink = |retry_budget_secs, max_attempts| Sink::Github {
+            api_url: gh.base.clone(),
+            token_file: "token".into(),
+            target_url: None,
+            timeout_secs: 10,
+            retry_budget_secs,
+            max_attempts,
+        };
+
+        // Two attempts, one real backoff of at most the 1 s base.
+        job.sink = sink(120, 2);
+        let err = forward(&event(State::Running, "x"), &job, &paths).unwrap_err();
+        gave_up(&err, 2);
+        assert_eq!(gh.seen().len(), 2);
+
+        // No budget: one attempt, no wait.
+        job.sink = sink(0, 8);
+        let err = forward(&event(State::Running, "x"), &job, &paths).unwrap_err();
+        gave_up(&err, 1);
+        assert_eq!(gh.seen().len(), 3);
     }
 
     #[test]
@@ -514,11 +975,59 @@ mod tests {
         no_commit.commit = None;
         let err = forward(&event(State::Running, "x"), &no_commit, &paths).unwrap_err();
         assert!(matches!(err, SinkError::NoCommit), "{err:?}");
+    }
 
-        // Nothing listens on the discard port: the cause must show.
-        let err = forward(&event(State::Running, "x"), &job, &paths).unwrap_err();
-        assert!(matches!(err, SinkError::Request { .. }), "{err:?}");
-        assert!(err.to_string().contains("refused"), "{err}");
+    #[test]
+    fn server_wait_reads_retry_after_then_the_rate_limit_reset() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.insert(*name, value.parse().unwrap());
+            }
+            h
+        };
+        let wait = |pairs: &[(&'static str, &str)]| server_wait(&headers(pairs), now);
+
+        assert_eq!(wait(&[("retry-after", "7")]), Some(Duration::from_secs(7)));
+        let limited = [
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1010"),
+        ];
+        assert_eq!(wait(&limited), Some(Duration::from_secs(10)));
+        // Requests left, a reset in the past, or nonsense: use the backoff.
+        assert_eq!(
+            wait(&[
+                ("x-ratelimit-remaining", "5"),
+                ("x-ratelimit-reset", "1010")
+            ]),
+            None
+        );
+        assert_eq!(
+            wait(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "990")]),
+            None
+        );
+        assert_eq!(
+            wait(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "99999999999999999999")
+            ]),
+            None
+        );
+        assert_eq!(
+            wait(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "18446744073709551615")
+            ]),
+            None
+        );
+        assert_eq!(
+            wait(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]),
+            None
+        );
+        assert!(rate_limited(&headers(&[("retry-after", "soon")])));
+        assert!(rate_limited(&headers(&limited)));
+        assert!(!rate_limited(&headers(&[("x-ratelimit-remaining", "4")])));
     }
 
     #[test]
