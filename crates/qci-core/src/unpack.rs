@@ -111,8 +111,10 @@ pub fn unpack<R: Read>(stream: R, dest: &Path, limits: &Limits) -> Result<Summar
         dir_times_bytes: 0,
         open: Vec::new(),
     };
+    // Headers are 512 bytes and file data is copied 8 KiB at a time: read
+    // the pipe a pipe's worth at a time instead.
     let mut archive = Archive::new(EofAware {
-        inner: stream,
+        inner: io::BufReader::with_capacity(64 << 10, stream),
         eof: false,
     });
 
