@@ -86,6 +86,9 @@ const PAX_EXTRA: u64 = 64 << 10;
 /// Memory for directory mtimes kept until the end; past it, later directory
 /// mtimes are set at once (possibly disturbed by later entries, never unsafe).
 const DIR_TIMES_BUDGET: usize = 16 << 20;
+/// Directories kept open between entries: far below the usual limit of 1024
+/// open files; deeper ones are opened for each entry.
+const OPEN_DIRS: usize = 64;
 
 /// Unpacks `stream` into `dest` (an existing, empty directory).
 ///
@@ -106,9 +109,12 @@ pub fn unpack<R: Read>(stream: R, dest: &Path, limits: &Limits) -> Result<Summar
         declared: 0,
         dir_times: Vec::new(),
         dir_times_bytes: 0,
+        open: Vec::new(),
     };
+    // Headers are 512 bytes and file data is copied 8 KiB at a time: read
+    // the pipe a pipe's worth at a time instead.
     let mut archive = Archive::new(EofAware {
-        inner: stream,
+        inner: io::BufReader::with_capacity(64 << 10, stream),
         eof: false,
     });
 
@@ -175,6 +181,9 @@ struct Unpacker<'l> {
     declared: u64,
     dir_times: Vec<(PathBuf, TimeSpec)>,
     dir_times_bytes: usize,
+    /// The directories on the last entry's parent path, open, from dest
+    /// down (at most [`OPEN_DIRS`]).
+    open: Vec<(std::ffi::OsString, OwnedFd)>,
 }
 
 impl Unpacker<'_> {
@@ -265,8 +274,12 @@ impl Unpacker<'_> {
             check_link_target(&target, parents.len(), self.limits.max_path_len)
                 .map_err(|rule| refused(&label, &rule))?;
         }
-        let parent = self.open_dir(parents, &label)?;
-        let existing = kind_at(&parent, name).map_err(|e| write_error(&label, e))?;
+        let deep = self.open_dir(parents, &label)?;
+        let parent = match &deep {
+            Some(fd) => fd,
+            None => self.open.last().map_or(&self.root, |(_, fd)| fd),
+        };
+        let existing = kind_at(parent, name).map_err(|e| write_error(&label, e))?;
         let conflict = match existing {
             None => None,
             Some(SFlag::S_IFDIR) if kind == EntryType::Directory => None,
@@ -282,9 +295,9 @@ impl Unpacker<'_> {
         match kind {
             EntryType::Directory => {
                 if existing.is_none() {
-                    mkdirat(&parent, *name, Mode::S_IRWXU).map_err(|e| write_error(&label, e))?;
+                    mkdirat(parent, *name, Mode::S_IRWXU).map_err(|e| write_error(&label, e))?;
                 }
-                let dir = open_dir_nofollow(&parent, name).map_err(|e| write_error(&label, e))?;
+                let dir = open_dir_nofollow(parent, name).map_err(|e| write_error(&label, e))?;
                 fchmod(&dir, Mode::from_bits_truncate(mode | 0o700))
                     .map_err(|e| write_error(&label, e))?;
                 let path: PathBuf = parts.iter().collect();
@@ -298,7 +311,7 @@ impl Unpacker<'_> {
             }
             EntryType::Regular => {
                 if existing.is_some() {
-                    unlinkat(&parent, *name, UnlinkatFlags::NoRemoveDir)
+                    unlinkat(parent, *name, UnlinkatFlags::NoRemoveDir)
                         .map_err(|e| write_error(&label, e))?;
                 }
                 let flags = OFlag::O_WRONLY
@@ -306,7 +319,7 @@ impl Unpacker<'_> {
                     | OFlag::O_EXCL
                     | OFlag::O_NOFOLLOW
                     | OFlag::O_CLOEXEC;
-                let fd = openat(&parent, *name, flags, Mode::S_IRUSR | Mode::S_IWUSR)
+                let fd = openat(parent, *name, flags, Mode::S_IRUSR | Mode::S_IWUSR)
                     .map_err(|e| write_error(&label, e))?;
                 let mut file = DiskSide {
                     file: File::from(fd),
@@ -337,10 +350,10 @@ impl Unpacker<'_> {
                 futimens(&file.file, &mtime, &mtime).map_err(|e| write_error(&label, e))?;
             }
             _ => {
-                symlinkat(OsStr::from_bytes(&target), &parent, *name)
+                symlinkat(OsStr::from_bytes(&target), parent, *name)
                     .map_err(|e| write_error(&label, e))?;
                 utimensat(
-                    &parent,
+                    parent,
                     *name,
                     &mtime,
                     &mtime,
@@ -353,32 +366,56 @@ impl Unpacker<'_> {
     }
 
     /// Walks `parts` from dest, creating missing directories, and refuses to
-    /// pass through anything but a real directory.
-    fn open_dir(&self, parts: &[&OsStr], label: &str) -> Result<OwnedFd, UnpackError> {
-        let mut dir = self.root.try_clone().map_err(|e| UnpackError::Write {
-            path: label.to_owned(),
-            source: e,
-        })?;
-        for part in parts {
-            match kind_at(&dir, part).map_err(|e| write_error(label, e))? {
-                None => mkdirat(&dir, *part, Mode::from_bits_truncate(0o755))
+    /// pass through anything but a real directory. The parent is then the
+    /// last of `self.open`, or the returned directory when it is deeper.
+    ///
+    /// The directories walked stay open for the next entry, which is
+    /// usually in the same directory, so only the part of its path that
+    /// differs is walked. They cannot be swapped for something else in the
+    /// meantime: no entry may replace a directory and nothing here removes
+    /// one.
+    fn open_dir(&mut self, parts: &[&OsStr], label: &str) -> Result<Option<OwnedFd>, UnpackError> {
+        let same = self
+            .open
+            .iter()
+            .zip(parts)
+            .take_while(|((name, _), part)| name.as_os_str() == **part)
+            .count();
+        self.open.truncate(same);
+        let mut deep: Option<OwnedFd> = None;
+        for part in &parts[same..] {
+            let dir = match &deep {
+                Some(fd) => fd,
+                None => self.open.last().map_or(&self.root, |(_, fd)| fd),
+            };
+            match kind_at(dir, part).map_err(|e| write_error(label, e))? {
+                None => mkdirat(dir, *part, Mode::from_bits_truncate(0o755))
                     .map_err(|e| write_error(label, e))?,
                 Some(SFlag::S_IFDIR) => {}
                 Some(SFlag::S_IFLNK) => return Err(refused(label, "path goes through a symlink")),
                 Some(_) => return Err(refused(label, "path goes through a non-directory")),
             }
-            dir = open_dir_nofollow(&dir, part).map_err(|e| write_error(label, e))?;
+            let next = open_dir_nofollow(dir, part).map_err(|e| write_error(label, e))?;
+            if deep.is_none() && self.open.len() < OPEN_DIRS {
+                self.open.push((part.to_os_string(), next));
+            } else {
+                deep = Some(next);
+            }
         }
-        Ok(dir)
+        Ok(deep)
     }
 
     /// Sets directory mtimes last, since creating their entries changed them.
-    fn finish(self) -> Result<Summary, UnpackError> {
-        for (path, mtime) in &self.dir_times {
+    fn finish(mut self) -> Result<Summary, UnpackError> {
+        for (path, mtime) in std::mem::take(&mut self.dir_times) {
             let label = path.display().to_string();
             let parts: Vec<&OsStr> = path.iter().collect();
-            let dir = self.open_dir(&parts, &label)?;
-            futimens(&dir, mtime, mtime).map_err(|e| write_error(&label, e))?;
+            let deep = self.open_dir(&parts, &label)?;
+            let dir = match &deep {
+                Some(fd) => fd,
+                None => self.open.last().map_or(&self.root, |(_, fd)| fd),
+            };
+            futimens(dir, &mtime, &mtime).map_err(|e| write_error(&label, e))?;
         }
         Ok(self.summary)
     }

@@ -142,7 +142,7 @@ fn export(job: &JobId, paths: &Paths) -> ExitCode {
             &format!("job {job} has no workspace (was `qci-vm begin {job}` run?)"),
         );
     }
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
     match export::export(&workspace, &mut out)
         .and_then(|()| out.flush().map_err(export::ExportError::Finish))
     {
