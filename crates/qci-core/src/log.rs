@@ -63,12 +63,30 @@ impl LogWriter {
     /// once. The file is the record; if the echo fails (the caller went away)
     /// it is dropped with a warning and the run goes on.
     pub fn line_at(&mut self, step: &str, raw: &[u8], at: SystemTime) -> io::Result<()> {
-        let text = format!(
-            "{} [{}] {}\n",
-            timestamp(at),
-            sanitize(step.as_bytes()),
-            self.mask.apply(&sanitize(raw))
-        );
+        self.lines_at(step, std::slice::from_ref(&raw), at)
+    }
+
+    /// Writes lines that arrived together (one read of a step's output) with
+    /// one stamp, in one write to the file and one to the echo: the cost of
+    /// a syscall and a flush is paid per arrival, not per line.
+    pub fn lines_at(
+        &mut self,
+        step: &str,
+        lines: &[impl AsRef<[u8]>],
+        at: SystemTime,
+    ) -> io::Result<()> {
+        let stamp = timestamp(at);
+        let step = sanitize(step.as_bytes());
+        let mut text = String::with_capacity(lines.iter().map(|l| l.as_ref().len() + 40).sum());
+        for raw in lines {
+            let clean = clean(raw.as_ref());
+            text.push_str(&stamp);
+            text.push_str(" [");
+            text.push_str(&step);
+            text.push_str("] ");
+            text.push_str(&self.mask.apply(&clean));
+            text.push('\n');
+        }
         self.file.write_all(text.as_bytes())?;
         self.file.flush()?;
         if let Some(echo) = &mut self.echo
@@ -138,6 +156,15 @@ pub fn timestamp(at: SystemTime) -> String {
 /// last non-blank text before it is (so `50%\r100%` gives `100%` and a CRLF
 /// line `text\r` gives `text`).
 pub fn sanitize(raw: &[u8]) -> String {
+    clean(raw).into_owned()
+}
+
+/// [`sanitize`] without a copy for the common line: printable ASCII and
+/// tabs only, which needs no work.
+fn clean(raw: &[u8]) -> std::borrow::Cow<'_, str> {
+    if raw.iter().all(|&b| matches!(b, b' '..=b'~' | b'\t')) {
+        return String::from_utf8_lossy(raw);
+    }
     let mut s = Sanitizer::default();
     for chunk in raw.utf8_chunks() {
         for c in chunk.valid().chars() {
@@ -149,7 +176,7 @@ pub fn sanitize(raw: &[u8]) -> String {
             _ => s.push(char::REPLACEMENT_CHARACTER),
         }
     }
-    s.finish()
+    std::borrow::Cow::Owned(s.finish())
 }
 
 #[derive(Default)]

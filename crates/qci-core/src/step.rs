@@ -31,10 +31,16 @@ pub const DRAIN: Duration = Duration::from_secs(2);
 /// How often the child, the clock and the cancel flag are looked at while no
 /// output arrives.
 const TICK: Duration = Duration::from_millis(50);
-/// Lines waiting between the reader thread and the log: with lines of at
-/// most 64 KiB this bounds the queue to 4 MiB; a step that outruns the log
-/// is slowed down by the full pipe instead.
-const QUEUE_LINES: usize = 64;
+/// One read of the step's output; the lines it completes travel together.
+const READ_BYTES: usize = 64 * 1024;
+/// Reads waiting between the reader thread and the log. A batch holds at
+/// most `READ_BYTES` plus one carried-over line of at most 64 KiB, so the
+/// queue stays under 4 MiB; a step that outruns the log is slowed down by
+/// the full pipe instead.
+const QUEUE_BATCHES: usize = 32;
+
+/// The complete lines of one read, stamped when the read returned.
+type Batch = (SystemTime, Vec<Vec<u8>>);
 
 /// How a step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +101,7 @@ pub fn run_step(
         source,
     };
     let (reader, writer) = std::io::pipe().map_err(spawn_err)?;
-    let (tx, rx) = sync_channel(QUEUE_LINES);
+    let (tx, rx) = sync_channel(QUEUE_BATCHES);
     // Detached on purpose: see the module documentation.
     std::thread::Builder::new()
         .name(format!("qci-read-{}", step.name))
@@ -182,9 +188,9 @@ pub fn run_step(
 
 /// Reads the step's output into lines stamped on arrival. Ends at the end of
 /// the output, or when nobody takes its lines any more.
-fn read_lines(mut pipe: PipeReader, tx: SyncSender<(SystemTime, Vec<u8>)>) {
+fn read_lines(mut pipe: PipeReader, tx: SyncSender<Batch>) {
     let mut splitter = LineSplitter::new();
-    let mut buf = vec![0; 8192];
+    let mut buf = vec![0; READ_BYTES];
     loop {
         let n = match pipe.read(&mut buf) {
             Ok(0) => break,
@@ -196,20 +202,19 @@ fn read_lines(mut pipe: PipeReader, tx: SyncSender<(SystemTime, Vec<u8>)>) {
             }
         };
         let at = SystemTime::now();
-        for line in splitter.push(&buf[..n]) {
-            if tx.send((at, line)).is_err() {
-                return;
-            }
+        let lines = splitter.push(&buf[..n]);
+        if !lines.is_empty() && tx.send((at, lines)).is_err() {
+            return;
         }
     }
     if let Some(line) = splitter.finish() {
-        let _ = tx.send((SystemTime::now(), line));
+        let _ = tx.send((SystemTime::now(), vec![line]));
     }
 }
 
 /// The calling thread's end of the output.
 struct Output {
-    rx: Receiver<(SystemTime, Vec<u8>)>,
+    rx: Receiver<Batch>,
     /// False once the reader thread has ended and every line is logged.
     open: bool,
 }
@@ -223,13 +228,13 @@ impl Output {
             return Ok(());
         }
         match self.rx.recv_timeout(TICK) {
-            Ok((at, line)) => log.line_at(step, &line, at)?,
+            Ok((at, lines)) => log.lines_at(step, &lines, at)?,
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => self.open = false,
         }
         // Whatever else is already there, without waiting.
-        while let Ok((at, line)) = self.rx.try_recv() {
-            log.line_at(step, &line, at)?;
+        while let Ok((at, lines)) = self.rx.try_recv() {
+            log.lines_at(step, &lines, at)?;
         }
         Ok(())
     }

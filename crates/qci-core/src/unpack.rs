@@ -321,14 +321,20 @@ impl Unpacker<'_> {
                     | OFlag::O_CLOEXEC;
                 let fd = openat(parent, *name, flags, Mode::S_IRUSR | Mode::S_IWUSR)
                     .map_err(|e| write_error(&label, e))?;
-                let mut file = DiskSide {
-                    file: File::from(fd),
-                    failed: false,
-                };
-                let copied = io::copy(&mut entry.by_ref().take(size), &mut file);
+                // A 64 KiB buffer: io::copy then reads and writes in pieces of
+                // that size instead of 8 KiB.
+                let mut file = io::BufWriter::with_capacity(
+                    COPY_BUFFER,
+                    DiskSide {
+                        file: File::from(fd),
+                        failed: false,
+                    },
+                );
+                let copied = io::copy(&mut entry.by_ref().take(size), &mut file)
+                    .and_then(|n| file.flush().map(|()| n));
                 let written = match copied {
                     Ok(n) => n,
-                    Err(e) if file.failed => {
+                    Err(e) if file.get_ref().failed => {
                         return Err(UnpackError::Write {
                             path: label,
                             source: e,
@@ -345,9 +351,10 @@ impl Unpacker<'_> {
                     self.limits.max_total_bytes,
                     &label,
                 )?;
-                fchmod(&file.file, Mode::from_bits_truncate(mode))
+                fchmod(&file.get_ref().file, Mode::from_bits_truncate(mode))
                     .map_err(|e| write_error(&label, e))?;
-                futimens(&file.file, &mtime, &mtime).map_err(|e| write_error(&label, e))?;
+                futimens(&file.get_ref().file, &mtime, &mtime)
+                    .map_err(|e| write_error(&label, e))?;
             }
             _ => {
                 symlinkat(OsStr::from_bytes(&target), parent, *name)
@@ -599,6 +606,8 @@ impl<R: Read> Read for EofAware<R> {
         Ok(n)
     }
 }
+
+const COPY_BUFFER: usize = 64 * 1024;
 
 /// Remembers whether `io::copy` failed on the disk side, so that a full disk
 /// is not blamed on the stream.
