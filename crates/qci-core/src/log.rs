@@ -162,8 +162,12 @@ pub fn sanitize(raw: &[u8]) -> String {
 /// [`sanitize`] without a copy for the common line: printable ASCII and
 /// tabs only, which needs no work.
 fn clean(raw: &[u8]) -> std::borrow::Cow<'_, str> {
-    if raw.iter().all(|&b| matches!(b, b' '..=b'~' | b'\t')) {
-        return String::from_utf8_lossy(raw);
+    // A fold without early exit: the compiler turns it into vector code.
+    let plain = raw.iter().fold(true, |ok, &b| {
+        ok & (b.wrapping_sub(b' ') < 95 || b == b'\t')
+    });
+    if plain && let Ok(text) = std::str::from_utf8(raw) {
+        return std::borrow::Cow::Borrowed(text);
     }
     let mut s = Sanitizer::default();
     for chunk in raw.utf8_chunks() {
@@ -299,7 +303,7 @@ impl LineSplitter {
                 continue;
             }
             let room = MAX_LINE - self.partial.len();
-            match chunk.iter().take(room).position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', &chunk[..room.min(chunk.len())]) {
                 Some(i) => {
                     self.partial.extend_from_slice(&chunk[..i]);
                     lines.push(std::mem::take(&mut self.partial));
