@@ -8,21 +8,12 @@ mod support;
 use std::time::Duration;
 use support::{Scratch, is_dead, job_id, processes, sigkill, states, wait_for};
 
-const NOOP: &str = "[[steps]]\nname = \"noop\"\ncommand = \"true\"\n";
-
 /// One step that prints, waits, prints: long enough to be hit mid-run.
 fn waiting_project(s: &Scratch, secs: u32) -> std::path::PathBuf {
     let toml = format!(
         "[[steps]]\nname = \"wait\"\ncommand = \"echo before; sleep {secs}; echo after\"\n"
     );
     s.project("waiting", &[(".qci.toml", &toml)])
-}
-
-fn next_job_succeeds(s: &Scratch) -> String {
-    let out = s.run(&s.project("next", &[(".qci.toml", NOOP)]), &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(0), "the next job failed:\n{stdout}");
-    stdout
 }
 
 fn finish(child: std::process::Child) -> (Option<i32>, String) {
@@ -112,7 +103,7 @@ fn killing_the_step_fails_the_job_and_keeps_the_log() {
         log.contains("[wait] before") && !log.contains("[wait] after"),
         "{log}"
     );
-    next_job_succeeds(&s);
+    s.prepare_machine();
 }
 
 #[test]
@@ -151,7 +142,7 @@ fn killing_the_dom0_runner_still_ends_the_job_and_the_next_one_cleans_up() {
         !orphans.is_empty(),
         "expected the orphaned step to be running"
     );
-    let next = next_job_succeeds(&s);
+    let next = s.prepare_machine();
     let next_log =
         std::fs::read_to_string(s.dom0_log_dir().join(format!("{}.log", job_id(&next)))).unwrap();
     assert!(
@@ -191,7 +182,7 @@ fn killing_begin_in_the_dev_vm_lets_the_runner_finish_and_report() {
     assert_eq!(code, Some(0), "{stdout}");
     let log = std::fs::read_to_string(s.dom0_log_dir().join(format!("{job}.log"))).unwrap();
     assert!(log.contains("[wait] after"), "{log}");
-    next_job_succeeds(&s);
+    s.prepare_machine();
 }
 
 #[test]

@@ -186,14 +186,7 @@ fn slow_project(s: &Scratch) -> std::path::PathBuf {
 fn a_second_run_while_one_runs_is_refused_and_the_first_finishes() {
     let s = Scratch::new();
     let dir = slow_project(&s);
-    let first = support::qci()
-        .args(["run", "--local"])
-        .arg(&dir)
-        .arg("--state-dir")
-        .arg(s.state())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let first = s.spawn_run(&dir);
     let logs = s.dom0_log_dir();
     wait_for("the first job's step", Duration::from_secs(30), || {
         std::fs::read_dir(&logs)
@@ -232,17 +225,7 @@ fn a_second_run_while_one_runs_is_refused_and_the_first_finishes() {
 #[test]
 fn bad_job_ids_get_exit_2_and_a_clear_message_everywhere() {
     let s = Scratch::new();
-    let ok = s.run(
-        &s.project(
-            "noop",
-            &[(
-                ".qci.toml",
-                "[[steps]]\nname = \"noop\"\ncommand = \"true\"\n",
-            )],
-        ),
-        &[],
-    );
-    assert_eq!(ok.status.code(), Some(0));
+    s.prepare_machine();
 
     // dom0's runner: the message reaches the caller on stdout (a dom0 service's stderr does not).
     for bad in [
@@ -286,17 +269,7 @@ fn qci_run_from_another_vm_is_refused_by_policy_and_never_starts() {
         "[qubes.sys-net]\ntype = \"AppVM\"\n",
     )
     .unwrap();
-    let ok = s.run(
-        &s.project(
-            "noop",
-            &[(
-                ".qci.toml",
-                "[[steps]]\nname = \"noop\"\ncommand = \"true\"\n",
-            )],
-        ),
-        &[],
-    );
-    assert_eq!(ok.status.code(), Some(0));
+    s.prepare_machine();
 
     for target in ["dom0", "@adminvm"] {
         let out = s.qrexec("sys-net", target, "qci.Run+J1", b"");
@@ -316,17 +289,7 @@ fn qci_run_from_another_vm_is_refused_by_policy_and_never_starts() {
 #[test]
 fn invalid_status_events_are_refused_by_the_dev_vm() {
     let s = Scratch::new();
-    let out = s.run(
-        &s.project(
-            "noop",
-            &[(
-                ".qci.toml",
-                "[[steps]]\nname = \"noop\"\ncommand = \"true\"\n",
-            )],
-        ),
-        &[],
-    );
-    let job = job_id(&String::from_utf8_lossy(&out.stdout));
+    let job = job_id(&s.prepare_machine());
     let before = states(&s.status_file(&job)).len();
     let service = format!("qci.Status+{job}");
     for (event, why) in [

@@ -41,21 +41,7 @@ fn machine() -> Scratch {
         "[qubes.sys-net]\ntype = \"AppVM\"\ntags = [\"net\"]\n",
     )
     .unwrap();
-    let project = s.project(
-        "project",
-        &[(
-            ".qci.toml",
-            "[[steps]]\nname = \"noop\"\ncommand = \"true\"\n",
-        )],
-    );
-    let out = s.run(&project, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "qci run failed: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    s.prepare_machine();
     for domain in ["dom0", "sd-dev", "sys-net"] {
         assert!(s.machine().join(domain).is_dir(), "no {domain} directory");
     }

@@ -79,6 +79,30 @@ impl Scratch {
         dir
     }
 
+    /// A project whose `.qci.toml` has the one step `true`.
+    pub fn noop_project(&self) -> PathBuf {
+        self.project(
+            "noop",
+            &[(
+                ".qci.toml",
+                "[[steps]]\nname = \"noop\"\ncommand = \"true\"\n",
+            )],
+        )
+    }
+
+    /// Creates the machine (and installs qci into it) by running a job that
+    /// succeeds; returns its stdout.
+    pub fn prepare_machine(&self) -> String {
+        let out = self.run(&self.noop_project(), &[]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "preparing the machine failed:\n{stdout}"
+        );
+        stdout
+    }
+
     /// `qci run --local DIR --state-dir STATE`.
     pub fn run(&self, dir: &Path, extra: &[&str]) -> Output {
         qci()
