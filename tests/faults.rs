@@ -10,10 +10,11 @@ use support::{Scratch, is_dead, job_id, processes, sigkill, states, wait_for};
 
 /// One step that prints, waits, prints: long enough to be hit mid-run.
 fn waiting_project(s: &Scratch, secs: u32) -> std::path::PathBuf {
-    let toml = format!(
-        "[[steps]]\nname = \"wait\"\ncommand = \"echo before; sleep {secs}; echo after\"\n"
-    );
-    s.project("waiting", &[(".qci.toml", &toml)])
+    s.one_step(
+        "wait",
+        &format!("echo before; sleep {secs}; echo after"),
+        "",
+    )
 }
 
 fn finish(child: std::process::Child) -> (Option<i32>, String) {
@@ -29,13 +30,7 @@ fn a_timeout_kills_a_grandchild_that_traps_sigterm_and_backgrounds_itself() {
     let s = Scratch::new();
     s.dom0_config("kill_grace = \"1s\"");
     let step = "echo started; sh -c 'trap \\\"\\\" TERM; echo $$ > grandchild.pid; echo grandchild up; exec sleep 60' & sleep 60";
-    let dir = s.project(
-        "hung",
-        &[(
-            ".qci.toml",
-            &format!("[[steps]]\nname = \"hang\"\ncommand = \"{step}\"\ntimeout = \"2s\"\n"),
-        )],
-    );
+    let dir = s.one_step("hang", step, "timeout = \"2s\"");
     let out = s.run(&dir, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{stdout}");
@@ -190,13 +185,7 @@ fn a_secret_split_across_two_writes_is_masked_in_the_log_and_on_stdout() {
     let s = Scratch::new();
     s.dom0_config("secrets = [\"hunter2secret\"]");
     let step = "printf 'token=hunter2'; sleep 0.3; printf 'secret end\\\\n'";
-    let dir = s.project(
-        "masked",
-        &[(
-            ".qci.toml",
-            &format!("[[steps]]\nname = \"mask\"\ncommand = \"{step}\"\n"),
-        )],
-    );
+    let dir = s.one_step("mask", step, "");
     let out = s.run(&dir, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");

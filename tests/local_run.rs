@@ -99,12 +99,10 @@ fn failing_dev_stops_before_test_and_reports_failure() {
 #[test]
 fn ansi_colours_and_invalid_utf8_are_cleaned_without_harm() {
     let s = Scratch::new();
-    let dir = s.project(
-        "colours",
-        &[(
-            ".qci.toml",
-            "[[steps]]\nname = \"paint\"\ncommand = \"printf '\\\\033[1;31mred\\\\033[0m \\\\377\\\\376 \\\\033]0;title\\\\007done\\\\n'\"\n",
-        )],
+    let dir = s.one_step(
+        "paint",
+        "printf '\\\\033[1;31mred\\\\033[0m \\\\377\\\\376 \\\\033]0;title\\\\007done\\\\n'",
+        "",
     );
     let out = s.run(&dir, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -173,13 +171,7 @@ fn working_tree_runs_as_is_and_commit_runs_a_clean_checkout() {
 
 /// A project whose one step takes a while, to catch a run in the middle.
 fn slow_project(s: &Scratch) -> std::path::PathBuf {
-    s.project(
-        "slow",
-        &[(
-            ".qci.toml",
-            "[[steps]]\nname = \"wait\"\ncommand = \"echo started; sleep 3; echo finished\"\n",
-        )],
-    )
+    s.one_step("wait", "echo started; sleep 3; echo finished", "")
 }
 
 #[test]

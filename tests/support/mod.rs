@@ -79,15 +79,17 @@ impl Scratch {
         dir
     }
 
+    /// A project (in a directory named after the step) whose `.qci.toml`
+    /// has one step; `command` is written as a TOML basic string, already
+    /// escaped, and `extra` adds keys to the step.
+    pub fn one_step(&self, name: &str, command: &str, extra: &str) -> PathBuf {
+        let toml = format!("[[steps]]\nname = \"{name}\"\ncommand = \"{command}\"\n{extra}\n");
+        self.project(name, &[(".qci.toml", &toml)])
+    }
+
     /// A project whose `.qci.toml` has the one step `true`.
     pub fn noop_project(&self) -> PathBuf {
-        self.project(
-            "noop",
-            &[(
-                ".qci.toml",
-                "[[steps]]\nname = \"noop\"\ncommand = \"true\"\n",
-            )],
-        )
+        self.one_step("noop", "true", "")
     }
 
     /// Creates the machine (and installs qci into it) by running a job that

@@ -34,13 +34,7 @@ named by QCI_DOM0_CONFIG. Exit codes: 0 success, 1 a step failed, 2 bad input,
 3 CI error (transfer, timeout, busy).";
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QCI_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    qci_core::diagnostics::init("info");
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     if args.first().is_some_and(|a| a == "--help" || a == "-h") {
         println!("{HELP}");

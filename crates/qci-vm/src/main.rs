@@ -56,13 +56,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QCI_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    qci_core::diagnostics::init("warn");
     let cli = Cli::parse();
     let paths = match Paths::from_env() {
         Ok(p) => p,

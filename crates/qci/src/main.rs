@@ -85,13 +85,7 @@ fn main() -> std::process::ExitCode {
     if emulator::tools::TOOLS.contains(&name.as_str()) {
         return exit_raw(emulator::tools::main(&name, args.collect()));
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QCI_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    qci_core::diagnostics::init("warn");
     match Cli::parse().command {
         Command::Run {
             local,
