@@ -6,7 +6,7 @@
 mod support;
 
 use std::time::Duration;
-use support::{Scratch, is_dead, job_id, processes, sigkill, states, wait_for};
+use support::{Scratch, is_dead, job_id, processes, signal, states, wait_for};
 
 /// One step that prints, waits, prints: long enough to be hit mid-run.
 fn waiting_project(s: &Scratch, secs: u32) -> std::path::PathBuf {
@@ -15,6 +15,33 @@ fn waiting_project(s: &Scratch, secs: u32) -> std::path::PathBuf {
         &format!("echo before; sleep {secs}; echo after"),
         "",
     )
+}
+
+/// Starts a job whose step runs `secs` seconds, and returns once the step
+/// has printed its first line.
+fn start_waiting(s: &Scratch, secs: u32) -> std::process::Child {
+    let child = s.spawn_run(&waiting_project(s, secs));
+    wait_for("the step", Duration::from_secs(30), || {
+        s.current_log().contains("[wait] before")
+    });
+    child
+}
+
+/// The one process of this machine whose command line satisfies `pick`.
+fn machine_process(s: &Scratch, what: &str, pick: impl Fn(&[String]) -> bool) -> i32 {
+    let emu = format!("QCI_EMU_MACHINE={}", s.machine().display());
+    let found = processes(&emu, pick);
+    assert_eq!(found.len(), 1, "exactly one {what} expected: {found:?}");
+    found[0]
+}
+
+fn is_runner(cmd: &[String]) -> bool {
+    cmd.first().is_some_and(|c| c.ends_with("qci-dom0"))
+}
+
+/// Processes started by this machine's steps (they carry the runner's mark).
+fn step_processes(s: &Scratch) -> Vec<i32> {
+    processes(&format!("QCI_RUNNER={}", s.work_dir().display()), |_| true)
 }
 
 fn finish(child: std::process::Child) -> (Option<i32>, String) {
@@ -46,9 +73,8 @@ fn a_timeout_kills_a_grandchild_that_traps_sigterm_and_backgrounds_itself() {
         is_dead(grandchild),
         "the grandchild that trapped SIGTERM survived"
     );
-    let marker = format!("QCI_RUNNER={}", s.work_dir().display());
     assert_eq!(
-        processes(&marker, |_| true),
+        step_processes(&s),
         Vec::<i32>::new(),
         "a process of the step survived"
     );
@@ -59,7 +85,7 @@ fn a_timeout_kills_a_grandchild_that_traps_sigterm_and_backgrounds_itself() {
         description.contains("timed out after 2s (its timeout)"),
         "{description}"
     );
-    let log = std::fs::read_to_string(s.dom0_log_dir().join(format!("{job}.log"))).unwrap();
+    let log = s.job_log(&job);
     assert!(
         log.contains("[hang] started") && log.contains("[hang] grandchild up"),
         "{log}"
@@ -70,17 +96,13 @@ fn a_timeout_kills_a_grandchild_that_traps_sigterm_and_backgrounds_itself() {
 #[test]
 fn killing_the_step_fails_the_job_and_keeps_the_log() {
     let s = Scratch::new();
-    let child = s.spawn_run(&waiting_project(&s, 30));
-    let marker = format!("QCI_RUNNER={}", s.work_dir().display());
-    wait_for("the step", Duration::from_secs(30), || {
-        s.current_log().contains("[wait] before")
-    });
-    let sleeps = processes(&marker, |cmd| {
+    let child = start_waiting(&s, 30);
+    let shells = processes(&format!("QCI_RUNNER={}", s.work_dir().display()), |cmd| {
         cmd.first().map(String::as_str) == Some("sh")
             && cmd.get(1).map(String::as_str) == Some("-c")
     });
-    assert_eq!(sleeps.len(), 1);
-    sigkill(sleeps[0]);
+    assert_eq!(shells.len(), 1, "the step's sh: {shells:?}");
+    signal(shells[0], "KILL");
 
     let (code, stdout) = finish(child);
     assert_eq!(code, Some(1), "{stdout}");
@@ -93,7 +115,7 @@ fn killing_the_step_fails_the_job_and_keeps_the_log() {
             "echo before; sleep 30; echo after failed (signal 9)"
         )
     );
-    let log = std::fs::read_to_string(s.dom0_log_dir().join(format!("{job}.log"))).unwrap();
+    let log = s.job_log(&job);
     assert!(
         log.contains("[wait] before") && !log.contains("[wait] after"),
         "{log}"
@@ -104,16 +126,8 @@ fn killing_the_step_fails_the_job_and_keeps_the_log() {
 #[test]
 fn killing_the_dom0_runner_still_ends_the_job_and_the_next_one_cleans_up() {
     let s = Scratch::new();
-    let child = s.spawn_run(&waiting_project(&s, 30));
-    wait_for("the step", Duration::from_secs(30), || {
-        s.current_log().contains("[wait] before")
-    });
-    let emu = format!("QCI_EMU_MACHINE={}", s.machine().display());
-    let runners = processes(&emu, |cmd| {
-        cmd.first().is_some_and(|c| c.ends_with("qci-dom0"))
-    });
-    assert_eq!(runners.len(), 1, "one qci-dom0 expected");
-    sigkill(runners[0]);
+    let child = start_waiting(&s, 30);
+    signal(machine_process(&s, "qci-dom0", is_runner), "KILL");
 
     let (code, stdout) = finish(child);
     assert_eq!(code, Some(3), "{stdout}");
@@ -124,22 +138,20 @@ fn killing_the_dom0_runner_still_ends_the_job_and_the_next_one_cleans_up() {
         description.contains("dom0 runner ended abnormally"),
         "{description}"
     );
-    let log = std::fs::read_to_string(s.dom0_log_dir().join(format!("{job}.log"))).unwrap();
+    let log = s.job_log(&job);
     assert!(
         log.contains("[wait] before"),
         "the log written so far is kept: {log}"
     );
 
     // The killed runner's step outlived it; the next run stops it and succeeds.
-    let marker = format!("QCI_RUNNER={}", s.work_dir().display());
-    let orphans = processes(&marker, |_| true);
+    let orphans = step_processes(&s);
     assert!(
         !orphans.is_empty(),
         "expected the orphaned step to be running"
     );
     let next = s.prepare_machine();
-    let next_log =
-        std::fs::read_to_string(s.dom0_log_dir().join(format!("{}.log", job_id(&next)))).unwrap();
+    let next_log = s.job_log(&job_id(&next));
     assert!(
         next_log.contains("leftover process(es) of a previous run"),
         "{next_log}"
@@ -153,17 +165,12 @@ fn killing_the_dom0_runner_still_ends_the_job_and_the_next_one_cleans_up() {
 #[test]
 fn killing_begin_in_the_dev_vm_lets_the_runner_finish_and_report() {
     let s = Scratch::new();
-    let child = s.spawn_run(&waiting_project(&s, 2));
-    wait_for("the step", Duration::from_secs(30), || {
-        s.current_log().contains("[wait] before")
-    });
-    let emu = format!("QCI_EMU_MACHINE={}", s.machine().display());
-    let begins = processes(&emu, |cmd| {
+    let child = start_waiting(&s, 2);
+    let begin = machine_process(&s, "qci-vm begin", |cmd| {
         cmd.first().is_some_and(|c| c.ends_with("qci-vm"))
             && cmd.get(1).map(String::as_str) == Some("begin")
     });
-    assert_eq!(begins.len(), 1);
-    sigkill(begins[0]);
+    signal(begin, "KILL");
 
     let (code, stdout) = finish(child);
     let job = job_id(&stdout);
@@ -175,7 +182,7 @@ fn killing_begin_in_the_dev_vm_lets_the_runner_finish_and_report() {
         "exactly one final status: {st:?}"
     );
     assert_eq!(code, Some(0), "{stdout}");
-    let log = std::fs::read_to_string(s.dom0_log_dir().join(format!("{job}.log"))).unwrap();
+    let log = s.job_log(&job);
     assert!(log.contains("[wait] after"), "{log}");
     s.prepare_machine();
 }
@@ -190,8 +197,7 @@ fn a_secret_split_across_two_writes_is_masked_in_the_log_and_on_stdout() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("[mask] token=*** end"), "{stdout}");
-    let log =
-        std::fs::read_to_string(s.dom0_log_dir().join(format!("{}.log", job_id(&stdout)))).unwrap();
+    let log = s.job_log(&job_id(&stdout));
     assert!(log.contains("[mask] token=*** end"), "{log}");
     assert!(!log.contains("hunter2secret") && !stdout.contains("hunter2secret"));
 }
@@ -215,20 +221,8 @@ fn the_whole_job_timeout_bounds_the_steps() {
 fn sigterm_to_the_runner_cancels_the_step_and_reports_canceled() {
     let s = Scratch::new();
     s.dom0_config("kill_grace = \"1s\"");
-    let child = s.spawn_run(&waiting_project(&s, 30));
-    wait_for("the step", Duration::from_secs(30), || {
-        s.current_log().contains("[wait] before")
-    });
-    let emu = format!("QCI_EMU_MACHINE={}", s.machine().display());
-    let runners = processes(&emu, |cmd| {
-        cmd.first().is_some_and(|c| c.ends_with("qci-dom0"))
-    });
-    assert_eq!(runners.len(), 1);
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &runners[0].to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    let child = start_waiting(&s, 30);
+    signal(machine_process(&s, "qci-dom0", is_runner), "TERM");
 
     let (code, stdout) = finish(child);
     assert_eq!(code, Some(3), "{stdout}");
@@ -239,9 +233,8 @@ fn sigterm_to_the_runner_cancels_the_step_and_reports_canceled() {
         description.starts_with("echo before; sleep 30; echo after canceled after"),
         "{description}"
     );
-    let marker = format!("QCI_RUNNER={}", s.work_dir().display());
     assert_eq!(
-        processes(&marker, |_| true),
+        step_processes(&s),
         Vec::<i32>::new(),
         "the step survived the cancel"
     );

@@ -217,7 +217,7 @@ fn every_hostile_stream_ends_the_job_in_error_and_nothing_escapes() {
             before,
             "{name}: the project changed"
         );
-        let log = std::fs::read_to_string(s.dom0_log_dir().join(format!("{job}.log"))).unwrap();
+        let log = s.job_log(&job);
         assert!(
             !log.contains("[qci] step "),
             "{name}: a step ran after a refused transfer"

@@ -77,7 +77,7 @@ fn failing_dev_stops_before_test_and_reports_failure() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "stdout:\n{stdout}");
     let job = job_id(&stdout);
-    let log = std::fs::read_to_string(s.dom0_log_dir().join(format!("{job}.log"))).unwrap();
+    let log = s.job_log(&job);
     assert!(
         log.contains("[dev] dev: error: template not found"),
         "{log}"

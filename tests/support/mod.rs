@@ -135,6 +135,11 @@ impl Scratch {
         (status.code().unwrap_or(-1), lines, Instant::now())
     }
 
+    /// The text of dom0's log of `job`.
+    pub fn job_log(&self, job: &str) -> String {
+        std::fs::read_to_string(self.dom0_log_dir().join(format!("{job}.log"))).unwrap()
+    }
+
     pub fn dom0_log_dir(&self) -> PathBuf {
         self.machine().join("dom0/var/log/qci")
     }
@@ -299,12 +304,13 @@ pub fn processes(marker: &str, pick: impl Fn(&[String]) -> bool) -> Vec<i32> {
         .collect()
 }
 
-pub fn sigkill(pid: i32) {
+/// Sends signal `name` (`KILL`, `TERM`, ...) to `pid`.
+pub fn signal(pid: i32, name: &str) {
     let status = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args([format!("-{name}"), pid.to_string()])
         .status()
         .unwrap();
-    assert!(status.success(), "kill -KILL {pid}");
+    assert!(status.success(), "kill -{name} {pid}");
 }
 
 /// Whether `pid` is gone or only a zombie.
