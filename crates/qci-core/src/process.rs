@@ -80,7 +80,7 @@ mod tests {
     #[test]
     fn kill_marked_stops_only_the_marked_processes() {
         let value = format!("test-{}", std::process::id());
-        let mut marked = Command::new("sleep")
+        let mut target = Command::new("sleep")
             .arg("30")
             .env("QCI_TEST_MARK", &value)
             .spawn()
@@ -90,9 +90,16 @@ mod tests {
             .env("QCI_TEST_MARK", "someone-else")
             .spawn()
             .unwrap();
+        // Until the child has exec'd, /proc shows the environment it forked
+        // with (ours), so wait for the marker to appear before killing.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !marked("QCI_TEST_MARK", &value).contains(&(target.id() as i32)) {
+            assert!(Instant::now() < deadline, "marker never appeared");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let killed = kill_marked("QCI_TEST_MARK", &value);
-        assert_eq!(killed, vec![marked.id() as i32]);
-        let status = wait_or_kill(&mut marked, Duration::from_secs(5))
+        assert_eq!(killed, vec![target.id() as i32]);
+        let status = wait_or_kill(&mut target, Duration::from_secs(5))
             .unwrap()
             .expect("killed");
         assert_eq!(
