@@ -773,10 +773,11 @@ mod tests {
             "{last:?}"
         );
         let text = err.to_string();
-        assert!(
-            text.starts_with("GitHub status not posted after 4 attempts in 0."),
-            "{text}"
-        );
+        let seconds = text
+            .strip_prefix("GitHub status not posted after 4 attempts in ")
+            .and_then(|rest| rest.split_once("s: "))
+            .and_then(|(secs, _)| secs.parse::<f64>().ok());
+        assert!(seconds.is_some_and(|s| s < 3.0), "{text}");
         assert!(text.ends_with(&format!("last error: {last}")), "{text}");
         assert!(
             text.contains("HTTP 500 Internal Server Error: boom"),
@@ -799,8 +800,12 @@ mod tests {
         let err =
             forward_with(&event(State::Running, "x"), &job, &paths, Some(policy)).unwrap_err();
 
+        // Stops once the budget is spent; the slack is for a loaded machine.
         let elapsed = start.elapsed();
-        assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+        assert!(
+            elapsed < policy.budget + Duration::from_secs(2),
+            "{elapsed:?}"
+        );
         let seen = gh.seen().len();
         assert!(seen > 1, "{seen}");
         gave_up(&err, seen);
@@ -817,7 +822,8 @@ mod tests {
         let start = Instant::now();
         let err = post(&job, &paths, 5).unwrap_err();
 
-        assert!(start.elapsed() < Duration::from_secs(1), "{err}");
+        // It never sleeps the hour it was asked to.
+        assert!(start.elapsed() < Duration::from_secs(10), "{err}");
         gave_up(&err, 1);
         assert_eq!(gh.seen().len(), 1);
         let text = err.to_string();
