@@ -239,3 +239,59 @@ fn sigterm_to_the_runner_cancels_the_step_and_reports_canceled() {
         "the step survived the cancel"
     );
 }
+
+/// A dev VM whose `qci.Export` never sends anything.
+fn stalled_export(s: &Scratch, dom0_settings: &str) {
+    s.dom0_config(dom0_settings);
+    s.prepare_machine();
+    s.dev_vm_export("exec sleep 30");
+}
+
+/// Stops the stalled exports a test left behind (the emulator, like
+/// qrexec, does not kill a service whose caller went away).
+fn stop_stalled_exports(s: &Scratch) {
+    let emu = format!("QCI_EMU_MACHINE={}", s.machine().display());
+    for pid in processes(&emu, |cmd| cmd.first().is_some_and(|c| c == "sleep")) {
+        signal(pid, "KILL");
+    }
+}
+
+#[test]
+fn a_stalled_code_transfer_times_out_in_error() {
+    let s = Scratch::new();
+    stalled_export(&s, "export_timeout = \"2s\"");
+
+    let out = s.run(&s.noop_project(), &[]);
+    stop_stalled_exports(&s);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    let (state, description) = states(&s.status_file(&job_id(&stdout))).pop().unwrap();
+    assert_eq!(state, "error");
+    assert_eq!(
+        description,
+        "Code transfer failed: the code transfer took longer than 2s"
+    );
+}
+
+#[test]
+fn sigterm_during_the_code_transfer_cancels_at_once() {
+    let s = Scratch::new();
+    stalled_export(&s, "export_timeout = \"60s\"");
+    let emu = format!("QCI_EMU_MACHINE={}", s.machine().display());
+    let child = s.spawn_run(&s.noop_project());
+    wait_for("the stalled export", Duration::from_secs(30), || {
+        !processes(&emu, |cmd| cmd.first().is_some_and(|c| c == "sleep")).is_empty()
+    });
+
+    let signalled = std::time::Instant::now();
+    signal(machine_process(&s, "qci-dom0", is_runner), "TERM");
+    let (code, stdout) = finish(child);
+    let took = signalled.elapsed();
+    stop_stalled_exports(&s);
+
+    assert_eq!(code, Some(3), "{stdout}");
+    assert!(took < Duration::from_secs(20), "the cancel waited {took:?}");
+    let (state, description) = states(&s.status_file(&job_id(&stdout))).pop().unwrap();
+    assert_eq!(state, "canceled");
+    assert_eq!(description, "Canceled during the code transfer");
+}

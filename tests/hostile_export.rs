@@ -52,21 +52,11 @@ fn archive(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// Makes the dev VM answer `qci.Export` with `stream` (a file in
-/// `usr/local/etc/qubes-rpc` comes before the installed one, as in Qubes).
+/// Makes the dev VM answer `qci.Export` with `stream`.
 fn hostile_export(s: &Scratch, stream: &[u8]) {
-    let vm = s.machine().join("sd-dev");
-    let tar_path = vm.join("evil.tar");
+    let tar_path = s.machine().join("sd-dev/evil.tar");
     std::fs::write(&tar_path, stream).unwrap();
-    let service = vm.join("usr/local/etc/qubes-rpc/qci.Export");
-    std::fs::create_dir_all(service.parent().unwrap()).unwrap();
-    std::fs::write(
-        &service,
-        format!("#!/bin/sh\nexec cat {}\n", tar_path.display()),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&service, std::fs::Permissions::from_mode(0o755)).unwrap();
+    s.dev_vm_export(&format!("exec cat {}", tar_path.display()));
 }
 
 /// Every file under `root`, relative, for a before/after comparison.

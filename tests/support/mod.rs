@@ -275,6 +275,19 @@ impl Scratch {
             .expect("spawn qci")
     }
 
+    /// Replaces the dev VM's `qci.Export` with a shell `script`: a file in
+    /// `usr/local/etc/qubes-rpc` comes before the installed one, as in Qubes.
+    /// The machine must exist already.
+    pub fn dev_vm_export(&self, script: &str) {
+        let service = self
+            .machine()
+            .join("sd-dev/usr/local/etc/qubes-rpc/qci.Export");
+        std::fs::create_dir_all(service.parent().unwrap()).unwrap();
+        std::fs::write(&service, format!("#!/bin/sh\n{script}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&service, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
     /// The text of the only log in dom0's log directory, once there is one.
     pub fn current_log(&self) -> String {
         std::fs::read_dir(self.dom0_log_dir())

@@ -43,6 +43,11 @@ impl LogWriter {
         })
     }
 
+    /// The secrets this log masks, for a [`LineSplitter`] that feeds it.
+    pub fn mask(&self) -> &SecretMask {
+        &self.mask
+    }
+
     /// Masks `secrets` in every line from now on, in the file and the echo.
     pub fn with_secrets(mut self, mask: SecretMask) -> Self {
         self.mask = mask;
@@ -103,8 +108,10 @@ impl LogWriter {
 ///
 /// Masking works on whole lines, after they are put together from however
 /// many writes the step made, so a secret split across writes is still
-/// caught. Not caught: a secret cut by the `MAX_LINE` split of an overlong
-/// line, or one that spans a newline.
+/// caught; so is one at the [`MAX_LINE`] cut of an overlong line, which a
+/// [`LineSplitter`] holding the mask moves back before the secret. Not
+/// caught: a secret that spans a newline, or one the step's bytes only spell
+/// after escapes are removed *and* that sits at such a cut.
 #[derive(Debug, Clone, Default)]
 pub struct SecretMask {
     /// Longest first, so a secret that contains another is masked whole.
@@ -122,6 +129,20 @@ impl SecretMask {
 
     pub fn is_empty(&self) -> bool {
         self.secrets.is_empty()
+    }
+
+    /// How many bytes at the end of `buf` could begin a secret that the
+    /// next bytes complete: a cut there would show that beginning unmasked.
+    pub fn open_tail(&self, buf: &[u8]) -> usize {
+        let longest = self.secrets.first().map_or(0, String::len);
+        let from = buf.len().saturating_sub(longest.saturating_sub(1));
+        (from..buf.len())
+            .find(|&i| {
+                self.secrets
+                    .iter()
+                    .any(|s| s.as_bytes().starts_with(&buf[i..]))
+            })
+            .map_or(0, |i| buf.len() - i)
     }
 
     pub fn apply<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
@@ -273,16 +294,26 @@ impl Sanitizer {
 }
 
 /// Cuts a byte stream into lines with bounded memory: it holds at most
-/// [`MAX_LINE`] bytes, and a longer line comes out in pieces of that size,
+/// [`MAX_LINE`] bytes, and a longer line comes out in pieces of at most that size,
 /// whatever the volume of output.
 #[derive(Debug, Default)]
 pub struct LineSplitter {
     partial: Vec<u8>,
+    mask: SecretMask,
 }
 
 impl LineSplitter {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A splitter that never cuts an overlong line inside one of `mask`'s
+    /// secrets, so masking each piece still hides it whole.
+    pub fn masking(mask: SecretMask) -> Self {
+        Self {
+            partial: Vec::new(),
+            mask,
+        }
     }
 
     /// Takes the next chunk of the stream and gives back the lines it
@@ -297,7 +328,12 @@ impl LineSplitter {
                     lines.push(std::mem::take(&mut self.partial));
                     chunk = &chunk[1..];
                 } else {
-                    let rest = self.partial.split_off(utf8_cut(&self.partial));
+                    let mut cut = utf8_cut(&self.partial);
+                    let open = self.mask.open_tail(&self.partial[..cut]);
+                    if open < cut {
+                        cut -= open;
+                    }
+                    let rest = self.partial.split_off(cut);
                     lines.push(std::mem::replace(&mut self.partial, rest));
                 }
                 continue;
@@ -448,6 +484,30 @@ pub(crate) mod tests {
             [MAX_LINE, MAX_LINE, MAX_LINE, 200 * 1024 - 3 * MAX_LINE, 4]
         );
         assert_eq!(pieces[4], b"next");
+    }
+
+    #[test]
+    fn a_masking_splitter_moves_its_cut_before_a_secret() {
+        let mask = SecretMask::new(["hunter2secret".to_string(), "abc".to_string()]);
+        let mut s = LineSplitter::masking(mask.clone());
+        let mut line = vec![b'x'; MAX_LINE - 5];
+        line.extend_from_slice(b"hunter2secret!\n");
+        let pieces: Vec<String> = line
+            .chunks(7)
+            .flat_map(|c| s.push(c))
+            .map(|p| mask.apply(&String::from_utf8(p).unwrap()).into_owned())
+            .collect();
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(pieces[0].len(), MAX_LINE - 5);
+        assert_eq!(pieces[1], "***!");
+        assert_eq!(mask.open_tail(b"xxhunter"), 6);
+        assert_eq!(mask.open_tail(b"xxab"), 2);
+        assert_eq!(
+            mask.open_tail(b"hunter2secret"),
+            0,
+            "a whole secret is masked where it is"
+        );
+        assert_eq!(SecretMask::default().open_tail(b"xx"), 0);
     }
 
     #[test]

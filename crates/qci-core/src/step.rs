@@ -105,7 +105,10 @@ pub fn run_step(
     // Detached on purpose: see the module documentation.
     std::thread::Builder::new()
         .name(format!("qci-read-{}", step.name))
-        .spawn(move || read_lines(reader, tx))
+        .spawn({
+            let splitter = LineSplitter::masking(log.mask().clone());
+            move || read_lines(reader, splitter, tx)
+        })
         .map_err(spawn_err)?;
 
     let child = {
@@ -188,8 +191,7 @@ pub fn run_step(
 
 /// Reads the step's output into lines stamped on arrival. Ends at the end of
 /// the output, or when nobody takes its lines any more.
-fn read_lines(mut pipe: PipeReader, tx: SyncSender<Batch>) {
-    let mut splitter = LineSplitter::new();
+fn read_lines(mut pipe: PipeReader, mut splitter: LineSplitter, tx: SyncSender<Batch>) {
     let mut buf = vec![0; READ_BYTES];
     loop {
         let n = match pipe.read(&mut buf) {
@@ -359,6 +361,7 @@ impl Drop for Group {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::SecretMask;
     use crate::log::tests::parse_line;
     use crate::pipeline::Pipeline;
     use std::collections::BTreeMap;
@@ -372,6 +375,10 @@ mod tests {
     }
 
     fn run(command: &str, timeout: Duration) -> Run {
+        run_masking(command, timeout, &[])
+    }
+
+    fn run_masking(command: &str, timeout: Duration, secrets: &[&str]) -> Run {
         let dir = tempfile::tempdir().unwrap();
         let step = Step {
             name: "test".into(),
@@ -386,7 +393,10 @@ mod tests {
             cancel: None,
         };
         let log_path = dir.path().join("job.log");
-        let mut log = LogWriter::create(&log_path, None).unwrap();
+        let mask = SecretMask::new(secrets.iter().map(|s| s.to_string()));
+        let mut log = LogWriter::create(&log_path, None)
+            .unwrap()
+            .with_secrets(mask);
         let start = Instant::now();
         let outcome = run_step(&step, &ctx, &mut log).unwrap();
         let elapsed = start.elapsed();
@@ -540,6 +550,25 @@ mod tests {
         let lens: Vec<_> = texts(&r, "test").iter().map(String::len).collect();
         let max = crate::log::MAX_LINE;
         assert_eq!(lens, [max, max, max, 204800 - 3 * max, 4]);
+    }
+
+    #[test]
+    fn a_secret_at_the_cut_of_an_overlong_line_is_still_masked() {
+        let max = crate::log::MAX_LINE;
+        let command = format!(
+            "head -c {} /dev/zero | tr '\\0' x; printf 'hunter2secret tail\\n'",
+            max - 4
+        );
+        let r = run_masking(&command, LONG, &["hunter2secret"]);
+        let texts = texts(&r, "test");
+        assert_eq!(
+            texts.len(),
+            2,
+            "{:?}",
+            texts.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert_eq!(texts[0], "x".repeat(max - 4));
+        assert_eq!(texts[1], "*** tail");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! including CI's own failures, ends in exactly one final status.
 
 use crate::config::Config;
-use crate::fetch::fetch_code;
+use crate::fetch::{FetchError, fetch_code};
 use crate::report::Reporter;
 use qci_core::log::LogWriter;
 use qci_core::pipeline::Pipeline;
@@ -90,6 +90,7 @@ impl Run<'_> {
             &workspace,
             &self.config.limits,
             self.config.export_timeout,
+            self.cancel,
         );
         match fetched {
             Ok(s) => self.note(&format!(
@@ -98,6 +99,13 @@ impl Run<'_> {
             )),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&workspace);
+                if matches!(e, FetchError::Canceled) {
+                    return Verdict::new(
+                        State::Canceled,
+                        "Canceled during the code transfer",
+                        ExitCode::CiError,
+                    );
+                }
                 return Verdict::new(
                     State::Error,
                     format!("Code transfer failed: {e}"),

@@ -80,7 +80,7 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
 /// credentials (dom0 never has them, but the code under test runs there and
 /// could print what it found in the exported tree).
 fn relay(mut log: impl Read, mut out: impl Write, mask: &SecretMask) {
-    let mut splitter = LineSplitter::new();
+    let mut splitter = LineSplitter::masking(mask.clone());
     let mut buf = vec![0; 64 * 1024];
     let mut emit = |line: &[u8]| {
         let text = String::from_utf8_lossy(line);
