@@ -1,9 +1,26 @@
-//! The job file the host (or `qci run --local`) places in the dev VM at
-//! `~/.qci/jobs/JOB.json`. Only the dev VM reads it: dom0 takes the job id
-//! from the qrexec call and everything else from the exported code.
+//! The job file the host (or `qci run --local`, or `qci-vm begin` used by
+//! hand) places in the dev VM at `~/.qci/jobs/JOB.json`. Only the dev VM
+//! reads it: dom0 takes the job id from the qrexec call and everything else
+//! from the exported code.
 
+use crate::JobId;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// `.qci/jobs/JOB.json`: where a job's file lives, relative to the dev VM's home.
+pub fn job_file_rel(job: &JobId) -> PathBuf {
+    PathBuf::from(".qci/jobs").join(format!("{job}.json"))
+}
+
+/// `.qci/status/JOB.jsonl`: where the default `file` sink of a job appends,
+/// relative to the dev VM's home (a relative sink path is under `$HOME`).
+pub fn status_file_rel(job: &JobId) -> PathBuf {
+    PathBuf::from(".qci/status").join(format!("{job}.jsonl"))
+}
+
+/// The GitHub API a `github` sink posts to unless told otherwise.
+pub const GITHUB_API_URL: &str = "https://api.github.com";
 
 /// What the dev VM needs to prepare a job and report on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,7 +107,7 @@ pub enum Sink {
 }
 
 fn default_api_url() -> String {
-    "https://api.github.com".to_owned()
+    GITHUB_API_URL.to_owned()
 }
 
 fn default_http_timeout() -> u64 {
@@ -103,6 +120,25 @@ fn default_retry_budget() -> u64 {
 
 fn default_max_attempts() -> u32 {
     8
+}
+
+impl Sink {
+    /// A `github` sink with the default request timeout and retries;
+    /// `api_url` defaults to [`GITHUB_API_URL`].
+    pub fn github(
+        token_file: PathBuf,
+        api_url: Option<String>,
+        target_url: Option<String>,
+    ) -> Self {
+        Self::Github {
+            api_url: api_url.unwrap_or_else(default_api_url),
+            token_file,
+            target_url,
+            timeout_secs: default_http_timeout(),
+            retry_budget_secs: default_retry_budget(),
+            max_attempts: default_max_attempts(),
+        }
+    }
 }
 
 /// A full 40-hex-digit commit id; abbreviations are ambiguous over time.
@@ -158,6 +194,15 @@ pub enum JobFileError {
     },
     #[error("job file {0} names neither a source tree nor a commit to check out")]
     NothingToRun(PathBuf),
+    #[error(
+        "job file {0} already exists: a job id is used once (the old job's statuses would mix with the new one's); pick another"
+    )]
+    Exists(PathBuf),
+    #[error("cannot write job file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl JobFile {
@@ -175,6 +220,39 @@ impl JobFile {
             return Err(JobFileError::NothingToRun(path.to_owned()));
         }
         Ok(job)
+    }
+
+    /// Writes the job file to `path`, creating its directory, and refuses
+    /// ([`JobFileError::Exists`]) if a file is there already: job ids are
+    /// never reused. Atomic: the file is written under a temporary name in
+    /// the same directory and then linked into place, so a reader sees the
+    /// whole file or none, and of two writers racing for one id only one wins.
+    pub fn save(&self, path: &Path) -> Result<(), JobFileError> {
+        let failed = |source| JobFileError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(failed(std::io::Error::other("not a file path")));
+        };
+        std::fs::create_dir_all(dir).map_err(failed)?;
+        let mut text = serde_json::to_vec_pretty(self).map_err(|e| failed(e.into()))?;
+        text.push(b'\n');
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".tmp-{}", std::process::id()));
+        let tmp = dir.join(tmp_name);
+        let written = std::fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(&text).and_then(|()| f.sync_all()))
+            // A hard link, unlike a rename, never replaces what is there.
+            .and_then(|()| std::fs::hard_link(&tmp, path));
+        let _ = std::fs::remove_file(&tmp);
+        match written {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(JobFileError::Exists(path.to_owned()))
+            }
+            other => other.map_err(failed),
+        }
     }
 }
 
@@ -212,6 +290,52 @@ mod tests {
             }
             other => panic!("wrong sink {other:?}"),
         }
+    }
+
+    #[test]
+    fn save_writes_a_loadable_file_once_and_leaves_no_temporary() {
+        let home = tempfile::tempdir().unwrap();
+        let job = JobId::parse("j1").unwrap();
+        let path = home.path().join(job_file_rel(&job));
+        let written = JobFile {
+            repository: Repository {
+                url: "/src".into(),
+                slug: None,
+            },
+            commit: None,
+            source: Some("/src".into()),
+            git_ref: None,
+            reason: Reason::Manual,
+            author: "a".into(),
+            message: String::new(),
+            sink: Sink::File {
+                path: status_file_rel(&job),
+            },
+            context: "qci/manual".into(),
+            timeout_secs: 60,
+        };
+        written.save(&path).unwrap();
+        assert_eq!(JobFile::load(&path).unwrap(), written);
+        assert_eq!(
+            path.strip_prefix(home.path()).unwrap(),
+            Path::new(".qci/jobs/j1.json")
+        );
+
+        let mut other = written.clone();
+        other.author = "b".into();
+        let err = other.save(&path).unwrap_err();
+        assert!(matches!(err, JobFileError::Exists(_)), "{err:?}");
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert_eq!(
+            JobFile::load(&path).unwrap().author,
+            "a",
+            "the old file is kept"
+        );
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["j1.json"]);
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! `qci-vm begin JOB`: prepare the job's workspace and hand the job to dom0.
+//! (A job started by hand has had its job file written by `manual` first.)
 //!
 //! The workspace is what `qci.Export` later sends to dom0:
 //! - with `source` in the job file, a copy of that working tree as it is now
@@ -11,11 +12,11 @@
 
 use crate::paths::Paths;
 use crate::sink;
-use qci_core::job_file::JobFile;
+use qci_core::job_file::{JobFile, JobFileError};
 use qci_core::log::{LineSplitter, SecretMask};
 use qci_core::process::wait_or_kill;
 use qci_core::{ExitCode, JobId, State, StatusEvent};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -26,8 +27,17 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const SKIPPED: [&str; 2] = [".git", ".qci"];
 
 pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
-    let job_file = match JobFile::load(&paths.job_file(job)) {
+    let path = paths.job_file(job);
+    let job_file = match JobFile::load(&path) {
         Ok(j) => j,
+        Err(JobFileError::Read { source, .. }) if source.kind() == ErrorKind::NotFound => {
+            eprintln!(
+                "qci-vm: no job file {}; to start the job by hand, run \
+                 `qci-vm begin {job} --source DIR` or `qci-vm begin {job} --repo URL --commit SHA`",
+                path.display()
+            );
+            return ExitCode::BadInput;
+        }
         Err(e) => {
             eprintln!("qci-vm: {e}");
             return ExitCode::BadInput;

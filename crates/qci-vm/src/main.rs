@@ -1,7 +1,9 @@
 //! `qci-vm`: the dev VM side of qci.
 //!
 //! - `qci-vm begin JOB` prepares the job's workspace and calls dom0's
-//!   `qci.Run+JOB`, passing the live log through.
+//!   `qci.Run+JOB`, passing the live log through. With `--source DIR` or
+//!   `--repo URL --commit SHA` it first writes the job file itself, for a
+//!   job started by hand.
 //! - `qci-vm status [JOB]` is the `qci.Status` service: one status event on
 //!   stdin, forwarded to the job's sink.
 //! - `qci-vm export [JOB]` is the `qci.Export` service: the job's workspace
@@ -12,6 +14,7 @@
 
 mod begin;
 mod export;
+mod manual;
 mod paths;
 mod sink;
 
@@ -39,9 +42,27 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Prepare the job's workspace, run it in dom0 and stream its log.
+    ///
+    /// Without --source or --repo, runs the job described by
+    /// ~/.qci/jobs/JOB.json, which the host placed there.
+    ///
+    /// To start a job by hand, describe it with options instead: begin then
+    /// writes ~/.qci/jobs/JOB.json itself (reason "manual", author $USER) and
+    /// runs it the same way. A job id is used once: begin refuses one whose
+    /// job file or statuses exist already.
+    ///
+    ///   qci-vm begin JOB --source DIR
+    ///   qci-vm begin JOB --repo URL --commit SHA [--ref REF]
+    ///       [--github OWNER/REPO --token-file FILE]
+    ///
+    /// Statuses are appended to ~/.qci/status/JOB.jsonl, or posted to GitHub
+    /// with --github.
+    #[command(verbatim_doc_comment)]
     Begin {
-        /// The job id; ~/.qci/jobs/JOB.json must exist.
+        /// The job id (1 to 64 of A-Z a-z 0-9 _ . -).
         job: String,
+        #[command(flatten)]
+        manual: Box<manual::ManualArgs>,
     },
     /// The qci.Status service: forward one status event (JSON on stdin).
     Status {
@@ -63,14 +84,24 @@ fn main() -> std::process::ExitCode {
         Err(e) => return fail(ExitCode::CiError, &e).into(),
     };
     let code = match cli.command {
-        Command::Begin { job } => match JobId::parse(&job) {
-            Ok(job) => begin::begin(&job, &paths),
+        Command::Begin { job, manual } => match JobId::parse(&job) {
+            Ok(job) => start(&job, &manual, &paths),
             Err(e) => fail(ExitCode::BadInput, &e.to_string()),
         },
         Command::Status { job } => service_call(job).map_or_else(|e| e, |job| status(&job, &paths)),
         Command::Export { job } => service_call(job).map_or_else(|e| e, |job| export(&job, &paths)),
     };
     code.into()
+}
+
+/// `begin`, after writing the job file when the job is started by hand.
+fn start(job: &JobId, manual: &manual::ManualArgs, paths: &Paths) -> ExitCode {
+    if manual.given()
+        && let Err(e) = manual::write_job_file(job, manual, paths)
+    {
+        return fail(e.exit_code(), &e.to_string());
+    }
+    begin::begin(job, paths)
 }
 
 fn fail(code: ExitCode, why: &str) -> ExitCode {

@@ -1,6 +1,7 @@
 //! Where a job's files live in the dev VM, all under `$HOME/.qci`.
 
 use qci_core::JobId;
+use qci_core::job_file::{job_file_rel, status_file_rel};
 use std::path::{Path, PathBuf};
 
 /// The dev VM's qci directory for the user the services run as.
@@ -19,7 +20,12 @@ impl Paths {
 
     /// `~/.qci/jobs/JOB.json`, placed by the host or by hand.
     pub fn job_file(&self, job: &JobId) -> PathBuf {
-        self.home.join(".qci/jobs").join(format!("{job}.json"))
+        self.home.join(job_file_rel(job))
+    }
+
+    /// `~/.qci/status/JOB.jsonl`: where a job's default `file` sink appends.
+    pub fn status_file(&self, job: &JobId) -> PathBuf {
+        self.home.join(status_file_rel(job))
     }
 
     /// `~/.qci/work/JOB`: the tree `qci.Export` sends to dom0.

@@ -325,7 +325,7 @@ fn rejected(url: &str, reply: reqwest::blocking::Response, token: &Token) -> Sin
 }
 
 /// The slug becomes part of the URL path, so it must be exactly two plain names.
-fn valid_slug(slug: &str) -> bool {
+pub(crate) fn valid_slug(slug: &str) -> bool {
     let plain = |s: &str| {
         !s.is_empty()
             && s != "."

@@ -2,7 +2,9 @@
 //! and watched from outside it as the host does with a real one.
 
 use crate::install;
-use qci_core::job_file::{CommitSha, JobFile, Reason, Repository, Sink};
+use qci_core::job_file::{
+    CommitSha, JobFile, JobFileError, Reason, Repository, Sink, job_file_rel, status_file_rel,
+};
 use qci_core::process::wait_or_kill;
 use qci_core::{ExitCode, JobId, State, StatusEvent};
 use qci_qrexec::emulator::{DOM0, Machine};
@@ -34,6 +36,8 @@ pub enum LocalError {
     Install(#[from] install::InstallError),
     #[error(transparent)]
     Machine(#[from] qci_qrexec::emulator::MachineError),
+    #[error(transparent)]
+    JobFile(#[from] JobFileError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -96,13 +100,7 @@ impl LocalRun {
             timeout_secs: self.timeout.as_secs(),
         };
         let home = machine.home(DEV_VM)?;
-        let job_path = home.join(".qci/jobs").join(format!("{job}.json"));
-        std::fs::create_dir_all(job_path.parent().unwrap_or(&home))
-            .map_err(io("cannot create the jobs directory"))?;
-        let text = serde_json::to_vec_pretty(&job_file)
-            .map_err(|e| io("cannot write the job file")(e.into()))?;
-        std::fs::write(&job_path, text)
-            .map_err(io(format!("cannot write {}", job_path.display())))?;
+        job_file.save(&home.join(job_file_rel(&job)))?;
         eprintln!("qci: job {job} on {} ({DEV_VM})", machine.root().display());
 
         // As the host does: start `begin` in the dev VM through dom0.
@@ -188,11 +186,6 @@ fn runner_busy(lock: &Path) -> bool {
         Ok(_unlocked_on_drop) => false,
         Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
     }
-}
-
-/// Relative to the dev VM's home, where the `file` sink appends.
-fn status_file_rel(job: &JobId) -> PathBuf {
-    PathBuf::from(".qci/status").join(format!("{job}.jsonl"))
 }
 
 /// The events a job's `file` sink recorded, in order; lines that do not
