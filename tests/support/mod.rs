@@ -335,3 +335,21 @@ pub fn is_dead(pid: i32) -> bool {
             .is_some_and(|(_, f)| f.trim_start().starts_with('Z')),
     }
 }
+
+/// Runs `git -C dir ARGS` with a throwaway identity (a CI machine may have
+/// none) and returns its trimmed stdout; fails the test if git fails.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
