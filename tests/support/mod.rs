@@ -319,11 +319,9 @@ pub fn processes(marker: &str, pick: impl Fn(&[String]) -> bool) -> Vec<i32> {
 
 /// Sends signal `name` (`KILL`, `TERM`, ...) to `pid`.
 pub fn signal(pid: i32, name: &str) {
-    let status = Command::new("kill")
-        .args([format!("-{name}"), pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid}");
+    let signal: nix::sys::signal::Signal = format!("SIG{name}").parse().expect("a signal name");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .unwrap_or_else(|e| panic!("kill -{name} {pid}: {e}"));
 }
 
 /// Whether `pid` is gone or only a zombie.
