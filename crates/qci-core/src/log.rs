@@ -131,18 +131,30 @@ impl SecretMask {
         self.secrets.is_empty()
     }
 
-    /// How many bytes at the end of `buf` could begin a secret that the
-    /// next bytes complete: a cut there would show that beginning unmasked.
-    pub fn open_tail(&self, buf: &[u8]) -> usize {
-        let longest = self.secrets.first().map_or(0, String::len);
-        let from = buf.len().saturating_sub(longest.saturating_sub(1));
-        (from..buf.len())
-            .find(|&i| {
-                self.secrets
-                    .iter()
-                    .any(|s| s.as_bytes().starts_with(&buf[i..]))
-            })
-            .map_or(0, |i| buf.len() - i)
+    /// Where to cut `buf` at or before `cut` so that no secret, whole or
+    /// begun at the end of `buf`, has bytes on both sides: each piece is then
+    /// masked on its own and still hides the secret whole. `cut` itself when
+    /// no earlier cut would do (a secret longer than the piece).
+    pub fn safe_cut(&self, buf: &[u8], mut cut: usize) -> usize {
+        loop {
+            let straddling = self
+                .secrets
+                .iter()
+                .flat_map(|secret| {
+                    let secret = secret.as_bytes();
+                    (cut.saturating_sub(secret.len() - 1)..cut).filter(move |&i| {
+                        // Whole in `buf`, or begun at its end and maybe
+                        // completed by what comes next.
+                        let end = (i + secret.len()).min(buf.len());
+                        i + secret.len() > cut && secret.starts_with(&buf[i..end])
+                    })
+                })
+                .min();
+            match straddling {
+                Some(i) if i > 0 => cut = i,
+                _ => return cut,
+            }
+        }
     }
 
     pub fn apply<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
@@ -294,8 +306,8 @@ impl Sanitizer {
 }
 
 /// Cuts a byte stream into lines with bounded memory: it holds at most
-/// [`MAX_LINE`] bytes, and a longer line comes out in pieces of at most that size,
-/// whatever the volume of output.
+/// [`MAX_LINE`] bytes, and a longer line comes out in pieces of at most that
+/// size, whatever the volume of output.
 #[derive(Debug, Default)]
 pub struct LineSplitter {
     partial: Vec<u8>,
@@ -328,12 +340,10 @@ impl LineSplitter {
                     lines.push(std::mem::take(&mut self.partial));
                     chunk = &chunk[1..];
                 } else {
-                    let mut cut = utf8_cut(&self.partial);
-                    let open = self.mask.open_tail(&self.partial[..cut]);
-                    if open < cut {
-                        cut -= open;
-                    }
-                    let rest = self.partial.split_off(cut);
+                    let cut = utf8_cut(&self.partial);
+                    let rest = self
+                        .partial
+                        .split_off(self.mask.safe_cut(&self.partial, cut));
                     lines.push(std::mem::replace(&mut self.partial, rest));
                 }
                 continue;
@@ -500,14 +510,26 @@ pub(crate) mod tests {
         assert_eq!(pieces.len(), 2);
         assert_eq!(pieces[0].len(), MAX_LINE - 5);
         assert_eq!(pieces[1], "***!");
-        assert_eq!(mask.open_tail(b"xxhunter"), 6);
-        assert_eq!(mask.open_tail(b"xxab"), 2);
+        assert_eq!(mask.safe_cut(b"xxhunter", 8), 2);
+        assert_eq!(mask.safe_cut(b"xxab", 4), 2);
         assert_eq!(
-            mask.open_tail(b"hunter2secret"),
-            0,
-            "a whole secret is masked where it is"
+            mask.safe_cut(b"hunter2secret", 13),
+            13,
+            "masked where it is"
         );
-        assert_eq!(SecretMask::default().open_tail(b"xx"), 0);
+        assert_eq!(mask.safe_cut(b"hunter2secret", 5), 5, "no earlier cut");
+        assert_eq!(SecretMask::default().safe_cut(b"xx", 2), 2);
+    }
+
+    #[test]
+    fn a_safe_cut_keeps_overlapping_secrets_whole() {
+        let mask = SecretMask::new(["abcdef".to_string(), "efgh".to_string()]);
+        // "ef" may begin "efgh", and moving before it would split "abcdef".
+        assert_eq!(mask.safe_cut(b"zzabcdef", 8), 2);
+        let mask = SecretMask::new(["abc".to_string(), "cxyz".to_string()]);
+        assert_eq!(mask.safe_cut(b"zzabcx", 6), 2);
+        // A cut inside a whole secret, with bytes after the cut in the buffer.
+        assert_eq!(mask.safe_cut(b"zzabcz", 3), 2);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Pulling the code out of the dev VM: `qci.Export` streams a tar archive
-//! straight into the hardened unpacker. No temporary archive exists, and a
-//! watchdog bounds the whole transfer.
+//! straight into the hardened unpacker. No temporary archive exists, and the
+//! transfer ends at its deadline or on a cancel, whatever the sender does.
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use qci_core::JobId;
