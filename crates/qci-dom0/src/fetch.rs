@@ -2,10 +2,11 @@
 //! straight into the hardened unpacker. No temporary archive exists, and the
 //! transfer ends at its deadline or on a cancel, whatever the sender does.
 
+use crate::config::Config;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use qci_core::JobId;
 use qci_core::process::wait_or_kill;
-use qci_core::unpack::{self, Limits, Summary, UnpackError};
+use qci_core::unpack::{self, Summary, UnpackError};
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -32,30 +33,36 @@ const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// How often a waiting read looks at the clock and the cancel flag.
 const TICK: Duration = Duration::from_millis(100);
 
+/// How often a transfer in progress is reported.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 /// Streams the dev VM's `qci.Export` of `job` into `dest`, stopping when the
-/// transfer outlasts `timeout` or when `cancel` is set, so a sender that
-/// stalls or a cancel during a large transfer never holds dom0.
+/// transfer outlasts the configured timeout or when `cancel` is set, so a
+/// sender that stalls or a cancel during a large transfer never holds dom0.
+/// `progress` hears the bytes received so far every [`PROGRESS_EVERY`], so
+/// a long transfer shows in the log.
 pub fn fetch_code(
-    dev_vm: &str,
+    config: &Config,
     job: &JobId,
     dest: &Path,
-    limits: &Limits,
-    timeout: Duration,
     cancel: &AtomicBool,
+    progress: impl FnMut(u64),
 ) -> Result<Summary, FetchError> {
-    let mut child = qci_qrexec::call::from_dom0(dev_vm, "qci.Export", job.as_str())
+    let timeout = config.export_timeout;
+    let mut child = qci_qrexec::call::from_dom0(&config.dev_vm, "qci.Export", job.as_str())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(FetchError::Spawn)?;
-    let mut stream = Watched {
-        pipe: child.stdout.take().expect("stdout is piped"),
-        deadline: Instant::now() + timeout,
+    let mut stream = Watched::new(
+        child.stdout.take().expect("stdout is piped"),
+        Instant::now() + timeout,
         cancel,
-        stopped: None,
-    };
-    let result = unpack::unpack(&mut stream, dest, limits);
+        PROGRESS_EVERY,
+        progress,
+    );
+    let result = unpack::unpack(&mut stream, dest, &config.limits);
     if result.is_err() {
         // Stop the sender; it may be blocked writing into a pipe nobody reads.
         let _ = child.kill();
@@ -103,30 +110,124 @@ enum Stopped {
 /// cancel ends the transfer even while the sender holds the pipe open and
 /// silent. Killing the sender is not enough for that: whatever it started
 /// may still hold the pipe's write end.
-struct Watched<'a, R> {
+struct Watched<'a, R, F> {
     pipe: R,
     deadline: Instant,
     cancel: &'a AtomicBool,
     stopped: Option<Stopped>,
+    received: u64,
+    progress: F,
+    every: Duration,
+    next_report: Instant,
 }
 
-impl<R: Read + AsFd> Read for Watched<'_, R> {
+impl<'a, R: Read + AsFd, F: FnMut(u64)> Watched<'a, R, F> {
+    fn new(
+        pipe: R,
+        deadline: Instant,
+        cancel: &'a AtomicBool,
+        every: Duration,
+        progress: F,
+    ) -> Self {
+        Self {
+            pipe,
+            deadline,
+            cancel,
+            stopped: None,
+            received: 0,
+            progress,
+            every,
+            next_report: Instant::now() + every,
+        }
+    }
+}
+
+impl<R: Read + AsFd, F: FnMut(u64)> Read for Watched<'_, R, F> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
+            let now = Instant::now();
             if self.cancel.load(Ordering::SeqCst) {
                 self.stopped = Some(Stopped::Canceled);
-            } else if Instant::now() >= self.deadline {
+            } else if now >= self.deadline {
                 self.stopped = Some(Stopped::TimedOut);
             }
             if let Some(why) = self.stopped {
                 return Err(std::io::Error::other(format!("transfer stopped: {why:?}")));
             }
+            if now >= self.next_report {
+                (self.progress)(self.received);
+                self.next_report = now + self.every;
+            }
             let mut fds = [PollFd::new(self.pipe.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, PollTimeout::from(TICK.as_millis() as u16)) {
                 Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-                Ok(_) => return self.pipe.read(buf),
+                Ok(_) => {
+                    let n = self.pipe.read(buf)?;
+                    self.received += n as u64;
+                    return Ok(n);
+                }
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn watched<'a>(
+        pipe: std::io::PipeReader,
+        within: Duration,
+        cancel: &'a AtomicBool,
+        reports: &'a mut Vec<u64>,
+    ) -> Watched<'a, std::io::PipeReader, impl FnMut(u64) + 'a> {
+        let every = Duration::from_millis(50);
+        Watched::new(pipe, Instant::now() + within, cancel, every, move |n| {
+            reports.push(n)
+        })
+    }
+
+    #[test]
+    fn a_silent_sender_that_holds_the_pipe_times_out() {
+        let (reader, _writer) = std::io::pipe().unwrap();
+        let cancel = AtomicBool::new(false);
+        let mut reports = Vec::new();
+        let start = Instant::now();
+        let mut stream = watched(reader, Duration::from_millis(300), &cancel, &mut reports);
+        assert!(stream.read(&mut [0; 16]).is_err());
+        assert!(matches!(stream.stopped, Some(Stopped::TimedOut)));
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        drop(stream);
+        assert!(
+            !reports.is_empty() && reports.iter().all(|&n| n == 0),
+            "{reports:?}"
+        );
+    }
+
+    #[test]
+    fn a_cancel_stops_the_transfer_and_progress_counts_what_arrived() {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let cancel = AtomicBool::new(false);
+        let mut reports = Vec::new();
+        let mut stream = watched(reader, Duration::from_secs(60), &cancel, &mut reports);
+        let mut buf = [0; 16];
+        writer.write_all(b"0123456789").unwrap();
+        assert_eq!(stream.read(&mut buf).unwrap(), 10);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                cancel.store(true, Ordering::SeqCst);
+            });
+            assert!(stream.read(&mut buf).is_err());
+        });
+        assert!(matches!(stream.stopped, Some(Stopped::Canceled)));
+        drop(stream);
+        assert_eq!(reports.last(), Some(&10), "{reports:?}");
     }
 }

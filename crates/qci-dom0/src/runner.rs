@@ -47,6 +47,8 @@ pub struct Run<'a> {
 /// group) can be found and stopped by the next run of the same dom0.
 const RUNNER_MARK: &str = "QCI_RUNNER";
 
+const MIB: f64 = 1024.0 * 1024.0;
+
 const FINAL_REPORT_ATTEMPTS: u32 = 3;
 const FINAL_REPORT_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -84,14 +86,13 @@ impl Run<'_> {
                 );
             }
         };
-        let fetched = fetch_code(
-            &self.config.dev_vm,
-            self.job,
-            &workspace,
-            &self.config.limits,
-            self.config.export_timeout,
-            self.cancel,
-        );
+        let log = &mut self.log;
+        let fetched = fetch_code(self.config, self.job, &workspace, self.cancel, |bytes| {
+            let note = format!("fetching the code: {:.1} MiB so far", bytes as f64 / MIB);
+            if let Err(e) = log.line(QCI, note.as_bytes()) {
+                tracing::error!("cannot write the log: {e}");
+            }
+        });
         match fetched {
             Ok(s) => self.note(&format!(
                 "fetched the code: {} entries, {} bytes",
