@@ -44,6 +44,15 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
         }
     };
     let workspace = paths.workspace(job);
+    // Progress on stderr: stdout carries only dom0's log.
+    match (&job_file.source, &job_file.commit) {
+        (Some(dir), _) => eprintln!("qci-vm: job {job}: copying {}", dir.display()),
+        (None, Some(sha)) => eprintln!(
+            "qci-vm: job {job}: cloning {} at {sha}",
+            job_file.repository.url
+        ),
+        (None, None) => {}
+    }
     if let Err(e) = prepare(&job_file, &workspace) {
         return give_up(
             job,
@@ -52,6 +61,7 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
             &format!("Cannot prepare the workspace: {e}"),
         );
     }
+    eprintln!("qci-vm: job {job}: calling qci.Run in dom0");
     let mut child = match qci_qrexec::call::from_vm("dom0", "qci.Run", job.as_str())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
