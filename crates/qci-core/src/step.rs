@@ -443,6 +443,19 @@ mod tests {
         }
     }
 
+    /// Whether `done` holds within a few seconds. A process sent SIGKILL
+    /// still has to be scheduled to exit: `run_step` does not wait for that.
+    fn soon(done: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
     fn pids(run: &Run) -> Vec<i32> {
         let text = std::fs::read_to_string(run.dir.path().join("pids")).unwrap();
         text.split_whitespace()
@@ -504,10 +517,10 @@ mod tests {
         assert_eq!(r.outcome, StepOutcome::TimedOut);
         assert!(r.elapsed < Duration::from_secs(5), "{:?}", r.elapsed);
         let pids = pids(&r);
-        assert!(is_dead(pids[0]), "{} still runs", pids[0]);
+        assert!(soon(|| is_dead(pids[0])), "{} still runs", pids[0]);
         let group = std::fs::read_to_string(r.dir.path().join("group")).unwrap();
         let group = Pid::from_raw(group.trim().parse().unwrap());
-        assert!(!group_has_live_members(group));
+        assert!(soon(|| !group_has_live_members(group)));
     }
 
     #[test]
