@@ -1,5 +1,7 @@
-//! Waiting for child processes with a bound, which std does not offer.
+//! Waiting for child processes with a bound, which std does not offer, and
+//! finding processes through `/proc`.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -39,23 +41,51 @@ pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> std::io::Result<Opt
 pub fn marked(key: &str, value: &str) -> Vec<i32> {
     let marker = format!("{key}={value}");
     let me = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
+    let Ok(procs) = processes() else {
         return Vec::new();
     };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
-            let environ = std::fs::read(entry.path().join("environ")).ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            // `pid (comm) state ...`; comm may hold anything but ends at the last `)`.
-            let zombie = stat
-                .rsplit_once(')')
-                .is_some_and(|(_, f)| f.trim_start().starts_with(['Z', 'X']));
+    procs
+        .filter(|(pid, _)| *pid != me)
+        .filter_map(|(pid, dir)| {
+            let environ = std::fs::read(dir.join("environ")).ok()?;
             let has = environ.split(|&b| b == 0).any(|v| v == marker.as_bytes());
-            (pid != me && has && !zombie).then_some(pid)
+            (has && ProcStat::read(&dir)?.is_live()).then_some(pid)
         })
         .collect()
+}
+
+/// Every process in `/proc`, as its pid and its directory there.
+pub(crate) fn processes() -> std::io::Result<impl Iterator<Item = (i32, PathBuf)>> {
+    Ok(std::fs::read_dir("/proc")?.flatten().filter_map(|entry| {
+        let pid = entry.file_name().to_str()?.parse().ok()?;
+        Some((pid, entry.path()))
+    }))
+}
+
+/// What qci needs from `/proc/PID/stat`.
+pub(crate) struct ProcStat {
+    /// `R`, `S`, `Z`...
+    pub state: char,
+    pub pgrp: i32,
+}
+
+impl ProcStat {
+    /// Reads the stat of the process whose `/proc` directory is `dir`; `None`
+    /// if it is gone.
+    pub fn read(dir: &Path) -> Option<Self> {
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // `pid (comm) state ppid pgrp ...`; comm may hold anything but ends
+        // at the last `)`.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+        let state = fields.next()?.chars().next()?;
+        let pgrp = fields.nth(1)?.parse().ok()?;
+        Some(Self { state, pgrp })
+    }
+
+    /// Neither a zombie nor dead: it can still run and hold resources.
+    pub fn is_live(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X')
+    }
 }
 
 /// Kills (SIGKILL) every process [`marked`] `key=value`. A runner marks its

@@ -15,6 +15,7 @@
 
 use crate::log::{LineSplitter, LogWriter};
 use crate::pipeline::Step;
+use crate::process::{ProcStat, processes};
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
@@ -323,27 +324,11 @@ impl Group {
 /// can. If it cannot be read, the answer is yes, which costs at most a grace
 /// period.
 fn group_has_live_members(pgid: Pid) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
+    let Ok(mut procs) = processes() else {
         return true;
     };
-    let pgid = pgid.to_string();
-    entries.flatten().any(|entry| {
-        let name = entry.file_name();
-        if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
-            return false;
-        }
-        // `pid (comm) state ppid pgrp ...`; comm may hold anything but ends
-        // at the last `)`.
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            return false;
-        };
-        let Some((_, fields)) = stat.rsplit_once(')') else {
-            return false;
-        };
-        let mut fields = fields.split_whitespace();
-        let state = fields.next();
-        let pgrp = fields.nth(1);
-        pgrp == Some(pgid.as_str()) && !matches!(state, Some("Z" | "X"))
+    procs.any(|(_, dir)| {
+        ProcStat::read(&dir).is_some_and(|stat| stat.pgrp == pgid.as_raw() && stat.is_live())
     })
 }
 
@@ -432,15 +417,8 @@ mod tests {
 
     /// Whether `pid` is gone or only a zombie.
     fn is_dead(pid: i32) -> bool {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => true,
-            Ok(stat) => {
-                let state = stat
-                    .rsplit_once(')')
-                    .and_then(|(_, f)| f.split_whitespace().next());
-                state == Some("Z")
-            }
-        }
+        let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+        !ProcStat::read(&dir).is_some_and(|stat| stat.is_live())
     }
 
     /// Whether `done` holds within a few seconds. A process sent SIGKILL
