@@ -26,11 +26,11 @@ impl JobId {
     pub const MAX_LEN: usize = 64;
 
     pub fn parse(s: &str) -> Result<Self, JobIdError> {
-        // Quote at most a bounded prefix: the input may be hostile and huge.
-        let shown = || s.chars().take(80).collect::<String>();
         if s.is_empty() {
             return Err(JobIdError::Empty);
         }
+        // Checked first, so the errors below quote at most 64 bytes of
+        // input that may be hostile and huge.
         if s.len() > Self::MAX_LEN {
             return Err(JobIdError::TooLong);
         }
@@ -38,10 +38,10 @@ impl JobId {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
         {
-            return Err(JobIdError::BadChar(shown()));
+            return Err(JobIdError::BadChar(s.to_owned()));
         }
         if s.starts_with(['.', '-']) {
-            return Err(JobIdError::BadStart(shown()));
+            return Err(JobIdError::BadStart(s.to_owned()));
         }
         Ok(Self(s.to_owned()))
     }
