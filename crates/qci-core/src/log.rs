@@ -122,7 +122,8 @@ impl SecretMask {
     /// Empty values are ignored: they would match everywhere.
     pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
         let mut secrets: Vec<String> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        // By value within a length, so that `dedup` sees every duplicate.
+        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         secrets.dedup();
         Self { secrets }
     }
@@ -401,6 +402,8 @@ pub(crate) mod tests {
         assert_eq!(mask.apply("x abcdef y abc z"), "x *** y *** z");
         assert_eq!(mask.apply("nothing here"), "nothing here");
         assert!(SecretMask::new([String::new()]).is_empty());
+        let twice = SecretMask::new(["ab", "cd", "ab"].map(String::from));
+        assert_eq!(twice.secrets, ["ab", "cd"]);
     }
 
     #[test]
