@@ -57,23 +57,19 @@ impl LogWriter {
     /// Writes one line for `step`, stamped now; `raw` is one output line
     /// without its newline.
     pub fn line(&mut self, step: &str, raw: &[u8]) -> io::Result<()> {
-        self.line_at(step, raw, SystemTime::now())
-    }
-
-    /// Writes one line stamped `at`: the step executor reads output on
-    /// another thread and stamps it there, so a slow log does not skew times.
-    ///
-    /// Both the file and the echo are flushed after every line: a killed run
-    /// still leaves its log, and whoever follows the echo sees each line at
-    /// once. The file is the record; if the echo fails (the caller went away)
-    /// it is dropped with a warning and the run goes on.
-    pub fn line_at(&mut self, step: &str, raw: &[u8], at: SystemTime) -> io::Result<()> {
-        self.lines_at(step, std::slice::from_ref(&raw), at)
+        self.lines_at(step, &[raw], SystemTime::now())
     }
 
     /// Writes lines that arrived together (one read of a step's output) with
-    /// one stamp, in one write to the file and one to the echo: the cost of
-    /// a syscall and a flush is paid per arrival, not per line.
+    /// one stamp, `at`: the step executor reads output on another thread and
+    /// stamps it there, so a slow log does not skew times. One write goes to
+    /// the file and one to the echo: the cost of a syscall and a flush is
+    /// paid per arrival, not per line.
+    ///
+    /// Both the file and the echo are flushed every time: a killed run still
+    /// leaves its log, and whoever follows the echo sees each line at once.
+    /// The file is the record; if the echo fails (the caller went away) it
+    /// is dropped with a warning and the run goes on.
     pub fn lines_at(
         &mut self,
         step: &str,
