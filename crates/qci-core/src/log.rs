@@ -77,7 +77,7 @@ impl LogWriter {
         at: SystemTime,
     ) -> io::Result<()> {
         let stamp = timestamp(at);
-        let step = sanitize(step.as_bytes());
+        let step = clean(step.as_bytes());
         let mut text = String::with_capacity(lines.iter().map(|l| l.as_ref().len() + 40).sum());
         for raw in lines {
             let clean = clean(raw.as_ref());
