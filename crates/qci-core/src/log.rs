@@ -2,11 +2,18 @@
 //! stamped on arrival, cleaned of terminal escapes and invalid UTF-8, and
 //! written through as it comes so a killed run still leaves its log.
 
+use crate::JobId;
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::SystemTime;
+
+/// `JOB.log`: the log's name in dom0's log directory. Status events name
+/// it too, and the host looks for it there, so every side builds it here.
+pub fn file_name(job: &JobId) -> String {
+    format!("{job}.log")
+}
 
 /// The longest line kept whole. Output is untrusted and unbounded, so a
 /// longer line is cut into pieces of this size instead of being buffered.

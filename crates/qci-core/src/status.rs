@@ -86,7 +86,7 @@ impl StatusEvent {
             job: job.clone(),
             state,
             description: description.into(),
-            log: format!("{job}.log"),
+            log: crate::log::file_name(job),
         }
     }
 
@@ -104,7 +104,7 @@ impl StatusEvent {
                 max: Self::MAX_DESCRIPTION,
             });
         }
-        let log = format!("{expected}.log");
+        let log = crate::log::file_name(expected);
         if event.log != log {
             return Err(StatusError::BadLogName {
                 expected: log,
