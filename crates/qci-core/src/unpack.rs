@@ -275,10 +275,7 @@ impl Unpacker<'_> {
                 .map_err(|rule| refused(&label, &rule))?;
         }
         let deep = self.open_dir(parents, &label)?;
-        let parent = match &deep {
-            Some(fd) => fd,
-            None => self.open.last().map_or(&self.root, |(_, fd)| fd),
-        };
+        let parent = reached(&deep, &self.open, &self.root);
         let existing = kind_at(parent, name).map_err(|e| write_error(&label, e))?;
         let conflict = match existing {
             None => None,
@@ -373,8 +370,9 @@ impl Unpacker<'_> {
     }
 
     /// Walks `parts` from dest, creating missing directories, and refuses to
-    /// pass through anything but a real directory. The parent is then the
-    /// last of `self.open`, or the returned directory when it is deeper.
+    /// pass through anything but a real directory. The directory reached is
+    /// then the last of `self.open`, or the returned one when it is deeper:
+    /// see [`reached`].
     ///
     /// The directories walked stay open for the next entry, which is
     /// usually in the same directory, so only the part of its path that
@@ -391,10 +389,7 @@ impl Unpacker<'_> {
         self.open.truncate(same);
         let mut deep: Option<OwnedFd> = None;
         for part in &parts[same..] {
-            let dir = match &deep {
-                Some(fd) => fd,
-                None => self.open.last().map_or(&self.root, |(_, fd)| fd),
-            };
+            let dir = reached(&deep, &self.open, &self.root);
             match kind_at(dir, part).map_err(|e| write_error(label, e))? {
                 None => mkdirat(dir, *part, Mode::from_bits_truncate(0o755))
                     .map_err(|e| write_error(label, e))?,
@@ -418,14 +413,22 @@ impl Unpacker<'_> {
             let label = path.display().to_string();
             let parts: Vec<&OsStr> = path.iter().collect();
             let deep = self.open_dir(&parts, &label)?;
-            let dir = match &deep {
-                Some(fd) => fd,
-                None => self.open.last().map_or(&self.root, |(_, fd)| fd),
-            };
+            let dir = reached(&deep, &self.open, &self.root);
             futimens(dir, &mtime, &mtime).map_err(|e| write_error(&label, e))?;
         }
         Ok(self.summary)
     }
+}
+
+/// The directory [`Unpacker::open_dir`] reached: the one it returned
+/// (`deep`), else the last one it left open, else dest itself.
+fn reached<'a>(
+    deep: &'a Option<OwnedFd>,
+    open: &'a [(std::ffi::OsString, OwnedFd)],
+    root: &'a OwnedFd,
+) -> &'a OwnedFd {
+    deep.as_ref()
+        .unwrap_or_else(|| open.last().map_or(root, |(_, fd)| fd))
 }
 
 /// Extension headers waiting for the entry they describe.
