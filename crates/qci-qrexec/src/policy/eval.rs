@@ -44,7 +44,7 @@ pub(super) fn evaluate(
             autostart,
         } => {
             let actual = match target {
-                Some(redirect) => redirect_target(redirect, system)?,
+                Some(redirect) => verify(redirect, system)?,
                 None => intended,
             };
             let target = match actual {
@@ -92,24 +92,20 @@ fn intended_target(target: &str, system: &System) -> Result<Intended, Denied> {
     };
     let token = parse_token(target, Place::Intended)
         .map_err(|_| Denied::new(format!("invalid target: {}", py_repr(target))))?;
-    verify(token, system)
+    verify(&token, system)
 }
 
-/// `target=` of an allow rule, verified like a caller's target.
-fn redirect_target(token: &Token, system: &System) -> Result<Intended, Denied> {
-    verify(token.clone(), system)
-}
-
-fn verify(token: Token, system: &System) -> Result<Intended, Denied> {
+/// `IntendedTarget.verify`, which qrexec also applies to a rule's `target=`.
+fn verify(token: &Token, system: &System) -> Result<Intended, Denied> {
     match token {
         Token::AdminVm => Ok(Intended::Admin),
         Token::Default => Ok(Intended::Default),
         Token::DispVm => Ok(Intended::DispVm),
-        Token::DispVmTemplate(name) => match system.qube(&name) {
-            Some(q) if q.template_for_dispvms => Ok(Intended::DispVmTemplate(name)),
+        Token::DispVmTemplate(name) => match system.qube(name) {
+            Some(q) if q.template_for_dispvms => Ok(Intended::DispVmTemplate(name.clone())),
             _ => Err(Denied::new(format!("not a template for dispvm: {name}"))),
         },
-        Token::Name(name) if system.qube(&name).is_some() => Ok(Intended::Qube(name)),
+        Token::Name(name) if system.qube(name).is_some() => Ok(Intended::Qube(name.clone())),
         Token::Name(_) => Ok(Intended::Default),
         // Not valid as a caller's target or a redirect; parsing refuses them.
         other => Err(Denied::new(format!("invalid target: {other:?}"))),
