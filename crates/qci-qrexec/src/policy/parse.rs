@@ -426,12 +426,7 @@ impl Loader {
     /// `load_policy_file`. `base` is the directory of the top-level policy
     /// file: qrexec resolves every include, even nested ones, against it.
     fn text(&mut self, text: &str, file: &Path, base: &Path, depth: usize) -> Result<(), Stop> {
-        for (index, raw) in text.lines().enumerate() {
-            let lineno = index + 1;
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+        for (lineno, line) in content_lines(text) {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if line.starts_with('!') {
                 self.directive(&fields, file, lineno, base, depth)?;
@@ -512,12 +507,7 @@ impl Loader {
         depth: usize,
     ) -> Result<(), Stop> {
         let text = fs::read_to_string(path).map_err(|e| io_error(path, e))?;
-        for (index, raw) in text.lines().enumerate() {
-            let lineno = index + 1;
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+        for (lineno, line) in content_lines(&text) {
             let line = line
                 .replace("$include:", "!include ")
                 .replace('$', "@")
@@ -589,6 +579,17 @@ impl Loader {
         }
         Ok(())
     }
+}
+
+/// The numbered lines a policy file's parser looks at, stripped: both
+/// formats skip blank lines and `#` comments alike, and errors count lines
+/// from 1.
+fn content_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .map(str::trim)
+        .enumerate()
+        .map(|(index, line)| (index + 1, line))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
 }
 
 /// `Rule.from_line_service`: a 4.0 line, already with `@` and spaces.
