@@ -337,15 +337,7 @@ pub(super) fn load_dirs(dirs: &[&Path], compat_dir: &Path) -> Result<Loaded, Pol
     let run = || -> Result<Vec<Rule>, Stop> {
         let mut chosen: Vec<(String, PathBuf)> = Vec::new();
         for dir in dirs {
-            let files = match policy_files(dir) {
-                Err(Stop::Error(PolicyError::Io { source, .. }))
-                    if source.kind() == io::ErrorKind::NotFound =>
-                {
-                    continue;
-                }
-                other => other?,
-            };
-            for (name, path) in files {
+            for (name, path) in policy_files(dir)? {
                 if !chosen.iter().any(|(n, _)| *n == name) {
                     chosen.push((name, path));
                 }
@@ -374,22 +366,32 @@ pub(super) fn load_text(
     finish(loader.text(text, file, base, 0).map(|()| loader.rules))
 }
 
-/// `filter_filepaths` on a directory: the `*.policy` regular files not
-/// starting with `.`, sorted; one counted file with a name outside
-/// `[0-9a-z_.-]` denies everything.
-fn policy_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, Stop> {
-    let entries = fs::read_dir(dir).map_err(|e| io_error(dir, e))?;
+/// The regular files of `dir` as (name, path). Like pathlib's `is_file()`,
+/// this follows symlinks and skips what cannot be stat'ed. A missing
+/// directory has none: the emulator's policy directories may not exist.
+fn regular_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, PolicyError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(dir, e)),
+    };
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| io_error(dir, e))?;
         let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        // Like pathlib's is_file(): follows symlinks, false on any error.
-        let is_file = fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false);
-        if is_file && name.ends_with(".policy") && !name.starts_with('.') {
-            files.push((name, path));
+        if fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            files.push((entry.file_name().to_string_lossy().into_owned(), path));
         }
     }
+    Ok(files)
+}
+
+/// `filter_filepaths` on a directory: the `*.policy` regular files not
+/// starting with `.`, sorted; one counted file with a name outside
+/// `[0-9a-z_.-]` denies everything.
+fn policy_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, Stop> {
+    let mut files = regular_files(dir)?;
+    files.retain(|(name, _)| name.ends_with(".policy") && !name.starts_with('.'));
     if let Some((_, bad)) = files.iter().find(|(name, _)| {
         !name
             .chars()
@@ -537,23 +539,14 @@ impl Loader {
     /// qrexec adds the deny rules that 4.0 implied.
     fn compat(&mut self, depth: usize) -> Result<(), Stop> {
         let legacy = self.compat_dir.clone();
-        let entries = match fs::read_dir(&legacy) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_error(&legacy, e).into()),
-        };
         // (service, argument-or-None, path)
         let mut files: Vec<(String, Option<String>, PathBuf)> = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| io_error(&legacy, e))?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let is_file = fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false);
+        for (name, path) in regular_files(&legacy)? {
             let ignored = name.starts_with('.')
                 || [".rpmsave", ".rpmnew", ".swp"]
                     .iter()
                     .any(|s| name.ends_with(s));
-            if !is_file || ignored || !name.chars().all(rpc_char) {
+            if ignored || !name.chars().all(rpc_char) {
                 continue;
             }
             let (service, argument) = match name.split_once('+') {
