@@ -168,6 +168,19 @@ fn assert_code(out: &Output, code: i32) {
     );
 }
 
+/// Asserts that qrexec refused the call the way a real caller sees it: 126,
+/// no output, and the client's `Request refused`.
+fn assert_refused(out: &Output) {
+    assert_code(out, 126);
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(text(&out.stderr), "Request refused\n");
+}
+
+/// dom0's record of refused calls, where the refusal's reason shows.
+fn policy_log(s: &Scratch) -> String {
+    std::fs::read_to_string(s.machine().join("dom0/var/log/qubes/policy.log")).unwrap()
+}
+
 /// What a VM service called from dom0 sees (reference §5, "In a VM").
 fn vm_env_from_dom0(
     s: &Scratch,
@@ -456,8 +469,7 @@ fn vm_calling_dom0_gets_dom0_service_environment() {
 
     // Without a rule, the same call is refused and the service never runs.
     let out = qrexec(&s, "sys-net", "@adminvm", "test.Err+x", b"");
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stdout), "");
+    assert_refused(&out);
     assert!(
         !s.machine()
             .join("dom0/var/log/qubes/qrexec.sys-net.log")
@@ -469,14 +481,12 @@ fn vm_calling_dom0_gets_dom0_service_environment() {
 fn policy_keeps_other_vms_away_from_qci_services() {
     let s = machine();
     let out = qrexec(&s, "sys-net", "dom0", "qci.Run+J1", b"");
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stdout), "");
-    assert_eq!(text(&out.stderr), "Request refused\n");
+    assert_refused(&out);
     assert!(
         !s.dom0_log_dir().join("J1.log").exists(),
         "the runner started"
     );
-    let log = std::fs::read_to_string(s.machine().join("dom0/var/log/qubes/policy.log")).unwrap();
+    let log = policy_log(&s);
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines.len(), 1, "{log}");
     assert!(
@@ -489,19 +499,16 @@ fn policy_keeps_other_vms_away_from_qci_services() {
 
     let event = br#"{"job": "J1", "state": "success", "description": "forged"}"#;
     let out = qrexec(&s, "sys-net", "sd-dev", "qci.Status+J1", event);
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stderr), "Request refused\n");
+    assert_refused(&out);
     assert!(
         !s.status_file("J1").exists(),
         "the forged status was recorded"
     );
 
     let out = qrexec(&s, "sys-net", "sd-dev", "qci.Export+J1", b"");
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stdout), "");
-    assert_eq!(text(&out.stderr), "Request refused\n");
+    assert_refused(&out);
 
-    let log = std::fs::read_to_string(s.machine().join("dom0/var/log/qubes/policy.log")).unwrap();
+    let log = policy_log(&s);
     assert_eq!(log.lines().count(), 3, "{log}");
 }
 
@@ -514,10 +521,8 @@ fn badly_named_policy_file_refuses_every_call() {
 
     policy(&s, "25-BAD.policy", "test.Env * sd-dev @adminvm allow\n");
     let out = qrexec(&s, "sd-dev", "dom0", "test.Env+x", b"");
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stdout), "");
-    assert_eq!(text(&out.stderr), "Request refused\n");
-    let log = std::fs::read_to_string(s.machine().join("dom0/var/log/qubes/policy.log")).unwrap();
+    assert_refused(&out);
+    let log = policy_log(&s);
     assert!(log.contains("invalid filename"), "{log}");
     // Calls from dom0 are not policy-checked.
     service(&s, "sd-dev", "test.Env", ENV_SERVICE);
@@ -542,10 +547,8 @@ fn policy_syntax_error_refuses_every_call() {
         "test.Env * sd-dev @adminvm allow # comment\n",
     );
     let out = qrexec(&s, "sd-dev", "dom0", "test.Env+x", b"");
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stdout), "");
-    assert_eq!(text(&out.stderr), "Request refused\n");
-    let log = std::fs::read_to_string(s.machine().join("dom0/var/log/qubes/policy.log")).unwrap();
+    assert_refused(&out);
+    let log = policy_log(&s);
     assert!(
         log.contains("invalid action parameter syntax: '#'"),
         "{log}"
@@ -553,8 +556,7 @@ fn policy_syntax_error_refuses_every_call() {
 
     let client = s.machine().join("sd-dev/usr/bin/qrexec-client-vm");
     let out = run_with_input(tool(&s, &client, "sd-dev", &["dom0", "test.Env+x"]), b"");
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stderr), "Request refused\n");
+    assert_refused(&out);
 }
 
 #[test]
@@ -567,10 +569,8 @@ fn loopback_call_is_refused() {
         "test.Env * sd-dev sd-dev allow\ntest.Env * sd-dev @anyvm allow\n",
     );
     let out = qrexec(&s, "sd-dev", "sd-dev", "test.Env+x", b"");
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stdout), "");
-    assert_eq!(text(&out.stderr), "Request refused\n");
-    let log = std::fs::read_to_string(s.machine().join("dom0/var/log/qubes/policy.log")).unwrap();
+    assert_refused(&out);
+    let log = policy_log(&s);
     assert!(log.contains("loopback"), "{log}");
 
     // The same rule lets another VM through: only the loopback is refused.
@@ -608,8 +608,7 @@ fn qrexec_client_vm_behaves_like_qci_qrexec() {
     );
 
     let out = run_with_input(tool(&s, &client, "sd-dev", &["dom0", "test.Nope+x"]), b"");
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stderr), "Request refused\n");
+    assert_refused(&out);
 }
 
 #[test]
