@@ -607,6 +607,24 @@ fn qrexec_client_vm_behaves_like_qci_qrexec() {
         dom0_env_from_vm(&s, "test.Env+x", "x", ("keyword", "<unset>", "adminvm"))
     );
 
+    // The 4.0 `$` keywords still work: every `$` becomes `@`.
+    let out = run_with_input(
+        tool(&s, &client, "sd-dev", &["$adminvm", "test.Env+x"]),
+        b"",
+    );
+    assert_code(&out, 0);
+    assert_eq!(
+        report(&out),
+        dom0_env_from_vm(&s, "test.Env+x", "x", ("keyword", "<unset>", "adminvm"))
+    );
+    let out = run_with_input(
+        tool(&s, &client, "sd-dev", &["$dispvm:$tag:x", "test.Env+x"]),
+        b"",
+    );
+    assert_refused(&out);
+    let log = policy_log(&s);
+    assert!(log.contains("invalid target: '@dispvm:@tag:x'"), "{log}");
+
     let out = run_with_input(tool(&s, &client, "sd-dev", &["dom0", "test.Nope+x"]), b"");
     assert_refused(&out);
 }
