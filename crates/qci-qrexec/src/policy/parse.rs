@@ -165,8 +165,10 @@ fn io_error(path: &Path, source: io::Error) -> PolicyError {
     }
 }
 
-/// The charset of service names (without `+`) and arguments (with it).
-fn rpc_char(c: char) -> bool {
+/// The charset of service names (without `+`) and arguments (with it):
+/// qrexec's `RPCNAME_ALLOWED_CHARSET`, which the daemon's `sanitize_name`
+/// also keeps.
+pub(crate) fn rpc_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+')
 }
 
