@@ -458,6 +458,15 @@ fn vm_calling_dom0_gets_dom0_service_environment() {
         dom0_env_from_vm(&s, "test.Env+x", "x", ("name", "dom0", "<unset>"))
     );
 
+    // The daemon replaces each byte outside the RPC charset with `_`, so
+    // the two bytes of `é` become two.
+    let out = qrexec(&s, "sd-dev", "dom0", "test.Env+é", b"");
+    assert_code(&out, 0);
+    assert_eq!(
+        report(&out),
+        dom0_env_from_vm(&s, "test.Env+__", "__", ("name", "dom0", "<unset>"))
+    );
+
     // A dom0 service's stderr goes to the daemon's log, not to the caller.
     let out = qrexec(&s, "sd-dev", "@adminvm", "test.Err+x", b"");
     assert_code(&out, 0);

@@ -39,9 +39,11 @@ impl CallOutcome {
 }
 
 /// Service names as the daemon passes them on: bytes outside the RPC
-/// charset become `_` (reference §4, `sanitize_name`).
+/// charset become `_` (reference §4, `sanitize_name`). The daemon works on
+/// bytes, so a multi-byte character becomes several `_`.
 fn sanitize(name: &str) -> String {
-    name.chars()
+    name.bytes()
+        .map(char::from)
         .map(|c| if rpc_char(c) { c } else { '_' })
         .collect()
 }
