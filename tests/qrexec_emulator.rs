@@ -168,6 +168,19 @@ fn assert_code(out: &Output, code: i32) {
     );
 }
 
+/// Asserts that qrexec refused the call the way a real caller sees it: 126,
+/// no output, and the client's `Request refused`.
+fn assert_refused(out: &Output) {
+    assert_code(out, 126);
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(text(&out.stderr), "Request refused\n");
+}
+
+/// dom0's record of refused calls, where the refusal's reason shows.
+fn policy_log(s: &Scratch) -> String {
+    std::fs::read_to_string(s.machine().join("dom0/var/log/qubes/policy.log")).unwrap()
+}
+
 /// What a VM service called from dom0 sees (reference §5, "In a VM").
 fn vm_env_from_dom0(
     s: &Scratch,
@@ -445,6 +458,15 @@ fn vm_calling_dom0_gets_dom0_service_environment() {
         dom0_env_from_vm(&s, "test.Env+x", "x", ("name", "dom0", "<unset>"))
     );
 
+    // The daemon replaces each byte outside the RPC charset with `_`, so
+    // the two bytes of `é` become two.
+    let out = qrexec(&s, "sd-dev", "dom0", "test.Env+é", b"");
+    assert_code(&out, 0);
+    assert_eq!(
+        report(&out),
+        dom0_env_from_vm(&s, "test.Env+__", "__", ("name", "dom0", "<unset>"))
+    );
+
     // A dom0 service's stderr goes to the daemon's log, not to the caller.
     let out = qrexec(&s, "sd-dev", "@adminvm", "test.Err+x", b"");
     assert_code(&out, 0);
@@ -456,8 +478,7 @@ fn vm_calling_dom0_gets_dom0_service_environment() {
 
     // Without a rule, the same call is refused and the service never runs.
     let out = qrexec(&s, "sys-net", "@adminvm", "test.Err+x", b"");
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stdout), "");
+    assert_refused(&out);
     assert!(
         !s.machine()
             .join("dom0/var/log/qubes/qrexec.sys-net.log")
@@ -469,14 +490,12 @@ fn vm_calling_dom0_gets_dom0_service_environment() {
 fn policy_keeps_other_vms_away_from_qci_services() {
     let s = machine();
     let out = qrexec(&s, "sys-net", "dom0", "qci.Run+J1", b"");
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stdout), "");
-    assert_eq!(text(&out.stderr), "Request refused\n");
+    assert_refused(&out);
     assert!(
         !s.dom0_log_dir().join("J1.log").exists(),
         "the runner started"
     );
-    let log = std::fs::read_to_string(s.machine().join("dom0/var/log/qubes/policy.log")).unwrap();
+    let log = policy_log(&s);
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines.len(), 1, "{log}");
     assert!(
@@ -489,19 +508,16 @@ fn policy_keeps_other_vms_away_from_qci_services() {
 
     let event = br#"{"job": "J1", "state": "success", "description": "forged"}"#;
     let out = qrexec(&s, "sys-net", "sd-dev", "qci.Status+J1", event);
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stderr), "Request refused\n");
+    assert_refused(&out);
     assert!(
         !s.status_file("J1").exists(),
         "the forged status was recorded"
     );
 
     let out = qrexec(&s, "sys-net", "sd-dev", "qci.Export+J1", b"");
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stdout), "");
-    assert_eq!(text(&out.stderr), "Request refused\n");
+    assert_refused(&out);
 
-    let log = std::fs::read_to_string(s.machine().join("dom0/var/log/qubes/policy.log")).unwrap();
+    let log = policy_log(&s);
     assert_eq!(log.lines().count(), 3, "{log}");
 }
 
@@ -514,10 +530,8 @@ fn badly_named_policy_file_refuses_every_call() {
 
     policy(&s, "25-BAD.policy", "test.Env * sd-dev @adminvm allow\n");
     let out = qrexec(&s, "sd-dev", "dom0", "test.Env+x", b"");
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stdout), "");
-    assert_eq!(text(&out.stderr), "Request refused\n");
-    let log = std::fs::read_to_string(s.machine().join("dom0/var/log/qubes/policy.log")).unwrap();
+    assert_refused(&out);
+    let log = policy_log(&s);
     assert!(log.contains("invalid filename"), "{log}");
     // Calls from dom0 are not policy-checked.
     service(&s, "sd-dev", "test.Env", ENV_SERVICE);
@@ -542,10 +556,8 @@ fn policy_syntax_error_refuses_every_call() {
         "test.Env * sd-dev @adminvm allow # comment\n",
     );
     let out = qrexec(&s, "sd-dev", "dom0", "test.Env+x", b"");
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stdout), "");
-    assert_eq!(text(&out.stderr), "Request refused\n");
-    let log = std::fs::read_to_string(s.machine().join("dom0/var/log/qubes/policy.log")).unwrap();
+    assert_refused(&out);
+    let log = policy_log(&s);
     assert!(
         log.contains("invalid action parameter syntax: '#'"),
         "{log}"
@@ -553,8 +565,7 @@ fn policy_syntax_error_refuses_every_call() {
 
     let client = s.machine().join("sd-dev/usr/bin/qrexec-client-vm");
     let out = run_with_input(tool(&s, &client, "sd-dev", &["dom0", "test.Env+x"]), b"");
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stderr), "Request refused\n");
+    assert_refused(&out);
 }
 
 #[test]
@@ -567,10 +578,8 @@ fn loopback_call_is_refused() {
         "test.Env * sd-dev sd-dev allow\ntest.Env * sd-dev @anyvm allow\n",
     );
     let out = qrexec(&s, "sd-dev", "sd-dev", "test.Env+x", b"");
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stdout), "");
-    assert_eq!(text(&out.stderr), "Request refused\n");
-    let log = std::fs::read_to_string(s.machine().join("dom0/var/log/qubes/policy.log")).unwrap();
+    assert_refused(&out);
+    let log = policy_log(&s);
     assert!(log.contains("loopback"), "{log}");
 
     // The same rule lets another VM through: only the loopback is refused.
@@ -607,9 +616,26 @@ fn qrexec_client_vm_behaves_like_qci_qrexec() {
         dom0_env_from_vm(&s, "test.Env+x", "x", ("keyword", "<unset>", "adminvm"))
     );
 
+    // The 4.0 `$` keywords still work: every `$` becomes `@`.
+    let out = run_with_input(
+        tool(&s, &client, "sd-dev", &["$adminvm", "test.Env+x"]),
+        b"",
+    );
+    assert_code(&out, 0);
+    assert_eq!(
+        report(&out),
+        dom0_env_from_vm(&s, "test.Env+x", "x", ("keyword", "<unset>", "adminvm"))
+    );
+    let out = run_with_input(
+        tool(&s, &client, "sd-dev", &["$dispvm:$tag:x", "test.Env+x"]),
+        b"",
+    );
+    assert_refused(&out);
+    let log = policy_log(&s);
+    assert!(log.contains("invalid target: '@dispvm:@tag:x'"), "{log}");
+
     let out = run_with_input(tool(&s, &client, "sd-dev", &["dom0", "test.Nope+x"]), b"");
-    assert_code(&out, 126);
-    assert_eq!(text(&out.stderr), "Request refused\n");
+    assert_refused(&out);
 }
 
 #[test]

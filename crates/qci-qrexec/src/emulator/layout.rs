@@ -71,8 +71,9 @@ fn valid_qube_name(name: &str) -> bool {
 }
 
 impl Machine {
-    /// Opens the machine at `root`, or creates it with `qubes` when there is
-    /// none. Qubes missing from an existing machine are added.
+    /// Opens the machine at `root`, or creates it when there is none, so that
+    /// it has `qubes` as given: missing ones are added and changed ones
+    /// rewritten (installing again refreshes a machine); other qubes stay.
     pub fn create_or_open(
         root: &Path,
         qubes: &BTreeMap<String, QubeSpec>,

@@ -4,7 +4,7 @@
 
 use super::{DOM0, Machine, MachineError};
 use crate::call::exit;
-use crate::policy::{Denied, Policy, PolicyError, Request, Resolution};
+use crate::policy::{Denied, Policy, PolicyError, Request, Resolution, rpc_char};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -39,16 +39,12 @@ impl CallOutcome {
 }
 
 /// Service names as the daemon passes them on: bytes outside the RPC
-/// charset become `_` (reference §4, `sanitize_name`).
+/// charset become `_` (reference §4, `sanitize_name`). The daemon works on
+/// bytes, so a multi-byte character becomes several `_`.
 fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_.-+".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
+    name.bytes()
+        .map(char::from)
+        .map(|c| if rpc_char(c) { c } else { '_' })
         .collect()
 }
 

@@ -87,7 +87,9 @@ fn qrexec_client_vm(machine: &Machine, domain: &str, args: &[String]) -> ToolRes
         return Err((exit::PROBLEM, "LOCAL_PROGRAM is not emulated".into()));
     }
     // The target field holds 63 characters; the real client cuts the rest.
-    let target: String = target.replacen('$', "@", 1).chars().take(63).collect();
+    // It also turns every `$` of the 4.0 keywords into `@`
+    // (`convert_target_name_keyword`), not just the first.
+    let target: String = target.replace('$', "@").chars().take(63).collect();
     finish(machine, Caller::Vm(domain), &target, service, None)
 }
 

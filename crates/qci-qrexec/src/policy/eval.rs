@@ -1,7 +1,7 @@
 //! Deciding a call against parsed rules (`AbstractPolicy.evaluate`).
 
 use super::parse::{Action, Place, Rule, Token, parse_token, py_repr};
-use super::{Denied, Request, Resolution, System};
+use super::{Denied, Qube, Request, Resolution, System};
 
 /// What the caller asked for, after qrexec's `IntendedTarget.verify`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,9 +19,9 @@ pub(super) fn evaluate(
     req: &Request,
     system: &System,
 ) -> Result<Resolution, Denied> {
-    if system.qube(req.source).is_none() {
-        return Err(Denied::new(format!("unknown source qube: {}", req.source)));
-    }
+    let source = system
+        .qube(req.source)
+        .ok_or_else(|| Denied::new(format!("unknown source qube: {}", req.source)))?;
     let argument = format!("+{}", req.argument);
     let intended = intended_target(req.target, system)?;
     let rule = rules
@@ -29,8 +29,8 @@ pub(super) fn evaluate(
         .find(|rule| {
             rule.service.as_deref().is_none_or(|s| s == req.service)
                 && rule.argument.as_deref().is_none_or(|a| a == argument)
-                && source_matches(&rule.source, req.source, system)
-                && target_matches(&rule.target, &intended, req.source, system)
+                && source_matches(&rule.source, source)
+                && target_matches(&rule.target, &intended, source, system)
         })
         .ok_or_else(|| Denied::new("no matching rule found"))?;
 
@@ -44,7 +44,7 @@ pub(super) fn evaluate(
             autostart,
         } => {
             let actual = match target {
-                Some(redirect) => redirect_target(redirect, system)?,
+                Some(redirect) => verify(redirect, system)?,
                 None => intended,
             };
             let target = match actual {
@@ -54,7 +54,7 @@ pub(super) fn evaluate(
                         rule.location()
                     )));
                 }
-                Intended::DispVm => match dispvm_template(req.source, system) {
+                Intended::DispVm => match &source.default_dispvm {
                     Some(template) => format!("@dispvm:{template}"),
                     None => {
                         return Err(Denied::new(format!(
@@ -68,7 +68,7 @@ pub(super) fn evaluate(
                 Intended::Qube(name) => name,
             };
             // qrexec cannot connect a qube to itself (QubesOS/qubes-issues#951).
-            if target == req.source {
+            if target == source.name {
                 return Err(Denied::new("loopback qrexec connection not supported"));
             }
             let user = if target == "dom0" { None } else { user.clone() };
@@ -92,39 +92,34 @@ fn intended_target(target: &str, system: &System) -> Result<Intended, Denied> {
     };
     let token = parse_token(target, Place::Intended)
         .map_err(|_| Denied::new(format!("invalid target: {}", py_repr(target))))?;
-    verify(token, system)
+    verify(&token, system)
 }
 
-/// `target=` of an allow rule, verified like a caller's target.
-fn redirect_target(token: &Token, system: &System) -> Result<Intended, Denied> {
-    verify(token.clone(), system)
-}
-
-fn verify(token: Token, system: &System) -> Result<Intended, Denied> {
+/// `IntendedTarget.verify`, which qrexec also applies to a rule's `target=`.
+fn verify(token: &Token, system: &System) -> Result<Intended, Denied> {
     match token {
         Token::AdminVm => Ok(Intended::Admin),
         Token::Default => Ok(Intended::Default),
         Token::DispVm => Ok(Intended::DispVm),
-        Token::DispVmTemplate(name) => match system.qube(&name) {
-            Some(q) if q.template_for_dispvms => Ok(Intended::DispVmTemplate(name)),
+        Token::DispVmTemplate(name) => match system.qube(name) {
+            Some(q) if q.template_for_dispvms => Ok(Intended::DispVmTemplate(name.clone())),
             _ => Err(Denied::new(format!("not a template for dispvm: {name}"))),
         },
-        Token::Name(name) if system.qube(&name).is_some() => Ok(Intended::Qube(name)),
+        Token::Name(name) if system.qube(name).is_some() => Ok(Intended::Qube(name.clone())),
         Token::Name(_) => Ok(Intended::Default),
         // Not valid as a caller's target or a redirect; parsing refuses them.
         other => Err(Denied::new(format!("invalid target: {other:?}"))),
     }
 }
 
-fn source_matches(token: &Token, source: &str, system: &System) -> bool {
-    let qube = system.qube(source);
+fn source_matches(token: &Token, source: &Qube) -> bool {
     match token {
         Token::Wildcard => true,
-        Token::AnyVm => source != "dom0",
-        Token::AdminVm => source == "dom0",
-        Token::Name(name) => name == source,
-        Token::Type(klass) => qube.is_some_and(|q| q.klass == *klass),
-        Token::Tag(tag) => qube.is_some_and(|q| q.tags.contains(tag)),
+        Token::AnyVm => source.name != "dom0",
+        Token::AdminVm => source.name == "dom0",
+        Token::Name(name) => *name == source.name,
+        Token::Type(klass) => source.klass == *klass,
+        Token::Tag(tag) => source.tags.contains(tag),
         // As in qrexec, a source is a qube name, never a `@dispvm:` token, so
         // these valid source tokens match no caller.
         Token::DispVmTemplate(_) | Token::DispVmTag(_) => false,
@@ -132,7 +127,7 @@ fn source_matches(token: &Token, source: &str, system: &System) -> bool {
     }
 }
 
-fn target_matches(token: &Token, intended: &Intended, source: &str, system: &System) -> bool {
+fn target_matches(token: &Token, intended: &Intended, source: &Qube, system: &System) -> bool {
     match token {
         Token::Wildcard => true,
         Token::AnyVm => *intended != Intended::Admin,
@@ -151,13 +146,13 @@ fn target_matches(token: &Token, intended: &Intended, source: &str, system: &Sys
             _ => false,
         },
         Token::DispVmTemplate(template) => match intended {
-            Intended::DispVm => dispvm_template(source, system) == Some(template.as_str()),
+            Intended::DispVm => source.default_dispvm.as_ref() == Some(template),
             Intended::DispVmTemplate(t) => t == template,
             _ => false,
         },
         Token::DispVmTag(tag) => {
             let template = match intended {
-                Intended::DispVm => dispvm_template(source, system),
+                Intended::DispVm => source.default_dispvm.as_deref(),
                 Intended::DispVmTemplate(t) => Some(t.as_str()),
                 _ => None,
             };
@@ -166,9 +161,4 @@ fn target_matches(token: &Token, intended: &Intended, source: &str, system: &Sys
                 .is_some_and(|q| q.template_for_dispvms && q.tags.contains(tag))
         }
     }
-}
-
-/// The template a `@dispvm` call from `source` starts a disposable from.
-fn dispvm_template<'a>(source: &str, system: &'a System) -> Option<&'a str> {
-    system.qube(source)?.default_dispvm.as_deref()
 }

@@ -24,6 +24,8 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
+pub(crate) use parse::rpc_char;
+
 /// A qube the policy can talk about. Only what rules can match on is kept:
 /// the name, the class for `@type:`, the tags for `@tag:`, and the disposable
 /// settings for `@dispvm` targets.

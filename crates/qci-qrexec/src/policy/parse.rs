@@ -165,8 +165,10 @@ fn io_error(path: &Path, source: io::Error) -> PolicyError {
     }
 }
 
-/// The charset of service names (without `+`) and arguments (with it).
-fn rpc_char(c: char) -> bool {
+/// The charset of service names (without `+`) and arguments (with it):
+/// qrexec's `RPCNAME_ALLOWED_CHARSET`, which the daemon's `sanitize_name`
+/// also keeps.
+pub(crate) fn rpc_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+')
 }
 
@@ -337,15 +339,7 @@ pub(super) fn load_dirs(dirs: &[&Path], compat_dir: &Path) -> Result<Loaded, Pol
     let run = || -> Result<Vec<Rule>, Stop> {
         let mut chosen: Vec<(String, PathBuf)> = Vec::new();
         for dir in dirs {
-            let files = match policy_files(dir) {
-                Err(Stop::Error(PolicyError::Io { source, .. }))
-                    if source.kind() == io::ErrorKind::NotFound =>
-                {
-                    continue;
-                }
-                other => other?,
-            };
-            for (name, path) in files {
+            for (name, path) in policy_files(dir)? {
                 if !chosen.iter().any(|(n, _)| *n == name) {
                     chosen.push((name, path));
                 }
@@ -374,22 +368,32 @@ pub(super) fn load_text(
     finish(loader.text(text, file, base, 0).map(|()| loader.rules))
 }
 
-/// `filter_filepaths` on a directory: the `*.policy` regular files not
-/// starting with `.`, sorted; one counted file with a name outside
-/// `[0-9a-z_.-]` denies everything.
-fn policy_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, Stop> {
-    let entries = fs::read_dir(dir).map_err(|e| io_error(dir, e))?;
+/// The regular files of `dir` as (name, path). Like pathlib's `is_file()`,
+/// this follows symlinks and skips what cannot be stat'ed. A missing
+/// directory has none: the emulator's policy directories may not exist.
+fn regular_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, PolicyError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(dir, e)),
+    };
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| io_error(dir, e))?;
         let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        // Like pathlib's is_file(): follows symlinks, false on any error.
-        let is_file = fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false);
-        if is_file && name.ends_with(".policy") && !name.starts_with('.') {
-            files.push((name, path));
+        if fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            files.push((entry.file_name().to_string_lossy().into_owned(), path));
         }
     }
+    Ok(files)
+}
+
+/// `filter_filepaths` on a directory: the `*.policy` regular files not
+/// starting with `.`, sorted; one counted file with a name outside
+/// `[0-9a-z_.-]` denies everything.
+fn policy_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, Stop> {
+    let mut files = regular_files(dir)?;
+    files.retain(|(name, _)| name.ends_with(".policy") && !name.starts_with('.'));
     if let Some((_, bad)) = files.iter().find(|(name, _)| {
         !name
             .chars()
@@ -426,12 +430,7 @@ impl Loader {
     /// `load_policy_file`. `base` is the directory of the top-level policy
     /// file: qrexec resolves every include, even nested ones, against it.
     fn text(&mut self, text: &str, file: &Path, base: &Path, depth: usize) -> Result<(), Stop> {
-        for (index, raw) in text.lines().enumerate() {
-            let lineno = index + 1;
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+        for (lineno, line) in content_lines(text) {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if line.starts_with('!') {
                 self.directive(&fields, file, lineno, base, depth)?;
@@ -512,12 +511,7 @@ impl Loader {
         depth: usize,
     ) -> Result<(), Stop> {
         let text = fs::read_to_string(path).map_err(|e| io_error(path, e))?;
-        for (index, raw) in text.lines().enumerate() {
-            let lineno = index + 1;
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+        for (lineno, line) in content_lines(&text) {
             let line = line
                 .replace("$include:", "!include ")
                 .replace('$', "@")
@@ -547,23 +541,14 @@ impl Loader {
     /// qrexec adds the deny rules that 4.0 implied.
     fn compat(&mut self, depth: usize) -> Result<(), Stop> {
         let legacy = self.compat_dir.clone();
-        let entries = match fs::read_dir(&legacy) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_error(&legacy, e).into()),
-        };
         // (service, argument-or-None, path)
         let mut files: Vec<(String, Option<String>, PathBuf)> = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| io_error(&legacy, e))?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let is_file = fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false);
+        for (name, path) in regular_files(&legacy)? {
             let ignored = name.starts_with('.')
                 || [".rpmsave", ".rpmnew", ".swp"]
                     .iter()
                     .any(|s| name.ends_with(s));
-            if !is_file || ignored || !name.chars().all(rpc_char) {
+            if ignored || !name.chars().all(rpc_char) {
                 continue;
             }
             let (service, argument) = match name.split_once('+') {
@@ -589,6 +574,17 @@ impl Loader {
         }
         Ok(())
     }
+}
+
+/// The numbered lines a policy file's parser looks at, stripped: both
+/// formats skip blank lines and `#` comments alike, and errors count lines
+/// from 1.
+fn content_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .map(str::trim)
+        .enumerate()
+        .map(|(index, line)| (index + 1, line))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
 }
 
 /// `Rule.from_line_service`: a 4.0 line, already with `@` and spaces.
