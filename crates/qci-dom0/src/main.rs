@@ -9,6 +9,7 @@
 //! This binary has no network code: it only ever talks to the dev VM
 //! through qrexec, and treats everything that comes back as hostile data.
 
+mod call;
 mod config;
 mod fetch;
 mod lock;
