@@ -119,7 +119,10 @@ impl LocalRun {
         if last.is_none() {
             // `begin` is gone without a final status, but dom0's runner may
             // still be at work (it reports on its own): wait for it.
-            let lock = machine.domain_root(DOM0)?.join("var/lib/qci/run.lock");
+            let lock = machine
+                .domain_root(DOM0)?
+                .join(install::DOM0_WORK_DIR)
+                .join("run.lock");
             let deadline = Instant::now() + self.timeout;
             while last.is_none() && runner_busy(&lock) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
@@ -156,7 +159,7 @@ impl LocalRun {
         };
         let log = machine
             .domain_root(DOM0)?
-            .join("var/log/qci")
+            .join(install::DOM0_LOG_DIR)
             .join(format!("{job}.log"));
         println!(
             "qci: job {job}: {} ({})",
