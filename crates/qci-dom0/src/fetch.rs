@@ -69,15 +69,6 @@ pub fn fetch_code(
     }
     // The stream has ended; a sender that lingers past that gets a short grace.
     let status = wait_or_kill(&mut child, EXIT_GRACE).map_err(FetchError::Spawn)?;
-    let mut stderr = String::new();
-    if let Some(err) = child.stderr.take() {
-        // Only what is there: whoever else holds the pipe may never close it.
-        let _ = nix::fcntl::fcntl(
-            &err,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        );
-        let _ = err.take(500).read_to_string(&mut stderr);
-    }
     match stream.stopped {
         Some(Stopped::TimedOut) => return Err(FetchError::Timeout(timeout)),
         Some(Stopped::Canceled) => return Err(FetchError::Canceled),
@@ -90,11 +81,10 @@ pub fn fetch_code(
         ));
     };
     if !status.success() {
-        let code = status.code();
-        let why = qci_qrexec::call::describe_exit(code)
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("exit {code:?}: {}", stderr.trim()));
-        return Err(FetchError::Export(why));
+        return Err(FetchError::Export(crate::call::failure(
+            status,
+            child.stderr.take(),
+        )));
     }
     Ok(summary)
 }

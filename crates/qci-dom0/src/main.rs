@@ -9,6 +9,7 @@
 //! This binary has no network code: it only ever talks to the dev VM
 //! through qrexec, and treats everything that comes back as hostile data.
 
+mod call;
 mod config;
 mod fetch;
 mod lock;
@@ -36,11 +37,18 @@ named by QCI_DOM0_CONFIG. Exit codes: 0 success, 1 a step failed, 2 bad input,
 fn main() -> std::process::ExitCode {
     qci_core::diagnostics::init("info");
     let args: Vec<_> = std::env::args_os().skip(1).collect();
-    if args.first().is_some_and(|a| a == "--help" || a == "-h") {
+    if wants_help(&args, std::env::var_os("QREXEC_SERVICE_ARGUMENT").is_some()) {
         println!("{HELP}");
         return ExitCode::Success.into();
     }
     serve(&args).into()
+}
+
+/// Help is for a person at dom0's shell. Under qrexec `$1` is the caller's
+/// job id, so `qci.Run+--help` must be refused like any other bad id rather
+/// than answered with exit 0.
+fn wants_help(args: &[std::ffi::OsString], called_by_qrexec: bool) -> bool {
+    !called_by_qrexec && args.first().is_some_and(|a| a == "--help" || a == "-h")
 }
 
 fn serve(args: &[std::ffi::OsString]) -> ExitCode {
@@ -115,4 +123,16 @@ fn refuse(code: ExitCode, why: &str) -> ExitCode {
     tracing::error!("refused: {why}");
     println!("{} [qci] refused: {why}", timestamp(SystemTime::now()));
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_only_by_hand() {
+        let args = ["--help".into()];
+        assert!(wants_help(&args, false));
+        assert!(!wants_help(&args, true));
+    }
 }

@@ -36,28 +36,15 @@ impl Reporter {
             // A service that exits early closes the pipe; its status says why.
             let _ = stdin.write_all(event.to_json().as_bytes());
         }
-        let stderr = child.stderr.take();
         let status = wait_or_kill(&mut child, self.timeout)
             .map_err(ReportError::Spawn)?
             .ok_or(ReportError::Timeout(self.timeout))?;
         if status.success() {
             return Ok(());
         }
-        let mut why = String::new();
-        if let Some(mut err) = stderr {
-            use std::io::Read;
-            let _ = err.by_ref().take(500).read_to_string(&mut why);
-        }
-        let why = why.trim();
-        let code = status.code();
-        Err(ReportError::Failed(
-            qci_qrexec::call::describe_exit(code)
-                .map(str::to_owned)
-                .unwrap_or_else(|| match code {
-                    Some(c) if why.is_empty() => format!("exit {c}"),
-                    Some(c) => format!("exit {c}: {why}"),
-                    None => "killed by a signal".into(),
-                }),
-        ))
+        Err(ReportError::Failed(crate::call::failure(
+            status,
+            child.stderr.take(),
+        )))
     }
 }

@@ -88,10 +88,10 @@ impl Run<'_> {
         };
         let log = &mut self.log;
         let fetched = fetch_code(self.config, self.job, &workspace, self.cancel, |bytes| {
-            let note = format!("fetching the code: {:.1} MiB so far", bytes as f64 / MIB);
-            if let Err(e) = log.line(QCI, note.as_bytes()) {
-                tracing::error!("cannot write the log: {e}");
-            }
+            note(
+                log,
+                &format!("fetching the code: {:.1} MiB so far", bytes as f64 / MIB),
+            );
         });
         match fetched {
             Ok(s) => self.note(&format!(
@@ -234,9 +234,7 @@ impl Run<'_> {
     }
 
     fn note(&mut self, text: &str) {
-        if let Err(e) = self.log.line(QCI, text.as_bytes()) {
-            tracing::error!("cannot write the log: {e}");
-        }
+        note(&mut self.log, text);
     }
 
     fn report(&mut self, state: State, description: &str) {
@@ -267,5 +265,14 @@ fn remove_if_present(p: &Path) -> std::io::Result<()> {
     match std::fs::remove_dir_all(p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// A line of qci's own in the log. A log that cannot be written must not
+/// stop the run (its final status still matters more), so the failure goes
+/// to dom0's qrexec log instead.
+fn note(log: &mut LogWriter, text: &str) {
+    if let Err(e) = log.line(QCI, text.as_bytes()) {
+        tracing::error!("cannot write the log: {e}");
     }
 }

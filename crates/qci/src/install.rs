@@ -25,6 +25,11 @@ const POLICY: (&str, &str) = (
     "30-qci.policy",
     include_str!("../../../policy/30-qci.policy"),
 );
+/// dom0's log and work directories under its root, where a real dom0 has
+/// them. Written into dom0's settings once; `qci run --local` looks there
+/// for the log and the run lock.
+pub const DOM0_LOG_DIR: &str = "var/log/qci";
+pub const DOM0_WORK_DIR: &str = "var/lib/qci";
 /// What Qubes's `qubes.VMShell` does: a shell reading commands from stdin.
 const VMSHELL: &str = "#!/bin/sh\nexec /bin/bash\n";
 
@@ -89,8 +94,8 @@ pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, Ins
             "# dom0's qci settings on this emulated machine. Edit freely:\n\
              # qci writes this file only when it is missing.\n\
              dev_vm = {dev_vm:?}\nlog_dir = {:?}\nwork_dir = {:?}\n",
-            dom0.join("var/log/qci"),
-            dom0.join("var/lib/qci"),
+            dom0.join(DOM0_LOG_DIR),
+            dom0.join(DOM0_WORK_DIR),
         );
         write_if_changed(&config, settings.as_bytes(), 0o644)?;
     }

@@ -104,9 +104,7 @@ impl LocalRun {
         eprintln!("qci: job {job} on {} ({DEV_VM})", machine.root().display());
 
         // As the host does: start `begin` in the dev VM through dom0.
-        let mut child = Command::new(machine.bin_dir(DOM0)?.join("qvm-run"))
-            .env_clear()
-            .envs(machine.domain_env(DOM0)?)
+        let mut child = in_dom0(&machine, Command::new("qvm-run"))?
             .args(["--pass-io", "--no-gui", DEV_VM])
             .arg(format!("qci-vm begin {job}"))
             .stdin(Stdio::null())
@@ -121,7 +119,10 @@ impl LocalRun {
         if last.is_none() {
             // `begin` is gone without a final status, but dom0's runner may
             // still be at work (it reports on its own): wait for it.
-            let lock = machine.domain_root(DOM0)?.join("var/lib/qci/run.lock");
+            let lock = machine
+                .domain_root(DOM0)?
+                .join(install::DOM0_WORK_DIR)
+                .join("run.lock");
             let deadline = Instant::now() + self.timeout;
             while last.is_none() && runner_busy(&lock) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
@@ -158,7 +159,7 @@ impl LocalRun {
         };
         let log = machine
             .domain_root(DOM0)?
-            .join("var/log/qci")
+            .join(install::DOM0_LOG_DIR)
             .join(format!("{job}.log"));
         println!(
             "qci: job {job}: {} ({})",
@@ -198,29 +199,35 @@ pub fn read_events(path: &Path, job: &JobId) -> Vec<StatusEvent> {
         .collect()
 }
 
+/// `cmd` as dom0 starts it: with dom0's environment only, whose PATH finds
+/// the machine's emulated qrexec tools.
+fn in_dom0(machine: &Machine, mut cmd: Command) -> Result<Command, LocalError> {
+    cmd.env_clear().envs(machine.domain_env(DOM0)?);
+    Ok(cmd)
+}
+
+/// Posts `event` as dom0's runner would have, through the dev VM's
+/// `qci.Status`.
 fn post_status(machine: &Machine, event: &StatusEvent) -> Result<(), LocalError> {
-    let mut child = Command::new(machine.bin_dir(DOM0)?.join("qvm-run"))
-        .env_clear()
-        .envs(machine.domain_env(DOM0)?)
-        .args(["--pass-io", "--no-gui", "--service", DEV_VM])
-        .arg(format!("qci.Status+{}", event.job))
+    const WHAT: &str = "cannot post the final status";
+    const TIMEOUT: Duration = Duration::from_secs(60);
+    let call = qci_qrexec::call::from_dom0(DEV_VM, "qci.Status", event.job.as_str());
+    let mut child = in_dom0(machine, call)?
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
-        .map_err(io("cannot post the final status"))?;
+        .map_err(io(WHAT))?;
     if let Some(mut stdin) = child.stdin.take() {
         use std::io::Write;
         let _ = stdin.write_all(event.to_json().as_bytes());
     }
-    match wait_or_kill(&mut child, Duration::from_secs(60))
-        .map_err(io("cannot post the final status"))?
-    {
-        Some(s) if s.success() => Ok(()),
-        other => Err(LocalError::Io {
-            what: "cannot post the final status".into(),
-            source: std::io::Error::other(format!("qci.Status ended with {other:?}")),
-        }),
-    }
+    let why = match wait_or_kill(&mut child, TIMEOUT).map_err(io(WHAT))? {
+        Some(s) if s.success() => return Ok(()),
+        Some(s) => qci_qrexec::call::describe_exit(s.code())
+            .map_or_else(|| format!("qci.Status ended with {s}"), str::to_owned),
+        None => format!("qci.Status did not answer within {}s", TIMEOUT.as_secs()),
+    };
+    Err(io(WHAT)(std::io::Error::other(why)))
 }
 
 fn resolve_commit(dir: &Path, rev: &str) -> Result<CommitSha, LocalError> {

@@ -61,13 +61,6 @@ enum Command {
         /// SERVICE or SERVICE+ARG.
         service: String,
     },
-    /// Act as an emulated qrexec tool (what the machine's links run).
-    #[command(hide = true)]
-    Emulate {
-        tool: String,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<std::ffi::OsString>,
-    },
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -134,7 +127,6 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
-        Command::Emulate { tool, args } => exit_raw(emulator::tools::main(&tool, args)),
     }
 }
 
