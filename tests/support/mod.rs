@@ -22,20 +22,6 @@ pub fn bin_dir() -> PathBuf {
     dir.to_owned()
 }
 
-fn newest_mtime(dir: &Path) -> std::time::SystemTime {
-    let mut newest = std::time::SystemTime::UNIX_EPOCH;
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let Ok(meta) = entry.metadata() else { continue };
-        let t = if meta.is_dir() {
-            newest_mtime(&entry.path())
-        } else {
-            meta.modified().unwrap_or(newest)
-        };
-        newest = newest.max(t);
-    }
-    newest
-}
-
 pub fn qci() -> Command {
     let mut cmd = Command::new(bin_dir().join("qci"));
     cmd.env("QCI_BIN_DIR", bin_dir()).stdin(Stdio::null());
