@@ -79,11 +79,8 @@ fn files(root: &Path) -> Vec<String> {
 #[test]
 fn every_hostile_stream_ends_the_job_in_error_and_nothing_escapes() {
     let s = Scratch::new();
-    let project = s.project(
-        "p",
-        &[(".qci.toml", "[[steps]]\nname = \"x\"\ncommand = \"true\"\n")],
-    );
-    assert_eq!(s.run(&project, &[]).status.code(), Some(0));
+    s.prepare_machine();
+    let project = s.noop_project();
 
     type Case = (
         &'static str,
@@ -179,7 +176,7 @@ fn every_hostile_stream_ends_the_job_in_error_and_nothing_escapes() {
         ),
     ];
     for (name, build, entry_name, rule) in cases {
-        let before = files(&s.dir.path().join("p"));
+        let before = files(&project);
         hostile_export(&s, &archive(build));
         let out = s.run(&project, &[]);
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -204,11 +201,7 @@ fn every_hostile_stream_ends_the_job_in_error_and_nothing_escapes() {
             .filter(|f| f.ends_with("escaped"))
             .collect();
         assert!(escaped.is_empty(), "{name}: {escaped:?}");
-        assert_eq!(
-            files(&s.dir.path().join("p")),
-            before,
-            "{name}: the project changed"
-        );
+        assert_eq!(files(&project), before, "{name}: the project changed");
         let log = s.job_log(&job);
         assert!(
             !log.contains("[qci] step "),
@@ -220,11 +213,8 @@ fn every_hostile_stream_ends_the_job_in_error_and_nothing_escapes() {
 #[test]
 fn special_mode_bits_are_stripped_and_the_job_runs() {
     let s = Scratch::new();
-    let project = s.project(
-        "p",
-        &[(".qci.toml", "[[steps]]\nname = \"x\"\ncommand = \"true\"\n")],
-    );
-    assert_eq!(s.run(&project, &[]).status.code(), Some(0));
+    s.prepare_machine();
+    let project = s.noop_project();
     let stream = archive(|b| {
         entry(
             b,
