@@ -4,7 +4,7 @@
 mod support;
 
 use std::time::Duration;
-use support::{Scratch, example, job_id, parse_log, states, wait_for};
+use support::{Scratch, example, hold_until, job_id, parse_log, states, wait_for};
 
 #[test]
 fn sample_succeeds_with_a_live_log_and_running_then_success() {
@@ -160,16 +160,13 @@ fn working_tree_runs_as_is_and_commit_runs_a_clean_checkout() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no such commit"));
 }
 
-/// A project whose one step takes a while, to catch a run in the middle.
-fn slow_project(s: &Scratch) -> std::path::PathBuf {
-    s.one_step("wait", "echo started; sleep 3; echo finished", "")
-}
-
 #[test]
 fn a_second_run_while_one_runs_is_refused_and_the_first_finishes() {
     let s = Scratch::new();
-    let dir = slow_project(&s);
-    let first = s.spawn_run(&dir);
+    // The first job's step runs until the second call is over.
+    let release = s.dir.path().join("release");
+    let step = format!("echo started; {}; echo finished", hold_until(&release));
+    let first = s.spawn_run(&s.one_step("wait", &step, ""));
     let logs = s.dom0_log_dir();
     wait_for("the first job's step", Duration::from_secs(30), || {
         std::fs::read_dir(&logs)
@@ -195,6 +192,7 @@ fn a_second_run_while_one_runs_is_refused_and_the_first_finishes() {
         "the refused job must not get a log"
     );
 
+    std::fs::write(&release, "").unwrap();
     let out = first.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");

@@ -221,6 +221,16 @@ pub fn parse_log(text: &str) -> Vec<LogLine> {
         .collect()
 }
 
+/// A shell command that waits until `release` exists (a minute at most), to
+/// hold a step mid-run for as long as a test needs, however loaded the
+/// machine: the test creates the file to let the step go on.
+pub fn hold_until(release: &Path) -> String {
+    format!(
+        "i=0; while [ ! -e '{}' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done",
+        release.display()
+    )
+}
+
 pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let end = Instant::now() + timeout;
     while !ready() {
