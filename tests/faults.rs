@@ -98,7 +98,13 @@ fn a_timeout_kills_a_grandchild_that_traps_sigterm_and_backgrounds_itself() {
 fn killing_the_step_fails_the_job_and_keeps_the_log() {
     let s = Scratch::new();
     let child = start_waiting(&s, &waiting_project(&s, 30));
-    let shells = processes(&format!("QCI_RUNNER={}", s.work_dir().display()), |cmd| {
+    // Until the child sh forks for `sleep` has exec'd, /proc shows it as a
+    // second `sh -c` with the same environment: count once sleep runs.
+    let step = format!("QCI_RUNNER={}", s.work_dir().display());
+    wait_for("the step's sleep", Duration::from_secs(30), || {
+        !processes(&step, |cmd| cmd.first().is_some_and(|c| c == "sleep")).is_empty()
+    });
+    let shells = processes(&step, |cmd| {
         cmd.first().map(String::as_str) == Some("sh")
             && cmd.get(1).map(String::as_str) == Some("-c")
     });
