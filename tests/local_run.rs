@@ -141,7 +141,7 @@ fn working_tree_runs_as_is_and_commit_runs_a_clean_checkout() {
     let log_of = |out: &std::process::Output| {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}");
-        std::fs::read_to_string(s.dom0_log_dir().join(format!("{}.log", job_id(&stdout)))).unwrap()
+        s.job_log(&job_id(&stdout))
     };
     let tree = log_of(&s.run(&dir, &[]));
     assert!(tree.contains("[show] edited"), "{tree}");
@@ -167,17 +167,8 @@ fn a_second_run_while_one_runs_is_refused_and_the_first_finishes() {
     let release = s.dir.path().join("release");
     let step = format!("echo started; {}; echo finished", hold_until(&release));
     let first = s.spawn_run(&s.one_step("wait", &step, ""));
-    let logs = s.dom0_log_dir();
     wait_for("the first job's step", Duration::from_secs(30), || {
-        std::fs::read_dir(&logs)
-            .map(|d| {
-                d.flatten().any(|e| {
-                    std::fs::read_to_string(e.path())
-                        .unwrap_or_default()
-                        .contains("[wait] started")
-                })
-            })
-            .unwrap_or(false)
+        s.current_log().contains("[wait] started")
     });
     // The dev VM calls qci.Run for a second job while the first runs.
     let second = s.qrexec("sd-dev", "dom0", "qci.Run+second", b"");
@@ -188,7 +179,7 @@ fn a_second_run_while_one_runs_is_refused_and_the_first_finishes() {
         "{said}"
     );
     assert!(
-        !logs.join("second.log").exists(),
+        !s.dom0_log_dir().join("second.log").exists(),
         "the refused job must not get a log"
     );
 
