@@ -91,25 +91,25 @@ impl Scratch {
         stdout
     }
 
-    /// `qci run --local DIR --state-dir STATE`.
-    pub fn run(&self, dir: &Path, extra: &[&str]) -> Output {
-        qci()
-            .args(["run", "--local"])
+    /// `qci run --local DIR --state-dir STATE`, not started yet.
+    fn run_command(&self, dir: &Path) -> Command {
+        let mut cmd = qci();
+        cmd.args(["run", "--local"])
             .arg(dir)
             .arg("--state-dir")
-            .arg(self.state())
-            .args(extra)
-            .output()
-            .expect("run qci")
+            .arg(self.state());
+        cmd
+    }
+
+    /// `qci run --local DIR --state-dir STATE EXTRA`, to its end.
+    pub fn run(&self, dir: &Path, extra: &[&str]) -> Output {
+        self.run_command(dir).args(extra).output().expect("run qci")
     }
 
     /// Runs with stdout piped and returns each line with its arrival time.
     pub fn run_watched(&self, dir: &Path) -> (i32, Vec<(Instant, String)>, Instant) {
-        let mut child = qci()
-            .args(["run", "--local"])
-            .arg(dir)
-            .arg("--state-dir")
-            .arg(self.state())
+        let mut child = self
+            .run_command(dir)
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn qci");
@@ -258,13 +258,9 @@ impl Scratch {
         self.machine().join("dom0/var/lib/qci")
     }
 
-    /// Starts `qci run --local DIR` in the background, stdout piped.
+    /// Starts `qci run --local DIR` in the background, stdout and stderr piped.
     pub fn spawn_run(&self, dir: &Path) -> std::process::Child {
-        qci()
-            .args(["run", "--local"])
-            .arg(dir)
-            .arg("--state-dir")
-            .arg(self.state())
+        self.run_command(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
