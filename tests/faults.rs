@@ -5,11 +5,12 @@
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::{Scratch, is_dead, job_id, processes, signal, states, wait_for};
+use support::{Scratch, hold_until, is_dead, job_id, processes, signal, states, wait_for};
 
 /// One step that prints, waits, prints: long enough to be hit mid-run.
-fn waiting_project(s: &Scratch, secs: u32) -> std::path::PathBuf {
+fn waiting_project(s: &Scratch, secs: u32) -> PathBuf {
     s.one_step(
         "wait",
         &format!("echo before; sleep {secs}; echo after"),
@@ -17,10 +18,10 @@ fn waiting_project(s: &Scratch, secs: u32) -> std::path::PathBuf {
     )
 }
 
-/// Starts a job whose step runs `secs` seconds, and returns once the step
-/// has printed its first line.
-fn start_waiting(s: &Scratch, secs: u32) -> std::process::Child {
-    let child = s.spawn_run(&waiting_project(s, secs));
+/// Starts the job of `project` (one step named `wait` that first prints
+/// `before`), and returns once the step has printed that line.
+fn start_waiting(s: &Scratch, project: &Path) -> std::process::Child {
+    let child = s.spawn_run(project);
     wait_for("the step", Duration::from_secs(30), || {
         s.current_log().contains("[wait] before")
     });
@@ -96,8 +97,14 @@ fn a_timeout_kills_a_grandchild_that_traps_sigterm_and_backgrounds_itself() {
 #[test]
 fn killing_the_step_fails_the_job_and_keeps_the_log() {
     let s = Scratch::new();
-    let child = start_waiting(&s, 30);
-    let shells = processes(&format!("QCI_RUNNER={}", s.work_dir().display()), |cmd| {
+    let child = start_waiting(&s, &waiting_project(&s, 30));
+    // Until the child sh forks for `sleep` has exec'd, /proc shows it as a
+    // second `sh -c` with the same environment: count once sleep runs.
+    let step = format!("QCI_RUNNER={}", s.work_dir().display());
+    wait_for("the step's sleep", Duration::from_secs(30), || {
+        !processes(&step, |cmd| cmd.first().is_some_and(|c| c == "sleep")).is_empty()
+    });
+    let shells = processes(&step, |cmd| {
         cmd.first().map(String::as_str) == Some("sh")
             && cmd.get(1).map(String::as_str) == Some("-c")
     });
@@ -126,7 +133,7 @@ fn killing_the_step_fails_the_job_and_keeps_the_log() {
 #[test]
 fn killing_the_dom0_runner_still_ends_the_job_and_the_next_one_cleans_up() {
     let s = Scratch::new();
-    let child = start_waiting(&s, 30);
+    let child = start_waiting(&s, &waiting_project(&s, 30));
     signal(machine_process(&s, "qci-dom0", is_runner), "KILL");
 
     let (code, stdout) = finish(child);
@@ -165,12 +172,16 @@ fn killing_the_dom0_runner_still_ends_the_job_and_the_next_one_cleans_up() {
 #[test]
 fn killing_begin_in_the_dev_vm_lets_the_runner_finish_and_report() {
     let s = Scratch::new();
-    let child = start_waiting(&s, 2);
+    // The step waits for begin to be killed, however long that takes.
+    let release = s.dir.path().join("release");
+    let step = format!("echo before; {}; echo after", hold_until(&release));
+    let child = start_waiting(&s, &s.one_step("wait", &step, ""));
     let begin = machine_process(&s, "qci-vm begin", |cmd| {
         cmd.first().is_some_and(|c| c.ends_with("qci-vm"))
             && cmd.get(1).map(String::as_str) == Some("begin")
     });
     signal(begin, "KILL");
+    std::fs::write(&release, "").unwrap();
 
     let (code, stdout) = finish(child);
     let job = job_id(&stdout);
@@ -221,7 +232,7 @@ fn the_whole_job_timeout_bounds_the_steps() {
 fn sigterm_to_the_runner_cancels_the_step_and_reports_canceled() {
     let s = Scratch::new();
     s.dom0_config("kill_grace = \"1s\"");
-    let child = start_waiting(&s, 30);
+    let child = start_waiting(&s, &waiting_project(&s, 30));
     signal(machine_process(&s, "qci-dom0", is_runner), "TERM");
 
     let (code, stdout) = finish(child);

@@ -4,7 +4,7 @@
 mod support;
 
 use std::time::Duration;
-use support::{Scratch, example, job_id, parse_log, states, wait_for};
+use support::{Scratch, example, hold_until, job_id, parse_log, states, wait_for};
 
 #[test]
 fn sample_succeeds_with_a_live_log_and_running_then_success() {
@@ -141,7 +141,7 @@ fn working_tree_runs_as_is_and_commit_runs_a_clean_checkout() {
     let log_of = |out: &std::process::Output| {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}");
-        std::fs::read_to_string(s.dom0_log_dir().join(format!("{}.log", job_id(&stdout)))).unwrap()
+        s.job_log(&job_id(&stdout))
     };
     let tree = log_of(&s.run(&dir, &[]));
     assert!(tree.contains("[show] edited"), "{tree}");
@@ -160,27 +160,15 @@ fn working_tree_runs_as_is_and_commit_runs_a_clean_checkout() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no such commit"));
 }
 
-/// A project whose one step takes a while, to catch a run in the middle.
-fn slow_project(s: &Scratch) -> std::path::PathBuf {
-    s.one_step("wait", "echo started; sleep 3; echo finished", "")
-}
-
 #[test]
 fn a_second_run_while_one_runs_is_refused_and_the_first_finishes() {
     let s = Scratch::new();
-    let dir = slow_project(&s);
-    let first = s.spawn_run(&dir);
-    let logs = s.dom0_log_dir();
+    // The first job's step runs until the second call is over.
+    let release = s.dir.path().join("release");
+    let step = format!("echo started; {}; echo finished", hold_until(&release));
+    let first = s.spawn_run(&s.one_step("wait", &step, ""));
     wait_for("the first job's step", Duration::from_secs(30), || {
-        std::fs::read_dir(&logs)
-            .map(|d| {
-                d.flatten().any(|e| {
-                    std::fs::read_to_string(e.path())
-                        .unwrap_or_default()
-                        .contains("[wait] started")
-                })
-            })
-            .unwrap_or(false)
+        s.current_log().contains("[wait] started")
     });
     // The dev VM calls qci.Run for a second job while the first runs.
     let second = s.qrexec("sd-dev", "dom0", "qci.Run+second", b"");
@@ -191,10 +179,11 @@ fn a_second_run_while_one_runs_is_refused_and_the_first_finishes() {
         "{said}"
     );
     assert!(
-        !logs.join("second.log").exists(),
+        !s.dom0_log_dir().join("second.log").exists(),
         "the refused job must not get a log"
     );
 
+    std::fs::write(&release, "").unwrap();
     let out = first.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");

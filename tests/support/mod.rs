@@ -22,20 +22,6 @@ pub fn bin_dir() -> PathBuf {
     dir.to_owned()
 }
 
-fn newest_mtime(dir: &Path) -> std::time::SystemTime {
-    let mut newest = std::time::SystemTime::UNIX_EPOCH;
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let Ok(meta) = entry.metadata() else { continue };
-        let t = if meta.is_dir() {
-            newest_mtime(&entry.path())
-        } else {
-            meta.modified().unwrap_or(newest)
-        };
-        newest = newest.max(t);
-    }
-    newest
-}
-
 pub fn qci() -> Command {
     let mut cmd = Command::new(bin_dir().join("qci"));
     cmd.env("QCI_BIN_DIR", bin_dir()).stdin(Stdio::null());
@@ -105,25 +91,25 @@ impl Scratch {
         stdout
     }
 
-    /// `qci run --local DIR --state-dir STATE`.
-    pub fn run(&self, dir: &Path, extra: &[&str]) -> Output {
-        qci()
-            .args(["run", "--local"])
+    /// `qci run --local DIR --state-dir STATE`, not started yet.
+    fn run_command(&self, dir: &Path) -> Command {
+        let mut cmd = qci();
+        cmd.args(["run", "--local"])
             .arg(dir)
             .arg("--state-dir")
-            .arg(self.state())
-            .args(extra)
-            .output()
-            .expect("run qci")
+            .arg(self.state());
+        cmd
+    }
+
+    /// `qci run --local DIR --state-dir STATE EXTRA`, to its end.
+    pub fn run(&self, dir: &Path, extra: &[&str]) -> Output {
+        self.run_command(dir).args(extra).output().expect("run qci")
     }
 
     /// Runs with stdout piped and returns each line with its arrival time.
     pub fn run_watched(&self, dir: &Path) -> (i32, Vec<(Instant, String)>, Instant) {
-        let mut child = qci()
-            .args(["run", "--local"])
-            .arg(dir)
-            .arg("--state-dir")
-            .arg(self.state())
+        let mut child = self
+            .run_command(dir)
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn qci");
@@ -235,6 +221,16 @@ pub fn parse_log(text: &str) -> Vec<LogLine> {
         .collect()
 }
 
+/// A shell command that waits until `release` exists (a minute at most), to
+/// hold a step mid-run for as long as a test needs, however loaded the
+/// machine: the test creates the file to let the step go on.
+pub fn hold_until(release: &Path) -> String {
+    format!(
+        "i=0; while [ ! -e '{}' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done",
+        release.display()
+    )
+}
+
 pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let end = Instant::now() + timeout;
     while !ready() {
@@ -262,13 +258,9 @@ impl Scratch {
         self.machine().join("dom0/var/lib/qci")
     }
 
-    /// Starts `qci run --local DIR` in the background, stdout piped.
+    /// Starts `qci run --local DIR` in the background, stdout and stderr piped.
     pub fn spawn_run(&self, dir: &Path) -> std::process::Child {
-        qci()
-            .args(["run", "--local"])
-            .arg(dir)
-            .arg("--state-dir")
-            .arg(self.state())
+        self.run_command(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -43,23 +43,22 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
             return ExitCode::BadInput;
         }
     };
+    // The sink's credentials are masked in all begin shows or reports: the
+    // repository URL, which git's messages quote, may hold the token.
+    let mask = SecretMask::new(sink::secrets(&job_file, paths));
+    let fail = |why: &str| give_up(job, &job_file, paths, &mask.apply(why));
     let workspace = paths.workspace(job);
     // Progress on stderr: stdout carries only dom0's log.
     match (&job_file.source, &job_file.commit) {
         (Some(dir), _) => eprintln!("qci-vm: job {job}: copying {}", dir.display()),
         (None, Some(sha)) => eprintln!(
             "qci-vm: job {job}: cloning {} at {sha}",
-            job_file.repository.url
+            mask.apply(&job_file.repository.url)
         ),
         (None, None) => {}
     }
     if let Err(e) = prepare(&job_file, &workspace) {
-        return give_up(
-            job,
-            &job_file,
-            paths,
-            &format!("Cannot prepare the workspace: {e}"),
-        );
+        return fail(&format!("Cannot prepare the workspace: {e}"));
     }
     eprintln!("qci-vm: job {job}: calling qci.Run in dom0");
     let mut child = match qci_qrexec::call::from_vm("dom0", "qci.Run", job.as_str())
@@ -68,10 +67,10 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
         .spawn()
     {
         Ok(c) => c,
-        Err(e) => return give_up(job, &job_file, paths, &format!("Cannot call qci.Run: {e}")),
+        Err(e) => return fail(&format!("Cannot call qci.Run: {e}")),
     };
     if let Some(log) = child.stdout.take() {
-        let mask = SecretMask::new(sink::secrets(&job_file, paths));
+        let mask = mask.clone();
         // Not joined: a process dom0 left behind may hold the stream open.
         std::thread::spawn(move || relay(log, std::io::stdout(), &mask));
     }
@@ -80,9 +79,9 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
         Ok(Some(s)) => s,
         Ok(None) => {
             let why = format!("No result from dom0 within {}s", timeout.as_secs());
-            return give_up(job, &job_file, paths, &why);
+            return fail(&why);
         }
-        Err(e) => return give_up(job, &job_file, paths, &format!("Lost qci.Run: {e}")),
+        Err(e) => return fail(&format!("Lost qci.Run: {e}")),
     };
     match status.code() {
         // The runner's own codes: it has reported the final status itself.
@@ -91,7 +90,7 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
             let why = qci_qrexec::call::describe_exit(code)
                 .map(|w| format!("dom0 runner did not run: {w}"))
                 .unwrap_or_else(|| format!("dom0 runner ended abnormally ({status})"));
-            give_up(job, &job_file, paths, &why)
+            fail(&why)
         }
     }
 }
@@ -117,8 +116,8 @@ fn relay(mut log: impl Read, mut out: impl Write, mask: &SecretMask) {
     }
 }
 
-/// Ends a job that dom0 could not finish: says why, and makes sure the
-/// commit does not stay pending.
+/// Ends a job that dom0 could not finish: says why (`why` is masked
+/// already), and makes sure the commit does not stay pending.
 fn give_up(job: &JobId, job_file: &JobFile, paths: &Paths, why: &str) -> ExitCode {
     eprintln!("qci-vm: {why}");
     let event = StatusEvent::new(job, State::Error, why);
@@ -291,6 +290,7 @@ fn copy_entry(from: &Path, to: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::tests::{FakeGithub, TOKEN, assert_no_token, github_setup};
 
     /// Hands out its data a few bytes at a time, as a pipe may.
     struct Trickle(Vec<u8>, usize);
@@ -319,5 +319,27 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "2026-11-22T10:15:00.123Z [test] token *** here\nsecond line\nno newline\n"
         );
+    }
+
+    #[test]
+    fn a_failed_clone_reports_its_error_without_the_sink_token() {
+        let gh = FakeGithub::start(Some(201), "{}");
+        let (_home, paths, mut job_file) = github_setup(&gh.base, 10);
+        // A private repository's URL may well carry the token the sink posts with.
+        job_file.repository.url = format!("https://x-access-token:{TOKEN}@127.0.0.1:9/o/r");
+        let job = JobId::parse("J1").unwrap();
+        job_file.save(&paths.job_file(&job)).unwrap();
+
+        assert_eq!(begin(&job, &paths), ExitCode::CiError);
+
+        let seen = gh.seen();
+        assert_eq!(seen.len(), 1);
+        let description = seen[0].body["description"].as_str().unwrap();
+        assert!(
+            description.starts_with("Cannot prepare the workspace: git clone")
+                && description.contains("x-access-token:***@"),
+            "{description}"
+        );
+        assert_no_token(description);
     }
 }

@@ -359,7 +359,7 @@ fn request_error(url: &str, secs: u64, e: reqwest::Error) -> SinkError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use qci_core::JobId;
     use qci_core::State;
@@ -369,16 +369,16 @@ mod tests {
     use std::time::Instant;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
-    const TOKEN: &str = "ghp_SECRETSECRETSECRET";
+    pub(crate) const TOKEN: &str = "ghp_SECRETSECRETSECRET";
 
     /// One request as the fake GitHub saw it.
     #[derive(Debug, Clone)]
-    struct Seen {
+    pub(crate) struct Seen {
         method: String,
         path: String,
         authorization: String,
         accept: String,
-        body: Value,
+        pub(crate) body: Value,
         at: SystemTime,
     }
 
@@ -407,13 +407,13 @@ mod tests {
 
     /// A real HTTP server on 127.0.0.1 that records requests and answers
     /// the n-th one with the n-th reply of its script, the last one repeating.
-    struct FakeGithub {
-        base: String,
+    pub(crate) struct FakeGithub {
+        pub(crate) base: String,
         seen: Arc<Mutex<Vec<Seen>>>,
     }
 
     impl FakeGithub {
-        fn start(status: Option<u16>, body: impl Into<String>) -> Self {
+        pub(crate) fn start(status: Option<u16>, body: impl Into<String>) -> Self {
             Self::script(vec![Reply {
                 status,
                 headers: Vec::new(),
@@ -485,7 +485,7 @@ mod tests {
             }
         }
 
-        fn seen(&self) -> Vec<Seen> {
+        pub(crate) fn seen(&self) -> Vec<Seen> {
             self.seen.lock().unwrap().clone()
         }
     }
@@ -524,7 +524,10 @@ mod tests {
     }
 
     /// A home with a token file, and a github sink pointing at `api_url`.
-    fn github_setup(api_url: &str, timeout_secs: u64) -> (tempfile::TempDir, Paths, JobFile) {
+    pub(crate) fn github_setup(
+        api_url: &str,
+        timeout_secs: u64,
+    ) -> (tempfile::TempDir, Paths, JobFile) {
         let home = tempfile::tempdir().unwrap();
         fs::write(home.path().join("token"), format!("  {TOKEN}\n")).unwrap();
         let paths = Paths {
@@ -561,7 +564,7 @@ mod tests {
         }
     }
 
-    fn assert_no_token(text: &str) {
+    pub(crate) fn assert_no_token(text: &str) {
         assert!(!text.contains(TOKEN), "the token leaked: {text}");
         assert!(!text.contains("SECRET"), "part of the token leaked: {text}");
     }
