@@ -91,7 +91,7 @@ fn serve(args: &[std::ffi::OsString]) -> ExitCode {
         Ok(l) => l,
         Err(e) => return refuse(ExitCode::CiError, &e.to_string()),
     };
-    let log_path = config.log_dir.join(format!("{job}.log"));
+    let log_path = config.log_dir.join(qci_core::log::file_name(&job));
     let log = match LogWriter::create(&log_path, Some(Box::new(std::io::stdout()))) {
         Ok(l) => l.with_secrets(SecretMask::new(config.secrets.iter().cloned())),
         Err(e) => {

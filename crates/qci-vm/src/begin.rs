@@ -236,9 +236,19 @@ fn copy_working_tree(source: &Path, dest: &Path) -> std::io::Result<()> {
             }
             Ok(())
         }
+        // In a work tree git must answer: copying everything instead would
+        // run ignored files (build output, local secrets) as if committed.
+        Err(e) if in_git_work_tree(source) => Err(e),
         // Not a git work tree: take everything.
         Err(_) => copy_dir(source, dest, true),
     }
+}
+
+/// Whether `dir` is in a git work tree, found as git finds one: a `.git` in
+/// it or in a directory above it.
+fn in_git_work_tree(dir: &Path) -> bool {
+    dir.canonicalize()
+        .is_ok_and(|d| d.ancestors().any(|a| a.join(".git").exists()))
 }
 
 fn copy_dir(from: &Path, to: &Path, top: bool) -> std::io::Result<()> {
@@ -319,6 +329,25 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "2026-11-22T10:15:00.123Z [test] token *** here\nsecond line\nno newline\n"
         );
+    }
+
+    #[test]
+    fn a_work_tree_git_cannot_read_is_an_error_and_a_plain_directory_is_copied_whole() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("a.txt"), "a").unwrap();
+        let plain = tempfile::tempdir().unwrap();
+        copy_working_tree(src.path(), plain.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(plain.path().join("a.txt")).unwrap(),
+            "a"
+        );
+
+        // A `.git` that points nowhere: git fails, and nothing is copied.
+        std::fs::write(src.path().join(".git"), "gitdir: /nonexistent/qci\n").unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let err = copy_working_tree(src.path(), dest.path()).unwrap_err();
+        assert!(err.to_string().contains("git ls-files"), "{err}");
+        assert!(!dest.path().join("a.txt").exists());
     }
 
     #[test]

@@ -91,8 +91,9 @@ pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, Ins
         // Written once: after that the file is the user's to edit (secrets,
         // limits, timeouts), as /etc/qci/dom0.toml is in a real dom0.
         let settings = format!(
-            "# dom0's qci settings on this emulated machine. Edit freely:\n\
-             # qci writes this file only when it is missing.\n\
+            "# dom0's qci settings on this emulated machine. qci writes this file\n\
+             # only when it is missing; edit the rest freely, but keep dev_vm,\n\
+             # log_dir and work_dir: `qci run --local` looks for the job there.\n\
              dev_vm = {dev_vm:?}\nlog_dir = {:?}\nwork_dir = {:?}\n",
             dom0.join(DOM0_LOG_DIR),
             dom0.join(DOM0_WORK_DIR),

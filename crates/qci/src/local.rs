@@ -160,7 +160,7 @@ impl LocalRun {
         let log = machine
             .domain_root(DOM0)?
             .join(install::DOM0_LOG_DIR)
-            .join(format!("{job}.log"));
+            .join(qci_core::log::file_name(&job));
         println!(
             "qci: job {job}: {} ({})",
             final_event.state, final_event.description
