@@ -1,9 +1,11 @@
-//! Puts qci onto an emulated machine exactly as it ships to Qubes: the
-//! service files from `qubes-rpc/`, the policy from `policy/`, and the
-//! binaries, plus the emulated qrexec tools each domain expects on its PATH.
+//! Makes emulated Qubes machines and puts qci onto them exactly as it ships
+//! to Qubes. [`bare_machine`] is Qubes itself (dom0, the VMs, the emulated
+//! qrexec tools on their PATH, `qubes.VMShell`); [`install`] adds qci: the
+//! service files from `qubes-rpc/`, the policy from `policy/`, the
+//! binaries and dom0's settings. A bare machine can instead be installed
+//! by Salt (`salt/`, with pillar `qci:root` set to a domain's directory).
 
 use qci_qrexec::emulator::{DOM0, Machine, MachineError, QubeSpec};
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -53,21 +55,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
     }
 }
 
-/// Creates or refreshes the machine at `root` with dom0 and `dev_vm`.
+/// Creates or refreshes the machine at `root` with dom0 and `dev_vm`, and
+/// installs qci into it.
 pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, InstallError> {
-    let qubes = BTreeMap::from([(
-        dev_vm.to_owned(),
-        QubeSpec {
-            klass: "AppVM".into(),
-            tags: Vec::new(),
-        },
-    )]);
-    let machine = Machine::create_or_open(root, &qubes)?;
-
-    let multicall = machine.root().join("bin/qci");
-    let qci = std::env::current_exe().map_err(io(bin_dir))?;
-    copy_if_changed(&qci, &multicall)?;
-
+    let machine = bare_machine(root, &[dev_vm])?;
     let dom0 = machine.domain_root(DOM0)?;
     for (name, text) in DOM0_SERVICES {
         write_if_changed(
@@ -85,8 +76,7 @@ pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, Ins
         &binary(bin_dir, "qci-dom0")?,
         &machine.bin_dir(DOM0)?.join("qci-dom0"),
     )?;
-    link_tools(&machine, DOM0, &["qvm-run", "qrexec-client"], &multicall)?;
-    let config = dom0.join("etc/qci/dom0.toml");
+    let config = dom0_config(&machine)?;
     if !config.exists() {
         // Written once: after that the file is the user's to edit (secrets,
         // limits, timeouts), as /etc/qci/dom0.toml is in a real dom0.
@@ -100,28 +90,66 @@ pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, Ins
         );
         write_if_changed(&config, settings.as_bytes(), 0o644)?;
     }
-    write_environment(
-        &machine,
-        DOM0,
-        &[("QCI_DOM0_CONFIG", config.to_string_lossy().as_ref())],
-    )?;
 
     let vm = machine.domain_root(dev_vm)?;
     for (name, text) in VM_SERVICES {
         write_if_changed(&vm.join("etc/qubes-rpc").join(name), text.as_bytes(), 0o755)?;
     }
-    write_if_changed(
-        &vm.join("etc/qubes-rpc/qubes.VMShell"),
-        VMSHELL.as_bytes(),
-        0o755,
-    )?;
     copy_if_changed(
         &binary(bin_dir, "qci-vm")?,
         &machine.bin_dir(dev_vm)?.join("qci-vm"),
     )?;
-    link_tools(&machine, dev_vm, &["qrexec-client-vm"], &multicall)?;
-    write_environment(&machine, dev_vm, &[])?;
     Ok(machine)
+}
+
+/// Creates or refreshes the machine at `root` as Qubes alone would have it,
+/// with dom0 and `vms`: the emulated qrexec tools on each domain's PATH
+/// (`qvm-run` and `qrexec-client` in dom0, `qrexec-client-vm` in the VMs)
+/// and `qubes.VMShell` in each VM, for `qvm-run`. Nothing of qci is in it.
+///
+/// One thing stands in for a chroot: dom0's environment names
+/// `QCI_DOM0_CONFIG` = `dom0/etc/qci/dom0.toml`, so that whatever installs
+/// qci into dom0 (`install`, or Salt with `qci:root` set to `dom0/`) is
+/// what `qci-dom0` reads, not the host's `/etc/qci/dom0.toml`.
+pub fn bare_machine(root: &Path, vms: &[&str]) -> Result<Machine, InstallError> {
+    let qubes = vms
+        .iter()
+        .map(|name| {
+            let spec = QubeSpec {
+                klass: "AppVM".into(),
+                tags: Vec::new(),
+            };
+            (name.to_string(), spec)
+        })
+        .collect();
+    let machine = Machine::create_or_open(root, &qubes)?;
+
+    let multicall = machine.root().join("bin/qci");
+    let qci = std::env::current_exe().map_err(io(root))?;
+    copy_if_changed(&qci, &multicall)?;
+
+    link_tools(&machine, DOM0, &["qvm-run", "qrexec-client"], &multicall)?;
+    let config = dom0_config(&machine)?;
+    write_environment(
+        &machine,
+        DOM0,
+        &[("QCI_DOM0_CONFIG", config.to_string_lossy().as_ref())],
+    )?;
+    for vm in vms {
+        write_if_changed(
+            &machine.domain_root(vm)?.join("etc/qubes-rpc/qubes.VMShell"),
+            VMSHELL.as_bytes(),
+            0o755,
+        )?;
+        link_tools(&machine, vm, &["qrexec-client-vm"], &multicall)?;
+        write_environment(&machine, vm, &[])?;
+    }
+    Ok(machine)
+}
+
+/// Where dom0's `/etc/qci/dom0.toml` is on this machine.
+fn dom0_config(machine: &Machine) -> Result<PathBuf, InstallError> {
+    Ok(machine.domain_root(DOM0)?.join("etc/qci/dom0.toml"))
 }
 
 /// The directory holding `qci-dom0` and `qci-vm`: `QCI_BIN_DIR`, or the one
@@ -157,7 +185,7 @@ fn write_environment(
 ) -> Result<(), InstallError> {
     let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
     let mut text = format!(
-        "# Written by qci run --local: the environment of every process in {domain}.\nPATH={}:{host_path}\n",
+        "# Written by qci: the environment of every process in {domain}.\nPATH={}:{host_path}\n",
         machine.bin_dir(domain)?.display()
     );
     for (k, v) in extra {

@@ -19,6 +19,9 @@ pub struct LocalRun {
     pub dir: PathBuf,
     pub commit: Option<String>,
     pub state_dir: PathBuf,
+    /// Run on this machine as it is, installing nothing (qci was installed
+    /// some other way, by Salt say), instead of `state_dir/machine`.
+    pub machine_dir: Option<PathBuf>,
     pub timeout: Duration,
 }
 
@@ -32,6 +35,8 @@ pub enum LocalError {
         dir: PathBuf,
         why: String,
     },
+    #[error("{machine}: qci is not installed ({missing} is missing)")]
+    NotInstalled { machine: PathBuf, missing: PathBuf },
     #[error(transparent)]
     Install(#[from] install::InstallError),
     #[error(transparent)]
@@ -49,7 +54,9 @@ impl LocalError {
     /// Bad input from the user, or our own failure.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Self::NotADirectory(_) | Self::BadCommit { .. } => ExitCode::BadInput,
+            Self::NotADirectory(_) | Self::BadCommit { .. } | Self::NotInstalled { .. } => {
+                ExitCode::BadInput
+            }
             _ => ExitCode::CiError,
         }
     }
@@ -72,11 +79,14 @@ impl LocalRun {
             .as_deref()
             .map(|rev| resolve_commit(&dir, rev))
             .transpose()?;
-        let machine = install::install(
-            &self.state_dir.join("machine"),
-            DEV_VM,
-            &install::default_bin_dir(),
-        )?;
+        let machine = match &self.machine_dir {
+            Some(dir) => installed_machine(dir)?,
+            None => install::install(
+                &self.state_dir.join("machine"),
+                DEV_VM,
+                &install::default_bin_dir(),
+            )?,
+        };
         let job = new_job_id();
         let job_file = JobFile {
             repository: Repository {
@@ -168,6 +178,29 @@ impl LocalRun {
         println!("qci: log: {}", log.display());
         Ok(outcome)
     }
+}
+
+/// The machine in `dir`, which must have qci in dom0 and in the dev VM
+/// already: a missing piece is named now, not found out mid-job.
+fn installed_machine(dir: &Path) -> Result<Machine, LocalError> {
+    let machine = Machine::open(dir)?;
+    let needed = [
+        (DOM0, "etc/qubes-rpc/qci.Run"),
+        (DOM0, "usr/bin/qci-dom0"),
+        (DEV_VM, "etc/qubes-rpc/qci.Status"),
+        (DEV_VM, "etc/qubes-rpc/qci.Export"),
+        (DEV_VM, "usr/bin/qci-vm"),
+    ];
+    for (domain, file) in needed {
+        let path = machine.domain_root(domain)?.join(file);
+        if !path.is_file() {
+            return Err(LocalError::NotInstalled {
+                machine: machine.root().to_owned(),
+                missing: path,
+            });
+        }
+    }
+    Ok(machine)
 }
 
 fn final_event(status_file: &Path, job: &JobId) -> Option<StatusEvent> {

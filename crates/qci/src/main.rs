@@ -43,9 +43,29 @@ enum Command {
         /// Where the emulated machine lives.
         #[arg(long, value_name = "S", default_value = ".qci")]
         state_dir: PathBuf,
+        /// Run on the emulated machine in M as it is, installing nothing
+        /// into it: qci must be there already (put there by Salt, say; see
+        /// `qci bare-machine`). Its dev VM is sd-dev.
+        #[arg(long, value_name = "M", conflicts_with = "state_dir")]
+        machine_dir: Option<PathBuf>,
         /// Bound on the whole job (e.g. 90s, 30m, 6h).
         #[arg(long, default_value = "6h", value_parser = parse_duration)]
         timeout: std::time::Duration,
+    },
+    /// Create an emulated Qubes machine with nothing of qci in it.
+    ///
+    /// dom0 and the VMs, with the emulated qrexec tools on their PATH and
+    /// qubes.VMShell in each VM: Qubes itself, ready for qci to be installed
+    /// into it, for example by Salt with pillar qci:root set to M/dom0 or
+    /// M/sd-dev (see salt/). Then `qci run --local DIR --machine-dir M`
+    /// runs jobs on it. An existing machine gets the VMs it lacks.
+    BareMachine {
+        /// The machine directory.
+        #[arg(value_name = "M")]
+        machine: PathBuf,
+        /// A VM besides dom0 (repeat for more).
+        #[arg(long = "vm", value_name = "NAME", default_value = "sd-dev")]
+        vms: Vec<String>,
     },
     /// Make one qrexec call on an emulated machine, as `qrexec-client-vm`
     /// does inside Qubes (calls from dom0 are not policy-checked).
@@ -84,12 +104,14 @@ fn main() -> std::process::ExitCode {
             local,
             commit,
             state_dir,
+            machine_dir,
             timeout,
         } => {
             let run = local::LocalRun {
                 dir: local,
                 commit,
                 state_dir,
+                machine_dir,
                 timeout,
             };
             match run.execute() {
@@ -97,6 +119,27 @@ fn main() -> std::process::ExitCode {
                 Err(e) => {
                     eprintln!("qci: {e}");
                     e.exit_code().into()
+                }
+            }
+        }
+        Command::BareMachine { machine, vms } => {
+            let vms: Vec<&str> = vms.iter().map(String::as_str).collect();
+            match install::bare_machine(&machine, &vms) {
+                Ok(m) => {
+                    println!("{}", m.root().display());
+                    ExitCode::Success.into()
+                }
+                Err(e) => {
+                    eprintln!("qci: {e}");
+                    let bad_name = matches!(
+                        e,
+                        install::InstallError::Machine(emulator::MachineError::BadName(_))
+                    );
+                    if bad_name {
+                        ExitCode::BadInput.into()
+                    } else {
+                        ExitCode::CiError.into()
+                    }
                 }
             }
         }
