@@ -185,7 +185,13 @@ impl Machine {
 
     fn make_domain_dirs(&self, name: &str) -> Result<(), MachineError> {
         let root = self.domain_root(name)?;
-        let mut dirs = vec!["etc/qubes-rpc", "usr/bin", "home/user", "var/log", "var/lib"];
+        let mut dirs = vec![
+            "etc/qubes-rpc",
+            "usr/bin",
+            "home/user",
+            "var/log",
+            "var/lib",
+        ];
         if name == DOM0 {
             dirs.extend(["etc/qubes/policy.d", "var/log/qubes", "var/run/qubes"]);
         }
