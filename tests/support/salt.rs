@@ -31,7 +31,7 @@ pub fn salt_call() -> Option<PathBuf> {
 
 /// What `scripts/bundle` printed and where the archive went.
 pub struct Bundle {
-    pub dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     pub archive: PathBuf,
     pub stderr: String,
     /// The archive unpacked, as `/srv/salt` in dom0.
@@ -58,7 +58,7 @@ pub fn bundle() -> &'static Bundle {
                 .arg(&srv_salt),
         );
         Bundle {
-            dir,
+            _dir: dir,
             archive,
             stderr,
             srv_salt,
@@ -106,6 +106,8 @@ pub struct SaltOutput {
     pub code: Option<i32>,
     /// `local` of `--out json`.
     pub data: Value,
+    /// Salt's log, shown (through Debug) when a test fails.
+    #[allow(dead_code)]
     pub stderr: String,
 }
 
