@@ -395,34 +395,41 @@ fn bad_pillar_fails_the_render_and_installs_nothing() {
         ),
     ];
     let scratch = tempfile::tempdir().unwrap();
-    for (i, (bad, message)) in cases.iter().enumerate() {
-        let root = scratch.path().join(format!("root{i}"));
-        std::fs::create_dir_all(&root).unwrap();
-        let mut qci = json!({"dom0_user": "nobody", "root": root});
-        for (k, v) in bad.as_object().unwrap() {
-            qci[k] = v.clone();
+    // One thread per case: a salt-call spends seconds starting up.
+    std::thread::scope(|threads| {
+        for (i, (bad, message)) in cases.iter().enumerate() {
+            let root = scratch.path().join(format!("root{i}"));
+            let salt_call = &salt_call;
+            threads.spawn(move || {
+                std::fs::create_dir_all(&root).unwrap();
+                let mut qci = json!({"dom0_user": "nobody", "root": root});
+                for (k, v) in bad.as_object().unwrap() {
+                    qci[k] = v.clone();
+                }
+                let pillar = json!({ "qci": qci });
+                let minion = Minion::new(salt_call, &bundle().srv_salt, "dom0", &pillar);
+                let expected = format!("Jinja error: qci pillar: {message}");
+                // Rendered, or applied: the same refusal, and nothing
+                // installed (applied for a few cases only, to save time).
+                let functions: &[&str] = if matches!(i, 0 | 3 | 10) {
+                    &["state.show_sls", "state.apply"]
+                } else {
+                    &["state.show_sls"]
+                };
+                for &function in functions {
+                    let out = minion.call(&[function, "qci.dom0,qci.dev-vm"]);
+                    assert_ne!(out.code, Some(0), "{bad}: {out:#?}");
+                    let errors = render_errors(&out.data);
+                    assert!(
+                        errors.contains(&expected),
+                        "{bad}: expected {expected:?} in {errors}"
+                    );
+                    let left: Vec<_> = std::fs::read_dir(&root).unwrap().collect();
+                    assert!(left.is_empty(), "{bad}: {function} installed {left:?}");
+                }
+            });
         }
-        let minion = Minion::new(&salt_call, &bundle().srv_salt, "dom0", &json!({"qci": qci}));
-        let expected = format!("Jinja error: qci pillar: {message}");
-        // Rendered, or applied: the same refusal, and nothing installed
-        // (applied for a few cases only: each salt-call costs seconds).
-        let functions: &[&str] = if matches!(i, 0 | 3 | 10) {
-            &["state.show_sls", "state.apply"]
-        } else {
-            &["state.show_sls"]
-        };
-        for &function in functions {
-            let out = minion.call(&[function, "qci.dom0,qci.dev-vm"]);
-            assert_ne!(out.code, Some(0), "{bad}: {out:#?}");
-            let errors = out.data.to_string();
-            assert!(
-                errors.contains(&expected.replace('"', "\\\"")),
-                "{bad}: expected {expected:?} in {errors}"
-            );
-            let left: Vec<_> = std::fs::read_dir(&root).unwrap().collect();
-            assert!(left.is_empty(), "{bad}: {function} installed {left:?}");
-        }
-    }
+    });
 
     // With no dom0_user and no group qubes to find it in, dom0's state
     // refuses too, rather than give the directories to a wrong user.
@@ -432,12 +439,24 @@ fn bad_pillar_fails_the_render_and_installs_nothing() {
         let out = minion.call(&["state.show_sls", "qci.dom0"]);
         assert_ne!(out.code, Some(0));
         assert!(
-            out.data.to_string().contains(
-                "qci pillar: qci:dom0_user is not set and group qubes has no members to take it from"
+            render_errors(&out.data).contains(
+                "Jinja error: qci pillar: qci:dom0_user is not set and group qubes has no members to take it from"
             ),
             "{out:#?}"
         );
     }
+}
+
+/// What a failed render returns: a list of error texts.
+fn render_errors(data: &Value) -> String {
+    let errors = data
+        .as_array()
+        .unwrap_or_else(|| panic!("not a render failure: {data:#}"));
+    errors
+        .iter()
+        .filter_map(Value::as_str)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
