@@ -53,33 +53,29 @@ fn shipped(path: &str) -> String {
     std::fs::read_to_string(repo().join(path)).unwrap()
 }
 
-/// A file the states install: its path, source or contents, owner and mode.
-fn assert_file(s: &RenderedState, name: &str, user: &str, group: &str, mode: &str) {
+/// A file or directory the states install: its path, owner and mode.
+fn assert_owned(
+    s: &RenderedState,
+    function: &str,
+    name: &str,
+    user: &str,
+    group: &str,
+    mode: &str,
+) {
+    let got = ["name", "user", "group", "mode"].map(|k| s.str(k));
     assert_eq!(
-        (
-            s.function.as_str(),
-            s.str("name"),
-            s.str("user"),
-            s.str("group"),
-            s.str("mode")
-        ),
-        ("file.managed", name, user, group, mode),
+        (s.function.as_str(), got),
+        (function, [name, user, group, mode]),
         "{s:#?}"
     );
 }
 
+fn assert_file(s: &RenderedState, name: &str, user: &str, group: &str, mode: &str) {
+    assert_owned(s, "file.managed", name, user, group, mode);
+}
+
 fn assert_dir(s: &RenderedState, name: &str, user: &str, group: &str, mode: &str) {
-    assert_eq!(
-        (
-            s.function.as_str(),
-            s.str("name"),
-            s.str("user"),
-            s.str("group"),
-            s.str("mode")
-        ),
-        ("file.directory", name, user, group, mode),
-        "{s:#?}"
-    );
+    assert_owned(s, "file.directory", name, user, group, mode);
 }
 
 /// The lines of a rendered dom0.toml that are not comments.
@@ -644,6 +640,13 @@ fn mode_owner(path: &Path) -> (u32, String) {
     (m.permissions().mode() & 0o7777, user)
 }
 
+/// `qci run --local examples/sample --machine-dir MACHINE`.
+fn run_sample_on(machine: &Path) -> std::process::Output {
+    let mut run = qci();
+    run.args(["run", "--local"]).arg(example("sample"));
+    run.arg("--machine-dir").arg(machine).output().unwrap()
+}
+
 #[test]
 fn salt_installed_machine_runs_a_job() {
     let Some(salt_call) = salt_call() else { return };
@@ -657,13 +660,7 @@ fn salt_installed_machine_runs_a_job() {
             .arg(&machine)
             .args(["--vm", "sd-dev", "--vm", "sys-other"]),
     );
-    let out = qci()
-        .args(["run", "--local"])
-        .arg(example("sample"))
-        .arg("--machine-dir")
-        .arg(&machine)
-        .output()
-        .unwrap();
+    let out = run_sample_on(&machine);
     assert_eq!(
         out.status.code(),
         Some(2),
@@ -789,13 +786,7 @@ fn salt_installed_machine_runs_a_job() {
         snapshot(&vm.join("etc")),
     ];
     let log_dir_before = snapshot(&d0.join("var/log/qci"));
-    let out = qci()
-        .args(["run", "--local"])
-        .arg(example("sample"))
-        .arg("--machine-dir")
-        .arg(&machine)
-        .output()
-        .unwrap();
+    let out = run_sample_on(&machine);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),

@@ -35,6 +35,11 @@ pub enum LocalError {
         dir: PathBuf,
         why: String,
     },
+    #[error("{dir} is not an emulated machine (qci bare-machine makes one): {source}")]
+    NotAMachine {
+        dir: PathBuf,
+        source: qci_qrexec::emulator::MachineError,
+    },
     #[error("{machine}: qci is not installed ({missing} is missing)")]
     NotInstalled { machine: PathBuf, missing: PathBuf },
     #[error(transparent)]
@@ -54,9 +59,10 @@ impl LocalError {
     /// Bad input from the user, or our own failure.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Self::NotADirectory(_) | Self::BadCommit { .. } | Self::NotInstalled { .. } => {
-                ExitCode::BadInput
-            }
+            Self::NotADirectory(_)
+            | Self::BadCommit { .. }
+            | Self::NotAMachine { .. }
+            | Self::NotInstalled { .. } => ExitCode::BadInput,
             _ => ExitCode::CiError,
         }
     }
@@ -183,7 +189,10 @@ impl LocalRun {
 /// The machine in `dir`, which must have qci in dom0 and in the dev VM
 /// already: a missing piece is named now, not found out mid-job.
 fn installed_machine(dir: &Path) -> Result<Machine, LocalError> {
-    let machine = Machine::open(dir)?;
+    let machine = Machine::open(dir).map_err(|source| LocalError::NotAMachine {
+        dir: dir.to_owned(),
+        source,
+    })?;
     let needed = [
         (DOM0, "etc/qubes-rpc/qci.Run"),
         (DOM0, "usr/bin/qci-dom0"),
