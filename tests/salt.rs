@@ -427,6 +427,22 @@ fn bad_pillar_fails_the_render_and_installs_nothing() {
         }
     });
 
+    // The Qubes way, a highstate (here the dev VM's, which needs no qvm.*):
+    // the top file itself refuses to render, Salt says why, and runs nothing.
+    let root = scratch.path().join("highstate");
+    std::fs::create_dir_all(&root).unwrap();
+    let pillar = json!({"qci": {"root": root, "dev_vm": {"name": "sd dev"}}});
+    let minion = Minion::new(&salt_call, &bundle().srv_salt, "sd-dev", &pillar);
+    let out = minion.call(&["state.highstate"]);
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr.contains(
+            "Unable to render top file: Jinja error: qci pillar: qci:dev_vm:name is not a valid qube name"
+        ),
+        "{out:#?}"
+    );
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+
     // With no dom0_user and no group qubes to find it in, dom0's state
     // refuses too, rather than give the directories to a wrong user.
     let has_qubes_group = nix::unistd::Group::from_name("qubes").unwrap().is_some();
@@ -688,7 +704,10 @@ fn salt_installed_machine_runs_a_job() {
     };
     let dom0 = minion("dom0", "dom0");
     let dev_vm = minion("sd-dev", "sd-dev");
-    let first = [dom0.apply("qci.dom0"), dev_vm.apply("qci.dev-vm")];
+    // dom0's highstate would also run qci.dev-vm-qube (qvm.*, Qubes only);
+    // the dev VM's is what `qubesctl --targets=sd-dev` runs.
+    let dom0_states = ["state.apply", "qci.dom0"];
+    let first = [dom0.apply(&dom0_states), dev_vm.apply(&["state.highstate"])];
     for results in &first {
         for (id, result) in results {
             assert_ne!(
@@ -772,7 +791,7 @@ fn salt_installed_machine_runs_a_job() {
     );
 
     // Applying again changes nothing.
-    for results in [dom0.apply("qci.dom0"), dev_vm.apply("qci.dev-vm")] {
+    for results in [dom0.apply(&dom0_states), dev_vm.apply(&["state.highstate"])] {
         for (id, result) in results {
             assert_eq!(result["changes"], json!({}), "{id} changed the second time");
         }

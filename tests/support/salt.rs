@@ -106,8 +106,7 @@ pub struct SaltOutput {
     pub code: Option<i32>,
     /// `local` of `--out json`.
     pub data: Value,
-    /// Salt's log, shown (through Debug) when a test fails.
-    #[allow(dead_code)]
+    /// Salt's log.
     pub stderr: String,
 }
 
@@ -171,10 +170,11 @@ impl Minion {
         rendered_states(&out.data)
     }
 
-    /// `state.apply SLS` results by state id, which must all succeed.
-    pub fn apply(&self, sls: &str) -> BTreeMap<String, Value> {
-        let out = self.call(&["state.apply", sls]);
-        assert_eq!(out.code, Some(0), "state.apply {sls}: {out:#?}");
+    /// Runs states (`state.apply SLS`, `state.highstate`) and returns their
+    /// results by state id, which must all succeed.
+    pub fn apply(&self, args: &[&str]) -> BTreeMap<String, Value> {
+        let out = self.call(args);
+        assert_eq!(out.code, Some(0), "{args:?}: {out:#?}");
         let results = out.data.as_object().expect("state results");
         results
             .iter()
