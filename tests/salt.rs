@@ -147,9 +147,9 @@ fn every_state_renders_with_the_default_pillar() {
         ]
     );
     let log_dir = &states["qci-dom0-log-dir"];
-    assert_dir(log_dir, "/var/log/qci", "nobody", &nogroup, "0750");
+    assert_dir(log_dir, "/var/log/qci", "nobody", &nogroup, "0700");
     let work_dir = &states["qci-dom0-work-dir"];
-    assert_dir(work_dir, "/var/lib/qci", "nobody", &nogroup, "0750");
+    assert_dir(work_dir, "/var/lib/qci", "nobody", &nogroup, "0700");
     let policy = &states["qci-dom0-policy"];
     assert_file(
         policy,
@@ -278,14 +278,14 @@ fn every_state_renders_with_a_sites_pillar() {
         "/opt/qubes/srv/ci/logs",
         "nobody",
         &nogroup,
-        "0750",
+        "0700",
     );
     assert_dir(
         &states["qci-dom0-work-dir"],
         "/opt/qubes/srv/ci/work",
         "nobody",
         &nogroup,
-        "0750",
+        "0700",
     );
 
     // The policy lets the site's dev VM in, and only it.
@@ -728,8 +728,8 @@ fn salt_installed_machine_runs_a_job() {
         (d0.join("etc/qubes/policy.d/30-qci.policy"), 0o644, &owner),
         (d0.join("etc/qci"), 0o755, &owner),
         (d0.join("etc/qci/dom0.toml"), 0o640, &owner),
-        (d0.join("var/log/qci"), 0o750, &me),
-        (d0.join("var/lib/qci"), 0o750, &me),
+        (d0.join("var/log/qci"), 0o700, &me),
+        (d0.join("var/lib/qci"), 0o700, &me),
         (vm.join("usr/bin/qci-vm"), 0o755, &owner),
         (vm.join("etc/qubes-rpc/qci.Status"), 0o755, &owner),
         (vm.join("etc/qubes-rpc/qci.Export"), 0o755, &owner),

@@ -95,7 +95,7 @@ qci-dom0-settings:
     - name: {{ prefix ~ s[key] }}
     - user: {{ dom0_user }}
     - group: {{ dom0_group }}
-    - mode: '0750'
+    - mode: '0700'
 {%- endfor %}
 
 # Last: only a complete install lets the dev VM in.
