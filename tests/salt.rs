@@ -696,14 +696,15 @@ fn salt_installed_machine_runs_a_job() {
     } else {
         (me.clone(), group_of(&me))
     };
-    let minion = |id: &str, domain: &str| {
+    let minion = |id: &str, domain: &str, secret: &str| {
         let pillar = json!({"qci": {
             "root": machine.join(domain), "owner": owner, "group": group, "dom0_user": me,
+            "dom0": {"secrets": [secret]},
         }});
         Minion::new(&salt_call, &bundle().srv_salt, id, &pillar)
     };
-    let dom0 = minion("dom0", "dom0");
-    let dev_vm = minion("sd-dev", "sd-dev");
+    let dom0 = minion("dom0", "dom0", "e2e-s3cr3t");
+    let dev_vm = minion("sd-dev", "sd-dev", "e2e-s3cr3t");
     // dom0's highstate would also run qci.dev-vm-qube (qvm.*, Qubes only);
     // the dev VM's is what `qubesctl --targets=sd-dev` runs.
     let dom0_states = ["state.apply", "qci.dom0"];
@@ -783,6 +784,10 @@ fn salt_installed_machine_runs_a_job() {
         "{settings}"
     );
     assert!(
+        settings.contains("secrets = [\"e2e-s3cr3t\"]\n"),
+        "{settings}"
+    );
+    assert!(
         settings.contains(&format!(
             "work_dir = \"{}\"\n",
             d0.join("var/lib/qci").display()
@@ -796,6 +801,18 @@ fn salt_installed_machine_runs_a_job() {
             assert_eq!(result["changes"], json!({}), "{id} changed the second time");
         }
     }
+
+    // A new secret changes dom0.toml alone, and Salt's output shows no
+    // diff of it: neither the old secret nor the new one.
+    let changed = minion("dom0", "dom0", "e2e-n3w-s3cr3t").apply(&dom0_states);
+    let changed_ids: Vec<&String> = changed
+        .iter()
+        .filter(|(_, r)| r["changes"] != json!({}))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(changed_ids, ["qci-dom0-settings"]);
+    let output = serde_json::to_string(&changed).unwrap();
+    assert!(!output.contains("s3cr3t"), "{output}");
 
     // A job runs on the machine as Salt left it: qci run installs nothing.
     let installed = [

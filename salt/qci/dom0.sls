@@ -27,7 +27,7 @@
   {{- raise('qci/policy/30-qci.policy must name sd-dev exactly once, in the qci.Run allow rule') }}
 {%- endif %}
 {#- import_text drops the file's last newline. #}
-{%- set policy = shipped.replace(' sd-dev ', ' ' ~ qci.dev_vm.name ~ ' ') ~ '\n' %}
+{%- set policy = shipped.rstrip('\n').replace(' sd-dev ', ' ' ~ qci.dev_vm.name ~ ' ') ~ '\n' %}
 
 {%- set s = qci.dom0 %}
 {%- set settings -%}
@@ -75,7 +75,8 @@ qci-dom0-settings-dir:
     - group: {{ qci.group }}
     - mode: '0755'
 
-# Readable by dom0's user and not by others (it may hold secrets to mask).
+# Readable by dom0's user and not by others, and no diff in Salt's output:
+# it may hold secrets to mask.
 qci-dom0-settings:
   file.managed:
     - name: {{ prefix }}/etc/qci/dom0.toml
@@ -83,6 +84,7 @@ qci-dom0-settings:
     - user: {{ qci.owner }}
     - group: {{ dom0_group }}
     - mode: '0640'
+    - show_changes: False
     - require:
       - file: qci-dom0-settings-dir
 
