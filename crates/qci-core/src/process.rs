@@ -32,7 +32,16 @@ pub fn wait_until(child: &mut Child, deadline: Instant) -> std::io::Result<Optio
 /// Waits up to `timeout`, then kills `child` and reaps it. `Ok(None)` means
 /// it had to be killed.
 pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
-    match wait_until(child, Instant::now() + timeout)? {
+    wait_or_kill_at(child, Instant::now() + timeout)
+}
+
+/// [`wait_or_kill`] with a deadline: for a bound shared with earlier work
+/// (writing the child's input, say).
+pub fn wait_or_kill_at(
+    child: &mut Child,
+    deadline: Instant,
+) -> std::io::Result<Option<ExitStatus>> {
+    match wait_until(child, deadline)? {
         Some(status) => Ok(Some(status)),
         None => {
             let _ = child.kill();

@@ -1,6 +1,6 @@
 //! Reporting status events back through the dev VM's `qci.Status` service.
 
-use qci_core::process::{wait_until, write_within};
+use qci_core::process::{wait_or_kill_at, write_within};
 use qci_core::{JobId, State, StatusEvent};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -34,20 +34,14 @@ impl Reporter {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(ReportError::Spawn)?;
-        let written = match child.stdin.take() {
-            // A service that exits early closes the pipe; its status says why.
-            Some(mut stdin) => write_within(&mut stdin, event.to_json().as_bytes(), deadline),
-            None => Ok(()),
-        };
-        let status = match written {
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => None,
-            _ => wait_until(&mut child, deadline).map_err(ReportError::Spawn)?,
-        };
-        let Some(status) = status else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(ReportError::Timeout(self.timeout));
-        };
+        if let Some(mut stdin) = child.stdin.take() {
+            // A service that exits early closes the pipe, and one that never
+            // reads leaves no time to wait: either way its end says why.
+            let _ = write_within(&mut stdin, event.to_json().as_bytes(), deadline);
+        }
+        let status = wait_or_kill_at(&mut child, deadline)
+            .map_err(ReportError::Spawn)?
+            .ok_or(ReportError::Timeout(self.timeout))?;
         if status.success() {
             return Ok(());
         }

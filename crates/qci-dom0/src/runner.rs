@@ -61,7 +61,7 @@ pub struct Run<'a> {
 /// or copied into VMs) is readable as it would be when run by hand, so CI
 /// behaves as a person's run does. (The code as unpacked keeps the modes it
 /// had in the dev VM either way.)
-pub const STEP_UMASK: Mode = Mode::from_bits_truncate(0o022);
+const STEP_UMASK: Mode = Mode::from_bits_truncate(0o022);
 
 /// How long the end-of-job sweep keeps at the processes a run left.
 const SWEEP_TIME: Duration = Duration::from_secs(5);

@@ -5,7 +5,7 @@ use crate::install;
 use qci_core::job_file::{
     CommitSha, JobFile, JobFileError, Reason, Repository, Sink, job_file_rel, status_file_rel,
 };
-use qci_core::process::{wait_until, write_within};
+use qci_core::process::{wait_or_kill_at, write_within};
 use qci_core::{ExitCode, JobId, State, StatusEvent};
 use qci_qrexec::emulator::{DOM0, Machine};
 use std::path::{Path, PathBuf};
@@ -38,8 +38,14 @@ pub enum LocalError {
     Machine(#[from] qci_qrexec::emulator::MachineError),
     #[error(transparent)]
     JobFile(#[from] JobFileError),
-    #[error("{0}: the dev VM could not read it (it copies the tree as the machine's user)")]
-    Unreadable(PathBuf, #[source] std::io::Error),
+    #[error(
+        "{user}, who runs this machine's qubes (the dev VM copies DIR), cannot read {path}: {source}"
+    )]
+    Unreadable {
+        user: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -54,7 +60,7 @@ impl LocalError {
         match self {
             Self::NotADirectory(_)
             | Self::BadCommit { .. }
-            | Self::Unreadable(..)
+            | Self::Unreadable { .. }
             | Self::Machine(Unreachable { .. } | WrongUser { .. }) => ExitCode::BadInput,
             _ => ExitCode::CiError,
         }
@@ -87,8 +93,13 @@ impl LocalRun {
         machine.enter()?;
         // The dev VM copies the tree as that user: better to say now that it
         // cannot than to fail inside the job.
-        machine.user().reaches(&dir)?;
-        std::fs::read_dir(&dir).map_err(|e| LocalError::Unreadable(dir.clone(), e))?;
+        let user = machine.user();
+        user.reaches(&dir)?;
+        std::fs::read_dir(&dir).map_err(|source| LocalError::Unreadable {
+            user: user.name,
+            path: dir.clone(),
+            source,
+        })?;
         let deadline = Instant::now() + self.timeout;
         // After the deadline, at most one status post remains (begin's or
         // ours), which dom0's settings bound.
@@ -127,11 +138,7 @@ impl LocalRun {
             .spawn()
             .map_err(io("cannot start qvm-run in the emulated dom0"))?;
         // begin bounds the job itself (and then posts its end); this bounds begin.
-        let status = wait_until(&mut child, deadline + closing).map_err(io("lost the job"))?;
-        if status.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let status = wait_or_kill_at(&mut child, deadline + closing).map_err(io("lost the job"))?;
         let code = status.and_then(|s| s.code());
         let status_file = home.join(status_file_rel(&job));
         let mut last = final_event(&status_file, &job);
@@ -243,15 +250,11 @@ fn post_status(
         // A service that exits early closes the pipe; its status says why.
         let _ = write_within(&mut stdin, event.to_json().as_bytes(), deadline);
     }
-    let why = match wait_until(&mut child, deadline).map_err(io(WHAT))? {
+    let why = match wait_or_kill_at(&mut child, deadline).map_err(io(WHAT))? {
         Some(s) if s.success() => return Ok(()),
         Some(s) => qci_qrexec::call::describe_exit(s.code())
             .map_or_else(|| format!("qci.Status ended with {s}"), str::to_owned),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            format!("qci.Status did not answer within {}s", timeout.as_secs())
-        }
+        None => format!("qci.Status did not answer within {}s", timeout.as_secs()),
     };
     Err(io(WHAT)(std::io::Error::other(why)))
 }

@@ -52,16 +52,19 @@ impl DomainUser {
     /// sudo (`SUDO_UID`, `SUDO_GID`), or else to `nobody`; run as anyone
     /// else, they stay that user.
     fn choose() -> Self {
-        let euid = Uid::effective();
-        if !euid.is_root() {
-            let name = User::from_uid(euid)
+        // The account's name, else what the environment says, else the uid.
+        let name = |uid: Uid, var: &str| {
+            User::from_uid(uid)
                 .ok()
                 .flatten()
                 .map(|u| u.name)
-                .or_else(|| std::env::var("USER").ok())
-                .unwrap_or_else(|| euid.to_string());
+                .or_else(|| std::env::var(var).ok())
+                .unwrap_or_else(|| uid.to_string())
+        };
+        let euid = Uid::effective();
+        if !euid.is_root() {
             return Self {
-                name,
+                name: name(euid, "USER"),
                 uid: euid.as_raw(),
                 gid: Gid::effective().as_raw(),
             };
@@ -70,12 +73,7 @@ impl DomainUser {
         if let (Some(uid), Some(gid)) = (var("SUDO_UID"), var("SUDO_GID"))
             && uid != 0
         {
-            let name = User::from_uid(Uid::from_raw(uid))
-                .ok()
-                .flatten()
-                .map(|u| u.name)
-                .or_else(|| std::env::var("SUDO_USER").ok())
-                .unwrap_or_else(|| uid.to_string());
+            let name = name(Uid::from_raw(uid), "SUDO_USER");
             return Self { name, uid, gid };
         }
         match User::from_name("nobody").ok().flatten() {
