@@ -8,7 +8,7 @@ mod support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use support::{Scratch, job_id, states};
+use support::{Scratch, job_id};
 
 /// `(mode, owner uid)` of `path`.
 fn mode_and_owner(path: &Path) -> (u32, u32) {
@@ -102,11 +102,8 @@ fn a_log_directory_install_did_not_make_is_refused_and_the_job_ends_in_error() {
     // Missing: qci-dom0 does not make it (in Qubes it could not).
     let missing = s.dir.path().join("no-such-log-dir");
     log_dir_at(&s, &missing);
-    let out = s.run(&s.noop_project(), &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    let (_, state, description) = s.ended(&s.run(&s.noop_project(), &[]), 3);
     assert!(!missing.exists(), "qci-dom0 made its own log directory");
-    let (state, description) = states(&s.status_file(&job_id(&stdout))).pop().unwrap();
     assert_eq!(state, "error");
     assert_eq!(
         description,
@@ -123,10 +120,7 @@ fn a_log_directory_install_did_not_make_is_refused_and_the_job_ends_in_error() {
     std::fs::create_dir(&foreign).unwrap();
     std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o555)).unwrap();
     log_dir_at(&s, &foreign);
-    let out = s.run(&s.noop_project(), &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "{stdout}");
-    let (state, description) = states(&s.status_file(&job_id(&stdout))).pop().unwrap();
+    let (_, state, description) = s.ended(&s.run(&s.noop_project(), &[]), 3);
     assert_eq!(state, "error");
     assert!(
         description.starts_with(&format!(

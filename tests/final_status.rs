@@ -45,9 +45,8 @@ fn a_job_refused_because_dom0_is_busy_ends_in_error_saying_why() {
 
     let second = s.run(&s.noop_project(), &["--timeout", "60s"]);
     std::fs::write(&release, "").unwrap();
-    let stdout = String::from_utf8_lossy(&second.stdout);
-    assert_eq!(second.status.code(), Some(3), "{stdout}");
-    let st = states(&s.status_file(&job_id(&stdout)));
+    let (job, _, _) = s.ended(&second, 3);
+    let st = states(&s.status_file(&job));
     let (state, description) = st.last().unwrap();
     assert_eq!(state, "error");
     assert!(
@@ -114,14 +113,13 @@ fn a_failed_export_is_reported_in_its_own_words() {
     let s = Scratch::new();
     s.prepare_machine();
     s.dev_vm_export("echo 'export exploded: disk on fire' >&2; exit 3");
-    let out = s.run(&s.noop_project(), &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "{stdout}");
-    let (state, description) = states(&s.status_file(&job_id(&stdout))).pop().unwrap();
-    assert_eq!(state, "error");
+    let (_, state, description) = s.ended(&s.run(&s.noop_project(), &[]), 3);
     assert_eq!(
-        description,
-        "Code transfer failed: qci.Export failed: exit 3: export exploded: disk on fire"
+        (state.as_str(), description.as_str()),
+        (
+            "error",
+            "Code transfer failed: qci.Export failed: exit 3: export exploded: disk on fire"
+        )
     );
 }
 
@@ -143,10 +141,9 @@ fn control_bytes_in_a_garbage_stream_reach_no_status_and_no_terminal() {
     s.dev_vm_export(&format!("exec cat {}", path.display()));
 
     let out = s.run(&s.noop_project(), &[]);
+    let (_, state, description) = s.ended(&out, 3);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stdout}");
-    let (state, description) = states(&s.status_file(&job_id(&stdout))).pop().unwrap();
     assert_eq!(state, "error");
     assert!(
         description.starts_with("Code transfer failed: tar stream is not valid")

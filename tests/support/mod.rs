@@ -153,6 +153,23 @@ impl Scratch {
         (status.code().unwrap_or(-1), lines, Instant::now())
     }
 
+    /// Checks that `qci run` exited with `code`, and returns its job id and
+    /// the last status its sink recorded, `(job, state, description)`.
+    pub fn ended(&self, out: &Output, code: i32) -> (String, String, String) {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let job = job_id(&stdout);
+        let (state, description) = states(&self.status_file(&job))
+            .pop()
+            .expect("a status was recorded");
+        (job, state, description)
+    }
+
     /// The text of dom0's log of `job`.
     pub fn job_log(&self, job: &str) -> String {
         std::fs::read_to_string(self.dom0_log_dir().join(format!("{job}.log"))).unwrap()
