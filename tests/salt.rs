@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::{Scratch, example, job_id, qci};
+use support::{Scratch, job_id, qci};
 
 /// Every qci state, as `state.show_sls` renders it on `id`.
 fn render_all(salt_call: &Path, id: &str, pillar: &Value) -> BTreeMap<String, RenderedState> {
@@ -623,15 +623,6 @@ fn version_le(a: &str, b: &str) -> bool {
     parse(a) <= parse(b)
 }
 
-/// Who the emulated machine runs dom0's services as: this process's user
-/// (the emulator does not switch users).
-fn emulated_dom0_user() -> String {
-    nix::unistd::User::from_uid(nix::unistd::geteuid())
-        .unwrap()
-        .expect("current user")
-        .name
-}
-
 /// (mode, uid, gid, inode, mtime) of everything under `dir`, by path.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, u32, u32, u64, i64)> {
     let out = run_ok(Command::new("find").arg(dir).arg("-print0"));
@@ -657,9 +648,9 @@ fn mode_owner(path: &Path) -> (u32, String) {
 }
 
 /// `qci run --local examples/sample --machine-dir MACHINE`.
-fn run_sample_on(machine: &Path) -> std::process::Output {
+fn run_sample_on(s: &Scratch, machine: &Path) -> std::process::Output {
     let mut run = qci();
-    run.args(["run", "--local"]).arg(example("sample"));
+    run.args(["run", "--local"]).arg(s.example("sample"));
     run.arg("--machine-dir").arg(machine).output().unwrap()
 }
 
@@ -676,7 +667,7 @@ fn salt_installed_machine_runs_a_job() {
             .arg(&machine)
             .args(["--vm", "sd-dev", "--vm", "sys-other"]),
     );
-    let out = run_sample_on(&machine);
+    let out = run_sample_on(&s, &machine);
     assert_eq!(
         out.status.code(),
         Some(2),
@@ -690,7 +681,9 @@ fn salt_installed_machine_runs_a_job() {
     );
 
     // Salt installs it: dom0 as dom0's minion, the dev VM as its own.
-    let me = emulated_dom0_user();
+    // The machine runs its domains as an unprivileged user (`nobody` when
+    // the tests run as root): on Qubes, dom0's login user.
+    let (me, _, _) = s.machine_user();
     let (owner, group) = if nix::unistd::geteuid().is_root() {
         ("root".to_owned(), "root".to_owned())
     } else {
@@ -822,7 +815,7 @@ fn salt_installed_machine_runs_a_job() {
         snapshot(&vm.join("etc")),
     ];
     let log_dir_before = snapshot(&d0.join("var/log/qci"));
-    let out = run_sample_on(&machine);
+    let out = run_sample_on(&s, &machine);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -842,6 +835,8 @@ fn salt_installed_machine_runs_a_job() {
     );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("[test] test: 5 passed"), "{text}");
+    // Written by qci.Run as dom0's user, under umask 0077.
+    assert_eq!(mode_owner(&log), (0o600, me.clone()));
     assert_eq!(
         [
             snapshot(&d0.join("usr")),

@@ -32,6 +32,8 @@ const POLICY: (&str, &str) = (
 /// for the log and the run lock.
 pub const DOM0_LOG_DIR: &str = "var/log/qci";
 pub const DOM0_WORK_DIR: &str = "var/lib/qci";
+/// dom0's qci settings, under its root.
+pub const DOM0_CONFIG: &str = "etc/qci/dom0.toml";
 /// What Qubes's `qubes.VMShell` does: a shell reading commands from stdin.
 const VMSHELL: &str = "#!/bin/sh\nexec /bin/bash\n";
 
@@ -56,7 +58,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
 }
 
 /// Creates or refreshes the machine at `root` with dom0 and `dev_vm`, and
-/// installs qci into it.
+/// installs qci into it. Run as root, it gives the domains' user what
+/// qci's installation gives dom0's user in Qubes: the directories qci
+/// writes in dom0, owned by them.
 pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, InstallError> {
     let machine = bare_machine(root, &[dev_vm])?;
     let dom0 = machine.domain_root(DOM0)?;
@@ -76,7 +80,12 @@ pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, Ins
         &binary(bin_dir, "qci-dom0")?,
         &machine.bin_dir(DOM0)?.join("qci-dom0"),
     )?;
-    let config = dom0_config(&machine)?;
+    // Made at install time for dom0's user, as the README's steps (and
+    // Salt) do in a real dom0: qci-dom0 refuses to run without them.
+    for dir in [DOM0_LOG_DIR, DOM0_WORK_DIR] {
+        machine.user_dir(&dom0.join(dir), 0o700)?;
+    }
+    let config = dom0.join(DOM0_CONFIG);
     if !config.exists() {
         // Written once: after that the file is the user's to edit (secrets,
         // limits, timeouts), as /etc/qci/dom0.toml is in a real dom0.
@@ -112,6 +121,9 @@ pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, Ins
 /// qci into dom0 (`install`, or Salt with `qci:root` set to `dom0/`) is
 /// what `qci-dom0` reads, not the host's `/etc/qci/dom0.toml`.
 pub fn bare_machine(root: &Path, vms: &[&str]) -> Result<Machine, InstallError> {
+    // The machine's programs and settings must be readable by its user,
+    // whatever umask qci was started with.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let qubes = vms
         .iter()
         .map(|name| {
@@ -129,27 +141,44 @@ pub fn bare_machine(root: &Path, vms: &[&str]) -> Result<Machine, InstallError> 
     copy_if_changed(&qci, &multicall)?;
 
     link_tools(&machine, DOM0, &["qvm-run", "qrexec-client"], &multicall)?;
-    let config = dom0_config(&machine)?;
+    let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    let dom0_path = format!("{}:{host_path}", machine.bin_dir(DOM0)?.display());
+    let config = machine.domain_root(DOM0)?.join(DOM0_CONFIG);
     write_environment(
         &machine,
         DOM0,
-        &[("QCI_DOM0_CONFIG", config.to_string_lossy().as_ref())],
+        &[
+            ("PATH", dom0_path.as_str()),
+            ("QCI_DOM0_CONFIG", config.to_string_lossy().as_ref()),
+        ],
     )?;
     for vm in vms {
+        let root = machine.domain_root(vm)?;
         write_if_changed(
-            &machine.domain_root(vm)?.join("etc/qubes-rpc/qubes.VMShell"),
+            &root.join("etc/qubes-rpc/qubes.VMShell"),
             VMSHELL.as_bytes(),
             0o755,
         )?;
         link_tools(&machine, vm, &["qrexec-client-vm"], &multicall)?;
-        write_environment(&machine, vm, &[])?;
+        // A VM reads the host's work trees, which its user (`nobody` when
+        // qci runs as root) may not own: git refuses those as of dubious
+        // ownership, even to clone them. Inside Qubes the user owns its
+        // checkouts, so the VM's own /etc/gitconfig trusts them here.
+        let gitconfig = root.join("etc/gitconfig");
+        let trust = if machine.user().uid == nix::unistd::Uid::effective().as_raw() {
+            ""
+        } else {
+            "[safe]\n\tdirectory = *\n"
+        };
+        let text = format!("# Written by qci: the VM's /etc/gitconfig.\n{trust}");
+        write_if_changed(&gitconfig, text.as_bytes(), 0o644)?;
+        write_environment(
+            &machine,
+            vm,
+            &[("GIT_CONFIG_SYSTEM", gitconfig.to_string_lossy().as_ref())],
+        )?;
     }
     Ok(machine)
-}
-
-/// Where dom0's `/etc/qci/dom0.toml` is on this machine.
-fn dom0_config(machine: &Machine) -> Result<PathBuf, InstallError> {
-    Ok(machine.domain_root(DOM0)?.join("etc/qci/dom0.toml"))
 }
 
 /// The directory holding `qci-dom0` and `qci-vm`: `QCI_BIN_DIR`, or the one
@@ -176,19 +205,16 @@ fn binary(dir: &Path, name: &str) -> Result<PathBuf, InstallError> {
     }
 }
 
-/// The domain's PATH keeps its own programs first, then the host's, so
-/// steps find the host's tools as they would find dom0's.
+/// The domain's `etc/environment`. dom0's PATH keeps its own programs
+/// first, then the host's, so steps find the host's tools as they would
+/// find dom0's; a VM keeps the login PATH the emulator gives it.
 fn write_environment(
     machine: &Machine,
     domain: &str,
-    extra: &[(&str, &str)],
+    vars: &[(&str, &str)],
 ) -> Result<(), InstallError> {
-    let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-    let mut text = format!(
-        "# Written by qci: the environment of every process in {domain}.\nPATH={}:{host_path}\n",
-        machine.bin_dir(domain)?.display()
-    );
-    for (k, v) in extra {
+    let mut text = format!("# Written by qci: the environment of every process in {domain}.\n");
+    for (k, v) in vars {
         text.push_str(&format!("{k}={v}\n"));
     }
     let path = machine.domain_root(domain)?.join("etc/environment");
