@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::{Scratch, job_id, qci};
+use support::{Scratch, qci};
 
 /// Every qci state, as `state.show_sls` renders it on `id`.
 fn render_all(salt_call: &Path, id: &str, pillar: &Value) -> BTreeMap<String, RenderedState> {
@@ -816,18 +816,12 @@ fn salt_installed_machine_runs_a_job() {
     ];
     let log_dir_before = snapshot(&d0.join("var/log/qci"));
     let out = run_sample_on(&s, &machine);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (job, state, description) = s.ended(&out, 0);
     assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        (state.as_str(), description.as_str()),
+        ("success", "All 3 steps passed")
     );
-    let job = job_id(&stdout);
-    assert!(
-        stdout.contains(&format!("qci: job {job}: success (All 3 steps passed)")),
-        "{stdout}"
-    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
     let log = d0.join("var/log/qci").join(format!("{job}.log"));
     assert!(
         stdout.contains(&format!("qci: log: {}", log.display())),
