@@ -97,6 +97,9 @@ pub(crate) struct Runner<'a> {
     pub events: &'a dyn JobEvents,
     pub status: &'a dyn FinalStatus,
     pub lease_for: Duration,
+    /// With no snapshot to revert to, boot the disk as it is (a nightly's
+    /// first run on a new machine) instead of failing.
+    pub bootstrap: bool,
 }
 
 fn hypervisor(machine: &str) -> impl FnOnce(ControlError) -> PoolError + '_ {
@@ -248,18 +251,26 @@ impl Runner<'_> {
             return Ok(false);
         }
         let snapshots = control.snapshots().map_err(hypervisor(name))?;
-        let snapshot = clean_snapshot(&snapshots, &self.machine.snapshot).ok_or_else(|| {
-            hypervisor(name)(ControlError::NoSuchSnapshot(self.machine.snapshot.clone()))
-        })?;
         let job = JobId::parse(self.job()).map_err(|e| PoolError::BadInput(e.to_string()))?;
-        self.events.phase(
-            &job,
-            &Phase::Reverting {
-                snapshot: snapshot.clone(),
-            },
-        );
         control.power_off().map_err(hypervisor(name))?;
-        control.revert(&snapshot).map_err(hypervisor(name))?;
+        match clean_snapshot(&snapshots, &self.machine.snapshot) {
+            Some(snapshot) => {
+                self.events.phase(
+                    &job,
+                    &Phase::Reverting {
+                        snapshot: snapshot.clone(),
+                    },
+                );
+                control.revert(&snapshot).map_err(hypervisor(name))?;
+            }
+            // A nightly takes a machine's first snapshot from its disk as it is.
+            None if self.bootstrap => {}
+            None => {
+                return Err(hypervisor(name)(ControlError::NoSuchSnapshot(
+                    self.machine.snapshot.clone(),
+                )));
+            }
+        }
         // A snapshot may carry an old marker (libvirt keeps metadata in it).
         if !self.claim_marker(control).map_err(hypervisor(name))? {
             return Ok(false);
