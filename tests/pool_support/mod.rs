@@ -223,6 +223,9 @@ impl Libvirtd {
         let daemon = Command::new("/usr/sbin/libvirtd")
             .arg("-f")
             .arg(&conf)
+            // Its own pid file: root's default one would stop a second daemon.
+            .arg("-p")
+            .arg(dir.path().join("libvirtd.pid"))
             .env("LIBVIRT_DRIVER_DIR", &drivers)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
