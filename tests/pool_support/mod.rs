@@ -69,7 +69,15 @@ impl Host {
             text.push_str(m);
             text.push('\n');
         }
-        std::fs::write(&path, text).unwrap();
+        // Written only when it changed, and atomically: concurrent `qci`
+        // processes read it.
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = self.path(&format!("host.toml.{n}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        }
         path
     }
 

@@ -477,29 +477,29 @@ impl Runner<'_> {
             }
         };
         let mut exited = None;
+        // A machine that fails every call for a while has died or hung.
+        let lost = |since: &mut Option<Instant>, e: GuestError| {
+            let first = *since.get_or_insert_with(Instant::now);
+            (first.elapsed() > lost_after)
+                .then(|| format!("machine {} stopped answering: {e}", self.machine.name))
+        };
         loop {
-            let mut progressed = false;
-            match backend.guest.read_at(&path, offset, CHUNK) {
+            let chunk = match backend.guest.read_at(&path, offset, CHUNK) {
                 Ok(chunk) => {
                     failing_since = None;
-                    if !chunk.is_empty() {
-                        offset += chunk.len() as u64;
-                        emit(&chunk, false);
-                        progressed = true;
-                    }
+                    chunk
                 }
-                Err(e) => {
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > lost_after {
+                Err(e) => match lost(&mut failing_since, e) {
+                    Some(why) => {
                         emit(&[], true);
-                        return End::Lost(format!(
-                            "machine {} stopped answering: {e}",
-                            self.machine.name
-                        ));
+                        return End::Lost(why);
                     }
-                }
-            }
-            if progressed {
+                    None => Vec::new(),
+                },
+            };
+            if !chunk.is_empty() {
+                offset += chunk.len() as u64;
+                emit(&chunk, false);
                 continue;
             }
             if let Some(code) = exited {
@@ -507,17 +507,12 @@ impl Runner<'_> {
                 return End::Exited(code);
             }
             match backend.guest.exit_code(pid) {
-                // One more read: lines written just before the end.
-                Ok(Some(code)) => exited = Some(code),
-                Ok(None) => {}
+                // Once it has ended, one more read: lines written just before.
+                Ok(code) => exited = code,
                 Err(e) => {
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > lost_after {
+                    if let Some(why) = lost(&mut failing_since, e) {
                         emit(&[], true);
-                        return End::Lost(format!(
-                            "machine {} stopped answering: {e}",
-                            self.machine.name
-                        ));
+                        return End::Lost(why);
                     }
                 }
             }

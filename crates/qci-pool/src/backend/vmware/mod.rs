@@ -374,8 +374,7 @@ impl MachineControl for Vmware {
         let value = config.as_ref().and_then(|c| {
             c.children
                 .iter()
-                .filter(|o| o.text_of("key") == Some(MARKER_KEY))
-                .last()
+                .rfind(|o| o.text_of("key") == Some(MARKER_KEY))
                 .and_then(|o| o.text_of("value"))
                 .map(str::to_owned)
         });
@@ -497,19 +496,56 @@ impl GuestOps {
         Ok((p, f, s.vm))
     }
 
-    /// A transfer URL may name the host as `*`: it means the server's.
-    fn transfer_url(&self, url: &str) -> String {
-        match (
-            url.split_once("://"),
-            self.conn.client.base_url().split_once("://"),
-        ) {
-            (Some((scheme, rest)), Some((_, base))) if rest.starts_with("*") => {
-                let host = base.split('/').next().unwrap_or_default();
-                let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-                format!("{scheme}://{host}{}", &rest[1..])
-            }
-            _ => url.to_owned(),
+    /// A Guest Operations call about `path` in dom0.
+    fn file_operation(&self, method: &str, path: &str, extra: &str) -> Result<Node, GuestError> {
+        let (_, fm, vm) = self.managers()?;
+        let args = format!(
+            "{}{}<guestFilePath>{}</guestFilePath>{extra}",
+            vm.xml("vm"),
+            auth_xml(&self.auth),
+            esc(path)
+        );
+        self.conn
+            .client
+            .call(method, &fm, &args)
+            .map_err(guest_soap)
+    }
+
+    /// Sends a file transfer to the URL Guest Operations gave.
+    fn transfer(
+        &self,
+        request: reqwest::blocking::RequestBuilder,
+        what: &str,
+    ) -> Result<reqwest::blocking::Response, GuestError> {
+        let resp = request
+            .send()
+            .map_err(|e| GuestError::NoAnswer(format!("{what}: {e}")))?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(GuestError::Failed(format!("{what}: {}", resp.status())))
         }
+    }
+
+    /// The URL of a transfer; one that names the host as `*` means the
+    /// server's own.
+    fn transfer_url(&self, url: Option<&str>) -> Result<String, GuestError> {
+        let url = url
+            .map(str::trim)
+            .ok_or_else(|| GuestError::Failed("no transfer URL".into()))?;
+        Ok(
+            match (
+                url.split_once("://"),
+                self.conn.client.base_url().split_once("://"),
+            ) {
+                (Some((scheme, rest)), Some((_, base))) if rest.starts_with('*') => {
+                    let host = base.split('/').next().unwrap_or_default();
+                    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+                    format!("{scheme}://{host}{}", &rest[1..])
+                }
+                _ => url.to_owned(),
+            },
+        )
     }
 }
 
@@ -548,76 +584,27 @@ impl GuestChannel for GuestOps {
     }
 
     fn copy_in(&self, data: &[u8], path: &str) -> Result<(), GuestError> {
-        let (_, fm, vm) = self.managers()?;
-        let args = format!(
-            "{}{}<guestFilePath>{}</guestFilePath><fileAttributes xsi:type=\"GuestFileAttributes\"></fileAttributes>\
+        let extra = format!(
+            "<fileAttributes xsi:type=\"GuestFileAttributes\"></fileAttributes>\
              <fileSize>{}</fileSize><overwrite>true</overwrite>",
-            vm.xml("vm"),
-            auth_xml(&self.auth),
-            esc(path),
             data.len()
         );
-        let answer = self
-            .conn
-            .client
-            .call("InitiateFileTransferToGuest", &fm, &args)
-            .map_err(guest_soap)?;
-        let url = answer
-            .text_of("returnval")
-            .map(|u| self.transfer_url(u.trim()))
-            .ok_or_else(|| GuestError::Failed("no transfer URL".into()))?;
-        let resp = self
-            .conn
-            .client
-            .http()
-            .put(&url)
-            .body(data.to_vec())
-            .send()
-            .map_err(|e| GuestError::NoAnswer(format!("upload of {path}: {e}")))?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(GuestError::Failed(format!(
-                "upload of {path}: {}",
-                resp.status()
-            )))
-        }
+        let answer = self.file_operation("InitiateFileTransferToGuest", path, &extra)?;
+        let url = self.transfer_url(answer.text_of("returnval"))?;
+        let upload = self.conn.client.http().put(&url).body(data.to_vec());
+        self.transfer(upload, &format!("upload of {path}"))
+            .map(drop)
     }
 
     fn copy_out(&self, path: &str) -> Result<Vec<u8>, GuestError> {
-        let (_, fm, vm) = self.managers()?;
-        let args = format!(
-            "{}{}<guestFilePath>{}</guestFilePath>",
-            vm.xml("vm"),
-            auth_xml(&self.auth),
-            esc(path)
-        );
-        let answer = self
-            .conn
-            .client
-            .call("InitiateFileTransferFromGuest", &fm, &args)
-            .map_err(guest_soap)?;
-        let url = answer
-            .child("returnval")
-            .and_then(|r| r.text_of("url"))
-            .map(|u| self.transfer_url(u.trim()))
-            .ok_or_else(|| GuestError::Failed("no transfer URL".into()))?;
-        let resp = self
-            .conn
-            .client
-            .http()
-            .get(&url)
-            .send()
-            .map_err(|e| GuestError::NoAnswer(format!("download of {path}: {e}")))?;
-        if !resp.status().is_success() {
-            return Err(GuestError::Failed(format!(
-                "download of {path}: {}",
-                resp.status()
-            )));
-        }
-        resp.bytes()
+        let answer = self.file_operation("InitiateFileTransferFromGuest", path, "")?;
+        let url = self.transfer_url(answer.child("returnval").and_then(|r| r.text_of("url")))?;
+        let what = format!("download of {path}");
+        let download = self.conn.client.http().get(&url);
+        self.transfer(download, &what)?
+            .bytes()
             .map(|b| b.to_vec())
-            .map_err(|e| GuestError::NoAnswer(format!("download of {path}: {e}")))
+            .map_err(|e| GuestError::NoAnswer(format!("{what}: {e}")))
     }
 
     /// Guest Operations read whole files only: dom0 cuts the part out first.
