@@ -387,6 +387,7 @@ impl Runner<'_> {
                     End::Canceled => (State::Canceled, "Job canceled".to_owned()),
                     End::Lost(why) => (State::Error, why.clone()),
                 };
+                let why = qci_core::status::clean_description(&why);
                 if !answering {
                     // Stop the job before saying it ended.
                     let _ = backend.control.power_off();
