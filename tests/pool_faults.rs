@@ -5,23 +5,15 @@ mod pool_support;
 mod support;
 
 use pool_support::{Host, Repo, job_of, stderr, stdout};
-use std::time::Duration;
-use support::{hold_until, is_dead, processes, signal, wait_for};
+use support::{is_dead, processes, signal};
 
 #[test]
 fn kill_9_of_the_host_mid_job_is_reconciled_by_the_next_start() {
     let mut host = Host::new();
     host.local("emu-1", "4.2");
     let release = host.path("release");
-    let repo = Repo::new(
-        &host,
-        "repo",
-        &format!("echo started; {}", hold_until(&release)),
-    );
-    let mut child = host.spawn_job(&["--machine", "emu-1"], &repo, "doomed");
-    wait_for("the job to run", Duration::from_secs(60), || {
-        host.host_log("doomed").contains("[step] started")
-    });
+    let repo = host.held_repo(&release);
+    let mut child = host.start_held(&["--machine", "emu-1"], &repo, "doomed");
     let machine = host.machine_dir("emu-1").join("machine");
     let emu = format!("QCI_EMU_MACHINE={}", machine.display());
     let step_pids = processes(&emu, |_| true);
@@ -149,15 +141,8 @@ fn sigterm_to_the_host_mid_job_cancels_it_and_frees_the_machine() {
     let mut host = Host::new();
     host.local("emu-1", "4.2");
     let release = host.path("release");
-    let repo = Repo::new(
-        &host,
-        "repo",
-        &format!("echo started; {}", hold_until(&release)),
-    );
-    let child = host.spawn_job(&["--machine", "emu-1"], &repo, "stopped");
-    wait_for("the job to run", Duration::from_secs(60), || {
-        host.host_log("stopped").contains("[step] started")
-    });
+    let repo = host.held_repo(&release);
+    let child = host.start_held(&["--machine", "emu-1"], &repo, "stopped");
     signal(child.id() as i32, "TERM");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));

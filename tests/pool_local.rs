@@ -7,7 +7,7 @@ mod support;
 
 use pool_support::{Host, Repo, job_of, stderr, stdout};
 use std::time::Duration;
-use support::{hold_until, wait_for};
+use support::wait_for;
 
 #[test]
 fn a_job_runs_on_a_reverted_machine_and_leaves_it_off_and_free_with_its_log_and_status() {
@@ -229,16 +229,9 @@ fn jobs_wait_in_line_and_each_takes_over_the_moment_the_machine_frees() {
     let mut host = Host::new();
     host.local("emu-1", "4.2");
     let release = host.path("release");
-    let repo = Repo::new(
-        &host,
-        "repo",
-        &format!("echo started; {}", hold_until(&release)),
-    );
+    let repo = host.held_repo(&release);
     let quick = Repo::new(&host, "quick", "echo quick");
-    let first = host.spawn_job(&["--machine", "emu-1"], &repo, "first");
-    wait_for("the first job to run", Duration::from_secs(60), || {
-        host.host_log("first").contains("[step] started")
-    });
+    let first = host.start_held(&["--machine", "emu-1"], &repo, "first");
     let second = host.spawn_job(&["--qubes", "4.2"], &quick, "second");
     let store = qci_pool::lease::LeaseStore::open(&host.state(), "test-host").unwrap();
     wait_for("the second job to queue", Duration::from_secs(30), || {
@@ -338,13 +331,7 @@ fn nightly_snapshots_after_a_clean_update_and_keeps_the_old_snapshot_when_an_upd
         stdout(&out)
     );
     let after = host.control("emu-1");
-    let names: Vec<&str> = after["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["clean", today.as_str()]);
+    assert_eq!(host.snapshot_names("emu-1"), ["clean", today.as_str()]);
     let before: serde_json::Value = serde_json::from_str(&before).unwrap();
     assert_eq!(
         before["snapshots"], after["snapshots"],
@@ -375,13 +362,10 @@ fn nightly_takes_no_snapshot_after_an_unclean_stop() {
         "{}",
         stdout(&out)
     );
-    let control = host.control("emu-1");
-    let names: Vec<&str> = control["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["clean"]);
-    assert_eq!(control["power"], "off", "forced off after the grace period");
+    assert_eq!(host.snapshot_names("emu-1"), ["clean"]);
+    assert_eq!(
+        host.control("emu-1")["power"],
+        "off",
+        "forced off after the grace period"
+    );
 }

@@ -142,6 +142,36 @@ impl Host {
         serde_json::from_str(&text).unwrap()
     }
 
+    /// A local machine's snapshot names, oldest first.
+    pub fn snapshot_names(&self, name: &str) -> Vec<String> {
+        self.control(name)["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// A repository whose one step prints `started`, then waits until the
+    /// file `release` exists (the test creates it to let the job end).
+    pub fn held_repo(&self, release: &Path) -> Repo {
+        Repo::new(
+            self,
+            "held",
+            &format!("echo started; {}", crate::support::hold_until(release)),
+        )
+    }
+
+    /// Starts `job` of a [`Host::held_repo`] on `target` and returns once
+    /// its step runs.
+    pub fn start_held(&self, target: &[&str], repo: &Repo, job: &str) -> Child {
+        let child = self.spawn_job(target, repo, job);
+        crate::support::wait_for("the job to run", Duration::from_secs(60), || {
+            self.host_log(job).contains("[step] started")
+        });
+        child
+    }
+
     /// The lease interval log, oldest first.
     pub fn lease_log(&self) -> Vec<qci_pool::lease::LeaseInterval> {
         qci_pool::lease::LeaseStore::open(&self.state(), "test-host")
