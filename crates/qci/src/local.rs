@@ -1,12 +1,12 @@
 //! `qci run --local DIR`: one CI job on an emulated Qubes machine, started
 //! and watched from outside it as the host does with a real one.
 
-use crate::install;
 use qci_core::job_file::{
     CommitSha, JobFile, JobFileError, Reason, Repository, Sink, job_file_rel, status_file_rel,
 };
 use qci_core::process::{wait_or_kill_at, write_within};
 use qci_core::{ExitCode, JobId, State, StatusEvent};
+use qci_pool::backend::install;
 use qci_qrexec::emulator::{DOM0, Machine};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

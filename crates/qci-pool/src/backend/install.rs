@@ -11,21 +11,23 @@ use std::path::{Path, PathBuf};
 
 /// The files that ship to Qubes, compiled in so the installed copy is
 /// always the one this qci was built with.
-const DOM0_SERVICES: [(&str, &str); 1] =
-    [("qci.Run", include_str!("../../../qubes-rpc/dom0/qci.Run"))];
+const DOM0_SERVICES: [(&str, &str); 1] = [(
+    "qci.Run",
+    include_str!("../../../../qubes-rpc/dom0/qci.Run"),
+)];
 const VM_SERVICES: [(&str, &str); 2] = [
     (
         "qci.Status",
-        include_str!("../../../qubes-rpc/dev-vm/qci.Status"),
+        include_str!("../../../../qubes-rpc/dev-vm/qci.Status"),
     ),
     (
         "qci.Export",
-        include_str!("../../../qubes-rpc/dev-vm/qci.Export"),
+        include_str!("../../../../qubes-rpc/dev-vm/qci.Export"),
     ),
 ];
 const POLICY: (&str, &str) = (
     "30-qci.policy",
-    include_str!("../../../policy/30-qci.policy"),
+    include_str!("../../../../policy/30-qci.policy"),
 );
 /// dom0's log and work directories under its root, where a real dom0 has
 /// them. Written into dom0's settings once; `qci run --local` looks there
@@ -62,7 +64,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
 /// qci's installation gives dom0's user in Qubes: the directories qci
 /// writes in dom0, owned by them.
 pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, InstallError> {
-    let machine = bare_machine(root, &[dev_vm])?;
+    let machine = bare_machine(root, &[dev_vm], bin_dir)?;
     let dom0 = machine.domain_root(DOM0)?;
     for (name, text) in DOM0_SERVICES {
         write_if_changed(
@@ -120,7 +122,7 @@ pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, Ins
 /// `QCI_DOM0_CONFIG` = `dom0/etc/qci/dom0.toml`, so that whatever installs
 /// qci into dom0 (`install`, or Salt with `qci:root` set to `dom0/`) is
 /// what `qci-dom0` reads, not the host's `/etc/qci/dom0.toml`.
-pub fn bare_machine(root: &Path, vms: &[&str]) -> Result<Machine, InstallError> {
+pub fn bare_machine(root: &Path, vms: &[&str], bin_dir: &Path) -> Result<Machine, InstallError> {
     // The machine's programs and settings must be readable by its user,
     // whatever umask qci was started with.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
@@ -137,8 +139,7 @@ pub fn bare_machine(root: &Path, vms: &[&str]) -> Result<Machine, InstallError> 
     let machine = Machine::create_or_open(root, &qubes)?;
 
     let multicall = machine.root().join("bin/qci");
-    let qci = std::env::current_exe().map_err(io(root))?;
-    copy_if_changed(&qci, &multicall)?;
+    copy_if_changed(&qci_binary(bin_dir)?, &multicall)?;
 
     link_tools(&machine, DOM0, &["qvm-run", "qrexec-client"], &multicall)?;
     let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
@@ -152,6 +153,9 @@ pub fn bare_machine(root: &Path, vms: &[&str]) -> Result<Machine, InstallError> 
             ("QCI_DOM0_CONFIG", config.to_string_lossy().as_ref()),
         ],
     )?;
+    // Where a pool's host puts its files in an emulated dom0 for a moment.
+    let tmp = machine.domain_root(DOM0)?.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     for vm in vms {
         let root = machine.domain_root(vm)?;
         write_if_changed(
@@ -191,6 +195,15 @@ pub fn default_bin_dir() -> PathBuf {
         .ok()
         .and_then(|p| p.parent().map(Path::to_owned))
         .unwrap_or_default()
+}
+
+/// The `qci` multi-call binary behind the emulated tools: this process when
+/// it is `qci`, else the one in `bin_dir` (a test or another host program).
+fn qci_binary(bin_dir: &Path) -> Result<PathBuf, InstallError> {
+    match std::env::current_exe() {
+        Ok(exe) if exe.file_name().is_some_and(|n| n == "qci") => Ok(exe),
+        _ => binary(bin_dir, "qci"),
+    }
 }
 
 fn binary(dir: &Path, name: &str) -> Result<PathBuf, InstallError> {
