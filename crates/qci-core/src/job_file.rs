@@ -104,6 +104,27 @@ pub enum Sink {
         #[serde(default = "default_max_attempts")]
         max_attempts: u32,
     },
+    /// Posts status events to the host that placed the job (`qci serve`),
+    /// which holds the GitHub credentials and posts the commit status itself.
+    Relay {
+        /// `http://HOST/api/jobs/JOB/status`.
+        url: String,
+        /// The job's one-time token: it can only post statuses for this job,
+        /// and only until the job ends. Inline rather than in a file beside
+        /// the job file: it is as short-lived and job-scoped as the job file
+        /// itself, the host places both in one atomic write, and a second
+        /// file would be one more thing to place and to clean up.
+        token: String,
+        /// The timeout of each request, connecting included.
+        #[serde(default = "default_http_timeout")]
+        timeout_secs: u64,
+        /// No retry starts later than this after the first attempt.
+        #[serde(default = "default_retry_budget")]
+        retry_budget_secs: u64,
+        /// Attempts in all, the first included.
+        #[serde(default = "default_max_attempts")]
+        max_attempts: u32,
+    },
 }
 
 fn default_api_url() -> String {
@@ -134,6 +155,17 @@ impl Sink {
             api_url: api_url.unwrap_or_else(default_api_url),
             token_file,
             target_url,
+            timeout_secs: default_http_timeout(),
+            retry_budget_secs: default_retry_budget(),
+            max_attempts: default_max_attempts(),
+        }
+    }
+
+    /// A `relay` sink with the default request timeout and retries.
+    pub fn relay(url: String, token: String) -> Self {
+        Self::Relay {
+            url,
+            token,
             timeout_secs: default_http_timeout(),
             retry_budget_secs: default_retry_budget(),
             max_attempts: default_max_attempts(),

@@ -47,6 +47,8 @@ pub enum SinkError {
     TokenEmpty(PathBuf),
     #[error("the GitHub token in {0} is not usable in an HTTP header")]
     TokenInvalid(PathBuf),
+    #[error("the relay sink's token is empty or not usable in an HTTP header")]
+    RelayTokenInvalid,
     #[error("cannot set up the HTTP client: {0}")]
     Client(reqwest::Error),
     #[error("no answer from {url} within {secs}s")]
@@ -63,12 +65,14 @@ pub enum SinkError {
     /// `last` is in the message, not the source chain: callers print only
     /// the top error, and the last failure is what explains it.
     #[error(
-        "GitHub status not posted after {attempts} attempt{} in {:.1}s{}: last error: {last}",
+        "{to} status not posted after {attempts} attempt{} in {:.1}s{}: last error: {last}",
         if *.attempts == 1 { "" } else { "s" },
         .elapsed.as_secs_f64(),
         .note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
     )]
     GaveUp {
+        /// `GitHub` or `relay`: who was not told.
+        to: &'static str,
         attempts: u32,
         elapsed: Duration,
         note: Option<String>,
@@ -126,6 +130,29 @@ fn forward_with(
             });
             post_github(api_url, job, &token, &body, *timeout_secs, &policy)
         }
+        Sink::Relay {
+            url,
+            token,
+            timeout_secs,
+            retry_budget_secs,
+            max_attempts,
+        } => {
+            let token = relay_token(token)?;
+            let policy = policy.unwrap_or(RetryPolicy {
+                base: GITHUB_BASE_DELAY,
+                cap: GITHUB_MAX_DELAY,
+                budget: Duration::from_secs(*retry_budget_secs),
+                max_attempts: *max_attempts,
+            });
+            // The host wants the event as dom0 sent it; it maps states itself.
+            let post = Post {
+                to: "relay",
+                url,
+                token: &token,
+                timeout_secs: *timeout_secs,
+            };
+            post.send(|r| r, event, &policy)
+        }
     }
 }
 
@@ -164,8 +191,21 @@ pub fn secrets(job: &JobFile, paths: &Paths) -> Vec<String> {
         Sink::Github { token_file, .. } => read_token(&paths.resolve(token_file))
             .map(|t| vec![t.raw])
             .unwrap_or_default(),
+        Sink::Relay { token, .. } => vec![token.clone()],
         Sink::File { .. } => Vec::new(),
     }
+}
+
+fn relay_token(raw: &str) -> Result<Token, SinkError> {
+    let mut header = HeaderValue::from_str(&format!("Bearer {raw}"))
+        .ok()
+        .filter(|_| !raw.is_empty())
+        .ok_or(SinkError::RelayTokenInvalid)?;
+    header.set_sensitive(true);
+    Ok(Token {
+        header,
+        raw: raw.to_owned(),
+    })
 }
 
 /// A token, as a header value marked sensitive so it never shows in debug output.
@@ -220,57 +260,92 @@ fn post_github(
         api_url.trim_end_matches('/')
     );
 
-    let timeout = Duration::from_secs(timeout_secs);
-    // No redirects: the token must only ever go to the configured API.
-    let client = reqwest::blocking::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(SinkError::Client)?;
-    let attempt = || {
-        let reply = client
-            .post(&url)
-            .header(AUTHORIZATION, token.header.clone())
-            .header(ACCEPT, "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", "2022-11-28")
-            .header(USER_AGENT, "qci")
-            .json(body)
-            .send()
-            // Refused, reset, timed out: the next try may well get through.
-            .map_err(|e| Failure::Transient {
-                error: request_error(&url, timeout_secs, e),
-                wait: None,
-            })?;
-        let status = reply.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let transient = status.is_server_error()
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || (status == StatusCode::FORBIDDEN && rate_limited(reply.headers()));
-        let wait = server_wait(reply.headers(), SystemTime::now());
-        let error = rejected(&url, reply, token);
-        Err(if transient {
-            Failure::Transient { error, wait }
-        } else {
-            Failure::Permanent(error)
-        })
+    let post = Post {
+        to: "GitHub",
+        url: &url,
+        token,
+        timeout_secs,
     };
-    match retry::retry(policy, "posting the GitHub status", attempt) {
-        Ok(()) => Ok(()),
-        Err(Stop::Permanent(error)) => Err(error),
-        Err(Stop::GaveUp {
-            attempts,
-            elapsed,
-            last,
-            note,
-        }) => Err(SinkError::GaveUp {
-            attempts,
-            elapsed,
-            note,
-            last: Box::new(last),
-        }),
+    post.send(
+        |r| {
+            r.header(ACCEPT, "application/vnd.github+json")
+                .header("X-GitHub-Api-Version", "2022-11-28")
+        },
+        body,
+        policy,
+    )
+}
+
+/// One status to deliver with a bearer token, retried on what may pass.
+struct Post<'a> {
+    to: &'static str,
+    url: &'a str,
+    token: &'a Token,
+    timeout_secs: u64,
+}
+
+impl Post<'_> {
+    /// Posts `body` as JSON; `extra` adds the receiver's own headers.
+    fn send(
+        &self,
+        extra: impl Fn(reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder,
+        body: &impl Serialize,
+        policy: &RetryPolicy,
+    ) -> Result<(), SinkError> {
+        let (url, token, timeout_secs) = (self.url, self.token, self.timeout_secs);
+        let timeout = Duration::from_secs(timeout_secs);
+        // No redirects: the token must only ever go to the configured URL.
+        let client = reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(SinkError::Client)?;
+        let attempt = || {
+            let request = client
+                .post(url)
+                .header(AUTHORIZATION, token.header.clone())
+                .header(USER_AGENT, "qci");
+            let reply = extra(request)
+                .json(body)
+                .send()
+                // Refused, reset, timed out: the next try may well get through.
+                .map_err(|e| Failure::Transient {
+                    error: request_error(url, timeout_secs, e),
+                    wait: None,
+                })?;
+            let status = reply.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            let transient = status.is_server_error()
+                || status == StatusCode::TOO_MANY_REQUESTS
+                || (status == StatusCode::FORBIDDEN && rate_limited(reply.headers()));
+            let wait = server_wait(reply.headers(), SystemTime::now());
+            let error = rejected(url, reply, token);
+            Err(if transient {
+                Failure::Transient { error, wait }
+            } else {
+                Failure::Permanent(error)
+            })
+        };
+        let what = format!("posting the {} status", self.to);
+        match retry::retry(policy, &what, attempt) {
+            Ok(()) => Ok(()),
+            Err(Stop::Permanent(error)) => Err(error),
+            Err(Stop::GaveUp {
+                attempts,
+                elapsed,
+                last,
+                note,
+            }) => Err(SinkError::GaveUp {
+                to: self.to,
+                attempts,
+                elapsed,
+                note,
+                last: Box::new(last),
+            }),
+        }
     }
 }
 
@@ -869,6 +944,60 @@ pub(crate) mod tests {
             start.elapsed()
         );
         assert_eq!(gh.seen().len(), 2);
+    }
+
+    fn relay_job(url: &str) -> JobFile {
+        job(Sink::relay(url.to_owned(), "relay-token-J1".into()))
+    }
+
+    #[test]
+    fn relay_posts_the_event_as_sent_with_the_job_token() {
+        let gh = FakeGithub::start(Some(204), "");
+        let job = relay_job(&format!("{}/api/jobs/J1/status", gh.base));
+        let paths = Paths {
+            home: "/nonexistent".into(),
+        };
+        let sent = event(State::Running, "Running make dev");
+
+        forward(&sent, &job, &paths).unwrap();
+
+        let seen = gh.seen();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].method, "POST");
+        assert_eq!(seen[0].path, "/api/jobs/J1/status");
+        assert_eq!(seen[0].authorization, "Bearer relay-token-J1");
+        assert_eq!(seen[0].body, serde_json::to_value(&sent).unwrap());
+        assert_eq!(secrets(&job, &paths), ["relay-token-J1"]);
+    }
+
+    #[test]
+    fn relay_retries_a_503_but_not_a_refusal() {
+        let gh = FakeGithub::script(vec![reply(503, ""), reply(204, "")]);
+        let job = relay_job(&format!("{}/api/jobs/J1/status", gh.base));
+        let paths = Paths {
+            home: "/nonexistent".into(),
+        };
+        post(&job, &paths, 3).unwrap();
+        assert_eq!(gh.seen().len(), 2);
+
+        let gh = FakeGithub::start(Some(409), "job J1 has ended");
+        let job = relay_job(&format!("{}/api/jobs/J1/status", gh.base));
+        let err = post(&job, &paths, 3).unwrap_err();
+        assert!(
+            matches!(err, SinkError::Rejected { status: 409, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("job J1 has ended"), "{err}");
+        assert_eq!(gh.seen().len(), 1);
+
+        let gh = FakeGithub::start(Some(500), "");
+        let job = relay_job(&format!("{}/api/jobs/J1/status", gh.base));
+        let err = post(&job, &paths, 2).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("relay status not posted after 2 attempts"),
+            "{err}"
+        );
     }
 
     /// What `tracing` wrote during the tests, all tests together.
