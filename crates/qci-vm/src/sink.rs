@@ -1,15 +1,12 @@
 //! Forwards status events to the job's sink: the dev VM is where dom0's
 //! status reports leave the Qubes machine.
 
-mod retry;
-
 use crate::paths::Paths;
 use qci_core::StatusEvent;
 use qci_core::job_file::{JobFile, Sink};
+use qci_core::retry::{self, Failure, RetryPolicy, Stop};
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
-pub use retry::RetryPolicy;
-use retry::{Failure, Stop};
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, USER_AGENT};
 use serde::Serialize;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
@@ -349,26 +346,12 @@ impl Post<'_> {
     }
 }
 
-/// A 403 is a rate limit (retry later) only when GitHub says so in the
-/// headers; otherwise it is a permission problem that retrying won't fix.
 fn rate_limited(headers: &HeaderMap) -> bool {
-    headers.contains_key(RETRY_AFTER) || header_text(headers, "x-ratelimit-remaining") == Some("0")
+    retry::rate_limited(|name| header_text(headers, name))
 }
 
-/// How long GitHub asked us to wait: `Retry-After` in seconds (GitHub does
-/// not send the HTTP-date form), else until `x-ratelimit-reset` (epoch
-/// seconds) when no requests remain. `None` leaves it to the backoff.
 fn server_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    if let Some(secs) = header_text(headers, RETRY_AFTER.as_str()).and_then(|v| v.parse().ok()) {
-        return Some(Duration::from_secs(secs));
-    }
-    if header_text(headers, "x-ratelimit-remaining") != Some("0") {
-        return None;
-    }
-    let reset = header_text(headers, "x-ratelimit-reset")?.parse().ok()?;
-    let reset = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(reset))?;
-    // A reset already past (or a skewed clock) falls back to the backoff.
-    reset.duration_since(now).ok().filter(|d| !d.is_zero())
+    retry::server_wait(|name| header_text(headers, name), now)
 }
 
 fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
