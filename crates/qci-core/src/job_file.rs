@@ -173,6 +173,19 @@ impl Sink {
     }
 }
 
+/// Whether `slug` is `OWNER/REPO` made of plain names: it becomes part of
+/// GitHub API paths, so it must be exactly two of them.
+pub fn valid_slug(slug: &str) -> bool {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    matches!(slug.split_once('/'), Some((owner, repo)) if plain(owner) && plain(repo))
+}
+
 /// A full 40-hex-digit commit id; abbreviations are ambiguous over time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CommitSha(String);

@@ -3,7 +3,7 @@
 
 use crate::paths::Paths;
 use qci_core::StatusEvent;
-use qci_core::job_file::{JobFile, Sink};
+use qci_core::job_file::{JobFile, Sink, valid_slug};
 use qci_core::retry::{self, Failure, RetryPolicy, Stop};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, USER_AGENT};
@@ -380,18 +380,6 @@ fn rejected(url: &str, reply: reqwest::blocking::Response, token: &Token) -> Sin
         status,
         body: text[..end].trim_end().to_owned(),
     }
-}
-
-/// The slug becomes part of the URL path, so it must be exactly two plain names.
-pub(crate) fn valid_slug(slug: &str) -> bool {
-    let plain = |s: &str| {
-        !s.is_empty()
-            && s != "."
-            && s != ".."
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    };
-    matches!(slug.split_once('/'), Some((owner, repo)) if plain(owner) && plain(repo))
 }
 
 /// reqwest's own message hides the cause (refused, DNS, TLS) in its source chain.
