@@ -179,7 +179,7 @@ fn final_event(status_file: &Path, job: &JobId) -> Option<StatusEvent> {
 
 /// Whether a runner holds dom0's run lock (the kernel drops it when the
 /// runner dies, however it dies).
-fn runner_busy(lock: &Path) -> bool {
+pub(crate) fn runner_busy(lock: &Path) -> bool {
     let Ok(file) = std::fs::File::open(lock) else {
         return false;
     };
@@ -201,7 +201,7 @@ pub fn read_events(path: &Path, job: &JobId) -> Vec<StatusEvent> {
 
 /// `cmd` as dom0 starts it: with dom0's environment only, whose PATH finds
 /// the machine's emulated qrexec tools.
-fn in_dom0(machine: &Machine, mut cmd: Command) -> Result<Command, LocalError> {
+pub(crate) fn in_dom0(machine: &Machine, mut cmd: Command) -> Result<Command, LocalError> {
     cmd.env_clear().envs(machine.domain_env(DOM0)?);
     Ok(cmd)
 }

@@ -4,7 +4,9 @@
 //! emulated machine puts on its domains' PATH), it is that emulated tool.
 
 mod install;
+mod jobs;
 mod local;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use qci_core::ExitCode;
@@ -46,6 +48,26 @@ enum Command {
         /// Bound on the whole job (e.g. 90s, 30m, 6h).
         #[arg(long, default_value = "6h", value_parser = parse_duration)]
         timeout: std::time::Duration,
+    },
+    /// Serve GitHub webhooks: queue jobs, run them on the pool, post commit
+    /// statuses, publish logs and the monitor page.
+    ///
+    /// Reads the [server] and [pool] tables of HOST.toml. Stops cleanly on
+    /// SIGTERM or SIGINT; after a crash it reconciles at start (jobs that
+    /// never started are queued again, running ones end as error).
+    Serve {
+        #[arg(long, value_name = "HOST.toml")]
+        config: PathBuf,
+    },
+    /// List, cancel or retry the jobs of a running `qci serve`.
+    Jobs {
+        #[arg(long, value_name = "HOST.toml")]
+        config: PathBuf,
+        /// The server's address (default: http://LISTEN from the config).
+        #[arg(long)]
+        url: Option<String>,
+        #[command(subcommand)]
+        command: jobs::JobsCommand,
     },
     /// Make one qrexec call on an emulated machine, as `qrexec-client-vm`
     /// does inside Qubes (calls from dom0 are not policy-checked).
@@ -100,6 +122,12 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Serve { config } => serve::serve(&config).into(),
+        Command::Jobs {
+            config,
+            url,
+            command,
+        } => jobs::run(&config, url.as_deref(), &command).into(),
         Command::Qrexec {
             machine,
             from,
