@@ -145,17 +145,14 @@ pub async fn serve(
             policy: outbox::policy(Duration::from_secs(5 * 60)),
         })
     };
-    tokio::spawn(outbox::run(app.clone(), Kind::Github, Some(github)));
-    tokio::spawn(outbox::run(
-        app.clone(),
-        Kind::Slack,
-        notify(Kind::Slack, slack_url),
-    ));
-    tokio::spawn(outbox::run(
-        app.clone(),
-        Kind::Webhook,
-        notify(Kind::Webhook, server.notify.webhook_url.clone()),
-    ));
+    let webhook_url = server.notify.webhook_url.clone();
+    for (kind, dest) in [
+        (Kind::Github, Some(github)),
+        (Kind::Slack, notify(Kind::Slack, slack_url)),
+        (Kind::Webhook, notify(Kind::Webhook, webhook_url)),
+    ] {
+        outbox::spawn(app.clone(), kind, dest).map_err(io("cannot start a sender"))?;
+    }
     tokio::spawn(crate::dispatch::run(app.clone()));
     tokio::spawn(prune(app.clone()));
 

@@ -43,9 +43,23 @@ pub struct Destination {
     pub policy: RetryPolicy,
 }
 
-/// Sends the outbox's messages of one kind, forever. Without a destination
-/// (a notification not configured) they are marked done unsent.
-pub async fn run(app: App, kind: Kind, dest: Option<Destination>) {
+/// Starts the sender of one kind on its own thread: it posts with a
+/// blocking client, one message at a time, in order. Without a destination
+/// (a notification not configured) messages are marked done unsent.
+pub fn spawn(app: App, kind: Kind, dest: Option<Destination>) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name(format!("qci-send-{}", kind.as_str()))
+        .spawn(move || send_forever(&app, &runtime, kind, dest.as_ref()))?;
+    Ok(())
+}
+
+fn send_forever(
+    app: &App,
+    runtime: &tokio::runtime::Handle,
+    kind: Kind,
+    dest: Option<&Destination>,
+) {
     let client = match reqwest::blocking::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(REQUEST_TIMEOUT)
@@ -60,33 +74,23 @@ pub async fn run(app: App, kind: Kind, dest: Option<Destination>) {
     };
     loop {
         let changed = app.store.changed.clone();
-        let notified = changed.notified();
-        tokio::pin!(notified);
+        let mut notified = std::pin::pin!(changed.notified());
         notified.as_mut().enable();
         let batch = app
             .store
-            .read(move |conn| queue::outgoing(conn, kind.as_str(), 64))
-            .await
+            .read_blocking(|conn| queue::outgoing(conn, kind.as_str(), 64))
             .unwrap_or_else(|e| {
                 tracing::error!("outbox: {e}");
                 Vec::new()
             });
         if batch.is_empty() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
+            runtime.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
+            });
             continue;
         }
         for msg in batch {
-            let error = match &dest {
-                None => None,
-                Some(dest) => {
-                    let (app2, dest, client) = (app.clone(), dest.clone(), client.clone());
-                    let msg2 = msg.clone();
-                    tokio::task::spawn_blocking(move || send(&app2, &client, &dest, &msg2))
-                        .await
-                        .unwrap_or_else(|e| Err(format!("sender crashed: {e}")))
-                        .err()
-                }
-            };
+            let error = dest.and_then(|dest| send(app, &client, dest, &msg).err());
             if let Some(e) = &error {
                 tracing::error!(
                     job = msg.job,
@@ -97,8 +101,7 @@ pub async fn run(app: App, kind: Kind, dest: Option<Destination>) {
             let id = msg.id;
             if let Err(e) = app
                 .store
-                .write(move |conn| queue::sent(conn, id, error.as_deref()))
-                .await
+                .write_blocking(move |conn| queue::sent(conn, id, error.as_deref()))
             {
                 tracing::error!("outbox: {e}");
             }
