@@ -110,19 +110,19 @@ async fn handle_webhook(app: &App, headers: &HeaderMap, body: &Bytes) -> Respons
 }
 
 /// Checks the operator token of the job API.
-fn operator(app: &App, headers: &HeaderMap) -> Result<String, Response> {
+fn operator(app: &App, headers: &HeaderMap) -> Result<String, Box<Response>> {
     let Some(expected) = &app.admin_token_hash else {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::FORBIDDEN,
             "the job API is off: set server.admin_token in the host config",
-        ));
+        )));
     };
     let given = crate::relay::bearer(headers).map(crate::relay::hash);
     if !given.is_some_and(|g| crate::relay::same_hash(&g, expected)) {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::UNAUTHORIZED,
             "missing or wrong operator token",
-        ));
+        )));
     }
     let who = header_str(headers, "x-qci-user")
         .map(|u| {
@@ -173,7 +173,7 @@ pub async fn cancel(
 ) -> Response {
     let who = match operator(&app, &headers) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let job = id.clone();
     match app
@@ -199,7 +199,7 @@ pub async fn cancel(
 /// `POST /api/jobs/JOB/retry`: a new job on the same commit and context.
 pub async fn retry(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     if let Err(r) = operator(&app, &headers) {
-        return r;
+        return *r;
     }
     let job = id.clone();
     match app.store.write(move |conn| queue::retry(conn, &job)).await {

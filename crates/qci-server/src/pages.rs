@@ -277,11 +277,11 @@ async fn next_event(c: &mut Cursor) -> Event {
             return Event::default().data(text.strip_suffix('\n').unwrap_or(&text));
         }
         if live {
-            if let Some(w) = c.watch.as_mut() {
-                if w.changed().await.is_err() {
-                    // The run is over: read the rest, then end.
-                    c.watch = None;
-                }
+            if let Some(w) = c.watch.as_mut()
+                && w.changed().await.is_err()
+            {
+                // The run is over: read the rest, then end.
+                c.watch = None;
             }
             continue;
         }

@@ -185,7 +185,10 @@ pub fn events(
 }
 
 /// Counts for `/metrics`: jobs by state, and the queue by Qubes version.
-pub fn counts(conn: &Connection) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), StoreError> {
+/// `(label, count)` rows for a metric.
+pub type Counts = Vec<(String, i64)>;
+
+pub fn counts(conn: &Connection) -> Result<(Counts, Counts), StoreError> {
     let by_state = conn
         .prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?

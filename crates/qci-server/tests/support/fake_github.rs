@@ -24,6 +24,8 @@ pub struct Posted {
     pub at: Instant,
 }
 
+type Hook = Box<dyn Fn(&Posted) + Send>;
+
 #[derive(Default)]
 struct Shared {
     posted: Mutex<Vec<Posted>>,
@@ -31,7 +33,7 @@ struct Shared {
     fail_next: AtomicUsize,
     requests: AtomicUsize,
     /// Called with each accepted status before GitHub answers.
-    on_post: Mutex<Option<Box<dyn Fn(&Posted) + Send>>>,
+    on_post: Mutex<Option<Hook>>,
 }
 
 pub struct FakeGithub {
