@@ -104,7 +104,7 @@ pub async fn serve(
         .map(|s| s.read())
         .transpose()?;
 
-    let state_dir = config.state_dir();
+    let state_dir = config.state_dir().to_owned();
     std::fs::create_dir_all(&state_dir)
         .map_err(io(format!("cannot create {}", state_dir.display())))?;
     let store = Store::open(&state_dir.join("server.sqlite"))?;
@@ -114,8 +114,11 @@ pub async fn serve(
             "host restarted: queued again {requeued:?} (never started), ended {ended:?} as error"
         );
     }
-    let logs = Logs::open(&state_dir.join("logs"))
-        .map_err(io(format!("cannot create {}/logs", state_dir.display())))?;
+    // Published logs, apart from the pool's own copies in `logs/`.
+    let logs = Logs::open(&state_dir.join("published")).map_err(io(format!(
+        "cannot create {}/published",
+        state_dir.display()
+    )))?;
 
     let app = App {
         config: Arc::new(server.clone()),
@@ -152,6 +155,16 @@ pub async fn serve(
         (Kind::Webhook, notify(Kind::Webhook, webhook_url)),
     ] {
         outbox::spawn(app.clone(), kind, dest).map_err(io("cannot start a sender"))?;
+    }
+    // Machines whose jobs died with the host are powered off and freed
+    // before anything new is dispatched.
+    let finals = crate::dispatch::Finals { app: app.clone() };
+    let executor = app.executor.clone();
+    let freed = tokio::task::spawn_blocking(move || executor.reconcile(&finals))
+        .await
+        .unwrap_or_default();
+    for line in freed {
+        tracing::warn!("reconciled: {line}");
     }
     tokio::spawn(crate::dispatch::run(app.clone()));
     tokio::spawn(prune(app.clone()));

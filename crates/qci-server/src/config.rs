@@ -7,14 +7,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The whole host config file. The `[pool]` table belongs to the pool; the
-/// server only reads where the pool keeps its state (`state_dir`), which is
-/// where the server keeps its database and published logs too.
+/// The whole host config file: the pool's table and the server's. The
+/// server keeps its database and published logs in the pool's `state_dir`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
-    #[serde(default)]
-    pub pool: toml::Table,
+    pub pool: qci_pool::PoolConfig,
     pub server: ServerConfig,
 }
 
@@ -145,20 +143,13 @@ impl HostConfig {
             path: path.to_owned(),
             source: Box::new(source),
         })?;
+        config.pool.validate().map_err(ConfigError::Invalid)?;
         config.server.validate()?;
         Ok(config)
     }
 
-    /// The pool's state directory (`[pool] state_dir`), or
-    /// `~/.local/state/qci` as the pool defaults to.
-    pub fn state_dir(&self) -> PathBuf {
-        match self.pool.get("state_dir").and_then(|v| v.as_str()) {
-            Some(dir) => PathBuf::from(dir),
-            None => std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/var/lib"))
-                .join(".local/state/qci"),
-        }
+    pub fn state_dir(&self) -> &Path {
+        &self.pool.state_dir
     }
 }
 

@@ -7,40 +7,95 @@
 
 use crate::app::App;
 use crate::queue::{self, Job};
-use qci_core::JobId;
 use qci_core::job_file::{CommitSha, JobFile, Reason, Repository, Sink};
+use qci_core::{JobId, State};
+use qci_pool::{Dom0, FinalStatus, JobEvents, JobOutcome, JobRequest, Phase, Pool, Target};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// What the pool reports while it runs a job.
-pub trait Progress {
-    /// The job file is in the dev VM and `begin` was started: from now on a
-    /// host crash ends the job instead of queueing it again.
-    fn started(&mut self);
-    /// A new piece of dom0's log, as it arrives.
-    fn log(&mut self, chunk: &[u8]);
-}
-
-/// One job for the pool to run.
-pub struct RunRequest<'a> {
-    pub job: &'a JobId,
-    pub qubes: &'a str,
-    pub job_file: &'a JobFile,
-    pub timeout: Duration,
-    /// Set when the job is canceled or superseded: stop, power off, free.
-    pub cancel: &'a AtomicBool,
-}
-
-/// The machine pool, as dispatch sees it.
+/// The machine pool as dispatch uses it: [`qci_pool::Pool`] in production.
+/// The seam exists so the server's own tests can script what a machine
+/// does without booting one.
 pub trait Executor: Send + Sync + 'static {
-    /// How many jobs of Qubes `qubes` may run at once (its machines).
+    /// How many jobs of Qubes `qubes` may be handed over at once: the
+    /// machines of that version. More would only wait inside the pool.
     fn capacity(&self, qubes: &str) -> usize;
-    /// Runs a job to its end (blocking): lease, revert, boot, place the job
-    /// file, start `begin`, follow the log, copy it out, power off, free.
-    /// An `Err` says why the job could not run or finish.
-    fn run(&self, request: RunRequest<'_>, progress: &mut dyn Progress) -> Result<(), String>;
+    /// Frees the leases of jobs whose host process died, recording their
+    /// final status through `status`. Returns a line per job.
+    fn reconcile(&self, status: &dyn FinalStatus) -> Vec<String>;
+    /// Runs one job to its end; `Err` only when it never started.
+    fn run_job(
+        &self,
+        request: &JobRequest,
+        events: &dyn JobEvents,
+        status: &dyn FinalStatus,
+    ) -> Result<JobOutcome, String>;
+}
+
+impl Executor for Pool {
+    fn capacity(&self, qubes: &str) -> usize {
+        self.config()
+            .machines
+            .iter()
+            .filter(|m| m.qubes == qubes)
+            .count()
+    }
+
+    fn reconcile(&self, status: &dyn FinalStatus) -> Vec<String> {
+        match Pool::reconcile(self, status) {
+            Ok(done) => done
+                .into_iter()
+                .map(|r| format!("{} on {}: {}", r.job, r.machine, r.why))
+                .collect(),
+            Err(e) => vec![format!("cannot reconcile the pool: {e}")],
+        }
+    }
+
+    fn run_job(
+        &self,
+        request: &JobRequest,
+        events: &dyn JobEvents,
+        status: &dyn FinalStatus,
+    ) -> Result<JobOutcome, String> {
+        Pool::run_job(self, request, events, status).map_err(|e| e.to_string())
+    }
+}
+
+/// The server's record of final statuses, for the pool: the jobs table,
+/// fed by the relay. dom0 is never needed: the relay already told us.
+pub struct Finals {
+    pub app: App,
+}
+
+impl FinalStatus for Finals {
+    fn final_state(&self, job: &JobId, _dom0: Option<&Dom0<'_>>) -> Option<(State, String)> {
+        let id = job.as_str().to_owned();
+        let found = self
+            .app
+            .store
+            .read_blocking(move |conn| queue::get(conn, &id));
+        match found {
+            Ok(Some(j)) if j.is_final() => Some((j.state(), j.description)),
+            _ => None,
+        }
+    }
+
+    fn record(
+        &self,
+        job: &JobId,
+        state: State,
+        description: &str,
+        _dom0: Option<&Dom0<'_>>,
+    ) -> Result<(), String> {
+        let (id, why) = (job.as_str().to_owned(), description.to_owned());
+        self.app
+            .store
+            .write_blocking(move |conn| queue::record_final(conn, &id, state, &why))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// The runs in flight: their cancel flags, and how many per Qubes version.
@@ -107,7 +162,7 @@ async fn dispatch_ready(app: &App) -> Result<(), crate::store::StoreError> {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(job.id.clone(), flag.clone());
             let app = app.clone();
-            tokio::task::spawn_blocking(move || run_one(&app, job, token, &flag));
+            tokio::task::spawn_blocking(move || run_one(&app, job, token, flag));
         }
     }
     Ok(())
@@ -140,53 +195,65 @@ pub fn job_file(app: &App, job: &Job, token: String) -> Result<JobFile, String> 
 
 struct Reporter<'a> {
     app: &'a App,
-    job: &'a str,
 }
 
-impl Progress for Reporter<'_> {
-    fn started(&mut self) {
-        let id = self.job.to_owned();
-        if let Err(e) = self
-            .app
-            .store
-            .write_blocking(move |conn| queue::mark_started(conn, &id))
-        {
-            tracing::error!(job = self.job, "cannot record the start: {e}");
+impl JobEvents for Reporter<'_> {
+    fn phase(&self, job: &JobId, phase: &Phase) {
+        tracing::info!(job = %job, "{phase}");
+        // `begin` runs: from now on a host crash ends the job instead of
+        // queueing it again.
+        if *phase == Phase::Running {
+            let id = job.as_str().to_owned();
+            if let Err(e) = self
+                .app
+                .store
+                .write_blocking(move |conn| queue::mark_started(conn, &id))
+            {
+                tracing::error!(job = %job, "cannot record the start: {e}");
+            }
         }
     }
 
-    fn log(&mut self, chunk: &[u8]) {
-        if let Err(e) = self.app.logs.append(self.job, chunk) {
-            tracing::error!(job = self.job, "cannot append to the published log: {e}");
+    fn log(&self, job: &JobId, chunk: &[u8]) {
+        if let Err(e) = self.app.logs.append(job.as_str(), chunk) {
+            tracing::error!(job = %job, "cannot append to the published log: {e}");
         }
     }
 }
 
-fn run_one(app: &App, job: Job, token: String, cancel: &AtomicBool) {
+fn run_one(app: &App, job: Job, token: String, cancel: Arc<AtomicBool>) {
     let outcome = (|| {
         let id = JobId::parse(&job.id).map_err(|e| e.to_string())?;
-        let file = job_file(app, &job, token)?;
+        let request = JobRequest {
+            job: id,
+            target: Target::Qubes(job.qubes.clone()),
+            job_file: job_file(app, &job, token)?,
+            timeout: Some(app.config.job_timeout),
+            cancel,
+        };
         app.logs
             .start(&job.id)
             .map_err(|e| format!("cannot start the published log: {e}"))?;
-        let request = RunRequest {
-            job: &id,
-            qubes: &job.qubes,
-            job_file: &file,
-            timeout: app.config.job_timeout,
-            cancel,
-        };
-        let mut reporter = Reporter { app, job: &job.id };
-        app.executor.run(request, &mut reporter)
+        let finals = Finals { app: app.clone() };
+        app.executor.run_job(&request, &Reporter { app }, &finals)
     })();
-    if let Err(e) = &outcome {
-        tracing::error!(job = job.id, "the run failed: {e}");
+    // The pool's copy of dom0's log is the record: it replaces what was
+    // followed, then the log is complete and published.
+    if let Ok(out) = &outcome
+        && let Err(e) = app.logs.replace(&job.id, &out.log)
+    {
+        tracing::warn!(
+            job = job.id,
+            "cannot publish the pool's copy of the log: {e}"
+        );
     }
-    // The log is complete: publish it, then the held final status may go.
     app.logs.finish(&job.id);
-    let why = match outcome {
-        Ok(()) => "Job ended without a final status".to_owned(),
-        Err(e) => format!("CI error: {e}"),
+    let why = match &outcome {
+        Ok(_) => "Job ended without a final status".to_owned(),
+        Err(e) => {
+            tracing::error!(job = job.id, "the job did not start: {e}");
+            format!("CI error: {e}")
+        }
     };
     let id = job.id.clone();
     if let Err(e) = app

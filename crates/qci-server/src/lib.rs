@@ -6,7 +6,7 @@
 //! - [`webhook`]: signatures and payloads; [`api`]: the HTTP API
 //! - [`queue`]: the queue's rules as transactions; [`store`]: SQLite
 //! - [`relay`]: tokens and the status endpoint; [`outbox`]: GitHub and notifications
-//! - [`dispatch`]: the pool, behind [`dispatch::Executor`]
+//! - [`dispatch`]: runs jobs on the machine pool (`qci_pool`)
 //! - [`logs`]: published logs; [`pages`]: the monitor and job pages
 
 pub mod api;
@@ -24,4 +24,4 @@ pub mod webhook;
 
 pub use app::{ServeError, serve};
 pub use config::HostConfig;
-pub use dispatch::{Executor, Progress, RunRequest};
+pub use dispatch::Executor;

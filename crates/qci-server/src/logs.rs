@@ -64,6 +64,15 @@ impl Logs {
         Ok(())
     }
 
+    /// Replaces the live log with the complete copy at `from` (written
+    /// beside it, then renamed over it, so readers see one or the other).
+    pub fn replace(&self, job: &str, from: &Path) -> std::io::Result<()> {
+        let tmp = self.dir.join(format!(".{job}.log.tmp"));
+        std::fs::copy(from, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, self.path(job))
+    }
+
     /// The log is complete: synced to disk, and watchers told.
     pub fn finish(&self, job: &str) {
         if let Some(log) = self.lock().remove(job) {

@@ -620,12 +620,18 @@ pub fn has_final(conn: &Connection, id: &str) -> Result<bool, StoreError> {
     Ok(get(conn, id)?.is_some_and(|j| j.is_final()))
 }
 
-/// Records a final `error` for a job unless it has a final state already.
-pub fn record_error(conn: &Connection, id: &str, why: &str) -> Result<bool, StoreError> {
-    if has_final(conn, id)? {
+/// Records a final state the host (or the pool) decided, unless the job
+/// has one already.
+pub fn record_final(
+    conn: &Connection,
+    id: &str,
+    state: State,
+    why: &str,
+) -> Result<bool, StoreError> {
+    if has_final(conn, id)? || !state.is_final() {
         return Ok(false);
     }
-    finish(conn, id, State::Error, why, "host")?;
+    finish(conn, id, state, why, "host")?;
     Ok(true)
 }
 

@@ -1,12 +1,12 @@
 //! `qci run --local DIR`: one CI job on an emulated Qubes machine, started
 //! and watched from outside it as the host does with a real one.
 
-use crate::install;
 use qci_core::job_file::{
     CommitSha, JobFile, JobFileError, Reason, Repository, Sink, job_file_rel, status_file_rel,
 };
 use qci_core::process::wait_or_kill;
 use qci_core::{ExitCode, JobId, State, StatusEvent};
+use qci_pool::backend::install;
 use qci_qrexec::emulator::{DOM0, Machine};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -179,7 +179,7 @@ fn final_event(status_file: &Path, job: &JobId) -> Option<StatusEvent> {
 
 /// Whether a runner holds dom0's run lock (the kernel drops it when the
 /// runner dies, however it dies).
-pub(crate) fn runner_busy(lock: &Path) -> bool {
+fn runner_busy(lock: &Path) -> bool {
     let Ok(file) = std::fs::File::open(lock) else {
         return false;
     };
@@ -201,7 +201,7 @@ pub fn read_events(path: &Path, job: &JobId) -> Vec<StatusEvent> {
 
 /// `cmd` as dom0 starts it: with dom0's environment only, whose PATH finds
 /// the machine's emulated qrexec tools.
-pub(crate) fn in_dom0(machine: &Machine, mut cmd: Command) -> Result<Command, LocalError> {
+fn in_dom0(machine: &Machine, mut cmd: Command) -> Result<Command, LocalError> {
     cmd.env_clear().envs(machine.domain_env(DOM0)?);
     Ok(cmd)
 }

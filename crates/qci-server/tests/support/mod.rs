@@ -8,7 +8,8 @@ pub mod fake_github;
 
 use fake_github::FakeGithub;
 use qci_core::job_file::{JobFile, Sink};
-use qci_server::{Executor, HostConfig, Progress, RunRequest};
+use qci_pool::{FinalStatus, JobEvents, JobOutcome, JobRequest, Phase};
+use qci_server::{Executor, HostConfig};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
@@ -35,6 +36,7 @@ pub struct Scripted {
     gate: Arc<(Mutex<bool>, Condvar)>,
     pub job_files: Mutex<Vec<JobFile>>,
     pub canceled: Mutex<Vec<String>>,
+    logs: tempfile::TempDir,
 }
 
 impl Scripted {
@@ -46,6 +48,7 @@ impl Scripted {
             gate: Arc::new((Mutex::new(open), Condvar::new())),
             job_files: Mutex::default(),
             canceled: Mutex::default(),
+            logs: tempfile::tempdir().unwrap(),
         })
     }
 
@@ -81,26 +84,43 @@ impl Executor for Scripted {
         self.capacity
     }
 
-    fn run(&self, req: RunRequest<'_>, progress: &mut dyn Progress) -> Result<(), String> {
+    fn reconcile(&self, _status: &dyn FinalStatus) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn run_job(
+        &self,
+        req: &JobRequest,
+        events: &dyn JobEvents,
+        _status: &dyn FinalStatus,
+    ) -> Result<JobOutcome, String> {
         self.job_files.lock().unwrap().push(req.job_file.clone());
         let Sink::Relay { url, token, .. } = &req.job_file.sink else {
             return Err("not a relay sink".into());
         };
         let job = req.job.as_str();
-        progress.started();
-        assert_eq!(
-            relay_post(url, token, &event(job, "running", "Running make test")),
-            204
-        );
+        events.phase(&req.job, &Phase::Running);
+        // 409 when the host ended the job meanwhile (superseded, canceled).
+        let code = relay_post(url, token, &event(job, "running", "Running make test"));
+        assert!(code == 204 || code == 409, "running status: HTTP {code}");
+        let log = self.logs.path().join(format!("{job}.log"));
         for line in &self.lines {
-            progress.log(line.as_bytes());
+            events.log(&req.job, line.as_bytes());
         }
+        std::fs::write(&log, self.lines.concat()).unwrap();
+        let outcome = |state, description: &str| JobOutcome {
+            machine: "scripted".into(),
+            state,
+            description: description.into(),
+            log: log.clone(),
+            exit: qci_core::ExitCode::Success,
+        };
         let (lock, cvar) = &*self.gate;
         let mut open = lock.lock().unwrap();
         while !*open {
             if req.cancel.load(Ordering::SeqCst) {
                 self.canceled.lock().unwrap().push(job.to_owned());
-                return Err("canceled".into());
+                return Ok(outcome(qci_core::State::Canceled, "canceled"));
             }
             open = cvar
                 .wait_timeout(open, Duration::from_millis(10))
@@ -110,7 +130,7 @@ impl Executor for Scripted {
         drop(open);
         let code = relay_post(url, token, &event(job, self.last, "All steps passed"));
         assert!(code == 204 || code == 409, "final status: HTTP {code}");
-        Ok(())
+        Ok(outcome(qci_core::State::Success, "All steps passed"))
     }
 }
 

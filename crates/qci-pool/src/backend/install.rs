@@ -1,6 +1,7 @@
 //! Puts qci onto an emulated machine exactly as it ships to Qubes: the
 //! service files from `qubes-rpc/`, the policy from `policy/`, and the
 //! binaries, plus the emulated qrexec tools each domain expects on its PATH.
+//! `qci run --local` and the pool's `local` machines both install this way.
 
 use qci_qrexec::emulator::{DOM0, Machine, MachineError, QubeSpec};
 use std::collections::BTreeMap;
@@ -9,21 +10,23 @@ use std::path::{Path, PathBuf};
 
 /// The files that ship to Qubes, compiled in so the installed copy is
 /// always the one this qci was built with.
-const DOM0_SERVICES: [(&str, &str); 1] =
-    [("qci.Run", include_str!("../../../qubes-rpc/dom0/qci.Run"))];
+const DOM0_SERVICES: [(&str, &str); 1] = [(
+    "qci.Run",
+    include_str!("../../../../qubes-rpc/dom0/qci.Run"),
+)];
 const VM_SERVICES: [(&str, &str); 2] = [
     (
         "qci.Status",
-        include_str!("../../../qubes-rpc/dev-vm/qci.Status"),
+        include_str!("../../../../qubes-rpc/dev-vm/qci.Status"),
     ),
     (
         "qci.Export",
-        include_str!("../../../qubes-rpc/dev-vm/qci.Export"),
+        include_str!("../../../../qubes-rpc/dev-vm/qci.Export"),
     ),
 ];
 const POLICY: (&str, &str) = (
     "30-qci.policy",
-    include_str!("../../../policy/30-qci.policy"),
+    include_str!("../../../../policy/30-qci.policy"),
 );
 /// dom0's log and work directories under its root, where a real dom0 has
 /// them. Written into dom0's settings once; `qci run --local` looks there
@@ -65,8 +68,7 @@ pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, Ins
     let machine = Machine::create_or_open(root, &qubes)?;
 
     let multicall = machine.root().join("bin/qci");
-    let qci = std::env::current_exe().map_err(io(bin_dir))?;
-    copy_if_changed(&qci, &multicall)?;
+    copy_if_changed(&qci_binary(bin_dir)?, &multicall)?;
 
     let dom0 = machine.domain_root(DOM0)?;
     for (name, text) in DOM0_SERVICES {
@@ -134,6 +136,15 @@ pub fn default_bin_dir() -> PathBuf {
         .ok()
         .and_then(|p| p.parent().map(Path::to_owned))
         .unwrap_or_default()
+}
+
+/// The `qci` multi-call binary behind the emulated tools: this process when
+/// it is `qci`, else the one in `bin_dir` (a test or another host program).
+fn qci_binary(bin_dir: &Path) -> Result<PathBuf, InstallError> {
+    match std::env::current_exe() {
+        Ok(exe) if exe.file_name().is_some_and(|n| n == "qci") => Ok(exe),
+        _ => binary(bin_dir, "qci"),
+    }
 }
 
 fn binary(dir: &Path, name: &str) -> Result<PathBuf, InstallError> {
