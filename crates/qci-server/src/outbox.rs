@@ -47,19 +47,13 @@ pub struct Destination {
 /// blocking client, one message at a time, in order. Without a destination
 /// (a notification not configured) messages are marked done unsent.
 pub fn spawn(app: App, kind: Kind, dest: Option<Destination>) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name(format!("qci-send-{}", kind.as_str()))
-        .spawn(move || send_forever(&app, &runtime, kind, dest.as_ref()))?;
+        .spawn(move || send_forever(&app, kind, dest.as_ref()))?;
     Ok(())
 }
 
-fn send_forever(
-    app: &App,
-    runtime: &tokio::runtime::Handle,
-    kind: Kind,
-    dest: Option<&Destination>,
-) {
+fn send_forever(app: &App, kind: Kind, dest: Option<&Destination>) {
     let client = match reqwest::blocking::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(REQUEST_TIMEOUT)
@@ -73,9 +67,7 @@ fn send_forever(
         }
     };
     loop {
-        let changed = app.store.changed.clone();
-        let mut notified = std::pin::pin!(changed.notified());
-        notified.as_mut().enable();
+        let seen = app.store.commit_count();
         let batch = app
             .store
             .read_blocking(|conn| queue::outgoing(conn, kind.as_str(), 64))
@@ -84,9 +76,7 @@ fn send_forever(
                 Vec::new()
             });
         if batch.is_empty() {
-            runtime.block_on(async {
-                let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
-            });
+            app.store.wait_commit(seen, Duration::from_secs(5));
             continue;
         }
         for msg in batch {

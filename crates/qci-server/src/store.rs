@@ -10,7 +10,8 @@
 
 use rusqlite::Connection;
 use std::path::Path;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +37,10 @@ const MAX_BATCH: usize = 1024;
 pub struct Store {
     tasks: mpsc::Sender<Task>,
     reader: Arc<Mutex<Connection>>,
-    /// Rung after every commit: the dispatcher and the senders look again.
+    /// Rung after every commit: the dispatcher looks again.
     pub changed: Arc<Notify>,
+    /// The same for threads outside the runtime: a commit count.
+    commits: Arc<(Mutex<u64>, Condvar)>,
 }
 
 fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
@@ -57,16 +60,30 @@ impl Store {
         let reader = open_conn(path)?;
         let (tasks, rx) = mpsc::channel::<Task>();
         let changed = Arc::new(Notify::new());
-        let ring = changed.clone();
+        let commits = Arc::new((Mutex::new(0), Condvar::new()));
+        let (ring, count) = (changed.clone(), commits.clone());
         std::thread::Builder::new()
             .name("qci-db-writer".into())
-            .spawn(move || write_loop(writer, rx, &ring))
+            .spawn(move || write_loop(writer, rx, &ring, &count))
             .map_err(|e| StoreError::Commit(format!("cannot start the writer: {e}")))?;
         Ok(Self {
             tasks,
             reader: Arc::new(Mutex::new(reader)),
             changed,
+            commits,
         })
+    }
+
+    /// How many commits so far: pass it to [`Store::wait_commit`].
+    pub fn commit_count(&self) -> u64 {
+        *self.commits.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks until a commit after `seen`, or `timeout`.
+    pub fn wait_commit(&self, seen: u64, timeout: Duration) {
+        let (count, cvar) = &*self.commits;
+        let guard = count.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = cvar.wait_timeout_while(guard, timeout, |n| *n == seen);
     }
 
     fn submit<R: Send + 'static>(
@@ -142,7 +159,12 @@ fn in_savepoint<R>(
     out
 }
 
-fn write_loop(conn: Connection, rx: mpsc::Receiver<Task>, changed: &Notify) {
+fn write_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Task>,
+    changed: &Notify,
+    commits: &(Mutex<u64>, Condvar),
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -178,5 +200,7 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Task>, changed: &Notify) {
         }
         changed.notify_waiters();
         changed.notify_one();
+        *commits.0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        commits.1.notify_all();
     }
 }

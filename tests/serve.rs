@@ -1,0 +1,293 @@
+//! `qci serve` end to end: the real binaries, an emulated machine from the
+//! pool's `local` backend, a fake GitHub that checks what it gets, and
+//! signed webhooks built from the checked-in GitHub payloads.
+
+#[path = "../crates/qci-server/tests/support/fake_github.rs"]
+mod fake_github;
+mod support;
+
+use fake_github::FakeGithub;
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{git, hold_until, qci, wait_for};
+
+const SECRET: &str = "webhook secret for the tests";
+const GITHUB_TOKEN: &str = "ghp_e2eHostOnlyToken0123456789abcdef";
+const ADMIN_TOKEN: &str = "e2e-operator-token";
+const REPO: &str = "freedomofpress/securedrop-workstation";
+/// Queued by the crash test's load: no machine runs this version.
+const LOAD_REPO: &str = "freedomofpress/load";
+
+fn fixture(name: &str) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/qci-server/tests/fixtures")
+        .join(name);
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// A push of `sha` to `branch` of `repo`, as GitHub sends it.
+fn push(repo: &str, branch: &str, sha: &str) -> Vec<u8> {
+    let mut v = fixture("push.json");
+    v["after"] = json!(sha);
+    v["ref"] = json!(format!("refs/heads/{branch}"));
+    v["repository"]["full_name"] = json!(repo);
+    v["head_commit"]["id"] = json!(sha);
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// `qci serve` as a child process, with its config and state in `dir`.
+struct Served {
+    dir: PathBuf,
+    base: String,
+    child: Option<Child>,
+    client: reqwest::blocking::Client,
+}
+
+impl Served {
+    /// Writes HOST.toml (one emulated machine for Qubes 4.2) and starts.
+    fn start(dir: &Path, github: &FakeGithub, project: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let base = format!("http://127.0.0.1:{port}");
+        std::fs::write(dir.join("webhook-secret"), SECRET).unwrap();
+        std::fs::write(dir.join("github-token"), GITHUB_TOKEN).unwrap();
+        std::fs::write(dir.join("admin-token"), ADMIN_TOKEN).unwrap();
+        let d = dir.display();
+        let config = format!(
+            "[pool]\nstate_dir = \"{d}/state\"\nhost_id = \"e2e\"\nboot_timeout = \"2m\"\n\
+             [[pool.machines]]\nname = \"emu-1\"\nqubes = \"4.2\"\nbackend = \"local\"\n\
+             path = \"{d}/emu-1\"\n\
+             [server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n\
+             github_api_url = \"{}\"\n\
+             webhook_secret = {{ file = \"{d}/webhook-secret\" }}\n\
+             github_token = {{ file = \"{d}/github-token\" }}\n\
+             admin_token = {{ file = \"{d}/admin-token\" }}\njob_timeout = \"5m\"\n\
+             [[server.repos]]\nslug = \"{REPO}\"\nclone_url = \"{}\"\n\
+             [[server.repos]]\nslug = \"{LOAD_REPO}\"\nqubes = [\"9.9\"]\n",
+            github.base,
+            project.display()
+        );
+        std::fs::write(dir.join("host.toml"), config).unwrap();
+        let mut served = Self {
+            dir: dir.to_owned(),
+            base,
+            child: None,
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        served.spawn();
+        served
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("host.toml")
+    }
+
+    fn spawn(&mut self) {
+        let mut child = qci()
+            .arg("serve")
+            .arg("--config")
+            .arg(self.config())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start qci serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert!(line.starts_with("qci serve: listening on"), "{line:?}");
+        self.child = Some(child);
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        support::signal(child.id() as i32, "KILL");
+        child.wait().unwrap();
+    }
+
+    fn webhook(&self, event: &str, delivery: &str, body: &[u8]) -> Result<(u16, String), String> {
+        let sig = qci_server::webhook::sign(SECRET.as_bytes(), body);
+        let reply = self
+            .client
+            .post(format!("{}/webhook", self.base))
+            .header("X-GitHub-Event", event)
+            .header("X-GitHub-Delivery", delivery)
+            .header("X-Hub-Signature-256", sig)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .map_err(|e| e.to_string())?;
+        let code = reply.status().as_u16();
+        Ok((code, reply.text().unwrap_or_default()))
+    }
+
+    fn get(&self, path: &str) -> String {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+    }
+
+    fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.join("state/server.sqlite")).unwrap()
+    }
+
+    fn job_state(&self, job: &str) -> (String, String) {
+        self.db()
+            .query_row(
+                "SELECT state, description FROM jobs WHERE id = ?1",
+                [job],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            support::signal(child.id() as i32, "TERM");
+            let _ = child.wait();
+        }
+        // Whatever still runs in the emulated machine is ours to stop.
+        let machine = self.dir.join("emu-1/machine");
+        qci_core::process::kill_marked("QCI_EMU_MACHINE", &machine.to_string_lossy());
+    }
+}
+
+/// A git repository with a `.qci.toml` of one step, and its commit.
+fn project(dir: &Path, command: &str) -> (PathBuf, String) {
+    let project = dir.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let toml = format!(
+        "[[steps]]\nname = \"test\"\ncommand = {}\n",
+        toml_string(command)
+    );
+    std::fs::write(project.join(".qci.toml"), toml).unwrap();
+    git(&project, &["init", "-q", "-b", "main"]);
+    git(&project, &["add", "."]);
+    git(&project, &["commit", "-q", "-m", "a job"]);
+    let sha = git(&project, &["rev-parse", "HEAD"]);
+    (project, sha)
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+/// Every file under `dir` whose bytes hold `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file()
+                && std::fs::read(&path).is_ok_and(|b| memchr::memmem::find(&b, needle).is_some())
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_push_runs_on_an_emulated_machine_and_reports_through_the_relay() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (project, sha) = project(scratch.path(), "echo hello from the job; echo done");
+    let github = FakeGithub::start(GITHUB_TOKEN);
+    let served = Served::start(scratch.path(), &github, &project);
+    // At the moment GitHub gets the final status, its link must show the log.
+    let log_at_success = Arc::new(Mutex::new(None));
+    let record = log_at_success.clone();
+    github.on_post(move |p| {
+        if p.state != "pending" {
+            let log = reqwest::blocking::get(format!("{}/log", p.target_url))
+                .and_then(|r| r.text())
+                .unwrap_or_default();
+            *record.lock().unwrap() = Some(log);
+        }
+    });
+
+    let (code, reply) = served
+        .webhook("push", "e2e-1", &push(REPO, "main", &sha))
+        .unwrap();
+    assert_eq!(code, 202, "{reply}");
+    let job: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let job = job["jobs"][0].as_str().unwrap().to_owned();
+    github.wait_for("the final status", Duration::from_secs(180), |p| {
+        p.iter().any(|p| p.state != "pending")
+    });
+
+    // Queued, then what dom0 reports while running (each `pending`), then success.
+    let states = github.states("qci/qubes-4.2");
+    assert_eq!(
+        states[0],
+        ("pending".to_owned(), "Queued".to_owned()),
+        "{states:?}"
+    );
+    let (last, running) = states[1..].split_last().unwrap();
+    assert!(!running.is_empty(), "{states:?}");
+    assert!(running.iter().all(|s| s.0 == "pending"), "{states:?}");
+    assert!(
+        running.iter().any(|s| s.1.starts_with("Running")),
+        "{states:?}"
+    );
+    assert_eq!(last.0, "success", "{states:?}");
+    for p in github.posted() {
+        assert_eq!((p.repo.as_str(), p.sha.as_str()), (REPO, sha.as_str()));
+        assert_eq!(p.target_url, format!("{}/jobs/{job}", served.base));
+    }
+    let log = log_at_success.lock().unwrap().clone().unwrap();
+    assert!(
+        log.contains("[test] hello from the job"),
+        "log at success: {log:?}"
+    );
+    assert!(log.contains("[test] done"), "{log:?}");
+    assert!(github.refused().is_empty(), "{:?}", github.refused());
+
+    // No GitHub credential ever entered the machine; the relay token did.
+    let machine = scratch.path().join("emu-1");
+    assert_eq!(
+        files_holding(&machine, GITHUB_TOKEN.as_bytes()),
+        Vec::<PathBuf>::new()
+    );
+    assert_eq!(files_holding(&machine, b"ghp_"), Vec::<PathBuf>::new());
+    let job_files = files_holding(&machine, b"\"kind\": \"relay\"");
+    assert!(
+        !job_files.is_empty(),
+        "no job file with a relay sink in the machine"
+    );
+    let (state, _) = served.job_state(&job);
+    assert_eq!(state, "success");
+
+    // `qci jobs list` shows it.
+    let out = qci()
+        .args(["jobs", "--config"])
+        .arg(served.config())
+        .arg("list")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(&job) && text.contains("success"), "{text}");
+}
