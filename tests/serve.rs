@@ -291,3 +291,161 @@ fn a_push_runs_on_an_emulated_machine_and_reports_through_the_relay() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains(&job) && text.contains("success"), "{text}");
 }
+
+#[test]
+fn kill_9_under_load_loses_no_accepted_webhook_and_ends_the_running_job() {
+    let scratch = tempfile::tempdir().unwrap();
+    let release = scratch.path().join("release");
+    let command = format!(
+        "echo the long step started; {}; echo released",
+        hold_until(&release)
+    );
+    let (project, sha) = project(scratch.path(), &command);
+    let github = FakeGithub::start(GITHUB_TOKEN);
+    let mut served = Served::start(scratch.path(), &github, &project);
+
+    let (code, reply) = served
+        .webhook("push", "crash-running", &push(REPO, "main", &sha))
+        .unwrap();
+    assert_eq!(code, 202, "{reply}");
+    let running: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let running = running["jobs"][0].as_str().unwrap().to_owned();
+    wait_for("the job to run", Duration::from_secs(120), || {
+        served
+            .get(&format!("/jobs/{running}/log"))
+            .contains("the long step started")
+    });
+
+    // Load: four clients deliver pushes (to a repository whose Qubes
+    // version has no machine, so they stay queued) until the host dies.
+    let served = Arc::new(Mutex::new(served));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let (base, client) = {
+        let s = served.lock().unwrap();
+        (s.base.clone(), s.client.clone())
+    };
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (stop, answers, base, client) =
+                (stop.clone(), answers.clone(), base.clone(), client.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    i += 1;
+                    let delivery = format!("load-{c}-{i}");
+                    let body = push(
+                        LOAD_REPO,
+                        &format!("load-{c}-{i}"),
+                        &format!("{:040x}", c * 1_000_000 + i),
+                    );
+                    let code = client
+                        .post(format!("{base}/webhook"))
+                        .header("X-GitHub-Event", "push")
+                        .header("X-GitHub-Delivery", &delivery)
+                        .header(
+                            "X-Hub-Signature-256",
+                            qci_server::webhook::sign(SECRET.as_bytes(), &body),
+                        )
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0);
+                    answers.lock().unwrap().push((delivery, code));
+                    if code == 0 {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_for("some load", Duration::from_secs(60), || {
+        answers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.1 == 202)
+            .count()
+            >= 200
+    });
+    served.lock().unwrap().kill9();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let answers = answers.lock().unwrap().clone();
+    let accepted: Vec<&String> = answers
+        .iter()
+        .filter(|a| a.1 == 202)
+        .map(|a| &a.0)
+        .collect();
+    assert!(
+        answers.iter().all(|a| a.1 == 202 || a.1 == 0),
+        "{answers:?}"
+    );
+
+    let mut served = Arc::into_inner(served).unwrap().into_inner().unwrap();
+    served.spawn();
+    let db = served.db();
+    for delivery in &accepted {
+        let jobs: i64 = db
+            .query_row(
+                "SELECT count(*) FROM jobs WHERE delivery = ?1",
+                [delivery],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(jobs, 1, "delivery {delivery} got a 2xx and has {jobs} jobs");
+    }
+    let (deliveries, jobs): (i64, i64) = db
+        .query_row(
+            "SELECT (SELECT count(*) FROM deliveries WHERE id LIKE 'load-%'), \
+             (SELECT count(*) FROM jobs WHERE repo = ?1)",
+            [LOAD_REPO],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(jobs, deliveries, "a delivery became two jobs, or none");
+    assert!(deliveries >= accepted.len() as i64);
+    // Only the requests cut off by the kill may be there without a 2xx.
+    assert!(
+        deliveries - accepted.len() as i64 <= 4,
+        "{deliveries} vs {}",
+        accepted.len()
+    );
+    let queued: i64 = db
+        .query_row(
+            "SELECT count(*) FROM jobs WHERE repo = ?1 AND state = 'queued'",
+            [LOAD_REPO],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(queued, jobs, "every load job is still queued");
+    // A redelivery after the restart is still known.
+    let (code, _) = served
+        .webhook("push", accepted[0], &push(LOAD_REPO, "x", &"e".repeat(40)))
+        .unwrap();
+    assert_eq!(code, 409);
+
+    // The job that was running ends as error, on GitHub too.
+    assert_eq!(
+        served.job_state(&running),
+        ("error".to_owned(), "host restarted".to_owned())
+    );
+    github.wait_for("the host restarted status", Duration::from_secs(60), |p| {
+        p.iter()
+            .any(|p| p.state == "error" && p.description == "host restarted")
+    });
+    // Its machine was freed: the next job runs on it.
+    std::fs::write(&release, "").unwrap();
+    let (code, reply) = served
+        .webhook("push", "after-restart", &push(REPO, "main", &sha))
+        .unwrap();
+    assert_eq!(code, 202, "{reply}");
+    let next: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let next = next["jobs"][0].as_str().unwrap().to_owned();
+    wait_for("the next job to succeed", Duration::from_secs(120), || {
+        served.job_state(&next).0 == "success"
+    });
+}

@@ -792,3 +792,72 @@ pub fn expired_logs(conn: &Connection, cutoff: i64) -> Result<Vec<String>, Store
         .query_map([cutoff], |r| r.get(0))?
         .collect::<Result<_, _>>()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::NewJob;
+    use qci_core::job_file::{CommitSha, Reason};
+
+    fn new_job(branch: &str) -> NewJob {
+        NewJob {
+            slug: "o/r".into(),
+            clone_url: "/src".into(),
+            sha: CommitSha::parse(&"a".repeat(40)).unwrap(),
+            git_ref: format!("refs/heads/{branch}"),
+            reason: Reason::Push,
+            author: "a".into(),
+            message: "m".into(),
+            qubes: "4.2".into(),
+            context: "qci/qubes-4.2".into(),
+            supersede_key: Some(format!("o/r#branch:{branch}")),
+            pr: None,
+            needs_approval: false,
+        }
+    }
+
+    #[test]
+    fn reconcile_requeues_what_never_started_and_ends_what_ran() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let plan = Plan::Jobs(vec![new_job("a"), new_job("b"), new_job("c")]);
+        let Applied::Done { queued, .. } = apply(&conn, "d1", "push", &plan).unwrap() else {
+            panic!("duplicate")
+        };
+        let started = claim_next(&conn, "4.2", "h1").unwrap().unwrap();
+        mark_started(&conn, &started.id).unwrap();
+        let handed = claim_next(&conn, "4.2", "h2").unwrap().unwrap();
+        assert_eq!([&started.id, &handed.id], [&queued[0], &queued[1]], "FIFO");
+
+        let (requeued, ended) = reconcile(&conn).unwrap();
+
+        assert_eq!(requeued, [handed.id.clone()]);
+        assert_eq!(ended, [started.id.clone()]);
+        let ran = get(&conn, &started.id).unwrap().unwrap();
+        assert_eq!(
+            (ran.state.as_str(), ran.description.as_str()),
+            ("error", "host restarted")
+        );
+        assert!(ran.log_published);
+        let again = get(&conn, &handed.id).unwrap().unwrap();
+        assert_eq!(
+            (again.state.as_str(), again.dispatched_at),
+            ("queued", None)
+        );
+        // It goes first again, and its final status is sendable at once.
+        assert_eq!(
+            claim_next(&conn, "4.2", "h3").unwrap().unwrap().id,
+            handed.id
+        );
+        let github = outgoing(&conn, "github", 100).unwrap();
+        assert!(
+            github
+                .iter()
+                .any(|m| m.job == started.id && m.body.contains("host restarted"))
+        );
+        assert!(matches!(
+            apply(&conn, "d1", "push", &plan).unwrap(),
+            Applied::Duplicate
+        ));
+    }
+}
