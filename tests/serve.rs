@@ -107,10 +107,6 @@ impl Served {
         self.child = Some(child);
     }
 
-    fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
     fn kill9(&mut self) {
         let mut child = self.child.take().unwrap();
         support::signal(child.id() as i32, "KILL");
@@ -448,4 +444,250 @@ fn kill_9_under_load_loses_no_accepted_webhook_and_ends_the_running_job() {
     wait_for("the next job to succeed", Duration::from_secs(120), || {
         served.job_state(&next).0 == "success"
     });
+}
+
+/// Debian's ChromeDriver, driving headless Chromium over WebDriver (plain
+/// HTTP), in its own process group so the browser goes with it.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    client: reqwest::blocking::Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// `None` (the test is skipped) when Chromium is not installed, except
+    /// under CI=true, where that is a failure: scripts/setup-chromium installs it.
+    fn start() -> Option<Self> {
+        let (chromium, driver) = (
+            Path::new("/usr/bin/chromium"),
+            Path::new("/usr/bin/chromedriver"),
+        );
+        if !chromium.exists() || !driver.exists() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "Chromium is missing: run scripts/setup-chromium (scripts/test-all does)"
+            );
+            eprintln!("SKIPPED: no chromium/chromedriver; run scripts/setup-chromium");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start chromedriver");
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        wait_for("chromedriver", Duration::from_secs(30), || {
+            client
+                .get(format!("{base}/status"))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        });
+        let profile = tempfile::tempdir().unwrap();
+        let args = [
+            "--headless".to_owned(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--no-first-run".into(),
+            "--window-size=1280,900".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": chromium, "args": args},
+        }}});
+        let reply: serde_json::Value = client
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .and_then(|r| r.json())
+            .expect("a WebDriver session");
+        let session = reply["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {reply}"))
+            .to_owned();
+        Some(Self {
+            driver: child,
+            base,
+            session,
+            client,
+            _profile: profile,
+        })
+    }
+
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut req = self.client.request(method.clone(), url);
+        if method == reqwest::Method::POST {
+            req = req.json(&body);
+        }
+        let reply: serde_json::Value = req
+            .send()
+            .and_then(|r| r.json())
+            .expect("WebDriver answers");
+        reply["value"].clone()
+    }
+
+    fn open(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", json!({"url": url}));
+    }
+
+    fn eval(&self, script: &str) -> serde_json::Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({"script": script, "args": []}),
+        )
+    }
+
+    /// Saves a PNG of the page under target/tmp/qci-screenshots/.
+    fn screenshot(&self, name: &str) -> PathBuf {
+        use base64::Engine;
+        let png = self.call(reqwest::Method::GET, "/screenshot", json!(null));
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().expect("a screenshot"))
+            .unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qci-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self
+            .client
+            .delete(format!("{}/session/{}", self.base, self.session))
+            .send();
+        let group = nix::unistd::Pid::from_raw(-(self.driver.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.driver.wait();
+    }
+}
+
+#[test]
+fn the_monitor_page_shows_a_new_log_line_live_in_a_real_browser() {
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let release = scratch.path().join("release");
+    let command = format!(
+        // The printed line is not in the command, which the log also shows.
+        "echo the first line; {}; echo LIVE-$((40 + 2)); sleep 1",
+        hold_until(&release)
+    );
+    let (project, sha) = project(scratch.path(), &command);
+    let github = FakeGithub::start(GITHUB_TOKEN);
+    let served = Served::start(scratch.path(), &github, &project);
+    let (code, reply) = served
+        .webhook("push", "browser-1", &push(REPO, "main", &sha))
+        .unwrap();
+    assert_eq!(code, 202, "{reply}");
+    let job: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let job = job["jobs"][0].as_str().unwrap().to_owned();
+    wait_for("the job to run", Duration::from_secs(120), || {
+        served
+            .get(&format!("/jobs/{job}/log"))
+            .contains("the first line")
+    });
+
+    browser.open(&format!("{}/", served.base));
+    let monitor = browser.eval("return document.body.innerText").to_string();
+    assert!(
+        monitor.contains(&job) && monitor.contains("Running"),
+        "{monitor}"
+    );
+    let shot = browser.screenshot("monitor.png");
+    eprintln!("screenshot: {}", shot.display());
+
+    browser.open(&format!("{}/jobs/{job}", served.base));
+    let log_text = "return document.getElementById('log').textContent";
+    wait_for(
+        "the log so far on the page",
+        Duration::from_secs(30),
+        || {
+            browser
+                .eval(log_text)
+                .as_str()
+                .unwrap_or("")
+                .contains("the first line")
+        },
+    );
+    // A reload would lose this.
+    browser.eval("window.qciNoReload = 42; return null");
+
+    std::fs::write(&release, "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seen_at = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the line never showed on the page"
+        );
+        if browser
+            .eval(log_text)
+            .as_str()
+            .unwrap_or("")
+            .contains("[test] LIVE-42")
+        {
+            break std::time::SystemTime::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        browser.eval("return window.qciNoReload"),
+        json!(42),
+        "the page reloaded"
+    );
+    let published = served.get(&format!("/jobs/{job}/log"));
+    let line = published
+        .lines()
+        .find(|l| l.ends_with("[test] LIVE-42"))
+        .unwrap_or_else(|| panic!("{published}"));
+    let printed = humantime::parse_rfc3339(line.split(' ').next().unwrap()).unwrap();
+    let latency = seen_at.duration_since(printed).unwrap_or_default();
+    eprintln!("printed in dom0 to shown in the browser: {latency:?}");
+    assert!(
+        latency < Duration::from_secs(1),
+        "the line took {latency:?} to show"
+    );
+
+    // The end of the job reaches the page too.
+    wait_for(
+        "the final state on the page",
+        Duration::from_secs(60),
+        || {
+            browser
+                .eval("return document.getElementById('state').textContent")
+                .as_str()
+                .unwrap_or("")
+                .starts_with("success")
+        },
+    );
+    browser.screenshot("job.png");
 }

@@ -36,7 +36,7 @@ fn escape(text: &str) -> String {
 const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}\
 table{border-collapse:collapse;width:100%;margin-bottom:1.5em}\
 th,td{text-align:left;padding:.3em .6em;border-bottom:1px solid #ddd;font-size:.9em}\
-th{background:#f4f4f4}code,pre{font-family:monospace}\
+th{background:#f4f4f4}td:first-child{white-space:nowrap}code,pre{font-family:monospace}\
 pre#log{background:#111;color:#ddd;padding:1em;overflow-x:auto;min-height:10em;white-space:pre-wrap}\
 .state{font-weight:bold}.success{color:#1a7f37}.failure,.error{color:#cf222e}\
 .canceled{color:#777}.running{color:#9a6700}.queued{color:#0969da}";
