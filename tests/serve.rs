@@ -298,7 +298,7 @@ fn kill_9_under_load_loses_no_accepted_webhook_and_ends_the_running_job() {
     );
     let (project, sha) = project(scratch.path(), &command);
     let github = FakeGithub::start(GITHUB_TOKEN);
-    let mut served = Served::start(scratch.path(), &github, &project);
+    let served = Served::start(scratch.path(), &github, &project);
 
     let (code, reply) = served
         .webhook("push", "crash-running", &push(REPO, "main", &sha))
