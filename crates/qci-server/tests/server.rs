@@ -175,7 +175,9 @@ fn forged_malformed_and_replayed_webhooks_are_refused_and_leave_nothing() {
     }
     assert_eq!(host.github.requests(), 0);
     // The same signed push delivered twice runs once.
-    assert_eq!(host.webhook("push", "d-twice", &push).0, 202);
+    let (code, reply) = host.webhook("push", "d-twice", &push);
+    assert_eq!(code, 202);
+    host.wait_state(&queued(&reply)[0], "running");
     let after = host.footprint();
     let (code, body) = host.webhook("push", "d-twice", &push);
     assert_eq!(code, 409, "{body}");
@@ -533,4 +535,68 @@ fn github_statuses_are_retried_through_a_5xx() {
         .map(|s| s.0)
         .collect();
     assert_eq!(states, ["pending", "pending", "success"]);
+}
+
+#[test]
+fn a_finished_job_is_notified_and_a_failing_notifier_holds_nothing_up() {
+    let hook = Receiver::start(200);
+    // Slack is down: its retries must not delay the job or its status.
+    let slack = Receiver::start(503);
+    let dir = tempfile::tempdir().unwrap();
+    let slack_file = dir.path().join("slack-url");
+    std::fs::write(&slack_file, &slack.url).unwrap();
+    let extra = format!(
+        "[server.notify]\nwebhook_url = \"{}\"\nslack_url = {{ file = \"{}\" }}",
+        hook.url,
+        slack_file.display()
+    );
+    let pool = Scripted::new(true);
+    let host = Host::start(&extra, pool);
+    let job = queued(&host.webhook("push", "n1", &fixture("push.json")).1)[0].clone();
+    host.github
+        .wait_for("the final status", Duration::from_secs(30), |p| {
+            p.iter().any(|p| p.state == "success")
+        });
+    wait_for("the notification", Duration::from_secs(30), || {
+        !hook.got().is_empty()
+    });
+    let note = &hook.got()[0];
+    assert_eq!(note["job"], job.as_str());
+    assert_eq!(note["state"], "success");
+    assert_eq!(note["sha"], MAIN_SHA);
+    assert_eq!(note["url"], format!("{}/jobs/{job}", host.base));
+    wait_for("Slack to be tried", Duration::from_secs(30), || {
+        !slack.got().is_empty()
+    });
+    let text = slack.got()[0]["text"].as_str().unwrap().to_owned();
+    assert!(text.contains(REPO) && text.contains("success"), "{text}");
+    // The next job is not held up by Slack's retries either.
+    let next = queued(&host.webhook("push", "n2", &fixture("push-tag.json")).1)[0].clone();
+    host.wait_state(&next, "success");
+    wait_for("the second notification", Duration::from_secs(30), || {
+        hook.got().len() == 2
+    });
+}
+
+#[test]
+fn healthz_and_metrics_answer() {
+    let host = Host::start("", Scripted::new(false));
+    assert_eq!(host.get("/healthz"), (200, "ok\n".to_owned()));
+    let first = queued(&host.webhook("push", "m1", &fixture("push.json")).1)[0].clone();
+    host.wait_state(&first, "running");
+    host.webhook("push", "m2", &fixture("push-tag.json"));
+    host.webhook_with("push", "m3", b"{}", None, "application/json");
+    let (code, text) = host.get("/metrics");
+    assert_eq!(code, 200);
+    for want in [
+        "qci_queue_length{qubes=\"4.2\"} 1",
+        "qci_jobs{state=\"queued\"} 1",
+        "qci_jobs{state=\"running\"} 1",
+        "qci_webhooks_total{code=\"202\"} 2",
+        "qci_webhooks_total{code=\"401\"} 1",
+        "qci_webhook_seconds_count 3",
+        "# TYPE qci_webhook_seconds histogram",
+    ] {
+        assert!(text.contains(want), "{want} not in:\n{text}");
+    }
 }

@@ -94,7 +94,6 @@ impl Executor for Scripted {
         events: &dyn JobEvents,
         _status: &dyn FinalStatus,
     ) -> Result<JobOutcome, String> {
-        self.job_files.lock().unwrap().push(req.job_file.clone());
         let Sink::Relay { url, token, .. } = &req.job_file.sink else {
             return Err("not a relay sink".into());
         };
@@ -103,6 +102,8 @@ impl Executor for Scripted {
         // 409 when the host ended the job meanwhile (superseded, canceled).
         let code = relay_post(url, token, &event(job, "running", "Running make test"));
         assert!(code == 204 || code == 409, "running status: HTTP {code}");
+        // Counted as started once its `running` status is recorded.
+        self.job_files.lock().unwrap().push(req.job_file.clone());
         let log = self.logs.path().join(format!("{job}.log"));
         for line in &self.lines {
             events.log(&req.job, line.as_bytes());
@@ -300,4 +301,46 @@ pub fn edited(name: &str, edits: &[(&str, serde_json::Value)]) -> Vec<u8> {
         *at = value.clone();
     }
     serde_json::to_vec(&v).unwrap()
+}
+
+/// A receiver for notifications: records each JSON body, answering `code`.
+pub struct Receiver {
+    pub url: String,
+    got: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Receiver {
+    pub fn start(code: u16) -> Self {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let record = got.clone();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let handler = move |body: String| {
+                    let record = record.clone();
+                    async move {
+                        record
+                            .lock()
+                            .unwrap()
+                            .push(serde_json::from_str(&body).unwrap_or_default());
+                        axum::http::StatusCode::from_u16(code).unwrap()
+                    }
+                };
+                let app = axum::Router::new().fallback(handler);
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        Self { url, got }
+    }
+
+    pub fn got(&self) -> Vec<serde_json::Value> {
+        self.got.lock().unwrap().clone()
+    }
 }
