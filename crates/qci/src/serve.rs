@@ -5,6 +5,10 @@ use qci_core::ExitCode;
 use qci_server::HostConfig;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a stopping host waits for its own threads.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub fn serve(config: &Path) -> ExitCode {
     let config = match HostConfig::load(config) {
@@ -31,7 +35,11 @@ pub fn serve(config: &Path) -> ExitCode {
             return ExitCode::CiError;
         }
     };
-    match runtime.block_on(qci_server::serve(config, Arc::new(pool), None)) {
+    let served = runtime.block_on(qci_server::serve(config, Arc::new(pool), None));
+    // Jobs still running on machines are not waited for: their leases name
+    // this process, so the next start reconciles them.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    match served {
         Ok(()) => ExitCode::Success,
         Err(e) => {
             eprintln!("qci: {e}");
