@@ -132,6 +132,22 @@ pub struct Lease {
     pub acquired_at: f64,
 }
 
+/// One lease from the lease log: who held which machine when.
+#[derive(Debug, Clone)]
+pub struct LeaseInterval {
+    pub machine: String,
+    pub job: String,
+    pub host: String,
+    pub pid: i64,
+    /// When the job joined the queue.
+    pub waited_since: f64,
+    pub acquired_at: f64,
+    /// `None` while the lease is held.
+    pub released_at: Option<f64>,
+    /// The marker read back from the hypervisor after it was set.
+    pub marker: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct LeaseRow {
     pub machine: String,
@@ -489,6 +505,32 @@ impl LeaseStore {
             )
             .optional()
             .map_err(db)
+    }
+
+    /// Every lease ever taken here, oldest first.
+    pub fn lease_log(&self) -> Result<Vec<LeaseInterval>, PoolError> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT machine, job, host, pid, waited_since, acquired_at, released_at, marker
+                 FROM lease_log ORDER BY id",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(LeaseInterval {
+                    machine: r.get(0)?,
+                    job: r.get(1)?,
+                    host: r.get(2)?,
+                    pid: r.get(3)?,
+                    waited_since: r.get(4)?,
+                    acquired_at: r.get(5)?,
+                    released_at: r.get(6)?,
+                    marker: r.get(7)?,
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
     }
 
     pub fn waiting(&self) -> Result<usize, PoolError> {

@@ -153,6 +153,7 @@ impl Pool {
                 events,
                 status,
                 lease_for,
+                bootstrap: false,
             };
             match runner.attempt(request, job_timeout) {
                 Attempt::Done(outcome) => return Ok(outcome),

@@ -159,6 +159,7 @@ impl Pool {
                 logs_dir: cfg.state_dir.join("logs"),
             },
             lease_for,
+            bootstrap: true,
         };
         let _ = std::fs::create_dir_all(log.parent().unwrap_or(std::path::Path::new(".")));
         let mut host_log =

@@ -97,6 +97,9 @@ pub(crate) struct Runner<'a> {
     pub events: &'a dyn JobEvents,
     pub status: &'a dyn FinalStatus,
     pub lease_for: Duration,
+    /// With no snapshot to revert to, boot the disk as it is (a nightly's
+    /// first run on a new machine) instead of failing.
+    pub bootstrap: bool,
 }
 
 fn hypervisor(machine: &str) -> impl FnOnce(ControlError) -> PoolError + '_ {
@@ -248,18 +251,26 @@ impl Runner<'_> {
             return Ok(false);
         }
         let snapshots = control.snapshots().map_err(hypervisor(name))?;
-        let snapshot = clean_snapshot(&snapshots, &self.machine.snapshot).ok_or_else(|| {
-            hypervisor(name)(ControlError::NoSuchSnapshot(self.machine.snapshot.clone()))
-        })?;
         let job = JobId::parse(self.job()).map_err(|e| PoolError::BadInput(e.to_string()))?;
-        self.events.phase(
-            &job,
-            &Phase::Reverting {
-                snapshot: snapshot.clone(),
-            },
-        );
         control.power_off().map_err(hypervisor(name))?;
-        control.revert(&snapshot).map_err(hypervisor(name))?;
+        match clean_snapshot(&snapshots, &self.machine.snapshot) {
+            Some(snapshot) => {
+                self.events.phase(
+                    &job,
+                    &Phase::Reverting {
+                        snapshot: snapshot.clone(),
+                    },
+                );
+                control.revert(&snapshot).map_err(hypervisor(name))?;
+            }
+            // A nightly takes a machine's first snapshot from its disk as it is.
+            None if self.bootstrap => {}
+            None => {
+                return Err(hypervisor(name)(ControlError::NoSuchSnapshot(
+                    self.machine.snapshot.clone(),
+                )));
+            }
+        }
         // A snapshot may carry an old marker (libvirt keeps metadata in it).
         if !self.claim_marker(control).map_err(hypervisor(name))? {
             return Ok(false);
@@ -466,29 +477,29 @@ impl Runner<'_> {
             }
         };
         let mut exited = None;
+        // A machine that fails every call for a while has died or hung.
+        let lost = |since: &mut Option<Instant>, e: GuestError| {
+            let first = *since.get_or_insert_with(Instant::now);
+            (first.elapsed() > lost_after)
+                .then(|| format!("machine {} stopped answering: {e}", self.machine.name))
+        };
         loop {
-            let mut progressed = false;
-            match backend.guest.read_at(&path, offset, CHUNK) {
+            let chunk = match backend.guest.read_at(&path, offset, CHUNK) {
                 Ok(chunk) => {
                     failing_since = None;
-                    if !chunk.is_empty() {
-                        offset += chunk.len() as u64;
-                        emit(&chunk, false);
-                        progressed = true;
-                    }
+                    chunk
                 }
-                Err(e) => {
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > lost_after {
+                Err(e) => match lost(&mut failing_since, e) {
+                    Some(why) => {
                         emit(&[], true);
-                        return End::Lost(format!(
-                            "machine {} stopped answering: {e}",
-                            self.machine.name
-                        ));
+                        return End::Lost(why);
                     }
-                }
-            }
-            if progressed {
+                    None => Vec::new(),
+                },
+            };
+            if !chunk.is_empty() {
+                offset += chunk.len() as u64;
+                emit(&chunk, false);
                 continue;
             }
             if let Some(code) = exited {
@@ -496,17 +507,12 @@ impl Runner<'_> {
                 return End::Exited(code);
             }
             match backend.guest.exit_code(pid) {
-                // One more read: lines written just before the end.
-                Ok(Some(code)) => exited = Some(code),
-                Ok(None) => {}
+                // Once it has ended, one more read: lines written just before.
+                Ok(code) => exited = code,
                 Err(e) => {
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > lost_after {
+                    if let Some(why) = lost(&mut failing_since, e) {
                         emit(&[], true);
-                        return End::Lost(format!(
-                            "machine {} stopped answering: {e}",
-                            self.machine.name
-                        ));
+                        return End::Lost(why);
                     }
                 }
             }

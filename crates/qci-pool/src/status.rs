@@ -106,8 +106,7 @@ impl SinkStatus {
     fn final_in(text: &str, job: &JobId) -> Option<(State, String)> {
         text.lines()
             .filter_map(|l| StatusEvent::parse_for(l.as_bytes(), job).ok())
-            .filter(|e| e.state.is_final())
-            .last()
+            .rfind(|e| e.state.is_final())
             .map(|e| (e.state, e.description))
     }
 }

@@ -108,6 +108,10 @@ pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, Ins
         &[("QCI_DOM0_CONFIG", config.to_string_lossy().as_ref())],
     )?;
 
+    // Where a pool's host puts its files in an emulated dom0 for a moment.
+    let tmp = dom0.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+
     let vm = machine.domain_root(dev_vm)?;
     for (name, text) in VM_SERVICES {
         write_if_changed(&vm.join("etc/qubes-rpc").join(name), text.as_bytes(), 0o755)?;

@@ -142,36 +142,32 @@ impl MachineControl for Libvirt {
     }
 
     fn set_marker(&self, marker: Option<&Marker>) -> Result<(), ControlError> {
+        let mut args = vec![
+            "metadata",
+            &self.domain,
+            "--uri",
+            MARKER_URI,
+            "--key",
+            "qci",
+        ];
+        let xml;
         match marker {
             Some(m) => {
-                let xml = format!(
+                xml = format!(
                     "<lease host=\"{}\" job=\"{}\" expires=\"{}\"/>",
                     m.host, m.job, m.expires
                 );
-                self.virsh(&[
-                    "metadata",
-                    &self.domain,
-                    "--uri",
-                    MARKER_URI,
-                    "--key",
-                    "qci",
-                    "--set",
-                    &xml,
-                ])
-                .map(drop)
+                args.extend(["--set", &xml]);
             }
-            None => match self.virsh(&[
-                "metadata",
-                &self.domain,
-                "--uri",
-                MARKER_URI,
-                "--key",
-                "qci",
-                "--remove",
-            ]) {
-                Err(ControlError::Refused(e)) if e.contains("metadata not found") => Ok(()),
-                other => other.map(drop),
-            },
+            None => args.push("--remove"),
+        }
+        match self.virsh(&args) {
+            Err(ControlError::Refused(e))
+                if marker.is_none() && e.contains("metadata not found") =>
+            {
+                Ok(())
+            }
+            other => other.map(drop),
         }
     }
 }

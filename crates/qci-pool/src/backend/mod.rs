@@ -7,7 +7,7 @@ pub mod local;
 pub mod qga;
 pub mod vmware;
 
-use crate::config::{BackendKind, Dom0Access, MachineConfig};
+use crate::config::{BackendKind, Credentials, Dom0Access, MachineConfig};
 use crate::control::{ControlError, MachineControl};
 use crate::guest::GuestChannel;
 use std::sync::Arc;
@@ -38,10 +38,7 @@ impl Backend {
                 m.domain.clone().unwrap_or_else(|| m.name.clone()),
                 call_timeout,
             )),
-            BackendKind::Vmware => {
-                vmware::Vmware::new(m, call_timeout)?;
-                unreachable!()
-            }
+            BackendKind::Vmware => Arc::new(vmware::Vmware(vmware_connection(m, call_timeout)?)),
         };
         let mut log_dir = m.dom0_log_dir.clone();
         let mut tmp_dir = m.dom0_tmp_dir.clone();
@@ -71,8 +68,16 @@ impl Backend {
                 call_timeout,
             ))),
             Dom0Access::GuestOperations => {
-                vmware::Vmware::new(m, call_timeout)?;
-                unreachable!()
+                let auth = Credentials::load(
+                    m.guest_credentials_file.as_deref(),
+                    m.guest_credentials_env.as_deref(),
+                )
+                .map_err(|e| ControlError::Refused(format!("dom0 of {}: {e}", m.name)))?;
+                Arc::new(vmware::GuestOps::new(
+                    vmware_connection(m, call_timeout)?,
+                    auth,
+                    &m.dom0_tmp_dir,
+                ))
             }
         };
         Ok(Self {
@@ -82,4 +87,20 @@ impl Backend {
             tmp_dir,
         })
     }
+}
+
+fn vmware_connection(
+    m: &MachineConfig,
+    call_timeout: Duration,
+) -> Result<Arc<vmware::Connection>, ControlError> {
+    let creds = Credentials::load(m.credentials_file.as_deref(), m.credentials_env.as_deref())
+        .map_err(|e| ControlError::Refused(format!("machine {}: {e}", m.name)))?;
+    vmware::Connection::new(
+        m.url.as_deref().unwrap_or_default(),
+        m.vm.as_deref().unwrap_or(&m.name),
+        creds,
+        m.ca_file.as_deref(),
+        call_timeout,
+    )
+    .map(Arc::new)
 }
