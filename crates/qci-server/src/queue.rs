@@ -831,8 +831,8 @@ mod tests {
 
         let (requeued, ended) = reconcile(&conn).unwrap();
 
-        assert_eq!(requeued, [handed.id.clone()]);
-        assert_eq!(ended, [started.id.clone()]);
+        assert_eq!(requeued, std::slice::from_ref(&handed.id));
+        assert_eq!(ended, std::slice::from_ref(&started.id));
         let ran = get(&conn, &started.id).unwrap().unwrap();
         assert_eq!(
             (ran.state.as_str(), ran.description.as_str()),
