@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "bench webhook secret";
-const CONNECTIONS: usize = 32;
+const CONNECTIONS: usize = 8;
 const RUNS: usize = 5;
 
 fn release_dir() -> PathBuf {

@@ -19,6 +19,8 @@ use std::time::Duration;
 /// The seam exists so the server's own tests can script what a machine
 /// does without booting one.
 pub trait Executor: Send + Sync + 'static {
+    /// The Qubes versions the pool has machines for.
+    fn versions(&self) -> Vec<String>;
     /// How many jobs of Qubes `qubes` may be handed over at once: the
     /// machines of that version. More would only wait inside the pool.
     fn capacity(&self, qubes: &str) -> usize;
@@ -35,6 +37,18 @@ pub trait Executor: Send + Sync + 'static {
 }
 
 impl Executor for Pool {
+    fn versions(&self) -> Vec<String> {
+        let mut versions: Vec<String> = self
+            .config()
+            .machines
+            .iter()
+            .map(|m| m.qubes.clone())
+            .collect();
+        versions.sort();
+        versions.dedup();
+        versions
+    }
+
     fn capacity(&self, qubes: &str) -> usize {
         self.config()
             .machines
@@ -142,9 +156,18 @@ pub async fn run(app: App) {
 }
 
 async fn dispatch_ready(app: &App) -> Result<(), crate::store::StoreError> {
-    let versions = app.store.read(queue::waiting_versions).await?;
-    for qubes in versions {
+    for qubes in app.executor.versions() {
         while app.running.busy(&qubes) < app.executor.capacity(&qubes) {
+            // A read first: a write that finds nothing would still ring
+            // every waiter, this loop included.
+            let v = qubes.clone();
+            if !app
+                .store
+                .read(move |conn| queue::runnable(conn, &v))
+                .await?
+            {
+                break;
+            }
             let (token, hash) = crate::relay::new_token();
             let v = qubes.clone();
             let Some(job) = app

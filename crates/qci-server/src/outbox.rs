@@ -79,6 +79,10 @@ fn send_forever(app: &App, kind: Kind, dest: Option<&Destination>) {
             app.store.wait_commit(seen, Duration::from_secs(5));
             continue;
         }
+        // Sent in order; marked done together (one commit per batch). A
+        // crash in between sends a few again, in order: harmless, as the
+        // last status of a commit still wins.
+        let mut done = Vec::with_capacity(batch.len());
         for msg in batch {
             let error = dest.and_then(|dest| send(app, &client, dest, &msg).err());
             if let Some(e) = &error {
@@ -88,13 +92,13 @@ fn send_forever(app: &App, kind: Kind, dest: Option<&Destination>) {
                     kind.as_str()
                 );
             }
-            let id = msg.id;
-            if let Err(e) = app
-                .store
-                .write_blocking(move |conn| queue::sent(conn, id, error.as_deref()))
-            {
-                tracing::error!("outbox: {e}");
-            }
+            done.push((msg.id, error));
+        }
+        if let Err(e) = app
+            .store
+            .write_blocking(move |conn| queue::sent(conn, &done))
+        {
+            tracing::error!("outbox: {e}");
         }
     }
 }

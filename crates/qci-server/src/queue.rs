@@ -580,15 +580,16 @@ pub fn claim_next(
     Ok(Some(job))
 }
 
-/// The Qubes versions that have a runnable job waiting.
-pub fn waiting_versions(conn: &Connection) -> Result<Vec<String>, StoreError> {
+/// Whether a job of `qubes` is waiting for a machine.
+pub fn runnable(conn: &Connection, qubes: &str) -> Result<bool, StoreError> {
     Ok(conn
         .prepare_cached(
-            "SELECT DISTINCT qubes FROM jobs WHERE state = 'queued' AND needs_approval = 0 \
-             AND dispatched_at IS NULL",
+            "SELECT 1 FROM jobs WHERE state = 'queued' AND qubes = ?1 AND needs_approval = 0 \
+             AND dispatched_at IS NULL LIMIT 1",
         )?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?)
+        .query_row([qubes], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 /// The job began on a machine: from now on a host crash ends it as
@@ -778,10 +779,14 @@ pub fn outgoing(conn: &Connection, kind: &str, limit: usize) -> Result<Vec<Outgo
         .collect::<Result<_, _>>()?)
 }
 
-/// Marks a message done, with the error that made the host give up on it.
-pub fn sent(conn: &Connection, id: i64, error: Option<&str>) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE outbox SET sent_at = ?2, error = ?3 WHERE id = ?1")?
-        .execute(params![id, now_ms(), error])?;
+/// Marks messages done, each with the error that made the host give up on
+/// it, if any.
+pub fn sent(conn: &Connection, done: &[(i64, Option<String>)]) -> Result<(), StoreError> {
+    let mut stmt =
+        conn.prepare_cached("UPDATE outbox SET sent_at = ?2, error = ?3 WHERE id = ?1")?;
+    for (id, error) in done {
+        stmt.execute(params![id, now_ms(), error])?;
+    }
     Ok(())
 }
 

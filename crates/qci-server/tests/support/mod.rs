@@ -80,6 +80,10 @@ pub fn event(job: &str, state: &str, description: &str) -> String {
 }
 
 impl Executor for Scripted {
+    fn versions(&self) -> Vec<String> {
+        vec!["4.2".into()]
+    }
+
     fn capacity(&self, _qubes: &str) -> usize {
         self.capacity
     }
