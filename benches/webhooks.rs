@@ -94,6 +94,37 @@ struct Figures {
     per_sec: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU time the server spent per webhook (user + system): a figure the
+    /// load of a shared machine changes far less than the rates.
+    cpu: Duration,
+}
+
+/// User + system CPU time of a process so far, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// [`load`] while charging the server process `pid` for its CPU time.
+fn measure(pid: u32, url: &str, batch: Vec<Delivery>) -> Figures {
+    let n = batch.len() as u32;
+    let before = cpu_time(pid);
+    let mut f = load(url, batch);
+    // Let the server finish what a request left it (its GitHub poster).
+    std::thread::sleep(Duration::from_millis(500));
+    f.cpu = (cpu_time(pid) - before) / n;
+    f
 }
 
 /// Sends every delivery to `url` over `CONNECTIONS` connections; every
@@ -151,6 +182,7 @@ fn load(url: &str, batch: Vec<Delivery>) -> Figures {
             per_sec: times.len() as f64 / elapsed.as_secs_f64(),
             p50: pct(0.50),
             p99: pct(0.99),
+            cpu: Duration::ZERO,
         }
     })
 }
@@ -264,6 +296,21 @@ fn start_github() -> u16 {
     port
 }
 
+/// A warm-up (connections, pages), then `n` measured webhooks; stops the server.
+fn one_run(name: &str, child: Child, port: u16, seed: usize, n: usize) -> Figures {
+    let url = format!("http://127.0.0.1:{port}/webhook");
+    load(&url, deliveries(seed + 100, 200));
+    let f = measure(child.id(), &url, deliveries(seed, n));
+    stop(child);
+    eprintln!(
+        "webhooks: {name:<9} {:>5.0}/s p99 {:>5.1} ms, CPU {:>4.0} us/webhook",
+        f.per_sec,
+        f.p99.as_secs_f64() * 1e3,
+        f.cpu.as_secs_f64() * 1e6
+    );
+    f
+}
+
 fn median<T: Copy + PartialOrd>(v: &mut [T]) -> T {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -280,48 +327,25 @@ fn main() {
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for run in 0..RUNS {
         let (child, port) = start_qci(&bin, scratch.path(), github);
-        // Warm-up: the first requests open connections and pages.
-        load(
-            &format!("http://127.0.0.1:{port}/webhook"),
-            deliveries(run * 2 + 100, 200),
-        );
-        let f = load(
-            &format!("http://127.0.0.1:{port}/webhook"),
-            deliveries(run * 2, n),
-        );
-        stop(child);
-        eprintln!(
-            "webhooks: run {run} qci serve {:.0}/s p99 {:.1} ms",
-            f.per_sec,
-            f.p99.as_secs_f64() * 1e3
-        );
-        ours.push(f);
-
+        ours.push(one_run("qci serve", child, port, run * 2, n));
         let (child, port) = start_flask(&python, scratch.path());
-        load(
-            &format!("http://127.0.0.1:{port}/webhook"),
-            deliveries(run * 2 + 101, 200),
-        );
-        let f = load(
-            &format!("http://127.0.0.1:{port}/webhook"),
-            deliveries(run * 2 + 1, n),
-        );
-        stop(child);
-        eprintln!(
-            "webhooks: run {run} Flask     {:.0}/s p99 {:.1} ms",
-            f.per_sec,
-            f.p99.as_secs_f64() * 1e3
-        );
-        theirs.push(f);
+        theirs.push(one_run("Flask", child, port, run * 2 + 1, n));
     }
     let summary = |figs: &[Figures]| {
         let mut rate: Vec<f64> = figs.iter().map(|f| f.per_sec).collect();
         let mut p50: Vec<Duration> = figs.iter().map(|f| f.p50).collect();
         let mut p99: Vec<Duration> = figs.iter().map(|f| f.p99).collect();
-        (median(&mut rate), median(&mut p50), median(&mut p99))
+        let mut cpu: Vec<Duration> = figs.iter().map(|f| f.cpu).collect();
+        (
+            median(&mut rate),
+            median(&mut p50),
+            median(&mut p99),
+            median(&mut cpu),
+        )
     };
-    let (our_rate, our_p50, our_p99) = summary(&ours);
-    let (ref_rate, ref_p50, ref_p99) = summary(&theirs);
+    let (our_rate, our_p50, our_p99, our_cpu) = summary(&ours);
+    let (ref_rate, ref_p50, ref_p99, ref_cpu) = summary(&theirs);
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "webhooks: {n} signed pushes per run over {CONNECTIONS} connections, median of {RUNS} paired runs \
@@ -330,14 +354,16 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "  qci serve (committed to SQLite, fsync) {our_rate:>7.0}/s  p50 {:>5.1} ms  p99 {:>5.1} ms  (target >= 2000/s, p99 < 20 ms)",
+        "  qci serve (committed to SQLite, fsync) {our_rate:>7.0}/s  p50 {:>5.1} ms  p99 {:>5.1} ms  CPU {:>5.0} us/webhook  (target >= 2000/s, p99 < 20 ms)",
         ms(our_p50),
-        ms(our_p99)
+        ms(our_p99),
+        us(our_cpu)
     );
     println!(
-        "  Flask reference (file append)          {ref_rate:>7.0}/s  p50 {:>5.1} ms  p99 {:>5.1} ms",
+        "  Flask reference (file append)          {ref_rate:>7.0}/s  p50 {:>5.1} ms  p99 {:>5.1} ms  CPU {:>5.0} us/webhook",
         ms(ref_p50),
-        ms(ref_p99)
+        ms(ref_p99),
+        us(ref_cpu)
     );
     println!(
         "  ratio: {:.2}x the throughput of the reference",

@@ -76,7 +76,12 @@ fn send_forever(app: &App, kind: Kind, dest: Option<&Destination>) {
                 Vec::new()
             });
         if batch.is_empty() {
-            app.store.wait_commit(seen, Duration::from_secs(5));
+            if dest.is_some() {
+                app.store.wait_commit(seen, Duration::from_secs(5));
+            } else {
+                // Nothing to send to: only clear the outbox now and then.
+                std::thread::sleep(Duration::from_secs(5));
+            }
             continue;
         }
         // Sent in order; marked done together (one commit per batch). A

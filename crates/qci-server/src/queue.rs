@@ -148,7 +148,10 @@ fn parse_state(s: &str) -> State {
 
 pub fn get(conn: &Connection, id: &str) -> Result<Option<Job>, StoreError> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1");
-    Ok(conn.query_row(&sql, [id], job_from_row).optional()?)
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([id], job_from_row)
+        .optional()?)
 }
 
 /// Jobs not yet final, oldest first, and the `recent` latest final ones.
@@ -218,11 +221,9 @@ fn enqueue_github(
     description: &str,
     ready: bool,
 ) -> Result<(), StoreError> {
-    let (repo, sha, context): (String, String, String) = conn.query_row(
-        "SELECT repo, sha, context FROM jobs WHERE id = ?1",
-        [job],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+    let (repo, sha, context): (String, String, String) = conn
+        .prepare_cached("SELECT repo, sha, context FROM jobs WHERE id = ?1")?
+        .query_row([job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     let body = serde_json::json!({
         "repo": repo, "sha": sha, "context": context,
         "state": state.github_state(), "description": description,
@@ -258,10 +259,9 @@ fn finish(
     description: &str,
     source: &str,
 ) -> Result<(), StoreError> {
-    let dispatched: Option<i64> =
-        conn.query_row("SELECT dispatched_at FROM jobs WHERE id = ?1", [job], |r| {
-            r.get(0)
-        })?;
+    let dispatched: Option<i64> = conn
+        .prepare_cached("SELECT dispatched_at FROM jobs WHERE id = ?1")?
+        .query_row([job], |r| r.get(0))?;
     // A job that never reached a machine has no log to wait for.
     let published = dispatched.is_none();
     conn.prepare_cached(
@@ -275,10 +275,9 @@ fn finish(
         now_ms(),
         published
     ])?;
-    let published: bool =
-        conn.query_row("SELECT log_published FROM jobs WHERE id = ?1", [job], |r| {
-            r.get(0)
-        })?;
+    let published: bool = conn
+        .prepare_cached("SELECT log_published FROM jobs WHERE id = ?1")?
+        .query_row([job], |r| r.get(0))?;
     record_event(conn, job, state, description, source)?;
     enqueue_github(conn, job, state, description, published)?;
     for kind in ["slack", "webhook"] {
@@ -304,11 +303,11 @@ pub enum Applied {
 
 /// A job id: `SEQ-qVERSION`, unique on this host and readable in a URL.
 fn new_job_id(conn: &Connection, qubes: &str) -> Result<String, StoreError> {
-    let next: i64 = conn.query_row(
-        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0) + 1",
-        [],
-        |r| r.get(0),
-    )?;
+    let next: i64 = conn
+        .prepare_cached(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0) + 1",
+        )?
+        .query_row([], |r| r.get(0))?;
     Ok(format!("{next}-q{qubes}"))
 }
 
@@ -535,10 +534,9 @@ pub fn retry(conn: &Connection, id: &str) -> Result<RetryOutcome, StoreError> {
     if !old.is_final() {
         return Ok(RetryOutcome::NotFinal(old.state));
     }
-    let supersede_key: Option<String> =
-        conn.query_row("SELECT supersede_key FROM jobs WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })?;
+    let supersede_key: Option<String> = conn
+        .prepare_cached("SELECT supersede_key FROM jobs WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))?;
     let job = NewJob {
         slug: old.repo,
         clone_url: old.clone_url,
@@ -570,7 +568,11 @@ pub fn claim_next(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND qubes = ?1 \
          AND needs_approval = 0 AND dispatched_at IS NULL ORDER BY seq LIMIT 1"
     );
-    let Some(mut job) = conn.query_row(&sql, [qubes], job_from_row).optional()? else {
+    let Some(mut job) = conn
+        .prepare_cached(&sql)?
+        .query_row([qubes], job_from_row)
+        .optional()?
+    else {
         return Ok(None);
     };
     let now = now_ms();
@@ -606,8 +608,9 @@ pub fn mark_started(conn: &Connection, id: &str) -> Result<(), StoreError> {
 pub fn publish(conn: &Connection, id: &str, why_no_final: &str) -> Result<(), StoreError> {
     conn.prepare_cached("UPDATE jobs SET log_published = 1 WHERE id = ?1")?
         .execute([id])?;
-    let final_state: String =
-        conn.query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))?;
+    let final_state: String = conn
+        .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))?;
     if !parse_state(&final_state).is_final() {
         finish(conn, id, State::Error, why_no_final, "host")?;
     }

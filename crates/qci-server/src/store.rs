@@ -148,14 +148,13 @@ fn in_savepoint<R>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<R, StoreError>,
 ) -> Result<R, StoreError> {
-    conn.execute_batch("SAVEPOINT task")?;
+    // Cached: a burst of webhooks runs these thousands of times a second.
+    conn.prepare_cached("SAVEPOINT task")?.execute([])?;
     let out = f(conn);
-    let end = if out.is_ok() {
-        "RELEASE task"
-    } else {
-        "ROLLBACK TO task; RELEASE task"
-    };
-    conn.execute_batch(end)?;
+    if out.is_err() {
+        conn.prepare_cached("ROLLBACK TO task")?.execute([])?;
+    }
+    conn.prepare_cached("RELEASE task")?.execute([])?;
     out
 }
 
@@ -173,7 +172,10 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let failed = match conn.execute_batch("BEGIN IMMEDIATE") {
+        let begun = conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]));
+        let failed = match begun {
             Err(e) => {
                 // Nothing ran: every caller hears why.
                 let why = e.to_string();
@@ -183,9 +185,12 @@ fn write_loop(
                 }
                 continue;
             }
-            Ok(()) => {
+            Ok(_) => {
                 let finishes: Vec<Finish> = batch.into_iter().map(|task| task(&conn)).collect();
-                let failed = conn.execute_batch("COMMIT").err().map(|e| {
+                let committed = conn
+                    .prepare_cached("COMMIT")
+                    .and_then(|mut s| s.execute([]));
+                let failed = committed.err().map(|e| {
                     let _ = conn.execute_batch("ROLLBACK");
                     e.to_string()
                 });
