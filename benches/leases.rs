@@ -89,6 +89,9 @@ fn main() {
 /// prints the figures; `markers` checks the hypervisor's side.
 fn run(kind: &str, host: &Host, jobs: usize, markers: impl Fn(&[LeaseInterval]) -> Vec<String>) {
     let ran = host.path("ran.txt");
+    // Steps run as the machines' user, who may not be us.
+    std::fs::write(&ran, "").unwrap();
+    std::fs::set_permissions(&ran, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     // 0 to 90 ms of work, picked from the job id (the job knows nothing else).
     let step = format!(
         "n=$(printf %s \"$QCI_JOB\" | cksum | cut -d' ' -f1); sleep 0.0$((n % 10)); echo \"$QCI_JOB\" >> '{}'",

@@ -143,3 +143,37 @@ fn an_unreachable_hypervisor_is_a_clear_error_and_no_job_is_lost_or_marked_as_ru
         stdout(&pool)
     );
 }
+
+#[test]
+fn sigterm_to_the_host_mid_job_cancels_it_and_frees_the_machine() {
+    let mut host = Host::new();
+    host.local("emu-1", "4.2");
+    let release = host.path("release");
+    let repo = Repo::new(
+        &host,
+        "repo",
+        &format!("echo started; {}", hold_until(&release)),
+    );
+    let child = host.spawn_job(&["--machine", "emu-1"], &repo, "stopped");
+    wait_for("the job to run", Duration::from_secs(60), || {
+        host.host_log("stopped").contains("[step] started")
+    });
+    signal(child.id() as i32, "TERM");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("qci: job stopped: canceled"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(host.statuses("stopped").last().unwrap().0, "canceled");
+    let control = host.control("emu-1");
+    assert_eq!(control["power"], "off");
+    assert!(control["marker"].is_null());
+    let machine = host.machine_dir("emu-1").join("machine");
+    let left = processes(&format!("QCI_EMU_MACHINE={}", machine.display()), |_| true);
+    assert!(
+        left.is_empty(),
+        "processes of the canceled job survived: {left:?}"
+    );
+}

@@ -352,3 +352,36 @@ fn nightly_snapshots_after_a_clean_update_and_keeps_the_old_snapshot_when_an_upd
     );
     assert_eq!(after["power"], "off");
 }
+
+#[test]
+fn nightly_takes_no_snapshot_after_an_unclean_stop() {
+    let mut host = Host::new();
+    host.local("emu-1", "4.2");
+    // The update leaves a process behind that ignores the shutdown request.
+    host.pool_keys.push_str(
+        "shutdown_grace = \"2s\"\n[pool.nightly]\nsalt_commands = []\n\
+         update_commands = [[\"sh\", \"-c\", \"(trap '' TERM; sleep 60) > /dev/null 2>&1 &\"]]\n",
+    );
+    let out = host.run(&["nightly"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("did not shut down within 2s; no snapshot taken"),
+        "{}",
+        stdout(&out)
+    );
+    let control = host.control("emu-1");
+    let names: Vec<&str> = control["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["clean"]);
+    assert_eq!(control["power"], "off", "forced off after the grace period");
+}

@@ -20,9 +20,17 @@ pub struct Host {
 }
 
 impl Host {
+    /// Open to everyone (0755), what is written in it readable (umask
+    /// 0022): run as root, the machines' domains run as an unprivileged
+    /// user who must read the repositories (see `support::Scratch`).
     pub fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("open the host's directory");
         Self {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir,
             pool_keys: "boot_timeout = \"30s\"\ncall_timeout = \"20s\"\n".into(),
             machines: Vec::new(),
         }

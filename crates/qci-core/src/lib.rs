@@ -14,6 +14,7 @@ pub mod process;
 pub mod retry;
 pub mod status;
 pub mod step;
+pub mod tree;
 pub mod unpack;
 
 pub use exit::ExitCode;

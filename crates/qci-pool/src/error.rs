@@ -13,7 +13,7 @@ pub enum PoolError {
     BadInput(String),
     #[error("gave up waiting for a free machine: the queue timeout passed")]
     QueueTimeout,
-    #[error("canceled while waiting for a machine")]
+    #[error("canceled before the job started")]
     Canceled,
     #[error("machine {machine}: {source}")]
     Hypervisor {

@@ -197,10 +197,7 @@ impl Pool {
         events: &dyn JobEvents,
         why: String,
     ) -> JobOutcome {
-        let why: String = why
-            .chars()
-            .take(qci_core::StatusEvent::MAX_DESCRIPTION)
-            .collect();
+        let why = qci_core::status::clean_description(&why);
         if let Err(e) = status.record(&request.job, State::Error, &why, None) {
             tracing::error!("cannot record the final status of {}: {e}", request.job);
         }

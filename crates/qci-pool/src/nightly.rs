@@ -164,7 +164,7 @@ impl Pool {
         let _ = std::fs::create_dir_all(log.parent().unwrap_or(std::path::Path::new(".")));
         let mut host_log =
             std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-        match runner.boot(b, job) {
+        match runner.boot(b, job, &AtomicBool::new(false)) {
             Boot::Ready => {}
             Boot::Foreign => return Err("another host holds the machine".into()),
             Boot::NoAnswer(why) => return Err(why),
@@ -178,11 +178,11 @@ impl Pool {
             .iter()
             .chain(&cfg.nightly.salt_commands)
         {
-            let shown = argv.join(" ");
+            let words: Vec<String> = argv.iter().map(|w| sh_quote(w)).collect();
+            let shown = words.join(" ");
             events.phase(job, &Phase::Running);
             let _ = writeln!(host_log, "$ {shown}");
-            let words: Vec<String> = argv.iter().map(|w| sh_quote(w)).collect();
-            let script = format!("{} > {} 2>&1", words.join(" "), sh_quote(&out_file));
+            let script = format!("{shown} > {} 2>&1", sh_quote(&out_file));
             let code = dom0.sh(&script).map_err(|e| format!("`{shown}`: {e}"));
             if let Ok(bytes) = b.guest.copy_out(&out_file) {
                 let _ = host_log.write_all(&bytes);

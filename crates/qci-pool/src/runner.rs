@@ -180,7 +180,7 @@ impl Runner<'_> {
                 return Attempt::NotStarted(hypervisor(&self.machine.name)(e));
             }
         };
-        match self.boot(&backend, &request.job) {
+        match self.boot(&backend, &request.job, &request.cancel) {
             Boot::Ready => {}
             Boot::Foreign => {
                 // Not ours to touch: only our own row goes.
@@ -230,15 +230,18 @@ impl Runner<'_> {
         }
     }
 
-    /// Marker, revert, boot, and wait for dom0.
-    pub fn boot(&self, backend: &Backend, job: &JobId) -> Boot {
+    /// Marker, revert, boot, and wait for dom0 (a cancel while waiting
+    /// means the job never started).
+    pub fn boot(&self, backend: &Backend, job: &JobId, cancel: &AtomicBool) -> Boot {
         match self.prepare(backend) {
             Ok(true) => {}
             Ok(false) => return Boot::Foreign,
             Err(e) => return Boot::Failed(e),
         }
-        match self.wait_for_dom0(&self.dom0(backend, self.config.call_timeout), job) {
+        let dom0 = self.dom0(backend, self.config.call_timeout);
+        match self.wait_for_dom0(&dom0, job, cancel) {
             Ok(()) => Boot::Ready,
+            Err(_) if cancel.load(Ordering::Relaxed) => Boot::Failed(PoolError::Canceled),
             Err(why) => Boot::NoAnswer(why),
         }
     }
@@ -281,7 +284,12 @@ impl Runner<'_> {
     }
 
     /// Until dom0 runs a command in the dev VM, or `boot_timeout` passes.
-    fn wait_for_dom0(&self, dom0: &Dom0<'_>, job: &JobId) -> Result<(), String> {
+    fn wait_for_dom0(
+        &self,
+        dom0: &Dom0<'_>,
+        job: &JobId,
+        cancel: &AtomicBool,
+    ) -> Result<(), String> {
         let started = Instant::now();
         let deadline = started + self.config.boot_timeout;
         let check: Vec<String> = [
@@ -305,6 +313,9 @@ impl Runner<'_> {
                 Ok(code) => format!("the dev VM check exited with {code}"),
                 Err(e) => e.to_string(),
             };
+            if cancel.load(Ordering::Relaxed) {
+                return Err("canceled".into());
+            }
             if Instant::now() >= deadline {
                 return Err(format!(
                     "dom0 of {} did not answer within {}s ({last})",
@@ -376,6 +387,7 @@ impl Runner<'_> {
                     End::Canceled => (State::Canceled, "Job canceled".to_owned()),
                     End::Lost(why) => (State::Error, why.clone()),
                 };
+                let why = qci_core::status::clean_description(&why);
                 if !answering {
                     // Stop the job before saying it ended.
                     let _ = backend.control.power_off();
