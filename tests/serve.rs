@@ -208,7 +208,9 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 
 #[test]
 fn a_push_runs_on_an_emulated_machine_and_reports_through_the_relay() {
-    let scratch = tempfile::tempdir().unwrap();
+    // Open to the machine's unprivileged user (run as root, as CI does).
+    let area = support::Scratch::new();
+    let scratch = &area.dir;
     let (project, sha) = project(scratch.path(), "echo hello from the job; echo done");
     let github = FakeGithub::start(GITHUB_TOKEN);
     let served = Served::start(scratch.path(), &github, &project);
@@ -290,7 +292,9 @@ fn a_push_runs_on_an_emulated_machine_and_reports_through_the_relay() {
 
 #[test]
 fn kill_9_under_load_loses_no_accepted_webhook_and_ends_the_running_job() {
-    let scratch = tempfile::tempdir().unwrap();
+    // Open to the machine's unprivileged user (run as root, as CI does).
+    let area = support::Scratch::new();
+    let scratch = &area.dir;
     let release = scratch.path().join("release");
     let command = format!(
         "echo the long step started; {}; echo released",
@@ -595,7 +599,9 @@ fn the_monitor_page_shows_a_new_log_line_live_in_a_real_browser() {
     let Some(browser) = Browser::start() else {
         return;
     };
-    let scratch = tempfile::tempdir().unwrap();
+    // Open to the machine's unprivileged user (run as root, as CI does).
+    let area = support::Scratch::new();
+    let scratch = &area.dir;
     let release = scratch.path().join("release");
     let command = format!(
         // The printed line is not in the command, which the log also shows.
