@@ -199,8 +199,13 @@ async fn shutdown() {
     tracing::info!("shutting down");
 }
 
-/// Deletes published logs older than `keep_logs`, hourly.
+/// Deletes published logs older than `keep_logs`, hourly (or as often as
+/// `keep_logs` itself, when that is shorter).
 async fn prune(app: App) {
+    let every = app
+        .config
+        .keep_logs
+        .clamp(Duration::from_secs(1), Duration::from_secs(3600));
     loop {
         let cutoff = queue::now_ms() - app.config.keep_logs.as_millis() as i64;
         match app
@@ -217,6 +222,6 @@ async fn prune(app: App) {
             }
             Err(e) => tracing::error!("pruning logs: {e}"),
         }
-        tokio::time::sleep(Duration::from_secs(3600)).await;
+        tokio::time::sleep(every).await;
     }
 }

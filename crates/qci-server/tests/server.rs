@@ -600,3 +600,19 @@ fn healthz_and_metrics_answer() {
         assert!(text.contains(want), "{want} not in:\n{text}");
     }
 }
+
+#[test]
+fn old_logs_are_pruned_and_the_job_stays_in_history() {
+    let host = Host::start("keep_logs = \"1s\"", Scripted::new(true));
+    let job = queued(&host.webhook("push", "k1", &fixture("push.json")).1)[0].clone();
+    host.wait_state(&job, "success");
+    let published = host.dir.path().join(format!("state/published/{job}.log"));
+    wait_for("the log to be pruned", Duration::from_secs(30), || {
+        !published.exists()
+    });
+    let (code, text) = host.get(&format!("/jobs/{job}/log"));
+    assert_eq!(code, 200);
+    assert!(text.contains("pruned"), "{text}");
+    assert_eq!(host.job(&job)["state"], "success");
+    assert!(host.get("/").1.contains(&format!("/jobs/{job}")));
+}
