@@ -3,8 +3,10 @@
 //! Invoked as `qrexec-client-vm`, `qvm-run` or `qrexec-client` (the links an
 //! emulated machine puts on its domains' PATH), it is that emulated tool.
 
+mod jobs;
 mod local;
 mod pool;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use qci_core::ExitCode;
@@ -127,6 +129,26 @@ enum Command {
         #[arg(long = "vm", value_name = "NAME", default_value = "sd-dev")]
         vms: Vec<String>,
     },
+    /// Serve GitHub webhooks: queue jobs, run them on the pool, post commit
+    /// statuses, publish logs and the monitor page.
+    ///
+    /// Reads the [server] and [pool] tables of HOST.toml. Stops cleanly on
+    /// SIGTERM or SIGINT; after a crash it reconciles at start (jobs that
+    /// never started are queued again, running ones end as error).
+    Serve {
+        #[arg(long, value_name = "HOST.toml")]
+        config: PathBuf,
+    },
+    /// List, cancel or retry the jobs of a running `qci serve`.
+    Jobs {
+        #[arg(long, value_name = "HOST.toml")]
+        config: PathBuf,
+        /// The server's address (default: http://LISTEN from the config).
+        #[arg(long)]
+        url: Option<String>,
+        #[command(subcommand)]
+        command: jobs::JobsCommand,
+    },
     /// Make one qrexec call on an emulated machine, as `qrexec-client-vm`
     /// does inside Qubes (calls from dom0 are not policy-checked).
     Qrexec {
@@ -233,6 +255,12 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Serve { config } => serve::serve(&config).into(),
+        Command::Jobs {
+            config,
+            url,
+            command,
+        } => jobs::run(&config, url.as_deref(), &command).into(),
         Command::Qrexec {
             machine,
             from,
