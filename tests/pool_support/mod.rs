@@ -236,12 +236,69 @@ pub fn available(what: &str, present: bool) -> bool {
 }
 
 /// libvirtd with only its test driver, on a socket in a temporary
-/// directory, and one connection held open for the test's whole life (the
-/// test driver's state lives as long as a connection does).
+/// directory, and one connection held open for the test's whole life: the
+/// test driver's state lives only while a connection does, so without it
+/// a domain defined by one `virsh` is gone for the next ("failed to get
+/// domain"). [`Libvirtd::start`] returns only once that connection is open.
 pub struct Libvirtd {
     dir: tempfile::TempDir,
     daemon: Child,
-    holder: Child,
+    holder: Holder,
+}
+
+/// An interactive `virsh` connected to the daemon, waiting for commands
+/// on a pipe that stays open (its stdout too: it writes a prompt).
+struct Holder {
+    child: Child,
+    _stdin: std::process::ChildStdin,
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Holder {
+    /// Starts it and waits until it has printed its connection's URI, which
+    /// it can only do once connected. Keepalive is off on its side (`-k 0`)
+    /// and on the daemon's, so a starved machine cannot drop it.
+    fn connect(uri: &str) -> Result<Self, String> {
+        use std::io::Write;
+        let mut child = Command::new("virsh")
+            .args(["-k", "0", "-c", uri])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the holding virsh");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"uri\n").expect("ask the holding virsh");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let connected = loop {
+                line.clear();
+                match stdout.read_line(&mut line) {
+                    Ok(0) | Err(_) => break false,
+                    Ok(_) if line.contains("test+unix://") => break true,
+                    Ok(_) => {}
+                }
+            };
+            let _ = tx.send((connected, stdout));
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((true, stdout)) => Ok(Self {
+                child,
+                _stdin: stdin,
+                _stdout: stdout,
+            }),
+            answer => {
+                drop(stdin);
+                let _ = qci_core::process::wait_or_kill(&mut child, Duration::from_secs(5));
+                Err(match answer {
+                    Ok(_) => format!("the holding virsh could not connect to {uri}"),
+                    Err(_) => format!("the holding virsh did not connect to {uri} within 60s"),
+                })
+            }
+        }
+    }
 }
 
 impl Libvirtd {
@@ -261,7 +318,8 @@ impl Libvirtd {
         std::fs::write(
             &conf,
             format!(
-                "unix_sock_dir = {:?}\nauth_unix_rw = \"none\"\nauth_unix_ro = \"none\"\n",
+                "unix_sock_dir = {:?}\nauth_unix_rw = \"none\"\nauth_unix_ro = \"none\"\n\
+                 keepalive_interval = -1\n",
                 sock
             ),
         )
@@ -283,22 +341,20 @@ impl Libvirtd {
             socket.exists()
         });
         let uri = format!("test+unix:///default?socket={}", socket.display());
-        let holder = Command::new("virsh")
-            .args(["-c", &uri, "event", "--loop", "--all"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the holding virsh");
-        let me = Self {
+        // The socket may exist a moment before the daemon accepts on it.
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        let holder = loop {
+            match Holder::connect(&uri) {
+                Ok(h) => break h,
+                Err(e) if std::time::Instant::now() > end => panic!("{e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        Some(Self {
             dir,
             daemon,
             holder,
-        };
-        crate::support::wait_for("libvirtd to answer", Duration::from_secs(30), || {
-            me.virsh_ok(&["list", "--all"])
-        });
-        Some(me)
+        })
     }
 
     pub fn uri(&self) -> String {
@@ -306,14 +362,6 @@ impl Libvirtd {
             "test+unix:///default?socket={}",
             self.dir.path().join("sock/libvirt-sock").display()
         )
-    }
-
-    fn virsh_ok(&self, args: &[&str]) -> bool {
-        Command::new("virsh")
-            .args(["-q", "-c", &self.uri()])
-            .args(args)
-            .output()
-            .is_ok_and(|o| o.status.success())
     }
 
     /// `virsh ARGS`; its trimmed stdout, failing the test on an error.
@@ -347,7 +395,7 @@ impl Libvirtd {
 
 impl Drop for Libvirtd {
     fn drop(&mut self) {
-        for child in [&mut self.holder, &mut self.daemon] {
+        for child in [&mut self.holder.child, &mut self.daemon] {
             crate::support::signal(child.id() as i32, "TERM");
             let _ = qci_core::process::wait_or_kill(child, Duration::from_secs(10));
         }
