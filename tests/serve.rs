@@ -19,8 +19,6 @@ const SECRET: &str = "webhook secret for the tests";
 const GITHUB_TOKEN: &str = "ghp_e2eHostOnlyToken0123456789abcdef";
 const ADMIN_TOKEN: &str = "e2e-operator-token";
 const REPO: &str = "freedomofpress/securedrop-workstation";
-/// Queued by the crash test's load: no machine runs this version.
-const LOAD_REPO: &str = "freedomofpress/load";
 
 fn fixture(name: &str) -> serde_json::Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -39,6 +37,19 @@ fn push(repo: &str, branch: &str, sha: &str) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
+/// A pull request `number` from a fork, at `sha`: it waits for a maintainer.
+fn fork_pr(number: u64, sha: &str) -> Vec<u8> {
+    let mut v = fixture("pull_request-fork.json");
+    v["number"] = json!(number);
+    v["pull_request"]["number"] = json!(number);
+    v["pull_request"]["head"]["sha"] = json!(sha);
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// An emulated machine from the pool's `local` backend.
+const LOCAL_MACHINE: &str =
+    "name = \"emu-1\"\nqubes = \"4.2\"\nbackend = \"local\"\npath = \"{dir}/emu-1\"\n";
+
 /// `qci serve` as a child process, with its config and state in `dir`.
 struct Served {
     dir: PathBuf,
@@ -50,6 +61,18 @@ struct Served {
 impl Served {
     /// Writes HOST.toml (one emulated machine for Qubes 4.2) and starts.
     fn start(dir: &Path, github: &FakeGithub, project: &Path) -> Self {
+        Self::start_with(dir, github, project, LOCAL_MACHINE, "")
+    }
+
+    /// The same with another `[[pool.machines]]` entry (`{dir}` stands for
+    /// `dir`) and more `[server]` keys.
+    fn start_with(
+        dir: &Path,
+        github: &FakeGithub,
+        project: &Path,
+        machine: &str,
+        server: &str,
+    ) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -60,17 +83,16 @@ impl Served {
         std::fs::write(dir.join("github-token"), GITHUB_TOKEN).unwrap();
         std::fs::write(dir.join("admin-token"), ADMIN_TOKEN).unwrap();
         let d = dir.display();
+        let machine = machine.replace("{dir}", &d.to_string());
         let config = format!(
             "[pool]\nstate_dir = \"{d}/state\"\nhost_id = \"e2e\"\nboot_timeout = \"2m\"\n\
-             [[pool.machines]]\nname = \"emu-1\"\nqubes = \"4.2\"\nbackend = \"local\"\n\
-             path = \"{d}/emu-1\"\n\
+             [[pool.machines]]\n{machine}\n\
              [server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n\
              github_api_url = \"{}\"\n\
              webhook_secret = {{ file = \"{d}/webhook-secret\" }}\n\
              github_token = {{ file = \"{d}/github-token\" }}\n\
-             admin_token = {{ file = \"{d}/admin-token\" }}\njob_timeout = \"5m\"\n\
-             [[server.repos]]\nslug = \"{REPO}\"\nclone_url = \"{}\"\n\
-             [[server.repos]]\nslug = \"{LOAD_REPO}\"\nqubes = [\"9.9\"]\n",
+             admin_token = {{ file = \"{d}/admin-token\" }}\njob_timeout = \"5m\"\n{server}\n\
+             [[server.repos]]\nslug = \"{REPO}\"\nclone_url = \"{}\"\n",
             github.base,
             project.display()
         );
@@ -127,6 +149,25 @@ impl Served {
             .map_err(|e| e.to_string())?;
         let code = reply.status().as_u16();
         Ok((code, reply.text().unwrap_or_default()))
+    }
+
+    /// Delivers a webhook that asks for jobs (202), and returns them once
+    /// the host has worked them out.
+    fn jobs(&self, event: &str, delivery: &str, body: &[u8]) -> Vec<String> {
+        let (code, reply) = self.webhook(event, delivery, body).unwrap();
+        assert_eq!(code, 202, "{reply}");
+        let mut jobs = Vec::new();
+        wait_for("the delivery's jobs", Duration::from_secs(60), || {
+            let d: serde_json::Value =
+                serde_json::from_str(&self.get(&format!("/api/deliveries/{delivery}")))
+                    .unwrap_or_default();
+            jobs = d["jobs"]
+                .as_array()
+                .map(|a| a.iter().map(|j| j.as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default();
+            d["resolved"] == true
+        });
+        jobs
     }
 
     fn get(&self, path: &str) -> String {
@@ -226,12 +267,12 @@ fn a_push_runs_on_an_emulated_machine_and_reports_through_the_relay() {
         }
     });
 
-    let (code, reply) = served
-        .webhook("push", "e2e-1", &push(REPO, "main", &sha))
-        .unwrap();
-    assert_eq!(code, 202, "{reply}");
-    let job: serde_json::Value = serde_json::from_str(&reply).unwrap();
-    let job = job["jobs"][0].as_str().unwrap().to_owned();
+    // GitHub has the commit's .qci.toml, as the project does: it names no
+    // versions, so the repository's configured one (4.2) runs.
+    let toml = std::fs::read_to_string(project.join(".qci.toml")).unwrap();
+    github.pipeline(REPO, &sha, &toml);
+    let job = served.jobs("push", "e2e-1", &push(REPO, "main", &sha))[0].clone();
+    assert_eq!(github.reads(), [(REPO.to_owned(), sha.clone())]);
     github.wait_for("the final status", Duration::from_secs(180), |p| {
         p.iter().any(|p| p.state != "pending")
     });
@@ -304,20 +345,18 @@ fn kill_9_under_load_loses_no_accepted_webhook_and_ends_the_running_job() {
     let github = FakeGithub::start(GITHUB_TOKEN);
     let served = Served::start(scratch.path(), &github, &project);
 
-    let (code, reply) = served
-        .webhook("push", "crash-running", &push(REPO, "main", &sha))
-        .unwrap();
-    assert_eq!(code, 202, "{reply}");
-    let running: serde_json::Value = serde_json::from_str(&reply).unwrap();
-    let running = running["jobs"][0].as_str().unwrap().to_owned();
+    let running = served.jobs("push", "crash-running", &push(REPO, "main", &sha))[0].clone();
     wait_for("the job to run", Duration::from_secs(120), || {
         served
             .get(&format!("/jobs/{running}/log"))
             .contains("the long step started")
     });
 
-    // Load: four clients deliver pushes (to a repository whose Qubes
-    // version has no machine, so they stay queued) until the host dies.
+    // Load: four clients deliver pull requests from forks (which wait for a
+    // maintainer, so their jobs stay queued) until the host dies. GitHub
+    // holds the reads of their .qci.toml: the kill leaves triggers whose
+    // jobs are not worked out yet.
+    github.hold_reads(true);
     let served = Arc::new(Mutex::new(served));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let answers = Arc::new(Mutex::new(Vec::new()));
@@ -334,14 +373,11 @@ fn kill_9_under_load_loses_no_accepted_webhook_and_ends_the_running_job() {
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     i += 1;
                     let delivery = format!("load-{c}-{i}");
-                    let body = push(
-                        LOAD_REPO,
-                        &format!("load-{c}-{i}"),
-                        &format!("{:040x}", c * 1_000_000 + i),
-                    );
+                    let n = c * 1_000_000 + i;
+                    let body = fork_pr(n as u64, &format!("{n:040x}"));
                     let code = client
                         .post(format!("{base}/webhook"))
-                        .header("X-GitHub-Event", "push")
+                        .header("X-GitHub-Event", "pull_request")
                         .header("X-GitHub-Delivery", &delivery)
                         .header(
                             "X-Hub-Signature-256",
@@ -384,9 +420,25 @@ fn kill_9_under_load_loses_no_accepted_webhook_and_ends_the_running_job() {
         answers.iter().all(|a| a.1 == 202 || a.1 == 0),
         "{answers:?}"
     );
-
     let mut served = Arc::into_inner(served).unwrap().into_inner().unwrap();
+    let db_path = served.dir.join("state/server.sqlite");
+    let count = |sql: &str| -> i64 {
+        rusqlite::Connection::open(&db_path)
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    };
+    let unresolved = "SELECT count(*) FROM triggers WHERE resolved_at IS NULL";
+    assert!(count(unresolved) > 0, "the kill left no trigger to resolve");
+
+    // The restart resolves what the kill left.
+    github.hold_reads(false);
     served.spawn();
+    wait_for(
+        "every trigger to be resolved",
+        Duration::from_secs(120),
+        || count(unresolved) == 0,
+    );
     let db = served.db();
     for delivery in &accepted {
         let jobs: i64 = db
@@ -401,8 +453,8 @@ fn kill_9_under_load_loses_no_accepted_webhook_and_ends_the_running_job() {
     let (deliveries, jobs): (i64, i64) = db
         .query_row(
             "SELECT (SELECT count(*) FROM deliveries WHERE id LIKE 'load-%'), \
-             (SELECT count(*) FROM jobs WHERE repo = ?1)",
-            [LOAD_REPO],
+             (SELECT count(*) FROM jobs WHERE delivery LIKE 'load-%')",
+            [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
@@ -414,17 +466,18 @@ fn kill_9_under_load_loses_no_accepted_webhook_and_ends_the_running_job() {
         "{deliveries} vs {}",
         accepted.len()
     );
-    let queued: i64 = db
+    let waiting: i64 = db
         .query_row(
-            "SELECT count(*) FROM jobs WHERE repo = ?1 AND state = 'queued'",
-            [LOAD_REPO],
+            "SELECT count(*) FROM jobs WHERE delivery LIKE 'load-%' AND state = 'queued' \
+             AND needs_approval = 1",
+            [],
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(queued, jobs, "every load job is still queued");
+    assert_eq!(waiting, jobs, "every load job is still queued");
     // A redelivery after the restart is still known.
     let (code, _) = served
-        .webhook("push", accepted[0], &push(LOAD_REPO, "x", &"e".repeat(40)))
+        .webhook("pull_request", accepted[0], &fork_pr(1, &"e".repeat(40)))
         .unwrap();
     assert_eq!(code, 409);
 
@@ -439,12 +492,7 @@ fn kill_9_under_load_loses_no_accepted_webhook_and_ends_the_running_job() {
     });
     // Its machine was freed: the next job runs on it.
     std::fs::write(&release, "").unwrap();
-    let (code, reply) = served
-        .webhook("push", "after-restart", &push(REPO, "main", &sha))
-        .unwrap();
-    assert_eq!(code, 202, "{reply}");
-    let next: serde_json::Value = serde_json::from_str(&reply).unwrap();
-    let next = next["jobs"][0].as_str().unwrap().to_owned();
+    let next = served.jobs("push", "after-restart", &push(REPO, "main", &sha))[0].clone();
     wait_for("the next job to succeed", Duration::from_secs(120), || {
         served.job_state(&next).0 == "success"
     });
@@ -611,12 +659,7 @@ fn the_monitor_page_shows_a_new_log_line_live_in_a_real_browser() {
     let (project, sha) = project(scratch.path(), &command);
     let github = FakeGithub::start(GITHUB_TOKEN);
     let served = Served::start(scratch.path(), &github, &project);
-    let (code, reply) = served
-        .webhook("push", "browser-1", &push(REPO, "main", &sha))
-        .unwrap();
-    assert_eq!(code, 202, "{reply}");
-    let job: serde_json::Value = serde_json::from_str(&reply).unwrap();
-    let job = job["jobs"][0].as_str().unwrap().to_owned();
+    let job = served.jobs("push", "browser-1", &push(REPO, "main", &sha))[0].clone();
     wait_for("the job to run", Duration::from_secs(120), || {
         served
             .get(&format!("/jobs/{job}/log"))

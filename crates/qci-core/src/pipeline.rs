@@ -8,8 +8,9 @@ use std::time::Duration;
 
 /// The file name looked for at the top of the exported tree.
 pub const FILE_NAME: &str = ".qci.toml";
-/// A pipeline file larger than this is refused unread.
-const MAX_FILE_BYTES: u64 = 64 * 1024;
+/// A pipeline file larger than this is refused unread (by dom0, and by the
+/// host reading it through GitHub for its Qubes versions).
+pub const MAX_FILE_BYTES: u64 = 64 * 1024;
 /// Used when a step names no timeout.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
 
@@ -17,7 +18,9 @@ pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pipeline {
     pub steps: Vec<Step>,
-    /// Qubes versions the project wants to run on (used by the host's pool).
+    /// Qubes versions the project wants to run on: the host runs one job
+    /// per version, each with its own status context. Empty: the host's
+    /// own choice for the repository.
     pub qubes: Vec<String>,
 }
 
@@ -145,11 +148,30 @@ impl Pipeline {
                 env: s.env,
             });
         }
-        Ok(Self {
-            steps,
-            qubes: raw.qubes,
-        })
+        let mut qubes: Vec<String> = Vec::with_capacity(raw.qubes.len());
+        for version in raw.qubes {
+            if !valid_qubes_version(&version) {
+                return Err(PipelineError::Invalid(format!(
+                    "qubes: {:?} is not a Qubes version such as \"4.2\"",
+                    crate::status::cut_bytes(&version, 32)
+                )));
+            }
+            if !qubes.contains(&version) {
+                qubes.push(version);
+            }
+        }
+        Ok(Self { steps, qubes })
     }
+}
+
+/// A Qubes version as qci names it (`4.2`, `4.3rc1`): letters, digits and
+/// dots, at most 16. It becomes part of job ids and status contexts.
+pub fn valid_qubes_version(version: &str) -> bool {
+    !version.is_empty()
+        && version.len() <= 16
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.')
 }
 
 /// Parses a human duration (`90s`, `30m`, `2h`, `1h 30m`), the one form
@@ -196,6 +218,11 @@ mod tests {
         assert_eq!(p.steps[0].env["RUST_LOG"], "debug");
         assert_eq!(p.steps[1].timeout, DEFAULT_STEP_TIMEOUT);
         assert_eq!(p.qubes, ["4.2"]);
+        let twice = Pipeline::parse(
+            "qubes = [\"4.3\", \"4.2\", \"4.3\"]\n[[steps]]\nname = \"a\"\ncommand = \"x\"",
+        )
+        .unwrap();
+        assert_eq!(twice.qubes, ["4.3", "4.2"], "in order, once each");
     }
 
     #[test]
@@ -207,6 +234,8 @@ mod tests {
             "[[steps]]\nname = \"a\"\ncommand = \"x\"\nenv = { \"A=B\" = \"1\" }",
             "[[steps]]\nname = \"a\"\ncommand = \"x\"\n[[steps]]\nname = \"a\"\ncommand = \"y\"",
             "steps = []",
+            "qubes = [\"4.2; reboot\"]\n[[steps]]\nname = \"a\"\ncommand = \"x\"",
+            "qubes = [\"\"]\n[[steps]]\nname = \"a\"\ncommand = \"x\"",
         ] {
             assert!(Pipeline::parse(bad).is_err(), "accepted {bad:?}");
         }

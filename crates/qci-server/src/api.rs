@@ -1,5 +1,5 @@
-//! The HTTP API: GitHub's webhooks, and the operators' job API (list,
-//! cancel, retry) that `qci jobs` calls.
+//! The HTTP API: GitHub's webhooks, what became of a delivery, and the
+//! operators' job API (list, cancel, retry) that `qci jobs` calls.
 
 use crate::app::App;
 use crate::queue::{self, Applied, CancelOutcome, RetryOutcome};
@@ -79,22 +79,18 @@ async fn handle_webhook(app: &App, headers: &HeaderMap, body: &Bytes) -> Respons
             StatusCode::CONFLICT,
             format!("delivery {delivery} was received already"),
         ),
-        Ok(Applied::Done {
-            outcome,
-            queued,
-            stop,
-        }) => {
-            for job in &stop {
-                app.running.cancel(job);
-            }
-            let code = if queued.is_empty() {
-                StatusCode::OK
-            } else {
+        Ok(Applied::Done { outcome, trigger }) => {
+            // 202: the jobs are worked out next (see `resolve`); the
+            // delivery's page tells what became of it.
+            let code = if trigger.is_some() {
                 StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
             };
+            let url = format!("/api/deliveries/{delivery}");
             (
                 code,
-                Json(json!({"delivery": delivery, "outcome": outcome, "jobs": queued})),
+                Json(json!({"delivery": delivery, "outcome": outcome, "status": url})),
             )
                 .into_response()
         }
@@ -161,6 +157,17 @@ pub async fn show(State(app): State<App>, Path(id): Path<String>) -> Response {
             Json(json!({"job": job, "events": events})).into_response()
         }
         Ok((None, _)) => text(StatusCode::NOT_FOUND, "no such job"),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// `GET /api/deliveries/DELIVERY`: what became of a webhook delivery (public,
+/// as the jobs are): its outcome, whether its jobs are worked out yet, and
+/// which they are.
+pub async fn delivery(State(app): State<App>, Path(id): Path<String>) -> Response {
+    match app.store.read(move |conn| queue::delivery(conn, &id)).await {
+        Ok(Some(d)) => Json(d).into_response(),
+        Ok(None) => text(StatusCode::NOT_FOUND, "no such delivery"),
         Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

@@ -68,6 +68,7 @@ pub fn router(app: App) -> Router {
             "/webhook",
             post(api::webhook).layer(DefaultBodyLimit::max(max_body)),
         )
+        .route("/api/deliveries/{id}", get(api::delivery))
         .route("/api/jobs", get(api::list))
         .route("/api/jobs/{id}", get(api::show))
         .route("/api/jobs/{id}/cancel", post(api::cancel))
@@ -137,7 +138,12 @@ pub async fn serve(
     let github = Destination {
         kind: Kind::Github,
         url: server.github_api_url.clone(),
-        token: Some(token),
+        token: Some(token.clone()),
+        policy: outbox::policy(server.github_retry_budget),
+    };
+    let source = crate::resolve::Source {
+        api_url: server.github_api_url.clone(),
+        token,
         policy: outbox::policy(server.github_retry_budget),
     };
     let notify = |kind, url: Option<String>| {
@@ -166,6 +172,7 @@ pub async fn serve(
     for line in freed {
         tracing::warn!("reconciled: {line}");
     }
+    crate::resolve::spawn(app.clone(), source).map_err(io("cannot start the resolver"))?;
     tokio::spawn(crate::dispatch::run(app.clone()));
     tokio::spawn(prune(app.clone()));
 

@@ -45,6 +45,15 @@ pub struct ServerConfig {
     /// Bound on a job from dispatch to its end, machine boot included.
     #[serde(default = "default_job_timeout", with = "duration")]
     pub job_timeout: Duration,
+    /// How many times a job is handed to the pool when it could not start
+    /// (hypervisor unreachable, no machine freed within the pool's queue
+    /// timeout, lease store trouble) before it ends as `error`.
+    #[serde(default = "default_start_attempts")]
+    pub start_attempts: u32,
+    /// The wait before a job that could not start goes back to the pool;
+    /// it doubles after each failed attempt, up to 30 minutes.
+    #[serde(default = "default_start_retry_delay", with = "duration")]
+    pub start_retry_delay: Duration,
     /// Published logs older than this are deleted; the job stays in history.
     #[serde(default = "default_keep_logs", with = "duration")]
     pub keep_logs: Duration,
@@ -79,7 +88,10 @@ pub struct RepoConfig {
     pub tags: Vec<String>,
     #[serde(default = "yes")]
     pub pull_requests: bool,
-    /// The Qubes versions to run on: one job and one status context each.
+    /// The Qubes versions to run on, one job and one status context each,
+    /// unless the commit's own `.qci.toml` names its `qubes` (read through
+    /// GitHub's contents API with `github_token`, which then needs read
+    /// access to the repository's contents).
     #[serde(default = "default_qubes")]
     pub qubes: Vec<String>,
     /// Status contexts are `CONTEXT/qubes-VERSION`.
@@ -164,6 +176,9 @@ impl ServerConfig {
                 return bad(format!("server: {url:?} is not an http(s) URL"));
             }
         }
+        if self.start_attempts == 0 {
+            return bad("server: start_attempts must be at least 1".into());
+        }
         if self.approve_label.trim().is_empty() || self.approve_comment.trim().is_empty() {
             return bad("server: approve_label and approve_comment must not be empty".into());
         }
@@ -178,10 +193,7 @@ impl ServerConfig {
                 return bad(format!("server.repos {}: qubes is empty", repo.slug));
             }
             for v in &repo.qubes {
-                let ok = !v.is_empty()
-                    && v.len() <= 16
-                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.');
-                if !ok {
+                if !qci_core::pipeline::valid_qubes_version(v) {
                     return bad(format!(
                         "server.repos {}: bad Qubes version {v:?}",
                         repo.slug
@@ -246,6 +258,12 @@ fn default_max_body() -> usize {
 }
 fn default_job_timeout() -> Duration {
     Duration::from_secs(6 * 3600)
+}
+fn default_start_attempts() -> u32 {
+    5
+}
+fn default_start_retry_delay() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_keep_logs() -> Duration {
     Duration::from_secs(90 * 24 * 3600)

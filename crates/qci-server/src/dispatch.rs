@@ -2,6 +2,15 @@
 //! no more at once than the pool has machines for, and turns what the pool
 //! reports into the published log and the job's end.
 //!
+//! A job the pool could not start (the hypervisor unreachable, no machine
+//! freed within the pool's queue timeout, the lease store failing) is not
+//! lost, nor marked as run: it goes back to its place in the queue, and is
+//! handed over again after `start_retry_delay`, doubled after each failure
+//! up to [`MAX_START_RETRY_DELAY`], its status saying why it waits. After
+//! `start_attempts` failed hand-overs it ends as `error` with the last
+//! reason. A job that can never start (an unknown Qubes version) ends at
+//! once.
+//!
 //! The pool itself (leases, reverting, booting, the guest channel) is not
 //! here: it sits behind [`Executor`].
 
@@ -9,11 +18,38 @@ use crate::app::App;
 use crate::queue::{self, Job};
 use qci_core::job_file::{CommitSha, JobFile, Reason, Repository, Sink};
 use qci_core::{JobId, State};
-use qci_pool::{Dom0, FinalStatus, JobEvents, JobOutcome, JobRequest, Phase, Pool, Target};
+use qci_pool::{
+    Dom0, FinalStatus, JobEvents, JobOutcome, JobRequest, Phase, Pool, PoolError, Target,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The longest wait before a job that could not start is handed over again.
+pub const MAX_START_RETRY_DELAY: Duration = Duration::from_secs(30 * 60);
+
+/// Why a job never started on a machine (nothing ran; no status was posted
+/// by the machine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotStarted {
+    /// It never can: it asks for what the pool does not have.
+    Refused(String),
+    /// It may later: the pool or a hypervisor failed, or no machine freed.
+    Failed(String),
+    /// Its cancel flag was set: the host has ended it already.
+    Canceled,
+}
+
+impl From<PoolError> for NotStarted {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Canceled => Self::Canceled,
+            e if e.is_bad_input() => Self::Refused(e.to_string()),
+            e => Self::Failed(e.to_string()),
+        }
+    }
+}
 
 /// The machine pool as dispatch uses it: [`qci_pool::Pool`] in production.
 /// The seam exists so the server's own tests can script what a machine
@@ -33,7 +69,7 @@ pub trait Executor: Send + Sync + 'static {
         request: &JobRequest,
         events: &dyn JobEvents,
         status: &dyn FinalStatus,
-    ) -> Result<JobOutcome, String>;
+    ) -> Result<JobOutcome, NotStarted>;
 }
 
 impl Executor for Pool {
@@ -72,8 +108,8 @@ impl Executor for Pool {
         request: &JobRequest,
         events: &dyn JobEvents,
         status: &dyn FinalStatus,
-    ) -> Result<JobOutcome, String> {
-        Pool::run_job(self, request, events, status).map_err(|e| e.to_string())
+    ) -> Result<JobOutcome, NotStarted> {
+        Ok(Pool::run_job(self, request, events, status)?)
     }
 }
 
@@ -246,17 +282,17 @@ impl JobEvents for Reporter<'_> {
 
 fn run_one(app: &App, job: Job, token: String, cancel: Arc<AtomicBool>) {
     let outcome = (|| {
-        let id = JobId::parse(&job.id).map_err(|e| e.to_string())?;
+        let id = JobId::parse(&job.id).map_err(|e| NotStarted::Refused(e.to_string()))?;
         let request = JobRequest {
             job: id,
             target: Target::Qubes(job.qubes.clone()),
-            job_file: job_file(app, &job, token)?,
+            job_file: job_file(app, &job, token).map_err(NotStarted::Refused)?,
             timeout: Some(app.config.job_timeout),
             cancel,
         };
         app.logs
             .start(&job.id)
-            .map_err(|e| format!("cannot start the published log: {e}"))?;
+            .map_err(|e| NotStarted::Failed(format!("cannot start the published log: {e}")))?;
         let finals = Finals { app: app.clone() };
         app.executor.run_job(&request, &Reporter { app }, &finals)
     })();
@@ -271,19 +307,31 @@ fn run_one(app: &App, job: Job, token: String, cancel: Arc<AtomicBool>) {
         );
     }
     app.logs.finish(&job.id);
-    let why = match &outcome {
-        Ok(_) => "Job ended without a final status".to_owned(),
-        Err(e) => {
-            tracing::error!(job = job.id, "the job did not start: {e}");
-            format!("CI error: {e}")
-        }
-    };
     let id = job.id.clone();
-    if let Err(e) = app
-        .store
-        .write_blocking(move |conn| queue::publish(conn, &id, &why))
-    {
-        tracing::error!(job = job.id, "cannot publish: {e}");
+    let ended = match outcome {
+        Ok(_) => app.store.write_blocking(move |conn| {
+            queue::publish(conn, &id, "Job ended without a final status")
+        }),
+        Err(NotStarted::Failed(why)) => {
+            tracing::warn!(job = job.id, "the job could not start: {why}");
+            let (attempts, delay) = (app.config.start_attempts, start_delay(app, &job));
+            app.store
+                .write_blocking(move |conn| queue::requeue(conn, &id, &why, attempts, delay))
+                .map(|requeued| tracing::info!(job = job.id, "{requeued:?}"))
+        }
+        Err(NotStarted::Refused(why)) => {
+            tracing::error!(job = job.id, "the job cannot start: {why}");
+            let why = format!("CI error: {why}");
+            app.store
+                .write_blocking(move |conn| queue::publish(conn, &id, &why))
+        }
+        // Canceled or superseded: ended already; nothing ran.
+        Err(NotStarted::Canceled) => app
+            .store
+            .write_blocking(move |conn| queue::publish(conn, &id, "Canceled before it started")),
+    };
+    if let Err(e) = ended {
+        tracing::error!(job = job.id, "cannot record the job's end: {e}");
     }
     app.running
         .cancel
@@ -292,4 +340,14 @@ fn run_one(app: &App, job: Job, token: String, cancel: Arc<AtomicBool>) {
         .remove(&job.id);
     app.running.add(&job.qubes, -1);
     app.store.changed.notify_one();
+}
+
+/// The wait before the next hand-over of a job that could not start:
+/// `start_retry_delay` doubled for each earlier failure, within the cap.
+fn start_delay(app: &App, job: &Job) -> Duration {
+    let doublings = job.start_failures.clamp(0, 16) as u32;
+    app.config
+        .start_retry_delay
+        .saturating_mul(1 << doublings)
+        .min(MAX_START_RETRY_DELAY)
 }

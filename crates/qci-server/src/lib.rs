@@ -4,8 +4,10 @@
 //! host publishes the live log and posts the commit statuses to GitHub.
 //!
 //! - [`webhook`]: signatures and payloads; [`api`]: the HTTP API
+//! - [`resolve`]: deliveries into jobs, one per Qubes version of the commit's `.qci.toml`
 //! - [`queue`]: the queue's rules as transactions; [`store`]: SQLite
 //! - [`relay`]: tokens and the status endpoint; [`outbox`]: GitHub and notifications
+//! - [`github`]: GitHub's REST API (headers, retries, reading `.qci.toml`)
 //! - [`dispatch`]: runs jobs on the machine pool (`qci_pool`)
 //! - [`logs`]: published logs; [`pages`]: the monitor and job pages
 
@@ -13,12 +15,14 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod dispatch;
+pub mod github;
 pub mod logs;
 pub mod metrics;
 pub mod outbox;
 pub mod pages;
 pub mod queue;
 pub mod relay;
+pub mod resolve;
 pub mod store;
 pub mod webhook;
 

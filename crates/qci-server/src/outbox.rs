@@ -6,15 +6,14 @@
 //! budget. The outbox is in the database, so a restart resumes sending.
 
 use crate::app::App;
+use crate::github;
 use crate::queue::{self, Outgoing};
-use qci_core::retry::{self, Failure, RetryPolicy, Stop};
-use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, USER_AGENT};
-use std::time::{Duration, SystemTime};
+use qci_core::retry::{self, RetryPolicy, Stop};
+use reqwest::header::{HeaderValue, USER_AGENT};
+use std::time::Duration;
 
 /// GitHub cuts commit status descriptions at this many characters.
 const GITHUB_DESCRIPTION_CHARS: usize = 140;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -54,12 +53,7 @@ pub fn spawn(app: App, kind: Kind, dest: Option<Destination>) -> std::io::Result
 }
 
 fn send_forever(app: &App, kind: Kind, dest: Option<&Destination>) {
-    let client = match reqwest::blocking::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(REQUEST_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+    let client = match github::client() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("cannot set up the HTTP client for {}: {e}", kind.as_str());
@@ -122,30 +116,13 @@ fn send(
     let attempt = || {
         let mut request = client.post(&url).header(USER_AGENT, "qci").json(&body);
         if let Some(token) = &dest.token {
-            request = request
-                .header(AUTHORIZATION, token.clone())
-                .header(ACCEPT, "application/vnd.github+json")
-                .header("X-GitHub-Api-Version", "2022-11-28");
+            request = github::authorized(request, token);
         }
-        let reply = request.send().map_err(|e| Failure::Transient {
-            error: format!("{url}: {}", e.without_url()),
-            wait: None,
-        })?;
-        let status = reply.status();
-        if status.is_success() {
+        let reply = request.send().map_err(|e| github::unanswered(&url, e))?;
+        if reply.status().is_success() {
             return Ok(());
         }
-        let header = |name: &str| reply.headers().get(name).and_then(|v| v.to_str().ok());
-        let transient = status.is_server_error()
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || (status == StatusCode::FORBIDDEN && retry::rate_limited(header));
-        let wait = retry::server_wait(header, SystemTime::now());
-        let error = format!("{url} answered HTTP {status}");
-        Err(if transient {
-            Failure::Transient { error, wait }
-        } else {
-            Failure::Permanent(error)
-        })
+        Err(github::refused(&url, &reply))
     };
     let what = format!(
         "sending a {} message for job {}",

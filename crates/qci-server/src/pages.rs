@@ -316,18 +316,23 @@ pub async fn healthz(State(app): State<App>) -> Response {
 
 /// `/metrics`, in Prometheus text format.
 pub async fn metrics(State(app): State<App>) -> Response {
-    let (by_state, queued) = match app.store.read(queue::counts).await {
+    let counts = match app.store.read(queue::counts).await {
         Ok(x) => x,
         Err(e) => return unavailable(e),
     };
     let mut out = String::new();
     out.push_str("# HELP qci_queue_length Jobs waiting for a machine, by Qubes version.\n");
     out.push_str("# TYPE qci_queue_length gauge\n");
-    for (qubes, n) in &queued {
+    for (qubes, n) in &counts.queued {
         let _ = writeln!(out, "qci_queue_length{{qubes=\"{}\"}} {n}", escape(qubes));
     }
+    out.push_str(
+        "# HELP qci_triggers_unresolved Deliveries whose jobs are not worked out yet.\n\
+         # TYPE qci_triggers_unresolved gauge\n",
+    );
+    let _ = writeln!(out, "qci_triggers_unresolved {}", counts.unresolved);
     out.push_str("# HELP qci_jobs Jobs by state.\n# TYPE qci_jobs gauge\n");
-    for (state, n) in &by_state {
+    for (state, n) in &counts.by_state {
         let _ = writeln!(out, "qci_jobs{{state=\"{}\"}} {n}", escape(state));
     }
     app.metrics.render(&mut out);

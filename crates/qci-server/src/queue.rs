@@ -1,11 +1,13 @@
 //! The queue's rules, as transactions on the database: accepting a
-//! delivery, superseding, approving, canceling, retrying, taking the next
-//! job of a Qubes version, recording statuses, and reconciling after a crash.
+//! delivery as a trigger, turning a trigger into jobs (superseding,
+//! approving, dropping), canceling, retrying, taking the next job of a
+//! Qubes version, putting back a job that could not start, recording
+//! statuses, and reconciling after a crash.
 //! Each function runs inside one [`crate::store::Store`] write, so each
 //! rule holds atomically.
 
 use crate::store::StoreError;
-use crate::webhook::{NewJob, Plan};
+use crate::webhook::{Commit, NewJob, Plan};
 use qci_core::State;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,6 +19,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
     received_at INTEGER NOT NULL,      -- Unix ms, as every time here
     outcome     TEXT NOT NULL
 );
+-- A delivery that asks for something, kept until the resolver has done it,
+-- in the order deliveries came (a push's jobs need its .qci.toml first).
+CREATE TABLE IF NOT EXISTS triggers (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery    TEXT NOT NULL UNIQUE,
+    plan        TEXT NOT NULL,         -- JSON of webhook::Plan
+    received_at INTEGER NOT NULL,
+    resolved_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS triggers_open ON triggers(resolved_at, seq);
 CREATE TABLE IF NOT EXISTS jobs (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,  -- FIFO order
     id             TEXT NOT NULL UNIQUE,
@@ -37,6 +49,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     description    TEXT NOT NULL,
     token_hash     TEXT,               -- SHA-256 of the relay token, minted at dispatch
     retry_of       TEXT,
+    start_failures INTEGER NOT NULL DEFAULT 0,  -- hand-overs to the pool that did not start
+    not_before     INTEGER,            -- not handed over again before this
     created_at     INTEGER NOT NULL,
     dispatched_at  INTEGER,            -- handed to the pool
     started_at     INTEGER,            -- the job began on a machine
@@ -46,6 +60,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, qubes, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs(supersede_key, state);
 CREATE INDEX IF NOT EXISTS jobs_by_token ON jobs(token_hash);
+CREATE INDEX IF NOT EXISTS jobs_by_delivery ON jobs(delivery);
 CREATE TABLE IF NOT EXISTS events (
     job         TEXT NOT NULL,
     at          INTEGER NOT NULL,
@@ -90,6 +105,8 @@ pub struct Job {
     pub state: String,
     pub description: String,
     pub retry_of: Option<String>,
+    /// Times it was handed to the pool and could not start.
+    pub start_failures: i64,
     pub created_at: i64,
     pub dispatched_at: Option<i64>,
     pub started_at: Option<i64>,
@@ -98,8 +115,8 @@ pub struct Job {
 }
 
 const JOB_COLUMNS: &str = "id, repo, clone_url, sha, git_ref, reason, author, message, qubes, \
-    context, pr, needs_approval, state, description, retry_of, created_at, dispatched_at, \
-    started_at, finished_at, log_published";
+    context, pr, needs_approval, state, description, retry_of, start_failures, created_at, \
+    dispatched_at, started_at, finished_at, log_published";
 
 fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     Ok(Job {
@@ -118,11 +135,12 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         state: r.get(12)?,
         description: r.get(13)?,
         retry_of: r.get(14)?,
-        created_at: r.get(15)?,
-        dispatched_at: r.get(16)?,
-        started_at: r.get(17)?,
-        finished_at: r.get(18)?,
-        log_published: r.get(19)?,
+        start_failures: r.get(15)?,
+        created_at: r.get(16)?,
+        dispatched_at: r.get(17)?,
+        started_at: r.get(18)?,
+        finished_at: r.get(19)?,
+        log_published: r.get(20)?,
     })
 }
 
@@ -187,11 +205,17 @@ pub fn events(
     Ok(rows)
 }
 
-/// Counts for `/metrics`: jobs by state, and the queue by Qubes version.
-/// `(label, count)` rows for a metric.
-pub type Counts = Vec<(String, i64)>;
+/// Counts for `/metrics`.
+pub struct Counts {
+    /// Jobs by state.
+    pub by_state: Vec<(String, i64)>,
+    /// Jobs waiting for a machine, by Qubes version.
+    pub queued: Vec<(String, i64)>,
+    /// Deliveries whose jobs are not worked out yet.
+    pub unresolved: i64,
+}
 
-pub fn counts(conn: &Connection) -> Result<(Counts, Counts), StoreError> {
+pub fn counts(conn: &Connection) -> Result<Counts, StoreError> {
     let by_state = conn
         .prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -203,7 +227,14 @@ pub fn counts(conn: &Connection) -> Result<(Counts, Counts), StoreError> {
         )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    Ok((by_state, queued))
+    let unresolved = conn
+        .prepare_cached("SELECT count(*) FROM triggers WHERE resolved_at IS NULL")?
+        .query_row([], |r| r.get(0))?;
+    Ok(Counts {
+        by_state,
+        queued,
+        unresolved,
+    })
 }
 
 /// What the host posts to GitHub for a job's status.
@@ -292,12 +323,10 @@ fn finish(
 pub enum Applied {
     /// The delivery was already received: nothing was written.
     Duplicate,
-    /// Recorded. `queued` are new jobs; `stop` are runs to cancel (their
-    /// jobs were superseded while on a machine).
+    /// Recorded; `trigger` when it asks for something the resolver does.
     Done {
         outcome: String,
-        queued: Vec<String>,
-        stop: Vec<String>,
+        trigger: Option<i64>,
     },
 }
 
@@ -311,14 +340,19 @@ fn new_job_id(conn: &Connection, qubes: &str) -> Result<String, StoreError> {
     Ok(format!("{next}-q{qubes}"))
 }
 
+/// Queues a job, announced `pending` on GitHub; or, with `refused`, records
+/// it ended at once as `error` saying why (it is in the history all the same).
 fn insert_job(
     conn: &Connection,
     job: &NewJob,
     delivery: Option<&str>,
     retry_of: Option<&str>,
+    created_at: i64,
+    refused: Option<&str>,
 ) -> Result<String, StoreError> {
     let id = new_job_id(conn, &job.qubes)?;
-    let description = if job.needs_approval {
+    let c = &job.commit;
+    let description = if c.needs_approval {
         "Waiting for a maintainer's approval (fork)"
     } else {
         "Queued"
@@ -333,24 +367,29 @@ fn insert_job(
     .execute(params![
         id,
         delivery,
-        job.slug,
-        job.clone_url,
-        job.sha.as_str(),
-        job.git_ref,
-        reason_str(job.reason),
-        job.author,
-        job.message,
+        c.slug,
+        c.clone_url,
+        c.sha.as_str(),
+        c.git_ref,
+        reason_str(c.reason),
+        c.author,
+        c.message,
         job.qubes,
         job.context,
-        job.supersede_key,
-        job.pr.map(|n| n as i64),
-        job.needs_approval,
+        c.supersede_key,
+        c.pr.map(|n| n as i64),
+        c.needs_approval,
         description,
         retry_of,
-        now_ms(),
+        created_at,
     ])?;
-    record_event(conn, &id, State::Queued, description, "host")?;
-    enqueue_github(conn, &id, State::Queued, description, true)?;
+    match refused {
+        Some(why) => finish(conn, &id, State::Error, why, "host")?,
+        None => {
+            record_event(conn, &id, State::Queued, description, "host")?;
+            enqueue_github(conn, &id, State::Queued, description, true)?;
+        }
+    }
     Ok(id)
 }
 
@@ -364,75 +403,180 @@ pub fn reason_str(r: qci_core::job_file::Reason) -> &'static str {
     }
 }
 
-/// Records a delivery once, and does what it asks: queue jobs (superseding
-/// older jobs of the same branch or pull request), approve a fork's jobs,
-/// or drop a closed pull request's.
+/// Records a delivery once. What it asks (anything but `Ignore`) is kept
+/// as a trigger, for the resolver to carry out in order.
 pub fn apply(
     conn: &Connection,
     delivery: &str,
     event: &str,
     plan: &Plan,
 ) -> Result<Applied, StoreError> {
+    let now = now_ms();
     let inserted = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO deliveries (id, event, received_at, outcome) \
-             VALUES (?1, ?2, ?3, '')",
+             VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![delivery, event, now_ms()])?;
+        .execute(params![delivery, event, now, ""])?;
     if inserted == 0 {
         return Ok(Applied::Duplicate);
     }
-    let mut stop = Vec::new();
-    let mut queued = Vec::new();
-    let outcome = match plan {
-        Plan::Ignore(why) => format!("ignored: {why}"),
-        Plan::Jobs(jobs) => {
-            for job in jobs {
-                if let Some(key) = &job.supersede_key {
-                    stop.extend(supersede(conn, key, &job.context, job.sha.as_str())?);
-                }
-                queued.push(insert_job(conn, job, Some(delivery), None)?);
-            }
-            format!("queued {}", queued.join(" "))
-        }
-        Plan::Approve {
-            slug,
-            pr,
-            sha,
-            before,
-            by,
-        } => {
-            let approved = approve(conn, slug, *pr, sha.as_deref(), *before, by)?;
-            format!("approved by {by}: {}", approved.join(" "))
-        }
-        Plan::Close { slug, pr } => {
-            let dropped = close_pr(conn, slug, *pr)?;
-            format!("pull request closed: dropped {}", dropped.join(" "))
+    let (outcome, trigger) = match plan {
+        Plan::Ignore(why) => (format!("ignored: {why}"), None),
+        plan => {
+            let json =
+                serde_json::to_string(plan).map_err(|e| StoreError::Commit(e.to_string()))?;
+            conn.prepare_cached(
+                "INSERT INTO triggers (delivery, plan, received_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![delivery, json, now])?;
+            let seq = conn.last_insert_rowid();
+            let what = match plan {
+                Plan::Run(c) => format!("{} of {} at {}", c.git_ref, c.slug, c.sha.as_str()),
+                Plan::Approve { slug, pr, .. } => format!("approval of {slug}#{pr}"),
+                Plan::Close { slug, pr } => format!("closing of {slug}#{pr}"),
+                Plan::Ignore(_) => unreachable!("handled above"),
+            };
+            (format!("accepted: {what} (trigger {seq})"), Some(seq))
         }
     };
     conn.prepare_cached("UPDATE deliveries SET outcome = ?2 WHERE id = ?1")?
         .execute(params![delivery, outcome])?;
-    Ok(Applied::Done {
-        outcome,
-        queued,
-        stop,
-    })
+    Ok(Applied::Done { outcome, trigger })
 }
 
-/// Ends the unfinished jobs of `key` on `context` as `error` "Superseded by
-/// SHA"; returns those already handed to the pool, whose runs must stop.
-fn supersede(
+/// A delivery whose request is not carried out yet.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub seq: i64,
+    pub delivery: String,
+    /// JSON of a [`Plan`].
+    pub plan: String,
+    pub received_at: i64,
+}
+
+/// The oldest trigger not yet resolved.
+pub fn next_trigger(conn: &Connection) -> Result<Option<Trigger>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT seq, delivery, plan, received_at FROM triggers WHERE resolved_at IS NULL \
+             ORDER BY seq LIMIT 1",
+        )?
+        .query_row([], |r| {
+            Ok(Trigger {
+                seq: r.get(0)?,
+                delivery: r.get(1)?,
+                plan: r.get(2)?,
+                received_at: r.get(3)?,
+            })
+        })
+        .optional()?)
+}
+
+/// A trigger is carried out: the delivery's outcome says what it did.
+pub fn trigger_done(conn: &Connection, trigger: &Trigger, outcome: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE triggers SET resolved_at = ?2 WHERE seq = ?1")?
+        .execute(params![trigger.seq, now_ms()])?;
+    conn.prepare_cached("UPDATE deliveries SET outcome = ?2 WHERE id = ?1")?
+        .execute(params![trigger.delivery, outcome])?;
+    Ok(())
+}
+
+/// One Qubes version a commit runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub qubes: String,
+    pub context: String,
+    /// Why it cannot run: its job ends at once as `error` saying so.
+    pub refused: Option<String>,
+}
+
+/// What running a commit did: the jobs it queued (or ended at once), and
+/// the older runs of its branch or pull request that must stop.
+#[derive(Debug, Default)]
+pub struct Queued {
+    pub jobs: Vec<String>,
+    pub stop: Vec<String>,
+}
+
+/// Queues a commit's jobs, one per version, after superseding the older
+/// unfinished jobs of its branch or pull request (whatever their versions:
+/// the newer commit's `.qci.toml` may have dropped one).
+pub fn run_commit(
     conn: &Connection,
-    key: &str,
-    context: &str,
-    sha: &str,
-) -> Result<Vec<String>, StoreError> {
+    trigger: &Trigger,
+    commit: &Commit,
+    versions: &[Version],
+) -> Result<Queued, StoreError> {
+    let mut queued = Queued::default();
+    if let Some(key) = &commit.supersede_key {
+        queued.stop = supersede(conn, key, commit.sha.as_str())?;
+    }
+    for v in versions {
+        let job = NewJob {
+            commit: commit.clone(),
+            qubes: v.qubes.clone(),
+            context: v.context.clone(),
+        };
+        queued.jobs.push(insert_job(
+            conn,
+            &job,
+            Some(&trigger.delivery),
+            None,
+            trigger.received_at,
+            v.refused.as_deref(),
+        )?);
+    }
+    Ok(queued)
+}
+
+/// A delivery as the job API shows it: its outcome, whether it is resolved
+/// yet, and the jobs it made.
+#[derive(Debug, serde::Serialize)]
+pub struct Delivery {
+    pub delivery: String,
+    pub event: String,
+    pub received_at: i64,
+    pub outcome: String,
+    pub resolved: bool,
+    pub jobs: Vec<String>,
+}
+
+pub fn delivery(conn: &Connection, id: &str) -> Result<Option<Delivery>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT d.event, d.received_at, d.outcome, \
+             (t.seq IS NULL OR t.resolved_at IS NOT NULL) \
+             FROM deliveries d LEFT JOIN triggers t ON t.delivery = d.id WHERE d.id = ?1",
+        )?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    let Some((event, received_at, outcome, resolved)) = row else {
+        return Ok(None);
+    };
+    let jobs = conn
+        .prepare_cached("SELECT id FROM jobs WHERE delivery = ?1 ORDER BY seq")?
+        .query_map([id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(Delivery {
+        delivery: id.to_owned(),
+        event,
+        received_at,
+        outcome,
+        resolved,
+        jobs,
+    }))
+}
+
+/// Ends the unfinished jobs of `key` as `error` "Superseded by SHA";
+/// returns those already handed to the pool, whose runs must stop.
+fn supersede(conn: &Connection, key: &str, sha: &str) -> Result<Vec<String>, StoreError> {
     let older: Vec<(String, Option<i64>)> = conn
         .prepare_cached(
-            "SELECT id, dispatched_at FROM jobs WHERE supersede_key = ?1 AND context = ?2 \
+            "SELECT id, dispatched_at FROM jobs WHERE supersede_key = ?1 \
              AND state IN ('queued', 'running') ORDER BY seq",
         )?
-        .query_map(params![key, context], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![key], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     let why = format!("Superseded by {sha}");
     let mut running = Vec::new();
@@ -538,24 +682,31 @@ pub fn retry(conn: &Connection, id: &str) -> Result<RetryOutcome, StoreError> {
         .prepare_cached("SELECT supersede_key FROM jobs WHERE id = ?1")?
         .query_row([id], |r| r.get(0))?;
     let job = NewJob {
-        slug: old.repo,
-        clone_url: old.clone_url,
-        sha: qci_core::job_file::CommitSha::parse(&old.sha)
-            .map_err(|e| StoreError::Commit(e.to_string()))?,
-        git_ref: old.git_ref,
-        reason: serde_json::from_value(serde_json::Value::String(old.reason))
-            .unwrap_or(qci_core::job_file::Reason::Manual),
-        author: old.author,
-        message: old.message,
+        commit: Commit {
+            slug: old.repo,
+            clone_url: old.clone_url,
+            sha: qci_core::job_file::CommitSha::parse(&old.sha)
+                .map_err(|e| StoreError::Commit(e.to_string()))?,
+            git_ref: old.git_ref,
+            reason: serde_json::from_value(serde_json::Value::String(old.reason))
+                .unwrap_or(qci_core::job_file::Reason::Manual),
+            author: old.author,
+            message: old.message,
+            supersede_key,
+            pr: old.pr.map(|n| n as u64),
+            needs_approval: false,
+        },
         qubes: old.qubes,
         context: old.context,
-        supersede_key,
-        pr: old.pr.map(|n| n as u64),
-        needs_approval: false,
     };
-    let new = insert_job(conn, &job, None, Some(id))?;
+    let new = insert_job(conn, &job, None, Some(id), now_ms(), None)?;
     Ok(RetryOutcome::Queued(new))
 }
+
+/// A queued job that may go to the pool now: approved, not handed over
+/// yet, and not waiting out a retry delay.
+const RUNNABLE: &str = "state = 'queued' AND qubes = ?1 AND needs_approval = 0 \
+    AND dispatched_at IS NULL AND (not_before IS NULL OR not_before <= ?2)";
 
 /// Takes the oldest runnable job of `qubes`, marks it handed to the pool
 /// and gives it its relay token (only the hash is kept).
@@ -564,18 +715,15 @@ pub fn claim_next(
     qubes: &str,
     token_hash: &str,
 ) -> Result<Option<Job>, StoreError> {
-    let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND qubes = ?1 \
-         AND needs_approval = 0 AND dispatched_at IS NULL ORDER BY seq LIMIT 1"
-    );
+    let now = now_ms();
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE {RUNNABLE} ORDER BY seq LIMIT 1");
     let Some(mut job) = conn
         .prepare_cached(&sql)?
-        .query_row([qubes], job_from_row)
+        .query_row(params![qubes, now], job_from_row)
         .optional()?
     else {
         return Ok(None);
     };
-    let now = now_ms();
     conn.prepare_cached("UPDATE jobs SET dispatched_at = ?2, token_hash = ?3 WHERE id = ?1")?
         .execute(params![job.id, now, token_hash])?;
     job.dispatched_at = Some(now);
@@ -585,13 +733,71 @@ pub fn claim_next(
 /// Whether a job of `qubes` is waiting for a machine.
 pub fn runnable(conn: &Connection, qubes: &str) -> Result<bool, StoreError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM jobs WHERE state = 'queued' AND qubes = ?1 AND needs_approval = 0 \
-             AND dispatched_at IS NULL LIMIT 1",
-        )?
-        .query_row([qubes], |_| Ok(()))
+        .prepare_cached(&format!("SELECT 1 FROM jobs WHERE {RUNNABLE} LIMIT 1"))?
+        .query_row(params![qubes, now_ms()], |_| Ok(()))
         .optional()?
         .is_some())
+}
+
+/// What became of a job the pool could not start.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Requeued {
+    /// Back in the queue (at its old place), handed over again at `at` (Unix ms).
+    Waiting { attempt: i64, at: i64 },
+    /// Out of attempts: ended as `error`.
+    Ended,
+    /// It had ended meanwhile (canceled, superseded): nothing to do.
+    Final,
+}
+
+/// Puts a job that never started back in the queue, to be handed to the
+/// pool again after `delay`, its status saying why it waits; once it has
+/// failed to start `attempts` times it ends as `error`. Its relay token dies.
+pub fn requeue(
+    conn: &Connection,
+    id: &str,
+    why: &str,
+    attempts: u32,
+    delay: std::time::Duration,
+) -> Result<Requeued, StoreError> {
+    let Some(job) = get(conn, id)? else {
+        return Ok(Requeued::Final);
+    };
+    if job.is_final() {
+        return Ok(Requeued::Final);
+    }
+    let failures = job.start_failures + 1;
+    if failures >= i64::from(attempts) {
+        let why = if failures == 1 {
+            format!("CI error: could not start on a machine: {why}")
+        } else {
+            format!("CI error: could not start on a machine in {failures} attempts; last: {why}")
+        };
+        // Nothing ran: there is no log to wait for before the final status.
+        conn.prepare_cached(
+            "UPDATE jobs SET start_failures = ?2, dispatched_at = NULL, token_hash = NULL \
+             WHERE id = ?1",
+        )?
+        .execute(params![id, failures])?;
+        finish(conn, id, State::Error, &why, "host")?;
+        return Ok(Requeued::Ended);
+    }
+    let at = now_ms() + delay.as_millis() as i64;
+    let description = qci_core::status::clean_description(&format!(
+        "Queued: retrying in {} (attempt {failures} of {attempts} could not start: {why})",
+        humantime::format_duration(delay),
+    ));
+    conn.prepare_cached(
+        "UPDATE jobs SET dispatched_at = NULL, token_hash = NULL, start_failures = ?2, \
+         not_before = ?3, description = ?4 WHERE id = ?1",
+    )?
+    .execute(params![id, failures, at, description])?;
+    record_event(conn, id, State::Queued, &description, "host")?;
+    enqueue_github(conn, id, State::Queued, &description, true)?;
+    Ok(Requeued::Waiting {
+        attempt: failures,
+        at,
+    })
 }
 
 /// The job began on a machine: from now on a host crash ends it as
@@ -804,11 +1010,10 @@ pub fn expired_logs(conn: &Connection, cutoff: i64) -> Result<Vec<String>, Store
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::NewJob;
     use qci_core::job_file::{CommitSha, Reason};
 
-    fn new_job(branch: &str) -> NewJob {
-        NewJob {
+    fn commit(branch: &str) -> Commit {
+        Commit {
             slug: "o/r".into(),
             clone_url: "/src".into(),
             sha: CommitSha::parse(&"a".repeat(40)).unwrap(),
@@ -816,22 +1021,40 @@ mod tests {
             reason: Reason::Push,
             author: "a".into(),
             message: "m".into(),
-            qubes: "4.2".into(),
-            context: "qci/qubes-4.2".into(),
             supersede_key: Some(format!("o/r#branch:{branch}")),
             pr: None,
             needs_approval: false,
         }
     }
 
-    #[test]
-    fn reconcile_requeues_what_never_started_and_ends_what_ran() {
+    /// A delivery for each branch, resolved into one job on Qubes 4.2.
+    fn queue(conn: &Connection, branches: &[&str]) -> Vec<String> {
+        let mut jobs = Vec::new();
+        for b in branches {
+            let plan = Plan::Run(commit(b));
+            apply(conn, &format!("d-{b}"), "push", &plan).unwrap();
+            let trigger = next_trigger(conn).unwrap().unwrap();
+            let v = Version {
+                qubes: "4.2".into(),
+                context: "qci/qubes-4.2".into(),
+                refused: None,
+            };
+            jobs.extend(run_commit(conn, &trigger, &commit(b), &[v]).unwrap().jobs);
+            trigger_done(conn, &trigger, "done").unwrap();
+        }
+        jobs
+    }
+
+    fn memory() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA).unwrap();
-        let plan = Plan::Jobs(vec![new_job("a"), new_job("b"), new_job("c")]);
-        let Applied::Done { queued, .. } = apply(&conn, "d1", "push", &plan).unwrap() else {
-            panic!("duplicate")
-        };
+        conn
+    }
+
+    #[test]
+    fn reconcile_requeues_what_never_started_and_ends_what_ran() {
+        let conn = memory();
+        let queued = queue(&conn, &["a", "b", "c"]);
         let started = claim_next(&conn, "4.2", "h1").unwrap().unwrap();
         mark_started(&conn, &started.id).unwrap();
         let handed = claim_next(&conn, "4.2", "h2").unwrap().unwrap();
@@ -864,8 +1087,59 @@ mod tests {
                 .any(|m| m.job == started.id && m.body.contains("host restarted"))
         );
         assert!(matches!(
-            apply(&conn, "d1", "push", &plan).unwrap(),
+            apply(&conn, "d-a", "push", &Plan::Run(commit("a"))).unwrap(),
             Applied::Duplicate
         ));
+    }
+
+    #[test]
+    fn a_job_that_could_not_start_waits_its_delay_at_its_place_then_ends() {
+        let conn = memory();
+        let jobs = queue(&conn, &["a", "b"]);
+        let first = claim_next(&conn, "4.2", "h1").unwrap().unwrap();
+        assert_eq!(first.id, jobs[0]);
+        let delay = std::time::Duration::from_secs(3600);
+        let again = requeue(&conn, &first.id, "libvirt unreachable", 3, delay).unwrap();
+        assert!(
+            matches!(again, Requeued::Waiting { attempt: 1, .. }),
+            "{again:?}"
+        );
+        let job = get(&conn, &first.id).unwrap().unwrap();
+        assert_eq!(job.state, "queued");
+        assert!(job.description.contains("libvirt unreachable"), "{job:?}");
+        // While it waits, the next job goes; then nothing is runnable.
+        assert_eq!(claim_next(&conn, "4.2", "h2").unwrap().unwrap().id, jobs[1]);
+        assert!(!runnable(&conn, "4.2").unwrap());
+        // Its delay over, it goes again, and ends after the last attempt.
+        let zero = std::time::Duration::ZERO;
+        conn.execute("UPDATE jobs SET not_before = 0", []).unwrap();
+        assert_eq!(claim_next(&conn, "4.2", "h3").unwrap().unwrap().id, jobs[0]);
+        let second = requeue(&conn, &jobs[0], "still unreachable", 3, zero).unwrap();
+        assert!(matches!(second, Requeued::Waiting { attempt: 2, .. }));
+        claim_next(&conn, "4.2", "h4").unwrap().unwrap();
+        assert_eq!(
+            requeue(&conn, &jobs[0], "unreachable", 3, zero).unwrap(),
+            Requeued::Ended
+        );
+        let ended = get(&conn, &jobs[0]).unwrap().unwrap();
+        assert_eq!(ended.state, "error");
+        assert_eq!(
+            ended.description,
+            "CI error: could not start on a machine in 3 attempts; last: unreachable"
+        );
+        assert!(ended.log_published, "its final status is not held");
+        assert_eq!(
+            requeue(&conn, &jobs[0], "late", 3, zero).unwrap(),
+            Requeued::Final
+        );
+        let states: Vec<String> = outgoing(&conn, "github", 100)
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.job == jobs[0])
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(states.len(), 4, "{states:?}");
+        assert!(states[1].contains("attempt 1 of 3") && states[1].contains("pending"));
+        assert!(states[3].contains("\"error\""), "{states:?}");
     }
 }

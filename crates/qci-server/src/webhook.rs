@@ -2,11 +2,11 @@
 //! and what each delivery asks of the queue. Payloads carry far more than
 //! this; unknown fields are ignored on purpose (GitHub adds them freely).
 
-use crate::config::{RepoConfig, ServerConfig};
+use crate::config::ServerConfig;
 use hmac::{Hmac, Mac};
 use qci_core::job_file::valid_slug;
 use qci_core::job_file::{CommitSha, Reason};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// Whether `signature` (the `X-Hub-Signature-256` header, `sha256=HEX`) is
@@ -152,18 +152,18 @@ struct Comment {
     created_at: String,
 }
 
-/// One job to queue: a commit on one Qubes version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewJob {
+/// A commit to run. Its Qubes versions, and so its jobs, are worked out
+/// later, from its `.qci.toml` (see [`crate::resolve`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
     pub slug: String,
+    /// Where the dev VM clones from (the config's mirror, if it names one).
     pub clone_url: String,
     pub sha: CommitSha,
     pub git_ref: String,
     pub reason: Reason,
     pub author: String,
     pub message: String,
-    pub qubes: String,
-    pub context: String,
     /// Jobs with the same key are superseded by newer ones (a branch, a PR).
     pub supersede_key: Option<String>,
     pub pr: Option<u64>,
@@ -171,12 +171,24 @@ pub struct NewJob {
     pub needs_approval: bool,
 }
 
-/// What a delivery asks of the queue.
-#[derive(Debug, PartialEq, Eq)]
+/// One job to queue: a commit on one Qubes version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    pub commit: Commit,
+    pub qubes: String,
+    /// Its commit status context, `CONTEXT/qubes-VERSION`.
+    pub context: String,
+}
+
+/// What a delivery asks of the queue. Everything but `Ignore` is kept as a
+/// trigger and carried out in the order the deliveries came.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Plan {
     /// Recorded as received, nothing to do, with the reason.
     Ignore(String),
-    Jobs(Vec<NewJob>),
+    /// Run a commit, on the Qubes versions its `.qci.toml` asks for.
+    Run(Commit),
     /// A maintainer approved a fork's pull request: its waiting jobs may
     /// run. `sha`, when known, limits it to the commit they saw; `before`
     /// (Unix ms) to jobs queued before the approving comment.
@@ -188,10 +200,7 @@ pub enum Plan {
         by: String,
     },
     /// A pull request was closed: its jobs that have not started are dropped.
-    Close {
-        slug: String,
-        pr: u64,
-    },
+    Close { slug: String, pr: u64 },
 }
 
 fn json<'a, T: Deserialize<'a>>(event: &str, body: &'a [u8]) -> Result<T, PayloadError> {
@@ -258,40 +267,18 @@ fn plan_push(config: &ServerConfig, push: Push) -> Result<Plan, PayloadError> {
         Some(c) => (c.author.name, c.message),
         None => (push.pusher.name, String::new()),
     };
-    Ok(Plan::Jobs(jobs(
-        repo,
-        &push.repository.clone_url,
-        &NewJob {
-            slug: repo.slug.clone(),
-            clone_url: String::new(),
-            sha,
-            git_ref: push.git_ref,
-            reason: Reason::Push,
-            author,
-            message,
-            qubes: String::new(),
-            context: String::new(),
-            supersede_key,
-            pr: None,
-            needs_approval: false,
-        },
-    )))
-}
-
-/// One job per Qubes version the repository runs on.
-fn jobs(repo: &RepoConfig, clone_url: &str, template: &NewJob) -> Vec<NewJob> {
-    repo.qubes
-        .iter()
-        .map(|v| NewJob {
-            clone_url: repo
-                .clone_url
-                .clone()
-                .unwrap_or_else(|| clone_url.to_owned()),
-            qubes: v.clone(),
-            context: format!("{}/qubes-{v}", repo.context),
-            ..template.clone()
-        })
-        .collect()
+    Ok(Plan::Run(Commit {
+        slug: repo.slug.clone(),
+        clone_url: repo.clone_url.clone().unwrap_or(push.repository.clone_url),
+        sha,
+        git_ref: push.git_ref,
+        reason: Reason::Push,
+        author,
+        message,
+        supersede_key,
+        pr: None,
+        needs_approval: false,
+    }))
 }
 
 fn plan_pull_request(config: &ServerConfig, ev: PullRequestEvent) -> Result<Plan, PayloadError> {
@@ -337,24 +324,21 @@ fn plan_pull_request(config: &ServerConfig, ev: PullRequestEvent) -> Result<Plan
     // The commit is in the head repository; the base one only has it
     // under refs/pull/N/head, which a plain clone does not fetch.
     let clone_url = head_repo.map_or(ev.repository.clone_url.as_str(), |r| &r.clone_url);
-    Ok(Plan::Jobs(jobs(
-        repo,
-        clone_url,
-        &NewJob {
-            slug: repo.slug.clone(),
-            clone_url: String::new(),
-            sha,
-            git_ref: format!("refs/pull/{}/head", ev.number),
-            reason: Reason::PullRequest,
-            author: pr.user.login,
-            message: format!("#{} {} ({})", ev.number, pr.title, pr.head.git_ref),
-            qubes: String::new(),
-            context: String::new(),
-            supersede_key: Some(format!("{}#pr:{}", repo.slug, ev.number)),
-            pr: Some(ev.number),
-            needs_approval: from_fork,
-        },
-    )))
+    Ok(Plan::Run(Commit {
+        slug: repo.slug.clone(),
+        clone_url: repo
+            .clone_url
+            .clone()
+            .unwrap_or_else(|| clone_url.to_owned()),
+        sha,
+        git_ref: format!("refs/pull/{}/head", ev.number),
+        reason: Reason::PullRequest,
+        author: pr.user.login,
+        message: format!("#{} {} ({})", ev.number, pr.title, pr.head.git_ref),
+        supersede_key: Some(format!("{}#pr:{}", repo.slug, ev.number)),
+        pr: Some(ev.number),
+        needs_approval: from_fork,
+    }))
 }
 
 /// The associations GitHub gives people with write access to the repository.

@@ -29,9 +29,7 @@ fn a_push_runs_and_github_sees_queued_running_then_success_after_the_log() {
         }
     });
 
-    let (code, reply) = host.webhook("push", "d-push-1", &fixture("push.json"));
-    assert_eq!(code, 202, "{reply}");
-    let jobs = queued(&reply);
+    let jobs = host.deliver("push", "d-push-1", &fixture("push.json"));
     assert_eq!(jobs.len(), 1);
     let job = &jobs[0];
     host.wait_state(job, "success");
@@ -175,9 +173,8 @@ fn forged_malformed_and_replayed_webhooks_are_refused_and_leave_nothing() {
     }
     assert_eq!(host.github.requests(), 0);
     // The same signed push delivered twice runs once.
-    let (code, reply) = host.webhook("push", "d-twice", &push);
-    assert_eq!(code, 202);
-    host.wait_state(&queued(&reply)[0], "running");
+    let twice = host.deliver("push", "d-twice", &push);
+    host.wait_state(&twice[0], "running");
     let after = host.footprint();
     let (code, body) = host.webhook("push", "d-twice", &push);
     assert_eq!(code, 409, "{body}");
@@ -193,8 +190,8 @@ fn the_relay_refuses_wrong_tokens_other_jobs_ended_jobs_and_going_back() {
     p.capacity = 2;
     let pool = std::sync::Arc::new(p);
     let host = Host::start("", pool.clone());
-    let a = queued(&host.webhook("push", "r1", &fixture("push.json")).1)[0].clone();
-    let tag = queued(&host.webhook("push", "r2", &fixture("push-tag.json")).1)[0].clone();
+    let a = host.deliver("push", "r1", &fixture("push.json"))[0].clone();
+    let tag = host.deliver("push", "r2", &fixture("push-tag.json"))[0].clone();
     wait_for("both jobs to run", Duration::from_secs(30), || {
         pool.started() == 2
     });
@@ -292,32 +289,24 @@ fn the_relay_refuses_wrong_tokens_other_jobs_ended_jobs_and_going_back() {
 fn a_newer_push_supersedes_queued_and_running_jobs_of_the_branch() {
     let pool = Scripted::new(false);
     let host = Host::start("", pool.clone());
-    let first = queued(&host.webhook("push", "s1", &fixture("push.json")).1)[0].clone();
+    let first = host.deliver("push", "s1", &fixture("push.json"))[0].clone();
     wait_for("the first job to run", Duration::from_secs(30), || {
         pool.started() == 1
     });
     let second_sha = "1111111111111111111111111111111111111111";
     let third_sha = "2222222222222222222222222222222222222222";
-    let second = queued(
-        &host
-            .webhook(
-                "push",
-                "s2",
-                &edited("push.json", &[("after", json!(second_sha))]),
-            )
-            .1,
+    let second = host.deliver(
+        "push",
+        "s2",
+        &edited("push.json", &[("after", json!(second_sha))]),
     )[0]
     .clone();
     // One machine, busy: the second waits. The third supersedes both.
     host.wait_state(&second, "queued");
-    let third = queued(
-        &host
-            .webhook(
-                "push",
-                "s3",
-                &edited("push.json", &[("after", json!(third_sha))]),
-            )
-            .1,
+    let third = host.deliver(
+        "push",
+        "s3",
+        &edited("push.json", &[("after", json!(third_sha))]),
     )[0]
     .clone();
     let first_job = host.job(&first);
@@ -338,7 +327,7 @@ fn a_newer_push_supersedes_queued_and_running_jobs_of_the_branch() {
         || pool.canceled.lock().unwrap().contains(&first),
     );
     // A tag push is never superseded by a branch push.
-    let tag = queued(&host.webhook("push", "s4", &fixture("push-tag.json")).1)[0].clone();
+    let tag = host.deliver("push", "s4", &fixture("push-tag.json"))[0].clone();
     pool.open();
     host.wait_state(&third, "success");
     host.wait_state(&tag, "success");
@@ -363,9 +352,7 @@ fn a_newer_push_supersedes_queued_and_running_jobs_of_the_branch() {
 fn a_forks_pull_request_waits_for_a_maintainers_label_or_comment() {
     let pool = Scripted::new(true);
     let host = Host::start("", pool.clone());
-    let (code, reply) = host.webhook("pull_request", "p1", &fixture("pull_request-fork.json"));
-    assert_eq!(code, 202, "{reply}");
-    let job = queued(&reply)[0].clone();
+    let job = host.deliver("pull_request", "p1", &fixture("pull_request-fork.json"))[0].clone();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(pool.started(), 0, "a fork's code ran without approval");
     let j = host.job(&job);
@@ -398,8 +385,12 @@ fn a_forks_pull_request_waits_for_a_maintainers_label_or_comment() {
     assert_eq!(pool.started(), 0);
 
     let (code, body) = host.webhook("pull_request", "p4", &fixture("pull_request-labeled.json"));
-    assert_eq!(code, 200, "{body}");
-    assert!(body.contains(&job), "{body}");
+    assert_eq!(code, 202, "{body}");
+    let approved = host.resolved("p4");
+    assert!(
+        approved["outcome"].as_str().unwrap().contains(&job),
+        "{approved}"
+    );
     host.wait_state(&job, "success");
     let file = pool.job_files.lock().unwrap()[0].clone();
     assert_eq!(file.commit.unwrap().as_str(), PR_SHA);
@@ -420,7 +411,7 @@ fn a_forks_pull_request_waits_for_a_maintainers_label_or_comment() {
             ),
         ],
     );
-    let next = queued(&host.webhook("pull_request", "p5", &again).1)[0].clone();
+    let next = host.deliver("pull_request", "p5", &again)[0].clone();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(pool.started(), 1);
     host.webhook(
@@ -435,9 +426,7 @@ fn a_forks_pull_request_waits_for_a_maintainers_label_or_comment() {
 fn tags_run_by_pattern_and_other_refs_and_repos_are_ignored() {
     let pool = Scripted::new(true);
     let host = Host::start("", pool.clone());
-    let (code, reply) = host.webhook("push", "t1", &fixture("push-tag.json"));
-    assert_eq!(code, 202, "{reply}");
-    let job = queued(&reply)[0].clone();
+    let job = host.deliver("push", "t1", &fixture("push-tag.json"))[0].clone();
     host.wait_state(&job, "success");
     assert_eq!(host.job(&job)["git_ref"], "refs/tags/v1.2.0");
 
@@ -463,8 +452,8 @@ fn tags_run_by_pattern_and_other_refs_and_repos_are_ignored() {
 fn operators_cancel_and_retry_with_the_token_and_qci_jobs_lists() {
     let pool = Scripted::new(false);
     let host = Host::start("", pool.clone());
-    let running = queued(&host.webhook("push", "c1", &fixture("push.json")).1)[0].clone();
-    let waiting = queued(&host.webhook("push", "c2", &fixture("push-tag.json")).1)[0].clone();
+    let running = host.deliver("push", "c1", &fixture("push.json"))[0].clone();
+    let waiting = host.deliver("push", "c2", &fixture("push-tag.json"))[0].clone();
     wait_for("the first job to run", Duration::from_secs(30), || {
         pool.started() == 1
     });
@@ -521,7 +510,7 @@ fn github_statuses_are_retried_through_a_5xx() {
     let pool = Scripted::new(true);
     let host = Host::start("", pool.clone());
     host.github.fail_next(2);
-    let job = queued(&host.webhook("push", "g1", &fixture("push.json")).1)[0].clone();
+    let job = host.deliver("push", "g1", &fixture("push.json"))[0].clone();
     host.wait_state(&job, "success");
     host.github
         .wait_for("all three statuses", Duration::from_secs(30), |p| {
@@ -552,7 +541,7 @@ fn a_finished_job_is_notified_and_a_failing_notifier_holds_nothing_up() {
     );
     let pool = Scripted::new(true);
     let host = Host::start(&extra, pool);
-    let job = queued(&host.webhook("push", "n1", &fixture("push.json")).1)[0].clone();
+    let job = host.deliver("push", "n1", &fixture("push.json"))[0].clone();
     host.github
         .wait_for("the final status", Duration::from_secs(30), |p| {
             p.iter().any(|p| p.state == "success")
@@ -571,7 +560,7 @@ fn a_finished_job_is_notified_and_a_failing_notifier_holds_nothing_up() {
     let text = slack.got()[0]["text"].as_str().unwrap().to_owned();
     assert!(text.contains(REPO) && text.contains("success"), "{text}");
     // The next job is not held up by Slack's retries either.
-    let next = queued(&host.webhook("push", "n2", &fixture("push-tag.json")).1)[0].clone();
+    let next = host.deliver("push", "n2", &fixture("push-tag.json"))[0].clone();
     host.wait_state(&next, "success");
     wait_for("the second notification", Duration::from_secs(30), || {
         hook.got().len() == 2
@@ -582,9 +571,9 @@ fn a_finished_job_is_notified_and_a_failing_notifier_holds_nothing_up() {
 fn healthz_and_metrics_answer() {
     let host = Host::start("", Scripted::new(false));
     assert_eq!(host.get("/healthz"), (200, "ok\n".to_owned()));
-    let first = queued(&host.webhook("push", "m1", &fixture("push.json")).1)[0].clone();
+    let first = host.deliver("push", "m1", &fixture("push.json"))[0].clone();
     host.wait_state(&first, "running");
-    host.webhook("push", "m2", &fixture("push-tag.json"));
+    host.deliver("push", "m2", &fixture("push-tag.json"));
     host.webhook_with("push", "m3", b"{}", None, "application/json");
     let (code, text) = host.get("/metrics");
     assert_eq!(code, 200);
@@ -596,6 +585,7 @@ fn healthz_and_metrics_answer() {
         "qci_webhooks_total{code=\"401\"} 1",
         "qci_webhook_seconds_count 3",
         "# TYPE qci_webhook_seconds histogram",
+        "qci_triggers_unresolved 0",
     ] {
         assert!(text.contains(want), "{want} not in:\n{text}");
     }
@@ -604,7 +594,7 @@ fn healthz_and_metrics_answer() {
 #[test]
 fn old_logs_are_pruned_and_the_job_stays_in_history() {
     let host = Host::start("keep_logs = \"1s\"", Scripted::new(true));
-    let job = queued(&host.webhook("push", "k1", &fixture("push.json")).1)[0].clone();
+    let job = host.deliver("push", "k1", &fixture("push.json"))[0].clone();
     host.wait_state(&job, "success");
     let published = host.dir.path().join(format!("state/published/{job}.log"));
     wait_for("the log to be pruned", Duration::from_secs(30), || {
@@ -615,4 +605,215 @@ fn old_logs_are_pruned_and_the_job_stays_in_history() {
     assert!(text.contains("pruned"), "{text}");
     assert_eq!(host.job(&job)["state"], "success");
     assert!(host.get("/").1.contains(&format!("/jobs/{job}")));
+}
+
+const TAG_SHA: &str = "5b9e2d7c7a3f0a1e4c6d8b2f9e1a3c5d7f9b0e2a";
+/// A `.qci.toml` running on the given Qubes versions.
+fn pipeline(versions: &str) -> String {
+    format!("qubes = [{versions}]\n[[steps]]\nname = \"test\"\ncommand = \"make test\"\n")
+}
+
+#[test]
+fn a_commits_qci_toml_names_its_qubes_versions_one_job_and_context_each() {
+    let pool = Scripted::on(true, &["4.2", "4.3"]);
+    let host = Host::start("", pool.clone());
+    host.github
+        .pipeline(REPO, MAIN_SHA, &pipeline("\"4.3\", \"4.2\""));
+    // GitHub is slow: the webhook is answered all the same, once committed,
+    // without asking GitHub anything.
+    host.github.hold_reads(true);
+    let (code, reply) = host.webhook("push", "v1", &fixture("push.json"));
+    assert_eq!(code, 202, "{reply}");
+    let (_, pending) = host.get("/api/deliveries/v1");
+    assert!(pending.contains("\"resolved\":false"), "{pending}");
+    host.github.hold_reads(false);
+    let jobs = host.resolved("v1")["jobs"].clone();
+    let jobs: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j.as_str().unwrap())
+        .collect();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert!(
+        jobs[0].ends_with("-q4.3") && jobs[1].ends_with("-q4.2"),
+        "{jobs:?}"
+    );
+    for job in &jobs {
+        host.wait_state(job, "success");
+    }
+    for context in ["qci/qubes-4.2", "qci/qubes-4.3"] {
+        host.github.wait_for(context, Duration::from_secs(30), |p| {
+            p.iter()
+                .any(|p| p.context == context && p.state == "success")
+        });
+        assert_eq!(
+            host.github.states(context),
+            [
+                ("pending".into(), "Queued".into()),
+                ("pending".into(), "Running make test".into()),
+                ("success".into(), "All steps passed".into()),
+            ],
+            "{context}"
+        );
+    }
+    // Read once, at the commit, with the host's token and GitHub's media type.
+    assert_eq!(
+        host.github.reads(),
+        [(REPO.to_owned(), MAIN_SHA.to_owned())]
+    );
+    assert!(
+        host.github.refused().is_empty(),
+        "{:?}",
+        host.github.refused()
+    );
+    let contexts: Vec<String> = pool
+        .job_files
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|f| f.context.clone())
+        .collect();
+    assert_eq!(contexts.len(), 2);
+    assert!(
+        contexts.contains(&"qci/qubes-4.3".to_owned()),
+        "{contexts:?}"
+    );
+}
+
+#[test]
+fn a_bad_qci_toml_or_a_version_without_machines_ends_in_a_clear_error() {
+    let pool = Scripted::new(true);
+    let host = Host::start("", pool.clone());
+    // A version no machine runs: its own context ends as error at once;
+    // the others run.
+    host.github
+        .pipeline(REPO, MAIN_SHA, &pipeline("\"4.2\", \"9.9\""));
+    let jobs = host.deliver("push", "b1", &fixture("push.json"));
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    let missing = host.job(&jobs[1]);
+    assert_eq!(missing["state"], "error");
+    assert_eq!(
+        missing["description"],
+        "No machine of this qci host runs Qubes 9.9 (it has: 4.2)"
+    );
+    host.wait_state(&jobs[0], "success");
+    host.github
+        .wait_for("the 9.9 status", Duration::from_secs(30), |p| {
+            p.iter().any(|p| p.context == "qci/qubes-9.9")
+        });
+    assert_eq!(
+        host.github.states("qci/qubes-9.9"),
+        [(
+            "error".into(),
+            "No machine of this qci host runs Qubes 9.9 (it has: 4.2)".into()
+        )],
+        "one final status, never a pending one"
+    );
+
+    // A file dom0 would refuse: the configured versions' contexts say why,
+    // and nothing reaches a machine. GitHub failing at first is retried.
+    host.github
+        .pipeline(REPO, TAG_SHA, "qubes = [\"4.2\"]\n[[steps]\nname = \"x\"\n");
+    host.github.fail_next_reads(2);
+    let handed = pool.handed.lock().unwrap().len();
+    let broken = host.deliver("push", "b2", &fixture("push-tag.json"));
+    assert_eq!(broken.len(), 1);
+    let job = host.job(&broken[0]);
+    assert_eq!(job["state"], "error");
+    assert_eq!(job["context"], "qci/qubes-4.2");
+    let why = job["description"].as_str().unwrap();
+    assert!(
+        why.starts_with(".qci.toml is not valid: TOML parse error at line 2"),
+        "{why}"
+    );
+    assert!(!why.contains('\n'), "{why:?}");
+    host.github
+        .wait_for("the tag's status", Duration::from_secs(30), |p| {
+            p.iter().any(|p| p.sha == TAG_SHA)
+        });
+    let tag_states: Vec<_> = host
+        .github
+        .posted()
+        .into_iter()
+        .filter(|p| p.sha == TAG_SHA)
+        .map(|p| p.state)
+        .collect();
+    assert_eq!(tag_states, ["error"]);
+    assert_eq!(pool.handed.lock().unwrap().len(), handed, "it ran");
+    assert_eq!(
+        host.github
+            .reads()
+            .iter()
+            .filter(|(_, sha)| sha == TAG_SHA)
+            .count(),
+        1,
+        "the 502s are not counted as reads; one read got through"
+    );
+}
+
+#[test]
+fn a_job_the_pool_could_not_start_waits_and_goes_again_then_ends_after_its_attempts() {
+    use qci_server::dispatch::NotStarted;
+    let pool = Scripted::new(true);
+    let unreachable =
+        || NotStarted::Failed("machine q42-1: libvirt at test:///x: failed to connect".into());
+    *pool.not_started.lock().unwrap() = vec![unreachable(), unreachable()];
+    let host = Host::start(
+        "start_retry_delay = \"300ms\"\nstart_attempts = 3",
+        pool.clone(),
+    );
+    let job = host.deliver("push", "u1", &fixture("push.json"))[0].clone();
+    host.wait_state(&job, "success");
+    // Handed over three times, after 300 ms, then 600 ms: no tight loop.
+    let at = pool.handed(&job);
+    assert_eq!(at.len(), 3, "{at:?}");
+    assert!(at[1] - at[0] >= Duration::from_millis(300), "{at:?}");
+    assert!(at[2] - at[1] >= Duration::from_millis(600), "{at:?}");
+    host.github
+        .wait_for("the final status", Duration::from_secs(30), |p| {
+            p.iter().any(|p| p.state == "success")
+        });
+    let states = host.github.states(CONTEXT);
+    let waits = [
+        "Queued: retrying in 300ms (attempt 1 of 3 could not start: machine q42-1: libvirt at test:///x: failed to connect)",
+        "Queued: retrying in 600ms (attempt 2 of 3 could not start: machine q42-1: libvirt at test:///x: failed to connect)",
+    ];
+    let cut = |s: &str| s.chars().take(140).collect::<String>();
+    assert_eq!(
+        states,
+        [
+            ("pending".into(), "Queued".into()),
+            ("pending".into(), cut(waits[0])),
+            ("pending".into(), cut(waits[1])),
+            ("pending".into(), "Running make test".into()),
+            ("success".into(), "All steps passed".into()),
+        ]
+    );
+    let events = host.get(&format!("/api/jobs/{job}")).1;
+    assert!(events.contains(waits[1]), "{events}");
+
+    // A pool that never starts it: three hand-overs, then a final error.
+    *pool.not_started.lock().unwrap() = vec![unreachable(), unreachable(), unreachable()];
+    let tag = host.deliver("push", "u2", &fixture("push-tag.json"))[0].clone();
+    host.wait_state(&tag, "error");
+    assert_eq!(
+        host.job(&tag)["description"],
+        "CI error: could not start on a machine in 3 attempts; last: machine q42-1: libvirt at test:///x: failed to connect"
+    );
+    assert_eq!(pool.handed(&tag).len(), 3);
+    assert_eq!(host.job(&tag)["start_failures"], 3);
+
+    // One that never can: ends at once.
+    *pool.not_started.lock().unwrap() = vec![NotStarted::Refused(
+        "no machine runs Qubes \"4.2\" in the pool".into(),
+    )];
+    let sha = "5555555555555555555555555555555555555555";
+    let bad = host.deliver("push", "u3", &edited("push.json", &[("after", json!(sha))]))[0].clone();
+    host.wait_state(&bad, "error");
+    assert_eq!(
+        host.job(&bad)["description"],
+        "CI error: no machine runs Qubes \"4.2\" in the pool"
+    );
+    assert_eq!(pool.handed(&bad).len(), 1);
 }

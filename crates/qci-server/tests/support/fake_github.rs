@@ -1,13 +1,17 @@
-//! A stand-in for GitHub's statuses API: a real HTTP server on 127.0.0.1
-//! that checks each request as GitHub would (path, token, media type, the
-//! body's JSON schema) and records the statuses it accepted. It can be
-//! told to fail the next requests with a 5xx, to exercise retries.
-//! Shared by qci-server's tests and the end-to-end tests (`#[path]`).
+//! A stand-in for GitHub's statuses and contents APIs: a real HTTP server on
+//! 127.0.0.1 that checks each request as GitHub would (path, token, media
+//! type, the body's JSON schema) and records the statuses it accepted. It
+//! serves the `.qci.toml` files it is given, per repository and commit, the
+//! way the contents API does (base64 in a JSON object; 404 for no file).
+//! It can be told to fail the next requests with a 5xx, to exercise
+//! retries. Shared by qci-server's tests and the end-to-end tests (`#[path]`).
 
 #![allow(dead_code)]
 
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use base64::Engine;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,10 +34,18 @@ type Hook = Box<dyn Fn(&Posted) + Send>;
 struct Shared {
     posted: Mutex<Vec<Posted>>,
     refused: Mutex<Vec<String>>,
+    /// Status posts, then `.qci.toml` reads, still to answer 502.
     fail_next: AtomicUsize,
+    fail_next_reads: AtomicUsize,
+    /// While set, `.qci.toml` reads wait (GitHub slow or away).
+    hold_reads: std::sync::atomic::AtomicBool,
     requests: AtomicUsize,
     /// Called with each accepted status before GitHub answers.
     on_post: Mutex<Option<Hook>>,
+    /// `.qci.toml` per `(OWNER/REPO, SHA)`.
+    files: Mutex<HashMap<(String, String), String>>,
+    /// Each contents request that passed the checks: `(OWNER/REPO, SHA)`.
+    reads: Mutex<Vec<(String, String)>>,
 }
 
 pub struct FakeGithub {
@@ -48,14 +60,16 @@ fn refuse(shared: &Shared, code: StatusCode, why: String) -> (StatusCode, String
     (code, serde_json::json!({"message": why}).to_string())
 }
 
-fn check(
+fn sha_ok(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// What every API call needs: the token, GitHub's media type, a User-Agent.
+fn check_headers(
     shared: &Shared,
     token: &str,
-    method: &Method,
-    uri: &Uri,
     headers: &HeaderMap,
-    body: &str,
-) -> Result<Posted, (StatusCode, String)> {
+) -> Result<(), (StatusCode, String)> {
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
     if header("authorization") != format!("Bearer {token}") {
         return Err(refuse(
@@ -64,8 +78,84 @@ fn check(
             "Bad credentials".into(),
         ));
     }
+    if !header("accept").contains("application/vnd.github") || header("user-agent").is_empty() {
+        return Err(refuse(
+            shared,
+            StatusCode::BAD_REQUEST,
+            "missing Accept or User-Agent".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /repos/OWNER/REPO/contents/.qci.toml?ref=SHA`, as the contents API
+/// answers it: the file as base64 in a JSON object, or 404.
+fn contents(shared: &Shared, token: &str, uri: &Uri, headers: &HeaderMap) -> (StatusCode, String) {
+    if let Err(refused) = check_headers(shared, token, headers) {
+        return refused;
+    }
     let parts: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
-    let sha_ok = |s: &str| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let sha = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ref="))
+        .unwrap_or("");
+    let repo = match parts.as_slice() {
+        ["repos", owner, repo, "contents", ".qci.toml"] if sha_ok(sha) => format!("{owner}/{repo}"),
+        _ => {
+            return refuse(
+                shared,
+                StatusCode::NOT_FOUND,
+                format!("Not Found: GET {uri}"),
+            );
+        }
+    };
+    shared
+        .reads
+        .lock()
+        .unwrap()
+        .push((repo.clone(), sha.to_owned()));
+    let file = shared
+        .files
+        .lock()
+        .unwrap()
+        .get(&(repo, sha.to_owned()))
+        .cloned();
+    let Some(text) = file else {
+        let reply = serde_json::json!({
+            "message": "Not Found",
+            "documentation_url": "https://docs.github.com/rest/repos/contents#get-repository-content",
+            "status": "404",
+        });
+        return (StatusCode::NOT_FOUND, reply.to_string());
+    };
+    // GitHub breaks the base64 into lines of 60.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(60)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let reply = serde_json::json!({
+        "type": "file", "encoding": "base64", "size": text.len(),
+        "name": ".qci.toml", "path": ".qci.toml",
+        "content": lines.join("\n") + "\n",
+        "sha": "0123456789abcdef0123456789abcdef01234567",
+    });
+    (StatusCode::OK, reply.to_string())
+}
+
+fn check(
+    shared: &Shared,
+    token: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &str,
+) -> Result<Posted, (StatusCode, String)> {
+    check_headers(shared, token, headers)?;
+    let parts: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
     let (repo, sha) = match parts.as_slice() {
         ["repos", owner, repo, "statuses", sha] if sha_ok(sha) => {
             (format!("{owner}/{repo}"), sha.to_string())
@@ -83,13 +173,6 @@ fn check(
             shared,
             StatusCode::NOT_FOUND,
             format!("{method} not allowed"),
-        ));
-    }
-    if !header("accept").contains("application/vnd.github") || header("user-agent").is_empty() {
-        return Err(refuse(
-            shared,
-            StatusCode::BAD_REQUEST,
-            "missing Accept or User-Agent".into(),
         ));
     }
     let value: Value = serde_json::from_str(body).map_err(|e| {
@@ -180,12 +263,23 @@ impl FakeGithub {
                     let token = expected.clone();
                     async move {
                         shared.requests.fetch_add(1, Ordering::SeqCst);
-                        let failing = shared
-                            .fail_next
+                        let read = method == Method::GET;
+                        while read && shared.hold_reads.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        let counter = if read {
+                            &shared.fail_next_reads
+                        } else {
+                            &shared.fail_next
+                        };
+                        let failing = counter
                             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                             .is_ok();
                         if failing {
                             return (StatusCode::BAD_GATEWAY, "Bad Gateway".to_owned());
+                        }
+                        if read {
+                            return contents(&shared, &token, &uri, &headers);
                         }
                         match check(&shared, &token, &method, &uri, &headers, &body) {
                             Ok(posted) => {
@@ -231,6 +325,20 @@ impl FakeGithub {
             .collect()
     }
 
+    /// Serves `text` as `.qci.toml` of `repo` at `sha`.
+    pub fn pipeline(&self, repo: &str, sha: &str, text: &str) {
+        self.shared
+            .files
+            .lock()
+            .unwrap()
+            .insert((repo.to_owned(), sha.to_owned()), text.to_owned());
+    }
+
+    /// The `.qci.toml` reads that passed the checks: `(OWNER/REPO, SHA)`.
+    pub fn reads(&self) -> Vec<(String, String)> {
+        self.shared.reads.lock().unwrap().clone()
+    }
+
     pub fn refused(&self) -> Vec<String> {
         self.shared.refused.lock().unwrap().clone()
     }
@@ -239,9 +347,19 @@ impl FakeGithub {
         self.shared.requests.load(Ordering::SeqCst)
     }
 
-    /// Answers the next `n` requests with 502 Bad Gateway.
+    /// Answers the next `n` status posts with 502 Bad Gateway.
     pub fn fail_next(&self, n: usize) {
         self.shared.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Answers the next `n` `.qci.toml` reads with 502 Bad Gateway.
+    pub fn fail_next_reads(&self, n: usize) {
+        self.shared.fail_next_reads.store(n, Ordering::SeqCst);
+    }
+
+    /// Holds `.qci.toml` reads unanswered until called with `false`.
+    pub fn hold_reads(&self, hold: bool) {
+        self.shared.hold_reads.store(hold, Ordering::SeqCst);
     }
 
     pub fn on_post(&self, hook: impl Fn(&Posted) + Send + 'static) {

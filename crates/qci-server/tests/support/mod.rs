@@ -9,6 +9,7 @@ pub mod fake_github;
 use fake_github::FakeGithub;
 use qci_core::job_file::{JobFile, Sink};
 use qci_pool::{FinalStatus, JobEvents, JobOutcome, JobRequest, Phase};
+use qci_server::dispatch::NotStarted;
 use qci_server::{Executor, HostConfig};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -29,8 +30,15 @@ pub fn fixture(name: &str) -> Vec<u8> {
 
 /// A pool that runs nothing: each job reports `running`, prints `lines`
 /// into its log, waits for the gate (or a cancel), then reports `last`.
+/// Its first hand-overs can be made to fail without starting (`not_started`).
 pub struct Scripted {
+    /// Machines per version.
     pub capacity: usize,
+    pub versions: Vec<String>,
+    /// What the next hand-overs answer instead of starting, in order.
+    pub not_started: Mutex<Vec<NotStarted>>,
+    /// When each hand-over came, and for which job.
+    pub handed: Mutex<Vec<(String, Instant)>>,
     pub lines: Vec<String>,
     pub last: &'static str,
     gate: Arc<(Mutex<bool>, Condvar)>,
@@ -41,8 +49,16 @@ pub struct Scripted {
 
 impl Scripted {
     pub fn new(open: bool) -> Arc<Self> {
+        Self::on(open, &["4.2"])
+    }
+
+    /// A pool with a machine for each of `versions`.
+    pub fn on(open: bool, versions: &[&str]) -> Arc<Self> {
         Arc::new(Self {
             capacity: 1,
+            versions: versions.iter().map(|v| v.to_string()).collect(),
+            not_started: Mutex::default(),
+            handed: Mutex::default(),
             lines: vec!["building\n".into(), "all tests passed\n".into()],
             last: "success",
             gate: Arc::new((Mutex::new(open), Condvar::new())),
@@ -59,6 +75,17 @@ impl Scripted {
 
     pub fn started(&self) -> usize {
         self.job_files.lock().unwrap().len()
+    }
+
+    /// When each hand-over of `job` to the pool came.
+    pub fn handed(&self, job: &str) -> Vec<Instant> {
+        self.handed
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(j, _)| j == job)
+            .map(|(_, at)| *at)
+            .collect()
     }
 }
 
@@ -81,7 +108,7 @@ pub fn event(job: &str, state: &str, description: &str) -> String {
 
 impl Executor for Scripted {
     fn versions(&self) -> Vec<String> {
-        vec!["4.2".into()]
+        self.versions.clone()
     }
 
     fn capacity(&self, _qubes: &str) -> usize {
@@ -97,11 +124,21 @@ impl Executor for Scripted {
         req: &JobRequest,
         events: &dyn JobEvents,
         _status: &dyn FinalStatus,
-    ) -> Result<JobOutcome, String> {
-        let Sink::Relay { url, token, .. } = &req.job_file.sink else {
-            return Err("not a relay sink".into());
-        };
+    ) -> Result<JobOutcome, NotStarted> {
         let job = req.job.as_str();
+        self.handed
+            .lock()
+            .unwrap()
+            .push((job.to_owned(), Instant::now()));
+        {
+            let mut failing = self.not_started.lock().unwrap();
+            if !failing.is_empty() {
+                return Err(failing.remove(0));
+            }
+        }
+        let Sink::Relay { url, token, .. } = &req.job_file.sink else {
+            return Err(NotStarted::Refused("not a relay sink".into()));
+        };
         events.phase(&req.job, &Phase::Running);
         // 409 when the host ended the job meanwhile (superseded, canceled).
         let code = relay_post(url, token, &event(job, "running", "Running make test"));
@@ -266,6 +303,37 @@ impl Host {
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["job"].clone()
     }
 
+    /// What became of a delivery (`/api/deliveries/ID`), once its jobs are
+    /// worked out.
+    pub fn resolved(&self, delivery: &str) -> serde_json::Value {
+        let mut found = serde_json::Value::Null;
+        wait_for(
+            &format!("delivery {delivery} to be resolved"),
+            Duration::from_secs(30),
+            || {
+                let (code, body) = self.get(&format!("/api/deliveries/{delivery}"));
+                assert_eq!(code, 200, "{body}");
+                found = serde_json::from_str(&body).unwrap();
+                found["resolved"] == true
+            },
+        );
+        found
+    }
+
+    /// Delivers a webhook that asks for jobs (202), and returns them once
+    /// they are worked out.
+    pub fn deliver(&self, event: &str, delivery: &str, body: &[u8]) -> Vec<String> {
+        let (code, reply) = self.webhook(event, delivery, body);
+        assert_eq!(code, 202, "{reply}");
+        let d = self.resolved(delivery);
+        d["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j.as_str().unwrap().to_owned())
+            .collect()
+    }
+
     pub fn wait_state(&self, id: &str, state: &str) {
         wait_for(
             &format!("job {id} to be {state}"),
@@ -273,17 +341,6 @@ impl Host {
             || self.job(id)["state"] == state,
         );
     }
-}
-
-/// The job ids a 202 reply listed.
-pub fn queued(reply: &str) -> Vec<String> {
-    let v: serde_json::Value = serde_json::from_str(reply).unwrap();
-    v["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j.as_str().unwrap().to_owned())
-        .collect()
 }
 
 pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {

@@ -1,0 +1,186 @@
+//! The resolver: carries out each trigger (a delivery that asks for
+//! something) in the order the deliveries came. A push or a pull request
+//! becomes one job per Qubes version, each with its own status context;
+//! the versions are the `qubes` of the commit's own `.qci.toml`, read
+//! through GitHub's contents API, or the repository's configured ones when
+//! the commit has no such file (or names none).
+//!
+//! That GitHub call is why this is not done while answering the webhook:
+//! the webhook is answered as soon as its trigger is committed, and the
+//! resolver does the rest. Triggers live in the database, so one left
+//! unresolved by a crash is resolved after the restart.
+//!
+//! A commit never stays silent: a `.qci.toml` that dom0 would refuse, a
+//! version no machine of the pool runs, or GitHub refusing to give the file
+//! (after retries within `github_retry_budget`) each end the jobs concerned
+//! at once as `error`, saying why. When the versions cannot be known at
+//! all, those jobs are the repository's configured versions. Triggers are
+//! resolved one at a time, so approvals and closed pull requests apply to
+//! the jobs of the deliveries before them; a GitHub outage holds the ones
+//! behind it until the budget is spent.
+
+use crate::app::App;
+use crate::github::{self, PipelineFile};
+use crate::queue::{self, Trigger, Version};
+use crate::webhook::{Commit, Plan};
+use qci_core::pipeline::Pipeline;
+use qci_core::retry::{self, RetryPolicy, Stop};
+use qci_core::status::clean_description;
+use reqwest::header::HeaderValue;
+use std::time::Duration;
+
+/// Where the resolver reads commits' `.qci.toml`, with what token, and how
+/// hard it tries.
+#[derive(Clone)]
+pub struct Source {
+    pub api_url: String,
+    pub token: HeaderValue,
+    pub policy: RetryPolicy,
+}
+
+/// Starts the resolver on its own thread.
+pub fn spawn(app: App, source: Source) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("qci-resolve".into())
+        .spawn(move || resolve_forever(&app, &source))?;
+    Ok(())
+}
+
+fn resolve_forever(app: &App, source: &Source) {
+    // Made here: a blocking client must not be built (or dropped) on the
+    // async runtime's threads.
+    let client = match github::client() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cannot set up the HTTP client for GitHub: {e}");
+            return;
+        }
+    };
+    let client = &client;
+    loop {
+        let seen = app.store.commit_count();
+        let result = match app.store.read_blocking(queue::next_trigger) {
+            Ok(Some(trigger)) => resolve(app, client, source, trigger),
+            Ok(None) => {
+                app.store.wait_commit(seen, Duration::from_secs(5));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            // The database's trouble: the trigger stays, and is tried again.
+            tracing::error!("resolving a trigger: {e}");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+fn resolve(
+    app: &App,
+    client: &reqwest::blocking::Client,
+    source: &Source,
+    trigger: Trigger,
+) -> Result<(), crate::store::StoreError> {
+    let plan = serde_json::from_str::<Plan>(&trigger.plan);
+    let versions = match &plan {
+        Ok(Plan::Run(commit)) => versions(app, client, source, commit),
+        _ => None,
+    };
+    let stop = app.store.write_blocking(move |conn| {
+        let mut stop = Vec::new();
+        let outcome = match plan {
+            Err(e) => format!("error: the stored request cannot be read: {e}"),
+            Ok(Plan::Ignore(why)) => format!("ignored: {why}"),
+            Ok(Plan::Run(commit)) => match versions {
+                None => format!("ignored: repository {} is not configured", commit.slug),
+                Some(versions) => {
+                    let queued = queue::run_commit(conn, &trigger, &commit, &versions)?;
+                    stop = queued.stop;
+                    format!("queued {}", queued.jobs.join(" "))
+                }
+            },
+            Ok(Plan::Approve {
+                slug,
+                pr,
+                sha,
+                before,
+                by,
+            }) => {
+                let approved = queue::approve(conn, &slug, pr, sha.as_deref(), before, &by)?;
+                format!("approved by {by}: {}", approved.join(" "))
+            }
+            Ok(Plan::Close { slug, pr }) => {
+                let dropped = queue::close_pr(conn, &slug, pr)?;
+                format!("pull request closed: dropped {}", dropped.join(" "))
+            }
+        };
+        queue::trigger_done(conn, &trigger, &outcome)?;
+        Ok(stop)
+    })?;
+    for job in &stop {
+        app.running.cancel(job);
+    }
+    Ok(())
+}
+
+/// The versions `commit` runs on, each with why it cannot, if it cannot;
+/// `None` if its repository is no longer configured.
+fn versions(
+    app: &App,
+    client: &reqwest::blocking::Client,
+    source: &Source,
+    commit: &Commit,
+) -> Option<Vec<Version>> {
+    let repo = app.config.repo(&commit.slug)?;
+    let sha = commit.sha.as_str();
+    let what = format!("reading .qci.toml of {} at {sha}", commit.slug);
+    let read = retry::retry(&source.policy, &what, || {
+        github::pipeline_file(client, &source.api_url, &source.token, &commit.slug, sha)
+    });
+    let asked = match read {
+        Ok(PipelineFile::Missing) => Ok(repo.qubes.clone()),
+        Ok(PipelineFile::Found(text)) => match Pipeline::parse(&text) {
+            Ok(p) if p.qubes.is_empty() => Ok(repo.qubes.clone()),
+            Ok(p) => Ok(p.qubes),
+            Err(e) => Err(e.to_string()),
+        },
+        Ok(PipelineFile::Unusable(why)) => Err(why),
+        Err(Stop::Permanent(e)) => Err(format!("CI error: cannot read .qci.toml: {e}")),
+        Err(Stop::GaveUp { attempts, last, .. }) => Err(format!(
+            "CI error: cannot read .qci.toml ({attempts} attempts): {last}"
+        )),
+    };
+    let context = |v: &str| format!("{}/qubes-{v}", repo.context);
+    Some(match asked {
+        Ok(wanted) => {
+            let pool = app.executor.versions();
+            let has = if pool.is_empty() {
+                "none".to_owned()
+            } else {
+                pool.join(", ")
+            };
+            wanted
+                .into_iter()
+                .map(|v| Version {
+                    refused: (!pool.contains(&v)).then(|| {
+                        format!("No machine of this qci host runs Qubes {v} (it has: {has})")
+                    }),
+                    context: context(&v),
+                    qubes: v,
+                })
+                .collect()
+        }
+        Err(why) => {
+            tracing::warn!("{what}: {why}");
+            let why = clean_description(&why);
+            repo.qubes
+                .iter()
+                .map(|v| Version {
+                    qubes: v.clone(),
+                    context: context(v),
+                    refused: Some(why.clone()),
+                })
+                .collect()
+        }
+    })
+}
