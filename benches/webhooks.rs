@@ -5,7 +5,7 @@
 //! client. The target (issue 10): at least 2,000/s with p99 under 20 ms.
 //!
 //! Each run sends N distinct pushes (distinct branches, so every one
-//! becomes a queued job) over C keep-alive connections; runs alternate
+//! becomes a job) over C keep-alive connections; runs alternate
 //! between the two servers and the medians are reported. QCI_BENCH_SCALE
 //! shrinks N. The load average is printed, since the machine is shared.
 
@@ -203,8 +203,9 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
-/// `qci serve` with a fresh state: no machines, so jobs only queue; its
-/// GitHub poster talks to a local responder.
+/// `qci serve` with a fresh state and no machines (each delivery's job is
+/// worked out after its 202, and ends at once: no machine runs 4.2); its
+/// GitHub client talks to a local responder.
 fn start_qci(bin: &Path, dir: &Path, github_port: u16) -> (Child, u16) {
     let port = free_port();
     std::fs::write(dir.join("secret"), SECRET).unwrap();
@@ -276,7 +277,8 @@ fn start_flask(python: &Path, dir: &Path) -> (Child, u16) {
     (child, port)
 }
 
-/// A stand-in for GitHub that accepts every status at once.
+/// A stand-in for GitHub that accepts every status at once, and has no
+/// `.qci.toml` for any commit (404 to every read).
 fn start_github() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -287,8 +289,13 @@ fn start_github() -> u16 {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let app =
-                axum::Router::new().fallback(|| async { (axum::http::StatusCode::CREATED, "{}") });
+            let app = axum::Router::new().fallback(|method: axum::http::Method| async move {
+                if method == axum::http::Method::GET {
+                    (axum::http::StatusCode::NOT_FOUND, "{\"message\":\"Not Found\"}")
+                } else {
+                    (axum::http::StatusCode::CREATED, "{}")
+                }
+            });
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             axum::serve(listener, app).await.unwrap();
         });

@@ -4,6 +4,7 @@
 
 #[path = "../crates/qci-server/tests/support/fake_github.rs"]
 mod fake_github;
+mod pool_support;
 mod support;
 
 use fake_github::FakeGithub;
@@ -496,6 +497,67 @@ fn kill_9_under_load_loses_no_accepted_webhook_and_ends_the_running_job() {
     wait_for("the next job to succeed", Duration::from_secs(120), || {
         served.job_state(&next).0 == "success"
     });
+}
+
+#[test]
+fn a_job_waits_while_the_hypervisor_is_unreachable_and_runs_once_it_answers() {
+    let Some(lv) = pool_support::Libvirtd::start() else {
+        return;
+    };
+    lv.domain("lv");
+    // Open to the machine's unprivileged user (run as root, as CI does).
+    let area = support::Scratch::new();
+    let scratch = &area.dir;
+    let (project, sha) = project(scratch.path(), "echo ran on libvirt");
+    let github = FakeGithub::start(GITHUB_TOKEN);
+    // The machine's libvirt socket is not there yet: libvirtd is unreachable.
+    let machine = "name = \"lv\"\nqubes = \"4.2\"\nbackend = \"libvirt\"\n\
+                   uri = \"test+unix:///default?socket={dir}/lv-sock\"\n\
+                   dom0 = \"emulated\"\nemulated_path = \"{dir}/guests/lv\"\n";
+    let served = Served::start_with(
+        scratch.path(),
+        &github,
+        &project,
+        machine,
+        "start_retry_delay = \"1s\"\nstart_attempts = 5",
+    );
+    let job = served.jobs("push", "lv-1", &push(REPO, "main", &sha))[0].clone();
+
+    wait_for("the job to wait for a retry", Duration::from_secs(60), || {
+        served.job_state(&job).1.starts_with("Queued: retrying in")
+    });
+    let (state, why) = served.job_state(&job);
+    assert_eq!(state, "queued", "{why}");
+    assert!(
+        why.contains("attempt 1 of 5 could not start: machine lv: hypervisor unreachable"),
+        "{why}"
+    );
+    let started: Option<i64> = served
+        .db()
+        .query_row("SELECT started_at FROM jobs WHERE id = ?1", [&job], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(started, None, "marked as run");
+
+    // The hypervisor answers again: the job runs, once, and succeeds.
+    std::os::unix::fs::symlink(lv.socket(), scratch.path().join("lv-sock")).unwrap();
+    wait_for("the job to succeed", Duration::from_secs(180), || {
+        served.job_state(&job).0 == "success"
+    });
+    github.wait_for("the final status", Duration::from_secs(60), |p| {
+        p.iter().any(|p| p.state == "success")
+    });
+    let states = github.states("qci/qubes-4.2");
+    assert_eq!(states[0], ("pending".into(), "Queued".into()), "{states:?}");
+    assert!(
+        states[1].1.starts_with("Queued: retrying in 1s (attempt 1 of 5"),
+        "{states:?}"
+    );
+    assert_eq!(states.last().unwrap().0, "success", "{states:?}");
+    let log = served.get(&format!("/jobs/{job}/log"));
+    assert_eq!(log.matches("[test] ran on libvirt").count(), 1, "{log}");
+    assert_eq!(lv.virsh(&["domstate", "lv"]), "shut off");
 }
 
 /// Debian's ChromeDriver, driving headless Chromium over WebDriver (plain

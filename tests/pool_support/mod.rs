@@ -358,10 +358,11 @@ impl Libvirtd {
     }
 
     pub fn uri(&self) -> String {
-        format!(
-            "test+unix:///default?socket={}",
-            self.dir.path().join("sock/libvirt-sock").display()
-        )
+        format!("test+unix:///default?socket={}", self.socket().display())
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("sock/libvirt-sock")
     }
 
     /// `virsh ARGS`; its trimmed stdout, failing the test on an error.

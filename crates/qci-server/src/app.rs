@@ -132,6 +132,17 @@ pub async fn serve(
         admin_token_hash,
     };
 
+    // Said once at start; each such job also ends as `error` saying so.
+    let machines = app.executor.versions();
+    for repo in &server.repos {
+        for v in repo.qubes.iter().filter(|v| !machines.contains(v)) {
+            tracing::warn!(
+                "server.repos {}: no machine of the pool runs Qubes {v}; its jobs will end as error",
+                repo.slug
+            );
+        }
+    }
+
     let mut token = HeaderValue::from_str(&format!("Bearer {github_token}"))
         .map_err(|_| ServeError::BadToken)?;
     token.set_sensitive(true);
