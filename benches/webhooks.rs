@@ -291,7 +291,10 @@ fn start_github() -> u16 {
         rt.block_on(async move {
             let app = axum::Router::new().fallback(|method: axum::http::Method| async move {
                 if method == axum::http::Method::GET {
-                    (axum::http::StatusCode::NOT_FOUND, "{\"message\":\"Not Found\"}")
+                    (
+                        axum::http::StatusCode::NOT_FOUND,
+                        "{\"message\":\"Not Found\"}",
+                    )
                 } else {
                     (axum::http::StatusCode::CREATED, "{}")
                 }

@@ -1,5 +1,6 @@
 //! Fault tests of the pool: the host killed mid-job, a machine whose dom0
-//! never answers, and a hypervisor that cannot be reached.
+//! never answers, and a hypervisor that cannot be reached (alone, or beside
+//! a machine that works).
 
 mod pool_support;
 mod support;
@@ -134,6 +135,32 @@ fn an_unreachable_hypervisor_is_a_clear_error_and_no_job_is_lost_or_marked_as_ru
         "{}",
         stdout(&pool)
     );
+}
+
+#[test]
+fn a_machine_whose_hypervisor_is_unreachable_sends_the_job_to_another_of_its_version() {
+    let mut host = Host::new();
+    // Listed first, so it is the first free machine of 4.2.
+    host.machine(&format!(
+        "name = \"lv\"\nqubes = \"4.2\"\nbackend = \"libvirt\"\nuri = \"test+unix:///default?socket={}\"\n\
+         dom0 = \"emulated\"\nemulated_path = {:?}\n",
+        host.path("no-libvirtd/libvirt-sock").display(),
+        host.path("guest")
+    ));
+    host.local("emu-1", "4.2");
+    let repo = Repo::new(&host, "repo", "echo ran");
+    let out = host.run_job(&["--qubes", "4.2"], &repo);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("lv failed (machine lv: hypervisor unreachable"),
+        "{err}"
+    );
+    assert!(stdout(&out).contains("on emu-1"), "{}", stdout(&out));
+    let job = job_of(&out);
+    assert_eq!(host.statuses(&job).last().unwrap().0, "success");
+    let store = qci_pool::lease::LeaseStore::open(&host.state(), "test-host").unwrap();
+    assert!(store.leases().unwrap().is_empty());
 }
 
 #[test]

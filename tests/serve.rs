@@ -523,9 +523,11 @@ fn a_job_waits_while_the_hypervisor_is_unreachable_and_runs_once_it_answers() {
     );
     let job = served.jobs("push", "lv-1", &push(REPO, "main", &sha))[0].clone();
 
-    wait_for("the job to wait for a retry", Duration::from_secs(60), || {
-        served.job_state(&job).1.starts_with("Queued: retrying in")
-    });
+    wait_for(
+        "the job to wait for a retry",
+        Duration::from_secs(60),
+        || served.job_state(&job).1.starts_with("Queued: retrying in"),
+    );
     let (state, why) = served.job_state(&job);
     assert_eq!(state, "queued", "{why}");
     assert!(
@@ -551,7 +553,9 @@ fn a_job_waits_while_the_hypervisor_is_unreachable_and_runs_once_it_answers() {
     let states = github.states("qci/qubes-4.2");
     assert_eq!(states[0], ("pending".into(), "Queued".into()), "{states:?}");
     assert!(
-        states[1].1.starts_with("Queued: retrying in 1s (attempt 1 of 5"),
+        states[1]
+            .1
+            .starts_with("Queued: retrying in 1s (attempt 1 of 5"),
         "{states:?}"
     );
     assert_eq!(states.last().unwrap().0, "success", "{states:?}");

@@ -124,6 +124,8 @@ impl Pool {
         let lease_for = self.lease_for(job_timeout);
         let queue_deadline = Instant::now() + self.config.queue_timeout;
         let mut exclude: Vec<String> = Vec::new();
+        // A machine that never answered already sent the job elsewhere once.
+        let mut moved_after_no_answer = false;
         loop {
             let lease = self.store.acquire(
                 request.job.as_str(),
@@ -155,18 +157,34 @@ impl Pool {
                 lease_for,
                 bootstrap: false,
             };
+            // Another machine of the version not tried yet.
+            let others =
+                match &request.target {
+                    Target::Qubes(q) => self.config.machines.iter().any(|m| {
+                        &m.qubes == q && m.name != machine.name && !exclude.contains(&m.name)
+                    }),
+                    Target::Machine(_) => false,
+                };
             match runner.attempt(request, job_timeout) {
                 Attempt::Done(outcome) => return Ok(outcome),
+                // A hypervisor failing one machine may not fail the others
+                // (they may be on other hosts): each is tried once before
+                // the job is given back, unstarted.
+                Attempt::NotStarted(e @ PoolError::Hypervisor { .. }) if others => {
+                    events.phase(
+                        &request.job,
+                        &Phase::Retrying {
+                            machine: machine.name.clone(),
+                            why: e.to_string(),
+                        },
+                    );
+                    exclude.push(machine.name.clone());
+                    continue;
+                }
                 Attempt::NotStarted(e) => return Err(e),
                 Attempt::Foreign => continue,
                 Attempt::NoAnswer(why) => {
-                    let others = match &request.target {
-                        Target::Qubes(q) => self.config.machines.iter().any(|m| {
-                            &m.qubes == q && m.name != machine.name && !exclude.contains(&m.name)
-                        }),
-                        Target::Machine(_) => false,
-                    };
-                    if exclude.is_empty() && others {
+                    if !moved_after_no_answer && others {
                         events.phase(
                             &request.job,
                             &Phase::Retrying {
@@ -175,12 +193,13 @@ impl Pool {
                             },
                         );
                         exclude.push(machine.name.clone());
+                        moved_after_no_answer = true;
                         continue;
                     }
-                    let why = if exclude.is_empty() {
-                        why
-                    } else {
+                    let why = if moved_after_no_answer {
                         format!("retried on {}: {why}", machine.name)
+                    } else {
+                        why
                     };
                     return Ok(self.give_up(request, &machine.name, status, events, why));
                 }

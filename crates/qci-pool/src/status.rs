@@ -31,7 +31,8 @@ pub enum Phase {
     Running,
     CopyingLog,
     PoweringOff,
-    /// The machine never answered; the job goes to another one.
+    /// The machine never answered, or its hypervisor failed; the job goes
+    /// to another one.
     Retrying {
         machine: String,
         why: String,
