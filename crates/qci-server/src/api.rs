@@ -209,11 +209,20 @@ pub async fn retry(State(app): State<App>, Path(id): Path<String>, headers: Head
         return *r;
     }
     let job = id.clone();
-    match app.store.write(move |conn| queue::retry(conn, &job)).await {
+    let versions = app.executor.versions();
+    match app
+        .store
+        .write(move |conn| queue::retry(conn, &job, &versions))
+        .await
+    {
         Ok(RetryOutcome::NotFound) => text(StatusCode::NOT_FOUND, format!("no job {id}")),
         Ok(RetryOutcome::NotFinal(state)) => text(
             StatusCode::CONFLICT,
             format!("job {id} is still {state}; cancel it first"),
+        ),
+        Ok(RetryOutcome::NoMachine(qubes)) => text(
+            StatusCode::CONFLICT,
+            format!("job {id} ran on Qubes {qubes}, which no machine of the pool runs now"),
         ),
         Ok(RetryOutcome::Queued(new)) => (
             StatusCode::ACCEPTED,

@@ -667,16 +667,22 @@ pub fn cancel(conn: &Connection, id: &str, by: &str) -> Result<CancelOutcome, St
 pub enum RetryOutcome {
     NotFound,
     NotFinal(String),
+    /// No machine of the pool runs its Qubes version.
+    NoMachine(String),
     Queued(String),
 }
 
-/// Queues a finished job again, as a new job on the same commit and context.
-pub fn retry(conn: &Connection, id: &str) -> Result<RetryOutcome, StoreError> {
+/// Queues a finished job again, as a new job on the same commit and
+/// context, if a machine of the pool (running `versions`) can take it.
+pub fn retry(conn: &Connection, id: &str, versions: &[String]) -> Result<RetryOutcome, StoreError> {
     let Some(old) = get(conn, id)? else {
         return Ok(RetryOutcome::NotFound);
     };
     if !old.is_final() {
         return Ok(RetryOutcome::NotFinal(old.state));
+    }
+    if !versions.contains(&old.qubes) {
+        return Ok(RetryOutcome::NoMachine(old.qubes));
     }
     let supersede_key: Option<String> = conn
         .prepare_cached("SELECT supersede_key FROM jobs WHERE id = ?1")?

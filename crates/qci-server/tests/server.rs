@@ -710,6 +710,10 @@ fn a_bad_qci_toml_or_a_version_without_machines_ends_in_a_clear_error() {
         )],
         "one final status, never a pending one"
     );
+    // Nor does a retry queue it where no machine would take it.
+    let (code, body) = host.post(&format!("/api/jobs/{}/retry", jobs[1]), Some(ADMIN_TOKEN));
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("Qubes 9.9, which no machine"), "{body}");
 
     // A file dom0 would refuse: the configured versions' contexts say why,
     // and nothing reaches a machine. GitHub failing at first is retried.
