@@ -81,6 +81,24 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(kind, sent_at, ready, id);
 ";
 
+/// Brings a database made by an earlier qci up to [`SCHEMA`] (run after it):
+/// columns added since are added, with their defaults.
+pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('jobs')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (name, decl) in [
+        ("start_failures", "INTEGER NOT NULL DEFAULT 0"),
+        ("not_before", "INTEGER"),
+    ] {
+        if !columns.iter().any(|c| c == name) {
+            conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {name} {decl}"))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1055,6 +1073,27 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA).unwrap();
         conn
+    }
+
+    #[test]
+    fn a_database_from_before_the_retry_columns_gets_them() {
+        let conn = Connection::open_in_memory().unwrap();
+        let old = SCHEMA
+            .replace(
+                "    start_failures INTEGER NOT NULL DEFAULT 0,  -- hand-overs to the pool that did not start\n",
+                "",
+            )
+            .replace(
+                "    not_before     INTEGER,            -- not handed over again before this\n",
+                "",
+            );
+        assert_ne!(old, SCHEMA);
+        conn.execute_batch(&old).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        migrate(&conn).unwrap();
+        migrate(&conn).unwrap();
+        assert_eq!(queue(&conn, &["a"]).len(), 1);
+        assert!(claim_next(&conn, "4.2", "h").unwrap().is_some());
     }
 
     #[test]

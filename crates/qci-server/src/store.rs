@@ -57,6 +57,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let writer = open_conn(path)?;
         writer.execute_batch(crate::queue::SCHEMA)?;
+        crate::queue::migrate(&writer)?;
         let reader = open_conn(path)?;
         let (tasks, rx) = mpsc::channel::<Task>();
         let changed = Arc::new(Notify::new());
