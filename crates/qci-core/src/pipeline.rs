@@ -11,6 +11,8 @@ pub const FILE_NAME: &str = ".qci.toml";
 /// A pipeline file larger than this is refused unread (by dom0, and by the
 /// host reading it through GitHub for its Qubes versions).
 pub const MAX_FILE_BYTES: u64 = 64 * 1024;
+/// The most Qubes versions a pipeline may name.
+pub const MAX_QUBES_VERSIONS: usize = 16;
 /// Used when a step names no timeout.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
 
@@ -148,6 +150,13 @@ impl Pipeline {
                 env: s.env,
             });
         }
+        // Each version is a job and a commit status: a pull request from
+        // anyone must not be able to ask for thousands.
+        if raw.qubes.len() > MAX_QUBES_VERSIONS {
+            return Err(PipelineError::Invalid(format!(
+                "qubes: at most {MAX_QUBES_VERSIONS} versions"
+            )));
+        }
         let mut qubes: Vec<String> = Vec::with_capacity(raw.qubes.len());
         for version in raw.qubes {
             if !valid_qubes_version(&version) {
@@ -236,6 +245,10 @@ mod tests {
             "steps = []",
             "qubes = [\"4.2; reboot\"]\n[[steps]]\nname = \"a\"\ncommand = \"x\"",
             "qubes = [\"\"]\n[[steps]]\nname = \"a\"\ncommand = \"x\"",
+            &format!(
+                "qubes = [{}]\n[[steps]]\nname = \"a\"\ncommand = \"x\"",
+                vec!["\"4.2\""; 17].join(", ")
+            ),
         ] {
             assert!(Pipeline::parse(bad).is_err(), "accepted {bad:?}");
         }
