@@ -57,23 +57,47 @@ fn resolve_forever(app: &App, source: &Source) {
         }
     };
     let client = &client;
+    // The trigger that failed last, and how many times in a row.
+    let mut failing: (i64, u32) = (0, 0);
     loop {
         let seen = app.store.commit_count();
-        let result = match app.store.read_blocking(queue::next_trigger) {
-            Ok(Some(trigger)) => resolve(app, client, source, trigger),
+        let trigger = match app.store.read_blocking(queue::next_trigger) {
+            Ok(Some(trigger)) => trigger,
             Ok(None) => {
                 app.store.wait_commit(seen, Duration::from_secs(5));
-                Ok(())
+                continue;
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                tracing::error!("reading the triggers: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
         };
-        if let Err(e) = result {
-            // The database's trouble: the trigger stays, and is tried again.
-            tracing::error!("resolving a trigger: {e}");
-            std::thread::sleep(Duration::from_secs(1));
+        let Err(e) = resolve(app, client, source, trigger.clone()) else {
+            continue;
+        };
+        // The database's trouble: the trigger stays, and is tried again;
+        // one that fails every time must not hold up those behind it.
+        failing = match failing {
+            (seq, n) if seq == trigger.seq => (seq, n + 1),
+            _ => (trigger.seq, 1),
+        };
+        tracing::error!(delivery = trigger.delivery, "resolving its trigger: {e}");
+        if failing.1 >= GIVE_UP_AFTER {
+            let outcome = format!("error: not carried out after {GIVE_UP_AFTER} tries: {e}");
+            if let Err(e) = app
+                .store
+                .write_blocking(move |conn| queue::trigger_done(conn, &trigger, &outcome))
+            {
+                tracing::error!("cannot set a trigger aside: {e}");
+            }
         }
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+/// Tries of one trigger whose writes fail before it is set aside.
+const GIVE_UP_AFTER: u32 = 5;
 
 fn resolve(
     app: &App,
