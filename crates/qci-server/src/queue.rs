@@ -430,17 +430,28 @@ pub fn apply(
     plan: &Plan,
 ) -> Result<Applied, StoreError> {
     let now = now_ms();
+    let outcome = match plan {
+        Plan::Ignore(why) => format!("ignored: {why}"),
+        Plan::Run(c) => format!(
+            "accepted: {} of {} at {}",
+            c.git_ref,
+            c.slug,
+            c.sha.as_str()
+        ),
+        Plan::Approve { slug, pr, .. } => format!("accepted: approval of {slug}#{pr}"),
+        Plan::Close { slug, pr } => format!("accepted: closing of {slug}#{pr}"),
+    };
     let inserted = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO deliveries (id, event, received_at, outcome) \
              VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![delivery, event, now, ""])?;
+        .execute(params![delivery, event, now, outcome])?;
     if inserted == 0 {
         return Ok(Applied::Duplicate);
     }
-    let (outcome, trigger) = match plan {
-        Plan::Ignore(why) => (format!("ignored: {why}"), None),
+    let trigger = match plan {
+        Plan::Ignore(_) => None,
         plan => {
             let json =
                 serde_json::to_string(plan).map_err(|e| StoreError::Commit(e.to_string()))?;
@@ -448,18 +459,9 @@ pub fn apply(
                 "INSERT INTO triggers (delivery, plan, received_at) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![delivery, json, now])?;
-            let seq = conn.last_insert_rowid();
-            let what = match plan {
-                Plan::Run(c) => format!("{} of {} at {}", c.git_ref, c.slug, c.sha.as_str()),
-                Plan::Approve { slug, pr, .. } => format!("approval of {slug}#{pr}"),
-                Plan::Close { slug, pr } => format!("closing of {slug}#{pr}"),
-                Plan::Ignore(_) => unreachable!("handled above"),
-            };
-            (format!("accepted: {what} (trigger {seq})"), Some(seq))
+            Some(conn.last_insert_rowid())
         }
     };
-    conn.prepare_cached("UPDATE deliveries SET outcome = ?2 WHERE id = ?1")?
-        .execute(params![delivery, outcome])?;
     Ok(Applied::Done { outcome, trigger })
 }
 
