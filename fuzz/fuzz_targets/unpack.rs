@@ -1,0 +1,281 @@
+//! dom0's hardened tar unpacker, fed raw bytes as the `qci.Export` stream.
+//!
+//! The workspace is `a/b/ws` in a scratch directory that also holds a
+//! sentinel tree: files, a directory and a symlink at the top, beside `ws`
+//! and beside `b`, so that a write that climbs one, two or three levels out
+//! lands among them. After every input, whether it was accepted or refused:
+//!
+//! - nothing outside the workspace changed: the scratch directory minus
+//!   `ws` is the same as before (inodes, modes, owners, sizes, link counts,
+//!   change times, link targets), with nothing added or removed;
+//! - inside it, only regular files, directories and symlinks, owned by us,
+//!   no setuid, setgid or sticky bit, regular files with one link (no hard
+//!   link in or out), directories with `u+rwx` (the caller can remove them);
+//! - no symlink leads out of the workspace, following the links inside it
+//!   the way the kernel would;
+//! - the file bytes on disk are within the byte limit, and within what the
+//!   unpacker says it wrote when it succeeded;
+//! - the workspace can be removed.
+//!
+//! Limits are small so that the fuzzer reaches them. A custom mutator
+//! repairs the header checksums after most mutations (walking the archive
+//! as a reader does), so mutated headers get past the checksum check; one
+//! mutation in eight is left as it is, bad checksums included.
+
+#![no_main]
+
+use libfuzzer_sys::{fuzz_mutator, fuzz_target, fuzzer_mutate};
+use qci_core::unpack::{Limits, unpack};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
+
+const LIMITS: Limits = Limits {
+    max_total_bytes: 64 << 10,
+    max_entries: 16,
+    max_path_len: 1024,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let scratch = Scratch::get();
+    let ws = &scratch.ws;
+    let result = unpack(data, ws, &LIMITS);
+
+    let after = snapshot(&scratch.root, ws);
+    if after != scratch.outside {
+        panic!(
+            "unpacking changed what is outside the workspace ({result:?}):\n{}",
+            diff(&scratch.outside, &after)
+        );
+    }
+    let bytes = check_inside(ws);
+    assert!(bytes <= LIMITS.max_total_bytes, "{bytes} bytes on disk");
+    if let Ok(summary) = &result {
+        assert!(
+            bytes <= summary.bytes,
+            "{bytes} bytes on disk, but {summary:?}"
+        );
+        assert!(summary.entries <= LIMITS.max_entries, "{summary:?}");
+    }
+    fs::remove_dir_all(ws).expect("the workspace can be removed");
+    fs::create_dir(ws).expect("an empty workspace for the next input");
+});
+
+fuzz_mutator!(|data: &mut [u8], size: usize, max_size: usize, seed: u32| {
+    let size = fuzzer_mutate(data, size, max_size);
+    if seed % 8 != 0 {
+        fix_checksums(&mut data[..size]);
+    }
+    size
+});
+
+/// Walks the archive header by header, as a reader would, and sets each
+/// header's checksum to match its bytes.
+fn fix_checksums(data: &mut [u8]) {
+    let mut at = 0usize;
+    while let Some(block) = data.get_mut(at..at + 512) {
+        if block.iter().all(|&b| b == 0) {
+            at += 512;
+            continue;
+        }
+        let mut header = tar::Header::from_byte_slice(block).clone();
+        header.set_cksum();
+        block.copy_from_slice(header.as_bytes());
+        let size = header.entry_size().unwrap_or(0);
+        let Some(next) = usize::try_from(size.div_ceil(512).saturating_mul(512))
+            .ok()
+            .and_then(|data_len| at.checked_add(512)?.checked_add(data_len))
+        else {
+            return;
+        };
+        at = next;
+    }
+}
+
+/// The scratch directory, made once per process.
+struct Scratch {
+    root: PathBuf,
+    ws: PathBuf,
+    /// The snapshot of everything but the workspace.
+    outside: BTreeMap<PathBuf, Node>,
+}
+
+impl Scratch {
+    fn get() -> &'static Scratch {
+        static SCRATCH: OnceLock<Scratch> = OnceLock::new();
+        SCRATCH.get_or_init(|| {
+            // Kept for the life of the process; scripts/fuzz removes TMPDIR.
+            let root = tempfile::tempdir().expect("a scratch directory").keep();
+            for dir in ["a/b", "keep-dir"] {
+                fs::create_dir_all(root.join(dir)).expect("a sentinel directory");
+            }
+            for file in ["keep", "keep-dir/inner", "a/keep", "a/b/keep"] {
+                fs::write(root.join(file), "sentinel\n").expect("a sentinel file");
+            }
+            std::os::unix::fs::symlink("keep-dir", root.join("keep-link"))
+                .expect("a sentinel symlink");
+            let ws = root.join("a/b/ws");
+            fs::create_dir(&ws).expect("the workspace");
+            let outside = snapshot(&root, &ws);
+            Scratch { root, ws, outside }
+        })
+    }
+}
+
+/// What is compared of each file outside the workspace. The change time
+/// moves on any write, chmod, chown or time change, and nothing can set it
+/// back, so the bytes need not be read.
+#[derive(Debug, PartialEq, Eq)]
+struct Node {
+    ino: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    len: u64,
+    nlink: u64,
+    /// Left out for directories: making and removing the workspace changes
+    /// its parent's, and what is added or removed elsewhere shows as a path.
+    ctime: Option<(i64, i64)>,
+    /// A symlink's target.
+    target: Option<PathBuf>,
+}
+
+/// Every file under `root` but `skip` (the workspace), by path.
+fn snapshot(root: &Path, skip: &Path) -> BTreeMap<PathBuf, Node> {
+    let mut nodes = BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        if path == skip {
+            continue;
+        }
+        let meta = fs::symlink_metadata(&path).expect("a file in the scratch directory");
+        if meta.is_dir() {
+            for entry in fs::read_dir(&path).expect("a sentinel directory") {
+                todo.push(entry.expect("a directory entry").path());
+            }
+        }
+        let node = Node {
+            ino: meta.ino(),
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            len: meta.len(),
+            nlink: meta.nlink(),
+            ctime: (!meta.is_dir()).then(|| (meta.ctime(), meta.ctime_nsec())),
+            target: meta
+                .is_symlink()
+                .then(|| fs::read_link(&path).expect("a symlink's target")),
+        };
+        nodes.insert(path, node);
+    }
+    nodes
+}
+
+fn diff(before: &BTreeMap<PathBuf, Node>, after: &BTreeMap<PathBuf, Node>) -> String {
+    let mut out = String::new();
+    for (path, node) in after {
+        match before.get(path) {
+            None => out += &format!("added {path:?}: {node:?}\n"),
+            Some(old) if old != node => out += &format!("changed {path:?}: {old:?} -> {node:?}\n"),
+            Some(_) => {}
+        }
+    }
+    for path in before.keys().filter(|p| !after.contains_key(*p)) {
+        out += &format!("removed {path:?}\n");
+    }
+    out
+}
+
+/// Checks every file in the workspace, and gives the bytes of its regular
+/// files.
+fn check_inside(ws: &Path) -> u64 {
+    let uid = fs::symlink_metadata(ws).expect("the workspace").uid();
+    let mut bytes = 0;
+    let mut todo: Vec<Vec<OsString>> = vec![Vec::new()];
+    while let Some(parts) = todo.pop() {
+        let path = join(ws, &parts);
+        let meta = fs::symlink_metadata(&path).expect("a file in the workspace");
+        let kind = meta.file_type();
+        assert_eq!(meta.uid(), uid, "{path:?} is owned by someone else");
+        assert_eq!(
+            meta.mode() & 0o7000,
+            0,
+            "{path:?} has mode {:o}",
+            meta.mode()
+        );
+        if kind.is_dir() {
+            assert_eq!(meta.mode() & 0o700, 0o700, "{path:?} is not u+rwx");
+            for entry in fs::read_dir(&path).expect("a workspace directory") {
+                let mut child = parts.clone();
+                child.push(entry.expect("a directory entry").file_name());
+                todo.push(child);
+            }
+        } else if kind.is_file() {
+            assert_eq!(meta.nlink(), 1, "{path:?} is a hard link");
+            bytes += meta.len();
+        } else if kind.is_symlink() {
+            let target = fs::read_link(&path).expect("a symlink's target");
+            let mut hops = 0;
+            let dir = parts[..parts.len() - 1].to_vec();
+            if let Err(why) = resolve(ws, dir, &target, &mut hops) {
+                panic!("symlink {path:?} -> {target:?} {why}");
+            }
+        } else {
+            let what = if kind.is_fifo() {
+                "a fifo"
+            } else if kind.is_block_device() || kind.is_char_device() {
+                "a device"
+            } else {
+                "a socket"
+            };
+            panic!("{path:?} is {what}");
+        }
+    }
+    bytes
+}
+
+/// Where `target`, read from a symlink in the workspace directory `at`,
+/// leads: followed name by name as the kernel does, through the symlinks it
+/// meets (up to the kernel's 40). An error when it climbs out or is
+/// absolute. A name that does not exist is taken as a directory, which can
+/// only make a climb out more likely.
+fn resolve(
+    ws: &Path,
+    mut at: Vec<OsString>,
+    target: &Path,
+    hops: &mut u32,
+) -> Result<Vec<OsString>, &'static str> {
+    for part in target.components() {
+        match part {
+            Component::RootDir | Component::Prefix(_) => return Err("is absolute"),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                at.pop().ok_or("climbs out of the workspace")?;
+            }
+            Component::Normal(name) => {
+                at.push(name.to_owned());
+                let path = join(ws, &at);
+                if fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink()) {
+                    *hops += 1;
+                    if *hops > 40 {
+                        // ELOOP: the kernel resolves nothing.
+                        return Ok(at);
+                    }
+                    let next = fs::read_link(&path).expect("a symlink's target");
+                    at.pop();
+                    at = resolve(ws, at, &next, hops)?;
+                }
+            }
+        }
+    }
+    Ok(at)
+}
+
+fn join(ws: &Path, parts: &[OsString]) -> PathBuf {
+    let mut path = ws.to_path_buf();
+    path.extend(parts);
+    path
+}
