@@ -5,9 +5,9 @@
 //! and beside `b`, so that a write that climbs one, two or three levels out
 //! lands among them. After every input, whether it was accepted or refused:
 //!
-//! - nothing outside the workspace changed: the scratch directory minus
-//!   `ws` is the same as before (inodes, modes, owners, sizes, link counts,
-//!   change times, link targets), with nothing added or removed;
+//! - nothing outside the workspace changed: every sentinel has the inode,
+//!   mode, owner, size, link count, times and link target it had (the
+//!   change time of a directory also catches an entry added or removed);
 //! - inside it, only regular files, directories and symlinks, owned by us,
 //!   no setuid, setgid or sticky bit, regular files with one link (no hard
 //!   link in or out), directories with `u+rwx` (the caller can remove them);
@@ -26,7 +26,6 @@
 
 use libfuzzer_sys::{fuzz_mutator, fuzz_target, fuzzer_mutate};
 use qci_core::unpack::{Limits, unpack};
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -44,11 +43,11 @@ fuzz_target!(|data: &[u8]| {
     let ws = &scratch.ws;
     let result = unpack(data, ws, &LIMITS);
 
-    let after = snapshot(&scratch.root, ws);
+    let after = snapshot(&scratch.root);
     if after != scratch.outside {
         panic!(
             "unpacking changed what is outside the workspace ({result:?}):\n{}",
-            diff(&scratch.outside, &after)
+            diff(&scratch.root, &scratch.outside, &after)
         );
     }
     let bytes = check_inside(ws);
@@ -60,8 +59,15 @@ fuzz_target!(|data: &[u8]| {
         );
         assert!(summary.entries <= LIMITS.max_entries, "{summary:?}");
     }
-    fs::remove_dir_all(ws).expect("the workspace can be removed");
-    fs::create_dir(ws).expect("an empty workspace for the next input");
+    // Emptied, not removed, so that its parent stays as it was.
+    for entry in fs::read_dir(ws).expect("the workspace") {
+        let path = entry.expect("a workspace entry").path();
+        let removed = match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&path),
+            _ => fs::remove_file(&path),
+        };
+        removed.unwrap_or_else(|e| panic!("cannot remove {path:?}: {e}"));
+    }
 });
 
 fuzz_mutator!(|data: &mut [u8], size: usize, max_size: usize, seed: u32| {
@@ -99,9 +105,22 @@ fn fix_checksums(data: &mut [u8]) {
 struct Scratch {
     root: PathBuf,
     ws: PathBuf,
-    /// The snapshot of everything but the workspace.
-    outside: BTreeMap<PathBuf, Node>,
+    /// The sentinels as they were before the first input.
+    outside: Vec<Option<Node>>,
 }
+
+/// Everything in the scratch directory but the workspace (`a/b/ws`).
+const SENTINELS: [&str; 9] = [
+    "",
+    "keep",
+    "keep-dir",
+    "keep-dir/inner",
+    "keep-link",
+    "a",
+    "a/keep",
+    "a/b",
+    "a/b/keep",
+];
 
 impl Scratch {
     fn get() -> &'static Scratch {
@@ -109,7 +128,7 @@ impl Scratch {
         SCRATCH.get_or_init(|| {
             // Kept for the life of the process; scripts/fuzz removes TMPDIR.
             let root = tempfile::tempdir().expect("a scratch directory").keep();
-            for dir in ["a/b", "keep-dir"] {
+            for dir in ["a/b/ws", "keep-dir"] {
                 fs::create_dir_all(root.join(dir)).expect("a sentinel directory");
             }
             for file in ["keep", "keep-dir/inner", "a/keep", "a/b/keep"] {
@@ -117,17 +136,23 @@ impl Scratch {
             }
             std::os::unix::fs::symlink("keep-dir", root.join("keep-link"))
                 .expect("a sentinel symlink");
-            let ws = root.join("a/b/ws");
-            fs::create_dir(&ws).expect("the workspace");
-            let outside = snapshot(&root, &ws);
-            Scratch { root, ws, outside }
+            // File times come from a clock that ticks every few milliseconds:
+            // from the next tick on, any change moves them.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let outside = snapshot(&root);
+            Scratch {
+                ws: root.join("a/b/ws"),
+                root,
+                outside,
+            }
         })
     }
 }
 
-/// What is compared of each file outside the workspace. The change time
-/// moves on any write, chmod, chown or time change, and nothing can set it
-/// back, so the bytes need not be read.
+/// What is compared of each sentinel. The change time moves on any write,
+/// chmod, chown or time change of a file, and on any entry added to or
+/// removed from a directory, and nothing can set it back: so neither bytes
+/// nor directory entries need to be read.
 #[derive(Debug, PartialEq, Eq)]
 struct Node {
     ino: u64,
@@ -136,55 +161,47 @@ struct Node {
     gid: u32,
     len: u64,
     nlink: u64,
-    /// Left out for directories: making and removing the workspace changes
-    /// its parent's, and what is added or removed elsewhere shows as a path.
-    ctime: Option<(i64, i64)>,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
     /// A symlink's target.
     target: Option<PathBuf>,
 }
 
-/// Every file under `root` but `skip` (the workspace), by path.
-fn snapshot(root: &Path, skip: &Path) -> BTreeMap<PathBuf, Node> {
-    let mut nodes = BTreeMap::new();
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(path) = todo.pop() {
-        if path == skip {
-            continue;
-        }
-        let meta = fs::symlink_metadata(&path).expect("a file in the scratch directory");
-        if meta.is_dir() {
-            for entry in fs::read_dir(&path).expect("a sentinel directory") {
-                todo.push(entry.expect("a directory entry").path());
-            }
-        }
-        let node = Node {
-            ino: meta.ino(),
-            mode: meta.mode(),
-            uid: meta.uid(),
-            gid: meta.gid(),
-            len: meta.len(),
-            nlink: meta.nlink(),
-            ctime: (!meta.is_dir()).then(|| (meta.ctime(), meta.ctime_nsec())),
-            target: meta
-                .is_symlink()
-                .then(|| fs::read_link(&path).expect("a symlink's target")),
-        };
-        nodes.insert(path, node);
-    }
-    nodes
+fn snapshot(root: &Path) -> Vec<Option<Node>> {
+    SENTINELS
+        .iter()
+        .map(|name| {
+            let path = root.join(name);
+            let meta = fs::symlink_metadata(&path).ok()?;
+            Some(Node {
+                ino: meta.ino(),
+                mode: meta.mode(),
+                uid: meta.uid(),
+                gid: meta.gid(),
+                len: meta.len(),
+                nlink: meta.nlink(),
+                mtime: (meta.mtime(), meta.mtime_nsec()),
+                ctime: (meta.ctime(), meta.ctime_nsec()),
+                target: match meta.is_symlink() {
+                    true => Some(fs::read_link(&path).ok()?),
+                    false => None,
+                },
+            })
+        })
+        .collect()
 }
 
-fn diff(before: &BTreeMap<PathBuf, Node>, after: &BTreeMap<PathBuf, Node>) -> String {
+/// The sentinels that changed, and what the directories hold now.
+fn diff(root: &Path, before: &[Option<Node>], after: &[Option<Node>]) -> String {
     let mut out = String::new();
-    for (path, node) in after {
-        match before.get(path) {
-            None => out += &format!("added {path:?}: {node:?}\n"),
-            Some(old) if old != node => out += &format!("changed {path:?}: {old:?} -> {node:?}\n"),
-            Some(_) => {}
+    for ((name, old), new) in SENTINELS.iter().zip(before).zip(after) {
+        if old != new {
+            out += &format!("{name:?}: {old:?}\n  -> {new:?}\n");
+            if let Ok(entries) = fs::read_dir(root.join(name)) {
+                let names: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
+                out += &format!("  holds {names:?}\n");
+            }
         }
-    }
-    for path in before.keys().filter(|p| !after.contains_key(*p)) {
-        out += &format!("removed {path:?}\n");
     }
     out
 }
