@@ -72,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
 
 fuzz_mutator!(|data: &mut [u8], size: usize, max_size: usize, seed: u32| {
     let size = fuzzer_mutate(data, size, max_size);
-    if seed % 8 != 0 {
+    if !seed.is_multiple_of(8) {
         fix_checksums(&mut data[..size]);
     }
     size
