@@ -7,11 +7,16 @@
 //! and put back together they are the output; a cleaned, masked line holds
 //! no control character but tab and no secret; cleaning is idempotent and
 //! leaves plain printable ASCII as it is.
+//!
+//! An input without a newline is also repeated into a line over twice
+//! [`MAX_LINE`], which must come out in pieces of at most that size that
+//! put back make the line, never cut a secret in two (each piece is masked
+//! on its own), and never cut a UTF-8 character in two.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qci_core::log::{LineSplitter, SecretMask, sanitize};
+use qci_core::log::{LineSplitter, MAX_LINE, SecretMask, sanitize};
 
 const SECRETS: [&str; 2] = ["s3cr3t", "hunter2"];
 
@@ -45,7 +50,43 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(clean.as_bytes(), raw.as_slice());
         }
     }
+
+    if !data.is_empty() && !data.contains(&b'\n') {
+        check_overlong(&mask, &data.repeat((2 * MAX_LINE + 100) / data.len() + 1));
+    }
 });
+
+fn check_overlong(mask: &SecretMask, line: &[u8]) {
+    let pieces = split(mask, line.chunks(4096));
+    assert_eq!(pieces.concat(), line);
+    let utf8 = std::str::from_utf8(line).is_ok();
+    let (last, cut) = pieces.split_last().expect("the last piece");
+    assert!(last.len() <= MAX_LINE);
+    let mut at = 0;
+    for piece in cut {
+        assert!(
+            !piece.is_empty() && piece.len() <= MAX_LINE,
+            "{}",
+            piece.len()
+        );
+        assert!(
+            !utf8 || std::str::from_utf8(piece).is_ok(),
+            "a character cut at {at}"
+        );
+        at += piece.len();
+        // Where a secret cut at `at` would be.
+        for secret in SECRETS {
+            let secret = secret.as_bytes();
+            let from = at.saturating_sub(secret.len() - 1);
+            let around = &line[from..(at + secret.len() - 1).min(line.len())];
+            assert!(
+                !around.windows(secret.len()).any(|w| w == secret),
+                "{} cut at {at}",
+                String::from_utf8_lossy(secret)
+            );
+        }
+    }
+}
 
 /// The lines the splitter gives for output arriving in `reads`, the last
 /// one without its newline included.
