@@ -3,7 +3,12 @@
 //! The workspace is `a/b/ws` in a scratch directory that also holds a
 //! sentinel tree: files, a directory and a symlink at the top, beside `ws`
 //! and beside `b`, so that a write that climbs one, two or three levels out
-//! lands among them. After every input, whether it was accepted or refused:
+//! lands among them. Run as root (as CI and scripts/fuzz run it), the
+//! unpacker runs with the scratch directory as the root of the file system
+//! (chroot), so a write anywhere at all, by an absolute path or by more
+//! `..` than there are levels, lands there too, and the host's files are
+//! safe from a broken unpacker. As another user only the first holds.
+//! After every input, whether it was accepted or refused:
 //!
 //! - nothing outside the workspace changed: every sentinel has the inode,
 //!   mode, owner, size, link count, times and link target it had (the
@@ -25,6 +30,7 @@
 #![no_main]
 
 use libfuzzer_sys::{fuzz_mutator, fuzz_target, fuzzer_mutate};
+use nix::unistd::{chroot, fchdir};
 use qci_core::unpack::{Limits, unpack};
 use std::ffi::OsString;
 use std::fs;
@@ -41,7 +47,15 @@ const LIMITS: Limits = Limits {
 fuzz_target!(|data: &[u8]| {
     let scratch = Scratch::get();
     let ws = &scratch.ws;
-    let result = unpack(data, ws, &LIMITS);
+    let result = match &scratch.way_out {
+        Some(way_out) => {
+            chroot(&scratch.root).expect("chroot into the scratch directory");
+            let result = unpack(data, Path::new("/a/b/ws"), &LIMITS);
+            way_out.take();
+            result
+        }
+        None => unpack(data, ws, &LIMITS),
+    };
 
     let after = snapshot(&scratch.root);
     if after != scratch.outside {
@@ -107,6 +121,48 @@ struct Scratch {
     ws: PathBuf,
     /// The sentinels as they were before the first input.
     outside: Vec<Option<Node>>,
+    /// How to leave the chroot; `None` when this process may not chroot.
+    way_out: Option<&'static WayOut>,
+}
+
+/// The real root and working directory, open, to return to after a chroot
+/// (the working directory stays outside it, so libFuzzer's relative paths
+/// keep working inside).
+struct WayOut {
+    root: fs::File,
+    cwd: fs::File,
+}
+
+impl WayOut {
+    /// Tries a chroot into `root` and back.
+    fn new(root: &Path) -> Option<&'static WayOut> {
+        let way_out = WayOut {
+            root: fs::File::open("/").expect("the root directory"),
+            cwd: fs::File::open(".").expect("the working directory"),
+        };
+        if let Err(e) = chroot(root) {
+            eprintln!(
+                "unpack: cannot chroot ({e}): only writes that climb out with .. are watched"
+            );
+            return None;
+        }
+        let way_out: &'static WayOut = Box::leak(Box::new(way_out));
+        way_out.take();
+        // A failed check panics inside the chroot: leave it first, so that
+        // the panic's report and libFuzzer's crash file are written outside.
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            way_out.take();
+            report(info);
+        }));
+        Some(way_out)
+    }
+
+    fn take(&self) {
+        fchdir(&self.root).expect("back to the real root");
+        chroot(".").expect("chroot back to the real root");
+        fchdir(&self.cwd).expect("back to the working directory");
+    }
 }
 
 /// Everything in the scratch directory but the workspace (`a/b/ws`).
@@ -142,6 +198,7 @@ impl Scratch {
             let outside = snapshot(&root);
             Scratch {
                 ws: root.join("a/b/ws"),
+                way_out: WayOut::new(&root),
                 root,
                 outside,
             }
