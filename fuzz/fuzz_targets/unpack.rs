@@ -96,7 +96,7 @@ fuzz_mutator!(|data: &mut [u8], size: usize, max_size: usize, seed: u32| {
 /// header's checksum to match its bytes.
 fn fix_checksums(data: &mut [u8]) {
     let mut at = 0usize;
-    while let Some(block) = data.get_mut(at..at + 512) {
+    while let Some(block) = at.checked_add(512).and_then(|end| data.get_mut(at..end)) {
         if block.iter().all(|&b| b == 0) {
             at += 512;
             continue;
