@@ -29,6 +29,13 @@ fn main() {
     let bin = release_dir();
     let runs = scaled(10, 3) as usize;
     let scratch = tempfile::tempdir().expect("tempdir");
+    // Run as root, the machine's qubes run as an unprivileged user, who
+    // must reach the machine and read the project.
+    std::fs::set_permissions(
+        scratch.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("open the scratch area");
     let project = scratch.path().join("project");
     std::fs::create_dir(&project).expect("project dir");
     std::fs::write(project.join(".qci.toml"), PIPELINE).expect("write .qci.toml");

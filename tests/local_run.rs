@@ -4,12 +4,12 @@
 mod support;
 
 use std::time::Duration;
-use support::{Scratch, example, hold_until, job_id, parse_log, states, wait_for};
+use support::{Scratch, hold_until, job_id, parse_log, states, wait_for};
 
 #[test]
 fn sample_succeeds_with_a_live_log_and_running_then_success() {
     let s = Scratch::new();
-    let (code, lines, ended) = s.run_watched(&example("sample"));
+    let (code, lines, ended) = s.run_watched(&s.example("sample"));
     let stdout: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
     assert_eq!(code, 0, "stdout:\n{stdout}");
 
@@ -73,7 +73,7 @@ fn sample_succeeds_with_a_live_log_and_running_then_success() {
 #[test]
 fn failing_dev_stops_before_test_and_reports_failure() {
     let s = Scratch::new();
-    let out = s.run(&example("failing-dev"), &[]);
+    let out = s.run(&s.example("failing-dev"), &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "stdout:\n{stdout}");
     let job = job_id(&stdout);

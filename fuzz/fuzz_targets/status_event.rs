@@ -1,15 +1,21 @@
-//! The status-event parser of the dev VM's `qci.Status` service.
+//! The status-event parser of the dev VM's `qci.Status` service, and the
+//! description cleaning both sides apply.
 //!
 //! The input is what arrives on the service's stdin, for a call whose
-//! argument is job `J1`. An accepted event is for `J1`, names `J1.log`, keeps
-//! within the documented bounds, and serializes to JSON that parses back to
-//! the same event. Whatever job the input names, it is accepted only for
-//! that job.
+//! argument is job `J1`. An accepted event is for `J1`, names `J1.log`, has
+//! a clean description (one line, no control character, white space in
+//! single spaces, at most `MAX_DESCRIPTION` bytes), fits the wire limit, and
+//! serializes to JSON that parses back to the same event. Whatever job the
+//! input names, it is accepted only for that job.
+//!
+//! The input is also taken as a description dom0 writes (a step's command
+//! line, a hostile file name): the event `StatusEvent::new` makes of it
+//! obeys the same rules and survives the wire.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qci_core::{JobId, StatusEvent};
+use qci_core::{JobId, State, StatusEvent};
 
 fuzz_target!(|data: &[u8]| {
     let expected = JobId::parse("J1").expect("J1 is a job id");
@@ -28,12 +34,25 @@ fuzz_target!(|data: &[u8]| {
     {
         check_accepted(&event, &job);
     }
+
+    let made = StatusEvent::new(&expected, State::Failure, String::from_utf8_lossy(data));
+    check_accepted(&made, &expected);
 });
 
 fn check_accepted(event: &StatusEvent, job: &JobId) {
     assert_eq!(&event.job, job);
     assert_eq!(event.log, qci_core::log::file_name(job));
-    assert!(event.description.len() <= StatusEvent::MAX_DESCRIPTION);
+    let description = &event.description;
+    assert!(description.len() <= StatusEvent::MAX_DESCRIPTION);
+    assert!(
+        !description.chars().any(char::is_control),
+        "control character in {description:?}"
+    );
+    assert_eq!(
+        &description.split_whitespace().collect::<Vec<_>>().join(" "),
+        description,
+        "white space not in single spaces"
+    );
     let json = event.to_json();
     assert!(
         json.len() as u64 <= StatusEvent::MAX_WIRE_BYTES,

@@ -11,8 +11,10 @@ pub mod job_id;
 pub mod log;
 pub mod pipeline;
 pub mod process;
+pub mod retry;
 pub mod status;
 pub mod step;
+pub mod tree;
 pub mod unpack;
 
 pub use exit::ExitCode;

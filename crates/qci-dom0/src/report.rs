@@ -1,10 +1,9 @@
 //! Reporting status events back through the dev VM's `qci.Status` service.
 
-use qci_core::process::wait_or_kill;
+use qci_core::process::{wait_or_kill_at, write_within};
 use qci_core::{JobId, State, StatusEvent};
-use std::io::Write;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -20,11 +19,14 @@ pub enum ReportError {
 pub struct Reporter {
     pub dev_vm: String,
     pub job: JobId,
+    /// Bound on a whole call: the event written and the service ended. The
+    /// dev VM may never read, never answer: dom0 goes on regardless.
     pub timeout: Duration,
 }
 
 impl Reporter {
     pub fn send(&self, state: State, description: &str) -> Result<(), ReportError> {
+        let deadline = Instant::now() + self.timeout;
         let event = StatusEvent::new(&self.job, state, description);
         let mut child = qci_qrexec::call::from_dom0(&self.dev_vm, "qci.Status", self.job.as_str())
             .stdin(Stdio::piped())
@@ -33,10 +35,11 @@ impl Reporter {
             .spawn()
             .map_err(ReportError::Spawn)?;
         if let Some(mut stdin) = child.stdin.take() {
-            // A service that exits early closes the pipe; its status says why.
-            let _ = stdin.write_all(event.to_json().as_bytes());
+            // A service that exits early closes the pipe, and one that never
+            // reads leaves no time to wait: either way its end says why.
+            let _ = write_within(&mut stdin, event.to_json().as_bytes(), deadline);
         }
-        let status = wait_or_kill(&mut child, self.timeout)
+        let status = wait_or_kill_at(&mut child, deadline)
             .map_err(ReportError::Spawn)?
             .ok_or(ReportError::Timeout(self.timeout))?;
         if status.success() {
