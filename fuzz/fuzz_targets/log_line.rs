@@ -8,10 +8,12 @@
 //! no control character but tab and no secret; cleaning is idempotent and
 //! leaves plain printable ASCII as it is.
 //!
-//! An input without a newline is also repeated into a line over twice
+//! A short input without a newline is also repeated into a line over twice
 //! [`MAX_LINE`], which must come out in pieces of at most that size that
 //! put back make the line, never cut a secret in two (each piece is masked
-//! on its own), and never cut a UTF-8 character in two.
+//! on its own), and never cut a UTF-8 character in two. (Short, because
+//! this costs a hundred times more than the rest; the input's length and
+//! content still place the cuts anywhere in it.)
 
 #![no_main]
 
@@ -51,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    if !data.is_empty() && !data.contains(&b'\n') {
+    if (1..=256).contains(&data.len()) && !data.contains(&b'\n') {
         check_overlong(&mask, &data.repeat((2 * MAX_LINE + 100) / data.len() + 1));
     }
 });
