@@ -251,16 +251,21 @@ pub enum JobFileError {
 }
 
 impl JobFile {
-    pub fn load(path: &std::path::Path) -> Result<Self, JobFileError> {
+    pub fn load(path: &Path) -> Result<Self, JobFileError> {
         let bytes = std::fs::read(path).map_err(|source| JobFileError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let job: JobFile =
-            serde_json::from_slice(&bytes).map_err(|source| JobFileError::Parse {
-                path: path.to_owned(),
-                source,
-            })?;
+        Self::parse(&bytes, path)
+    }
+
+    /// [`JobFile::load`] without the file system, so that a fuzzer can drive
+    /// it; `path` only names the file in errors.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self, JobFileError> {
+        let job: JobFile = serde_json::from_slice(bytes).map_err(|source| JobFileError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
         if job.source.is_none() && job.commit.is_none() {
             return Err(JobFileError::NothingToRun(path.to_owned()));
         }
