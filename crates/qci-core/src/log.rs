@@ -28,6 +28,9 @@ pub struct LogWriter {
     file: File,
     echo: Option<Box<dyn Write + Send>>,
     mask: SecretMask,
+    /// The text of the batch being put together, kept between batches so
+    /// that its memory is reused.
+    text: String,
 }
 
 impl LogWriter {
@@ -47,6 +50,7 @@ impl LogWriter {
             file,
             echo,
             mask: SecretMask::default(),
+            text: String::new(),
         })
     }
 
@@ -64,46 +68,67 @@ impl LogWriter {
     /// Writes one line for `step`, stamped now; `raw` is one output line
     /// without its newline.
     pub fn line(&mut self, step: &str, raw: &[u8]) -> io::Result<()> {
-        self.lines_at(step, &[raw], SystemTime::now())
+        let mut batch = self.batch(step, SystemTime::now());
+        batch.line(raw);
+        batch.write()
     }
 
-    /// Writes lines that arrived together (one read of a step's output) with
-    /// one stamp, `at`: the step executor reads output on another thread and
-    /// stamps it there, so a slow log does not skew times. One write goes to
-    /// the file and one to the echo: the cost of a syscall and a flush is
-    /// paid per arrival, not per line.
-    ///
+    /// Starts a batch of lines for `step` that arrived together (one read of
+    /// a step's output), all stamped `at`: the step executor stamps a read
+    /// when it returns, so a slow log does not skew times. The batch is
+    /// written with one write to the file and one to the echo: the cost of
+    /// a syscall and a flush is paid per arrival, not per line.
+    pub fn batch(&mut self, step: &str, at: SystemTime) -> Batch<'_> {
+        let mut prefix = timestamp(at);
+        prefix.push_str(" [");
+        prefix.push_str(&clean(step.as_bytes()));
+        prefix.push_str("] ");
+        self.text.clear();
+        Batch { log: self, prefix }
+    }
+
     /// Both the file and the echo are flushed every time: a killed run still
     /// leaves its log, and whoever follows the echo sees each line at once.
     /// The file is the record; if the echo fails (the caller went away) it
     /// is dropped with a warning and the run goes on.
-    pub fn lines_at(
-        &mut self,
-        step: &str,
-        lines: &[impl AsRef<[u8]>],
-        at: SystemTime,
-    ) -> io::Result<()> {
-        let stamp = timestamp(at);
-        let step = clean(step.as_bytes());
-        let mut text = String::with_capacity(lines.iter().map(|l| l.as_ref().len() + 40).sum());
-        for raw in lines {
-            let clean = clean(raw.as_ref());
-            text.push_str(&stamp);
-            text.push_str(" [");
-            text.push_str(&step);
-            text.push_str("] ");
-            text.push_str(&self.mask.apply(&clean));
-            text.push('\n');
-        }
-        self.file.write_all(text.as_bytes())?;
+    fn write_text(&mut self) -> io::Result<()> {
+        self.file.write_all(self.text.as_bytes())?;
         self.file.flush()?;
         if let Some(echo) = &mut self.echo
-            && let Err(e) = echo.write_all(text.as_bytes()).and_then(|()| echo.flush())
+            && let Err(e) = echo
+                .write_all(self.text.as_bytes())
+                .and_then(|()| echo.flush())
         {
             tracing::warn!("cannot echo the log any more, writing only the file: {e}");
             self.echo = None;
         }
         Ok(())
+    }
+}
+
+/// Lines of one step that arrived together, written by [`Batch::write`].
+/// Its memory is the log's, reused from batch to batch: it holds one read
+/// of output, formatted.
+pub struct Batch<'a> {
+    log: &'a mut LogWriter,
+    /// `STAMP [step] `.
+    prefix: String,
+}
+
+impl Batch<'_> {
+    /// Adds one output line, without its newline: cleaned, then masked.
+    pub fn line(&mut self, raw: &[u8]) {
+        let text = &mut self.log.text;
+        text.push_str(&self.prefix);
+        text.push_str(&self.log.mask.apply(&clean(raw)));
+        text.push('\n');
+    }
+
+    pub fn write(self) -> io::Result<()> {
+        if self.log.text.is_empty() {
+            return Ok(());
+        }
+        self.log.write_text()
     }
 }
 
@@ -332,31 +357,37 @@ impl LineSplitter {
         }
     }
 
-    /// Takes the next chunk of the stream and gives back the lines it
-    /// completes, without their `\n`. A piece cut from an overlong line ends
-    /// on a UTF-8 character boundary where it can, so no character is split.
-    pub fn push(&mut self, mut chunk: &[u8]) -> Vec<Vec<u8>> {
-        let mut lines = Vec::new();
+    /// Takes the next chunk of the stream and hands `emit` each line it
+    /// completes, without its `\n`, borrowed rather than copied: a line
+    /// inside the chunk is never copied at all. A piece cut from an overlong
+    /// line ends on a UTF-8 character boundary where it can, so no character
+    /// is split.
+    pub fn push(&mut self, mut chunk: &[u8], mut emit: impl FnMut(&[u8])) {
         while !chunk.is_empty() {
             if self.partial.len() >= MAX_LINE {
                 // Full: the line ends here, at its newline if one follows.
                 if chunk[0] == b'\n' {
-                    lines.push(std::mem::take(&mut self.partial));
+                    emit(&self.partial);
+                    self.partial.clear();
                     chunk = &chunk[1..];
                 } else {
                     let cut = utf8_cut(&self.partial);
-                    let rest = self
-                        .partial
-                        .split_off(self.mask.safe_cut(&self.partial, cut));
-                    lines.push(std::mem::replace(&mut self.partial, rest));
+                    let cut = self.mask.safe_cut(&self.partial, cut);
+                    emit(&self.partial[..cut]);
+                    self.partial.drain(..cut);
                 }
                 continue;
             }
             let room = MAX_LINE - self.partial.len();
             match memchr::memchr(b'\n', &chunk[..room.min(chunk.len())]) {
+                Some(i) if self.partial.is_empty() => {
+                    emit(&chunk[..i]);
+                    chunk = &chunk[i + 1..];
+                }
                 Some(i) => {
                     self.partial.extend_from_slice(&chunk[..i]);
-                    lines.push(std::mem::take(&mut self.partial));
+                    emit(&self.partial);
+                    self.partial.clear();
                     chunk = &chunk[i + 1..];
                 }
                 None => {
@@ -366,7 +397,6 @@ impl LineSplitter {
                 }
             }
         }
-        lines
     }
 
     /// Ends the stream: gives the last line if it had no `\n`.
@@ -475,9 +505,9 @@ pub(crate) mod tests {
     #[test]
     fn splitter_joins_lines_across_chunks() {
         let mut s = LineSplitter::new();
-        assert!(s.push(b"hel").is_empty());
-        assert_eq!(s.push(b"lo\nwor"), [b"hello".to_vec()]);
-        assert_eq!(s.push(b"ld\n\nlast"), [b"world".to_vec(), Vec::new()]);
+        assert!(push(&mut s, b"hel").is_empty());
+        assert_eq!(push(&mut s, b"lo\nwor"), [b"hello".to_vec()]);
+        assert_eq!(push(&mut s, b"ld\n\nlast"), [b"world".to_vec(), Vec::new()]);
         assert_eq!(s.finish(), Some(b"last".to_vec()));
         assert_eq!(s.finish(), None);
     }
@@ -488,12 +518,12 @@ pub(crate) mod tests {
         let mut pieces = Vec::new();
         let long = vec![b'x'; 200 * 1024];
         for chunk in long.chunks(5000) {
-            for p in s.push(chunk) {
+            for p in push(&mut s, chunk) {
                 assert!(s.partial.len() <= MAX_LINE);
                 pieces.push(p);
             }
         }
-        pieces.extend(s.push(b"\nnext\n"));
+        pieces.extend(push(&mut s, b"\nnext\n"));
         let lens: Vec<_> = pieces.iter().map(Vec::len).collect();
         assert_eq!(
             lens,
@@ -510,7 +540,7 @@ pub(crate) mod tests {
         line.extend_from_slice(b"hunter2secret!\n");
         let pieces: Vec<String> = line
             .chunks(7)
-            .flat_map(|c| s.push(c))
+            .flat_map(|c| push(&mut s, c))
             .map(|p| mask.apply(&String::from_utf8(p).unwrap()).into_owned())
             .collect();
         assert_eq!(pieces.len(), 2);
@@ -541,8 +571,8 @@ pub(crate) mod tests {
     #[test]
     fn splitter_keeps_a_line_of_exactly_max_line_whole() {
         let mut s = LineSplitter::new();
-        let mut pieces = s.push(&vec![b'x'; MAX_LINE]);
-        pieces.extend(s.push(b"\ny\n"));
+        let mut pieces = push(&mut s, &vec![b'x'; MAX_LINE]);
+        pieces.extend(push(&mut s, b"\ny\n"));
         let lens: Vec<_> = pieces.iter().map(Vec::len).collect();
         assert_eq!(lens, [MAX_LINE, 1]);
     }
@@ -553,10 +583,17 @@ pub(crate) mod tests {
         let mut line = vec![b'x'; MAX_LINE - 1];
         line.extend_from_slice("é".as_bytes());
         line.push(b'\n');
-        let pieces = s.push(&line);
+        let pieces = push(&mut s, &line);
         assert_eq!(pieces.len(), 2);
         assert_eq!(pieces[0].len(), MAX_LINE - 1);
         assert_eq!(pieces[1], "é".as_bytes());
+    }
+
+    /// The lines `s` completes with `chunk`, copied.
+    fn push(s: &mut LineSplitter, chunk: &[u8]) -> Vec<Vec<u8>> {
+        let mut lines = Vec::new();
+        s.push(chunk, |l| lines.push(l.to_vec()));
+        lines
     }
 
     /// Checks `2023-11-14T22:13:20.123Z [step] text` by hand.

@@ -97,22 +97,30 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
 
 /// Passes dom0's live log to stdout line by line, masking the sink's
 /// credentials (dom0 never has them, but the code under test runs there and
-/// could print what it found in the exported tree).
+/// could print what it found in the exported tree). Each read goes out as
+/// one write: lines are not copied one by one, and memory stays one read's
+/// worth whatever the line length.
 fn relay(mut log: impl Read, mut out: impl Write, mask: &SecretMask) {
     let mut splitter = LineSplitter::masking(mask.clone());
     let mut buf = vec![0; 64 * 1024];
-    let mut emit = |line: &[u8]| {
-        let text = String::from_utf8_lossy(line);
-        let _ = writeln!(out, "{}", mask.apply(&text)).and_then(|()| out.flush());
+    let mut text = Vec::with_capacity(2 * buf.len());
+    let emit = |text: &mut Vec<u8>, line: &[u8]| {
+        text.extend_from_slice(mask.apply(&String::from_utf8_lossy(line)).as_bytes());
+        text.push(b'\n');
     };
     loop {
         match log.read(&mut buf) {
             Ok(0) | Err(_) => break,
-            Ok(n) => splitter.push(&buf[..n]).iter().for_each(|l| emit(l)),
+            Ok(n) => splitter.push(&buf[..n], |line| emit(&mut text, line)),
         }
+        // A reader that went away is not a reason to stop reading: dom0
+        // would block on a full pipe.
+        let _ = out.write_all(&text).and_then(|()| out.flush());
+        text.clear();
     }
     if let Some(rest) = splitter.finish() {
-        emit(&rest);
+        emit(&mut text, &rest);
+        let _ = out.write_all(&text).and_then(|()| out.flush());
     }
 }
 
