@@ -1,10 +1,11 @@
-//! One run of `qci.Run`: report `running`, pull the code, run the steps in
-//! order until one fails, and report the final status. Every outcome,
-//! including CI's own failures, ends in exactly one final status.
+//! One run of `qci.Run`: report `running` (in the background: the job never
+//! waits for it), pull the code, run the steps in order until one fails, and
+//! report the final status. Every outcome, including CI's own failures, ends
+//! in exactly one final status.
 
 use crate::config::Config;
 use crate::fetch::{FetchError, fetch_code};
-use crate::report::Reporter;
+use crate::report::{Progress, Reporter};
 use qci_core::log::LogWriter;
 use qci_core::pipeline::Pipeline;
 use qci_core::step::{StepContext, StepOutcome, run_step};
@@ -61,8 +62,12 @@ impl Run<'_> {
             self.job, self.config.dev_vm
         ));
         self.stop_leftovers("a previous run");
-        self.report(State::Running, "Fetching the code");
-        let verdict = self.stages(started);
+        let progress = Progress::start(&self.reporter);
+        progress.report("Fetching the code");
+        let verdict = self.stages(started, &progress);
+        for failure in progress.finish() {
+            self.note(&failure);
+        }
         self.stop_leftovers("this run");
         self.note(&format!(
             "job {}: {} ({}) after {:.1}s",
@@ -75,7 +80,7 @@ impl Run<'_> {
         verdict.exit
     }
 
-    fn stages(&mut self, started: Instant) -> Verdict {
+    fn stages(&mut self, started: Instant, progress: &Progress) -> Verdict {
         let workspace = match self.fresh_workspace() {
             Ok(w) => w,
             Err(e) => {
@@ -139,10 +144,10 @@ impl Run<'_> {
                     ExitCode::CiError,
                 );
             }
-            self.report(
-                State::Running,
-                &format!("Running {} ({}/{total})", step.command, i + 1),
-            );
+            for failure in progress.failures() {
+                self.note(&failure);
+            }
+            progress.report(&format!("Running {} ({}/{total})", step.command, i + 1));
             self.note(&format!("step {}: {}", step.name, step.command));
             let step_started = Instant::now();
             let ctx = StepContext {
@@ -235,12 +240,6 @@ impl Run<'_> {
 
     fn note(&mut self, text: &str) {
         note(&mut self.log, text);
-    }
-
-    fn report(&mut self, state: State, description: &str) {
-        if let Err(e) = self.reporter.send(state, description) {
-            self.note(&format!("could not report {state}: {e}"));
-        }
     }
 
     /// The final status matters most: a commit must not stay pending
