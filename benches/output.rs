@@ -58,8 +58,8 @@ fn main() {
     let cases = [
         ("1 GiB of 1-byte lines", flood("x", gib)),
         ("1 GiB of empty lines", flood("", gib)),
-        ("1 GiB of 95-byte lines", flood(&LINE[..94], gib)),
-        ("4 GiB of 95-byte lines", flood(&LINE[..94], 4 * gib)),
+        ("1 GiB of 95-byte lines", flood(LINE, gib)),
+        ("4 GiB of 95-byte lines", flood(LINE, 4 * gib)),
     ];
     for (what, command) in &cases {
         common::write_pipeline(&project, &[("flood", command), ("hwm", HWM_STEP)]);
@@ -77,7 +77,7 @@ fn main() {
         );
     }
 
-    let command = flood(&LINE[..94], gib);
+    let command = flood(LINE, gib);
     common::write_pipeline(&project, &[("flood", &command)]);
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for i in 0..MIN_PAIRS {
@@ -123,7 +123,7 @@ fn main() {
         &project,
         &dir.path().join("reference-work"),
         &dir.path().join("reference.log"),
-        &[&format!("sh -c \"{}\"", flood(&LINE[..94], small))],
+        &[&format!("sh -c \"{}\"", flood(LINE, small))],
     );
     row(
         &format!(
@@ -230,7 +230,7 @@ fn in_process(dir: &Path, bytes: u64) {
             ours.push(mib_per_s(bytes, Duration::from_nanos(nanos)));
             hwm.push(fields.next().unwrap() as f64 / 1024.0);
         };
-        let base = format!("{} > /dev/null", flood(&LINE[..94], bytes));
+        let base = format!("{} > /dev/null", flood(LINE, bytes));
         if i % 2 == 0 {
             run_ours(&mut ours, &mut hwm);
             theirs.push(mib_per_s(bytes, shell(dir, &base)));
@@ -259,7 +259,7 @@ fn child(dir: &Path, bytes: u64) {
         LogWriter::create(&log_path, Some(Box::new(std::io::stdout()))).expect("create the log");
     let step = Step {
         name: "output".into(),
-        command: flood(&LINE[..94], bytes),
+        command: flood(LINE, bytes),
         timeout: Duration::from_secs(3600),
         env: BTreeMap::new(),
     };
@@ -272,7 +272,7 @@ fn child(dir: &Path, bytes: u64) {
     let (elapsed, outcome) = timed(|| run_step(&step, &ctx, &mut log).expect("run the step"));
     drop(log);
     assert_eq!(outcome, StepOutcome::Succeeded);
-    let lines = bytes.div_ceil(LINE.len() as u64);
+    let lines = bytes.div_ceil(LINE.len() as u64 + 1);
     let logged = count_lines(&log_path);
     assert_eq!(logged, lines, "lines in the log");
     std::fs::remove_file(&log_path).expect("remove the log");

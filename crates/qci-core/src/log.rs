@@ -69,7 +69,7 @@ impl LogWriter {
     /// without its newline.
     pub fn line(&mut self, step: &str, raw: &[u8]) -> io::Result<()> {
         let mut batch = self.batch(step, SystemTime::now());
-        batch.line(raw);
+        batch.line(Line::new(raw));
         batch.write()
     }
 
@@ -81,7 +81,7 @@ impl LogWriter {
     pub fn batch(&mut self, step: &str, at: SystemTime) -> Batch<'_> {
         let mut prefix = timestamp(at);
         prefix.push_str(" [");
-        prefix.push_str(&clean(step.as_bytes()));
+        prefix.push_str(&clean(Line::new(step.as_bytes())));
         prefix.push_str("] ");
         self.text.clear();
         Batch { log: self, prefix }
@@ -117,10 +117,10 @@ pub struct Batch<'a> {
 
 impl Batch<'_> {
     /// Adds one output line, without its newline: cleaned, then masked.
-    pub fn line(&mut self, raw: &[u8]) {
+    pub fn line(&mut self, line: Line<'_>) {
         let text = &mut self.log.text;
         text.push_str(&self.prefix);
-        text.push_str(&self.log.mask.apply(&clean(raw)));
+        text.push_str(&self.log.mask.apply(&clean(line)));
         text.push('\n');
     }
 
@@ -188,6 +188,9 @@ impl SecretMask {
 
     pub fn apply<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
         let mut out = std::borrow::Cow::Borrowed(text);
+        if self.secrets.is_empty() {
+            return out;
+        }
         for secret in &self.secrets {
             if out.contains(secret.as_str()) {
                 out = std::borrow::Cow::Owned(out.replace(secret.as_str(), "***"));
@@ -218,17 +221,19 @@ pub fn timestamp(at: SystemTime) -> String {
 /// last non-blank text before it is (so `50%\r100%` gives `100%` and a CRLF
 /// line `text\r` gives `text`).
 pub fn sanitize(raw: &[u8]) -> String {
-    clean(raw).into_owned()
+    clean(Line::new(raw)).into_owned()
 }
 
-/// [`sanitize`] without a copy for the common line: printable ASCII and
-/// tabs only, which needs no work.
-fn clean(raw: &[u8]) -> std::borrow::Cow<'_, str> {
-    // A fold without early exit: the compiler turns it into vector code.
-    let plain = raw.iter().fold(true, |ok, &b| {
-        ok & (b.wrapping_sub(b' ') < 95 || b == b'\t')
-    });
-    if plain && let Ok(text) = std::str::from_utf8(raw) {
+/// [`sanitize`] without a copy for the common line: valid UTF-8 without
+/// control characters (but tabs), which needs no work.
+fn clean(line: Line<'_>) -> std::borrow::Cow<'_, str> {
+    if let Some(text) = line.as_printable() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let raw = line.bytes;
+    if let Ok(text) = std::str::from_utf8(raw)
+        && !has_controls(raw)
+    {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut s = Sanitizer::default();
@@ -243,6 +248,18 @@ fn clean(raw: &[u8]) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(s.finish())
+}
+
+/// Whether valid UTF-8 `text` holds a control character other than tab:
+/// C0 and DEL are single bytes; C1 (U+0080 to U+009F) is `0xC2 0x80..0x9F`.
+fn has_controls(text: &[u8]) -> bool {
+    // A fold without early exit: the compiler turns it into vector code.
+    let c0_or_del = text.iter().fold(false, |found, &b| {
+        found | ((b < b' ' && b != b'\t') | (b == 0x7f))
+    });
+    c0_or_del
+        || memchr::memchr_iter(0xc2, text)
+            .any(|i| text.get(i + 1).is_some_and(|b| (0x80..=0x9f).contains(b)))
 }
 
 #[derive(Default)]
@@ -334,12 +351,49 @@ impl Sanitizer {
     }
 }
 
+/// One line from a [`LineSplitter`], without its `\n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Line<'a> {
+    pub bytes: &'a [u8],
+    /// Known to be printable ASCII and tabs only, from one look at the
+    /// whole chunk it came in: such a line needs no cleaning.
+    printable: bool,
+}
+
+impl<'a> Line<'a> {
+    /// A line nothing is known about yet.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            printable: false,
+        }
+    }
+
+    /// The line as text, if it is printable ASCII and tabs only.
+    pub fn as_printable(&self) -> Option<&'a str> {
+        let printable = self.printable || printable_ascii(self.bytes, b'\t');
+        // SAFETY: every byte is printable ASCII or a tab, and ASCII is
+        // valid UTF-8.
+        printable.then(|| unsafe { std::str::from_utf8_unchecked(self.bytes) })
+    }
+}
+
+/// Whether `bytes` holds printable ASCII, tabs and `also` only. A fold
+/// without early exit: the compiler turns it into vector code.
+fn printable_ascii(bytes: &[u8], also: u8) -> bool {
+    bytes.iter().fold(true, |ok, &b| {
+        ok & ((b.wrapping_sub(b' ') < 95) | (b == b'\t') | (b == also))
+    })
+}
+
 /// Cuts a byte stream into lines with bounded memory: it holds at most
 /// [`MAX_LINE`] bytes, and a longer line comes out in pieces of at most that
 /// size, whatever the volume of output.
 #[derive(Debug, Default)]
 pub struct LineSplitter {
     partial: Vec<u8>,
+    /// `partial` is printable ASCII and tabs only.
+    partial_printable: bool,
     mask: SecretMask,
 }
 
@@ -352,28 +406,42 @@ impl LineSplitter {
     /// secrets, so masking each piece still hides it whole.
     pub fn masking(mask: SecretMask) -> Self {
         Self {
-            partial: Vec::new(),
             mask,
+            ..Self::default()
         }
     }
 
     /// Takes the next chunk of the stream and hands `emit` each line it
-    /// completes, without its `\n`, borrowed rather than copied: a line
-    /// inside the chunk is never copied at all. A piece cut from an overlong
-    /// line ends on a UTF-8 character boundary where it can, so no character
-    /// is split.
-    pub fn push(&mut self, mut chunk: &[u8], mut emit: impl FnMut(&[u8])) {
+    /// completes, borrowed rather than copied: a line inside the chunk is
+    /// never copied at all. A piece cut from an overlong line ends on a
+    /// UTF-8 character boundary where it can, so no character is split.
+    ///
+    /// The whole chunk is looked at once for printable ASCII: then none of
+    /// its lines needs a look of its own (see [`Line::as_printable`]).
+    pub fn push(&mut self, mut chunk: &[u8], mut emit: impl FnMut(Line<'_>)) {
+        let printable = printable_ascii(chunk, b'\n');
+        if self.partial.is_empty() {
+            self.partial_printable = true;
+        }
         while !chunk.is_empty() {
             if self.partial.len() >= MAX_LINE {
+                let whole = Line {
+                    bytes: &self.partial,
+                    printable: self.partial_printable,
+                };
                 // Full: the line ends here, at its newline if one follows.
                 if chunk[0] == b'\n' {
-                    emit(&self.partial);
+                    emit(whole);
                     self.partial.clear();
+                    self.partial_printable = true;
                     chunk = &chunk[1..];
                 } else {
                     let cut = utf8_cut(&self.partial);
                     let cut = self.mask.safe_cut(&self.partial, cut);
-                    emit(&self.partial[..cut]);
+                    emit(Line {
+                        bytes: &self.partial[..cut],
+                        ..whole
+                    });
                     self.partial.drain(..cut);
                 }
                 continue;
@@ -381,18 +449,26 @@ impl LineSplitter {
             let room = MAX_LINE - self.partial.len();
             match memchr::memchr(b'\n', &chunk[..room.min(chunk.len())]) {
                 Some(i) if self.partial.is_empty() => {
-                    emit(&chunk[..i]);
+                    emit(Line {
+                        bytes: &chunk[..i],
+                        printable,
+                    });
                     chunk = &chunk[i + 1..];
                 }
                 Some(i) => {
                     self.partial.extend_from_slice(&chunk[..i]);
-                    emit(&self.partial);
+                    emit(Line {
+                        bytes: &self.partial,
+                        printable: self.partial_printable && printable,
+                    });
                     self.partial.clear();
+                    self.partial_printable = true;
                     chunk = &chunk[i + 1..];
                 }
                 None => {
                     let n = room.min(chunk.len());
                     self.partial.extend_from_slice(&chunk[..n]);
+                    self.partial_printable &= printable;
                     chunk = &chunk[n..];
                 }
             }
@@ -486,6 +562,19 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn text_without_controls_is_borrowed_and_c1_controls_are_removed() {
+        for plain in ["ascii only", "tab\there", "těst › ✓ 日本", ""] {
+            let line = Line::new(plain.as_bytes());
+            assert!(
+                matches!(clean(line), std::borrow::Cow::Borrowed(t) if t == plain),
+                "{plain:?}"
+            );
+        }
+        assert_eq!(sanitize("a\u{80}b\u{9f}c\u{a0}d".as_bytes()), "abc\u{a0}d");
+        assert_eq!(sanitize("\u{9b}31mred".as_bytes()), "red");
+    }
+
+    #[test]
     fn sanitize_replaces_invalid_utf8_but_keeps_valid() {
         assert_eq!(sanitize(b"a\xffb"), "a\u{FFFD}b");
         // 0x9b inside a valid character is not a CSI.
@@ -569,6 +658,32 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_line_is_known_printable_only_when_all_its_chunks_were() {
+        let mut s = LineSplitter::new();
+        let mut seen = Vec::new();
+        let mut push = |s: &mut LineSplitter, chunk: &[u8]| {
+            s.push(chunk, |l| seen.push((l.bytes.to_vec(), l.printable)));
+        };
+        push(&mut s, b"plain\ttab\nstart ");
+        push(&mut s, b"\x1b[31mred\n");
+        push(&mut s, b"x\nmore ");
+        push(&mut s, b"end\n\xff\n");
+        assert_eq!(
+            seen,
+            [
+                (b"plain\ttab".to_vec(), true),
+                (b"start \x1b[31mred".to_vec(), false),
+                (b"x".to_vec(), true),
+                (b"more end".to_vec(), false),
+                (b"\xff".to_vec(), false),
+            ]
+        );
+        // Unknown is not unclean: each line is then looked at by itself.
+        assert_eq!(Line::new(b"more end").as_printable(), Some("more end"));
+        assert_eq!(Line::new(b"\x1b[31mred").as_printable(), None);
+    }
+
+    #[test]
     fn splitter_keeps_a_line_of_exactly_max_line_whole() {
         let mut s = LineSplitter::new();
         let mut pieces = push(&mut s, &vec![b'x'; MAX_LINE]);
@@ -592,7 +707,7 @@ pub(crate) mod tests {
     /// The lines `s` completes with `chunk`, copied.
     fn push(s: &mut LineSplitter, chunk: &[u8]) -> Vec<Vec<u8>> {
         let mut lines = Vec::new();
-        s.push(chunk, |l| lines.push(l.to_vec()));
+        s.push(chunk, |l| lines.push(l.bytes.to_vec()));
         lines
     }
 

@@ -16,7 +16,7 @@
 //! processes would take a cgroup, which dom0 has but this module does not
 //! manage.
 
-use crate::log::{LineSplitter, LogWriter};
+use crate::log::{Line, LineSplitter, LogWriter};
 use crate::pipeline::Step;
 use crate::process::{ExitFd, ProcStat, poll_timeout, processes};
 use nix::poll::{PollFd, PollFlags, poll};
@@ -45,6 +45,10 @@ const NO_PIDFD_TICK: Duration = Duration::from_millis(5);
 /// One read of the step's output; the lines it completes are logged
 /// together, with one stamp.
 const READ_BYTES: usize = 64 * 1024;
+/// The size asked for the output pipe (Linux's default unprivileged
+/// maximum): a step that floods its output runs ahead while a batch is
+/// written, instead of both taking turns one page at a time.
+const PIPE_BYTES: i32 = 1 << 20;
 
 /// How a step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +109,8 @@ pub fn run_step(
         source,
     };
     let (reader, writer) = std::io::pipe().map_err(spawn_err)?;
+    // Not granted (a lower system limit): the default size works too.
+    let _ = nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
     let child = {
         // The Command holds the parent's copies of the write end: it must be
         // dropped right after the spawn, or the output never ends.
@@ -264,7 +270,11 @@ impl Output {
     fn finish(&mut self, log: &mut LogWriter, step: &str) -> std::io::Result<()> {
         self.pipe = None;
         match self.splitter.finish() {
-            Some(line) => log.line(step, &line),
+            Some(line) => {
+                let mut batch = log.batch(step, SystemTime::now());
+                batch.line(Line::new(&line));
+                batch.write()
+            }
             None => Ok(()),
         }
     }

@@ -13,7 +13,7 @@
 use crate::paths::Paths;
 use crate::sink;
 use qci_core::job_file::{JobFile, JobFileError};
-use qci_core::log::{LineSplitter, SecretMask};
+use qci_core::log::{Line, LineSplitter, SecretMask};
 use qci_core::process::wait_or_kill;
 use qci_core::{ExitCode, JobId, State, StatusEvent};
 use std::io::{ErrorKind, Read, Write};
@@ -104,8 +104,18 @@ fn relay(mut log: impl Read, mut out: impl Write, mask: &SecretMask) {
     let mut splitter = LineSplitter::masking(mask.clone());
     let mut buf = vec![0; 64 * 1024];
     let mut text = Vec::with_capacity(2 * buf.len());
-    let emit = |text: &mut Vec<u8>, line: &[u8]| {
-        text.extend_from_slice(mask.apply(&String::from_utf8_lossy(line)).as_bytes());
+    let emit = |text: &mut Vec<u8>, line: Line<'_>| {
+        // Checking for UTF-8 first is much faster than `from_utf8_lossy` on
+        // the valid text dom0's log always is.
+        let line = match line
+            .as_printable()
+            .map(Ok)
+            .unwrap_or_else(|| std::str::from_utf8(line.bytes))
+        {
+            Ok(valid) => std::borrow::Cow::Borrowed(valid),
+            Err(_) => String::from_utf8_lossy(line.bytes),
+        };
+        text.extend_from_slice(mask.apply(&line).as_bytes());
         text.push(b'\n');
     };
     loop {
@@ -119,7 +129,7 @@ fn relay(mut log: impl Read, mut out: impl Write, mask: &SecretMask) {
         text.clear();
     }
     if let Some(rest) = splitter.finish() {
-        emit(&mut text, &rest);
+        emit(&mut text, Line::new(&rest));
         let _ = out.write_all(&text).and_then(|()| out.flush());
     }
 }
