@@ -2,12 +2,13 @@
 //! (A job started by hand has had its job file written by `manual` first.)
 //!
 //! The workspace is what `qci.Export` later sends to dom0:
-//! - with `source` in the job file, a copy of that working tree as it is now
-//!   (uncommitted changes included). In a git work tree that means the files
-//!   git would see: tracked and untracked ones, minus ignored ones and the
-//!   local state directory `.qci/`, without `.git` itself. Copying (rather
-//!   than exporting the tree in place) pins what runs even if the developer
-//!   keeps editing.
+//! - with `source` in the job file, the list of that working tree's files,
+//!   which `qci.Export` then sends from where they are (uncommitted changes
+//!   included), with no copy made first. In a git work tree the list is what
+//!   git would see: tracked and untracked files, minus ignored ones and the
+//!   local state directory `.qci/`, without `.git` itself; it is fixed when
+//!   `begin` runs. A file that changes while it is being sent stops the
+//!   export (see `export`), so what runs is always a version the tree had.
 //! - otherwise a clone of the repository checked out at the commit.
 
 use crate::paths::Paths;
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 /// Bound on each git command while preparing the workspace.
 const GIT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// Top-level names never copied from a working tree.
+/// Top-level names never sent from a working tree.
 const SKIPPED: [&str; 2] = [".git", ".qci"];
 
 pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
@@ -155,7 +156,7 @@ fn prepare(job: &JobFile, workspace: &Path) -> std::io::Result<()> {
     }
     if let Some(source) = &job.source {
         std::fs::create_dir(workspace)?;
-        copy_working_tree(source, workspace)
+        std::fs::write(Paths::source_list(workspace), list_working_tree(source)?)
     } else if let Some(commit) = &job.commit {
         let ws = workspace.as_os_str();
         git(
@@ -230,7 +231,10 @@ fn git(dir: Option<&Path>, args: &[&std::ffi::OsStr]) -> std::io::Result<Vec<u8>
     }
 }
 
-fn copy_working_tree(source: &Path, dest: &Path) -> std::io::Result<()> {
+/// The files of the working tree at `source` to send, as `git ls-files -z`
+/// prints them. Not a git work tree: everything at its top but `.git` and
+/// `.qci` (a directory listed is sent whole).
+fn list_working_tree(source: &Path) -> std::io::Result<Vec<u8>> {
     let listed = git(
         Some(source),
         &[
@@ -247,18 +251,24 @@ fn copy_working_tree(source: &Path, dest: &Path) -> std::io::Result<()> {
         .map(std::ffi::OsStr::new),
     );
     match listed {
-        Ok(list) => {
-            for rel in list.split(|&b| b == 0).filter(|p| !p.is_empty()) {
-                let rel: &std::ffi::OsStr = std::os::unix::ffi::OsStrExt::from_bytes(rel);
-                copy_entry(&source.join(rel), &dest.join(rel))?;
-            }
-            Ok(())
-        }
-        // In a work tree git must answer: copying everything instead would
+        Ok(list) => Ok(list),
+        // In a work tree git must answer: sending everything instead would
         // run ignored files (build output, local secrets) as if committed.
         Err(e) if in_git_work_tree(source) => Err(e),
         // Not a git work tree: take everything.
-        Err(_) => copy_dir(source, dest, true),
+        Err(_) => {
+            let mut list = Vec::new();
+            for entry in std::fs::read_dir(source)? {
+                let name = entry?.file_name();
+                if !SKIPPED.iter().any(|s| name == *s) {
+                    list.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(
+                        name.as_os_str(),
+                    ));
+                    list.push(0);
+                }
+            }
+            Ok(list)
+        }
     }
 }
 
@@ -267,52 +277,6 @@ fn copy_working_tree(source: &Path, dest: &Path) -> std::io::Result<()> {
 fn in_git_work_tree(dir: &Path) -> bool {
     dir.canonicalize()
         .is_ok_and(|d| d.ancestors().any(|a| a.join(".git").exists()))
-}
-
-fn copy_dir(from: &Path, to: &Path, top: bool) -> std::io::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(from)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        if top && SKIPPED.iter().any(|s| e.file_name() == *s) {
-            continue;
-        }
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        if e.file_type()?.is_dir() {
-            std::fs::create_dir_all(&dst)?;
-            copy_dir(&src, &dst, false)?;
-        } else {
-            copy_entry(&src, &dst)?;
-        }
-    }
-    Ok(())
-}
-
-/// Copies one file or symlink (never following it); a path git lists but
-/// the tree no longer has (a deleted file) is skipped, as a commit would.
-fn copy_entry(from: &Path, to: &Path) -> std::io::Result<()> {
-    let meta = match std::fs::symlink_metadata(from) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    if meta.file_type().is_symlink() {
-        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
-    } else if meta.is_file() {
-        std::fs::copy(from, to).map(|_| ())
-    } else if meta.is_dir() {
-        // A submodule or nested repository: its files as they are.
-        std::fs::create_dir_all(to)?;
-        copy_dir(from, to, false)
-    } else {
-        tracing::warn!(
-            "skipping {}: not a file, directory or symlink",
-            from.display()
-        );
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -350,22 +314,16 @@ mod tests {
     }
 
     #[test]
-    fn a_work_tree_git_cannot_read_is_an_error_and_a_plain_directory_is_copied_whole() {
+    fn a_work_tree_git_cannot_read_is_an_error_and_a_plain_directory_is_listed_whole() {
         let src = tempfile::tempdir().unwrap();
         std::fs::write(src.path().join("a.txt"), "a").unwrap();
-        let plain = tempfile::tempdir().unwrap();
-        copy_working_tree(src.path(), plain.path()).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(plain.path().join("a.txt")).unwrap(),
-            "a"
-        );
+        std::fs::create_dir_all(src.path().join(".qci/machine")).unwrap();
+        assert_eq!(list_working_tree(src.path()).unwrap(), b"a.txt\0");
 
-        // A `.git` that points nowhere: git fails, and nothing is copied.
+        // A `.git` that points nowhere: git fails, and nothing is listed.
         std::fs::write(src.path().join(".git"), "gitdir: /nonexistent/qci\n").unwrap();
-        let dest = tempfile::tempdir().unwrap();
-        let err = copy_working_tree(src.path(), dest.path()).unwrap_err();
+        let err = list_working_tree(src.path()).unwrap_err();
         assert!(err.to_string().contains("git ls-files"), "{err}");
-        assert!(!dest.path().join("a.txt").exists());
     }
 
     #[test]

@@ -28,9 +28,16 @@ impl Paths {
         self.home.join(status_file_rel(job))
     }
 
-    /// `~/.qci/work/JOB`: the tree `qci.Export` sends to dom0.
+    /// `~/.qci/work/JOB`: the tree `qci.Export` sends to dom0, or for a job
+    /// on a working tree, the list of what it sends from there.
     pub fn workspace(&self, job: &JobId) -> PathBuf {
         self.home.join(".qci/work").join(job.as_str())
+    }
+
+    /// In the workspace of a job on a working tree (`source` in its job
+    /// file), the files to send: relative paths, each ended by a NUL.
+    pub fn source_list(workspace: &Path) -> PathBuf {
+        workspace.join("source-files")
     }
 
     /// Resolves a path from the job file: relative ones are under `$HOME`.
