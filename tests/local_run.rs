@@ -301,3 +301,28 @@ fn invalid_status_events_are_refused_by_the_dev_vm() {
         "nothing refused may reach the sink"
     );
 }
+
+#[test]
+fn older_jobs_trees_are_gone_after_a_job_even_those_a_dead_run_left() {
+    let s = Scratch::new();
+    let first = job_id(&s.prepare_machine());
+    let jobs = s.work_dir().join("jobs");
+    assert!(jobs.join(&first).is_dir());
+    // What a runner killed while it removed older trees leaves behind.
+    let left = s.work_dir().join("old-jobs.1.2/deep/er");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("file"), "x").unwrap();
+
+    let second = job_id(&s.prepare_machine());
+    let kept: Vec<String> = std::fs::read_dir(&jobs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept, [second], "only the last job's tree stays");
+    let aside: Vec<_> = std::fs::read_dir(s.work_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with("old-jobs."))
+        .collect();
+    assert!(aside.is_empty(), "{aside:?}");
+}

@@ -113,6 +113,7 @@ fn serve(args: &[std::ffi::OsString]) -> ExitCode {
         log,
         reporter,
         cancel: &signals::CANCEL,
+        old_jobs: None,
     }
     .execute()
 }

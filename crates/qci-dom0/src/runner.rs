@@ -12,7 +12,8 @@ use qci_core::step::{StepContext, StepOutcome, run_step};
 use qci_core::{ExitCode, JobId, State};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime};
 
 /// A run's end: the final status and the process exit code that go with it.
 pub struct Verdict {
@@ -41,6 +42,8 @@ pub struct Run<'a> {
     pub reporter: Reporter,
     /// Set when the run must stop (qci-dom0 got SIGTERM, SIGINT or SIGHUP).
     pub cancel: &'a AtomicBool,
+    /// Removing older jobs' trees (see [`Run::fresh_workspace`]).
+    pub old_jobs: Option<JoinHandle<Vec<String>>>,
 }
 
 /// Every step process carries `QCI_RUNNER=<work dir>` in its environment, so
@@ -65,6 +68,7 @@ impl Run<'_> {
         let progress = Progress::start(&self.reporter);
         progress.report("Fetching the code");
         let verdict = self.stages(started, &progress);
+        self.old_jobs_removed();
         for failure in progress.finish() {
             self.note(&failure);
         }
@@ -82,7 +86,10 @@ impl Run<'_> {
 
     fn stages(&mut self, started: Instant, progress: &Progress) -> Verdict {
         let workspace = match self.fresh_workspace() {
-            Ok(w) => w,
+            Ok((w, old)) => {
+                self.old_jobs = Some(old);
+                w
+            }
             Err(e) => {
                 return Verdict::new(
                     State::Error,
@@ -212,14 +219,42 @@ impl Run<'_> {
         )
     }
 
-    /// `WORK/jobs/JOB`, empty. Runs are one at a time, so older jobs'
-    /// trees are removed here rather than left to fill dom0's disk.
-    fn fresh_workspace(&self) -> std::io::Result<PathBuf> {
-        let jobs = self.config.work_dir.join("jobs");
-        remove_if_present(&jobs)?;
+    /// `WORK/jobs/JOB`, empty. Runs are one at a time, so older jobs' trees
+    /// are removed rather than left to fill dom0's disk; but no job waits
+    /// for that: they are moved aside at once (a rename) and removed on a
+    /// thread of their own while this job fetches its code and runs. A run
+    /// that dies before they are gone leaves them to the next one.
+    fn fresh_workspace(&self) -> std::io::Result<(PathBuf, JoinHandle<Vec<String>>)> {
+        let work = &self.config.work_dir;
+        let jobs = work.join("jobs");
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let aside = work.join(format!("{OLD_JOBS}{}.{stamp}", std::process::id()));
+        match std::fs::rename(&jobs, &aside) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let ws = jobs.join(self.job.as_str());
         std::fs::create_dir_all(&ws)?;
-        Ok(ws)
+        let work = work.clone();
+        let old = std::thread::Builder::new()
+            .name("qci-old-jobs".into())
+            .spawn(move || remove_old_jobs(&work))?;
+        Ok((ws, old))
+    }
+
+    /// Waits for the removal of older jobs' trees, and logs what failed.
+    fn old_jobs_removed(&mut self) {
+        let failures = match self.old_jobs.take().map(JoinHandle::join) {
+            Some(Ok(failures)) => failures,
+            Some(Err(_)) => vec!["the thread removing them panicked".into()],
+            None => Vec::new(),
+        };
+        for failure in failures {
+            self.note(&format!("could not remove an older job's tree: {failure}"));
+        }
     }
 
     fn runner_id(&self) -> String {
@@ -260,11 +295,28 @@ impl Run<'_> {
     }
 }
 
-fn remove_if_present(p: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+/// Where older jobs' trees wait to be removed: `WORK/old-jobs.PID.NANOS`.
+const OLD_JOBS: &str = "old-jobs.";
+
+/// Removes every tree in `work` that [`Run::fresh_workspace`] moved aside,
+/// this run's and those a dead run left; says what it could not remove.
+fn remove_old_jobs(work: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .as_encoded_bytes()
+                .starts_with(OLD_JOBS.as_bytes())
+        })
+        .filter_map(|e| {
+            std::fs::remove_dir_all(e.path())
+                .err()
+                .map(|err| format!("{}: {err}", e.path().display()))
+        })
+        .collect()
 }
 
 /// A line of qci's own in the log. A log that cannot be written must not
