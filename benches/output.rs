@@ -268,6 +268,7 @@ fn child(dir: &Path, bytes: u64) {
         env: Vec::new(),
         grace: Duration::from_secs(5),
         cancel: None,
+        umask: nix::sys::stat::Mode::from_bits_truncate(0o022),
     };
     let (elapsed, outcome) = timed(|| run_step(&step, &ctx, &mut log).expect("run the step"));
     drop(log);

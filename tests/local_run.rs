@@ -4,12 +4,12 @@
 mod support;
 
 use std::time::Duration;
-use support::{Scratch, example, hold_until, job_id, parse_log, states, wait_for};
+use support::{Scratch, hold_until, job_id, parse_log, states, wait_for};
 
 #[test]
 fn sample_succeeds_with_a_live_log_and_running_then_success() {
     let s = Scratch::new();
-    let (code, lines, ended) = s.run_watched(&example("sample"));
+    let (code, lines, ended) = s.run_watched(&s.example("sample"));
     let stdout: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
     assert_eq!(code, 0, "stdout:\n{stdout}");
 
@@ -73,7 +73,7 @@ fn sample_succeeds_with_a_live_log_and_running_then_success() {
 #[test]
 fn failing_dev_stops_before_test_and_reports_failure() {
     let s = Scratch::new();
-    let out = s.run(&example("failing-dev"), &[]);
+    let out = s.run(&s.example("failing-dev"), &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "stdout:\n{stdout}");
     let job = job_id(&stdout);
@@ -308,10 +308,16 @@ fn older_jobs_trees_are_gone_after_a_job_even_those_a_dead_run_left() {
     let first = job_id(&s.prepare_machine());
     let jobs = s.work_dir().join("jobs");
     assert!(jobs.join(&first).is_dir());
-    // What a runner killed while it removed older trees leaves behind.
-    let left = s.work_dir().join("old-jobs.1.2/deep/er");
+    // What a runner killed while it removed older trees leaves behind,
+    // owned by dom0's user as the runner made it.
+    let aside = s.work_dir().join("old-jobs.1.2");
+    let left = aside.join("deep/er");
     std::fs::create_dir_all(&left).unwrap();
     std::fs::write(left.join("file"), "x").unwrap();
+    let (_, uid, gid) = s.machine_user();
+    for made in [&aside, &aside.join("deep"), &left, &left.join("file")] {
+        std::os::unix::fs::chown(made, Some(uid), Some(gid)).unwrap();
+    }
 
     let second = job_id(&s.prepare_machine());
     let kept: Vec<String> = std::fs::read_dir(&jobs)

@@ -30,6 +30,9 @@ echo "keyword=${QREXEC_REQUESTED_TARGET_KEYWORD-<unset>}"
 echo "pwd=$(pwd -P)"
 echo "home=${HOME-<unset>}"
 echo "leak=${QCI_TEST_LEAK-<unset>}"
+echo "uid=$(id -u)"
+echo "umask=$(umask)"
+echo "path=$PATH"
 "#;
 
 /// A machine with dom0, sd-dev and sys-net, after one successful local run.
@@ -181,7 +184,16 @@ fn policy_log(s: &Scratch) -> String {
     std::fs::read_to_string(s.machine().join("dom0/var/log/qubes/policy.log")).unwrap()
 }
 
-/// What a VM service called from dom0 sees (reference §5, "In a VM").
+/// The machine's user, as a `uid` line of [`ENV_SERVICE`] shows it: never
+/// root, whoever runs the tests.
+fn uid(s: &Scratch) -> String {
+    let (_, uid, _) = s.machine_user();
+    assert_ne!(uid, 0, "the machine's qubes must not run as root");
+    uid.to_string()
+}
+
+/// What a VM service called from dom0 sees (reference §5, "In a VM"): a
+/// login shell's umask and PATH, with the VM's own programs first.
 fn vm_env_from_dom0(
     s: &Scratch,
     argc: &str,
@@ -190,7 +202,14 @@ fn vm_env_from_dom0(
     argument: &str,
 ) -> BTreeMap<String, String> {
     let home = real(s, "sd-dev", "home/user");
+    let path = format!(
+        "{}:/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games",
+        s.machine().join("sd-dev/usr/bin").display()
+    );
     expect(&[
+        ("uid", &uid(s)),
+        ("umask", "0022"),
+        ("path", &path),
         ("argc", argc),
         ("arg1", arg1),
         ("remote", "dom0"),
@@ -205,7 +224,9 @@ fn vm_env_from_dom0(
     ])
 }
 
-/// What a dom0 service called by sd-dev sees (reference §5, "In dom0").
+/// What a dom0 service called by sd-dev sees (reference §5, "In dom0"):
+/// dom0's user, umask 0077, cwd /run/qubes, and the PATH the installer
+/// gave dom0 (its own programs, then those of whoever ran `qci`).
 fn dom0_env_from_vm(
     s: &Scratch,
     full: &str,
@@ -213,7 +234,15 @@ fn dom0_env_from_vm(
     requested: (&str, &str, &str),
 ) -> BTreeMap<String, String> {
     let (ty, target, keyword) = requested;
+    let path = format!(
+        "{}:{}",
+        s.machine().join("dom0/usr/bin").display(),
+        std::env::var("PATH").unwrap()
+    );
     expect(&[
+        ("uid", &uid(s)),
+        ("umask", "0077"),
+        ("path", &path),
         ("argc", "1"),
         ("arg1", arg),
         ("remote", "sd-dev"),
@@ -222,7 +251,7 @@ fn dom0_env_from_vm(
         ("type", ty),
         ("target", target),
         ("keyword", keyword),
-        ("pwd", &real(s, "dom0", "var/run/qubes")),
+        ("pwd", &real(s, "dom0", "run/qubes")),
         ("home", &real(s, "dom0", "home/user")),
         ("leak", "<unset>"),
     ])

@@ -28,22 +28,54 @@ pub fn qci() -> Command {
     cmd
 }
 
-pub fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(name)
-}
-
 /// A scratch area holding a project and a state directory.
+///
+/// The machine's domains run as an unprivileged user when the tests run as
+/// root (as in CI), so the scratch area is open to everyone (0755) and what
+/// the tests write in it is readable (umask 0022), as a developer's home
+/// and projects are to the developer.
 pub struct Scratch {
     pub dir: tempfile::TempDir,
 }
 
 impl Scratch {
     pub fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
+        use std::os::unix::fs::PermissionsExt;
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("open the scratch area");
+        Self { dir }
+    }
+
+    /// A copy of `examples/NAME` in the scratch area, where the machine's
+    /// user can read it wherever the repository itself lives.
+    pub fn example(&self, name: &str) -> PathBuf {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name);
+        let to = self.dir.path().join(name);
+        let status = Command::new("cp")
+            .arg("-R")
+            .arg(&from)
+            .arg(&to)
+            .status()
+            .expect("run cp");
+        assert!(status.success(), "copying {}", from.display());
+        to
+    }
+
+    /// The user the machine's processes run as, from `machine.toml`.
+    pub fn machine_user(&self) -> (String, u32, u32) {
+        let text = std::fs::read_to_string(self.machine().join("machine.toml")).unwrap();
+        let manifest: toml::Table = toml::from_str(&text).unwrap();
+        let user = &manifest["user"];
+        let id = |key: &str| user[key].as_integer().unwrap() as u32;
+        (
+            user["name"].as_str().unwrap().to_owned(),
+            id("uid"),
+            id("gid"),
+        )
     }
 
     pub fn state(&self) -> PathBuf {
@@ -119,6 +151,23 @@ impl Scratch {
         }
         let status = child.wait().unwrap();
         (status.code().unwrap_or(-1), lines, Instant::now())
+    }
+
+    /// Checks that `qci run` exited with `code`, and returns its job id and
+    /// the last status its sink recorded, `(job, state, description)`.
+    pub fn ended(&self, out: &Output, code: i32) -> (String, String, String) {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let job = job_id(&stdout);
+        let (state, description) = states(&self.status_file(&job))
+            .pop()
+            .expect("a status was recorded");
+        (job, state, description)
     }
 
     /// The text of dom0's log of `job`.
@@ -267,17 +316,47 @@ impl Scratch {
             .expect("spawn qci")
     }
 
-    /// Replaces the dev VM's `qci.Export` with a shell `script`: a file in
+    /// Replaces the dev VM's `qci.Export` with a shell `script`.
+    pub fn dev_vm_export(&self, script: &str) {
+        self.dev_vm_service("qci.Export", script);
+    }
+
+    /// Replaces the dev VM's service `name` with a shell `script`: a file in
     /// `usr/local/etc/qubes-rpc` comes before the installed one, as in Qubes.
     /// The machine must exist already.
-    pub fn dev_vm_export(&self, script: &str) {
+    pub fn dev_vm_service(&self, name: &str, script: &str) {
         let service = self
             .machine()
-            .join("sd-dev/usr/local/etc/qubes-rpc/qci.Export");
+            .join("sd-dev/usr/local/etc/qubes-rpc")
+            .join(name);
         std::fs::create_dir_all(service.parent().unwrap()).unwrap();
         std::fs::write(&service, format!("#!/bin/sh\n{script}\n")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&service, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// `qci run --local DIR` to its end, with at most `files` open files
+    /// for it and everything it starts (the machine's processes included).
+    pub fn run_with_open_files(&self, dir: &Path, files: u64) -> Output {
+        use nix::sys::resource::{Resource, setrlimit};
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.run_command(dir);
+        // SAFETY: setrlimit(2) is async-signal-safe and touches no memory.
+        unsafe {
+            cmd.pre_exec(move || {
+                setrlimit(Resource::RLIMIT_NOFILE, files, files)?;
+                Ok(())
+            });
+        }
+        cmd.output().expect("run qci")
+    }
+
+    /// Whether dom0's run lock is free, i.e. no runner holds it.
+    pub fn dom0_is_free(&self) -> bool {
+        let Ok(file) = std::fs::File::open(self.work_dir().join("run.lock")) else {
+            return true;
+        };
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
     }
 
     /// The text of the only log in dom0's log directory, once there is one.
@@ -288,6 +367,20 @@ impl Scratch {
             .flatten()
             .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
             .collect()
+    }
+}
+
+impl Drop for Scratch {
+    /// Whatever a test left running on its machine (a stalled service, a
+    /// step of a test that failed) is stopped with it.
+    fn drop(&mut self) {
+        let emu = format!("QCI_EMU_MACHINE={}", self.machine().display());
+        for pid in processes(&emu, |_| true) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 

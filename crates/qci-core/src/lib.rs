@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod process;
 pub mod status;
 pub mod step;
+pub mod tree;
 pub mod unpack;
 
 pub use exit::ExitCode;

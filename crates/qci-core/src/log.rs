@@ -19,9 +19,10 @@ pub fn file_name(job: &JobId) -> String {
 /// longer line is cut into pieces of this size instead of being buffered.
 pub const MAX_LINE: usize = 64 * 1024;
 
-/// Readable by its owner's group (the operator), by nobody else: a log can
-/// show paths and names from dom0.
-const LOG_MODE: u32 = 0o640;
+/// Its owner's only, as every file of a dom0 service is under Qubes's umask
+/// 0077: a log can show paths and names from dom0. (The host copies it out
+/// as root.)
+const LOG_MODE: u32 = 0o600;
 
 /// Writes log lines to the log file and, optionally, echoes them (dom0's stdout).
 pub struct LogWriter {
@@ -765,7 +766,7 @@ pub(crate) mod tests {
         assert!(parse_line("2023-11-14 22:13:20.123Z [a] b").is_none());
 
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o640);
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -1,10 +1,15 @@
-//! Waiting for child processes with a bound, which std does not offer, and
-//! finding processes through `/proc`.
+//! Waiting for child processes and writing to them with a bound, which std
+//! does not offer, and finding processes through `/proc`.
 //!
 //! Waits block in `poll` on a pidfd of the child, so they end the moment the
 //! child exits: a short job costs its CPU time, not polling intervals.
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+use std::collections::HashMap;
+use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
@@ -84,7 +89,16 @@ pub fn wait_until(child: &mut Child, deadline: Instant) -> std::io::Result<Optio
 /// Waits up to `timeout`, then kills `child` and reaps it. `Ok(None)` means
 /// it had to be killed.
 pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
-    match wait_until(child, Instant::now() + timeout)? {
+    wait_or_kill_at(child, Instant::now() + timeout)
+}
+
+/// [`wait_or_kill`] with a deadline: for a bound shared with earlier work
+/// (writing the child's input, say).
+pub fn wait_or_kill_at(
+    child: &mut Child,
+    deadline: Instant,
+) -> std::io::Result<Option<ExitStatus>> {
+    match wait_until(child, deadline)? {
         Some(status) => Ok(Some(status)),
         None => {
             let _ = child.kill();
@@ -92,6 +106,41 @@ pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> std::io::Result<Opt
             Ok(None)
         }
     }
+}
+
+/// Writes all of `data` to `pipe` (a child's stdin) by `deadline`, so a
+/// reader that never reads cannot hold the writer, however large `data` is.
+/// The pipe is made non-blocking for this; `ErrorKind::TimedOut` means the
+/// deadline passed first, and a reader that went away gives `BrokenPipe`.
+pub fn write_within(
+    pipe: &mut (impl Write + AsFd),
+    mut data: &[u8],
+    deadline: Instant,
+) -> std::io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(pipe.as_fd(), FcntlArg::F_GETFL)?);
+    fcntl(pipe.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    while !data.is_empty() {
+        match pipe.write(data) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+                let wait = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+                let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLOUT)];
+                match poll(&mut fds, wait) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Pids of the live processes (zombies excluded) whose environment holds
@@ -125,6 +174,7 @@ pub(crate) fn processes() -> std::io::Result<impl Iterator<Item = (i32, PathBuf)
 pub(crate) struct ProcStat {
     /// `R`, `S`, `Z`...
     pub state: char,
+    pub ppid: i32,
     pub pgrp: i32,
 }
 
@@ -137,8 +187,9 @@ impl ProcStat {
         // at the last `)`.
         let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
         let state = fields.next()?.chars().next()?;
-        let pgrp = fields.nth(1)?.parse().ok()?;
-        Some(Self { state, pgrp })
+        let ppid = fields.next()?.parse().ok()?;
+        let pgrp = fields.next()?.parse().ok()?;
+        Some(Self { state, ppid, pgrp })
     }
 
     /// Neither a zombie nor dead: it can still run and hold resources.
@@ -159,6 +210,67 @@ pub fn kill_marked(key: &str, value: &str) -> Vec<i32> {
             nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL).is_ok()
         })
         .collect()
+}
+
+/// Every process below `root` in the process tree, parents before their
+/// children, zombies included, as `(pid, parent, live)`.
+fn descendants(root: i32) -> Vec<(i32, i32, bool)> {
+    let mut children: HashMap<i32, Vec<(i32, bool)>> = HashMap::new();
+    for (pid, dir) in processes().into_iter().flatten() {
+        if let Some(stat) = ProcStat::read(&dir) {
+            children
+                .entry(stat.ppid)
+                .or_default()
+                .push((pid, stat.is_live()));
+        }
+    }
+    let mut found = Vec::new();
+    let mut next = vec![root];
+    while let Some(parent) = next.pop() {
+        for &(pid, live) in children.get(&parent).into_iter().flatten() {
+            found.push((pid, parent, live));
+            next.push(pid);
+        }
+    }
+    found
+}
+
+/// Kills (SIGKILL) every process below this one and reaps those that end
+/// up as its children, until none is left or `within` has passed; returns
+/// the pids killed.
+///
+/// Meant for a process that is a child subreaper
+/// (`PR_SET_CHILD_SUBREAPER`): orphans of its children, even ones that left
+/// their session and process group, were handed to it, so "below this
+/// process" is everything it started that still runs. Call it only when
+/// this process waits for no child of its own: it reaps any child it finds.
+pub fn stop_descendants(within: Duration) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let deadline = Instant::now() + within;
+    let mut killed = Vec::new();
+    loop {
+        let tree = descendants(me);
+        if tree.is_empty() {
+            break;
+        }
+        // Parents first: a killed parent's children come to us, and are
+        // killed in this same pass or found in the next.
+        for &(pid, _, live) in &tree {
+            if live && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() && !killed.contains(&pid) {
+                killed.push(pid);
+            }
+        }
+        for &(pid, parent, _) in &tree {
+            if parent == me {
+                let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    killed
 }
 
 #[cfg(test)]
@@ -201,5 +313,31 @@ mod tests {
         );
         let _ = other.kill();
         let _ = other.wait();
+    }
+
+    #[test]
+    fn a_write_to_a_reader_that_never_reads_ends_at_the_deadline() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let start = Instant::now();
+        // Far more than a pipe holds.
+        let err = write_within(
+            &mut stdin,
+            &vec![b'x'; 4 << 20],
+            start + Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

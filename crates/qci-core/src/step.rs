@@ -21,6 +21,7 @@ use crate::pipeline::Step;
 use crate::process::{ExitFd, ProcStat, poll_timeout, processes};
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::signal::{Signal, killpg};
+use nix::sys::stat::Mode;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 use std::io::{PipeReader, Read};
@@ -93,6 +94,9 @@ pub struct StepContext<'a> {
     /// When set to true, the step is stopped like on a timeout and ends
     /// `Canceled`. Looked at on every wake-up, at least every [`TICK`].
     pub cancel: Option<&'a AtomicBool>,
+    /// The file mode creation mask the step starts with, whatever the
+    /// runner's own (see `qci-dom0`'s runner for the choice).
+    pub umask: Mode,
 }
 
 /// Runs `step` to its end, logging its output as it comes under the step's
@@ -125,6 +129,14 @@ pub fn run_step(
             .envs(ctx.env.iter().map(|(k, v)| (k, v)))
             .envs(&step.env)
             .process_group(0);
+        let umask = ctx.umask;
+        // SAFETY: umask(2) is async-signal-safe and touches no memory.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::stat::umask(umask);
+                Ok(())
+            });
+        }
         cmd.spawn().map_err(spawn_err)?
     };
     let mut group = Group::new(child, ctx.grace);
@@ -421,6 +433,7 @@ mod tests {
             env: vec![("FROM_CTX".into(), "ctx".into())],
             grace: Duration::from_millis(500),
             cancel: None,
+            umask: Mode::from_bits_truncate(0o027),
         };
         let log_path = dir.path().join("job.log");
         let mask = SecretMask::new(secrets.iter().map(|s| s.to_string()));
@@ -558,12 +571,16 @@ mod tests {
     }
 
     #[test]
-    fn environment_has_ci_then_context_then_step() {
-        let r = run("echo $CI $FROM_CTX $FROM_STEP; pwd", LONG);
+    fn environment_has_ci_then_context_then_step_and_the_umask_asked_for() {
+        let r = run("echo $CI $FROM_CTX $FROM_STEP; pwd; umask", LONG);
         let dir = r.dir.path().canonicalize().unwrap();
         assert_eq!(
             texts(&r, "test"),
-            ["true ctx step".to_owned(), dir.display().to_string()]
+            [
+                "true ctx step".to_owned(),
+                dir.display().to_string(),
+                "0027".to_owned()
+            ]
         );
     }
 
@@ -630,6 +647,7 @@ mod tests {
             env: Vec::new(),
             grace: Duration::from_millis(500),
             cancel: Some(&cancel),
+            umask: Mode::from_bits_truncate(0o022),
         };
         let mut log = LogWriter::create(&dir.path().join("log"), None).unwrap();
         let start = Instant::now();
@@ -653,6 +671,7 @@ mod tests {
             env: Vec::new(),
             grace: Duration::ZERO,
             cancel: None,
+            umask: Mode::from_bits_truncate(0o022),
         };
         let mut log = LogWriter::create(&dir.path().join("log"), None).unwrap();
         let err = run_step(&step, &ctx, &mut log).unwrap_err();

@@ -39,7 +39,7 @@ impl Default for Config {
             log_dir: "/var/log/qci".into(),
             work_dir: "/var/lib/qci".into(),
             job_timeout: Duration::from_secs(6 * 3600),
-            status_timeout: Duration::from_secs(60),
+            status_timeout: qci_core::status::DEFAULT_STATUS_TIMEOUT,
             export_timeout: Duration::from_secs(30 * 60),
             kill_grace: Duration::from_secs(10),
             limits: Limits::default(),

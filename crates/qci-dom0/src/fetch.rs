@@ -63,7 +63,7 @@ pub fn fetch_code(
         progress,
     );
     let result = unpack::unpack(&mut stream, dest, &config.limits);
-    if result.is_err() {
+    if result.is_err() && !stream.ended {
         // Stop the sender; it may be blocked writing into a pipe nobody reads.
         let _ = child.kill();
     }
@@ -74,19 +74,18 @@ pub fn fetch_code(
         Some(Stopped::Canceled) => return Err(FetchError::Canceled),
         None => {}
     }
-    let summary = result?;
-    let Some(status) = status else {
-        return Err(FetchError::Export(
+    let failed = status.filter(|s| !s.success());
+    let mut said = |s| FetchError::Export(crate::call::failure(s, child.stderr.take()));
+    match (result, failed) {
+        // A stream cut short by a failed export: the export says why.
+        (Err(UnpackError::Io(_)), Some(s)) if stream.ended => Err(said(s)),
+        (Err(e), _) => Err(e.into()),
+        (Ok(_), Some(s)) => Err(said(s)),
+        (Ok(_), None) if status.is_none() => Err(FetchError::Export(
             "did not exit after the stream ended".into(),
-        ));
-    };
-    if !status.success() {
-        return Err(FetchError::Export(crate::call::failure(
-            status,
-            child.stderr.take(),
-        )));
+        )),
+        (Ok(summary), None) => Ok(summary),
     }
-    Ok(summary)
 }
 
 /// Why a transfer was stopped from this side.
@@ -105,6 +104,8 @@ struct Watched<'a, R, F> {
     deadline: Instant,
     cancel: &'a AtomicBool,
     stopped: Option<Stopped>,
+    /// The sender closed the stream (a read returned 0).
+    ended: bool,
     received: u64,
     progress: F,
     every: Duration,
@@ -124,6 +125,7 @@ impl<'a, R: Read + AsFd, F: FnMut(u64)> Watched<'a, R, F> {
             deadline,
             cancel,
             stopped: None,
+            ended: false,
             received: 0,
             progress,
             every,
@@ -154,6 +156,7 @@ impl<R: Read + AsFd, F: FnMut(u64)> Read for Watched<'_, R, F> {
                 Ok(_) => {
                     let n = self.pipe.read(buf)?;
                     self.received += n as u64;
+                    self.ended |= n == 0 && !buf.is_empty();
                     return Ok(n);
                 }
                 Err(e) => return Err(e.into()),

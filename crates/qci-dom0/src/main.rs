@@ -21,6 +21,7 @@ use config::Config;
 use qci_core::log::{LogWriter, SecretMask, timestamp};
 use qci_core::{ExitCode, JobId};
 use qci_qrexec::service::ServiceCall;
+use std::path::Path;
 use std::time::SystemTime;
 
 const HELP: &str = "\
@@ -31,7 +32,10 @@ Installed as /etc/qubes-rpc/qci.Run and called from the dev VM:
 
 The job id comes from the service argument; the caller from
 QREXEC_REMOTE_DOMAIN. Settings are read from /etc/qci/dom0.toml, or the file
-named by QCI_DOM0_CONFIG. Exit codes: 0 success, 1 a step failed, 2 bad input,
+named by QCI_DOM0_CONFIG. It runs as dom0's login user (as qrexec-daemon
+does), and writes only to its log and work directories (/var/log/qci and
+/var/lib/qci by default), which must exist, owned by that user: it refuses to
+run without them. Exit codes: 0 success, 1 a step failed, 2 bad input,
 3 CI error (transfer, timeout, busy).";
 
 fn main() -> std::process::ExitCode {
@@ -80,11 +84,8 @@ fn serve(args: &[std::ffi::OsString]) -> ExitCode {
         }
     }
     for dir in [&config.log_dir, &config.work_dir] {
-        if let Err(e) = std::fs::create_dir_all(dir) {
-            return refuse(
-                ExitCode::CiError,
-                &format!("cannot create {}: {e}", dir.display()),
-            );
+        if let Err(why) = writable_dir(dir) {
+            return refuse(ExitCode::CiError, &why);
         }
     }
     let _lock = match lock::RunLock::acquire(&config.work_dir.join("run.lock"), &job) {
@@ -107,20 +108,44 @@ fn serve(args: &[std::ffi::OsString]) -> ExitCode {
         timeout: config.status_timeout,
     };
     signals::cancel_on_termination();
-    runner::Run {
-        config: &config,
-        job: &job,
-        log,
-        reporter,
-        cancel: &signals::CANCEL,
-        old_jobs: None,
+    runner::Run::new(&config, &job, log, reporter, &signals::CANCEL).execute()
+}
+
+/// A directory this service writes to. Under qrexec it runs as dom0's
+/// user, who cannot create `/var/log/qci` or `/var/lib/qci`: installation
+/// makes them, so a missing or foreign one is a broken install, said as such
+/// (with the command that mends it) rather than papered over.
+fn writable_dir(dir: &Path) -> Result<(), String> {
+    let uid = nix::unistd::getuid();
+    let user = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid {uid}"), |u| u.name);
+    let mend = format!("sudo install -d -o {user} -m 0700 {}", dir.display());
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "{} does not exist: it is made at install time for dom0's user ({mend})",
+            dir.display()
+        )),
+        Err(e) => Err(format!("cannot use {}: {e}", dir.display())),
+        Ok(m) if !m.is_dir() => Err(format!("{} is not a directory", dir.display())),
+        Ok(_) => {
+            use nix::unistd::AccessFlags;
+            nix::unistd::access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
+                format!(
+                    "{} is not writable by {user}, who runs qci.Run: {e} (it must be owned by dom0's user: {mend})",
+                    dir.display()
+                )
+            })
+        }
     }
-    .execute()
 }
 
 /// Refuses the call before any job starts. The caller sees only stdout, so
-/// the reason goes there (as a log line) as well as to dom0's qrexec log.
+/// the reason goes there (as a log line, which `begin` in the dev VM turns
+/// into the job's `error` status) as well as to dom0's qrexec log.
 fn refuse(code: ExitCode, why: &str) -> ExitCode {
+    let why = qci_core::log::sanitize(why.as_bytes());
     tracing::error!("refused: {why}");
     println!("{} [qci] refused: {why}", timestamp(SystemTime::now()));
     code

@@ -1,8 +1,7 @@
 //! Reporting status events back through the dev VM's `qci.Status` service.
 
-use qci_core::process::wait_or_kill;
+use qci_core::process::{wait_or_kill_at, write_within};
 use qci_core::{JobId, State, StatusEvent};
-use std::io::Write;
 use std::process::Stdio;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -23,11 +22,14 @@ pub enum ReportError {
 pub struct Reporter {
     pub dev_vm: String,
     pub job: JobId,
+    /// Bound on a whole call: the event written and the service ended. The
+    /// dev VM may never read, never answer: dom0 goes on regardless.
     pub timeout: Duration,
 }
 
 impl Reporter {
     pub fn send(&self, state: State, description: &str) -> Result<(), ReportError> {
+        let deadline = Instant::now() + self.timeout;
         let event = StatusEvent::new(&self.job, state, description);
         let mut child = qci_qrexec::call::from_dom0(&self.dev_vm, "qci.Status", self.job.as_str())
             .stdin(Stdio::piped())
@@ -36,10 +38,11 @@ impl Reporter {
             .spawn()
             .map_err(ReportError::Spawn)?;
         if let Some(mut stdin) = child.stdin.take() {
-            // A service that exits early closes the pipe; its status says why.
-            let _ = stdin.write_all(event.to_json().as_bytes());
+            // A service that exits early closes the pipe, and one that never
+            // reads leaves no time to wait: either way its end says why.
+            let _ = write_within(&mut stdin, event.to_json().as_bytes(), deadline);
         }
-        let status = wait_or_kill(&mut child, self.timeout)
+        let status = wait_or_kill_at(&mut child, deadline)
             .map_err(ReportError::Spawn)?
             .ok_or(ReportError::Timeout(self.timeout))?;
         if status.success() {
@@ -63,7 +66,8 @@ impl Reporter {
 /// [`Progress::finish`] waits for the one being sent (bounded by the
 /// reporter's timeout) and drops a waiting one, so that the final status,
 /// sent after it, is always the last; but the first is always sent, so that
-/// every job shows `running` once.
+/// every job shows `running` once. After a call that timed out (the dev VM
+/// does not answer), no more are sent.
 pub struct Progress {
     shared: Arc<Shared>,
     worker: Option<JoinHandle<()>>,
@@ -87,6 +91,15 @@ struct Queue {
     closed: bool,
     /// Why sends failed, for the log.
     failures: Vec<String>,
+    /// A send timed out: the dev VM does not answer.
+    stalled: bool,
+}
+
+/// Why a `running` status was not sent.
+struct Failed {
+    why: String,
+    /// The call timed out.
+    stalled: bool,
 }
 
 impl Progress {
@@ -95,7 +108,10 @@ impl Progress {
         Self::with(PROGRESS_INTERVAL, move |description| {
             reporter
                 .send(State::Running, description)
-                .map_err(|e| format!("could not report running: {e}"))
+                .map_err(|e| Failed {
+                    why: format!("could not report running: {e}"),
+                    stalled: matches!(e, ReportError::Timeout(_)),
+                })
         })
     }
 
@@ -103,7 +119,7 @@ impl Progress {
     /// `interval`.
     fn with(
         interval: Duration,
-        send: impl Fn(&str) -> Result<(), String> + Send + 'static,
+        send: impl Fn(&str) -> Result<(), Failed> + Send + 'static,
     ) -> Self {
         let shared = Arc::new(Shared::default());
         let worker = std::thread::Builder::new()
@@ -131,14 +147,16 @@ impl Progress {
         self.shared.wake.notify_one();
     }
 
-    /// Why sends failed since the last call.
-    pub fn failures(&self) -> Vec<String> {
-        std::mem::take(&mut self.shared.lock().failures)
+    /// Why sends failed since the last call, and whether one timed out.
+    pub fn failures(&self) -> (Vec<String>, bool) {
+        let mut queue = self.shared.lock();
+        (std::mem::take(&mut queue.failures), queue.stalled)
     }
 
     /// Waits for the status being sent, drops the one waiting (unless none
-    /// was sent yet), and gives the failures not yet taken.
-    pub fn finish(mut self) -> Vec<String> {
+    /// was sent yet), and gives the failures not yet taken and whether a
+    /// send timed out.
+    pub fn finish(mut self) -> (Vec<String>, bool) {
         {
             let mut queue = self.shared.lock();
             queue.closed = true;
@@ -161,9 +179,12 @@ impl Shared {
     }
 }
 
-fn send_progress(shared: &Shared, interval: Duration, send: impl Fn(&str) -> Result<(), String>) {
+fn send_progress(shared: &Shared, interval: Duration, send: impl Fn(&str) -> Result<(), Failed>) {
     let mut queue = shared.lock();
     loop {
+        if queue.stalled {
+            queue.next = None;
+        }
         if queue.next.is_none() {
             if queue.closed {
                 return;
@@ -192,8 +213,9 @@ fn send_progress(shared: &Shared, interval: Duration, send: impl Fn(&str) -> Res
         drop(queue);
         let sent = send(&description);
         queue = shared.lock();
-        if let Err(why) = sent {
-            queue.failures.push(why);
+        if let Err(failed) = sent {
+            queue.failures.push(failed.why);
+            queue.stalled |= failed.stalled;
         }
     }
 }
@@ -211,10 +233,16 @@ mod tests {
         let progress = Progress::with(Duration::ZERO, move |d| {
             sent_tx.send(d.to_owned()).unwrap();
             let _ = release_rx.lock().unwrap().recv();
-            if d == "bad" {
-                Err("could not report running: refused".into())
-            } else {
-                Ok(())
+            match d {
+                "bad" => Err(Failed {
+                    why: "could not report running: refused".into(),
+                    stalled: false,
+                }),
+                "slow" => Err(Failed {
+                    why: "could not report running: timed out".into(),
+                    stalled: true,
+                }),
+                _ => Ok(()),
             }
         });
         (progress, sent_rx, release_tx)
@@ -238,7 +266,7 @@ mod tests {
         release.send(()).unwrap();
         assert_eq!(
             progress.finish(),
-            ["could not report running: refused"],
+            (vec!["could not report running: refused".to_owned()], false),
             "the failure is kept for the log"
         );
         assert!(sent.try_recv().is_err(), "nothing else was sent");
@@ -255,7 +283,7 @@ mod tests {
             release.send(()).unwrap();
         });
         let start = Instant::now();
-        assert!(progress.finish().is_empty());
+        assert_eq!(progress.finish(), (Vec::new(), false));
         assert!(
             start.elapsed() >= Duration::from_millis(150),
             "finish returned while a status was being sent"
@@ -272,7 +300,7 @@ mod tests {
             Ok(())
         });
         progress.report("one");
-        assert!(progress.finish().is_empty());
+        assert_eq!(progress.finish(), (Vec::new(), false));
         assert_eq!(sent_rx.try_iter().collect::<Vec<_>>(), ["one"]);
     }
 
@@ -295,8 +323,31 @@ mod tests {
         // and the end does not wait for the interval.
         progress.report("four");
         let start = Instant::now();
-        assert!(progress.finish().is_empty());
+        assert_eq!(progress.finish(), (Vec::new(), false));
         assert!(start.elapsed() < Duration::from_millis(250));
         assert!(sent_rx.try_recv().is_err(), "four was sent");
+    }
+
+    #[test]
+    fn after_a_status_that_timed_out_no_more_are_sent() {
+        let (progress, sent, release) = held();
+        progress.report("slow");
+        assert_eq!(sent.recv().unwrap(), "slow");
+        release.send(()).unwrap();
+        wait_until(|| progress.failures().1);
+        progress.report("later");
+        assert_eq!(progress.finish(), (Vec::new(), true));
+        assert!(
+            sent.try_recv().is_err(),
+            "a status was sent after the stall"
+        );
+    }
+
+    fn wait_until(done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "never happened");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

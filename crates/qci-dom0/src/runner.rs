@@ -2,18 +2,25 @@
 //! waits for it), pull the code, run the steps in order until one fails, and
 //! report the final status. Every outcome, including CI's own failures, ends
 //! in exactly one final status.
+//!
+//! What a run leaves behind is stopped before the next one starts: its
+//! processes (the runner is a child subreaper, so even those that left
+//! their session come back to it) and its workspace, however deep.
 
 use crate::config::Config;
 use crate::fetch::{FetchError, fetch_code};
-use crate::report::{Progress, Reporter};
+use crate::report::{Progress, ReportError, Reporter};
+use nix::sys::stat::Mode;
 use qci_core::log::LogWriter;
 use qci_core::pipeline::Pipeline;
 use qci_core::step::{StepContext, StepOutcome, run_step};
+use qci_core::tree::remove_tree;
 use qci_core::{ExitCode, JobId, State};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A run's end: the final status and the process exit code that go with it.
 pub struct Verdict {
@@ -36,15 +43,32 @@ impl Verdict {
 const QCI: &str = "qci";
 
 pub struct Run<'a> {
-    pub config: &'a Config,
-    pub job: &'a JobId,
-    pub log: LogWriter,
-    pub reporter: Reporter,
+    config: &'a Config,
+    job: &'a JobId,
+    log: LogWriter,
+    reporter: Reporter,
     /// Set when the run must stop (qci-dom0 got SIGTERM, SIGINT or SIGHUP).
-    pub cancel: &'a AtomicBool,
+    cancel: &'a AtomicBool,
+    /// A `qci.Status` call timed out: the dev VM does not answer, so no more
+    /// progress is reported, and the final status gets one try (the dev VM's
+    /// `begin` posts `error` when none arrives).
+    status_stalled: bool,
     /// Removing older jobs' trees (see [`Run::fresh_workspace`]).
-    pub old_jobs: Option<JoinHandle<Vec<String>>>,
+    old_jobs: Option<JoinHandle<Vec<String>>>,
 }
+
+/// The umask the steps start with. qci-dom0 itself keeps the 0077 that
+/// qrexec-daemon gives every dom0 service, so its own files stay private:
+/// the log is 0600 and the workspace directory 0700. Steps get 0022, the
+/// umask of a developer who runs `make dev` in a dom0 terminal: what they
+/// create (build output, files handed to root-run tools such as `qubesctl`
+/// or copied into VMs) is readable as it would be when run by hand, so CI
+/// behaves as a person's run does. (The code as unpacked keeps the modes it
+/// had in the dev VM either way.)
+const STEP_UMASK: Mode = Mode::from_bits_truncate(0o022);
+
+/// How long the end-of-job sweep keeps at the processes a run left.
+const SWEEP_TIME: Duration = Duration::from_secs(5);
 
 /// Every step process carries `QCI_RUNNER=<work dir>` in its environment, so
 /// processes left by a killed runner (even ones that left their process
@@ -54,9 +78,27 @@ const RUNNER_MARK: &str = "QCI_RUNNER";
 const MIB: f64 = 1024.0 * 1024.0;
 
 const FINAL_REPORT_ATTEMPTS: u32 = 3;
-const FINAL_REPORT_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+const FINAL_REPORT_PAUSE: Duration = Duration::from_secs(2);
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    pub fn new(
+        config: &'a Config,
+        job: &'a JobId,
+        log: LogWriter,
+        reporter: Reporter,
+        cancel: &'a AtomicBool,
+    ) -> Self {
+        Self {
+            config,
+            job,
+            log,
+            reporter,
+            cancel,
+            status_stalled: false,
+            old_jobs: None,
+        }
+    }
+
     /// Runs the job to its end and reports the final status.
     pub fn execute(mut self) -> ExitCode {
         let started = Instant::now();
@@ -64,15 +106,19 @@ impl Run<'_> {
             "job {} called from {}",
             self.job, self.config.dev_vm
         ));
-        self.stop_leftovers("a previous run");
+        // Orphans of the steps (a daemon, `setsid ...`) are handed to this
+        // process instead of init, so the sweep at the end finds them.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            self.note(&format!("cannot become a child subreaper: {e}"));
+        }
+        self.stop_previous_run();
         let progress = Progress::start(&self.reporter);
         progress.report("Fetching the code");
         let verdict = self.stages(started, &progress);
         self.old_jobs_removed();
-        for failure in progress.finish() {
-            self.note(&failure);
-        }
-        self.stop_leftovers("this run");
+        let (failures, stalled) = progress.finish();
+        self.progress_failed(failures, stalled);
+        self.stop_this_run();
         self.note(&format!(
             "job {}: {} ({}) after {:.1}s",
             self.job,
@@ -111,7 +157,7 @@ impl Run<'_> {
                 s.entries, s.bytes
             )),
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&workspace);
+                let _ = remove_tree(&workspace);
                 if matches!(e, FetchError::Canceled) {
                     return Verdict::new(
                         State::Canceled,
@@ -151,9 +197,8 @@ impl Run<'_> {
                     ExitCode::CiError,
                 );
             }
-            for failure in progress.failures() {
-                self.note(&failure);
-            }
+            let (failures, stalled) = progress.failures();
+            self.progress_failed(failures, stalled);
             progress.report(&format!("Running {} ({}/{total})", step.command, i + 1));
             self.note(&format!("step {}: {}", step.name, step.command));
             let step_started = Instant::now();
@@ -165,6 +210,7 @@ impl Run<'_> {
                 ],
                 grace: self.config.kill_grace,
                 cancel: Some(self.cancel),
+                umask: STEP_UMASK,
             };
             let outcome = match run_step(&step, &ctx, &mut self.log) {
                 Ok(o) => o,
@@ -219,11 +265,12 @@ impl Run<'_> {
         )
     }
 
-    /// `WORK/jobs/JOB`, empty. Runs are one at a time, so older jobs' trees
-    /// are removed rather than left to fill dom0's disk; but no job waits
-    /// for that: they are moved aside at once (a rename) and removed on a
-    /// thread of their own while this job fetches its code and runs. A run
-    /// that dies before they are gone leaves them to the next one.
+    /// `WORK/jobs/JOB`, empty and private (0700). Runs are one at a time,
+    /// so older jobs' trees are removed rather than left to fill dom0's
+    /// disk, however deep their steps made them; but no job waits for that:
+    /// they are moved aside at once (a rename) and removed on a thread of
+    /// their own while this job fetches its code and runs. A run that dies
+    /// before they are gone leaves them to the next one.
     fn fresh_workspace(&self) -> std::io::Result<(PathBuf, JoinHandle<Vec<String>>)> {
         let work = &self.config.work_dir;
         let jobs = work.join("jobs");
@@ -237,7 +284,10 @@ impl Run<'_> {
             _ => {}
         }
         let ws = jobs.join(self.job.as_str());
-        std::fs::create_dir_all(&ws)?;
+        for dir in [&jobs, &ws] {
+            std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         let work = work.clone();
         let old = std::thread::Builder::new()
             .name("qci-old-jobs".into())
@@ -261,10 +311,31 @@ impl Run<'_> {
         self.config.work_dir.display().to_string()
     }
 
-    /// Stops step processes that outlived their step: a killed runner's, or
-    /// this run's that escaped their process group.
-    fn stop_leftovers(&mut self, whose: &str) {
+    /// Stops what a killed runner's steps left running: its orphans went
+    /// to init, but they carry the runner's mark.
+    fn stop_previous_run(&mut self) {
         let killed = qci_core::process::kill_marked(RUNNER_MARK, &self.runner_id());
+        self.note_stopped(&killed, "a previous run");
+    }
+
+    /// Stops everything this run's steps started that still runs: every
+    /// process below the runner (orphans included, as it is their
+    /// subreaper), and any with its mark. What escapes both: a process
+    /// that dropped the mark *and* is not below the runner, i.e. one started
+    /// for it by another process (`sudo`, which may also put it out of the
+    /// runner's reach, `systemd-run`, qubesd starting a qube, another
+    /// daemon), or one that outlived a runner that was itself killed.
+    fn stop_this_run(&mut self) {
+        let mut killed = qci_core::process::stop_descendants(SWEEP_TIME);
+        for pid in qci_core::process::kill_marked(RUNNER_MARK, &self.runner_id()) {
+            if !killed.contains(&pid) {
+                killed.push(pid);
+            }
+        }
+        self.note_stopped(&killed, "this run");
+    }
+
+    fn note_stopped(&mut self, killed: &[i32], whose: &str) {
         if !killed.is_empty() {
             self.note(&format!(
                 "stopped {} leftover process(es) of {whose}: {killed:?}",
@@ -277,18 +348,44 @@ impl Run<'_> {
         note(&mut self.log, text);
     }
 
+    /// Logs why progress statuses were not sent. Once the dev VM has
+    /// stopped answering (a call timed out), [`Progress`] sends no more, and
+    /// the final status gets one try.
+    fn progress_failed(&mut self, failures: Vec<String>, stalled: bool) {
+        for failure in failures {
+            self.note(&failure);
+        }
+        if stalled && !self.status_stalled {
+            self.status_stalled = true;
+            self.note("no more progress reports for this job");
+        }
+    }
+
     /// The final status matters most: a commit must not stay pending
     /// because one `qci.Status` call failed (its service was killed, the dev
-    /// VM was busy), so it gets a few tries.
+    /// VM was busy), so it gets a few tries. Not after a timeout, though: a
+    /// dev VM that does not answer must not hold dom0 (and the next job)
+    /// for several timeouts; `begin` posts `error` when no final status
+    /// reached the sink.
     fn report_final(&mut self, state: State, description: &str) {
-        for attempt in 1..=FINAL_REPORT_ATTEMPTS {
+        let attempts = if self.status_stalled {
+            1
+        } else {
+            FINAL_REPORT_ATTEMPTS
+        };
+        for attempt in 1..=attempts {
             match self.reporter.send(state, description) {
                 Ok(()) => return,
-                Err(e) => self.note(&format!(
-                    "could not report {state} (attempt {attempt} of {FINAL_REPORT_ATTEMPTS}): {e}"
-                )),
+                Err(e) => {
+                    self.note(&format!(
+                        "could not report {state} (attempt {attempt} of {attempts}): {e}"
+                    ));
+                    if matches!(e, ReportError::Timeout(_)) {
+                        return;
+                    }
+                }
             }
-            if attempt < FINAL_REPORT_ATTEMPTS {
+            if attempt < attempts {
                 std::thread::sleep(FINAL_REPORT_PAUSE);
             }
         }
@@ -312,7 +409,7 @@ fn remove_old_jobs(work: &Path) -> Vec<String> {
                 .starts_with(OLD_JOBS.as_bytes())
         })
         .filter_map(|e| {
-            std::fs::remove_dir_all(e.path())
+            remove_tree(&e.path())
                 .err()
                 .map(|err| format!("{}: {err}", e.path().display()))
         })

@@ -11,22 +11,34 @@
 //!   export (see `export`), so what runs is always a version the tree had.
 //! - otherwise a clone of the repository checked out at the commit.
 
+use crate::deliver::{self, DeliverError};
 use crate::paths::Paths;
+use crate::settings::Settings;
 use crate::sink;
+use nix::fcntl::{Flock, FlockArg};
 use qci_core::job_file::{JobFile, JobFileError};
 use qci_core::log::{Line, LineSplitter, SecretMask};
 use qci_core::process::wait_or_kill;
+use qci_core::tree::remove_tree;
 use qci_core::{ExitCode, JobId, State, StatusEvent};
 use std::io::{ErrorKind, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 /// Bound on each git command while preparing the workspace.
 const GIT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Top-level names never sent from a working tree.
 const SKIPPED: [&str; 2] = [".git", ".qci"];
+/// How long the end of dom0's output may lag behind its exit, when `begin`
+/// needs what dom0 said (a refusal) to explain a job dom0 did not end.
+const RELAY_GRACE: Duration = Duration::from_secs(2);
 
+/// Runs the job, and makes sure it ends with a final status: whenever
+/// `qci.Run` returns (any exit code, a signal, a timeout) and no final
+/// state has reached the sink, `begin` posts `error` saying why. See
+/// [`deliver`] for where final states are recorded.
 pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
     let path = paths.job_file(job);
     let job_file = match JobFile::load(&path) {
@@ -44,10 +56,22 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
             return ExitCode::BadInput;
         }
     };
+    if let Some(end) = deliver::ended(paths, job) {
+        eprintln!(
+            "qci-vm: job {job} has ended already ({}: {}); a job id is used once",
+            end.state, end.description
+        );
+        return ExitCode::BadInput;
+    }
     // The sink's credentials are masked in all begin shows or reports: the
     // repository URL, which git's messages quote, may hold the token.
     let mask = SecretMask::new(sink::secrets(&job_file, paths));
     let fail = |why: &str| give_up(job, &job_file, paths, &mask.apply(why));
+    let settings = match Settings::load(paths) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("Bad dev VM settings: {e}")),
+    };
+    prune_workspaces(paths, settings.keep_workspaces);
     let workspace = paths.workspace(job);
     // Progress on stderr: stdout carries only dom0's log.
     match (&job_file.source, &job_file.commit) {
@@ -58,9 +82,11 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
         ),
         (None, None) => {}
     }
-    if let Err(e) = prepare(&job_file, &workspace) {
-        return fail(&format!("Cannot prepare the workspace: {e}"));
-    }
+    // Held while the job runs: the workspace of a running job is never pruned.
+    let in_use = match prepare(&job_file, &workspace) {
+        Ok(lock) => lock,
+        Err(e) => return fail(&format!("Cannot prepare the workspace: {e}")),
+    };
     eprintln!("qci-vm: job {job}: calling qci.Run in dom0");
     let mut child = match qci_qrexec::call::from_vm("dom0", "qci.Run", job.as_str())
         .stdin(Stdio::null())
@@ -70,10 +96,13 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&format!("Cannot call qci.Run: {e}")),
     };
+    let (said, refusal) = mpsc::channel();
     if let Some(log) = child.stdout.take() {
         let mask = mask.clone();
         // Not joined: a process dom0 left behind may hold the stream open.
-        std::thread::spawn(move || relay(log, std::io::stdout(), &mask));
+        std::thread::spawn(move || {
+            let _ = said.send(relay(log, std::io::stdout(), &mask));
+        });
     }
     let timeout = Duration::from_secs(job_file.timeout_secs);
     let status = match wait_or_kill(&mut child, timeout) {
@@ -84,28 +113,40 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
         }
         Err(e) => return fail(&format!("Lost qci.Run: {e}")),
     };
-    match status.code() {
-        // The runner's own codes: it has reported the final status itself.
-        Some(c @ 0..=3) => ExitCode::from_status(Some(c)),
-        code => {
-            let why = qci_qrexec::call::describe_exit(code)
+    let code = status.code();
+    let outcome = if deliver::ended(paths, job).is_some() {
+        // dom0 ended the job; its exit code says how.
+        ExitCode::from_status(code)
+    } else {
+        let why = match (code, refusal.recv_timeout(RELAY_GRACE).ok().flatten()) {
+            (_, Some(refused)) => format!("dom0 refused the job: {refused}"),
+            (Some(c @ 0..=3), None) => {
+                format!("dom0 runner ended (exit {c}) without a final status")
+            }
+            (code, None) => qci_qrexec::call::describe_exit(code)
                 .map(|w| format!("dom0 runner did not run: {w}"))
-                .unwrap_or_else(|| format!("dom0 runner ended abnormally ({status})"));
-            fail(&why)
-        }
-    }
+                .unwrap_or_else(|| format!("dom0 runner ended abnormally ({status})")),
+        };
+        fail(&why)
+    };
+    drop(in_use);
+    prune_workspaces(paths, settings.keep_workspaces);
+    outcome
 }
 
 /// Passes dom0's live log to stdout line by line, masking the sink's
 /// credentials (dom0 never has them, but the code under test runs there and
 /// could print what it found in the exported tree). Each read goes out as
 /// one write: lines are not copied one by one, and memory stays one read's
-/// worth whatever the line length.
-fn relay(mut log: impl Read, mut out: impl Write, mask: &SecretMask) {
+/// worth whatever the line length. Returns the reason if dom0 refused the
+/// job: then its first line is `[qci] refused: WHY` (a step's lines cannot
+/// come first).
+fn relay(mut log: impl Read, mut out: impl Write, mask: &SecretMask) -> Option<String> {
     let mut splitter = LineSplitter::masking(mask.clone());
     let mut buf = vec![0; 64 * 1024];
     let mut text = Vec::with_capacity(2 * buf.len());
-    let emit = |text: &mut Vec<u8>, line: Line<'_>| {
+    let mut first = None;
+    let mut emit = |text: &mut Vec<u8>, line: Line<'_>| {
         // Checking for UTF-8 first is much faster than `from_utf8_lossy` on
         // the valid text dom0's log always is.
         let line = match line
@@ -116,8 +157,10 @@ fn relay(mut log: impl Read, mut out: impl Write, mask: &SecretMask) {
             Ok(valid) => std::borrow::Cow::Borrowed(valid),
             Err(_) => String::from_utf8_lossy(line.bytes),
         };
-        text.extend_from_slice(mask.apply(&line).as_bytes());
+        let line = mask.apply(&line);
+        text.extend_from_slice(line.as_bytes());
         text.push(b'\n');
+        first.get_or_insert_with(|| line.into_owned());
     };
     loop {
         match log.read(&mut buf) {
@@ -133,30 +176,67 @@ fn relay(mut log: impl Read, mut out: impl Write, mask: &SecretMask) {
         emit(&mut text, Line::new(&rest));
         let _ = out.write_all(&text).and_then(|()| out.flush());
     }
+    let first = first?;
+    let (_stamp, rest) = first.split_once(' ')?;
+    rest.strip_prefix("[qci] refused: ").map(str::to_owned)
 }
 
-/// Ends a job that dom0 could not finish: says why (`why` is masked
-/// already), and makes sure the commit does not stay pending.
+/// Ends a job that dom0 did not end: says why (`why` is masked already),
+/// and makes sure the commit does not stay pending.
 fn give_up(job: &JobId, job_file: &JobFile, paths: &Paths, why: &str) -> ExitCode {
-    eprintln!("qci-vm: {why}");
     let event = StatusEvent::new(job, State::Error, why);
-    if let Err(e) = sink::forward(&event, job_file, paths) {
-        eprintln!("qci-vm: cannot report the error status: {e}");
+    eprintln!("qci-vm: {}", event.description);
+    match deliver::deliver(&event, job_file, paths) {
+        Ok(()) | Err(DeliverError::Ended { .. }) => {}
+        Err(e) => eprintln!("qci-vm: cannot report the error status: {e}"),
     }
     ExitCode::CiError
 }
 
-fn prepare(job: &JobFile, workspace: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(workspace) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
+/// Removes the workspaces of finished jobs (those no running `begin`
+/// holds), keeping the newest `keep`, so they never pile up. A failure here
+/// is only reported: it must not stop the job.
+fn prune_workspaces(paths: &Paths, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(paths.workspaces()) else {
+        return;
+    };
+    let mut finished: Vec<_> = entries
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok().filter(|m| m.is_dir())?;
+            Some((meta.modified().ok()?, e.path()))
+        })
+        .collect();
+    finished.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
+    let mut kept = 0;
+    for (_, ws) in finished {
+        let Ok(dir) = std::fs::File::open(&ws) else {
+            continue;
+        };
+        // Held by a running begin: not finished.
+        let Ok(_lock) = Flock::lock(dir, FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
+        if kept < keep {
+            kept += 1;
+        } else if let Err(e) = remove_tree(&ws) {
+            eprintln!(
+                "qci-vm: cannot remove the old workspace {}: {e}",
+                ws.display()
+            );
+        }
     }
-    if let Some(parent) = workspace.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
+}
+
+/// Fills `workspace` with the job's code, and returns a shared lock on it
+/// that marks it in use until dropped.
+fn prepare(job: &JobFile, workspace: &Path) -> std::io::Result<Flock<std::fs::File>> {
+    remove_tree(workspace)?;
+    std::fs::create_dir_all(workspace)?;
+    let lock = Flock::lock(std::fs::File::open(workspace)?, FlockArg::LockShared)
+        .map_err(|(_, e)| std::io::Error::from(e))?;
     if let Some(source) = &job.source {
-        std::fs::create_dir(workspace)?;
-        std::fs::write(Paths::source_list(workspace), list_working_tree(source)?)
+        std::fs::write(Paths::source_list(workspace), list_working_tree(source)?)?;
     } else if let Some(commit) = &job.commit {
         let ws = workspace.as_os_str();
         git(
@@ -179,12 +259,12 @@ fn prepare(job: &JobFile, workspace: &Path) -> std::io::Result<()> {
                 commit.as_str().as_ref(),
             ],
         )?;
-        Ok(())
     } else {
-        Err(std::io::Error::other(
+        return Err(std::io::Error::other(
             "the job names neither a source tree nor a commit",
-        ))
+        ));
     }
+    Ok(lock)
 }
 
 fn git(dir: Option<&Path>, args: &[&std::ffi::OsStr]) -> std::io::Result<Vec<u8>> {
@@ -302,7 +382,7 @@ mod tests {
             b"2026-11-22T10:15:00.123Z [test] token ghp_secretvalue here\nsecond line\nno newline"
                 .to_vec();
         let mut out = Vec::new();
-        relay(
+        let refused = relay(
             Trickle(input, 0),
             &mut out,
             &SecretMask::new(["ghp_secretvalue".to_owned()]),
@@ -310,6 +390,20 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "2026-11-22T10:15:00.123Z [test] token *** here\nsecond line\nno newline\n"
+        );
+        assert_eq!(refused, None);
+    }
+
+    #[test]
+    fn relay_reads_a_refusal_only_on_the_first_line() {
+        let relayed = |text: &str| relay(text.as_bytes(), Vec::new(), &SecretMask::default());
+        assert_eq!(
+            relayed("2026-11-22T10:15:00.123Z [qci] refused: busy, try later\n").as_deref(),
+            Some("busy, try later")
+        );
+        assert_eq!(
+            relayed("T [qci] job J called from sd-dev\nT [qci] refused: a step said so\n"),
+            None
         );
     }
 

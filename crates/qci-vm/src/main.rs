@@ -13,9 +13,11 @@
 //! `QREXEC_SERVICE_ARGUMENT`), as qrexec passes it, and answer only dom0.
 
 mod begin;
+mod deliver;
 mod export;
 mod manual;
 mod paths;
+mod settings;
 mod sink;
 
 use clap::{Parser, Subcommand};
@@ -31,7 +33,10 @@ use std::io::{Read, Write};
     name = "qci-vm",
     version,
     about = "The dev VM side of qci: starts jobs and serves dom0's qci.Status and qci.Export calls",
-    after_help = "Job files live in ~/.qci/jobs/JOB.json, workspaces in ~/.qci/work/JOB.\n\
+    after_help = "Job files live in ~/.qci/jobs/JOB.json, workspaces in ~/.qci/work/JOB, and the\n\
+                  status that ended a job in ~/.qci/status/JOB.final.json. begin keeps the\n\
+                  workspaces of the last finished jobs (keep_workspaces in ~/.qci/config.toml,\n\
+                  3 by default) and removes older ones.\n\
                   Exit codes: 0 success, 1 a step failed, 2 bad input, 3 CI error."
 )]
 struct Cli {
@@ -150,8 +155,9 @@ fn status(job: &JobId, paths: &Paths) -> ExitCode {
         Ok(e) => e,
         Err(e) => return fail(ExitCode::BadInput, &e.to_string()),
     };
-    match sink::forward(&event, &job_file, paths) {
+    match deliver::deliver(&event, &job_file, paths) {
         Ok(()) => ExitCode::Success,
+        Err(e @ deliver::DeliverError::Ended { .. }) => fail(ExitCode::BadInput, &e.to_string()),
         Err(e) => fail(
             ExitCode::CiError,
             &format!("cannot forward the {} status: {e}", event.state),

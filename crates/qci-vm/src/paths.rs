@@ -28,10 +28,28 @@ impl Paths {
         self.home.join(status_file_rel(job))
     }
 
+    /// `~/.qci/status/JOB.final.json`: the event that ended the job, once
+    /// one has (see `deliver`).
+    pub fn final_record(&self, job: &JobId) -> PathBuf {
+        self.home
+            .join(".qci/status")
+            .join(format!("{job}.final.json"))
+    }
+
     /// `~/.qci/work/JOB`: the tree `qci.Export` sends to dom0, or for a job
     /// on a working tree, the list of what it sends from there.
     pub fn workspace(&self, job: &JobId) -> PathBuf {
-        self.home.join(".qci/work").join(job.as_str())
+        self.workspaces().join(job.as_str())
+    }
+
+    /// `~/.qci/work`: every job's workspace.
+    pub fn workspaces(&self) -> PathBuf {
+        self.home.join(".qci/work")
+    }
+
+    /// `~/.qci/config.toml`: the dev VM's own settings.
+    pub fn settings(&self) -> PathBuf {
+        self.home.join(".qci/config.toml")
     }
 
     /// In the workspace of a job on a working tree (`source` in its job

@@ -30,6 +30,8 @@ const POLICY: (&str, &str) = (
 /// for the log and the run lock.
 pub const DOM0_LOG_DIR: &str = "var/log/qci";
 pub const DOM0_WORK_DIR: &str = "var/lib/qci";
+/// dom0's qci settings, under its root.
+pub const DOM0_CONFIG: &str = "etc/qci/dom0.toml";
 /// What Qubes's `qubes.VMShell` does: a shell reading commands from stdin.
 const VMSHELL: &str = "#!/bin/sh\nexec /bin/bash\n";
 
@@ -53,8 +55,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
     }
 }
 
-/// Creates or refreshes the machine at `root` with dom0 and `dev_vm`.
+/// Creates or refreshes the machine at `root` with dom0 and `dev_vm`. Run
+/// as root, it gives the domains' user what Qubes and qci's installation
+/// give dom0's user: the directories qci writes in dom0, owned by them.
 pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, InstallError> {
+    // The machine's programs and settings must be readable by its user,
+    // whatever umask qci was started with.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let qubes = BTreeMap::from([(
         dev_vm.to_owned(),
         QubeSpec {
@@ -86,7 +93,12 @@ pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, Ins
         &machine.bin_dir(DOM0)?.join("qci-dom0"),
     )?;
     link_tools(&machine, DOM0, &["qvm-run", "qrexec-client"], &multicall)?;
-    let config = dom0.join("etc/qci/dom0.toml");
+    // Made at install time for dom0's user, as the README's steps (and
+    // Salt) do in a real dom0: qci-dom0 refuses to run without them.
+    for dir in [DOM0_LOG_DIR, DOM0_WORK_DIR] {
+        machine.user_dir(&dom0.join(dir), 0o700)?;
+    }
+    let config = dom0.join(DOM0_CONFIG);
     if !config.exists() {
         // Written once: after that the file is the user's to edit (secrets,
         // limits, timeouts), as /etc/qci/dom0.toml is in a real dom0.
@@ -100,10 +112,15 @@ pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, Ins
         );
         write_if_changed(&config, settings.as_bytes(), 0o644)?;
     }
+    let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    let dom0_path = format!("{}:{host_path}", machine.bin_dir(DOM0)?.display());
     write_environment(
         &machine,
         DOM0,
-        &[("QCI_DOM0_CONFIG", config.to_string_lossy().as_ref())],
+        &[
+            ("PATH", dom0_path.as_str()),
+            ("QCI_DOM0_CONFIG", config.to_string_lossy().as_ref()),
+        ],
     )?;
 
     let vm = machine.domain_root(dev_vm)?;
@@ -120,7 +137,23 @@ pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, Ins
         &machine.bin_dir(dev_vm)?.join("qci-vm"),
     )?;
     link_tools(&machine, dev_vm, &["qrexec-client-vm"], &multicall)?;
-    write_environment(&machine, dev_vm, &[])?;
+    // The dev VM reads the host's work trees, which its user (`nobody`
+    // when qci runs as root) may not own: git refuses those as of dubious
+    // ownership, even to clone them. Inside Qubes the user owns its
+    // checkouts, so the dev VM's own /etc/gitconfig trusts them here.
+    let gitconfig = vm.join("etc/gitconfig");
+    let trust = if machine.user().uid == nix::unistd::Uid::effective().as_raw() {
+        ""
+    } else {
+        "[safe]\n\tdirectory = *\n"
+    };
+    let text = format!("# Written by qci run --local: the dev VM's /etc/gitconfig.\n{trust}");
+    write_if_changed(&gitconfig, text.as_bytes(), 0o644)?;
+    write_environment(
+        &machine,
+        dev_vm,
+        &[("GIT_CONFIG_SYSTEM", gitconfig.to_string_lossy().as_ref())],
+    )?;
     Ok(machine)
 }
 
@@ -148,19 +181,17 @@ fn binary(dir: &Path, name: &str) -> Result<PathBuf, InstallError> {
     }
 }
 
-/// The domain's PATH keeps its own programs first, then the host's, so
-/// steps find the host's tools as they would find dom0's.
+/// The domain's `etc/environment`. dom0's PATH keeps its own programs
+/// first, then the host's, so steps find the host's tools as they would
+/// find dom0's; a VM keeps the login PATH the emulator gives it.
 fn write_environment(
     machine: &Machine,
     domain: &str,
-    extra: &[(&str, &str)],
+    vars: &[(&str, &str)],
 ) -> Result<(), InstallError> {
-    let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-    let mut text = format!(
-        "# Written by qci run --local: the environment of every process in {domain}.\nPATH={}:{host_path}\n",
-        machine.bin_dir(domain)?.display()
-    );
-    for (k, v) in extra {
+    let mut text =
+        format!("# Written by qci run --local: the environment of every process in {domain}.\n");
+    for (k, v) in vars {
         text.push_str(&format!("{k}={v}\n"));
     }
     let path = machine.domain_root(domain)?.join("etc/environment");

@@ -5,7 +5,7 @@ use crate::install;
 use qci_core::job_file::{
     CommitSha, JobFile, JobFileError, Reason, Repository, Sink, job_file_rel, status_file_rel,
 };
-use qci_core::process::wait_or_kill;
+use qci_core::process::{wait_or_kill_at, write_within};
 use qci_core::{ExitCode, JobId, State, StatusEvent};
 use qci_qrexec::emulator::{DOM0, Machine};
 use std::path::{Path, PathBuf};
@@ -38,6 +38,14 @@ pub enum LocalError {
     Machine(#[from] qci_qrexec::emulator::MachineError),
     #[error(transparent)]
     JobFile(#[from] JobFileError),
+    #[error(
+        "{user}, who runs this machine's qubes (the dev VM copies DIR), cannot read {path}: {source}"
+    )]
+    Unreadable {
+        user: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -48,8 +56,12 @@ pub enum LocalError {
 impl LocalError {
     /// Bad input from the user, or our own failure.
     pub fn exit_code(&self) -> ExitCode {
+        use qci_qrexec::emulator::MachineError::{Unreachable, WrongUser};
         match self {
-            Self::NotADirectory(_) | Self::BadCommit { .. } => ExitCode::BadInput,
+            Self::NotADirectory(_)
+            | Self::BadCommit { .. }
+            | Self::Unreadable { .. }
+            | Self::Machine(Unreachable { .. } | WrongUser { .. }) => ExitCode::BadInput,
             _ => ExitCode::CiError,
         }
     }
@@ -77,6 +89,21 @@ impl LocalRun {
             DEV_VM,
             &install::default_bin_dir(),
         )?;
+        // From here on this process acts in the machine, as its user.
+        machine.enter()?;
+        // The dev VM copies the tree as that user: better to say now that it
+        // cannot than to fail inside the job.
+        let user = machine.user();
+        user.reaches(&dir)?;
+        std::fs::read_dir(&dir).map_err(|source| LocalError::Unreadable {
+            user: user.name,
+            path: dir.clone(),
+            source,
+        })?;
+        let deadline = Instant::now() + self.timeout;
+        // After the deadline, at most one status post remains (begin's or
+        // ours), which dom0's settings bound.
+        let closing = status_timeout(&machine)?;
         let job = new_job_id();
         let job_file = JobFile {
             repository: Repository {
@@ -110,9 +137,8 @@ impl LocalRun {
             .stdin(Stdio::null())
             .spawn()
             .map_err(io("cannot start qvm-run in the emulated dom0"))?;
-        // begin bounds the job itself; this bounds begin.
-        let status = wait_or_kill(&mut child, self.timeout + Duration::from_secs(60))
-            .map_err(io("lost the job"))?;
+        // begin bounds the job itself (and then posts its end); this bounds begin.
+        let status = wait_or_kill_at(&mut child, deadline + closing).map_err(io("lost the job"))?;
         let code = status.and_then(|s| s.code());
         let status_file = home.join(status_file_rel(&job));
         let mut last = final_event(&status_file, &job);
@@ -123,8 +149,7 @@ impl LocalRun {
                 .domain_root(DOM0)?
                 .join(install::DOM0_WORK_DIR)
                 .join("run.lock");
-            let deadline = Instant::now() + self.timeout;
-            while last.is_none() && runner_busy(&lock) && Instant::now() < deadline {
+            while last.is_none() && runner_busy(&lock) && Instant::now() < deadline + closing {
                 std::thread::sleep(Duration::from_millis(100));
                 last = final_event(&status_file, &job);
             }
@@ -143,7 +168,7 @@ impl LocalRun {
                     None => "Job ended without a final status (killed)".into(),
                 };
                 let event = StatusEvent::new(&job, State::Error, why);
-                post_status(&machine, &event)?;
+                post_status(&machine, &event, closing)?;
                 event
             }
         };
@@ -207,10 +232,14 @@ fn in_dom0(machine: &Machine, mut cmd: Command) -> Result<Command, LocalError> {
 }
 
 /// Posts `event` as dom0's runner would have, through the dev VM's
-/// `qci.Status`.
-fn post_status(machine: &Machine, event: &StatusEvent) -> Result<(), LocalError> {
+/// `qci.Status`, within `timeout` (event written and service ended).
+fn post_status(
+    machine: &Machine,
+    event: &StatusEvent,
+    timeout: Duration,
+) -> Result<(), LocalError> {
     const WHAT: &str = "cannot post the final status";
-    const TIMEOUT: Duration = Duration::from_secs(60);
+    let deadline = Instant::now() + timeout;
     let call = qci_qrexec::call::from_dom0(DEV_VM, "qci.Status", event.job.as_str());
     let mut child = in_dom0(machine, call)?
         .stdin(Stdio::piped())
@@ -218,16 +247,31 @@ fn post_status(machine: &Machine, event: &StatusEvent) -> Result<(), LocalError>
         .spawn()
         .map_err(io(WHAT))?;
     if let Some(mut stdin) = child.stdin.take() {
-        use std::io::Write;
-        let _ = stdin.write_all(event.to_json().as_bytes());
+        // A service that exits early closes the pipe; its status says why.
+        let _ = write_within(&mut stdin, event.to_json().as_bytes(), deadline);
     }
-    let why = match wait_or_kill(&mut child, TIMEOUT).map_err(io(WHAT))? {
+    let why = match wait_or_kill_at(&mut child, deadline).map_err(io(WHAT))? {
         Some(s) if s.success() => return Ok(()),
         Some(s) => qci_qrexec::call::describe_exit(s.code())
             .map_or_else(|| format!("qci.Status ended with {s}"), str::to_owned),
-        None => format!("qci.Status did not answer within {}s", TIMEOUT.as_secs()),
+        None => format!("qci.Status did not answer within {}s", timeout.as_secs()),
     };
     Err(io(WHAT)(std::io::Error::other(why)))
+}
+
+/// dom0's bound on one `qci.Status` call, from the machine's dom0 settings.
+fn status_timeout(machine: &Machine) -> Result<Duration, LocalError> {
+    let path = machine.domain_root(DOM0)?.join(install::DOM0_CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(io(path.display().to_string()))?;
+    let bad = |why: String| io(path.display().to_string())(std::io::Error::other(why));
+    let table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    match table.get("status_timeout") {
+        None => Ok(qci_core::status::DEFAULT_STATUS_TIMEOUT),
+        Some(toml::Value::String(s)) => {
+            qci_core::pipeline::parse_duration(s).map_err(|e| bad(format!("status_timeout: {e}")))
+        }
+        Some(other) => Err(bad(format!("status_timeout: {other} is not a duration"))),
+    }
 }
 
 fn resolve_commit(dir: &Path, rev: &str) -> Result<CommitSha, LocalError> {

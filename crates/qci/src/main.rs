@@ -107,6 +107,8 @@ fn main() -> std::process::ExitCode {
             service,
         } => {
             let result = Machine::open(&machine).and_then(|m| {
+                // The caller is a process in a domain: never root.
+                m.enter()?;
                 let caller = if from == DOM0 {
                     Caller::Dom0 { source: DOM0 }
                 } else {

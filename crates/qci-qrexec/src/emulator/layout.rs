@@ -1,10 +1,12 @@
 //! The machine directory: which qubes exist, where each domain's files are,
-//! and the environment a process in a domain starts with.
+//! who its processes run as, and the environment they start with.
 
 use crate::policy::{Qube, System};
+use nix::unistd::{Gid, Uid, User};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{DOM0, ENV_DOMAIN, ENV_MACHINE};
@@ -32,9 +34,68 @@ fn default_type() -> String {
     "AppVM".to_owned()
 }
 
+/// The unprivileged user every process of every domain runs as, dom0's
+/// included: no qube runs its services as root in Qubes, and dom0's
+/// `qrexec-daemon` runs as dom0's login user. Recorded in `machine.toml`
+/// (`[user]`) when the machine is made, so other tools (the Salt tests)
+/// can give that user what it must own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl DomainUser {
+    /// Run as root, the machine's processes switch to the user who called
+    /// sudo (`SUDO_UID`, `SUDO_GID`), or else to `nobody`; run as anyone
+    /// else, they stay that user.
+    fn choose() -> Self {
+        // The account's name, else what the environment says, else the uid.
+        let name = |uid: Uid, var: &str| {
+            User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .or_else(|| std::env::var(var).ok())
+                .unwrap_or_else(|| uid.to_string())
+        };
+        let euid = Uid::effective();
+        if !euid.is_root() {
+            return Self {
+                name: name(euid, "USER"),
+                uid: euid.as_raw(),
+                gid: Gid::effective().as_raw(),
+            };
+        }
+        let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
+        if let (Some(uid), Some(gid)) = (var("SUDO_UID"), var("SUDO_GID"))
+            && uid != 0
+        {
+            let name = name(Uid::from_raw(uid), "SUDO_USER");
+            return Self { name, uid, gid };
+        }
+        match User::from_name("nobody").ok().flatten() {
+            Some(u) => Self {
+                name: u.name,
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+            },
+            None => Self {
+                name: "nobody".into(),
+                uid: 65534,
+                gid: 65534,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Manifest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<DomainUser>,
     #[serde(default)]
     qubes: BTreeMap<String, QubeSpec>,
 }
@@ -52,6 +113,33 @@ pub enum MachineError {
     BadName(String),
     #[error("no qube named {0:?} on this machine")]
     NoSuchQube(String),
+    #[error(
+        "{user} (uid {uid}), who runs this machine's qubes, cannot reach {path}: \
+         {blocked} is mode {mode:04o} and owned by uid {owner}. Let them through \
+         (chmod o+x {blocked}), or run qci as a normal user or through sudo \
+         (the qubes then run as you)"
+    )]
+    Unreachable {
+        user: String,
+        uid: u32,
+        path: PathBuf,
+        blocked: PathBuf,
+        mode: u32,
+        owner: u32,
+    },
+    #[error(
+        "this machine's qubes run as {user} (uid {uid}, in machine.toml), not as uid {current}: \
+         run qci as that user or as root, or use another state directory"
+    )]
+    WrongUser {
+        user: String,
+        uid: u32,
+        current: u32,
+    },
+    #[error("cannot become {user}: {source}")]
+    Privileges { user: String, source: nix::Error },
+    #[error("a qrexec call must not be made as root: Machine::enter first")]
+    AsRoot,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MachineError + '_ {
@@ -92,6 +180,10 @@ impl Machine {
             Err(e) => return Err(e),
         };
         let mut changed = false;
+        if machine.manifest.user.is_none() {
+            machine.manifest.user = Some(DomainUser::choose());
+            changed = true;
+        }
         for (name, spec) in qubes {
             if !valid_qube_name(name) {
                 return Err(MachineError::BadName(name.clone()));
@@ -131,6 +223,58 @@ impl Machine {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Who the machine's processes run as.
+    pub fn user(&self) -> DomainUser {
+        self.manifest
+            .user
+            .clone()
+            .unwrap_or_else(DomainUser::choose)
+    }
+
+    /// Makes this process one of the machine's: run as root, it becomes
+    /// the machine's user for good (groups, gid, uid); otherwise it must be
+    /// that user already. Then the machine must be reachable. Every entry
+    /// into the machine (a local run, a call made by hand, an emulated tool)
+    /// comes through here, so nothing in a domain runs as root and every
+    /// file it makes belongs to the domain's user.
+    pub fn enter(&self) -> Result<(), MachineError> {
+        let user = self.user();
+        let euid = Uid::effective();
+        if euid.is_root() {
+            let gid = Gid::from_raw(user.gid);
+            let uid = Uid::from_raw(user.uid);
+            nix::unistd::setgroups(&[gid])
+                .and_then(|()| nix::unistd::setresgid(gid, gid, gid))
+                .and_then(|()| nix::unistd::setresuid(uid, uid, uid))
+                .map_err(|source| MachineError::Privileges {
+                    user: user.name.clone(),
+                    source,
+                })?;
+        } else if euid.as_raw() != user.uid {
+            return Err(MachineError::WrongUser {
+                user: user.name,
+                uid: user.uid,
+                current: euid.as_raw(),
+            });
+        }
+        user.reaches(&self.root.join(MANIFEST))
+    }
+
+    /// Creates `path` (and its parents) for the domains' user: owned by
+    /// them, with `mode`. Run as root, a tree that belongs to someone else
+    /// (a machine made by an older qci) is handed over whole.
+    pub fn user_dir(&self, path: &Path, mode: u32) -> Result<(), MachineError> {
+        std::fs::create_dir_all(path).map_err(io_err(path))?;
+        if Uid::effective().is_root() {
+            let user = self.user();
+            let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
+            if meta.uid() != user.uid || meta.gid() != user.gid {
+                chown_tree(path, &user)?;
+            }
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))
     }
 
     /// dom0 first, then the VMs by name.
@@ -183,15 +327,33 @@ impl Machine {
         }
     }
 
+    /// The domain's tree: system directories (root's when made as root,
+    /// readable by all), and those its user writes: `$HOME`, and the logs
+    /// the emulated qrexec writes for the caller (`var/log` in a VM,
+    /// `var/log/qubes` in dom0), and dom0's `/run/qubes`.
     fn make_domain_dirs(&self, name: &str) -> Result<(), MachineError> {
         let root = self.domain_root(name)?;
-        let mut dirs = vec!["etc/qubes-rpc", "usr/bin", "home/user", "var/log"];
-        if name == DOM0 {
-            dirs.extend(["etc/qubes/policy.d", "var/log/qubes", "var/run/qubes"]);
-        }
-        for d in dirs {
+        let (system, users): (&[&str], &[(&str, u32)]) = if name == DOM0 {
+            (
+                &["etc/qubes-rpc", "etc/qubes/policy.d", "usr/bin", "var/log"],
+                &[
+                    ("home/user", 0o700),
+                    ("var/log/qubes", 0o755),
+                    ("run/qubes", 0o755),
+                ],
+            )
+        } else {
+            (
+                &["etc/qubes-rpc", "usr/bin"],
+                &[("home/user", 0o700), ("var/log", 0o755)],
+            )
+        };
+        for d in system {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        for (d, mode) in users {
+            self.user_dir(&root.join(d), *mode)?;
         }
         Ok(())
     }
@@ -200,11 +362,22 @@ impl Machine {
     /// set (as PAM gives a VM service), the domain's `etc/environment`, and
     /// the variables that tell the emulated tools where they are. Nothing of
     /// the caller's environment leaks across, as nothing does in Qubes.
+    ///
+    /// PATH in a VM is what a login shell gives a service (`/bin/sh -lc`
+    /// under the agent, Debian's `/etc/profile`), with the domain's own
+    /// programs first, standing in for the VM's `/usr/bin` (the host's
+    /// `/usr/local/bin` must not shadow them). In dom0 it is the domain's
+    /// programs, then systemd's default, as qrexec-daemon has; the installer
+    /// may extend it in `etc/environment`.
     pub fn domain_env(&self, domain: &str) -> Result<Vec<(OsString, OsString)>, MachineError> {
         let root = self.domain_root(domain)?;
         let home = self.home(domain)?;
         let mut path = OsString::from(self.bin_dir(domain)?);
-        path.push(":/usr/local/bin:/usr/bin:/bin");
+        path.push(if domain == DOM0 {
+            DOM0_PATH
+        } else {
+            LOGIN_PATH
+        });
         let mut env: BTreeMap<OsString, OsString> = [
             ("HOME", home.into_os_string()),
             ("USER", "user".into()),
@@ -260,4 +433,60 @@ impl Machine {
         }
         Ok((machine, domain))
     }
+}
+
+/// After the domain's own programs: Debian's login PATH for a user.
+const LOGIN_PATH: &str = ":/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games";
+/// After dom0's own programs: systemd's default PATH.
+const DOM0_PATH: &str = ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin";
+
+impl DomainUser {
+    /// Checks that this process (now this user) can reach `path`, and says
+    /// which directory stops it when it cannot.
+    pub fn reaches(&self, path: &Path) -> Result<(), MachineError> {
+        let denied = |p: &Path| matches!(std::fs::metadata(p), Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied);
+        if !denied(path) {
+            return Ok(());
+        }
+        // The last directory that can be reached on the way is the one
+        // that does not let this user through.
+        let mut blocked = PathBuf::from("/");
+        for step in path
+            .ancestors()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .skip(1)
+        {
+            if denied(step) {
+                break;
+            }
+            blocked = step.to_owned();
+        }
+        let meta = std::fs::metadata(&blocked).map_err(io_err(&blocked))?;
+        Err(MachineError::Unreachable {
+            user: self.name.clone(),
+            uid: self.uid,
+            path: path.to_owned(),
+            blocked,
+            mode: meta.permissions().mode() & 0o7777,
+            owner: meta.uid(),
+        })
+    }
+}
+
+/// Gives `top` and everything under it to `user`, without following links.
+fn chown_tree(top: &Path, user: &DomainUser) -> Result<(), MachineError> {
+    let (uid, gid) = (Some(user.uid), Some(user.gid));
+    let mut pending = vec![top.to_owned()];
+    while let Some(path) = pending.pop() {
+        std::os::unix::fs::lchown(&path, uid, gid).map_err(io_err(&path))?;
+        let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).map_err(io_err(&path))? {
+                pending.push(entry.map_err(io_err(&path))?.path());
+            }
+        }
+    }
+    Ok(())
 }

@@ -5,9 +5,10 @@
 use super::{DOM0, Machine, MachineError};
 use crate::call::exit;
 use crate::policy::{Denied, Policy, PolicyError, Request, Resolution, rpc_char};
+use nix::sys::stat::Mode;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -47,6 +48,12 @@ fn sanitize(name: &str) -> String {
         .map(|c| if rpc_char(c) { c } else { '_' })
         .collect()
 }
+
+/// qrexec-daemon sets umask 0077 after making its socket, and dom0's
+/// services inherit it (reference §5).
+const DOM0_UMASK: Mode = Mode::from_bits_truncate(0o077);
+/// A VM service starts from a login shell, whose umask is Debian's 0022.
+const VM_UMASK: Mode = Mode::from_bits_truncate(0o022);
 
 /// `NAME_MAX`: a longer `SERVICE+ARG` file name is skipped for `SERVICE`.
 const NAME_MAX: usize = 255;
@@ -90,6 +97,9 @@ impl Machine {
     ///
     /// `stdin_prefix` is sent before this process's stdin, as
     /// `qrexec-client -p` does (`qvm-run` uses it to feed `qubes.VMShell`).
+    ///
+    /// The calling process must have [`Machine::enter`]ed the machine: the
+    /// service runs as it does.
     pub fn call(
         &self,
         caller: Caller<'_>,
@@ -97,6 +107,9 @@ impl Machine {
         service_arg: &str,
         stdin_prefix: Option<&[u8]>,
     ) -> Result<CallOutcome, MachineError> {
+        if nix::unistd::Uid::effective().is_root() {
+            return Err(MachineError::AsRoot);
+        }
         // The daemon always passes `SERVICE+ARG` with a `+`.
         let full = sanitize(service_arg);
         let full = if full.contains('+') {
@@ -168,9 +181,22 @@ impl Machine {
             } else {
                 Stdio::inherit()
             });
+        let umask = if resolved == DOM0 {
+            DOM0_UMASK
+        } else {
+            VM_UMASK
+        };
+        // SAFETY: umask(2) is async-signal-safe and touches no memory.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::stat::umask(umask);
+                Ok(())
+            });
+        }
         let stderr_log = if resolved == DOM0 {
-            // Executed directly by the daemon: cwd is its socket directory and
-            // stderr goes to the daemon's log, never to the caller.
+            // Executed directly by the daemon: cwd is its socket directory
+            // (`/run/qubes`) and stderr goes to the daemon's log, never to
+            // the caller.
             match requested.strip_prefix('@') {
                 Some(keyword) => cmd
                     .env("QREXEC_REQUESTED_TARGET_TYPE", "keyword")
@@ -179,7 +205,7 @@ impl Machine {
                     .env("QREXEC_REQUESTED_TARGET_TYPE", "name")
                     .env("QREXEC_REQUESTED_TARGET", requested),
             };
-            cmd.current_dir(root.join("var/run/qubes"));
+            cmd.current_dir(root.join("run/qubes"));
             let log = root.join(format!("var/log/qubes/qrexec.{source}.log"));
             cmd.stderr(append(&log)?);
             None

@@ -19,6 +19,11 @@ pub fn main(tool: &str, args: Vec<OsString>) -> i32 {
         Ok(m) => m,
         Err(e) => return fail(tool, exit::PROBLEM, &e.to_string()),
     };
+    // Started by root from outside the machine (a test, a person): become
+    // the domain's user, as every process in it is.
+    if let Err(e) = machine.enter() {
+        return fail(tool, exit::PROBLEM, &e.to_string());
+    }
     let result = match tool {
         "qrexec-client-vm" => qrexec_client_vm(&machine, &domain, &args),
         "qvm-run" => qvm_run(&machine, &domain, &args),
