@@ -332,3 +332,23 @@ fn older_jobs_trees_are_gone_after_a_job_even_those_a_dead_run_left() {
         .collect();
     assert!(aside.is_empty(), "{aside:?}");
 }
+
+#[test]
+fn a_step_that_leaves_a_process_in_its_group_ends_and_the_process_is_stopped() {
+    let s = Scratch::new();
+    let project = s.one_step("bg", "sleep 60 & echo $! > bg.pid; echo done", "");
+    let out = s.run(&project, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let job = job_id(&stdout);
+    let log = s.job_log(&job);
+    assert!(
+        log.contains("[qci] step bg left processes running: stopping them"),
+        "{log}"
+    );
+    let pid = std::fs::read_to_string(s.work_dir().join("jobs").join(&job).join("bg.pid")).unwrap();
+    assert!(
+        support::is_dead(pid.trim().parse().unwrap()),
+        "the sleep still runs"
+    );
+}

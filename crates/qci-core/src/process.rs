@@ -213,22 +213,59 @@ pub fn kill_marked(key: &str, value: &str) -> Vec<i32> {
 }
 
 /// Every process below `root` in the process tree, parents before their
-/// children, zombies included, as `(pid, parent, live)`.
-fn descendants(root: i32) -> Vec<(i32, i32, bool)> {
-    let mut children: HashMap<i32, Vec<(i32, bool)>> = HashMap::new();
+/// children, zombies included, with its stat.
+///
+/// Read from the kernel's list of each thread's children
+/// (`/proc/PID/task/TID/children`): a few files for a small tree, where a
+/// scan reads the stat of every process on the machine. Where the kernel
+/// keeps no such lists, from that scan.
+pub(crate) fn descendants(root: i32) -> Vec<(i32, ProcStat)> {
+    if !Path::new("/proc/thread-self/children").exists() {
+        return descendants_by_scan(root);
+    }
+    let mut found = Vec::new();
+    let mut next = vec![root];
+    while let Some(parent) = next.pop() {
+        for pid in children(parent) {
+            // Gone since it was listed: nothing left of it to find.
+            if let Some(stat) = ProcStat::read(Path::new(&format!("/proc/{pid}"))) {
+                found.push((pid, stat));
+                next.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// The children of every thread of `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for task in tasks.flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        found.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    found
+}
+
+/// [`descendants`] from the stat of every process.
+fn descendants_by_scan(root: i32) -> Vec<(i32, ProcStat)> {
+    let mut children: HashMap<i32, Vec<(i32, ProcStat)>> = HashMap::new();
     for (pid, dir) in processes().into_iter().flatten() {
         if let Some(stat) = ProcStat::read(&dir) {
-            children
-                .entry(stat.ppid)
-                .or_default()
-                .push((pid, stat.is_live()));
+            children.entry(stat.ppid).or_default().push((pid, stat));
         }
     }
     let mut found = Vec::new();
     let mut next = vec![root];
     while let Some(parent) = next.pop() {
-        for &(pid, live) in children.get(&parent).into_iter().flatten() {
-            found.push((pid, parent, live));
+        for (pid, stat) in children.remove(&parent).into_iter().flatten() {
+            found.push((pid, stat));
             next.push(pid);
         }
     }
@@ -255,14 +292,17 @@ pub fn stop_descendants(within: Duration) -> Vec<i32> {
         }
         // Parents first: a killed parent's children come to us, and are
         // killed in this same pass or found in the next.
-        for &(pid, _, live) in &tree {
-            if live && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() && !killed.contains(&pid) {
-                killed.push(pid);
+        for (pid, stat) in &tree {
+            if stat.is_live()
+                && kill(Pid::from_raw(*pid), Signal::SIGKILL).is_ok()
+                && !killed.contains(pid)
+            {
+                killed.push(*pid);
             }
         }
-        for &(pid, parent, _) in &tree {
-            if parent == me {
-                let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+        for (pid, stat) in &tree {
+            if stat.ppid == me {
+                let _ = waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG));
             }
         }
         if Instant::now() >= deadline {
@@ -337,6 +377,35 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn descendants_from_the_childrens_lists_are_those_a_full_scan_finds() {
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30"])
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        let pids = |tree: Vec<(i32, ProcStat)>| {
+            let mut pids: Vec<i32> = tree.into_iter().map(|(pid, _)| pid).collect();
+            pids.sort_unstable();
+            pids
+        };
+        // The shell and its two sleeps, once both are started.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pids(descendants_by_scan(me)).len() < 3 {
+            assert!(Instant::now() < deadline, "the sleeps never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let tree = descendants(me);
+        assert!(
+            tree.iter()
+                .any(|(pid, stat)| *pid == child.id() as i32 && stat.ppid == me),
+            "parents first: the shell, below this process"
+        );
+        assert_eq!(pids(tree), pids(descendants_by_scan(me)));
         let _ = child.kill();
         let _ = child.wait();
     }

@@ -18,7 +18,7 @@
 
 use crate::log::{Line, LineSplitter, LogWriter};
 use crate::pipeline::Step;
-use crate::process::{ExitFd, ProcStat, poll_timeout, processes};
+use crate::process::{ExitFd, ProcStat, descendants, poll_timeout, processes};
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::stat::Mode;
@@ -380,13 +380,21 @@ impl Group {
 /// leader is in it too, so `kill(-pgid, 0)` cannot tell; the process table
 /// can. If it cannot be read, the answer is yes, which costs at most a grace
 /// period.
+///
+/// Below a child subreaper (qci-dom0 is one), every process the step
+/// started is a descendant of this one, orphans included: looking there is
+/// enough, and far cheaper than reading every process on the machine.
 fn group_has_live_members(pgid: Pid) -> bool {
+    let member = |stat: &ProcStat| stat.pgrp == pgid.as_raw() && stat.is_live();
+    if nix::sys::prctl::get_child_subreaper().unwrap_or(false) {
+        return descendants(std::process::id() as i32)
+            .iter()
+            .any(|(_, stat)| member(stat));
+    }
     let Ok(mut procs) = processes() else {
         return true;
     };
-    procs.any(|(_, dir)| {
-        ProcStat::read(&dir).is_some_and(|stat| stat.pgrp == pgid.as_raw() && stat.is_live())
-    })
+    procs.any(|(_, dir)| ProcStat::read(&dir).is_some_and(|stat| member(&stat)))
 }
 
 impl Drop for Group {
