@@ -55,11 +55,18 @@ fn main() {
     std::fs::create_dir(&project).expect("project dir");
 
     let gib = scaled(GIB, 1 << 20);
+    let size = |bytes: u64| match bytes {
+        b if b >= GIB => format!("{:.0} GiB", b as f64 / GIB as f64),
+        b => format!("{:.0} MiB", b as f64 / MIB),
+    };
     let cases = [
-        ("1 GiB of 1-byte lines", flood("x", gib)),
-        ("1 GiB of empty lines", flood("", gib)),
-        ("1 GiB of 95-byte lines", flood(LINE, gib)),
-        ("4 GiB of 95-byte lines", flood(LINE, 4 * gib)),
+        (format!("{} of 1-byte lines", size(gib)), flood("x", gib)),
+        (format!("{} of empty lines", size(gib)), flood("", gib)),
+        (format!("{} of 95-byte lines", size(gib)), flood(LINE, gib)),
+        (
+            format!("{} of 95-byte lines", size(4 * gib)),
+            flood(LINE, 4 * gib),
+        ),
     ];
     for (what, command) in &cases {
         common::write_pipeline(&project, &[("flood", command), ("hwm", HWM_STEP)]);

@@ -59,12 +59,17 @@ pub fn scaled(n: u64, min: u64) -> u64 {
     ((n as f64 * scale()).round() as u64).max(min)
 }
 
-/// A directory for one bench's files, readable by the emulated domains
-/// (which may run as another user than the bench).
+/// A directory for one bench's files under `TMPDIR`, readable by the
+/// emulated domains (which may run as another user than the bench).
 pub fn scratch() -> tempfile::TempDir {
+    scratch_in(&std::env::temp_dir())
+}
+
+/// [`scratch`] under `parent`.
+pub fn scratch_in(parent: &Path) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("qci-bench-")
-        .tempdir()
+        .tempdir_in(parent)
         .expect("tempdir");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
@@ -346,4 +351,16 @@ pub fn git_commit_all(dir: &Path) {
     git(&["init", "-q"]);
     git(&["add", "-A"]);
     git(&["commit", "-q", "-m", "bench tree"]);
+}
+
+/// The file system type of `dir` (`stat -f`).
+pub fn fs_type(dir: &Path) -> String {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        _ => "unknown file system".into(),
+    }
 }
