@@ -121,7 +121,11 @@ impl Batch<'_> {
     pub fn line(&mut self, line: Line<'_>) {
         let text = &mut self.log.text;
         text.push_str(&self.prefix);
-        text.push_str(&self.log.mask.apply(&clean(line)));
+        match line.as_printable() {
+            // The common line: nothing to clean, nothing to mask.
+            Some(plain) if self.log.mask.is_empty() => text.push_str(plain),
+            _ => text.push_str(&self.log.mask.apply(&clean(line))),
+        }
         text.push('\n');
     }
 
@@ -476,6 +480,24 @@ impl LineSplitter {
         }
     }
 
+    /// Whether `chunk` would come out of [`LineSplitter::push`] as it is,
+    /// line for line: nothing is held from before, it ends with a newline,
+    /// and its lines are printable ASCII, none longer than [`MAX_LINE`]. A
+    /// caller that passes lines on unchanged can then pass the chunk on
+    /// whole, without cutting it up.
+    pub fn passes_whole(&self, chunk: &[u8]) -> bool {
+        let mut start = 0;
+        self.partial.is_empty()
+            && chunk.last() == Some(&b'\n')
+            && printable_ascii(chunk, b'\n')
+            && (chunk.len() <= MAX_LINE
+                || memchr::memchr_iter(b'\n', chunk).all(|end| {
+                    let whole = end - start <= MAX_LINE;
+                    start = end + 1;
+                    whole
+                }))
+    }
+
     /// Ends the stream: gives the last line if it had no `\n`.
     pub fn finish(&mut self) -> Option<Vec<u8>> {
         (!self.partial.is_empty()).then(|| std::mem::take(&mut self.partial))
@@ -682,6 +704,22 @@ pub(crate) mod tests {
         // Unknown is not unclean: each line is then looked at by itself.
         assert_eq!(Line::new(b"more end").as_printable(), Some("more end"));
         assert_eq!(Line::new(b"\x1b[31mred").as_printable(), None);
+    }
+
+    #[test]
+    fn a_chunk_passes_whole_only_when_splitting_would_not_change_it() {
+        let mut s = LineSplitter::new();
+        assert!(s.passes_whole(b"one\ttab\ntwo\n"));
+        assert!(!s.passes_whole(b"no newline at the end"));
+        assert!(!s.passes_whole(b"\x1b[31mred\n"));
+        assert!(!s.passes_whole("caf\u{e9}\n".as_bytes()));
+        let mut long = vec![b'x'; MAX_LINE];
+        long.push(b'\n');
+        assert!(s.passes_whole(&long));
+        long.insert(0, b'x');
+        assert!(!s.passes_whole(&long), "a line longer than MAX_LINE is cut");
+        push(&mut s, b"held");
+        assert!(!s.passes_whole(b"rest\n"), "a line begun before");
     }
 
     #[test]

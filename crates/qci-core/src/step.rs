@@ -45,11 +45,11 @@ const MEMBER_TICK: Duration = Duration::from_millis(10);
 const NO_PIDFD_TICK: Duration = Duration::from_millis(5);
 /// One read of the step's output; the lines it completes are logged
 /// together, with one stamp.
-const READ_BYTES: usize = 64 * 1024;
+const READ_BYTES: usize = 256 * 1024;
 /// The size asked for the output pipe (Linux's default unprivileged
 /// maximum): a step that floods its output runs ahead while a batch is
 /// written, instead of both taking turns one page at a time.
-const PIPE_BYTES: i32 = 1 << 20;
+pub const PIPE_BYTES: i32 = 1 << 20;
 
 /// How a step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -143,42 +143,51 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
 /// come first).
 fn relay(mut log: impl Read, mut out: impl Write, mask: &SecretMask) -> Option<String> {
     let mut splitter = LineSplitter::masking(mask.clone());
-    let mut buf = vec![0; 64 * 1024];
+    let mut buf = vec![0; 256 * 1024];
     let mut text = Vec::with_capacity(2 * buf.len());
     let mut first = None;
-    let mut emit = |text: &mut Vec<u8>, line: Line<'_>| {
-        // Checking for UTF-8 first is much faster than `from_utf8_lossy` on
-        // the valid text dom0's log always is.
-        let line = match line
-            .as_printable()
-            .map(Ok)
-            .unwrap_or_else(|| std::str::from_utf8(line.bytes))
-        {
-            Ok(valid) => std::borrow::Cow::Borrowed(valid),
-            Err(_) => String::from_utf8_lossy(line.bytes),
-        };
-        let line = mask.apply(&line);
-        text.extend_from_slice(line.as_bytes());
-        text.push(b'\n');
-        first.get_or_insert_with(|| line.into_owned());
-    };
     loop {
-        match log.read(&mut buf) {
+        let chunk = match log.read(&mut buf) {
             Ok(0) | Err(_) => break,
-            Ok(n) => splitter.push(&buf[..n], |line| emit(&mut text, line)),
+            Ok(n) => &buf[..n],
+        };
+        // Whole printable lines and nothing to mask (the usual case): they
+        // go out as they came.
+        if mask.is_empty() && first.is_some() && splitter.passes_whole(chunk) {
+            let _ = out.write_all(chunk).and_then(|()| out.flush());
+            continue;
         }
+        splitter.push(chunk, |line| relay_line(&mut text, line, mask, &mut first));
         // A reader that went away is not a reason to stop reading: dom0
         // would block on a full pipe.
         let _ = out.write_all(&text).and_then(|()| out.flush());
         text.clear();
     }
     if let Some(rest) = splitter.finish() {
-        emit(&mut text, Line::new(&rest));
+        relay_line(&mut text, Line::new(&rest), mask, &mut first);
         let _ = out.write_all(&text).and_then(|()| out.flush());
     }
     let first = first?;
     let (_stamp, rest) = first.split_once(' ')?;
     rest.strip_prefix("[qci] refused: ").map(str::to_owned)
+}
+
+/// One line of the relay, masked, onto `text`; the first is kept in `first`.
+fn relay_line(text: &mut Vec<u8>, line: Line<'_>, mask: &SecretMask, first: &mut Option<String>) {
+    // Checking for UTF-8 first is much faster than `from_utf8_lossy` on the
+    // valid text dom0's log always is.
+    let line = match line
+        .as_printable()
+        .map(Ok)
+        .unwrap_or_else(|| std::str::from_utf8(line.bytes))
+    {
+        Ok(valid) => std::borrow::Cow::Borrowed(valid),
+        Err(_) => String::from_utf8_lossy(line.bytes),
+    };
+    let line = mask.apply(&line);
+    text.extend_from_slice(line.as_bytes());
+    text.push(b'\n');
+    first.get_or_insert_with(|| line.into_owned());
 }
 
 /// Ends a job that dom0 did not end: says why (`why` is masked already),
@@ -374,6 +383,43 @@ mod tests {
             self.1 += n;
             Ok(n)
         }
+    }
+
+    /// Hands out its data in the pieces given, one per read.
+    struct Reads(std::collections::VecDeque<Vec<u8>>);
+
+    impl Read for Reads {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some(piece) = self.0.pop_front() else {
+                return Ok(0);
+            };
+            buf[..piece.len()].copy_from_slice(&piece);
+            Ok(piece.len())
+        }
+    }
+
+    #[test]
+    fn relay_passes_whole_lines_through_and_still_cuts_and_cleans_the_rest() {
+        let long = "y".repeat(qci_core::log::MAX_LINE + 10);
+        let pieces: Vec<Vec<u8>> = vec![
+            b"T [qci] job J called from sd-dev\n".to_vec(),
+            b"T [a] plain\nT [a] more\n".to_vec(),
+            b"T [a] half".to_vec(),
+            b" done\nT [a] bad \xff byte\n".to_vec(),
+            format!("{long}\n").into_bytes(),
+            b"T [a] last".to_vec(),
+        ];
+        let mut out = Vec::new();
+        let refused = relay(Reads(pieces.into()), &mut out, &SecretMask::default());
+        assert_eq!(refused, None);
+        let max = qci_core::log::MAX_LINE;
+        let want = format!(
+            "T [qci] job J called from sd-dev\nT [a] plain\nT [a] more\nT [a] half done\n\
+             T [a] bad \u{FFFD} byte\n{}\n{}\nT [a] last\n",
+            &long[..max],
+            &long[max..]
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), want);
     }
 
     #[test]
