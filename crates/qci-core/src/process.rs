@@ -130,7 +130,7 @@ pub fn write_within(
                 if left.is_zero() {
                     return Err(std::io::ErrorKind::TimedOut.into());
                 }
-                let wait = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+                let wait = poll_timeout(left);
                 let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLOUT)];
                 match poll(&mut fds, wait) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
