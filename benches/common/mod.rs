@@ -109,15 +109,34 @@ impl Rng {
     }
 }
 
-pub fn median(values: &[f64]) -> f64 {
+/// The middle value, or the mean of the two middle ones.
+pub fn median<T: Middle>(values: &[T]) -> T {
     let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let n = v.len();
     assert!(n > 0, "median of nothing");
     if n % 2 == 1 {
         v[n / 2]
     } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+        T::between(v[n / 2 - 1], v[n / 2])
+    }
+}
+
+/// What [`median`] takes the middle of.
+pub trait Middle: Copy + PartialOrd {
+    /// Halfway between `a` and `b`.
+    fn between(a: Self, b: Self) -> Self;
+}
+
+impl Middle for f64 {
+    fn between(a: Self, b: Self) -> Self {
+        (a + b) / 2.0
+    }
+}
+
+impl Middle for Duration {
+    fn between(a: Self, b: Self) -> Self {
+        (a + b) / 2
     }
 }
 

@@ -104,6 +104,27 @@ pub enum Sink {
         #[serde(default = "default_max_attempts")]
         max_attempts: u32,
     },
+    /// Posts status events to the host that placed the job (`qci serve`),
+    /// which holds the GitHub credentials and posts the commit status itself.
+    Relay {
+        /// `http://HOST/api/jobs/JOB/status`.
+        url: String,
+        /// The job's one-time token: it can only post statuses for this job,
+        /// and only until the job ends. Inline rather than in a file beside
+        /// the job file: it is as short-lived and job-scoped as the job file
+        /// itself, the host places both in one atomic write, and a second
+        /// file would be one more thing to place and to clean up.
+        token: String,
+        /// The timeout of each request, connecting included.
+        #[serde(default = "default_http_timeout")]
+        timeout_secs: u64,
+        /// No retry starts later than this after the first attempt.
+        #[serde(default = "default_retry_budget")]
+        retry_budget_secs: u64,
+        /// Attempts in all, the first included.
+        #[serde(default = "default_max_attempts")]
+        max_attempts: u32,
+    },
 }
 
 fn default_api_url() -> String {
@@ -139,6 +160,30 @@ impl Sink {
             max_attempts: default_max_attempts(),
         }
     }
+
+    /// A `relay` sink with the default request timeout and retries.
+    pub fn relay(url: String, token: String) -> Self {
+        Self::Relay {
+            url,
+            token,
+            timeout_secs: default_http_timeout(),
+            retry_budget_secs: default_retry_budget(),
+            max_attempts: default_max_attempts(),
+        }
+    }
+}
+
+/// Whether `slug` is `OWNER/REPO` made of plain names: it becomes part of
+/// GitHub API paths, so it must be exactly two of them.
+pub fn valid_slug(slug: &str) -> bool {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    matches!(slug.split_once('/'), Some((owner, repo)) if plain(owner) && plain(repo))
 }
 
 /// A full 40-hex-digit commit id; abbreviations are ambiguous over time.

@@ -11,6 +11,7 @@ pub mod job_id;
 pub mod log;
 pub mod pipeline;
 pub mod process;
+pub mod retry;
 pub mod status;
 pub mod step;
 pub mod tree;

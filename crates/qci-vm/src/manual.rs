@@ -3,7 +3,7 @@
 //! file (as the host would) and then runs it like any other.
 
 use crate::paths::Paths;
-use crate::sink::valid_slug;
+use qci_core::job_file::valid_slug;
 use qci_core::job_file::{
     CommitSha, JobFile, JobFileError, Reason, Repository, Sink, status_file_rel,
 };

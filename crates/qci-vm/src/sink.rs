@@ -1,15 +1,12 @@
 //! Forwards status events to the job's sink: the dev VM is where dom0's
 //! status reports leave the Qubes machine.
 
-mod retry;
-
 use crate::paths::Paths;
 use qci_core::StatusEvent;
-use qci_core::job_file::{JobFile, Sink};
+use qci_core::job_file::{JobFile, Sink, valid_slug};
+use qci_core::retry::{self, Failure, RetryPolicy, Stop};
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
-pub use retry::RetryPolicy;
-use retry::{Failure, Stop};
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, USER_AGENT};
 use serde::Serialize;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
@@ -47,6 +44,8 @@ pub enum SinkError {
     TokenEmpty(PathBuf),
     #[error("the GitHub token in {0} is not usable in an HTTP header")]
     TokenInvalid(PathBuf),
+    #[error("the relay sink's token is empty or not usable in an HTTP header")]
+    RelayTokenInvalid,
     #[error("cannot set up the HTTP client: {0}")]
     Client(reqwest::Error),
     #[error("no answer from {url} within {secs}s")]
@@ -63,12 +62,14 @@ pub enum SinkError {
     /// `last` is in the message, not the source chain: callers print only
     /// the top error, and the last failure is what explains it.
     #[error(
-        "GitHub status not posted after {attempts} attempt{} in {:.1}s{}: last error: {last}",
+        "{to} status not posted after {attempts} attempt{} in {:.1}s{}: last error: {last}",
         if *.attempts == 1 { "" } else { "s" },
         .elapsed.as_secs_f64(),
         .note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
     )]
     GaveUp {
+        /// `GitHub` or `relay`: who was not told.
+        to: &'static str,
         attempts: u32,
         elapsed: Duration,
         note: Option<String>,
@@ -130,6 +131,29 @@ fn forward_with(
             });
             post_github(api_url, job, &token, &body, *timeout_secs, &policy)
         }
+        Sink::Relay {
+            url,
+            token,
+            timeout_secs,
+            retry_budget_secs,
+            max_attempts,
+        } => {
+            let token = relay_token(token)?;
+            let policy = policy.unwrap_or(RetryPolicy {
+                base: GITHUB_BASE_DELAY,
+                cap: GITHUB_MAX_DELAY,
+                budget: Duration::from_secs(*retry_budget_secs),
+                max_attempts: *max_attempts,
+            });
+            // The host wants the event as dom0 sent it; it maps states itself.
+            let post = Post {
+                to: "relay",
+                url,
+                token: &token,
+                timeout_secs: *timeout_secs,
+            };
+            post.send(|r| r, event, &policy)
+        }
     }
 }
 
@@ -173,8 +197,21 @@ pub fn secrets(job: &JobFile, paths: &Paths) -> Vec<String> {
         Sink::Github { token_file, .. } => read_token(&paths.resolve(token_file))
             .map(|t| vec![t.raw])
             .unwrap_or_default(),
+        Sink::Relay { token, .. } => vec![token.clone()],
         Sink::File { .. } => Vec::new(),
     }
+}
+
+fn relay_token(raw: &str) -> Result<Token, SinkError> {
+    let mut header = HeaderValue::from_str(&format!("Bearer {raw}"))
+        .ok()
+        .filter(|_| !raw.is_empty())
+        .ok_or(SinkError::RelayTokenInvalid)?;
+    header.set_sensitive(true);
+    Ok(Token {
+        header,
+        raw: raw.to_owned(),
+    })
 }
 
 /// A token, as a header value marked sensitive so it never shows in debug output.
@@ -229,80 +266,101 @@ fn post_github(
         api_url.trim_end_matches('/')
     );
 
-    let timeout = Duration::from_secs(timeout_secs);
-    // No redirects: the token must only ever go to the configured API.
-    let client = reqwest::blocking::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(SinkError::Client)?;
-    let attempt = || {
-        let reply = client
-            .post(&url)
-            .header(AUTHORIZATION, token.header.clone())
-            .header(ACCEPT, "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", "2022-11-28")
-            .header(USER_AGENT, "qci")
-            .json(body)
-            .send()
-            // Refused, reset, timed out: the next try may well get through.
-            .map_err(|e| Failure::Transient {
-                error: request_error(&url, timeout_secs, e),
-                wait: None,
-            })?;
-        let status = reply.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let transient = status.is_server_error()
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || (status == StatusCode::FORBIDDEN && rate_limited(reply.headers()));
-        let wait = server_wait(reply.headers(), SystemTime::now());
-        let error = rejected(&url, reply, token);
-        Err(if transient {
-            Failure::Transient { error, wait }
-        } else {
-            Failure::Permanent(error)
-        })
+    let post = Post {
+        to: "GitHub",
+        url: &url,
+        token,
+        timeout_secs,
     };
-    match retry::retry(policy, "posting the GitHub status", attempt) {
-        Ok(()) => Ok(()),
-        Err(Stop::Permanent(error)) => Err(error),
-        Err(Stop::GaveUp {
-            attempts,
-            elapsed,
-            last,
-            note,
-        }) => Err(SinkError::GaveUp {
-            attempts,
-            elapsed,
-            note,
-            last: Box::new(last),
-        }),
+    post.send(
+        |r| {
+            r.header(ACCEPT, "application/vnd.github+json")
+                .header("X-GitHub-Api-Version", "2022-11-28")
+        },
+        body,
+        policy,
+    )
+}
+
+/// One status to deliver with a bearer token, retried on what may pass.
+struct Post<'a> {
+    to: &'static str,
+    url: &'a str,
+    token: &'a Token,
+    timeout_secs: u64,
+}
+
+impl Post<'_> {
+    /// Posts `body` as JSON; `extra` adds the receiver's own headers.
+    fn send(
+        &self,
+        extra: impl Fn(reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder,
+        body: &impl Serialize,
+        policy: &RetryPolicy,
+    ) -> Result<(), SinkError> {
+        let (url, token, timeout_secs) = (self.url, self.token, self.timeout_secs);
+        let timeout = Duration::from_secs(timeout_secs);
+        // No redirects: the token must only ever go to the configured URL.
+        let client = reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(SinkError::Client)?;
+        let attempt = || {
+            let request = client
+                .post(url)
+                .header(AUTHORIZATION, token.header.clone())
+                .header(USER_AGENT, "qci");
+            let reply = extra(request)
+                .json(body)
+                .send()
+                // Refused, reset, timed out: the next try may well get through.
+                .map_err(|e| Failure::Transient {
+                    error: request_error(url, timeout_secs, e),
+                    wait: None,
+                })?;
+            let status = reply.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            let transient = status.is_server_error()
+                || status == StatusCode::TOO_MANY_REQUESTS
+                || (status == StatusCode::FORBIDDEN && rate_limited(reply.headers()));
+            let wait = server_wait(reply.headers(), SystemTime::now());
+            let error = rejected(url, reply, token);
+            Err(if transient {
+                Failure::Transient { error, wait }
+            } else {
+                Failure::Permanent(error)
+            })
+        };
+        let what = format!("posting the {} status", self.to);
+        match retry::retry(policy, &what, attempt) {
+            Ok(()) => Ok(()),
+            Err(Stop::Permanent(error)) => Err(error),
+            Err(Stop::GaveUp {
+                attempts,
+                elapsed,
+                last,
+                note,
+            }) => Err(SinkError::GaveUp {
+                to: self.to,
+                attempts,
+                elapsed,
+                note,
+                last: Box::new(last),
+            }),
+        }
     }
 }
 
-/// A 403 is a rate limit (retry later) only when GitHub says so in the
-/// headers; otherwise it is a permission problem that retrying won't fix.
 fn rate_limited(headers: &HeaderMap) -> bool {
-    headers.contains_key(RETRY_AFTER) || header_text(headers, "x-ratelimit-remaining") == Some("0")
+    retry::rate_limited(|name| header_text(headers, name))
 }
 
-/// How long GitHub asked us to wait: `Retry-After` in seconds (GitHub does
-/// not send the HTTP-date form), else until `x-ratelimit-reset` (epoch
-/// seconds) when no requests remain. `None` leaves it to the backoff.
 fn server_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    if let Some(secs) = header_text(headers, RETRY_AFTER.as_str()).and_then(|v| v.parse().ok()) {
-        return Some(Duration::from_secs(secs));
-    }
-    if header_text(headers, "x-ratelimit-remaining") != Some("0") {
-        return None;
-    }
-    let reset = header_text(headers, "x-ratelimit-reset")?.parse().ok()?;
-    let reset = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(reset))?;
-    // A reset already past (or a skewed clock) falls back to the backoff.
-    reset.duration_since(now).ok().filter(|d| !d.is_zero())
+    retry::server_wait(|name| header_text(headers, name), now)
 }
 
 fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -331,18 +389,6 @@ fn rejected(url: &str, reply: reqwest::blocking::Response, token: &Token) -> Sin
         status,
         body: text[..end].trim_end().to_owned(),
     }
-}
-
-/// The slug becomes part of the URL path, so it must be exactly two plain names.
-pub(crate) fn valid_slug(slug: &str) -> bool {
-    let plain = |s: &str| {
-        !s.is_empty()
-            && s != "."
-            && s != ".."
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    };
-    matches!(slug.split_once('/'), Some((owner, repo)) if plain(owner) && plain(repo))
 }
 
 /// reqwest's own message hides the cause (refused, DNS, TLS) in its source chain.
@@ -878,6 +924,60 @@ pub(crate) mod tests {
             start.elapsed()
         );
         assert_eq!(gh.seen().len(), 2);
+    }
+
+    fn relay_job(url: &str) -> JobFile {
+        job(Sink::relay(url.to_owned(), "relay-token-J1".into()))
+    }
+
+    #[test]
+    fn relay_posts_the_event_as_sent_with_the_job_token() {
+        let gh = FakeGithub::start(Some(204), "");
+        let job = relay_job(&format!("{}/api/jobs/J1/status", gh.base));
+        let paths = Paths {
+            home: "/nonexistent".into(),
+        };
+        let sent = event(State::Running, "Running make dev");
+
+        forward(&sent, &job, &paths).unwrap();
+
+        let seen = gh.seen();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].method, "POST");
+        assert_eq!(seen[0].path, "/api/jobs/J1/status");
+        assert_eq!(seen[0].authorization, "Bearer relay-token-J1");
+        assert_eq!(seen[0].body, serde_json::to_value(&sent).unwrap());
+        assert_eq!(secrets(&job, &paths), ["relay-token-J1"]);
+    }
+
+    #[test]
+    fn relay_retries_a_503_but_not_a_refusal() {
+        let gh = FakeGithub::script(vec![reply(503, ""), reply(204, "")]);
+        let job = relay_job(&format!("{}/api/jobs/J1/status", gh.base));
+        let paths = Paths {
+            home: "/nonexistent".into(),
+        };
+        post(&job, &paths, 3).unwrap();
+        assert_eq!(gh.seen().len(), 2);
+
+        let gh = FakeGithub::start(Some(409), "job J1 has ended");
+        let job = relay_job(&format!("{}/api/jobs/J1/status", gh.base));
+        let err = post(&job, &paths, 3).unwrap_err();
+        assert!(
+            matches!(err, SinkError::Rejected { status: 409, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("job J1 has ended"), "{err}");
+        assert_eq!(gh.seen().len(), 1);
+
+        let gh = FakeGithub::start(Some(500), "");
+        let job = relay_job(&format!("{}/api/jobs/J1/status", gh.base));
+        let err = post(&job, &paths, 2).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("relay status not posted after 2 attempts"),
+            "{err}"
+        );
     }
 
     /// What `tracing` wrote during the tests, all tests together.

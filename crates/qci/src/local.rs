@@ -1,12 +1,12 @@
 //! `qci run --local DIR`: one CI job on an emulated Qubes machine, started
 //! and watched from outside it as the host does with a real one.
 
-use crate::install;
 use qci_core::job_file::{
     CommitSha, JobFile, JobFileError, Reason, Repository, Sink, job_file_rel, status_file_rel,
 };
 use qci_core::process::{wait_or_kill_at, write_within};
 use qci_core::{ExitCode, JobId, State, StatusEvent};
+use qci_pool::backend::install;
 use qci_qrexec::emulator::{DOM0, Machine};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,6 +19,9 @@ pub struct LocalRun {
     pub dir: PathBuf,
     pub commit: Option<String>,
     pub state_dir: PathBuf,
+    /// Run on this machine as it is, installing nothing (qci was installed
+    /// some other way, by Salt say), instead of `state_dir/machine`.
+    pub machine_dir: Option<PathBuf>,
     pub timeout: Duration,
 }
 
@@ -32,6 +35,13 @@ pub enum LocalError {
         dir: PathBuf,
         why: String,
     },
+    #[error("{dir} is not an emulated machine (qci bare-machine makes one): {source}")]
+    NotAMachine {
+        dir: PathBuf,
+        source: qci_qrexec::emulator::MachineError,
+    },
+    #[error("{machine}: qci is not installed ({missing} is missing)")]
+    NotInstalled { machine: PathBuf, missing: PathBuf },
     #[error(transparent)]
     Install(#[from] install::InstallError),
     #[error(transparent)]
@@ -60,6 +70,8 @@ impl LocalError {
         match self {
             Self::NotADirectory(_)
             | Self::BadCommit { .. }
+            | Self::NotAMachine { .. }
+            | Self::NotInstalled { .. }
             | Self::Unreadable { .. }
             | Self::Machine(Unreachable { .. } | WrongUser { .. }) => ExitCode::BadInput,
             _ => ExitCode::CiError,
@@ -84,11 +96,14 @@ impl LocalRun {
             .as_deref()
             .map(|rev| resolve_commit(&dir, rev))
             .transpose()?;
-        let machine = install::install(
-            &self.state_dir.join("machine"),
-            DEV_VM,
-            &install::default_bin_dir(),
-        )?;
+        let machine = match &self.machine_dir {
+            Some(dir) => installed_machine(dir)?,
+            None => install::install(
+                &self.state_dir.join("machine"),
+                DEV_VM,
+                &install::default_bin_dir(),
+            )?,
+        };
         // From here on this process acts in the machine, as its user.
         machine.enter()?;
         // The dev VM copies the tree as that user: better to say now that it
@@ -193,6 +208,32 @@ impl LocalRun {
         println!("qci: log: {}", log.display());
         Ok(outcome)
     }
+}
+
+/// The machine in `dir`, which must have qci in dom0 and in the dev VM
+/// already: a missing piece is named now, not found out mid-job.
+fn installed_machine(dir: &Path) -> Result<Machine, LocalError> {
+    let machine = Machine::open(dir).map_err(|source| LocalError::NotAMachine {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    let needed = [
+        (DOM0, "etc/qubes-rpc/qci.Run"),
+        (DOM0, "usr/bin/qci-dom0"),
+        (DEV_VM, "etc/qubes-rpc/qci.Status"),
+        (DEV_VM, "etc/qubes-rpc/qci.Export"),
+        (DEV_VM, "usr/bin/qci-vm"),
+    ];
+    for (domain, file) in needed {
+        let path = machine.domain_root(domain)?.join(file);
+        if !path.is_file() {
+            return Err(LocalError::NotInstalled {
+                machine: machine.root().to_owned(),
+                missing: path,
+            });
+        }
+    }
+    Ok(machine)
 }
 
 fn final_event(status_file: &Path, job: &JobId) -> Option<StatusEvent> {

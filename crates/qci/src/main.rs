@@ -3,11 +3,14 @@
 //! Invoked as `qrexec-client-vm`, `qvm-run` or `qrexec-client` (the links an
 //! emulated machine puts on its domains' PATH), it is that emulated tool.
 
-mod install;
+mod jobs;
 mod local;
+mod pool;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use qci_core::ExitCode;
+use qci_pool::backend::install;
 use qci_qrexec::emulator::{self, Caller, DOM0, Machine};
 use std::path::PathBuf;
 
@@ -25,27 +28,126 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a CI job on an emulated Qubes machine, exactly as CI would.
+    /// Run a CI job, on an emulated machine or on a machine of the pool.
     ///
-    /// Creates (or reuses) the machine under the state directory, installs
-    /// qci's services, policy and binaries into it, and runs the project's
-    /// steps (.qci.toml, or make clone, make dev, make test) in its dom0. The
-    /// live log goes to stdout; at the end the final state and the log's
-    /// path are printed.
+    /// With --local DIR: creates (or reuses) an emulated machine under the
+    /// state directory, installs qci's services, policy and binaries into
+    /// it, and runs the project's steps (.qci.toml, or make clone, make dev,
+    /// make test) in its dom0, exactly as CI would.
+    ///
+    /// With --machine NAME or --qubes VERSION (and --repo, --commit): leases
+    /// that machine, or the first free one of that Qubes version, from the
+    /// pool in HOST.toml (waiting in line when all are busy), reverts it to
+    /// its clean snapshot, boots it, runs the commit there, copies the log
+    /// out, makes sure a final status exists, and powers it off.
+    ///
+    /// The live log goes to stdout, progress to stderr; at the end the final
+    /// state and the log's path are printed.
+    #[command(group(clap::ArgGroup::new("where").required(true).args(["local", "machine", "qubes"])))]
     Run {
-        /// Run the working tree in DIR.
+        /// Run the working tree in DIR on an emulated machine.
         #[arg(long, value_name = "DIR")]
-        local: PathBuf,
-        /// Run a clean checkout of this commit instead of the working tree
-        /// as it is (uncommitted changes included).
-        #[arg(long, value_name = "REV")]
+        local: Option<PathBuf>,
+        /// Run on this machine of the pool.
+        #[arg(long, value_name = "NAME")]
+        machine: Option<String>,
+        /// Run on the first free machine of this Qubes version.
+        #[arg(long, value_name = "VERSION")]
+        qubes: Option<String>,
+        /// The repository to clone in the dev VM (with --machine/--qubes).
+        #[arg(
+            long,
+            value_name = "URL",
+            conflicts_with = "local",
+            required_unless_present = "local"
+        )]
+        repo: Option<String>,
+        /// The commit to run: with --machine/--qubes, 40 hex digits; with
+        /// --local, any revision, run as a clean checkout instead of the
+        /// working tree as it is (uncommitted changes included).
+        #[arg(long, value_name = "REV", required_unless_present = "local")]
         commit: Option<String>,
-        /// Where the emulated machine lives.
+        /// The ref the commit belongs to, for the record.
+        #[arg(long = "ref", value_name = "REF", conflicts_with = "local")]
+        git_ref: Option<String>,
+        /// The job id (default: run-TIMESTAMP-PID).
+        #[arg(long, value_name = "JOB", conflicts_with = "local")]
+        job: Option<String>,
+        /// The host config (its [pool] table lists the machines).
+        #[arg(long, value_name = "HOST.toml", default_value = pool::DEFAULT_CONFIG, conflicts_with = "local")]
+        config: PathBuf,
+        /// Where the emulated machine of --local lives.
         #[arg(long, value_name = "S", default_value = ".qci")]
         state_dir: PathBuf,
-        /// Bound on the whole job (e.g. 90s, 30m, 6h).
-        #[arg(long, default_value = "6h", value_parser = parse_duration)]
-        timeout: std::time::Duration,
+        /// Run on the emulated machine in M as it is, installing nothing
+        /// into it: qci must be there already (put there by Salt, say; see
+        /// `qci bare-machine`). Its dev VM is sd-dev.
+        #[arg(
+            long,
+            value_name = "M",
+            conflicts_with = "state_dir",
+            requires = "local"
+        )]
+        machine_dir: Option<PathBuf>,
+        /// Bound on the whole job (e.g. 90s, 30m, 6h); default 6h, or the
+        /// pool's job_timeout.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
+    /// Show the pool: each machine's power state, lease, job, snapshot and
+    /// Qubes version.
+    Pool {
+        #[arg(long, value_name = "HOST.toml", default_value = pool::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Refresh the machines' clean snapshots.
+    ///
+    /// Per machine (leased like a job): boot the clean snapshot, run the
+    /// update commands and qci's Salt states in dom0 ([pool.nightly] in
+    /// HOST.toml; the defaults are Qubes's own), shut down cleanly and
+    /// snapshot as qci-YYYY-MM-DD, keeping the newest N. A failed command or
+    /// an unclean stop takes no snapshot: the old one stays in use.
+    Nightly {
+        #[arg(long, value_name = "HOST.toml", default_value = pool::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Only these machines (repeat the option); default all.
+        #[arg(long, value_name = "NAME")]
+        machine: Vec<String>,
+    },
+    /// Create an emulated Qubes machine with nothing of qci in it.
+    ///
+    /// dom0 and the VMs, with the emulated qrexec tools on their PATH and
+    /// qubes.VMShell in each VM: Qubes itself, ready for qci to be installed
+    /// into it, for example by Salt with pillar qci:root set to M/dom0 or
+    /// M/sd-dev (see salt/). Then `qci run --local DIR --machine-dir M`
+    /// runs jobs on it. An existing machine gets the VMs it lacks.
+    BareMachine {
+        /// The machine directory.
+        #[arg(value_name = "M")]
+        machine: PathBuf,
+        /// A VM besides dom0 (repeat for more).
+        #[arg(long = "vm", value_name = "NAME", default_value = "sd-dev")]
+        vms: Vec<String>,
+    },
+    /// Serve GitHub webhooks: queue jobs, run them on the pool, post commit
+    /// statuses, publish logs and the monitor page.
+    ///
+    /// Reads the [server] and [pool] tables of HOST.toml. Stops cleanly on
+    /// SIGTERM or SIGINT; after a crash it reconciles at start (jobs that
+    /// never started are queued again, running ones end as error).
+    Serve {
+        #[arg(long, value_name = "HOST.toml")]
+        config: PathBuf,
+    },
+    /// List, cancel or retry the jobs of a running `qci serve`.
+    Jobs {
+        #[arg(long, value_name = "HOST.toml")]
+        config: PathBuf,
+        /// The server's address (default: http://LISTEN from the config).
+        #[arg(long)]
+        url: Option<String>,
+        #[command(subcommand)]
+        command: jobs::JobsCommand,
     },
     /// Make one qrexec call on an emulated machine, as `qrexec-client-vm`
     /// does inside Qubes (calls from dom0 are not policy-checked).
@@ -81,16 +183,48 @@ fn main() -> std::process::ExitCode {
     qci_core::diagnostics::init("warn");
     match Cli::parse().command {
         Command::Run {
-            local,
+            local: None,
+            machine,
+            qubes,
+            repo,
+            commit,
+            git_ref,
+            job,
+            config,
+            timeout,
+            ..
+        } => {
+            let target = match (machine, qubes) {
+                (Some(m), _) => qci_pool::Target::Machine(m),
+                (None, Some(q)) => qci_pool::Target::Qubes(q),
+                (None, None) => unreachable!("clap requires one of them"),
+            };
+            host_command(pool::run(pool::RunArgs {
+                target,
+                repo: repo.unwrap_or_default(),
+                commit: commit.unwrap_or_default(),
+                git_ref,
+                job,
+                config,
+                timeout,
+            }))
+        }
+        Command::Pool { config } => host_command(pool::show(&config)),
+        Command::Nightly { config, machine } => host_command(pool::nightly(&config, &machine)),
+        Command::Run {
+            local: Some(local),
             commit,
             state_dir,
+            machine_dir,
             timeout,
+            ..
         } => {
             let run = local::LocalRun {
                 dir: local,
                 commit,
                 state_dir,
-                timeout,
+                machine_dir,
+                timeout: timeout.unwrap_or(std::time::Duration::from_secs(6 * 3600)),
             };
             match run.execute() {
                 Ok(code) => code.into(),
@@ -100,6 +234,33 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::BareMachine { machine, vms } => {
+            let vms: Vec<&str> = vms.iter().map(String::as_str).collect();
+            match install::bare_machine(&machine, &vms, &install::default_bin_dir()) {
+                Ok(m) => {
+                    println!("{}", m.root().display());
+                    ExitCode::Success.into()
+                }
+                Err(e) => {
+                    eprintln!("qci: {e}");
+                    let bad_name = matches!(
+                        e,
+                        install::InstallError::Machine(emulator::MachineError::BadName(_))
+                    );
+                    if bad_name {
+                        ExitCode::BadInput.into()
+                    } else {
+                        ExitCode::CiError.into()
+                    }
+                }
+            }
+        }
+        Command::Serve { config } => serve::serve(&config).into(),
+        Command::Jobs {
+            config,
+            url,
+            command,
+        } => jobs::run(&config, url.as_deref(), &command).into(),
         Command::Qrexec {
             machine,
             from,
@@ -128,6 +289,16 @@ fn main() -> std::process::ExitCode {
                     ExitCode::BadInput.into()
                 }
             }
+        }
+    }
+}
+
+fn host_command(result: Result<ExitCode, pool::Failure>) -> std::process::ExitCode {
+    match result {
+        Ok(code) => code.into(),
+        Err(pool::Failure(code, why)) => {
+            eprintln!("qci: {why}");
+            code.into()
         }
     }
 }

@@ -335,7 +335,13 @@ impl Machine {
         let root = self.domain_root(name)?;
         let (system, users): (&[&str], &[(&str, u32)]) = if name == DOM0 {
             (
-                &["etc/qubes-rpc", "etc/qubes/policy.d", "usr/bin", "var/log"],
+                &[
+                    "etc/qubes-rpc",
+                    "etc/qubes/policy.d",
+                    "usr/bin",
+                    "var/log",
+                    "var/lib",
+                ],
                 &[
                     ("home/user", 0o700),
                     ("var/log/qubes", 0o755),

@@ -1,0 +1,309 @@
+//! The host's Qubes machines: a pool described in the host config, leased
+//! atomically, reverted, booted and driven through dom0 to run CI jobs.
+//!
+//! - [`config`]: the `[pool]` table of HOST.toml.
+//! - [`control`] and [`guest`]: the two traits every backend implements,
+//!   machine control (power, snapshots, the lease marker) and the guest
+//!   channel (commands and files in dom0).
+//! - [`backend`]: `local` (emulated machines), `libvirt`, `vmware`.
+//! - [`lease`]: SQLite leases and the FIFO of waiting jobs.
+//! - [`runner`]: one job on one machine; [`nightly`]: fresh snapshots.
+//!
+//! Every call here blocks; a server calls it from blocking threads. A
+//! [`Pool`] is cheap to clone and opens its own SQLite connection per call.
+
+pub mod backend;
+mod command;
+pub mod config;
+pub mod control;
+mod error;
+pub mod guest;
+pub mod lease;
+pub mod nightly;
+pub mod runner;
+pub mod status;
+
+pub use config::{HostFile, PoolConfig, load_host_file};
+pub use error::PoolError;
+pub use guest::Dom0;
+pub use nightly::NightlyOutcome;
+pub use runner::{JobOutcome, JobRequest, Target};
+pub use status::{FinalStatus, JobEvents, Phase, Silent, SinkStatus};
+
+use backend::Backend;
+use control::{Marker, PowerState};
+use lease::{LeaseRow, LeaseStore, Want, owner_alive};
+use qci_core::{JobId, State};
+use runner::{Attempt, Runner};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Added to a lease's expiry beyond the boot, job and shutdown bounds.
+const LEASE_MARGIN: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, Clone)]
+pub struct Pool {
+    config: Arc<PoolConfig>,
+    store: LeaseStore,
+}
+
+/// A lease whose holder died, cleaned up by [`Pool::reconcile`].
+#[derive(Debug, Clone)]
+pub struct Reconciled {
+    pub job: String,
+    pub machine: String,
+    pub why: String,
+    /// `Err`: the machine could not be cleaned; its lease stays.
+    pub result: Result<(), String>,
+}
+
+/// One line of `qci pool`.
+#[derive(Debug, Clone)]
+pub struct MachineReport {
+    pub name: String,
+    pub qubes: String,
+    pub backend: String,
+    /// The power state, or why it could not be read.
+    pub power: Result<PowerState, String>,
+    pub lease: Option<LeaseRow>,
+    pub marker: Option<Marker>,
+    /// The snapshot the next job starts from.
+    pub snapshot: Option<String>,
+    /// The last job run on it: id, state, description.
+    pub last_run: Option<(String, String, String)>,
+}
+
+impl Pool {
+    /// Opens the state directory's SQLite file. Touches no machine.
+    pub fn open(config: PoolConfig) -> Result<Self, PoolError> {
+        let store = LeaseStore::open(&config.state_dir, &config.host_id)?;
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+        })
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &LeaseStore {
+        &self.store
+    }
+
+    /// Refuses a target that names nothing in the pool.
+    pub fn check_target(&self, target: &Target) -> Result<(), PoolError> {
+        match target {
+            Target::Machine(m) if self.config.machine(m).is_none() => {
+                Err(PoolError::UnknownMachine(m.clone()))
+            }
+            Target::Qubes(q) if !self.config.machines.iter().any(|m| &m.qubes == q) => {
+                Err(PoolError::UnknownVersion(q.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn lease_for(&self, job_timeout: Duration) -> Duration {
+        self.config.boot_timeout + job_timeout + self.config.shutdown_grace + LEASE_MARGIN
+    }
+
+    /// Runs one job (see pool-api.md): `Err` only when it never started.
+    pub fn run_job(
+        &self,
+        request: &JobRequest,
+        events: &dyn JobEvents,
+        status: &dyn FinalStatus,
+    ) -> Result<JobOutcome, PoolError> {
+        self.check_target(&request.target)?;
+        let want = match &request.target {
+            Target::Machine(m) => Want::Machine(m.clone()),
+            Target::Qubes(q) => Want::Qubes(q.clone()),
+        };
+        let job_timeout = request.timeout.unwrap_or(self.config.job_timeout);
+        let lease_for = self.lease_for(job_timeout);
+        let queue_deadline = Instant::now() + self.config.queue_timeout;
+        let mut exclude: Vec<String> = Vec::new();
+        loop {
+            let lease = self.store.acquire(
+                request.job.as_str(),
+                &want,
+                &exclude,
+                &self.config.machines,
+                lease_for,
+                &request.cancel,
+                queue_deadline,
+                &mut |ahead| events.phase(&request.job, &Phase::Queued { ahead }),
+            )?;
+            let machine = self
+                .config
+                .machine(&lease.machine)
+                .ok_or_else(|| PoolError::UnknownMachine(lease.machine.clone()))?;
+            events.phase(
+                &request.job,
+                &Phase::Leased {
+                    machine: machine.name.clone(),
+                },
+            );
+            let runner = Runner {
+                config: &self.config,
+                store: &self.store,
+                machine,
+                lease: &lease,
+                events,
+                status,
+                lease_for,
+                bootstrap: false,
+            };
+            match runner.attempt(request, job_timeout) {
+                Attempt::Done(outcome) => return Ok(outcome),
+                Attempt::NotStarted(e) => return Err(e),
+                Attempt::Foreign => continue,
+                Attempt::NoAnswer(why) => {
+                    let others = match &request.target {
+                        Target::Qubes(q) => self.config.machines.iter().any(|m| {
+                            &m.qubes == q && m.name != machine.name && !exclude.contains(&m.name)
+                        }),
+                        Target::Machine(_) => false,
+                    };
+                    if exclude.is_empty() && others {
+                        events.phase(
+                            &request.job,
+                            &Phase::Retrying {
+                                machine: machine.name.clone(),
+                                why,
+                            },
+                        );
+                        exclude.push(machine.name.clone());
+                        continue;
+                    }
+                    let why = if exclude.is_empty() {
+                        why
+                    } else {
+                        format!("retried on {}: {why}", machine.name)
+                    };
+                    return Ok(self.give_up(request, &machine.name, status, events, why));
+                }
+            }
+        }
+    }
+
+    /// The job could not run on any machine: its final status says why.
+    fn give_up(
+        &self,
+        request: &JobRequest,
+        machine: &str,
+        status: &dyn FinalStatus,
+        events: &dyn JobEvents,
+        why: String,
+    ) -> JobOutcome {
+        let why = qci_core::status::clean_description(&why);
+        if let Err(e) = status.record(&request.job, State::Error, &why, None) {
+            tracing::error!("cannot record the final status of {}: {e}", request.job);
+        }
+        let log = self
+            .config
+            .state_dir
+            .join("logs")
+            .join(qci_core::log::file_name(&request.job));
+        let _ = self
+            .store
+            .run_ended(request.job.as_str(), "error", &why, None);
+        events.phase(
+            &request.job,
+            &Phase::Finished {
+                state: State::Error,
+            },
+        );
+        JobOutcome {
+            machine: machine.to_owned(),
+            state: State::Error,
+            description: why,
+            log,
+            exit: qci_core::ExitCode::CiError,
+        }
+    }
+
+    /// Cleans up after this host's dead processes (see pool-api.md).
+    pub fn reconcile(&self, status: &dyn FinalStatus) -> Result<Vec<Reconciled>, PoolError> {
+        let mut done = Vec::new();
+        for row in self.store.leases()? {
+            if row.host != self.config.host_id || owner_alive(&row.owner) {
+                continue;
+            }
+            if !self.store.take_over(&row)? {
+                continue;
+            }
+            let why = format!(
+                "The qci host process (pid {}) died while the job held machine {}; the machine was powered off and reverted",
+                row.pid, row.machine
+            );
+            let result = self.clean(&row);
+            if result.is_ok() {
+                if let Ok(job) = JobId::parse(&row.job)
+                    && status.final_state(&job, None).is_none()
+                    && let Err(e) = status.record(&job, State::Error, &why, None)
+                {
+                    tracing::error!("cannot record the final status of {job}: {e}");
+                }
+                let _ = self.store.run_ended(&row.job, "error", &why, None);
+                self.store
+                    .release(&row.machine, &row.job, row.log_id, &self.config.machines)?;
+            }
+            done.push(Reconciled {
+                job: row.job,
+                machine: row.machine,
+                why,
+                result,
+            });
+        }
+        Ok(done)
+    }
+
+    /// Powers a machine off, reverts it and clears its marker.
+    fn clean(&self, row: &LeaseRow) -> Result<(), String> {
+        let Some(m) = self.config.machine(&row.machine) else {
+            return Ok(());
+        };
+        let b = Backend::open(m, self.config.call_timeout).map_err(|e| e.to_string())?;
+        b.control.power_off().map_err(|e| e.to_string())?;
+        let snapshots = b.control.snapshots().map_err(|e| e.to_string())?;
+        if let Some(s) = runner::clean_snapshot(&snapshots, &m.snapshot) {
+            b.control.revert(&s).map_err(|e| e.to_string())?;
+            b.control.power_off().map_err(|e| e.to_string())?;
+        }
+        runner::clear_marker(b.control.as_ref(), &self.config.host_id, &row.job)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Every machine, as `qci pool` shows it. Asks each hypervisor.
+    pub fn report(&self) -> Result<Vec<MachineReport>, PoolError> {
+        let leases = self.store.leases()?;
+        let mut out = Vec::new();
+        for m in &self.config.machines {
+            let opened = Backend::open(m, self.config.call_timeout);
+            let (power, marker, snapshot) = match &opened {
+                Ok(b) => (
+                    b.control.power_state().map_err(|e| e.to_string()),
+                    b.control.marker().ok().flatten(),
+                    b.control
+                        .snapshots()
+                        .ok()
+                        .and_then(|s| runner::clean_snapshot(&s, &m.snapshot)),
+                ),
+                Err(e) => (Err(e.to_string()), None, None),
+            };
+            out.push(MachineReport {
+                name: m.name.clone(),
+                qubes: m.qubes.clone(),
+                backend: m.backend.to_string(),
+                power,
+                lease: leases.iter().find(|l| l.machine == m.name).cloned(),
+                marker,
+                snapshot,
+                last_run: self.store.last_run(&m.name)?,
+            });
+        }
+        Ok(out)
+    }
+}

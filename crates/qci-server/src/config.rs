@@ -1,0 +1,346 @@
+//! The `[server]` table of the host's config file (HOST.toml), and the
+//! secrets it names. Secrets are never values in the file: it names a file
+//! or an environment variable that holds each one.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole host config file: the pool's table and the server's. The
+/// server keeps its database and published logs in the pool's `state_dir`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub pool: qci_pool::PoolConfig,
+    pub server: ServerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where the web server listens, e.g. `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// The address people and GitHub reach this host by: status links point
+    /// at `PUBLIC_URL/jobs/JOB`.
+    pub public_url: String,
+    /// The address the dev VM posts statuses to (`/api/jobs/JOB/status`);
+    /// defaults to `public_url`.
+    #[serde(default)]
+    pub relay_url: Option<String>,
+    /// The secret GitHub signs webhooks with.
+    pub webhook_secret: SecretSource,
+    /// A token that may post commit statuses (`repo:status`).
+    pub github_token: SecretSource,
+    #[serde(default = "default_github_api")]
+    pub github_api_url: String,
+    /// Guards `/api/jobs` (list, cancel, retry) and `qci jobs`. Without it
+    /// that API is closed.
+    #[serde(default)]
+    pub admin_token: Option<SecretSource>,
+    /// Webhook bodies larger than this are refused unread (GitHub caps
+    /// payloads at 25 MB; pushes of many commits reach a few MB).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Bound on a job from dispatch to its end, machine boot included.
+    #[serde(default = "default_job_timeout", with = "duration")]
+    pub job_timeout: Duration,
+    /// Published logs older than this are deleted; the job stays in history.
+    #[serde(default = "default_keep_logs", with = "duration")]
+    pub keep_logs: Duration,
+    /// How long the host keeps trying to post one GitHub status.
+    #[serde(default = "default_github_retry", with = "duration")]
+    pub github_retry_budget: Duration,
+    /// A fork's pull request runs once a maintainer adds this label ...
+    #[serde(default = "default_approve_label")]
+    pub approve_label: String,
+    /// ... or comments exactly this (owners, members and collaborators only).
+    #[serde(default = "default_approve_comment")]
+    pub approve_comment: String,
+    #[serde(default)]
+    pub repos: Vec<RepoConfig>,
+    #[serde(default)]
+    pub notify: NotifyConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    /// `OWNER/REPO`, as GitHub spells it.
+    pub slug: String,
+    /// Clone from here instead of the URL in the webhook (a mirror).
+    #[serde(default)]
+    pub clone_url: Option<String>,
+    /// Branch patterns whose pushes run (`*` within a name part, `**` across).
+    #[serde(default = "default_branches")]
+    pub branches: Vec<String>,
+    /// Tag patterns whose pushes run (release jobs). None by default.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default = "yes")]
+    pub pull_requests: bool,
+    /// The Qubes versions to run on: one job and one status context each.
+    #[serde(default = "default_qubes")]
+    pub qubes: Vec<String>,
+    /// Status contexts are `CONTEXT/qubes-VERSION`.
+    #[serde(default = "default_context")]
+    pub context: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// A Slack incoming webhook URL (a secret: it is all it takes to post).
+    #[serde(default)]
+    pub slack_url: Option<SecretSource>,
+    /// A URL that gets every finished job as JSON.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+}
+
+/// Where a secret is: `{ file = "/etc/qci/github-token" }` or `{ env = "VAR" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub env: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read the secret in {path}: {source}")]
+    SecretFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the environment variable {0} (a secret named in the config) is not set or empty")]
+    SecretEnv(String),
+    #[error("the secret file {0} is empty")]
+    SecretEmpty(PathBuf),
+}
+
+impl HostConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: HostConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        config.pool.validate().map_err(ConfigError::Invalid)?;
+        config.server.validate()?;
+        Ok(config)
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.pool.state_dir
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |why: String| Err(ConfigError::Invalid(why));
+        for url in [Some(&self.public_url), self.relay_url.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad(format!("server: {url:?} is not an http(s) URL"));
+            }
+        }
+        if self.approve_label.trim().is_empty() || self.approve_comment.trim().is_empty() {
+            return bad("server: approve_label and approve_comment must not be empty".into());
+        }
+        for repo in &self.repos {
+            if !qci_core::job_file::valid_slug(&repo.slug) {
+                return bad(format!(
+                    "server.repos: slug {:?} is not OWNER/REPO",
+                    repo.slug
+                ));
+            }
+            if repo.qubes.is_empty() {
+                return bad(format!("server.repos {}: qubes is empty", repo.slug));
+            }
+            for v in &repo.qubes {
+                let ok = !v.is_empty()
+                    && v.len() <= 16
+                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.');
+                if !ok {
+                    return bad(format!(
+                        "server.repos {}: bad Qubes version {v:?}",
+                        repo.slug
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn repo(&self, slug: &str) -> Option<&RepoConfig> {
+        self.repos
+            .iter()
+            .find(|r| r.slug.eq_ignore_ascii_case(slug))
+    }
+
+    pub fn relay_base(&self) -> &str {
+        self.relay_url
+            .as_deref()
+            .unwrap_or(&self.public_url)
+            .trim_end_matches('/')
+    }
+
+    pub fn public_base(&self) -> &str {
+        self.public_url.trim_end_matches('/')
+    }
+}
+
+impl SecretSource {
+    /// Reads the secret now; the server reads each once at start.
+    pub fn read(&self) -> Result<String, ConfigError> {
+        match (&self.file, &self.env) {
+            (Some(path), None) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let value = text.trim();
+                if value.is_empty() {
+                    return Err(ConfigError::SecretEmpty(path.clone()));
+                }
+                Ok(value.to_owned())
+            }
+            (None, Some(var)) => std::env::var(var)
+                .ok()
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| ConfigError::SecretEnv(var.clone())),
+            _ => Err(ConfigError::Invalid(
+                "a secret must name exactly one of `file` or `env`".into(),
+            )),
+        }
+    }
+}
+
+fn default_github_api() -> String {
+    qci_core::job_file::GITHUB_API_URL.to_owned()
+}
+fn default_max_body() -> usize {
+    5 << 20
+}
+fn default_job_timeout() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
+fn default_keep_logs() -> Duration {
+    Duration::from_secs(90 * 24 * 3600)
+}
+fn default_github_retry() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+fn default_approve_label() -> String {
+    "qci-approved".into()
+}
+fn default_approve_comment() -> String {
+    "/qci approve".into()
+}
+fn default_branches() -> Vec<String> {
+    vec!["**".into()]
+}
+fn default_qubes() -> Vec<String> {
+    vec!["4.2".into()]
+}
+fn default_context() -> String {
+    "qci".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// Durations are written as people write them: `90s`, `30m`, `6h`, `90d`.
+mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        qci_core::pipeline::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_host_file_and_names_the_bad_key() {
+        let text = r#"
+[pool]
+state_dir = "/var/lib/qci-host"
+[server]
+listen = "127.0.0.1:8080"
+public_url = "https://ci.example.org/"
+webhook_secret = { env = "QCI_WEBHOOK_SECRET" }
+github_token = { file = "/etc/qci/github-token" }
+job_timeout = "2h"
+[[server.repos]]
+slug = "freedomofpress/securedrop-workstation"
+tags = ["v*"]
+qubes = ["4.2", "4.3"]
+"#;
+        let config: HostConfig = toml::from_str(text).unwrap();
+        config.server.validate().unwrap();
+        assert_eq!(config.state_dir(), Path::new("/var/lib/qci-host"));
+        assert_eq!(config.server.public_base(), "https://ci.example.org");
+        assert_eq!(config.server.relay_base(), "https://ci.example.org");
+        assert_eq!(config.server.job_timeout, Duration::from_secs(7200));
+        let repo = config
+            .server
+            .repo("FreedomOfPress/securedrop-workstation")
+            .unwrap();
+        assert_eq!(repo.branches, ["**"]);
+        assert_eq!(repo.qubes, ["4.2", "4.3"]);
+
+        let typo = text.replace("job_timeout", "job_timout");
+        let err = toml::from_str::<HostConfig>(&typo).unwrap_err().to_string();
+        assert!(
+            err.contains("job_timout") && err.contains("line 9"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_secret_names_one_place() {
+        let both = SecretSource {
+            file: Some("/x".into()),
+            env: Some("X".into()),
+        };
+        assert!(both.read().unwrap_err().to_string().contains("exactly one"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, " s3cret\n").unwrap();
+        let file = SecretSource {
+            file: Some(path.clone()),
+            env: None,
+        };
+        assert_eq!(file.read().unwrap(), "s3cret");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(file.read(), Err(ConfigError::SecretEmpty(_))));
+    }
+}

@@ -1,0 +1,295 @@
+//! Dispatch: hands queued jobs to the machine pool, FIFO per Qubes version,
+//! no more at once than the pool has machines for, and turns what the pool
+//! reports into the published log and the job's end.
+//!
+//! The pool itself (leases, reverting, booting, the guest channel) is not
+//! here: it sits behind [`Executor`].
+
+use crate::app::App;
+use crate::queue::{self, Job};
+use qci_core::job_file::{CommitSha, JobFile, Reason, Repository, Sink};
+use qci_core::{JobId, State};
+use qci_pool::{Dom0, FinalStatus, JobEvents, JobOutcome, JobRequest, Phase, Pool, Target};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The machine pool as dispatch uses it: [`qci_pool::Pool`] in production.
+/// The seam exists so the server's own tests can script what a machine
+/// does without booting one.
+pub trait Executor: Send + Sync + 'static {
+    /// The Qubes versions the pool has machines for.
+    fn versions(&self) -> Vec<String>;
+    /// How many jobs of Qubes `qubes` may be handed over at once: the
+    /// machines of that version. More would only wait inside the pool.
+    fn capacity(&self, qubes: &str) -> usize;
+    /// Frees the leases of jobs whose host process died, recording their
+    /// final status through `status`. Returns a line per job.
+    fn reconcile(&self, status: &dyn FinalStatus) -> Vec<String>;
+    /// Runs one job to its end; `Err` only when it never started.
+    fn run_job(
+        &self,
+        request: &JobRequest,
+        events: &dyn JobEvents,
+        status: &dyn FinalStatus,
+    ) -> Result<JobOutcome, String>;
+}
+
+impl Executor for Pool {
+    fn versions(&self) -> Vec<String> {
+        let mut versions: Vec<String> = self
+            .config()
+            .machines
+            .iter()
+            .map(|m| m.qubes.clone())
+            .collect();
+        versions.sort();
+        versions.dedup();
+        versions
+    }
+
+    fn capacity(&self, qubes: &str) -> usize {
+        self.config()
+            .machines
+            .iter()
+            .filter(|m| m.qubes == qubes)
+            .count()
+    }
+
+    fn reconcile(&self, status: &dyn FinalStatus) -> Vec<String> {
+        match Pool::reconcile(self, status) {
+            Ok(done) => done
+                .into_iter()
+                .map(|r| format!("{} on {}: {}", r.job, r.machine, r.why))
+                .collect(),
+            Err(e) => vec![format!("cannot reconcile the pool: {e}")],
+        }
+    }
+
+    fn run_job(
+        &self,
+        request: &JobRequest,
+        events: &dyn JobEvents,
+        status: &dyn FinalStatus,
+    ) -> Result<JobOutcome, String> {
+        Pool::run_job(self, request, events, status).map_err(|e| e.to_string())
+    }
+}
+
+/// The server's record of final statuses, for the pool: the jobs table,
+/// fed by the relay. dom0 is never needed: the relay already told us.
+pub struct Finals {
+    pub app: App,
+}
+
+impl FinalStatus for Finals {
+    fn final_state(&self, job: &JobId, _dom0: Option<&Dom0<'_>>) -> Option<(State, String)> {
+        let id = job.as_str().to_owned();
+        let found = self
+            .app
+            .store
+            .read_blocking(move |conn| queue::get(conn, &id));
+        match found {
+            Ok(Some(j)) if j.is_final() => Some((j.state(), j.description)),
+            _ => None,
+        }
+    }
+
+    fn record(
+        &self,
+        job: &JobId,
+        state: State,
+        description: &str,
+        _dom0: Option<&Dom0<'_>>,
+    ) -> Result<(), String> {
+        let (id, why) = (job.as_str().to_owned(), description.to_owned());
+        self.app
+            .store
+            .write_blocking(move |conn| queue::record_final(conn, &id, state, &why))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The runs in flight: their cancel flags, and how many per Qubes version.
+#[derive(Default)]
+pub struct Running {
+    cancel: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    per_version: Mutex<HashMap<String, usize>>,
+}
+
+impl Running {
+    /// Asks a run to stop; false if it is not running here.
+    pub fn cancel(&self, job: &str) -> bool {
+        let flags = self.cancel.lock().unwrap_or_else(|p| p.into_inner());
+        flags.get(job).is_some_and(|f| {
+            f.store(true, Ordering::SeqCst);
+            true
+        })
+    }
+
+    fn busy(&self, qubes: &str) -> usize {
+        let counts = self.per_version.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(qubes).copied().unwrap_or(0)
+    }
+
+    fn add(&self, qubes: &str, delta: isize) {
+        let mut counts = self.per_version.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(qubes.to_owned()).or_default();
+        *n = n.saturating_add_signed(delta);
+    }
+}
+
+/// Hands out queued jobs whenever something changed, forever.
+pub async fn run(app: App) {
+    loop {
+        let changed = app.store.changed.clone();
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Err(e) = dispatch_ready(&app).await {
+            tracing::error!("dispatch: {e}");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), notified).await;
+    }
+}
+
+async fn dispatch_ready(app: &App) -> Result<(), crate::store::StoreError> {
+    for qubes in app.executor.versions() {
+        while app.running.busy(&qubes) < app.executor.capacity(&qubes) {
+            // A read first: a write that finds nothing would still ring
+            // every waiter, this loop included.
+            let v = qubes.clone();
+            if !app
+                .store
+                .read(move |conn| queue::runnable(conn, &v))
+                .await?
+            {
+                break;
+            }
+            let (token, hash) = crate::relay::new_token();
+            let v = qubes.clone();
+            let Some(job) = app
+                .store
+                .write(move |conn| queue::claim_next(conn, &v, &hash))
+                .await?
+            else {
+                break;
+            };
+            app.running.add(&qubes, 1);
+            let flag = Arc::new(AtomicBool::new(false));
+            app.running
+                .cancel
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(job.id.clone(), flag.clone());
+            let app = app.clone();
+            tokio::task::spawn_blocking(move || run_one(&app, job, token, flag));
+        }
+    }
+    Ok(())
+}
+
+/// The job file the dev VM gets: the commit, and the relay sink with the
+/// job's token. No GitHub credential is in it.
+pub fn job_file(app: &App, job: &Job, token: String) -> Result<JobFile, String> {
+    let reason: Reason = serde_json::from_value(serde_json::Value::String(job.reason.clone()))
+        .map_err(|e| e.to_string())?;
+    Ok(JobFile {
+        repository: Repository {
+            url: job.clone_url.clone(),
+            slug: Some(job.repo.clone()),
+        },
+        commit: Some(CommitSha::parse(&job.sha).map_err(|e| e.to_string())?),
+        source: None,
+        git_ref: Some(job.git_ref.clone()),
+        reason,
+        author: job.author.clone(),
+        message: job.message.clone(),
+        sink: Sink::relay(
+            format!("{}/api/jobs/{}/status", app.config.relay_base(), job.id),
+            token,
+        ),
+        context: job.context.clone(),
+        timeout_secs: app.config.job_timeout.as_secs(),
+    })
+}
+
+struct Reporter<'a> {
+    app: &'a App,
+}
+
+impl JobEvents for Reporter<'_> {
+    fn phase(&self, job: &JobId, phase: &Phase) {
+        tracing::info!(job = %job, "{phase}");
+        // `begin` runs: from now on a host crash ends the job instead of
+        // queueing it again.
+        if *phase == Phase::Running {
+            let id = job.as_str().to_owned();
+            if let Err(e) = self
+                .app
+                .store
+                .write_blocking(move |conn| queue::mark_started(conn, &id))
+            {
+                tracing::error!(job = %job, "cannot record the start: {e}");
+            }
+        }
+    }
+
+    fn log(&self, job: &JobId, chunk: &[u8]) {
+        if let Err(e) = self.app.logs.append(job.as_str(), chunk) {
+            tracing::error!(job = %job, "cannot append to the published log: {e}");
+        }
+    }
+}
+
+fn run_one(app: &App, job: Job, token: String, cancel: Arc<AtomicBool>) {
+    let outcome = (|| {
+        let id = JobId::parse(&job.id).map_err(|e| e.to_string())?;
+        let request = JobRequest {
+            job: id,
+            target: Target::Qubes(job.qubes.clone()),
+            job_file: job_file(app, &job, token)?,
+            timeout: Some(app.config.job_timeout),
+            cancel,
+        };
+        app.logs
+            .start(&job.id)
+            .map_err(|e| format!("cannot start the published log: {e}"))?;
+        let finals = Finals { app: app.clone() };
+        app.executor.run_job(&request, &Reporter { app }, &finals)
+    })();
+    // The pool's copy of dom0's log is the record: it replaces what was
+    // followed, then the log is complete and published.
+    if let Ok(out) = &outcome
+        && let Err(e) = app.logs.replace(&job.id, &out.log)
+    {
+        tracing::warn!(
+            job = job.id,
+            "cannot publish the pool's copy of the log: {e}"
+        );
+    }
+    app.logs.finish(&job.id);
+    let why = match &outcome {
+        Ok(_) => "Job ended without a final status".to_owned(),
+        Err(e) => {
+            tracing::error!(job = job.id, "the job did not start: {e}");
+            format!("CI error: {e}")
+        }
+    };
+    let id = job.id.clone();
+    if let Err(e) = app
+        .store
+        .write_blocking(move |conn| queue::publish(conn, &id, &why))
+    {
+        tracing::error!(job = job.id, "cannot publish: {e}");
+    }
+    app.running
+        .cancel
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&job.id);
+    app.running.add(&job.qubes, -1);
+    app.store.changed.notify_one();
+}

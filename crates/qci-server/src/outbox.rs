@@ -1,0 +1,233 @@
+//! Sends what the outbox holds, in order: commit statuses to GitHub, and
+//! notifications (Slack, a generic JSON webhook) when a job finishes. Each
+//! kind has its own sender, so a slow Slack never delays a commit status,
+//! and nothing here ever holds up a job: the job is recorded as finished
+//! first, and the message goes when it can, retried with backoff within a
+//! budget. The outbox is in the database, so a restart resumes sending.
+
+use crate::app::App;
+use crate::queue::{self, Outgoing};
+use qci_core::retry::{self, Failure, RetryPolicy, Stop};
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, USER_AGENT};
+use std::time::{Duration, SystemTime};
+
+/// GitHub cuts commit status descriptions at this many characters.
+const GITHUB_DESCRIPTION_CHARS: usize = 140;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Github,
+    Slack,
+    Webhook,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Github => "github",
+            Kind::Slack => "slack",
+            Kind::Webhook => "webhook",
+        }
+    }
+}
+
+/// Where one kind of message goes, and with what credential.
+#[derive(Clone)]
+pub struct Destination {
+    pub kind: Kind,
+    /// GitHub's API base, or the notification URL.
+    pub url: String,
+    pub token: Option<HeaderValue>,
+    pub policy: RetryPolicy,
+}
+
+/// Starts the sender of one kind on its own thread: it posts with a
+/// blocking client, one message at a time, in order. Without a destination
+/// (a notification not configured) messages are marked done unsent.
+pub fn spawn(app: App, kind: Kind, dest: Option<Destination>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("qci-send-{}", kind.as_str()))
+        .spawn(move || send_forever(&app, kind, dest.as_ref()))?;
+    Ok(())
+}
+
+fn send_forever(app: &App, kind: Kind, dest: Option<&Destination>) {
+    let client = match reqwest::blocking::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(REQUEST_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cannot set up the HTTP client for {}: {e}", kind.as_str());
+            return;
+        }
+    };
+    loop {
+        let seen = app.store.commit_count();
+        let batch = app
+            .store
+            .read_blocking(|conn| queue::outgoing(conn, kind.as_str(), 64))
+            .unwrap_or_else(|e| {
+                tracing::error!("outbox: {e}");
+                Vec::new()
+            });
+        if batch.is_empty() {
+            if dest.is_some() {
+                app.store.wait_commit(seen, Duration::from_secs(5));
+            } else {
+                // Nothing to send to: only clear the outbox now and then.
+                std::thread::sleep(Duration::from_secs(5));
+            }
+            continue;
+        }
+        // Sent in order; marked done together (one commit per batch). A
+        // crash in between sends a few again, in order: harmless, as the
+        // last status of a commit still wins.
+        let mut done = Vec::with_capacity(batch.len());
+        for msg in batch {
+            let error = dest.and_then(|dest| send(app, &client, dest, &msg).err());
+            if let Some(e) = &error {
+                tracing::error!(
+                    job = msg.job,
+                    "giving up on a {} message: {e}",
+                    kind.as_str()
+                );
+            }
+            done.push((msg.id, error));
+        }
+        if let Err(e) = app
+            .store
+            .write_blocking(move |conn| queue::sent(conn, &done))
+        {
+            tracing::error!("outbox: {e}");
+        }
+    }
+}
+
+/// The request for one message, built anew for each attempt.
+fn send(
+    app: &App,
+    client: &reqwest::blocking::Client,
+    dest: &Destination,
+    msg: &Outgoing,
+) -> Result<(), String> {
+    let (url, body) = match dest.kind {
+        Kind::Github => github_request(app, dest, msg)?,
+        Kind::Slack | Kind::Webhook => notification(app, dest, msg)?,
+    };
+    let attempt = || {
+        let mut request = client.post(&url).header(USER_AGENT, "qci").json(&body);
+        if let Some(token) = &dest.token {
+            request = request
+                .header(AUTHORIZATION, token.clone())
+                .header(ACCEPT, "application/vnd.github+json")
+                .header("X-GitHub-Api-Version", "2022-11-28");
+        }
+        let reply = request.send().map_err(|e| Failure::Transient {
+            error: format!("{url}: {}", e.without_url()),
+            wait: None,
+        })?;
+        let status = reply.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let header = |name: &str| reply.headers().get(name).and_then(|v| v.to_str().ok());
+        let transient = status.is_server_error()
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || (status == StatusCode::FORBIDDEN && retry::rate_limited(header));
+        let wait = retry::server_wait(header, SystemTime::now());
+        let error = format!("{url} answered HTTP {status}");
+        Err(if transient {
+            Failure::Transient { error, wait }
+        } else {
+            Failure::Permanent(error)
+        })
+    };
+    let what = format!(
+        "sending a {} message for job {}",
+        dest.kind.as_str(),
+        msg.job
+    );
+    match retry::retry(&dest.policy, &what, attempt) {
+        Ok(()) => Ok(()),
+        Err(Stop::Permanent(e)) => Err(e),
+        Err(Stop::GaveUp { attempts, last, .. }) => {
+            Err(format!("{attempts} attempts; last: {last}"))
+        }
+    }
+}
+
+fn github_request(
+    app: &App,
+    dest: &Destination,
+    msg: &Outgoing,
+) -> Result<(String, serde_json::Value), String> {
+    let body: serde_json::Value =
+        serde_json::from_str(&msg.body).map_err(|e| format!("bad outbox entry: {e}"))?;
+    let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
+    let url = format!(
+        "{}/repos/{}/statuses/{}",
+        dest.url.trim_end_matches('/'),
+        text("repo"),
+        text("sha")
+    );
+    let description: String = text("description")
+        .chars()
+        .take(GITHUB_DESCRIPTION_CHARS)
+        .collect();
+    Ok((
+        url,
+        serde_json::json!({
+            "state": text("state"),
+            "target_url": app.job_url(&msg.job),
+            "description": description,
+            "context": text("context"),
+        }),
+    ))
+}
+
+fn notification(
+    app: &App,
+    dest: &Destination,
+    msg: &Outgoing,
+) -> Result<(String, serde_json::Value), String> {
+    let id = msg.job.clone();
+    let job = app
+        .store
+        .read_blocking(move |conn| queue::get(conn, &id))
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("job {} is gone", msg.job))?;
+    let url = app.job_url(&job.id);
+    let short = &job.sha[..job.sha.len().min(12)];
+    let body = match dest.kind {
+        Kind::Slack => serde_json::json!({
+            "text": format!(
+                "qci: {} {} on {} {} ({}, {}): {} <{url}|log>",
+                job.repo, job.git_ref, job.context, short, job.author, job.state,
+                job.description
+            ),
+        }),
+        _ => serde_json::json!({
+            "job": job.id, "repository": job.repo, "ref": job.git_ref, "sha": job.sha,
+            "context": job.context, "qubes": job.qubes, "state": job.state,
+            "description": job.description, "author": job.author, "url": url,
+            "duration_ms": job.duration_ms(queue::now_ms()),
+        }),
+    };
+    Ok((dest.url.clone(), body))
+}
+
+/// The retry policy for a kind: statuses within the configured budget,
+/// notifications within a few minutes.
+pub fn policy(budget: Duration) -> RetryPolicy {
+    RetryPolicy {
+        base: Duration::from_secs(1),
+        cap: Duration::from_secs(30),
+        budget,
+        max_attempts: 50,
+    }
+}

@@ -1,0 +1,114 @@
+//! Job-scoped relay tokens, and `POST /api/jobs/JOB/status`, where the dev
+//! VM's `qci.Status` posts the events dom0 reports.
+//!
+//! A token is 32 random bytes, given to exactly one job's file; the host
+//! keeps only its SHA-256, so a copy of the database posts nothing. It is
+//! good for that job only, and only until the job has a final state.
+
+use crate::app::App;
+use crate::queue::{self, RelayRefusal};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use qci_core::{JobId, StatusEvent};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// A new token and the hash the host keeps of it.
+pub fn new_token() -> (String, String) {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS gives random bytes");
+    let token = crate::webhook::hex(&bytes);
+    let hash = hash(&token);
+    (token, hash)
+}
+
+pub fn hash(token: &str) -> String {
+    crate::webhook::hex(&Sha256::digest(token.as_bytes()))
+}
+
+pub fn same_hash(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+/// The bearer token of a request, if it has one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+type Reply = (StatusCode, String);
+
+fn refuse(code: StatusCode, why: impl Into<String>) -> Reply {
+    let why = why.into();
+    tracing::warn!(status = code.as_u16(), "relay refused a status: {why}");
+    (code, format!("{why}\n"))
+}
+
+pub async fn post_status(
+    State(app): State<App>,
+    Path(job): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let Ok(job) = JobId::parse(&job) else {
+        return refuse(StatusCode::NOT_FOUND, "no such job");
+    };
+    let Some(token) = bearer(&headers) else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "a job token is required (Authorization: Bearer)",
+        );
+    };
+    let token_hash = hash(token);
+    let event = match StatusEvent::parse_for(&body, &job) {
+        Ok(e) => e,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let id = job.as_str().to_owned();
+    let (state, description) = (event.state, event.description.clone());
+    let outcome = app
+        .store
+        .write(move |conn| queue::relay(conn, &id, &token_hash, state, &description))
+        .await;
+    match outcome {
+        Ok(Ok(())) => {
+            if event.state.is_final() {
+                // The run stops on its own; the dispatcher publishes the log.
+                tracing::info!(job = %job, state = %event.state, "final status relayed");
+            }
+            (StatusCode::NO_CONTENT, String::new())
+        }
+        Ok(Err(refusal)) => match refusal {
+            RelayRefusal::NoSuchJob => refuse(StatusCode::NOT_FOUND, format!("no job {job}")),
+            RelayRefusal::BadToken => refuse(
+                StatusCode::UNAUTHORIZED,
+                format!("wrong token for job {job}"),
+            ),
+            RelayRefusal::OtherJobsToken => refuse(
+                StatusCode::FORBIDDEN,
+                format!("this token belongs to another job, not {job}"),
+            ),
+            RelayRefusal::Ended(state) => refuse(
+                StatusCode::CONFLICT,
+                format!("job {job} has ended ({state}); its token is no longer valid"),
+            ),
+            RelayRefusal::Backwards { from, to } => refuse(
+                StatusCode::CONFLICT,
+                format!("job {job} cannot go from {from} back to {to}"),
+            ),
+        },
+        Err(e) => {
+            tracing::error!("relay: {e}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot record the status now; retry\n".into(),
+            )
+        }
+    }
+}

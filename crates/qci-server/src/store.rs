@@ -1,0 +1,211 @@
+//! The host's SQLite database: the queue, the job history and the outbox
+//! of statuses and notifications still to send.
+//!
+//! Every write goes through one writer thread that commits in groups: it
+//! takes every write waiting, runs each in its own savepoint (one failing
+//! write does not undo the others), commits once, and only then answers
+//! each caller. So a webhook is answered 2xx only once it is on disk
+//! (`synchronous=FULL`), and a burst of webhooks costs one fsync, not one
+//! each. Reads use their own connection (WAL lets them run beside writes).
+
+use rusqlite::Connection;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::time::Duration;
+use tokio::sync::{Notify, oneshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database commit failed: {0}")]
+    Commit(String),
+    #[error("the database writer has stopped")]
+    Closed,
+}
+
+/// A write: runs in the writer thread, then hands back what answers its caller.
+type Task = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+/// Answers a write's caller once the commit is known (`Some` if it failed).
+type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// Writes waiting beyond this are left for the next commit, so one commit
+/// never holds its first caller for long.
+const MAX_BATCH: usize = 1024;
+
+#[derive(Clone)]
+pub struct Store {
+    tasks: mpsc::Sender<Task>,
+    reader: Arc<Mutex<Connection>>,
+    /// Rung after every commit: the dispatcher looks again.
+    pub changed: Arc<Notify>,
+    /// The same for threads outside the runtime: a commit count.
+    commits: Arc<(Mutex<u64>, Condvar)>,
+}
+
+fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating) the database at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let writer = open_conn(path)?;
+        writer.execute_batch(crate::queue::SCHEMA)?;
+        let reader = open_conn(path)?;
+        let (tasks, rx) = mpsc::channel::<Task>();
+        let changed = Arc::new(Notify::new());
+        let commits = Arc::new((Mutex::new(0), Condvar::new()));
+        let (ring, count) = (changed.clone(), commits.clone());
+        std::thread::Builder::new()
+            .name("qci-db-writer".into())
+            .spawn(move || write_loop(writer, rx, &ring, &count))
+            .map_err(|e| StoreError::Commit(format!("cannot start the writer: {e}")))?;
+        Ok(Self {
+            tasks,
+            reader: Arc::new(Mutex::new(reader)),
+            changed,
+            commits,
+        })
+    }
+
+    /// How many commits so far: pass it to [`Store::wait_commit`].
+    pub fn commit_count(&self) -> u64 {
+        *self.commits.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks until a commit after `seen`, or `timeout`.
+    pub fn wait_commit(&self, seen: u64, timeout: Duration) {
+        let (count, cvar) = &*self.commits;
+        let guard = count.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = cvar.wait_timeout_while(guard, timeout, |n| *n == seen);
+    }
+
+    fn submit<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<oneshot::Receiver<Result<R, StoreError>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let task: Task = Box::new(move |conn| {
+            let out = in_savepoint(conn, f);
+            Box::new(move |failed: Option<&str>| {
+                let out = match failed {
+                    Some(why) => Err(StoreError::Commit(why.to_owned())),
+                    None => out,
+                };
+                let _ = reply.send(out);
+            })
+        });
+        self.tasks.send(task).map_err(|_| StoreError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Runs `f` in a transaction and returns once it is committed.
+    pub async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.submit(f)?.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`Store::write`] for threads outside the async runtime.
+    pub fn write_blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.submit(f)?
+            .blocking_recv()
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Reads on the reading connection (blocking: call from a blocking thread).
+    pub fn read_blocking<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn)
+    }
+
+    /// Reads from async code, on a blocking thread.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_blocking(f))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn in_savepoint<R>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    // Cached: a burst of webhooks runs these thousands of times a second.
+    conn.prepare_cached("SAVEPOINT task")?.execute([])?;
+    let out = f(conn);
+    if out.is_err() {
+        conn.prepare_cached("ROLLBACK TO task")?.execute([])?;
+    }
+    conn.prepare_cached("RELEASE task")?.execute([])?;
+    out
+}
+
+fn write_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Task>,
+    changed: &Notify,
+    commits: &(Mutex<u64>, Condvar),
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(t) => batch.push(t),
+                Err(_) => break,
+            }
+        }
+        let begun = conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]));
+        let failed = match begun {
+            Err(e) => {
+                // Nothing ran: every caller hears why.
+                let why = e.to_string();
+                for task in batch {
+                    drop(task);
+                    tracing::error!("cannot begin a transaction: {why}");
+                }
+                continue;
+            }
+            Ok(_) => {
+                let finishes: Vec<Finish> = batch.into_iter().map(|task| task(&conn)).collect();
+                let committed = conn
+                    .prepare_cached("COMMIT")
+                    .and_then(|mut s| s.execute([]));
+                let failed = committed.err().map(|e| {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    e.to_string()
+                });
+                for finish in finishes {
+                    finish(failed.as_deref());
+                }
+                failed
+            }
+        };
+        if let Some(why) = failed {
+            tracing::error!("database commit failed: {why}");
+        }
+        changed.notify_waiters();
+        changed.notify_one();
+        *commits.0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        commits.1.notify_all();
+    }
+}

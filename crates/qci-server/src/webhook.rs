@@ -1,0 +1,444 @@
+//! GitHub webhooks: the signature check, the few payload fields qci reads,
+//! and what each delivery asks of the queue. Payloads carry far more than
+//! this; unknown fields are ignored on purpose (GitHub adds them freely).
+
+use crate::config::{RepoConfig, ServerConfig};
+use hmac::{Hmac, Mac};
+use qci_core::job_file::valid_slug;
+use qci_core::job_file::{CommitSha, Reason};
+use serde::Deserialize;
+use sha2::Sha256;
+
+/// Whether `signature` (the `X-Hub-Signature-256` header, `sha256=HEX`) is
+/// the HMAC-SHA256 of `body` under `secret`. The comparison is constant-time
+/// (`verify_slice`), so timing tells an attacker nothing about the digest.
+pub fn signature_valid(secret: &[u8], body: &[u8], signature: Option<&str>) -> bool {
+    let Some(hex) = signature.and_then(|s| s.strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Some(digest) = decode_hex(hex) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&digest).is_ok()
+}
+
+/// `sha256=HEX` for `body`: what GitHub sends (tests and benchmarks sign with it).
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key");
+    mac.update(body);
+    format!("sha256={}", hex(&mac.finalize().into_bytes()))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("unsupported event {0:?} (qci handles push, pull_request, issue_comment and ping)")]
+    UnknownEvent(String),
+    #[error("malformed {event} payload: {source}")]
+    Json {
+        event: String,
+        source: serde_json::Error,
+    },
+    #[error("bad {0} in the payload")]
+    BadField(&'static str),
+}
+
+#[derive(Deserialize)]
+struct Repo {
+    full_name: String,
+    clone_url: String,
+}
+
+#[derive(Deserialize)]
+struct User {
+    login: String,
+}
+
+#[derive(Deserialize)]
+struct Push {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    after: String,
+    #[serde(default)]
+    deleted: bool,
+    repository: Repo,
+    #[serde(default)]
+    head_commit: Option<HeadCommit>,
+    pusher: Pusher,
+}
+
+#[derive(Deserialize)]
+struct HeadCommit {
+    message: String,
+    author: Pusher,
+}
+
+#[derive(Deserialize)]
+struct Pusher {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct PullRequestEvent {
+    action: String,
+    number: u64,
+    pull_request: PullRequest,
+    repository: Repo,
+    #[serde(default)]
+    label: Option<Label>,
+    sender: User,
+}
+
+#[derive(Deserialize)]
+struct PullRequest {
+    title: String,
+    user: User,
+    head: Branch,
+    base: Branch,
+}
+
+#[derive(Deserialize)]
+struct Branch {
+    sha: String,
+    #[serde(rename = "ref")]
+    git_ref: String,
+    /// `null` when the fork was deleted.
+    repo: Option<Repo>,
+}
+
+#[derive(Deserialize)]
+struct Label {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct IssueCommentEvent {
+    action: String,
+    issue: Issue,
+    comment: Comment,
+    repository: Repo,
+}
+
+#[derive(Deserialize)]
+struct Issue {
+    number: u64,
+    /// Present only when the issue is a pull request.
+    #[serde(default)]
+    pull_request: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Comment {
+    body: String,
+    user: User,
+    author_association: String,
+    created_at: String,
+}
+
+/// One job to queue: a commit on one Qubes version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    pub slug: String,
+    pub clone_url: String,
+    pub sha: CommitSha,
+    pub git_ref: String,
+    pub reason: Reason,
+    pub author: String,
+    pub message: String,
+    pub qubes: String,
+    pub context: String,
+    /// Jobs with the same key are superseded by newer ones (a branch, a PR).
+    pub supersede_key: Option<String>,
+    pub pr: Option<u64>,
+    /// A fork's pull request waits for a maintainer.
+    pub needs_approval: bool,
+}
+
+/// What a delivery asks of the queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Recorded as received, nothing to do, with the reason.
+    Ignore(String),
+    Jobs(Vec<NewJob>),
+    /// A maintainer approved a fork's pull request: its waiting jobs may
+    /// run. `sha`, when known, limits it to the commit they saw; `before`
+    /// (Unix ms) to jobs queued before the approving comment.
+    Approve {
+        slug: String,
+        pr: u64,
+        sha: Option<String>,
+        before: Option<i64>,
+        by: String,
+    },
+    /// A pull request was closed: its jobs that have not started are dropped.
+    Close {
+        slug: String,
+        pr: u64,
+    },
+}
+
+fn json<'a, T: Deserialize<'a>>(event: &str, body: &'a [u8]) -> Result<T, PayloadError> {
+    serde_json::from_slice(body).map_err(|source| PayloadError::Json {
+        event: event.to_owned(),
+        source,
+    })
+}
+
+/// Turns one verified delivery into a plan, by the config's filters.
+pub fn plan(config: &ServerConfig, event: &str, body: &[u8]) -> Result<Plan, PayloadError> {
+    match event {
+        "ping" => {
+            // Parsed all the same: a malformed body is refused whatever the event.
+            json::<serde_json::Value>(event, body)?;
+            Ok(Plan::Ignore("ping".into()))
+        }
+        "push" => plan_push(config, json(event, body)?),
+        "pull_request" => plan_pull_request(config, json(event, body)?),
+        "issue_comment" => plan_comment(config, json(event, body)?),
+        other => Err(PayloadError::UnknownEvent(other.chars().take(64).collect())),
+    }
+}
+
+fn ignore(why: impl Into<String>) -> Result<Plan, PayloadError> {
+    Ok(Plan::Ignore(why.into()))
+}
+
+fn checked_repo(repo: &Repo) -> Result<(), PayloadError> {
+    if valid_slug(&repo.full_name) {
+        Ok(())
+    } else {
+        Err(PayloadError::BadField("repository.full_name"))
+    }
+}
+
+fn plan_push(config: &ServerConfig, push: Push) -> Result<Plan, PayloadError> {
+    checked_repo(&push.repository)?;
+    let Some(repo) = config.repo(&push.repository.full_name) else {
+        return ignore(format!(
+            "repository {} is not configured",
+            push.repository.full_name
+        ));
+    };
+    if push.deleted {
+        return ignore(format!("{} was deleted", push.git_ref));
+    }
+    let sha = CommitSha::parse(&push.after).map_err(|_| PayloadError::BadField("after"))?;
+    let (supersede_key, wanted) = if let Some(branch) = push.git_ref.strip_prefix("refs/heads/") {
+        (
+            Some(format!("{}#branch:{branch}", repo.slug)),
+            repo.branches.iter().any(|p| glob(p, branch)),
+        )
+    } else if let Some(tag) = push.git_ref.strip_prefix("refs/tags/") {
+        // A tag names a release: a newer tag never makes an older one moot.
+        (None, repo.tags.iter().any(|p| glob(p, tag)))
+    } else {
+        return ignore(format!("{} is neither a branch nor a tag", push.git_ref));
+    };
+    if !wanted {
+        return ignore(format!("{} matches no pattern in the config", push.git_ref));
+    }
+    let (author, message) = match push.head_commit {
+        Some(c) => (c.author.name, c.message),
+        None => (push.pusher.name, String::new()),
+    };
+    Ok(Plan::Jobs(jobs(
+        repo,
+        &push.repository.clone_url,
+        &NewJob {
+            slug: repo.slug.clone(),
+            clone_url: String::new(),
+            sha,
+            git_ref: push.git_ref,
+            reason: Reason::Push,
+            author,
+            message,
+            qubes: String::new(),
+            context: String::new(),
+            supersede_key,
+            pr: None,
+            needs_approval: false,
+        },
+    )))
+}
+
+/// One job per Qubes version the repository runs on.
+fn jobs(repo: &RepoConfig, clone_url: &str, template: &NewJob) -> Vec<NewJob> {
+    repo.qubes
+        .iter()
+        .map(|v| NewJob {
+            clone_url: repo
+                .clone_url
+                .clone()
+                .unwrap_or_else(|| clone_url.to_owned()),
+            qubes: v.clone(),
+            context: format!("{}/qubes-{v}", repo.context),
+            ..template.clone()
+        })
+        .collect()
+}
+
+fn plan_pull_request(config: &ServerConfig, ev: PullRequestEvent) -> Result<Plan, PayloadError> {
+    checked_repo(&ev.repository)?;
+    let Some(repo) = config.repo(&ev.repository.full_name) else {
+        return ignore(format!(
+            "repository {} is not configured",
+            ev.repository.full_name
+        ));
+    };
+    if !repo.pull_requests {
+        return ignore("pull requests are off for this repository");
+    }
+    let pr = ev.pull_request;
+    let head_repo = pr.head.repo.as_ref();
+    let base_name = pr.base.repo.as_ref().map(|r| r.full_name.as_str());
+    // A deleted fork has no head repository: treat it as a fork.
+    let from_fork = head_repo.map(|r| r.full_name.as_str()) != base_name.or(Some(&repo.slug));
+    match ev.action.as_str() {
+        "opened" | "synchronize" | "reopened" => {}
+        "labeled" => {
+            let approved = ev.label.is_some_and(|l| l.name == config.approve_label);
+            if !approved {
+                return ignore("a label that approves nothing");
+            }
+            return Ok(Plan::Approve {
+                slug: repo.slug.clone(),
+                pr: ev.number,
+                sha: Some(pr.head.sha.to_ascii_lowercase()),
+                before: None,
+                by: ev.sender.login,
+            });
+        }
+        "closed" => {
+            return Ok(Plan::Close {
+                slug: repo.slug.clone(),
+                pr: ev.number,
+            });
+        }
+        other => return ignore(format!("pull_request action {other:?}")),
+    }
+    let sha = CommitSha::parse(&pr.head.sha).map_err(|_| PayloadError::BadField("head.sha"))?;
+    // The commit is in the head repository; the base one only has it
+    // under refs/pull/N/head, which a plain clone does not fetch.
+    let clone_url = head_repo.map_or(ev.repository.clone_url.as_str(), |r| &r.clone_url);
+    Ok(Plan::Jobs(jobs(
+        repo,
+        clone_url,
+        &NewJob {
+            slug: repo.slug.clone(),
+            clone_url: String::new(),
+            sha,
+            git_ref: format!("refs/pull/{}/head", ev.number),
+            reason: Reason::PullRequest,
+            author: pr.user.login,
+            message: format!("#{} {} ({})", ev.number, pr.title, pr.head.git_ref),
+            qubes: String::new(),
+            context: String::new(),
+            supersede_key: Some(format!("{}#pr:{}", repo.slug, ev.number)),
+            pr: Some(ev.number),
+            needs_approval: from_fork,
+        },
+    )))
+}
+
+/// The associations GitHub gives people with write access to the repository.
+const MAINTAINERS: [&str; 3] = ["OWNER", "MEMBER", "COLLABORATOR"];
+
+fn plan_comment(config: &ServerConfig, ev: IssueCommentEvent) -> Result<Plan, PayloadError> {
+    checked_repo(&ev.repository)?;
+    let Some(repo) = config.repo(&ev.repository.full_name) else {
+        return ignore(format!(
+            "repository {} is not configured",
+            ev.repository.full_name
+        ));
+    };
+    if ev.action != "created" || ev.issue.pull_request.is_none() {
+        return ignore("not a new comment on a pull request");
+    }
+    if ev.comment.body.trim() != config.approve_comment {
+        return ignore("a comment that approves nothing");
+    }
+    // Anyone can comment: only a maintainer's comment approves.
+    if !MAINTAINERS.contains(&ev.comment.author_association.as_str()) {
+        return ignore(format!(
+            "{} ({}) may not approve pull requests",
+            ev.comment.user.login, ev.comment.author_association
+        ));
+    }
+    let created = humantime::parse_rfc3339(&ev.comment.created_at)
+        .map_err(|_| PayloadError::BadField("comment.created_at"))?;
+    let before = created
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| PayloadError::BadField("comment.created_at"))?;
+    Ok(Plan::Approve {
+        slug: repo.slug.clone(),
+        pr: ev.issue.number,
+        sha: None,
+        // Within the second the comment was made: GitHub's stamp has no fraction.
+        before: Some(before.as_millis() as i64 + 999),
+        by: ev.comment.user.login,
+    })
+}
+
+/// GitHub's filter patterns: `*` matches within one `/`-separated part,
+/// `**` across parts, everything else literally.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match p {
+            [] => n.is_empty(),
+            [b'*', b'*', rest @ ..] => (0..=n.len()).any(|i| go(rest, &n[i..])),
+            [b'*', rest @ ..] => (0..=n.len())
+                .take_while(|&i| i == 0 || n[i - 1] != b'/')
+                .any(|i| go(rest, &n[i..])),
+            [c, rest @ ..] => n.first() == Some(c) && go(rest, &n[1..]),
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_checks_the_whole_body_and_the_secret() {
+        let sig = sign(b"secret", b"{\"a\":1}");
+        assert!(signature_valid(b"secret", b"{\"a\":1}", Some(&sig)));
+        assert!(!signature_valid(b"secret", b"{\"a\":2}", Some(&sig)));
+        assert!(!signature_valid(b"other", b"{\"a\":1}", Some(&sig)));
+        assert!(!signature_valid(b"secret", b"{\"a\":1}", None));
+        let sha1 = sig.replace("sha256=", "sha1=");
+        assert!(!signature_valid(b"secret", b"{\"a\":1}", Some(&sha1)));
+        assert!(!signature_valid(b"secret", b"{\"a\":1}", Some("sha256=zz")));
+        let upper = sig.to_uppercase().replace("SHA256=", "sha256=");
+        assert!(signature_valid(b"secret", b"{\"a\":1}", Some(&upper)));
+    }
+
+    #[test]
+    fn glob_follows_githubs_filter_patterns() {
+        assert!(glob("main", "main"));
+        assert!(!glob("main", "main2"));
+        assert!(glob("release/*", "release/1.0"));
+        assert!(!glob("release/*", "release/1.0/hotfix"));
+        assert!(glob("release/**", "release/1.0/hotfix"));
+        assert!(glob("**", "feature/x/y"));
+        assert!(glob("v*", "v1.2.3"));
+        assert!(!glob("v*", "1.2.3"));
+    }
+}

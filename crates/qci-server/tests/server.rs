@@ -1,0 +1,618 @@
+//! `qci serve` over real HTTP: GitHub webhooks in, commit statuses out to a
+//! fake GitHub that checks them, the relay with its tokens, the queue's
+//! rules, and every refusal leaving nothing behind.
+
+mod support;
+
+use serde_json::json;
+use std::time::Duration;
+use support::*;
+
+const MAIN_SHA: &str = "3f786850e387550fdab836ed7e6dc881de23001b";
+const PR_SHA: &str = "e83c5163316f89bfbde7d9ab23ca2e25604af290";
+const CONTEXT: &str = "qci/qubes-4.2";
+
+#[test]
+fn a_push_runs_and_github_sees_queued_running_then_success_after_the_log() {
+    let pool = Scripted::new(true);
+    let host = Host::start("", pool.clone());
+    let base = host.base.clone();
+    // When the final status reaches GitHub, its log must be complete at its link.
+    let seen_log = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let record = seen_log.clone();
+    host.github.on_post(move |p| {
+        if p.state == "success" {
+            let log = reqwest::blocking::get(format!("{}/log", p.target_url))
+                .and_then(|r| r.text())
+                .unwrap_or_default();
+            *record.lock().unwrap() = Some(log);
+        }
+    });
+
+    let (code, reply) = host.webhook("push", "d-push-1", &fixture("push.json"));
+    assert_eq!(code, 202, "{reply}");
+    let jobs = queued(&reply);
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    host.wait_state(job, "success");
+    host.github
+        .wait_for("the final status", Duration::from_secs(30), |p| {
+            p.iter().any(|p| p.state == "success")
+        });
+
+    assert_eq!(
+        host.github.states(CONTEXT),
+        [
+            ("pending".into(), "Queued".into()),
+            ("pending".into(), "Running make test".into()),
+            ("success".into(), "All steps passed".into()),
+        ]
+    );
+    let posted = host.github.posted();
+    for p in &posted {
+        assert_eq!(p.repo, REPO);
+        assert_eq!(p.sha, MAIN_SHA);
+        assert_eq!(p.target_url, format!("{base}/jobs/{job}"));
+    }
+    assert_eq!(
+        seen_log.lock().unwrap().as_deref(),
+        Some("building\nall tests passed\n"),
+        "the log was not published when success was posted"
+    );
+    assert!(
+        host.github.refused().is_empty(),
+        "{:?}",
+        host.github.refused()
+    );
+
+    // The job file names the relay with a token, and holds no GitHub token.
+    let file = pool.job_files.lock().unwrap()[0].clone();
+    let text = serde_json::to_string(&file).unwrap();
+    assert!(!text.contains(GITHUB_TOKEN), "{text}");
+    match &file.sink {
+        qci_core::job_file::Sink::Relay { url, token, .. } => {
+            assert_eq!(url, &format!("{base}/api/jobs/{job}/status"));
+            assert_eq!(token.len(), 64);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(file.commit.unwrap().as_str(), MAIN_SHA);
+    assert_eq!(file.git_ref.as_deref(), Some("refs/heads/main"));
+    assert_eq!(file.author, "Ro Sharma");
+    assert_eq!(
+        file.repository.url,
+        "https://github.com/freedomofpress/securedrop-workstation.git"
+    );
+
+    // The pages show it.
+    let (code, page) = host.get(&format!("/jobs/{job}"));
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("Pin the Fedora template") && page.contains("success"),
+        "{page}"
+    );
+    let (code, monitor) = host.get("/");
+    assert_eq!(code, 200);
+    assert!(monitor.contains(&format!("/jobs/{job}")) && monitor.contains("3f786850e387"));
+    let (_, metrics) = host.get("/metrics");
+    assert!(
+        metrics.contains("qci_jobs{state=\"success\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("qci_webhooks_total{code=\"202\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("qci_webhook_seconds_count 1"), "{metrics}");
+}
+
+#[test]
+fn forged_malformed_and_replayed_webhooks_are_refused_and_leave_nothing() {
+    let host = Host::start("", Scripted::new(false));
+    let push = fixture("push.json");
+    let sig = qci_server::webhook::sign(SECRET.as_bytes(), &push);
+    let (code, _) = host.webhook("ping", "d-ping", &fixture("ping.json"));
+    assert_eq!(code, 200);
+    let before = host.footprint();
+
+    let forged = qci_server::webhook::sign(b"not the secret", &push);
+    let cases: Vec<(&str, u16, (u16, String))> = vec![
+        (
+            "forged signature",
+            401,
+            host.webhook_with("push", "d1", &push, Some(&forged), "application/json"),
+        ),
+        (
+            "missing signature",
+            401,
+            host.webhook_with("push", "d2", &push, None, "application/json"),
+        ),
+        (
+            "signature of another body",
+            401,
+            host.webhook_with("push", "d3", b"{}", Some(&sig), "application/json"),
+        ),
+        (
+            "replayed delivery",
+            409,
+            host.webhook("ping", "d-ping", &fixture("ping.json")),
+        ),
+        (
+            "oversized body",
+            413,
+            host.webhook("push", "d4", &vec![b' '; 70_000]),
+        ),
+        (
+            "malformed JSON",
+            400,
+            host.webhook("push", "d5", b"{\"ref\": "),
+        ),
+        (
+            "wrong JSON shape",
+            400,
+            host.webhook("push", "d6", b"{\"ref\": 1}"),
+        ),
+        (
+            "unknown event",
+            400,
+            host.webhook("deployment", "d7", &push),
+        ),
+        (
+            "wrong content type",
+            415,
+            host.webhook_with(
+                "push",
+                "d8",
+                &push,
+                Some(&sig),
+                "application/x-www-form-urlencoded",
+            ),
+        ),
+    ];
+    for (what, want, (code, body)) in cases {
+        assert_eq!(code, want, "{what}: {body}");
+        assert_eq!(host.footprint(), before, "{what} left something behind");
+    }
+    assert_eq!(host.github.requests(), 0);
+    // The same signed push delivered twice runs once.
+    let (code, reply) = host.webhook("push", "d-twice", &push);
+    assert_eq!(code, 202);
+    host.wait_state(&queued(&reply)[0], "running");
+    let after = host.footprint();
+    let (code, body) = host.webhook("push", "d-twice", &push);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("received already"), "{body}");
+    assert_eq!(host.footprint(), after);
+    assert_eq!(host.count("jobs"), 1);
+}
+
+#[test]
+fn the_relay_refuses_wrong_tokens_other_jobs_ended_jobs_and_going_back() {
+    let pool = Scripted::new(false);
+    let mut p = std::sync::Arc::into_inner(pool).unwrap();
+    p.capacity = 2;
+    let pool = std::sync::Arc::new(p);
+    let host = Host::start("", pool.clone());
+    let a = queued(&host.webhook("push", "r1", &fixture("push.json")).1)[0].clone();
+    let tag = queued(&host.webhook("push", "r2", &fixture("push-tag.json")).1)[0].clone();
+    wait_for("both jobs to run", Duration::from_secs(30), || {
+        pool.started() == 2
+    });
+    host.wait_state(&a, "running");
+    host.wait_state(&tag, "running");
+    let token_of = |job: &str| {
+        pool.job_files
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|f| match &f.sink {
+                qci_core::job_file::Sink::Relay { url, token, .. }
+                    if url.contains(&format!("/{job}/")) =>
+                {
+                    Some((url.clone(), token.clone()))
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    host.github
+        .wait_for("both jobs' statuses", Duration::from_secs(30), |p| {
+            p.len() == 4
+        });
+    let (url_a, token_a) = token_of(&a);
+    let (_, token_tag) = token_of(&tag);
+    let before = host.footprint();
+    let github_before = host.github.requests();
+
+    let ok = event(&a, "success", "All steps passed");
+    assert_eq!(
+        relay_post(&url_a, "0123456789abcdef", &ok),
+        401,
+        "wrong token"
+    );
+    assert_eq!(
+        relay_post(&url_a, &token_tag, &ok),
+        403,
+        "another job's token"
+    );
+    assert_eq!(
+        relay_post(&url_a, &token_a, &event(&a, "queued", "back")),
+        409,
+        "backwards"
+    );
+    assert_eq!(
+        relay_post(&url_a, &token_a, &event(&tag, "success", "x")),
+        400,
+        "event for another job"
+    );
+    let no_auth = reqwest::blocking::Client::new()
+        .post(&url_a)
+        .body(ok.clone())
+        .send()
+        .unwrap();
+    assert_eq!(no_auth.status().as_u16(), 401);
+    let big = event(&a, "running", &"x".repeat(10_000));
+    assert_eq!(relay_post(&url_a, &token_a, &big), 413, "oversized");
+    let unknown = url_a.replace(&a, "999-q4.2");
+    assert_eq!(
+        relay_post(&unknown, &token_a, &event("999-q4.2", "running", "x")),
+        404
+    );
+    assert_eq!(
+        host.footprint(),
+        before,
+        "a refused status left something behind"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        host.github.requests(),
+        github_before,
+        "a refused status reached GitHub"
+    );
+
+    // The right token moves the job on once; after its end the token is dead.
+    assert_eq!(relay_post(&url_a, &token_a, &ok), 204);
+    host.wait_state(&a, "success");
+    let ended = host.footprint();
+    assert_eq!(
+        relay_post(&url_a, &token_a, &event(&a, "failure", "late")),
+        409,
+        "token after the end"
+    );
+    assert_eq!(
+        relay_post(&url_a, &token_a, &event(&a, "running", "late")),
+        409
+    );
+    assert_eq!(host.footprint(), ended);
+    assert_eq!(host.job(&a)["state"], "success");
+    pool.open();
+}
+
+#[test]
+fn a_newer_push_supersedes_queued_and_running_jobs_of_the_branch() {
+    let pool = Scripted::new(false);
+    let host = Host::start("", pool.clone());
+    let first = queued(&host.webhook("push", "s1", &fixture("push.json")).1)[0].clone();
+    wait_for("the first job to run", Duration::from_secs(30), || {
+        pool.started() == 1
+    });
+    let second_sha = "1111111111111111111111111111111111111111";
+    let third_sha = "2222222222222222222222222222222222222222";
+    let second = queued(
+        &host
+            .webhook(
+                "push",
+                "s2",
+                &edited("push.json", &[("after", json!(second_sha))]),
+            )
+            .1,
+    )[0]
+    .clone();
+    // One machine, busy: the second waits. The third supersedes both.
+    host.wait_state(&second, "queued");
+    let third = queued(
+        &host
+            .webhook(
+                "push",
+                "s3",
+                &edited("push.json", &[("after", json!(third_sha))]),
+            )
+            .1,
+    )[0]
+    .clone();
+    let first_job = host.job(&first);
+    assert_eq!(first_job["state"], "error");
+    assert_eq!(
+        first_job["description"],
+        format!("Superseded by {second_sha}")
+    );
+    let second_job = host.job(&second);
+    assert_eq!(second_job["state"], "error");
+    assert_eq!(
+        second_job["description"],
+        format!("Superseded by {third_sha}")
+    );
+    wait_for(
+        "the running job to be stopped",
+        Duration::from_secs(30),
+        || pool.canceled.lock().unwrap().contains(&first),
+    );
+    // A tag push is never superseded by a branch push.
+    let tag = queued(&host.webhook("push", "s4", &fixture("push-tag.json")).1)[0].clone();
+    pool.open();
+    host.wait_state(&third, "success");
+    host.wait_state(&tag, "success");
+    host.github
+        .wait_for("the superseded statuses", Duration::from_secs(30), |p| {
+            p.iter()
+                .filter(|p| p.description.starts_with("Superseded by"))
+                .count()
+                == 2
+        });
+    let first_sha_states: Vec<_> = host
+        .github
+        .posted()
+        .into_iter()
+        .filter(|p| p.sha == MAIN_SHA)
+        .map(|p| p.state)
+        .collect();
+    assert_eq!(first_sha_states.last().map(String::as_str), Some("error"));
+}
+
+#[test]
+fn a_forks_pull_request_waits_for_a_maintainers_label_or_comment() {
+    let pool = Scripted::new(true);
+    let host = Host::start("", pool.clone());
+    let (code, reply) = host.webhook("pull_request", "p1", &fixture("pull_request-fork.json"));
+    assert_eq!(code, 202, "{reply}");
+    let job = queued(&reply)[0].clone();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pool.started(), 0, "a fork's code ran without approval");
+    let j = host.job(&job);
+    assert_eq!(j["state"], "queued");
+    assert_eq!(j["needs_approval"], true);
+    host.github
+        .wait_for("the waiting status", Duration::from_secs(30), |p| {
+            !p.is_empty()
+        });
+    assert!(host.github.posted()[0].description.contains("approval"));
+
+    // A comment by someone without write access approves nothing.
+    let stranger = edited(
+        "issue_comment-approve.json",
+        &[("comment/author_association", json!("CONTRIBUTOR"))],
+    );
+    let (code, body) = host.webhook("issue_comment", "p2", &stranger);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("may not approve"), "{body}");
+    // A label for another commit approves nothing either.
+    let stale = edited(
+        "pull_request-labeled.json",
+        &[(
+            "pull_request/head/sha",
+            json!("3333333333333333333333333333333333333333"),
+        )],
+    );
+    host.webhook("pull_request", "p3", &stale);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(pool.started(), 0);
+
+    let (code, body) = host.webhook("pull_request", "p4", &fixture("pull_request-labeled.json"));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&job), "{body}");
+    host.wait_state(&job, "success");
+    let file = pool.job_files.lock().unwrap()[0].clone();
+    assert_eq!(file.commit.unwrap().as_str(), PR_SHA);
+    assert_eq!(
+        file.repository.url,
+        "https://github.com/contributor-x/securedrop-workstation.git"
+    );
+    assert_eq!(file.git_ref.as_deref(), Some("refs/pull/1234/head"));
+
+    // A new push to the fork waits again; a maintainer's comment lets it run.
+    let again = edited(
+        "pull_request-fork.json",
+        &[
+            ("action", json!("synchronize")),
+            (
+                "pull_request/head/sha",
+                json!("4444444444444444444444444444444444444444"),
+            ),
+        ],
+    );
+    let next = queued(&host.webhook("pull_request", "p5", &again).1)[0].clone();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(pool.started(), 1);
+    host.webhook(
+        "issue_comment",
+        "p6",
+        &fixture("issue_comment-approve.json"),
+    );
+    host.wait_state(&next, "success");
+}
+
+#[test]
+fn tags_run_by_pattern_and_other_refs_and_repos_are_ignored() {
+    let pool = Scripted::new(true);
+    let host = Host::start("", pool.clone());
+    let (code, reply) = host.webhook("push", "t1", &fixture("push-tag.json"));
+    assert_eq!(code, 202, "{reply}");
+    let job = queued(&reply)[0].clone();
+    host.wait_state(&job, "success");
+    assert_eq!(host.job(&job)["git_ref"], "refs/tags/v1.2.0");
+
+    let cases = [
+        edited("push-tag.json", &[("ref", json!("refs/tags/nightly-1"))]),
+        edited("push.json", &[("ref", json!("refs/heads/feature/x"))]),
+        edited(
+            "push.json",
+            &[("repository/full_name", json!("someone/else"))],
+        ),
+        edited("push.json", &[("deleted", json!(true))]),
+    ];
+    for (i, body) in cases.iter().enumerate() {
+        let (code, reply) = host.webhook("push", &format!("t-ignored-{i}"), body);
+        assert_eq!(code, 200, "{reply}");
+        assert!(reply.contains("ignored"), "{reply}");
+    }
+    assert_eq!(host.count("jobs"), 1);
+    assert_eq!(host.count("deliveries"), 5);
+}
+
+#[test]
+fn operators_cancel_and_retry_with_the_token_and_qci_jobs_lists() {
+    let pool = Scripted::new(false);
+    let host = Host::start("", pool.clone());
+    let running = queued(&host.webhook("push", "c1", &fixture("push.json")).1)[0].clone();
+    let waiting = queued(&host.webhook("push", "c2", &fixture("push-tag.json")).1)[0].clone();
+    wait_for("the first job to run", Duration::from_secs(30), || {
+        pool.started() == 1
+    });
+
+    let before = host.footprint();
+    assert_eq!(
+        host.post(&format!("/api/jobs/{waiting}/cancel"), None).0,
+        401
+    );
+    assert_eq!(
+        host.post(&format!("/api/jobs/{waiting}/cancel"), Some("guess"))
+            .0,
+        401
+    );
+    assert_eq!(host.footprint(), before);
+    assert_eq!(
+        host.post("/api/jobs/9999-q4.2/cancel", Some(ADMIN_TOKEN)).0,
+        404
+    );
+
+    let (code, body) = host.post(&format!("/api/jobs/{waiting}/cancel"), Some(ADMIN_TOKEN));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(host.job(&waiting)["state"], "canceled");
+    let (code, body) = host.post(&format!("/api/jobs/{running}/cancel"), Some(ADMIN_TOKEN));
+    assert_eq!(code, 200, "{body}");
+    wait_for("the run to stop", Duration::from_secs(30), || {
+        pool.canceled.lock().unwrap().contains(&running)
+    });
+    assert_eq!(host.job(&running)["state"], "canceled");
+    assert_eq!(
+        host.post(&format!("/api/jobs/{running}/cancel"), Some(ADMIN_TOKEN))
+            .0,
+        409
+    );
+
+    let (code, body) = host.post(&format!("/api/jobs/{running}/retry"), Some(ADMIN_TOKEN));
+    assert_eq!(code, 202, "{body}");
+    let retried: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let new = retried["queued"].as_str().unwrap().to_owned();
+    pool.open();
+    host.wait_state(&new, "success");
+    assert_eq!(host.job(&new)["retry_of"], running.as_str());
+    host.github
+        .wait_for("the canceled statuses", Duration::from_secs(30), |p| {
+            p.iter()
+                .filter(|p| p.description.starts_with("Canceled by"))
+                .count()
+                == 2
+        });
+}
+
+#[test]
+fn github_statuses_are_retried_through_a_5xx() {
+    let pool = Scripted::new(true);
+    let host = Host::start("", pool.clone());
+    host.github.fail_next(2);
+    let job = queued(&host.webhook("push", "g1", &fixture("push.json")).1)[0].clone();
+    host.wait_state(&job, "success");
+    host.github
+        .wait_for("all three statuses", Duration::from_secs(30), |p| {
+            p.len() == 3
+        });
+    assert!(host.github.requests() >= 5);
+    let states: Vec<_> = host
+        .github
+        .states(CONTEXT)
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    assert_eq!(states, ["pending", "pending", "success"]);
+}
+
+#[test]
+fn a_finished_job_is_notified_and_a_failing_notifier_holds_nothing_up() {
+    let hook = Receiver::start(200);
+    // Slack is down: its retries must not delay the job or its status.
+    let slack = Receiver::start(503);
+    let dir = tempfile::tempdir().unwrap();
+    let slack_file = dir.path().join("slack-url");
+    std::fs::write(&slack_file, &slack.url).unwrap();
+    let extra = format!(
+        "[server.notify]\nwebhook_url = \"{}\"\nslack_url = {{ file = \"{}\" }}",
+        hook.url,
+        slack_file.display()
+    );
+    let pool = Scripted::new(true);
+    let host = Host::start(&extra, pool);
+    let job = queued(&host.webhook("push", "n1", &fixture("push.json")).1)[0].clone();
+    host.github
+        .wait_for("the final status", Duration::from_secs(30), |p| {
+            p.iter().any(|p| p.state == "success")
+        });
+    wait_for("the notification", Duration::from_secs(30), || {
+        !hook.got().is_empty()
+    });
+    let note = &hook.got()[0];
+    assert_eq!(note["job"], job.as_str());
+    assert_eq!(note["state"], "success");
+    assert_eq!(note["sha"], MAIN_SHA);
+    assert_eq!(note["url"], format!("{}/jobs/{job}", host.base));
+    wait_for("Slack to be tried", Duration::from_secs(30), || {
+        !slack.got().is_empty()
+    });
+    let text = slack.got()[0]["text"].as_str().unwrap().to_owned();
+    assert!(text.contains(REPO) && text.contains("success"), "{text}");
+    // The next job is not held up by Slack's retries either.
+    let next = queued(&host.webhook("push", "n2", &fixture("push-tag.json")).1)[0].clone();
+    host.wait_state(&next, "success");
+    wait_for("the second notification", Duration::from_secs(30), || {
+        hook.got().len() == 2
+    });
+}
+
+#[test]
+fn healthz_and_metrics_answer() {
+    let host = Host::start("", Scripted::new(false));
+    assert_eq!(host.get("/healthz"), (200, "ok\n".to_owned()));
+    let first = queued(&host.webhook("push", "m1", &fixture("push.json")).1)[0].clone();
+    host.wait_state(&first, "running");
+    host.webhook("push", "m2", &fixture("push-tag.json"));
+    host.webhook_with("push", "m3", b"{}", None, "application/json");
+    let (code, text) = host.get("/metrics");
+    assert_eq!(code, 200);
+    for want in [
+        "qci_queue_length{qubes=\"4.2\"} 1",
+        "qci_jobs{state=\"queued\"} 1",
+        "qci_jobs{state=\"running\"} 1",
+        "qci_webhooks_total{code=\"202\"} 2",
+        "qci_webhooks_total{code=\"401\"} 1",
+        "qci_webhook_seconds_count 3",
+        "# TYPE qci_webhook_seconds histogram",
+    ] {
+        assert!(text.contains(want), "{want} not in:\n{text}");
+    }
+}
+
+#[test]
+fn old_logs_are_pruned_and_the_job_stays_in_history() {
+    let host = Host::start("keep_logs = \"1s\"", Scripted::new(true));
+    let job = queued(&host.webhook("push", "k1", &fixture("push.json")).1)[0].clone();
+    host.wait_state(&job, "success");
+    let published = host.dir.path().join(format!("state/published/{job}.log"));
+    wait_for("the log to be pruned", Duration::from_secs(30), || {
+        !published.exists()
+    });
+    let (code, text) = host.get(&format!("/jobs/{job}/log"));
+    assert_eq!(code, 200);
+    assert!(text.contains("pruned"), "{text}");
+    assert_eq!(host.job(&job)["state"], "success");
+    assert!(host.get("/").1.contains(&format!("/jobs/{job}")));
+}

@@ -1,0 +1,350 @@
+//! A `qci serve` in the test process, with a fake GitHub and a scripted
+//! pool that behaves as a machine would: it reports through the real relay
+//! endpoint with the job's token, as the dev VM's `qci.Status` does.
+
+#![allow(dead_code)]
+
+pub mod fake_github;
+
+use fake_github::FakeGithub;
+use qci_core::job_file::{JobFile, Sink};
+use qci_pool::{FinalStatus, JobEvents, JobOutcome, JobRequest, Phase};
+use qci_server::{Executor, HostConfig};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub const SECRET: &str = "It's a Secret to Everybody";
+pub const GITHUB_TOKEN: &str = "ghp_hostsecrettoken0123456789";
+pub const ADMIN_TOKEN: &str = "operator-token-42";
+pub const REPO: &str = "freedomofpress/securedrop-workstation";
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A pool that runs nothing: each job reports `running`, prints `lines`
+/// into its log, waits for the gate (or a cancel), then reports `last`.
+pub struct Scripted {
+    pub capacity: usize,
+    pub lines: Vec<String>,
+    pub last: &'static str,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+    pub job_files: Mutex<Vec<JobFile>>,
+    pub canceled: Mutex<Vec<String>>,
+    logs: tempfile::TempDir,
+}
+
+impl Scripted {
+    pub fn new(open: bool) -> Arc<Self> {
+        Arc::new(Self {
+            capacity: 1,
+            lines: vec!["building\n".into(), "all tests passed\n".into()],
+            last: "success",
+            gate: Arc::new((Mutex::new(open), Condvar::new())),
+            job_files: Mutex::default(),
+            canceled: Mutex::default(),
+            logs: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    pub fn open(&self) {
+        *self.gate.0.lock().unwrap() = true;
+        self.gate.1.notify_all();
+    }
+
+    pub fn started(&self) -> usize {
+        self.job_files.lock().unwrap().len()
+    }
+}
+
+/// Posts a status event to the relay as `qci.Status` would; returns the HTTP code.
+pub fn relay_post(url: &str, token: &str, body: &str) -> u16 {
+    reqwest::blocking::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+pub fn event(job: &str, state: &str, description: &str) -> String {
+    serde_json::json!({"job": job, "state": state, "description": description, "log": format!("{job}.log")})
+        .to_string()
+}
+
+impl Executor for Scripted {
+    fn versions(&self) -> Vec<String> {
+        vec!["4.2".into()]
+    }
+
+    fn capacity(&self, _qubes: &str) -> usize {
+        self.capacity
+    }
+
+    fn reconcile(&self, _status: &dyn FinalStatus) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn run_job(
+        &self,
+        req: &JobRequest,
+        events: &dyn JobEvents,
+        _status: &dyn FinalStatus,
+    ) -> Result<JobOutcome, String> {
+        let Sink::Relay { url, token, .. } = &req.job_file.sink else {
+            return Err("not a relay sink".into());
+        };
+        let job = req.job.as_str();
+        events.phase(&req.job, &Phase::Running);
+        // 409 when the host ended the job meanwhile (superseded, canceled).
+        let code = relay_post(url, token, &event(job, "running", "Running make test"));
+        assert!(code == 204 || code == 409, "running status: HTTP {code}");
+        // Counted as started once its `running` status is recorded.
+        self.job_files.lock().unwrap().push(req.job_file.clone());
+        let log = self.logs.path().join(format!("{job}.log"));
+        for line in &self.lines {
+            events.log(&req.job, line.as_bytes());
+        }
+        std::fs::write(&log, self.lines.concat()).unwrap();
+        let outcome = |state, description: &str| JobOutcome {
+            machine: "scripted".into(),
+            state,
+            description: description.into(),
+            log: log.clone(),
+            exit: qci_core::ExitCode::Success,
+        };
+        let (lock, cvar) = &*self.gate;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            if req.cancel.load(Ordering::SeqCst) {
+                self.canceled.lock().unwrap().push(job.to_owned());
+                return Ok(outcome(qci_core::State::Canceled, "canceled"));
+            }
+            open = cvar
+                .wait_timeout(open, Duration::from_millis(10))
+                .unwrap()
+                .0;
+        }
+        drop(open);
+        let code = relay_post(url, token, &event(job, self.last, "All steps passed"));
+        assert!(code == 204 || code == 409, "final status: HTTP {code}");
+        Ok(outcome(qci_core::State::Success, "All steps passed"))
+    }
+}
+
+pub struct Host {
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub github: FakeGithub,
+    client: reqwest::blocking::Client,
+}
+
+impl Host {
+    pub fn start(extra: &str, executor: Arc<dyn Executor>) -> Self {
+        let github = FakeGithub::start(GITHUB_TOKEN);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("webhook-secret"), SECRET).unwrap();
+        std::fs::write(dir.path().join("github-token"), GITHUB_TOKEN).unwrap();
+        std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let base = format!("http://{addr}");
+        let d = dir.path().display();
+        let text = format!(
+            "[pool]\nstate_dir = \"{d}/state\"\n[server]\nlisten = \"{addr}\"\n\
+             public_url = \"{base}\"\ngithub_api_url = \"{}\"\n\
+             webhook_secret = {{ file = \"{d}/webhook-secret\" }}\n\
+             github_token = {{ file = \"{d}/github-token\" }}\n\
+             admin_token = {{ file = \"{d}/admin-token\" }}\n\
+             max_body_bytes = 65536\ngithub_retry_budget = \"20s\"\n{extra}\n\
+             [[server.repos]]\nslug = \"{REPO}\"\nbranches = [\"main\", \"release/*\"]\n\
+             tags = [\"v*\"]\n",
+            github.base
+        );
+        let path = dir.path().join("host.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = HostConfig::load(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                qci_server::serve(config, executor, Some(listener))
+                    .await
+                    .unwrap();
+            });
+        });
+        let host = Self {
+            base,
+            dir,
+            github,
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        wait_for("the server", Duration::from_secs(30), || {
+            host.get("/healthz").0 == 200
+        });
+        host
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.path().join("state/server.sqlite")).unwrap()
+    }
+
+    pub fn count(&self, table: &str) -> i64 {
+        self.db()
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Rows of the tables a refused request must leave alone.
+    pub fn footprint(&self) -> [i64; 4] {
+        ["deliveries", "jobs", "events", "outbox"].map(|t| self.count(t))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        match self.client.get(format!("{}{path}", self.base)).send() {
+            Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    pub fn post(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut req = self.client.post(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().unwrap();
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+
+    /// Delivers a webhook as GitHub does, signed with the shared secret.
+    pub fn webhook(&self, event: &str, delivery: &str, body: &[u8]) -> (u16, String) {
+        let sig = qci_server::webhook::sign(SECRET.as_bytes(), body);
+        self.webhook_with(event, delivery, body, Some(&sig), "application/json")
+    }
+
+    pub fn webhook_with(
+        &self,
+        event: &str,
+        delivery: &str,
+        body: &[u8],
+        signature: Option<&str>,
+        content_type: &str,
+    ) -> (u16, String) {
+        let mut req = self
+            .client
+            .post(format!("{}/webhook", self.base))
+            .header("X-GitHub-Event", event)
+            .header("X-GitHub-Delivery", delivery)
+            .header("User-Agent", "GitHub-Hookshot/abc123")
+            .header("content-type", content_type)
+            .body(body.to_vec());
+        if let Some(s) = signature {
+            req = req.header("X-Hub-Signature-256", s);
+        }
+        let r = req.send().unwrap();
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+
+    pub fn job(&self, id: &str) -> serde_json::Value {
+        let (code, body) = self.get(&format!("/api/jobs/{id}"));
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["job"].clone()
+    }
+
+    pub fn wait_state(&self, id: &str, state: &str) {
+        wait_for(
+            &format!("job {id} to be {state}"),
+            Duration::from_secs(30),
+            || self.job(id)["state"] == state,
+        );
+    }
+}
+
+/// The job ids a 202 reply listed.
+pub fn queued(reply: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(reply).unwrap();
+    v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j.as_str().unwrap().to_owned())
+        .collect()
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A JSON fixture with some fields changed (`/`-separated paths).
+pub fn edited(name: &str, edits: &[(&str, serde_json::Value)]) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&fixture(name)).unwrap();
+    for (path, value) in edits {
+        let mut at = &mut v;
+        for key in path.split('/') {
+            at = &mut at[key];
+        }
+        *at = value.clone();
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// A receiver for notifications: records each JSON body, answering `code`.
+pub struct Receiver {
+    pub url: String,
+    got: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Receiver {
+    pub fn start(code: u16) -> Self {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let record = got.clone();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let handler = move |body: String| {
+                    let record = record.clone();
+                    async move {
+                        record
+                            .lock()
+                            .unwrap()
+                            .push(serde_json::from_str(&body).unwrap_or_default());
+                        axum::http::StatusCode::from_u16(code).unwrap()
+                    }
+                };
+                let app = axum::Router::new().fallback(handler);
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        Self { url, got }
+    }
+
+    pub fn got(&self) -> Vec<serde_json::Value> {
+        self.got.lock().unwrap().clone()
+    }
+}

@@ -1,0 +1,324 @@
+//! `qci run --machine|--qubes`, `qci pool` and `qci nightly`: the host's
+//! commands over the machines of HOST.toml (the pool's library does the
+//! work; this module reads arguments, prints, and picks exit codes).
+
+use qci_core::job_file::{CommitSha, JobFile, Reason, Repository, Sink, status_file_rel};
+use qci_core::{ExitCode, JobId};
+use qci_pool::{Phase, Pool, PoolConfig, SinkStatus, Target};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Where `--config` points when not given.
+pub const DEFAULT_CONFIG: &str = "/etc/qci/host.toml";
+
+/// A failure of a host command: its message and exit code.
+pub struct Failure(pub ExitCode, pub String);
+
+impl<E: std::fmt::Display> From<(ExitCode, E)> for Failure {
+    fn from((code, e): (ExitCode, E)) -> Self {
+        Self(code, e.to_string())
+    }
+}
+
+fn load(config: &Path) -> Result<PoolConfig, Failure> {
+    qci_pool::load_host_file(config)
+        .map(|h| h.pool)
+        .map_err(|e| Failure(ExitCode::BadInput, e.to_string()))
+}
+
+fn open(config: PoolConfig) -> Result<Pool, Failure> {
+    Pool::open(config).map_err(|e| Failure(e.exit_code(), e.to_string()))
+}
+
+fn sink_status(pool: &Pool) -> SinkStatus {
+    SinkStatus {
+        logs_dir: pool.config().state_dir.join("logs"),
+    }
+}
+
+/// Cleans up after host processes that died, and says what it did.
+fn reconcile(pool: &Pool) -> Result<(), Failure> {
+    let done = pool
+        .reconcile(&sink_status(pool))
+        .map_err(|e| Failure(e.exit_code(), e.to_string()))?;
+    for r in done {
+        match r.result {
+            Ok(()) => eprintln!(
+                "qci: reconciled job {} on {}: error ({})",
+                r.job, r.machine, r.why
+            ),
+            Err(e) => eprintln!(
+                "qci: cannot clean up machine {} after job {}: {e}",
+                r.machine, r.job
+            ),
+        }
+    }
+    Ok(())
+}
+
+pub struct RunArgs {
+    pub target: Target,
+    pub repo: String,
+    pub commit: String,
+    pub git_ref: Option<String>,
+    pub job: Option<String>,
+    pub config: PathBuf,
+    pub timeout: Option<Duration>,
+}
+
+/// Git URLs qci accepts: a URL with a scheme git knows, `user@host:path`,
+/// or an absolute path. Nothing that could pass for an option.
+pub fn check_repo_url(url: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("--repo {url:?}: {why}"));
+    if url.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("not a repository URL (empty, or with spaces or control characters)");
+    }
+    if url.starts_with('-') {
+        return bad("a URL cannot start with `-`");
+    }
+    if let Some((scheme, rest)) = url.split_once("://") {
+        return match scheme {
+            "https" | "http" | "ssh" | "git" | "file" if !rest.is_empty() => Ok(()),
+            "https" | "http" | "ssh" | "git" | "file" => bad("nothing after the scheme"),
+            _ => bad("use https://, http://, ssh://, git:// or file://"),
+        };
+    }
+    if url.starts_with('/') {
+        return Ok(());
+    }
+    match url.split_once(':') {
+        Some((host, path)) if !host.is_empty() && !path.is_empty() && !host.contains('/') => Ok(()),
+        _ => bad("not a URL, an scp-like `user@host:path`, or an absolute path"),
+    }
+}
+
+/// `run-YYYYMMDDhhmmssmmm-PID`.
+fn new_job_id() -> JobId {
+    let stamp: String = qci_core::log::timestamp(SystemTime::now())
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    JobId::parse(&format!("run-{stamp}-{}", std::process::id()))
+        .expect("generated job ids are valid")
+}
+
+/// Set by SIGINT / SIGTERM: the job is canceled, the machine freed.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn cancel_on_signals() -> Arc<AtomicBool> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    std::thread::spawn(move || {
+        while !INTERRUPTED.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        flag.store(true, Ordering::Relaxed);
+    });
+    cancel
+}
+
+/// Progress on stderr (at most one "waiting" line every few seconds), the
+/// live log on stdout.
+struct Terminal {
+    last_wait: std::sync::Mutex<Option<Instant>>,
+}
+
+impl qci_pool::JobEvents for Terminal {
+    fn phase(&self, job: &JobId, phase: &Phase) {
+        if matches!(phase, Phase::WaitingForDom0 { .. }) {
+            let mut last = self.last_wait.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        eprintln!("qci: job {job}: {phase}");
+    }
+
+    fn log(&self, _job: &JobId, chunk: &[u8]) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(chunk).and_then(|()| out.flush());
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
+    // Everything about the input is checked before any machine is touched.
+    let config = load(&args.config)?;
+    let commit = CommitSha::parse(&args.commit)
+        .map_err(|e| Failure(ExitCode::BadInput, format!("--commit: {e}")))?;
+    check_repo_url(&args.repo).map_err(|e| Failure(ExitCode::BadInput, e))?;
+    let job = match &args.job {
+        Some(j) => {
+            JobId::parse(j).map_err(|e| Failure(ExitCode::BadInput, format!("--job: {e}")))?
+        }
+        None => new_job_id(),
+    };
+    let qubes = match &args.target {
+        Target::Qubes(q) => q.clone(),
+        Target::Machine(m) => config
+            .machine(m)
+            .map(|c| c.qubes.clone())
+            .unwrap_or_default(),
+    };
+    let timeout = args.timeout.unwrap_or(config.job_timeout);
+    let pool = open(config)?;
+    pool.check_target(&args.target)
+        .map_err(|e| Failure(e.exit_code(), e.to_string()))?;
+    reconcile(&pool)?;
+
+    let job_file = JobFile {
+        repository: Repository {
+            url: args.repo.clone(),
+            slug: None,
+        },
+        commit: Some(commit),
+        source: None,
+        git_ref: args.git_ref.clone(),
+        reason: Reason::Manual,
+        author: std::env::var("USER").unwrap_or_default(),
+        message: String::new(),
+        sink: Sink::File {
+            path: status_file_rel(&job),
+        },
+        context: format!("qci/qubes-{qubes}"),
+        timeout_secs: timeout.as_secs(),
+    };
+    let request = qci_pool::JobRequest {
+        job: job.clone(),
+        target: args.target,
+        job_file,
+        timeout: Some(timeout),
+        cancel: cancel_on_signals(),
+    };
+    eprintln!("qci: job {job}: {} at {}", args.repo, args.commit);
+    let terminal = Terminal {
+        last_wait: Default::default(),
+    };
+    let outcome = pool
+        .run_job(&request, &terminal, &sink_status(&pool))
+        .map_err(|e| Failure(e.exit_code(), format!("job {job} did not run: {e}")))?;
+    println!(
+        "qci: job {job}: {} ({}) on {}",
+        outcome.state, outcome.description, outcome.machine
+    );
+    println!("qci: log: {}", outcome.log.display());
+    Ok(outcome.exit)
+}
+
+/// `qci pool`: one line per machine.
+pub fn show(config: &Path) -> Result<ExitCode, Failure> {
+    let pool = open(load(config)?)?;
+    let report = pool
+        .report()
+        .map_err(|e| Failure(e.exit_code(), e.to_string()))?;
+    let now = qci_pool::lease::now();
+    println!(
+        "{:<16} {:<6} {:<8} {:<8} {:<44} {:<16} LAST JOB",
+        "MACHINE", "QUBES", "BACKEND", "POWER", "LEASE", "SNAPSHOT"
+    );
+    for m in report {
+        let power = match &m.power {
+            Ok(p) => p.to_string(),
+            Err(_) => "unknown".into(),
+        };
+        let lease = match (&m.lease, &m.marker) {
+            (Some(l), _) => format!(
+                "{} ({}s, pid {})",
+                l.job,
+                (now - l.acquired_at) as u64,
+                l.pid
+            ),
+            (None, Some(mk)) if mk.is_live(now as u64) => format!("{} (host {})", mk.job, mk.host),
+            _ => "free".into(),
+        };
+        let last = m
+            .last_run
+            .map(|(job, state, _)| format!("{job} {state}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<16} {:<6} {:<8} {:<8} {:<44} {:<16} {last}",
+            m.name,
+            m.qubes,
+            m.backend,
+            power,
+            lease,
+            m.snapshot.as_deref().unwrap_or("(none)"),
+        );
+        if let Err(e) = m.power {
+            println!("  {}: {e}", m.name);
+        }
+    }
+    Ok(ExitCode::Success)
+}
+
+/// `qci nightly`: 0 when every machine got its snapshot, 3 otherwise.
+pub fn nightly(config: &Path, machines: &[String]) -> Result<ExitCode, Failure> {
+    let pool = open(load(config)?)?;
+    for name in machines {
+        pool.check_target(&Target::Machine(name.clone()))
+            .map_err(|e| Failure(e.exit_code(), e.to_string()))?;
+    }
+    reconcile(&pool)?;
+    let terminal = Terminal {
+        last_wait: Default::default(),
+    };
+    let outcomes = pool
+        .nightly(machines, &terminal)
+        .map_err(|e| Failure(e.exit_code(), e.to_string()))?;
+    let mut code = ExitCode::Success;
+    for o in outcomes {
+        match o.result {
+            Ok(snapshot) => println!("qci: nightly {}: snapshot {snapshot}", o.machine),
+            Err(why) => {
+                code = ExitCode::CiError;
+                println!("qci: nightly {}: no snapshot: {why}", o.machine);
+            }
+        }
+        println!("qci: log: {}", o.log.display());
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_urls_git_accepts_pass_and_the_rest_is_refused() {
+        for ok in [
+            "https://github.com/freedomofpress/securedrop-workstation",
+            "git@github.com:freedomofpress/securedrop-workstation.git",
+            "file:///srv/git/project",
+            "/srv/git/project",
+        ] {
+            assert!(check_repo_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "--upload-pack=evil",
+            "ftp://host/x",
+            "https://",
+            "relative/path",
+            "https://host/a b",
+        ] {
+            assert!(check_repo_url(bad).is_err(), "{bad}");
+        }
+    }
+}

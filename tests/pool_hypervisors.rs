@@ -1,0 +1,176 @@
+//! Jobs on hypervisor machines: libvirt's test driver inside a real
+//! libvirtd, and the govmomi vCenter simulator. Neither runs a guest, so
+//! each machine is paired with an emulated Qubes machine as its dom0
+//! (`dom0 = "emulated"`): control goes to the hypervisor for real, the
+//! guest channel to the emulator. Under CI=true a missing daemon fails.
+
+mod pool_support;
+mod support;
+
+use pool_support::{Host, Libvirtd, Repo, Vcsim, job_of, stderr, stdout};
+
+fn libvirt_machine(host: &Host, lv: &Libvirtd, name: &str, dom0: &str) -> String {
+    let guest = match dom0 {
+        "emulated" => format!(
+            "dom0 = \"emulated\"\nemulated_path = {:?}\n",
+            host.path(&format!("guests/{name}"))
+        ),
+        other => format!("dom0 = \"{other}\"\n"),
+    };
+    format!(
+        "name = \"{name}\"\nqubes = \"4.2\"\nbackend = \"libvirt\"\nuri = \"{}\"\n{guest}",
+        lv.uri()
+    )
+}
+
+#[test]
+fn a_job_runs_on_a_libvirt_machine_reverted_before_and_off_after() {
+    let Some(lv) = Libvirtd::start() else { return };
+    lv.domain("q42-1");
+    // Something the clean snapshot does not have: reverting removes it.
+    lv.virsh(&["desc", "q42-1", "left by the last job"]);
+    let mut host = Host::new();
+    host.machine(&libvirt_machine(&host, &lv, "q42-1", "emulated"));
+    let release = host.path("release");
+    let repo = host.held_repo(&release);
+    let child = host.start_held(&["--machine", "q42-1"], &repo, "lv-job");
+    // While it runs: on, reverted, and the lease marked in libvirt.
+    assert_eq!(lv.virsh(&["domstate", "q42-1"]), "running");
+    assert_eq!(lv.virsh(&["desc", "q42-1"]), "", "not reverted");
+    let marker = lv.virsh(&[
+        "metadata",
+        "q42-1",
+        "--uri",
+        qci_pool::backend::libvirt::MARKER_URI,
+    ]);
+    assert!(
+        marker.contains("host=\"test-host\"") && marker.contains("job=\"lv-job\""),
+        "{marker}"
+    );
+    std::fs::write(&release, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("reverting to snapshot clean"));
+
+    assert_eq!(lv.virsh(&["domstate", "q42-1"]), "shut off");
+    let gone = std::process::Command::new("virsh")
+        .args([
+            "-q",
+            "-c",
+            &lv.uri(),
+            "metadata",
+            "q42-1",
+            "--uri",
+            qci_pool::backend::libvirt::MARKER_URI,
+        ])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "the marker is cleared");
+    assert!(host.host_log("lv-job").contains("[step] started"));
+    assert_eq!(host.statuses("lv-job").last().unwrap().0, "success");
+    let pool = stdout(&host.run(&["pool"]));
+    assert!(
+        pool.lines()
+            .any(|l| l.starts_with("q42-1") && l.contains(" off ") && l.contains(" free ")),
+        "{pool}"
+    );
+}
+
+#[test]
+fn a_libvirt_machine_whose_guest_agent_never_answers_hands_the_job_to_another() {
+    let Some(lv) = Libvirtd::start() else { return };
+    lv.domain("no-agent");
+    lv.domain("q42-2");
+    let mut host = Host::new();
+    host.pool_keys = "boot_timeout = \"2s\"\ncall_timeout = \"5s\"\n".into();
+    // The first machine is reached through the QEMU guest agent, which the
+    // test driver does not have: the production channel, failing for real.
+    host.machine(&libvirt_machine(&host, &lv, "no-agent", "agent"));
+    host.machine(&libvirt_machine(&host, &lv, "q42-2", "emulated"));
+    let repo = Repo::new(&host, "repo", "echo ran");
+    let out = host.run_job(&["--qubes", "4.2"], &repo);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("no-agent failed (dom0 of no-agent did not answer within 2s"),
+        "{err}"
+    );
+    assert!(stdout(&out).contains("on q42-2"), "{}", stdout(&out));
+    assert_eq!(lv.virsh(&["domstate", "no-agent"]), "shut off");
+    let job = job_of(&out);
+    assert_eq!(host.statuses(&job).last().unwrap().0, "success");
+}
+
+#[test]
+fn a_job_runs_on_a_simulated_vmware_machine() {
+    let Some(vc) = Vcsim::start() else { return };
+    let mut host = Host::new();
+    let creds = host.path("vcenter.cred");
+    std::fs::write(&creds, &vc.credentials).unwrap();
+    host.pool_keys
+        .push_str("[pool.nightly]\nupdate_commands = [[\"true\"]]\nsalt_commands = []\n");
+    host.machine(&format!(
+        "name = \"vm1\"\nqubes = \"4.2\"\nbackend = \"vmware\"\nurl = \"{}\"\nvm = \"DC0_H0_VM0\"\n\
+         credentials_file = {creds:?}\ndom0 = \"emulated\"\nemulated_path = {:?}\n",
+        vc.url,
+        host.path("guests/vm1")
+    ));
+    // A new machine has no snapshot: the first nightly takes it.
+    let nightly = host.run(&["nightly"]);
+    assert_eq!(
+        nightly.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&nightly),
+        stderr(&nightly)
+    );
+    let snapshot = stdout(&nightly)
+        .lines()
+        .find_map(|l| l.strip_prefix("qci: nightly vm1: snapshot "))
+        .unwrap()
+        .to_owned();
+
+    let repo = Repo::new(&host, "repo", "echo on vmware");
+    let out = host.run_job(&["--machine", "vm1"], &repo);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!("reverting to snapshot {snapshot}")),
+        "{err}"
+    );
+    let job = job_of(&out);
+    assert!(host.host_log(&job).contains("[step] on vmware"));
+    assert_eq!(host.statuses(&job).last().unwrap().0, "success");
+    // The marker was set (read back from extraConfig), and is cleared now.
+    let lease = host.lease_log().into_iter().find(|l| l.job == job).unwrap();
+    assert!(lease.marker.unwrap().contains(&format!("job={job}")));
+    let pool = stdout(&host.run(&["pool"]));
+    let line = pool.lines().find(|l| l.starts_with("vm1")).unwrap();
+    assert!(
+        line.contains(" off ") && line.contains(" free ") && line.contains(&snapshot),
+        "{line}"
+    );
+}
+
+#[test]
+fn vmware_guest_operations_that_are_unavailable_are_a_machine_that_never_answers() {
+    let Some(vc) = Vcsim::start() else { return };
+    let mut host = Host::new();
+    host.pool_keys = "boot_timeout = \"2s\"\ncall_timeout = \"5s\"\n[pool.nightly]\nupdate_commands = []\nsalt_commands = []\n".into();
+    let creds = host.path("vcenter.cred");
+    std::fs::write(&creds, &vc.credentials).unwrap();
+    host.machine(&format!(
+        "name = \"vm1\"\nqubes = \"4.2\"\nbackend = \"vmware\"\nurl = \"{}\"\nvm = \"DC0/vm/DC0_H0_VM0\"\n\
+         credentials_file = {creds:?}\nguest_credentials_file = {creds:?}\n",
+        vc.url
+    ));
+    // Guest Operations, the production channel: the simulator has no
+    // guest tools, so dom0 never answers.
+    let out = host.run(&["nightly"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("no snapshot: dom0 of vm1 did not answer within 2s"),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -1,0 +1,699 @@
+//! `qci serve` end to end: the real binaries, an emulated machine from the
+//! pool's `local` backend, a fake GitHub that checks what it gets, and
+//! signed webhooks built from the checked-in GitHub payloads.
+
+#[path = "../crates/qci-server/tests/support/fake_github.rs"]
+mod fake_github;
+mod support;
+
+use fake_github::FakeGithub;
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{git, hold_until, qci, wait_for};
+
+const SECRET: &str = "webhook secret for the tests";
+const GITHUB_TOKEN: &str = "ghp_e2eHostOnlyToken0123456789abcdef";
+const ADMIN_TOKEN: &str = "e2e-operator-token";
+const REPO: &str = "freedomofpress/securedrop-workstation";
+/// Queued by the crash test's load: no machine runs this version.
+const LOAD_REPO: &str = "freedomofpress/load";
+
+fn fixture(name: &str) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/qci-server/tests/fixtures")
+        .join(name);
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// A push of `sha` to `branch` of `repo`, as GitHub sends it.
+fn push(repo: &str, branch: &str, sha: &str) -> Vec<u8> {
+    let mut v = fixture("push.json");
+    v["after"] = json!(sha);
+    v["ref"] = json!(format!("refs/heads/{branch}"));
+    v["repository"]["full_name"] = json!(repo);
+    v["head_commit"]["id"] = json!(sha);
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// `qci serve` as a child process, with its config and state in `dir`.
+struct Served {
+    dir: PathBuf,
+    base: String,
+    child: Option<Child>,
+    client: reqwest::blocking::Client,
+}
+
+impl Served {
+    /// Writes HOST.toml (one emulated machine for Qubes 4.2) and starts.
+    fn start(dir: &Path, github: &FakeGithub, project: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let base = format!("http://127.0.0.1:{port}");
+        std::fs::write(dir.join("webhook-secret"), SECRET).unwrap();
+        std::fs::write(dir.join("github-token"), GITHUB_TOKEN).unwrap();
+        std::fs::write(dir.join("admin-token"), ADMIN_TOKEN).unwrap();
+        let d = dir.display();
+        let config = format!(
+            "[pool]\nstate_dir = \"{d}/state\"\nhost_id = \"e2e\"\nboot_timeout = \"2m\"\n\
+             [[pool.machines]]\nname = \"emu-1\"\nqubes = \"4.2\"\nbackend = \"local\"\n\
+             path = \"{d}/emu-1\"\n\
+             [server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n\
+             github_api_url = \"{}\"\n\
+             webhook_secret = {{ file = \"{d}/webhook-secret\" }}\n\
+             github_token = {{ file = \"{d}/github-token\" }}\n\
+             admin_token = {{ file = \"{d}/admin-token\" }}\njob_timeout = \"5m\"\n\
+             [[server.repos]]\nslug = \"{REPO}\"\nclone_url = \"{}\"\n\
+             [[server.repos]]\nslug = \"{LOAD_REPO}\"\nqubes = [\"9.9\"]\n",
+            github.base,
+            project.display()
+        );
+        std::fs::write(dir.join("host.toml"), config).unwrap();
+        let mut served = Self {
+            dir: dir.to_owned(),
+            base,
+            child: None,
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        served.spawn();
+        served
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("host.toml")
+    }
+
+    fn spawn(&mut self) {
+        let mut child = qci()
+            .arg("serve")
+            .arg("--config")
+            .arg(self.config())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start qci serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert!(line.starts_with("qci serve: listening on"), "{line:?}");
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        support::signal(child.id() as i32, "KILL");
+        child.wait().unwrap();
+    }
+
+    fn webhook(&self, event: &str, delivery: &str, body: &[u8]) -> Result<(u16, String), String> {
+        let sig = qci_server::webhook::sign(SECRET.as_bytes(), body);
+        let reply = self
+            .client
+            .post(format!("{}/webhook", self.base))
+            .header("X-GitHub-Event", event)
+            .header("X-GitHub-Delivery", delivery)
+            .header("X-Hub-Signature-256", sig)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .map_err(|e| e.to_string())?;
+        let code = reply.status().as_u16();
+        Ok((code, reply.text().unwrap_or_default()))
+    }
+
+    fn get(&self, path: &str) -> String {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+    }
+
+    fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.join("state/server.sqlite")).unwrap()
+    }
+
+    fn job_state(&self, job: &str) -> (String, String) {
+        self.db()
+            .query_row(
+                "SELECT state, description FROM jobs WHERE id = ?1",
+                [job],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            support::signal(child.id() as i32, "TERM");
+            let _ = child.wait();
+        }
+        // Whatever still runs in the emulated machine is ours to stop.
+        let machine = self.dir.join("emu-1/machine");
+        qci_core::process::kill_marked("QCI_EMU_MACHINE", &machine.to_string_lossy());
+    }
+}
+
+/// A git repository with a `.qci.toml` of one step, and its commit.
+fn project(dir: &Path, command: &str) -> (PathBuf, String) {
+    let project = dir.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let toml = format!(
+        "[[steps]]\nname = \"test\"\ncommand = {}\n",
+        toml_string(command)
+    );
+    std::fs::write(project.join(".qci.toml"), toml).unwrap();
+    git(&project, &["init", "-q", "-b", "main"]);
+    git(&project, &["add", "."]);
+    git(&project, &["commit", "-q", "-m", "a job"]);
+    let sha = git(&project, &["rev-parse", "HEAD"]);
+    (project, sha)
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+/// Every file under `dir` whose bytes hold `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file()
+                && std::fs::read(&path).is_ok_and(|b| memchr::memmem::find(&b, needle).is_some())
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_push_runs_on_an_emulated_machine_and_reports_through_the_relay() {
+    // Open to the machine's unprivileged user (run as root, as CI does).
+    let area = support::Scratch::new();
+    let scratch = &area.dir;
+    let (project, sha) = project(scratch.path(), "echo hello from the job; echo done");
+    let github = FakeGithub::start(GITHUB_TOKEN);
+    let served = Served::start(scratch.path(), &github, &project);
+    // At the moment GitHub gets the final status, its link must show the log.
+    let log_at_success = Arc::new(Mutex::new(None));
+    let record = log_at_success.clone();
+    github.on_post(move |p| {
+        if p.state != "pending" {
+            let log = reqwest::blocking::get(format!("{}/log", p.target_url))
+                .and_then(|r| r.text())
+                .unwrap_or_default();
+            *record.lock().unwrap() = Some(log);
+        }
+    });
+
+    let (code, reply) = served
+        .webhook("push", "e2e-1", &push(REPO, "main", &sha))
+        .unwrap();
+    assert_eq!(code, 202, "{reply}");
+    let job: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let job = job["jobs"][0].as_str().unwrap().to_owned();
+    github.wait_for("the final status", Duration::from_secs(180), |p| {
+        p.iter().any(|p| p.state != "pending")
+    });
+
+    // Queued, then what dom0 reports while running (each `pending`), then success.
+    let states = github.states("qci/qubes-4.2");
+    assert_eq!(
+        states[0],
+        ("pending".to_owned(), "Queued".to_owned()),
+        "{states:?}"
+    );
+    let (last, running) = states[1..].split_last().unwrap();
+    assert!(!running.is_empty(), "{states:?}");
+    assert!(running.iter().all(|s| s.0 == "pending"), "{states:?}");
+    assert!(
+        running.iter().any(|s| s.1.starts_with("Running")),
+        "{states:?}"
+    );
+    assert_eq!(last.0, "success", "{states:?}");
+    for p in github.posted() {
+        assert_eq!((p.repo.as_str(), p.sha.as_str()), (REPO, sha.as_str()));
+        assert_eq!(p.target_url, format!("{}/jobs/{job}", served.base));
+    }
+    let log = log_at_success.lock().unwrap().clone().unwrap();
+    assert!(
+        log.contains("[test] hello from the job"),
+        "log at success: {log:?}"
+    );
+    assert!(log.contains("[test] done"), "{log:?}");
+    assert!(github.refused().is_empty(), "{:?}", github.refused());
+
+    // No GitHub credential ever entered the machine; the relay token did.
+    let machine = scratch.path().join("emu-1");
+    assert_eq!(
+        files_holding(&machine, GITHUB_TOKEN.as_bytes()),
+        Vec::<PathBuf>::new()
+    );
+    assert_eq!(files_holding(&machine, b"ghp_"), Vec::<PathBuf>::new());
+    let job_files = files_holding(&machine, b"\"kind\": \"relay\"");
+    assert!(
+        !job_files.is_empty(),
+        "no job file with a relay sink in the machine"
+    );
+    let (state, _) = served.job_state(&job);
+    assert_eq!(state, "success");
+
+    // `qci jobs list` shows it.
+    let out = qci()
+        .args(["jobs", "--config"])
+        .arg(served.config())
+        .arg("list")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(&job) && text.contains("success"), "{text}");
+}
+
+#[test]
+fn kill_9_under_load_loses_no_accepted_webhook_and_ends_the_running_job() {
+    // Open to the machine's unprivileged user (run as root, as CI does).
+    let area = support::Scratch::new();
+    let scratch = &area.dir;
+    let release = scratch.path().join("release");
+    let command = format!(
+        "echo the long step started; {}; echo released",
+        hold_until(&release)
+    );
+    let (project, sha) = project(scratch.path(), &command);
+    let github = FakeGithub::start(GITHUB_TOKEN);
+    let served = Served::start(scratch.path(), &github, &project);
+
+    let (code, reply) = served
+        .webhook("push", "crash-running", &push(REPO, "main", &sha))
+        .unwrap();
+    assert_eq!(code, 202, "{reply}");
+    let running: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let running = running["jobs"][0].as_str().unwrap().to_owned();
+    wait_for("the job to run", Duration::from_secs(120), || {
+        served
+            .get(&format!("/jobs/{running}/log"))
+            .contains("the long step started")
+    });
+
+    // Load: four clients deliver pushes (to a repository whose Qubes
+    // version has no machine, so they stay queued) until the host dies.
+    let served = Arc::new(Mutex::new(served));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let (base, client) = {
+        let s = served.lock().unwrap();
+        (s.base.clone(), s.client.clone())
+    };
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (stop, answers, base, client) =
+                (stop.clone(), answers.clone(), base.clone(), client.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    i += 1;
+                    let delivery = format!("load-{c}-{i}");
+                    let body = push(
+                        LOAD_REPO,
+                        &format!("load-{c}-{i}"),
+                        &format!("{:040x}", c * 1_000_000 + i),
+                    );
+                    let code = client
+                        .post(format!("{base}/webhook"))
+                        .header("X-GitHub-Event", "push")
+                        .header("X-GitHub-Delivery", &delivery)
+                        .header(
+                            "X-Hub-Signature-256",
+                            qci_server::webhook::sign(SECRET.as_bytes(), &body),
+                        )
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0);
+                    answers.lock().unwrap().push((delivery, code));
+                    if code == 0 {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_for("some load", Duration::from_secs(60), || {
+        answers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.1 == 202)
+            .count()
+            >= 200
+    });
+    served.lock().unwrap().kill9();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let answers = answers.lock().unwrap().clone();
+    let accepted: Vec<&String> = answers
+        .iter()
+        .filter(|a| a.1 == 202)
+        .map(|a| &a.0)
+        .collect();
+    assert!(
+        answers.iter().all(|a| a.1 == 202 || a.1 == 0),
+        "{answers:?}"
+    );
+
+    let mut served = Arc::into_inner(served).unwrap().into_inner().unwrap();
+    served.spawn();
+    let db = served.db();
+    for delivery in &accepted {
+        let jobs: i64 = db
+            .query_row(
+                "SELECT count(*) FROM jobs WHERE delivery = ?1",
+                [delivery],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(jobs, 1, "delivery {delivery} got a 2xx and has {jobs} jobs");
+    }
+    let (deliveries, jobs): (i64, i64) = db
+        .query_row(
+            "SELECT (SELECT count(*) FROM deliveries WHERE id LIKE 'load-%'), \
+             (SELECT count(*) FROM jobs WHERE repo = ?1)",
+            [LOAD_REPO],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(jobs, deliveries, "a delivery became two jobs, or none");
+    assert!(deliveries >= accepted.len() as i64);
+    // Only the requests cut off by the kill may be there without a 2xx.
+    assert!(
+        deliveries - accepted.len() as i64 <= 4,
+        "{deliveries} vs {}",
+        accepted.len()
+    );
+    let queued: i64 = db
+        .query_row(
+            "SELECT count(*) FROM jobs WHERE repo = ?1 AND state = 'queued'",
+            [LOAD_REPO],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(queued, jobs, "every load job is still queued");
+    // A redelivery after the restart is still known.
+    let (code, _) = served
+        .webhook("push", accepted[0], &push(LOAD_REPO, "x", &"e".repeat(40)))
+        .unwrap();
+    assert_eq!(code, 409);
+
+    // The job that was running ends as error, on GitHub too.
+    assert_eq!(
+        served.job_state(&running),
+        ("error".to_owned(), "host restarted".to_owned())
+    );
+    github.wait_for("the host restarted status", Duration::from_secs(60), |p| {
+        p.iter()
+            .any(|p| p.state == "error" && p.description == "host restarted")
+    });
+    // Its machine was freed: the next job runs on it.
+    std::fs::write(&release, "").unwrap();
+    let (code, reply) = served
+        .webhook("push", "after-restart", &push(REPO, "main", &sha))
+        .unwrap();
+    assert_eq!(code, 202, "{reply}");
+    let next: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let next = next["jobs"][0].as_str().unwrap().to_owned();
+    wait_for("the next job to succeed", Duration::from_secs(120), || {
+        served.job_state(&next).0 == "success"
+    });
+}
+
+/// Debian's ChromeDriver, driving headless Chromium over WebDriver (plain
+/// HTTP), in its own process group so the browser goes with it.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    client: reqwest::blocking::Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// `None` (the test is skipped) when Chromium is not installed, except
+    /// under CI=true, where that is a failure: scripts/setup-chromium installs it.
+    fn start() -> Option<Self> {
+        let (chromium, driver) = (
+            Path::new("/usr/bin/chromium"),
+            Path::new("/usr/bin/chromedriver"),
+        );
+        if !chromium.exists() || !driver.exists() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "Chromium is missing: run scripts/setup-chromium (scripts/test-all does)"
+            );
+            eprintln!("SKIPPED: no chromium/chromedriver; run scripts/setup-chromium");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start chromedriver");
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        wait_for("chromedriver", Duration::from_secs(30), || {
+            client
+                .get(format!("{base}/status"))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        });
+        let profile = tempfile::tempdir().unwrap();
+        let args = [
+            "--headless".to_owned(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--no-first-run".into(),
+            "--window-size=1280,900".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": chromium, "args": args},
+        }}});
+        let reply: serde_json::Value = client
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .and_then(|r| r.json())
+            .expect("a WebDriver session");
+        let session = reply["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {reply}"))
+            .to_owned();
+        Some(Self {
+            driver: child,
+            base,
+            session,
+            client,
+            _profile: profile,
+        })
+    }
+
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut req = self.client.request(method.clone(), url);
+        if method == reqwest::Method::POST {
+            req = req.json(&body);
+        }
+        let reply: serde_json::Value = req
+            .send()
+            .and_then(|r| r.json())
+            .expect("WebDriver answers");
+        reply["value"].clone()
+    }
+
+    fn open(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", json!({"url": url}));
+    }
+
+    fn eval(&self, script: &str) -> serde_json::Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({"script": script, "args": []}),
+        )
+    }
+
+    /// Saves a PNG of the page under target/tmp/qci-screenshots/.
+    fn screenshot(&self, name: &str) -> PathBuf {
+        use base64::Engine;
+        let png = self.call(reqwest::Method::GET, "/screenshot", json!(null));
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().expect("a screenshot"))
+            .unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qci-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self
+            .client
+            .delete(format!("{}/session/{}", self.base, self.session))
+            .send();
+        let group = nix::unistd::Pid::from_raw(-(self.driver.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.driver.wait();
+    }
+}
+
+#[test]
+fn the_monitor_page_shows_a_new_log_line_live_in_a_real_browser() {
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    // Open to the machine's unprivileged user (run as root, as CI does).
+    let area = support::Scratch::new();
+    let scratch = &area.dir;
+    let release = scratch.path().join("release");
+    let command = format!(
+        // The printed line is not in the command, which the log also shows.
+        "echo the first line; {}; echo LIVE-$((40 + 2)); sleep 1",
+        hold_until(&release)
+    );
+    let (project, sha) = project(scratch.path(), &command);
+    let github = FakeGithub::start(GITHUB_TOKEN);
+    let served = Served::start(scratch.path(), &github, &project);
+    let (code, reply) = served
+        .webhook("push", "browser-1", &push(REPO, "main", &sha))
+        .unwrap();
+    assert_eq!(code, 202, "{reply}");
+    let job: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let job = job["jobs"][0].as_str().unwrap().to_owned();
+    wait_for("the job to run", Duration::from_secs(120), || {
+        served
+            .get(&format!("/jobs/{job}/log"))
+            .contains("the first line")
+    });
+
+    browser.open(&format!("{}/", served.base));
+    let monitor = browser.eval("return document.body.innerText").to_string();
+    assert!(
+        monitor.contains(&job) && monitor.contains("Running"),
+        "{monitor}"
+    );
+    let shot = browser.screenshot("monitor.png");
+    eprintln!("screenshot: {}", shot.display());
+
+    browser.open(&format!("{}/jobs/{job}", served.base));
+    let log_text = "return document.getElementById('log').textContent";
+    wait_for(
+        "the log so far on the page",
+        Duration::from_secs(30),
+        || {
+            browser
+                .eval(log_text)
+                .as_str()
+                .unwrap_or("")
+                .contains("the first line")
+        },
+    );
+    // A reload would lose this.
+    browser.eval("window.qciNoReload = 42; return null");
+
+    std::fs::write(&release, "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seen_at = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the line never showed on the page"
+        );
+        if browser
+            .eval(log_text)
+            .as_str()
+            .unwrap_or("")
+            .contains("[test] LIVE-42")
+        {
+            break std::time::SystemTime::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        browser.eval("return window.qciNoReload"),
+        json!(42),
+        "the page reloaded"
+    );
+    let published = served.get(&format!("/jobs/{job}/log"));
+    let line = published
+        .lines()
+        .find(|l| l.ends_with("[test] LIVE-42"))
+        .unwrap_or_else(|| panic!("{published}"));
+    let printed = humantime::parse_rfc3339(line.split(' ').next().unwrap()).unwrap();
+    let latency = seen_at.duration_since(printed).unwrap_or_default();
+    eprintln!("printed in dom0 to shown in the browser: {latency:?}");
+    assert!(
+        latency < Duration::from_secs(1),
+        "the line took {latency:?} to show"
+    );
+
+    // The end of the job reaches the page too.
+    wait_for(
+        "the final state on the page",
+        Duration::from_secs(60),
+        || {
+            browser
+                .eval("return document.getElementById('state').textContent")
+                .as_str()
+                .unwrap_or("")
+                .starts_with("success")
+        },
+    );
+    browser.screenshot("job.png");
+}
