@@ -55,19 +55,19 @@ impl Reporter {
     }
 }
 
-/// `running` statuses, sent on a thread of their own so that the job never
-/// waits for them: each is a qrexec call into the dev VM, and from there
-/// maybe an HTTP request to GitHub. They go out in order, one at a time, at
-/// most one per [`PROGRESS_INTERVAL`]; one that is still waiting when a newer
-/// one comes is replaced by it, since only the latest says where the job
-/// is. So steps of a second or more each show, and a burst of short ones
-/// costs one call, not one each.
+/// `running` statuses, sent on a thread of their own so that the job does
+/// not wait for them while it runs: each is a qrexec call into the dev VM,
+/// and from there maybe an HTTP request to GitHub. They go out in order, one
+/// at a time, at most one per [`PROGRESS_INTERVAL`]; one that is still
+/// waiting when a newer one comes is replaced by it, since only the latest
+/// says where the job is. So steps of a second or more each show, and a
+/// burst of short ones costs one call, not one each.
 ///
 /// [`Progress::finish`] waits for the one being sent (bounded by the
-/// reporter's timeout) and drops a waiting one, so that the final status,
-/// sent after it, is always the last; but the first is always sent, so that
-/// every job shows `running` once. After a call that timed out (the dev VM
-/// does not answer), no more are sent.
+/// reporter's timeout) and then sends the one waiting, if any, at once, so
+/// that the last step shows and the final status, sent after, is the last.
+/// After a call that timed out (the dev VM does not answer), no more are
+/// sent.
 pub struct Progress {
     shared: Arc<Shared>,
     worker: Option<JoinHandle<()>>,
@@ -88,6 +88,7 @@ struct Queue {
     next: Option<String>,
     /// When the last status was taken to be sent.
     taken: Option<Instant>,
+    /// No more statuses will come: send the waiting one at once, then end.
     closed: bool,
     /// Why sends failed, for the log.
     failures: Vec<String>,
@@ -153,16 +154,12 @@ impl Progress {
         (std::mem::take(&mut queue.failures), queue.stalled)
     }
 
-    /// Waits for the status being sent, drops the one waiting (unless none
-    /// was sent yet), and gives the failures not yet taken and whether a
-    /// send timed out.
+    /// Waits for the status being sent and the one waiting, and gives the
+    /// failures not yet taken and whether a send timed out.
     pub fn finish(mut self) -> (Vec<String>, bool) {
         {
             let mut queue = self.shared.lock();
             queue.closed = true;
-            if queue.taken.is_some() {
-                queue.next = None;
-            }
             self.shared.wake.notify_one();
         }
         if let Some(worker) = self.worker.take() {
@@ -273,13 +270,15 @@ mod tests {
     }
 
     #[test]
-    fn finish_waits_for_the_status_being_sent_and_drops_the_waiting_one() {
+    fn finish_waits_for_the_status_being_sent_then_sends_the_waiting_one() {
         let (progress, sent, release) = held();
         progress.report("one");
         assert_eq!(sent.recv().unwrap(), "one");
         progress.report("two");
         let releaser = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200));
+            release.send(()).unwrap();
+            // "two", sent at the end, is held too until released.
             release.send(()).unwrap();
         });
         let start = Instant::now();
@@ -289,7 +288,11 @@ mod tests {
             "finish returned while a status was being sent"
         );
         releaser.join().unwrap();
-        assert!(sent.try_recv().is_err(), "the waiting status was sent");
+        assert_eq!(
+            sent.try_iter().collect::<Vec<_>>(),
+            ["two"],
+            "the last step shows"
+        );
     }
 
     #[test]
@@ -319,13 +322,16 @@ mod tests {
         let (next, later) = sent_rx.recv().unwrap();
         assert_eq!(next, "three");
         assert!(later - at >= Duration::from_millis(300), "sent too soon");
-        // A status waiting out the interval when the job ends is dropped,
-        // and the end does not wait for the interval.
+        // A status waiting out the interval when the job ends is sent at
+        // once: the end does not wait for the interval.
         progress.report("four");
         let start = Instant::now();
         assert_eq!(progress.finish(), (Vec::new(), false));
         assert!(start.elapsed() < Duration::from_millis(250));
-        assert!(sent_rx.try_recv().is_err(), "four was sent");
+        assert_eq!(
+            sent_rx.try_iter().map(|s| s.0).collect::<Vec<_>>(),
+            ["four"]
+        );
     }
 
     #[test]
