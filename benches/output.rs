@@ -18,7 +18,7 @@
 mod common;
 
 use common::{
-    MIB, MIN_PAIRS, Qci, Reference, median, mib_per_s, ms, range, release_dir, row, scaled,
+    MIB, MIN_PAIRS, Qci, Reference, median, mib_per_s, ms, paired, range, release_dir, row, scaled,
     scratch, shell, timed,
 };
 use qci_core::log::LogWriter;
@@ -88,19 +88,16 @@ fn main() {
     common::write_pipeline(&project, &[("flood", &command)]);
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for i in 0..MIN_PAIRS {
-        let run_ours = |ours: &mut Vec<Duration>| {
-            let job = qci.run(&project, false);
-            qci.forget(&job);
-            ours.push(job.elapsed);
-        };
         let base = format!("{command} > /dev/null");
-        if i % 2 == 0 {
-            run_ours(&mut ours);
-            theirs.push(shell(&project, &base));
-        } else {
-            theirs.push(shell(&project, &base));
-            run_ours(&mut ours);
-        }
+        paired(
+            i,
+            || {
+                let job = qci.run(&project, false);
+                qci.forget(&job);
+                ours.push(job.elapsed);
+            },
+            || theirs.push(shell(&project, &base)),
+        );
         eprintln!(
             "output: throughput: job {:.0} ms, to /dev/null {:.0} ms",
             ms(ours[i]),
@@ -221,30 +218,27 @@ fn in_process(dir: &Path, bytes: u64) {
     let exe = std::env::current_exe().expect("bench executable path");
     let (mut ours, mut theirs, mut hwm) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..MIN_PAIRS {
-        let run_ours = |ours: &mut Vec<f64>, hwm: &mut Vec<f64>| {
-            let status = Command::new(&exe)
-                .arg("--child")
-                .arg(dir)
-                .arg(bytes.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .status()
-                .expect("start the child runner");
-            assert!(status.success(), "the child runner failed: {status}");
-            let report = std::fs::read_to_string(dir.join("report")).expect("child report");
-            let mut fields = report.split_whitespace().map(|f| f.parse::<u64>().unwrap());
-            let nanos = fields.next().unwrap();
-            ours.push(mib_per_s(bytes, Duration::from_nanos(nanos)));
-            hwm.push(fields.next().unwrap() as f64 / 1024.0);
-        };
         let base = format!("{} > /dev/null", flood(LINE, bytes));
-        if i % 2 == 0 {
-            run_ours(&mut ours, &mut hwm);
-            theirs.push(mib_per_s(bytes, shell(dir, &base)));
-        } else {
-            theirs.push(mib_per_s(bytes, shell(dir, &base)));
-            run_ours(&mut ours, &mut hwm);
-        }
+        paired(
+            i,
+            || {
+                let status = Command::new(&exe)
+                    .arg("--child")
+                    .arg(dir)
+                    .arg(bytes.to_string())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .status()
+                    .expect("start the child runner");
+                assert!(status.success(), "the child runner failed: {status}");
+                let report = std::fs::read_to_string(dir.join("report")).expect("child report");
+                let mut fields = report.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+                let nanos = fields.next().unwrap();
+                ours.push(mib_per_s(bytes, Duration::from_nanos(nanos)));
+                hwm.push(fields.next().unwrap() as f64 / 1024.0);
+            },
+            || theirs.push(mib_per_s(bytes, shell(dir, &base))),
+        );
     }
     row(
         "  in-process: run_step + LogWriter, 95-byte lines",

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{MIN_PAIRS, Qci, Reference, all_ms, median, range, row, scaled, shell};
+use common::{MIN_PAIRS, Qci, Reference, all_ms, median, paired, range, row, scaled, shell};
 use std::time::Duration;
 
 const STEPS: [&str; 3] = ["true", "true", "true"];
@@ -38,18 +38,15 @@ fn main() {
     let (mut ours, mut theirs, mut steps) = (Vec::new(), Vec::new(), Vec::new());
     eprintln!("overhead: {rounds} rounds");
     for i in 0..rounds {
-        let mut run_ours = || {
-            let job = qci.run(&project, true);
-            qci.forget(&job);
-            ours.push(job.elapsed);
-        };
-        if i % 2 == 0 {
-            run_ours();
-            theirs.push(reference.run(&project, &work, &ref_log, &STEPS));
-        } else {
-            theirs.push(reference.run(&project, &work, &ref_log, &STEPS));
-            run_ours();
-        }
+        paired(
+            i,
+            || {
+                let job = qci.run(&project, true);
+                qci.forget(&job);
+                ours.push(job.elapsed);
+            },
+            || theirs.push(reference.run(&project, &work, &ref_log, &STEPS)),
+        );
         steps.push(bare());
     }
 

@@ -21,8 +21,8 @@
 mod common;
 
 use common::{
-    MIB, MIN_PAIRS, Qci, Reference, Rng, median, ms, range, release_dir, row, scale, shell, sync,
-    timed,
+    MIB, MIN_PAIRS, Qci, Reference, Rng, median, ms, paired, range, release_dir, row, scale, shell,
+    sync, timed,
 };
 use qci_core::unpack::{Limits, unpack};
 use std::fs;
@@ -75,23 +75,19 @@ fn main() {
 
         let (mut ours, mut tars, mut makes, mut refs) = (vec![], vec![], vec![], vec![]);
         for i in 0..MIN_PAIRS {
-            let run_ours = |ours: &mut Vec<Duration>| {
-                sync();
-                let job = qci.run(&project, false);
-                qci.forget(&job);
-                ours.push(job.elapsed);
-            };
-            let run_tar = |tars: &mut Vec<Duration>| {
-                sync();
-                tars.push(tar_pipe(&project, &dst));
-            };
-            if i % 2 == 0 {
-                run_ours(&mut ours);
-                run_tar(&mut tars);
-            } else {
-                run_tar(&mut tars);
-                run_ours(&mut ours);
-            }
+            paired(
+                i,
+                || {
+                    sync();
+                    let job = qci.run(&project, false);
+                    qci.forget(&job);
+                    ours.push(job.elapsed);
+                },
+                || {
+                    sync();
+                    tars.push(tar_pipe(&project, &dst));
+                },
+            );
             makes.push(STEPS.iter().map(|s| shell(&project, s)).sum::<Duration>());
             if headline {
                 sync();
@@ -176,32 +172,28 @@ fn unpacker_alone(project: &Path, dst: &Path, tree: &Tree) {
     };
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for i in 0..MIN_PAIRS {
-        let run_ours = |ours: &mut Vec<f64>| {
-            fresh(dst);
-            let mut tar = Command::new("tar")
-                .arg("-C")
-                .arg(project)
-                .args(["--exclude=.git", "-cf", "-", "."])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("start tar -c");
-            let stdout = tar.stdout.take().expect("piped");
-            let (t, summary) = timed(|| unpack(stdout, dst, &limits).expect("unpack"));
-            assert!(tar.wait().expect("wait for tar").success());
-            assert_eq!(summary.bytes, tree.bytes);
-            ours.push(ms(t));
-        };
-        let run_tar = |theirs: &mut Vec<f64>| {
-            fresh(dst);
-            theirs.push(ms(tar_pipe(project, dst)));
-        };
-        if i % 2 == 0 {
-            run_ours(&mut ours);
-            run_tar(&mut theirs);
-        } else {
-            run_tar(&mut theirs);
-            run_ours(&mut ours);
-        }
+        paired(
+            i,
+            || {
+                fresh(dst);
+                let mut tar = Command::new("tar")
+                    .arg("-C")
+                    .arg(project)
+                    .args(["--exclude=.git", "-cf", "-", "."])
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .expect("start tar -c");
+                let stdout = tar.stdout.take().expect("piped");
+                let (t, summary) = timed(|| unpack(stdout, dst, &limits).expect("unpack"));
+                assert!(tar.wait().expect("wait for tar").success());
+                assert_eq!(summary.bytes, tree.bytes);
+                ours.push(ms(t));
+            },
+            || {
+                fresh(dst);
+                theirs.push(ms(tar_pipe(project, dst)));
+            },
+        );
     }
     let ratios: Vec<f64> = ours.iter().zip(&theirs).map(|(a, b)| a / b).collect();
     row(

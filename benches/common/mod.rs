@@ -165,6 +165,19 @@ pub fn sync() {
     let _ = Command::new("sync").status();
 }
 
+/// Runs `ours` and `theirs` one after the other, `ours` first in even
+/// rounds: each side runs first as often as second, so neither always gets
+/// the warmer cache or the quieter moment.
+pub fn paired(round: usize, ours: impl FnOnce(), theirs: impl FnOnce()) {
+    if round.is_multiple_of(2) {
+        ours();
+        theirs();
+    } else {
+        theirs();
+        ours();
+    }
+}
+
 /// Runs `f`, timed.
 pub fn timed<T>(f: impl FnOnce() -> T) -> (Duration, T) {
     let start = Instant::now();

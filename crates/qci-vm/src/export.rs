@@ -318,22 +318,7 @@ mod tests {
         let mut out = Vec::new();
         export(dir.path(), &mut out).unwrap();
 
-        let mut archive = tar::Archive::new(out.as_slice());
-        let mut seen = Vec::new();
-        for entry in archive.entries().unwrap() {
-            let mut entry = entry.unwrap();
-            let path = entry.path().unwrap().to_string_lossy().into_owned();
-            let header = entry.header();
-            let kind = header.entry_type();
-            let mode = header.mode().unwrap() & 0o7777;
-            let link = entry
-                .link_name()
-                .unwrap()
-                .map(|l| l.to_string_lossy().into_owned());
-            let mut body = String::new();
-            entry.read_to_string(&mut body).unwrap();
-            seen.push((path, kind, mode, link, body));
-        }
+        let seen = entries(&out);
         let names: Vec<_> = seen.iter().map(|s| s.0.as_str()).collect();
         assert_eq!(
             names,
