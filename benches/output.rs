@@ -34,6 +34,9 @@ const LINE: &str = "qci benchmark line of moderate length ......................
 const GIB: u64 = 1 << 30;
 const RSS_GOAL_MIB: f64 = 32.0;
 const THROUGHPUT_GOAL: f64 = 300.0;
+/// What the log adds to each line of the `flood` step:
+/// `2026-11-22T10:15:00.123Z [flood] `.
+const LOG_PREFIX: u64 = 33;
 /// The last step: the runner's peak RSS, into the log.
 const HWM_STEP: &str = "sed -n 's/^VmHWM:[[:space:]]*//p' /proc/$PPID/status";
 
@@ -59,17 +62,26 @@ fn main() {
         b if b >= GIB => format!("{:.0} GiB", b as f64 / GIB as f64),
         b => format!("{:.0} MiB", b as f64 / MIB),
     };
+    // Every output line is a log line, 34 bytes longer (its stamp and step
+    // name): 1 GiB of empty lines makes 34 GiB of log. Where the disk has
+    // no room for that, less output is measured, and the row says so.
+    let room = free_bytes(dir.path()) / 10 * 8;
+    let fits = |line: &str, bytes: u64| {
+        let per_line = line.len() as u64 + 1;
+        let cap = room / (per_line + LOG_PREFIX) * per_line;
+        (bytes.min(cap) / per_line * per_line).max(per_line)
+    };
     let cases = [
-        (format!("{} of 1-byte lines", size(gib)), flood("x", gib)),
-        (format!("{} of empty lines", size(gib)), flood("", gib)),
-        (format!("{} of 95-byte lines", size(gib)), flood(LINE, gib)),
-        (
-            format!("{} of 95-byte lines", size(4 * gib)),
-            flood(LINE, 4 * gib),
-        ),
+        ("x", gib, "1-byte"),
+        ("", gib, "empty"),
+        (LINE, gib, "95-byte"),
+        (LINE, 4 * gib, "95-byte"),
     ];
-    for (what, command) in &cases {
-        common::write_pipeline(&project, &[("flood", command), ("hwm", HWM_STEP)]);
+    for (line, wanted, kind) in cases {
+        let bytes = fits(line, wanted);
+        let what = format!("{} of {kind} lines", size(bytes));
+        let command = flood(line, bytes);
+        common::write_pipeline(&project, &[("flood", &command), ("hwm", HWM_STEP)]);
         eprintln!("output: {what}");
         let (hwm, largest, t) = peak_rss(dir.path(), &project);
         let ok = hwm <= RSS_GOAL_MIB && largest <= RSS_GOAL_MIB;
@@ -197,6 +209,12 @@ fn job_child(state: &Path, project: &Path) {
         usage.max_rss(),
         job.log.display()
     );
+}
+
+/// Bytes free for an unprivileged user on the file system of `dir`.
+fn free_bytes(dir: &Path) -> u64 {
+    let stat = nix::sys::statvfs::statvfs(dir).expect("statvfs");
+    stat.blocks_available() * stat.fragment_size()
 }
 
 /// The last `n` bytes of a file, as text.

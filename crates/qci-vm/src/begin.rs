@@ -75,7 +75,10 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
     let workspace = paths.workspace(job);
     // Progress on stderr: stdout carries only dom0's log.
     match (&job_file.source, &job_file.commit) {
-        (Some(dir), _) => eprintln!("qci-vm: job {job}: listing the working tree {}", dir.display()),
+        (Some(dir), _) => eprintln!(
+            "qci-vm: job {job}: listing the working tree {}",
+            dir.display()
+        ),
         (None, Some(sha)) => eprintln!(
             "qci-vm: job {job}: cloning {} at {sha}",
             mask.apply(&job_file.repository.url)
