@@ -1,112 +1,75 @@
 //! Fixed cost of a job: `qci run --local` (release binaries, emulated
 //! machine in a temporary state directory) on a project whose three steps
-//! are `true`, against running `sh -c true` three times directly.
+//! are `true`, against the reference-style runner doing the same job and
+//! against `sh -c true` three times.
 //!
-//! One warm-up run creates the machine; then 10 timed runs of each
-//! (`QCI_BENCH_SCALE` scales the count, at least 3).
+//! One warm-up run of each; then paired rounds, the order alternating, of
+//! qci, the reference runner and the bare steps (21 rounds; `QCI_BENCH_SCALE`
+//! scales the count, at least 5). The figures are medians.
 
 mod common;
 
-use common::{median, ms, release_dir, scaled};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use common::{MIN_PAIRS, Qci, Reference, all_ms, median, paired, range, row, scaled, shell};
+use std::time::Duration;
 
-const PIPELINE: &str = r#"[[steps]]
-name = "one"
-command = "true"
-
-[[steps]]
-name = "two"
-command = "true"
-
-[[steps]]
-name = "three"
-command = "true"
-"#;
+const STEPS: [&str; 3] = ["true", "true", "true"];
 
 fn main() {
-    let bin = release_dir();
-    let runs = scaled(10, 3) as usize;
-    let scratch = tempfile::tempdir().expect("tempdir");
-    // Run as root, the machine's qubes run as an unprivileged user, who
-    // must reach the machine and read the project.
-    std::fs::set_permissions(
-        scratch.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("open the scratch area");
+    let bin = common::release_dir();
+    let rounds = (scaled(21, 1) as usize).max(MIN_PAIRS);
+    let scratch = common::scratch();
     let project = scratch.path().join("project");
     std::fs::create_dir(&project).expect("project dir");
-    std::fs::write(project.join(".qci.toml"), PIPELINE).expect("write .qci.toml");
-    let state = scratch.path().join("state");
+    common::write_pipeline(
+        &project,
+        &[("one", STEPS[0]), ("two", STEPS[1]), ("three", STEPS[2])],
+    );
+    let qci = Qci::new(&bin, &scratch.path().join("state"));
+    let reference = Reference::new();
+    let work = scratch.path().join("reference-work");
+    let ref_log = scratch.path().join("reference.log");
+    let bare = || STEPS.iter().map(|s| shell(&project, s)).sum::<Duration>();
 
-    eprintln!("overhead: warm-up run (creates the machine)");
-    qci_run(&bin, &project, &state);
-    let mut ours = Vec::new();
-    let mut baseline = Vec::new();
-    for _ in 0..runs {
-        ours.push(qci_run(&bin, &project, &state));
-        baseline.push(three_trues(&project));
+    eprintln!("overhead: warm-up (creates the machine)");
+    qci.forget(&qci.run(&project, true));
+    reference.run(&project, &work, &ref_log, &STEPS);
+    bare();
+
+    let (mut ours, mut theirs, mut steps) = (Vec::new(), Vec::new(), Vec::new());
+    eprintln!("overhead: {rounds} rounds");
+    for i in 0..rounds {
+        paired(
+            i,
+            || {
+                let job = qci.run(&project, true);
+                qci.forget(&job);
+                ours.push(job.elapsed);
+            },
+            || theirs.push(reference.run(&project, &work, &ref_log, &STEPS)),
+        );
+        steps.push(bare());
     }
 
-    let (m_ours, m_base) = (median(&ours), median(&baseline));
-    let min = |t: &[Duration]| *t.iter().min().unwrap();
-    println!("overhead: qci run --local, 3 steps `true`, {runs} runs after 1 warm-up");
-    println!(
-        "  qci run --local     median {:.1} ms, min {:.1} ms",
-        ms(m_ours),
-        ms(min(&ours))
+    let (ours, theirs, steps) = (all_ms(&ours), all_ms(&theirs), all_ms(&steps));
+    let ratios: Vec<f64> = ours.iter().zip(&theirs).map(|(a, b)| a / b).collect();
+    let (m_ours, m_theirs, m_ratio) = (median(&ours), median(&theirs), median(&ratios));
+    let (lo, hi) = range(&ours);
+    row(
+        &format!("`qci run --local`, 3 steps `true` (median of {rounds})"),
+        "< 50 ms",
+        &format!("{m_ours:.1} ms (range {lo:.1}-{hi:.1})"),
+        Some(m_ours < 50.0),
     );
-    println!(
-        "  sh -c true x3       median {:.1} ms, min {:.1} ms (baseline)",
-        ms(m_base),
-        ms(min(&baseline))
+    row(
+        "  same job, reference-style Python runner",
+        "qci faster: ratio < 1",
+        &format!("{m_theirs:.1} ms; qci/reference {m_ratio:.2}x (median of pair ratios)"),
+        Some(m_ratio < 1.0),
     );
-    println!(
-        "  overhead            {:.1} ms (target < 300 ms)",
-        ms(m_ours.saturating_sub(m_base))
+    row(
+        "  the steps alone, `sh -c true` x3",
+        "",
+        &format!("{:.1} ms", median(&steps)),
+        None,
     );
-    println!(
-        "  ratio               {:.0}x",
-        m_ours.as_secs_f64() / m_base.as_secs_f64()
-    );
-}
-
-/// One `qci run --local PROJECT --state-dir STATE`, which must succeed.
-fn qci_run(bin: &Path, project: &Path, state: &Path) -> Duration {
-    let start = Instant::now();
-    let out = Command::new(bin.join("qci"))
-        .args(["run", "--local"])
-        .arg(project)
-        .arg("--state-dir")
-        .arg(state)
-        .env("QCI_BIN_DIR", bin)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run qci");
-    let elapsed = start.elapsed();
-    assert!(
-        out.status.success(),
-        "qci run --local failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    elapsed
-}
-
-/// The steps alone: `sh -c true` three times, one after the other.
-fn three_trues(dir: &Path) -> Duration {
-    let start = Instant::now();
-    for _ in 0..3 {
-        let status = Command::new("sh")
-            .args(["-c", "true"])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .status()
-            .expect("run sh");
-        assert!(status.success());
-    }
-    start.elapsed()
 }

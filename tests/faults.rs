@@ -29,9 +29,23 @@ fn start_waiting(s: &Scratch, project: &Path) -> std::process::Child {
 }
 
 /// The one process of this machine whose command line satisfies `pick`.
+/// A child it is starting shows the same command line until it execs
+/// (the runner starts status calls at any time): such children are not
+/// counted.
 fn machine_process(s: &Scratch, what: &str, pick: impl Fn(&[String]) -> bool) -> i32 {
     let emu = format!("QCI_EMU_MACHINE={}", s.machine().display());
-    let found = processes(&emu, pick);
+    let mut found = processes(&emu, pick);
+    let parent = |pid: &i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let all = found.clone();
+    found.retain(|pid| parent(pid).is_none_or(|p| !all.contains(&p)));
     assert_eq!(found.len(), 1, "exactly one {what} expected: {found:?}");
     found[0]
 }

@@ -301,3 +301,54 @@ fn invalid_status_events_are_refused_by_the_dev_vm() {
         "nothing refused may reach the sink"
     );
 }
+
+#[test]
+fn older_jobs_trees_are_gone_after_a_job_even_those_a_dead_run_left() {
+    let s = Scratch::new();
+    let first = job_id(&s.prepare_machine());
+    let jobs = s.work_dir().join("jobs");
+    assert!(jobs.join(&first).is_dir());
+    // What a runner killed while it removed older trees leaves behind,
+    // owned by dom0's user as the runner made it.
+    let aside = s.work_dir().join("old-jobs.1.2");
+    let left = aside.join("deep/er");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("file"), "x").unwrap();
+    let (_, uid, gid) = s.machine_user();
+    for made in [&aside, &aside.join("deep"), &left, &left.join("file")] {
+        std::os::unix::fs::chown(made, Some(uid), Some(gid)).unwrap();
+    }
+
+    let second = job_id(&s.prepare_machine());
+    let kept: Vec<String> = std::fs::read_dir(&jobs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept, [second], "only the last job's tree stays");
+    let aside: Vec<_> = std::fs::read_dir(s.work_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with("old-jobs."))
+        .collect();
+    assert!(aside.is_empty(), "{aside:?}");
+}
+
+#[test]
+fn a_step_that_leaves_a_process_in_its_group_ends_and_the_process_is_stopped() {
+    let s = Scratch::new();
+    let project = s.one_step("bg", "sleep 60 & echo $! > bg.pid; echo done", "");
+    let out = s.run(&project, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let job = job_id(&stdout);
+    let log = s.job_log(&job);
+    assert!(
+        log.contains("[qci] step bg left processes running: stopping them"),
+        "{log}"
+    );
+    let pid = std::fs::read_to_string(s.work_dir().join("jobs").join(&job).join("bg.pid")).unwrap();
+    assert!(
+        support::is_dead(pid.trim().parse().unwrap()),
+        "the sleep still runs"
+    );
+}

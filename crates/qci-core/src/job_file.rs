@@ -277,6 +277,11 @@ impl JobFile {
     /// never reused. Atomic: the file is written under a temporary name in
     /// the same directory and then linked into place, so a reader sees the
     /// whole file or none, and of two writers racing for one id only one wins.
+    ///
+    /// Not synced to disk: the file only matters to the job that starts at
+    /// once, which a crash ends anyway, and ids are never reused, so a file
+    /// a crash left half-written is never read. An fsync here would cost a
+    /// journal commit on every job's path.
     pub fn save(&self, path: &Path) -> Result<(), JobFileError> {
         let failed = |source| JobFileError::Write {
             path: path.to_owned(),
@@ -293,7 +298,7 @@ impl JobFile {
         tmp_name.push(format!(".tmp-{}", std::process::id()));
         let tmp = dir.join(tmp_name);
         let written = std::fs::File::create(&tmp)
-            .and_then(|mut f| f.write_all(&text).and_then(|()| f.sync_all()))
+            .and_then(|mut f| f.write_all(&text))
             // A hard link, unlike a rename, never replaces what is there.
             .and_then(|()| std::fs::hard_link(&tmp, path));
         let _ = std::fs::remove_file(&tmp);

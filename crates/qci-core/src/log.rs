@@ -29,6 +29,9 @@ pub struct LogWriter {
     file: File,
     echo: Option<Box<dyn Write + Send>>,
     mask: SecretMask,
+    /// The text of the batch being put together, kept between batches so
+    /// that its memory is reused.
+    text: String,
 }
 
 impl LogWriter {
@@ -48,6 +51,7 @@ impl LogWriter {
             file,
             echo,
             mask: SecretMask::default(),
+            text: String::new(),
         })
     }
 
@@ -65,46 +69,71 @@ impl LogWriter {
     /// Writes one line for `step`, stamped now; `raw` is one output line
     /// without its newline.
     pub fn line(&mut self, step: &str, raw: &[u8]) -> io::Result<()> {
-        self.lines_at(step, &[raw], SystemTime::now())
+        let mut batch = self.batch(step, SystemTime::now());
+        batch.line(Line::new(raw));
+        batch.write()
     }
 
-    /// Writes lines that arrived together (one read of a step's output) with
-    /// one stamp, `at`: the step executor reads output on another thread and
-    /// stamps it there, so a slow log does not skew times. One write goes to
-    /// the file and one to the echo: the cost of a syscall and a flush is
-    /// paid per arrival, not per line.
-    ///
+    /// Starts a batch of lines for `step` that arrived together (one read of
+    /// a step's output), all stamped `at`: the step executor stamps a read
+    /// when it returns, so a slow log does not skew times. The batch is
+    /// written with one write to the file and one to the echo: the cost of
+    /// a syscall and a flush is paid per arrival, not per line.
+    pub fn batch(&mut self, step: &str, at: SystemTime) -> Batch<'_> {
+        let mut prefix = timestamp(at);
+        prefix.push_str(" [");
+        prefix.push_str(&clean(Line::new(step.as_bytes())));
+        prefix.push_str("] ");
+        self.text.clear();
+        Batch { log: self, prefix }
+    }
+
     /// Both the file and the echo are flushed every time: a killed run still
     /// leaves its log, and whoever follows the echo sees each line at once.
     /// The file is the record; if the echo fails (the caller went away) it
     /// is dropped with a warning and the run goes on.
-    pub fn lines_at(
-        &mut self,
-        step: &str,
-        lines: &[impl AsRef<[u8]>],
-        at: SystemTime,
-    ) -> io::Result<()> {
-        let stamp = timestamp(at);
-        let step = clean(step.as_bytes());
-        let mut text = String::with_capacity(lines.iter().map(|l| l.as_ref().len() + 40).sum());
-        for raw in lines {
-            let clean = clean(raw.as_ref());
-            text.push_str(&stamp);
-            text.push_str(" [");
-            text.push_str(&step);
-            text.push_str("] ");
-            text.push_str(&self.mask.apply(&clean));
-            text.push('\n');
-        }
-        self.file.write_all(text.as_bytes())?;
+    fn write_text(&mut self) -> io::Result<()> {
+        self.file.write_all(self.text.as_bytes())?;
         self.file.flush()?;
         if let Some(echo) = &mut self.echo
-            && let Err(e) = echo.write_all(text.as_bytes()).and_then(|()| echo.flush())
+            && let Err(e) = echo
+                .write_all(self.text.as_bytes())
+                .and_then(|()| echo.flush())
         {
             tracing::warn!("cannot echo the log any more, writing only the file: {e}");
             self.echo = None;
         }
         Ok(())
+    }
+}
+
+/// Lines of one step that arrived together, written by [`Batch::write`].
+/// Its memory is the log's, reused from batch to batch: it holds one read
+/// of output, formatted.
+pub struct Batch<'a> {
+    log: &'a mut LogWriter,
+    /// `STAMP [step] `.
+    prefix: String,
+}
+
+impl Batch<'_> {
+    /// Adds one output line, without its newline: cleaned, then masked.
+    pub fn line(&mut self, line: Line<'_>) {
+        let text = &mut self.log.text;
+        text.push_str(&self.prefix);
+        match line.as_printable() {
+            // The common line: nothing to clean, nothing to mask.
+            Some(plain) if self.log.mask.is_empty() => text.push_str(plain),
+            _ => text.push_str(&self.log.mask.apply(&clean(line))),
+        }
+        text.push('\n');
+    }
+
+    pub fn write(self) -> io::Result<()> {
+        if self.log.text.is_empty() {
+            return Ok(());
+        }
+        self.log.write_text()
     }
 }
 
@@ -164,6 +193,9 @@ impl SecretMask {
 
     pub fn apply<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
         let mut out = std::borrow::Cow::Borrowed(text);
+        if self.secrets.is_empty() {
+            return out;
+        }
         for secret in &self.secrets {
             if out.contains(secret.as_str()) {
                 out = std::borrow::Cow::Owned(out.replace(secret.as_str(), "***"));
@@ -194,17 +226,19 @@ pub fn timestamp(at: SystemTime) -> String {
 /// last non-blank text before it is (so `50%\r100%` gives `100%` and a CRLF
 /// line `text\r` gives `text`).
 pub fn sanitize(raw: &[u8]) -> String {
-    clean(raw).into_owned()
+    clean(Line::new(raw)).into_owned()
 }
 
-/// [`sanitize`] without a copy for the common line: printable ASCII and
-/// tabs only, which needs no work.
-fn clean(raw: &[u8]) -> std::borrow::Cow<'_, str> {
-    // A fold without early exit: the compiler turns it into vector code.
-    let plain = raw.iter().fold(true, |ok, &b| {
-        ok & (b.wrapping_sub(b' ') < 95 || b == b'\t')
-    });
-    if plain && let Ok(text) = std::str::from_utf8(raw) {
+/// [`sanitize`] without a copy for the common line: valid UTF-8 without
+/// control characters (but tabs), which needs no work.
+fn clean(line: Line<'_>) -> std::borrow::Cow<'_, str> {
+    if let Some(text) = line.as_printable() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let raw = line.bytes;
+    if let Ok(text) = std::str::from_utf8(raw)
+        && !has_controls(raw)
+    {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut s = Sanitizer::default();
@@ -219,6 +253,18 @@ fn clean(raw: &[u8]) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(s.finish())
+}
+
+/// Whether valid UTF-8 `text` holds a control character other than tab:
+/// C0 and DEL are single bytes; C1 (U+0080 to U+009F) is `0xC2 0x80..0x9F`.
+fn has_controls(text: &[u8]) -> bool {
+    // A fold without early exit: the compiler turns it into vector code.
+    let c0_or_del = text.iter().fold(false, |found, &b| {
+        found | ((b < b' ' && b != b'\t') | (b == 0x7f))
+    });
+    c0_or_del
+        || memchr::memchr_iter(0xc2, text)
+            .any(|i| text.get(i + 1).is_some_and(|b| (0x80..=0x9f).contains(b)))
 }
 
 #[derive(Default)]
@@ -310,12 +356,49 @@ impl Sanitizer {
     }
 }
 
+/// One line from a [`LineSplitter`], without its `\n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Line<'a> {
+    pub bytes: &'a [u8],
+    /// Known to be printable ASCII and tabs only, from one look at the
+    /// whole chunk it came in: such a line needs no cleaning.
+    printable: bool,
+}
+
+impl<'a> Line<'a> {
+    /// A line nothing is known about yet.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            printable: false,
+        }
+    }
+
+    /// The line as text, if it is printable ASCII and tabs only.
+    pub fn as_printable(&self) -> Option<&'a str> {
+        let printable = self.printable || printable_ascii(self.bytes, b'\t');
+        // SAFETY: every byte is printable ASCII or a tab, and ASCII is
+        // valid UTF-8.
+        printable.then(|| unsafe { std::str::from_utf8_unchecked(self.bytes) })
+    }
+}
+
+/// Whether `bytes` holds printable ASCII, tabs and `also` only. A fold
+/// without early exit: the compiler turns it into vector code.
+fn printable_ascii(bytes: &[u8], also: u8) -> bool {
+    bytes.iter().fold(true, |ok, &b| {
+        ok & ((b.wrapping_sub(b' ') < 95) | (b == b'\t') | (b == also))
+    })
+}
+
 /// Cuts a byte stream into lines with bounded memory: it holds at most
 /// [`MAX_LINE`] bytes, and a longer line comes out in pieces of at most that
 /// size, whatever the volume of output.
 #[derive(Debug, Default)]
 pub struct LineSplitter {
     partial: Vec<u8>,
+    /// `partial` is printable ASCII and tabs only.
+    partial_printable: bool,
     mask: SecretMask,
 }
 
@@ -328,46 +411,91 @@ impl LineSplitter {
     /// secrets, so masking each piece still hides it whole.
     pub fn masking(mask: SecretMask) -> Self {
         Self {
-            partial: Vec::new(),
             mask,
+            ..Self::default()
         }
     }
 
-    /// Takes the next chunk of the stream and gives back the lines it
-    /// completes, without their `\n`. A piece cut from an overlong line ends
-    /// on a UTF-8 character boundary where it can, so no character is split.
-    pub fn push(&mut self, mut chunk: &[u8]) -> Vec<Vec<u8>> {
-        let mut lines = Vec::new();
+    /// Takes the next chunk of the stream and hands `emit` each line it
+    /// completes, borrowed rather than copied: a line inside the chunk is
+    /// never copied at all. A piece cut from an overlong line ends on a
+    /// UTF-8 character boundary where it can, so no character is split.
+    ///
+    /// The whole chunk is looked at once for printable ASCII: then none of
+    /// its lines needs a look of its own (see [`Line::as_printable`]).
+    pub fn push(&mut self, mut chunk: &[u8], mut emit: impl FnMut(Line<'_>)) {
+        let printable = printable_ascii(chunk, b'\n');
+        if self.partial.is_empty() {
+            self.partial_printable = true;
+        }
         while !chunk.is_empty() {
             if self.partial.len() >= MAX_LINE {
+                let whole = Line {
+                    bytes: &self.partial,
+                    printable: self.partial_printable,
+                };
                 // Full: the line ends here, at its newline if one follows.
                 if chunk[0] == b'\n' {
-                    lines.push(std::mem::take(&mut self.partial));
+                    emit(whole);
+                    self.partial.clear();
+                    self.partial_printable = true;
                     chunk = &chunk[1..];
                 } else {
                     let cut = utf8_cut(&self.partial);
-                    let rest = self
-                        .partial
-                        .split_off(self.mask.safe_cut(&self.partial, cut));
-                    lines.push(std::mem::replace(&mut self.partial, rest));
+                    let cut = self.mask.safe_cut(&self.partial, cut);
+                    emit(Line {
+                        bytes: &self.partial[..cut],
+                        ..whole
+                    });
+                    self.partial.drain(..cut);
                 }
                 continue;
             }
             let room = MAX_LINE - self.partial.len();
             match memchr::memchr(b'\n', &chunk[..room.min(chunk.len())]) {
+                Some(i) if self.partial.is_empty() => {
+                    emit(Line {
+                        bytes: &chunk[..i],
+                        printable,
+                    });
+                    chunk = &chunk[i + 1..];
+                }
                 Some(i) => {
                     self.partial.extend_from_slice(&chunk[..i]);
-                    lines.push(std::mem::take(&mut self.partial));
+                    emit(Line {
+                        bytes: &self.partial,
+                        printable: self.partial_printable && printable,
+                    });
+                    self.partial.clear();
+                    self.partial_printable = true;
                     chunk = &chunk[i + 1..];
                 }
                 None => {
                     let n = room.min(chunk.len());
                     self.partial.extend_from_slice(&chunk[..n]);
+                    self.partial_printable &= printable;
                     chunk = &chunk[n..];
                 }
             }
         }
-        lines
+    }
+
+    /// Whether `chunk` would come out of [`LineSplitter::push`] as it is,
+    /// line for line: nothing is held from before, it ends with a newline,
+    /// and its lines are printable ASCII, none longer than [`MAX_LINE`]. A
+    /// caller that passes lines on unchanged can then pass the chunk on
+    /// whole, without cutting it up.
+    pub fn passes_whole(&self, chunk: &[u8]) -> bool {
+        let mut start = 0;
+        self.partial.is_empty()
+            && chunk.last() == Some(&b'\n')
+            && printable_ascii(chunk, b'\n')
+            && (chunk.len() <= MAX_LINE
+                || memchr::memchr_iter(b'\n', chunk).all(|end| {
+                    let whole = end - start <= MAX_LINE;
+                    start = end + 1;
+                    whole
+                }))
     }
 
     /// Ends the stream: gives the last line if it had no `\n`.
@@ -457,6 +585,19 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn text_without_controls_is_borrowed_and_c1_controls_are_removed() {
+        for plain in ["ascii only", "tab\there", "těst › ✓ 日本", ""] {
+            let line = Line::new(plain.as_bytes());
+            assert!(
+                matches!(clean(line), std::borrow::Cow::Borrowed(t) if t == plain),
+                "{plain:?}"
+            );
+        }
+        assert_eq!(sanitize("a\u{80}b\u{9f}c\u{a0}d".as_bytes()), "abc\u{a0}d");
+        assert_eq!(sanitize("\u{9b}31mred".as_bytes()), "red");
+    }
+
+    #[test]
     fn sanitize_replaces_invalid_utf8_but_keeps_valid() {
         assert_eq!(sanitize(b"a\xffb"), "a\u{FFFD}b");
         // 0x9b inside a valid character is not a CSI.
@@ -476,9 +617,9 @@ pub(crate) mod tests {
     #[test]
     fn splitter_joins_lines_across_chunks() {
         let mut s = LineSplitter::new();
-        assert!(s.push(b"hel").is_empty());
-        assert_eq!(s.push(b"lo\nwor"), [b"hello".to_vec()]);
-        assert_eq!(s.push(b"ld\n\nlast"), [b"world".to_vec(), Vec::new()]);
+        assert!(push(&mut s, b"hel").is_empty());
+        assert_eq!(push(&mut s, b"lo\nwor"), [b"hello".to_vec()]);
+        assert_eq!(push(&mut s, b"ld\n\nlast"), [b"world".to_vec(), Vec::new()]);
         assert_eq!(s.finish(), Some(b"last".to_vec()));
         assert_eq!(s.finish(), None);
     }
@@ -489,12 +630,12 @@ pub(crate) mod tests {
         let mut pieces = Vec::new();
         let long = vec![b'x'; 200 * 1024];
         for chunk in long.chunks(5000) {
-            for p in s.push(chunk) {
+            for p in push(&mut s, chunk) {
                 assert!(s.partial.len() <= MAX_LINE);
                 pieces.push(p);
             }
         }
-        pieces.extend(s.push(b"\nnext\n"));
+        pieces.extend(push(&mut s, b"\nnext\n"));
         let lens: Vec<_> = pieces.iter().map(Vec::len).collect();
         assert_eq!(
             lens,
@@ -511,7 +652,7 @@ pub(crate) mod tests {
         line.extend_from_slice(b"hunter2secret!\n");
         let pieces: Vec<String> = line
             .chunks(7)
-            .flat_map(|c| s.push(c))
+            .flat_map(|c| push(&mut s, c))
             .map(|p| mask.apply(&String::from_utf8(p).unwrap()).into_owned())
             .collect();
         assert_eq!(pieces.len(), 2);
@@ -540,10 +681,52 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_line_is_known_printable_only_when_all_its_chunks_were() {
+        let mut s = LineSplitter::new();
+        let mut seen = Vec::new();
+        let mut push = |s: &mut LineSplitter, chunk: &[u8]| {
+            s.push(chunk, |l| seen.push((l.bytes.to_vec(), l.printable)));
+        };
+        push(&mut s, b"plain\ttab\nstart ");
+        push(&mut s, b"\x1b[31mred\n");
+        push(&mut s, b"x\nmore ");
+        push(&mut s, b"end\n\xff\n");
+        assert_eq!(
+            seen,
+            [
+                (b"plain\ttab".to_vec(), true),
+                (b"start \x1b[31mred".to_vec(), false),
+                (b"x".to_vec(), true),
+                (b"more end".to_vec(), false),
+                (b"\xff".to_vec(), false),
+            ]
+        );
+        // Unknown is not unclean: each line is then looked at by itself.
+        assert_eq!(Line::new(b"more end").as_printable(), Some("more end"));
+        assert_eq!(Line::new(b"\x1b[31mred").as_printable(), None);
+    }
+
+    #[test]
+    fn a_chunk_passes_whole_only_when_splitting_would_not_change_it() {
+        let mut s = LineSplitter::new();
+        assert!(s.passes_whole(b"one\ttab\ntwo\n"));
+        assert!(!s.passes_whole(b"no newline at the end"));
+        assert!(!s.passes_whole(b"\x1b[31mred\n"));
+        assert!(!s.passes_whole("caf\u{e9}\n".as_bytes()));
+        let mut long = vec![b'x'; MAX_LINE];
+        long.push(b'\n');
+        assert!(s.passes_whole(&long));
+        long.insert(0, b'x');
+        assert!(!s.passes_whole(&long), "a line longer than MAX_LINE is cut");
+        push(&mut s, b"held");
+        assert!(!s.passes_whole(b"rest\n"), "a line begun before");
+    }
+
+    #[test]
     fn splitter_keeps_a_line_of_exactly_max_line_whole() {
         let mut s = LineSplitter::new();
-        let mut pieces = s.push(&vec![b'x'; MAX_LINE]);
-        pieces.extend(s.push(b"\ny\n"));
+        let mut pieces = push(&mut s, &vec![b'x'; MAX_LINE]);
+        pieces.extend(push(&mut s, b"\ny\n"));
         let lens: Vec<_> = pieces.iter().map(Vec::len).collect();
         assert_eq!(lens, [MAX_LINE, 1]);
     }
@@ -554,10 +737,17 @@ pub(crate) mod tests {
         let mut line = vec![b'x'; MAX_LINE - 1];
         line.extend_from_slice("é".as_bytes());
         line.push(b'\n');
-        let pieces = s.push(&line);
+        let pieces = push(&mut s, &line);
         assert_eq!(pieces.len(), 2);
         assert_eq!(pieces[0].len(), MAX_LINE - 1);
         assert_eq!(pieces[1], "é".as_bytes());
+    }
+
+    /// The lines `s` completes with `chunk`, copied.
+    fn push(s: &mut LineSplitter, chunk: &[u8]) -> Vec<Vec<u8>> {
+        let mut lines = Vec::new();
+        s.push(chunk, |l| lines.push(l.bytes.to_vec()));
+        lines
     }
 
     /// Checks `2023-11-14T22:13:20.123Z [step] text` by hand.

@@ -1,5 +1,8 @@
 //! Waiting for child processes and writing to them with a bound, which std
 //! does not offer, and finding processes through `/proc`.
+//!
+//! Waits block in `poll` on a pidfd of the child, so they end the moment the
+//! child exits: a short job costs its CPU time, not polling intervals.
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
@@ -7,14 +10,60 @@ use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
+/// A file descriptor that becomes readable when a process exits: a pidfd.
+#[derive(Debug)]
+pub struct ExitFd(OwnedFd);
+
+impl ExitFd {
+    /// The pidfd of `child`, which must not have been reaped (so its pid
+    /// still names it). `None` where the kernel has no `pidfd_open` (before
+    /// Linux 5.3) or forbids it: callers then poll.
+    pub fn of(child: &Child) -> Option<Self> {
+        let pid = nix::libc::pid_t::try_from(child.id()).ok()?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new file
+        // descriptor (close-on-exec) or -1; it touches no memory of ours.
+        let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+        let fd = std::os::fd::RawFd::try_from(fd)
+            .ok()
+            .filter(|&fd| fd >= 0)?;
+        // SAFETY: the descriptor was just created for us and nothing else owns it.
+        Some(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Blocks until the process exits or `timeout` passes (or a signal
+    /// arrives); `Ok(true)` once it has exited.
+    pub fn wait(&self, timeout: Duration) -> std::io::Result<bool> {
+        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, poll_timeout(timeout)) {
+            Ok(n) => Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl AsFd for ExitFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// `timeout` for `poll`: in whole milliseconds rounded up, so that a wait
+/// never ends just before its deadline and spins.
+pub fn poll_timeout(timeout: Duration) -> PollTimeout {
+    let millis = timeout.as_nanos().div_ceil(1_000_000);
+    PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
+}
+
 /// Waits for `child` until `deadline`; `Ok(None)` means it is still running.
-/// Polls, so the caller keeps its thread and needs no signal handling.
+/// Needs no signal handling and leaves the caller's thread its own.
 pub fn wait_until(child: &mut Child, deadline: Instant) -> std::io::Result<Option<ExitStatus>> {
+    let mut exit: Option<Option<ExitFd>> = None;
     let mut pause = Duration::from_millis(1);
     loop {
         if let Some(status) = child.try_wait()? {
@@ -24,8 +73,16 @@ pub fn wait_until(child: &mut Child, deadline: Instant) -> std::io::Result<Optio
         if now >= deadline {
             return Ok(None);
         }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(50));
+        match exit.get_or_insert_with(|| ExitFd::of(child)) {
+            Some(fd) => {
+                fd.wait(deadline - now)?;
+            }
+            // No pidfd: poll, more slowly as the wait goes on.
+            None => {
+                std::thread::sleep(pause.min(deadline - now));
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
     }
 }
 
@@ -73,7 +130,7 @@ pub fn write_within(
                 if left.is_zero() {
                     return Err(std::io::ErrorKind::TimedOut.into());
                 }
-                let wait = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+                let wait = poll_timeout(left);
                 let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLOUT)];
                 match poll(&mut fds, wait) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -156,22 +213,59 @@ pub fn kill_marked(key: &str, value: &str) -> Vec<i32> {
 }
 
 /// Every process below `root` in the process tree, parents before their
-/// children, zombies included, as `(pid, parent, live)`.
-fn descendants(root: i32) -> Vec<(i32, i32, bool)> {
-    let mut children: HashMap<i32, Vec<(i32, bool)>> = HashMap::new();
+/// children, zombies included, with its stat.
+///
+/// Read from the kernel's list of each thread's children
+/// (`/proc/PID/task/TID/children`): a few files for a small tree, where a
+/// scan reads the stat of every process on the machine. Where the kernel
+/// keeps no such lists, from that scan.
+pub(crate) fn descendants(root: i32) -> Vec<(i32, ProcStat)> {
+    if !Path::new("/proc/thread-self/children").exists() {
+        return descendants_by_scan(root);
+    }
+    let mut found = Vec::new();
+    let mut next = vec![root];
+    while let Some(parent) = next.pop() {
+        for pid in children(parent) {
+            // Gone since it was listed: nothing left of it to find.
+            if let Some(stat) = ProcStat::read(Path::new(&format!("/proc/{pid}"))) {
+                found.push((pid, stat));
+                next.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// The children of every thread of `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for task in tasks.flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        found.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    found
+}
+
+/// [`descendants`] from the stat of every process.
+fn descendants_by_scan(root: i32) -> Vec<(i32, ProcStat)> {
+    let mut children: HashMap<i32, Vec<(i32, ProcStat)>> = HashMap::new();
     for (pid, dir) in processes().into_iter().flatten() {
         if let Some(stat) = ProcStat::read(&dir) {
-            children
-                .entry(stat.ppid)
-                .or_default()
-                .push((pid, stat.is_live()));
+            children.entry(stat.ppid).or_default().push((pid, stat));
         }
     }
     let mut found = Vec::new();
     let mut next = vec![root];
     while let Some(parent) = next.pop() {
-        for &(pid, live) in children.get(&parent).into_iter().flatten() {
-            found.push((pid, parent, live));
+        for (pid, stat) in children.remove(&parent).into_iter().flatten() {
+            found.push((pid, stat));
             next.push(pid);
         }
     }
@@ -198,14 +292,17 @@ pub fn stop_descendants(within: Duration) -> Vec<i32> {
         }
         // Parents first: a killed parent's children come to us, and are
         // killed in this same pass or found in the next.
-        for &(pid, _, live) in &tree {
-            if live && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() && !killed.contains(&pid) {
-                killed.push(pid);
+        for (pid, stat) in &tree {
+            if stat.is_live()
+                && kill(Pid::from_raw(*pid), Signal::SIGKILL).is_ok()
+                && !killed.contains(pid)
+            {
+                killed.push(*pid);
             }
         }
-        for &(pid, parent, _) in &tree {
-            if parent == me {
-                let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+        for (pid, stat) in &tree {
+            if stat.ppid == me {
+                let _ = waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG));
             }
         }
         if Instant::now() >= deadline {
@@ -280,6 +377,35 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn descendants_from_the_childrens_lists_are_those_a_full_scan_finds() {
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30"])
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        let pids = |tree: Vec<(i32, ProcStat)>| {
+            let mut pids: Vec<i32> = tree.into_iter().map(|(pid, _)| pid).collect();
+            pids.sort_unstable();
+            pids
+        };
+        // The shell and its two sleeps, once both are started.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pids(descendants_by_scan(me)).len() < 3 {
+            assert!(Instant::now() < deadline, "the sleeps never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let tree = descendants(me);
+        assert!(
+            tree.iter()
+                .any(|(pid, stat)| *pid == child.id() as i32 && stat.ppid == me),
+            "parents first: the shell, below this process"
+        );
+        assert_eq!(pids(tree), pids(descendants_by_scan(me)));
         let _ = child.kill();
         let _ = child.wait();
     }

@@ -2,47 +2,54 @@
 //! and stderr merged into the log line by line as they arrive, with a timeout
 //! that kills the whole group (SIGTERM, grace period, SIGKILL).
 //!
-//! Output is read on a separate thread into a bounded channel of lines, so
-//! memory stays bounded and the calling thread keeps watching the clock even
-//! while the step floods its output.
+//! One thread does it all, blocked in `poll` on the output pipe and the
+//! step's pidfd: it wakes when output arrives, when the step exits, or when a
+//! deadline is due, and looks at the clock after every read, so a step that
+//! floods its output cannot hide its timeout. Output is read, split and
+//! logged one read at a time; nothing queues, so memory stays bounded (one
+//! read, formatted) whatever the volume and the line length.
 //!
 //! Limits: only processes that stay in the step's process group are stopped.
 //! One that leaves it (`setsid`, or `set -m` job control) outlives the step;
 //! if it keeps the output pipe open, reading stops [`DRAIN`] after the step
-//! ends and the reader thread is left behind, blocked on the pipe, until that
-//! process writes (it then gets `EPIPE`) or exits. Containing such processes
-//! would take a cgroup, which dom0 has but this module does not manage.
+//! ends and the pipe is closed (its next write fails). Containing such
+//! processes would take a cgroup, which dom0 has but this module does not
+//! manage.
 
-use crate::log::{LineSplitter, LogWriter};
+use crate::log::{Line, LineSplitter, LogWriter};
 use crate::pipeline::Step;
-use crate::process::{ProcStat, processes};
+use crate::process::{ExitFd, ProcStat, descendants, poll_timeout, processes};
+use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 use std::io::{PipeReader, Read};
+use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant, SystemTime};
 
 /// How long output is still read once the step and its group are gone.
 pub const DRAIN: Duration = Duration::from_secs(2);
-/// How often the child, the clock and the cancel flag are looked at while no
-/// output arrives.
+/// The longest wait without looking at the cancel flag. A cancel signal to
+/// this (single-threaded) process ends the wait at once anyway; this bounds
+/// a cancel set from another thread.
 const TICK: Duration = Duration::from_millis(50);
-/// One read of the step's output; the lines it completes travel together.
-const READ_BYTES: usize = 64 * 1024;
-/// Reads waiting between the reader thread and the log. A batch holds at
-/// most `READ_BYTES` plus one carried-over line of at most 64 KiB, so the
-/// queue stays under 4 MiB; a step that outruns the log is slowed down by
-/// the full pipe instead.
-const QUEUE_BATCHES: usize = 32;
-
-/// The complete lines of one read, stamped when the read returned.
-type Batch = (SystemTime, Vec<Vec<u8>>);
+/// How often the process table is looked at while processes the step left
+/// behind are stopping (they are no children of ours: no pidfd to wait on).
+const MEMBER_TICK: Duration = Duration::from_millis(10);
+/// How often the step is looked at where the kernel gives no pidfd.
+const NO_PIDFD_TICK: Duration = Duration::from_millis(5);
+/// One read of the step's output; the lines it completes are logged
+/// together, with one stamp.
+const READ_BYTES: usize = 256 * 1024;
+/// The size asked for the output pipe (Linux's default unprivileged
+/// maximum): a step that floods its output runs ahead while a batch is
+/// written, instead of both taking turns one page at a time.
+pub const PIPE_BYTES: i32 = 1 << 20;
 
 /// How a step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +92,7 @@ pub struct StepContext<'a> {
     /// Between SIGTERM and SIGKILL, to let the step clean up when stopped.
     pub grace: Duration,
     /// When set to true, the step is stopped like on a timeout and ends
-    /// `Canceled`. Looked at every [`TICK`].
+    /// `Canceled`. Looked at on every wake-up, at least every [`TICK`].
     pub cancel: Option<&'a AtomicBool>,
     /// The file mode creation mask the step starts with, whatever the
     /// runner's own (see `qci-dom0`'s runner for the choice).
@@ -106,19 +113,11 @@ pub fn run_step(
         source,
     };
     let (reader, writer) = std::io::pipe().map_err(spawn_err)?;
-    let (tx, rx) = sync_channel(QUEUE_BATCHES);
-    // Detached on purpose: see the module documentation.
-    std::thread::Builder::new()
-        .name(format!("qci-read-{}", step.name))
-        .spawn({
-            let splitter = LineSplitter::masking(log.mask().clone());
-            move || read_lines(reader, splitter, tx)
-        })
-        .map_err(spawn_err)?;
-
+    // Not granted (a lower system limit): the default size works too.
+    let _ = nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
     let child = {
         // The Command holds the parent's copies of the write end: it must be
-        // dropped right after the spawn, or the reader never sees the end.
+        // dropped right after the spawn, or the output never ends.
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(&step.command)
@@ -141,7 +140,11 @@ pub fn run_step(
         cmd.spawn().map_err(spawn_err)?
     };
     let mut group = Group::new(child, ctx.grace);
-    let mut output = Output { rx, open: true };
+    let mut output = Output {
+        pipe: Some(reader),
+        splitter: LineSplitter::masking(log.mask().clone()),
+        buf: vec![0; READ_BYTES],
+    };
     let wait_err = |source| StepError::Wait {
         step: step.name.clone(),
         source,
@@ -153,7 +156,6 @@ pub fn run_step(
     let deadline = Instant::now().checked_add(step.timeout);
     let mut stopped = None;
     while !group.leader_exited().map_err(|e| wait_err(e.into()))? {
-        output.pump(log, &step.name)?;
         if stopped.is_none() {
             let canceled = ctx.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
             let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
@@ -171,6 +173,16 @@ pub fn run_step(
             }
         }
         group.kill_after_grace();
+        let wake = match stopped {
+            None => deadline,
+            Some(_) => group.kill_at(),
+        };
+        let tick = if group.exit.is_some() {
+            TICK
+        } else {
+            NO_PIDFD_TICK
+        };
+        output.wait(log, &step.name, group.exit.as_ref(), wake, tick)?;
     }
 
     // Whatever the step left running in its group.
@@ -181,16 +193,17 @@ pub fn run_step(
         }
         group.terminate();
         while group.has_live_members() && !group.killed {
-            output.pump(log, &step.name)?;
+            output.wait(log, &step.name, None, group.kill_at(), MEMBER_TICK)?;
             group.kill_after_grace();
         }
     }
     let status = group.reap().map_err(wait_err)?;
 
     let drain_end = Instant::now() + DRAIN;
-    while output.open && Instant::now() < drain_end {
-        output.pump(log, &step.name)?;
+    while output.pipe.is_some() && Instant::now() < drain_end {
+        output.wait(log, &step.name, None, Some(drain_end), DRAIN)?;
     }
+    output.finish(log, &step.name)?;
 
     Ok(match stopped {
         Some(outcome) => outcome,
@@ -202,56 +215,80 @@ pub fn run_step(
     })
 }
 
-/// Reads the step's output into lines stamped on arrival. Ends at the end of
-/// the output, or when nobody takes its lines any more.
-fn read_lines(mut pipe: PipeReader, mut splitter: LineSplitter, tx: SyncSender<Batch>) {
-    let mut buf = vec![0; READ_BYTES];
-    loop {
-        let n = match pipe.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::warn!("cannot read step output: {e}");
-                break;
-            }
-        };
-        let at = SystemTime::now();
-        let lines = splitter.push(&buf[..n]);
-        if !lines.is_empty() && tx.send((at, lines)).is_err() {
-            return;
-        }
-    }
-    if let Some(line) = splitter.finish() {
-        let _ = tx.send((SystemTime::now(), vec![line]));
-    }
-}
-
-/// The calling thread's end of the output.
+/// The step's output: the read end of its pipe, until the end of output.
 struct Output {
-    rx: Receiver<Batch>,
-    /// False once the reader thread has ended and every line is logged.
-    open: bool,
+    /// `None` once the output has ended.
+    pipe: Option<PipeReader>,
+    splitter: LineSplitter,
+    buf: Vec<u8>,
 }
 
 impl Output {
-    /// Logs what arrives within one tick (or sleeps a tick once the output
-    /// has ended), so callers can poll between calls.
-    fn pump(&mut self, log: &mut LogWriter, step: &str) -> std::io::Result<()> {
-        if !self.open {
-            std::thread::sleep(TICK);
-            return Ok(());
+    /// Waits until output arrives, `exit` becomes readable, `until` passes
+    /// or `tick` has gone by, whichever is first; logs what one read of the
+    /// output brings.
+    fn wait(
+        &mut self,
+        log: &mut LogWriter,
+        step: &str,
+        exit: Option<&ExitFd>,
+        until: Option<Instant>,
+        tick: Duration,
+    ) -> std::io::Result<()> {
+        let timeout = until.map_or(tick, |u| {
+            u.saturating_duration_since(Instant::now()).min(tick)
+        });
+        let mut fds = Vec::with_capacity(2);
+        if let Some(pipe) = &self.pipe {
+            fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
         }
-        match self.rx.recv_timeout(TICK) {
-            Ok((at, lines)) => log.lines_at(step, &lines, at)?,
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => self.open = false,
+        if let Some(exit) = exit {
+            fds.push(PollFd::new(exit.as_fd(), PollFlags::POLLIN));
         }
-        // Whatever else is already there, without waiting.
-        while let Ok((at, lines)) = self.rx.try_recv() {
-            log.lines_at(step, &lines, at)?;
+        let readable = match poll(&mut fds, poll_timeout(timeout)) {
+            Ok(_) => self.pipe.is_some() && fds[0].any() == Some(true),
+            Err(nix::errno::Errno::EINTR) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if readable {
+            self.read(log, step)?;
         }
         Ok(())
+    }
+
+    /// One read: the lines it completes go to the log, stamped now.
+    fn read(&mut self, log: &mut LogWriter, step: &str) -> std::io::Result<()> {
+        let Some(pipe) = &mut self.pipe else {
+            return Ok(());
+        };
+        let n = match pipe.read(&mut self.buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => {
+                tracing::warn!("cannot read step output: {e}");
+                0
+            }
+        };
+        if n == 0 {
+            self.pipe = None;
+            return Ok(());
+        }
+        let mut batch = log.batch(step, SystemTime::now());
+        self.splitter.push(&self.buf[..n], |line| batch.line(line));
+        batch.write()
+    }
+
+    /// Logs the last line if it had no newline.
+    fn finish(&mut self, log: &mut LogWriter, step: &str) -> std::io::Result<()> {
+        self.pipe = None;
+        match self.splitter.finish() {
+            Some(line) => {
+                let mut batch = log.batch(step, SystemTime::now());
+                batch.line(Line::new(&line));
+                batch.write()
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -259,6 +296,8 @@ impl Output {
 struct Group {
     child: Child,
     pgid: Pid,
+    /// Readable once the leader has exited; `None` without pidfds.
+    exit: Option<ExitFd>,
     grace: Duration,
     /// When SIGTERM was sent to the group.
     terminated: Option<Instant>,
@@ -272,6 +311,7 @@ impl Group {
         // A pid is a pid_t; `process_group(0)` makes it the group id.
         let pgid = Pid::from_raw(child.id() as i32);
         Self {
+            exit: ExitFd::of(&child),
             child,
             pgid,
             grace,
@@ -309,12 +349,17 @@ impl Group {
         }
     }
 
+    /// When SIGKILL is due: the grace period after SIGTERM is over.
+    fn kill_at(&self) -> Option<Instant> {
+        match self.terminated {
+            Some(at) if !self.killed => Some(at + self.grace),
+            _ => None,
+        }
+    }
+
     /// Sends SIGKILL to the group once the grace period after SIGTERM is over.
     fn kill_after_grace(&mut self) {
-        if let Some(at) = self.terminated
-            && !self.killed
-            && at.elapsed() >= self.grace
-        {
+        if self.kill_at().is_some_and(|at| Instant::now() >= at) {
             self.signal(Signal::SIGKILL);
             self.killed = true;
         }
@@ -335,13 +380,21 @@ impl Group {
 /// leader is in it too, so `kill(-pgid, 0)` cannot tell; the process table
 /// can. If it cannot be read, the answer is yes, which costs at most a grace
 /// period.
+///
+/// Below a child subreaper (qci-dom0 is one), every process the step
+/// started is a descendant of this one, orphans included: looking there is
+/// enough, and far cheaper than reading every process on the machine.
 fn group_has_live_members(pgid: Pid) -> bool {
+    let member = |stat: &ProcStat| stat.pgrp == pgid.as_raw() && stat.is_live();
+    if nix::sys::prctl::get_child_subreaper().unwrap_or(false) {
+        return descendants(std::process::id() as i32)
+            .iter()
+            .any(|(_, stat)| member(stat));
+    }
     let Ok(mut procs) = processes() else {
         return true;
     };
-    procs.any(|(_, dir)| {
-        ProcStat::read(&dir).is_some_and(|stat| stat.pgrp == pgid.as_raw() && stat.is_live())
-    })
+    procs.any(|(_, dir)| ProcStat::read(&dir).is_some_and(|stat| member(&stat)))
 }
 
 impl Drop for Group {

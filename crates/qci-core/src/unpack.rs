@@ -110,6 +110,7 @@ pub fn unpack<R: Read>(stream: R, dest: &Path, limits: &Limits) -> Result<Summar
         dir_times: Vec::new(),
         dir_times_bytes: 0,
         open: Vec::new(),
+        buf: vec![0; COPY_BUFFER],
     };
     // Headers are 512 bytes and file data is copied 8 KiB at a time: read
     // the pipe a pipe's worth at a time instead.
@@ -184,6 +185,7 @@ struct Unpacker<'l> {
     /// The directories on the last entry's parent path, open, from dest
     /// down (at most [`OPEN_DIRS`]).
     open: Vec<(std::ffi::OsString, OwnedFd)>,
+    buf: Vec<u8>,
 }
 
 impl Unpacker<'_> {
@@ -276,23 +278,16 @@ impl Unpacker<'_> {
         }
         let deep = self.open_dir(parents, &label)?;
         let parent = reached(&deep, &self.open, &self.root);
-        let existing = kind_at(parent, name).map_err(|e| write_error(&label, e))?;
-        let conflict = match existing {
-            None => None,
-            Some(SFlag::S_IFDIR) if kind == EntryType::Directory => None,
-            Some(SFlag::S_IFREG) if kind == EntryType::Regular => None,
-            Some(SFlag::S_IFDIR) => Some("would replace an existing directory"),
-            Some(SFlag::S_IFLNK) => Some("would replace an existing symlink"),
-            Some(_) => Some("would replace an existing file"),
-        };
-        if let Some(rule) = conflict {
-            return Err(refused(&label, rule));
-        }
-
+        // Each entry is created without a look first, since its name is
+        // almost always new: creating never follows or replaces anything
+        // (`mkdirat`, `O_EXCL`, `symlinkat` all fail on an existing name),
+        // and only then is what is there looked at.
+        let exists = |e: Errno| e == Errno::EEXIST;
         match kind {
             EntryType::Directory => {
-                if existing.is_none() {
-                    mkdirat(parent, *name, Mode::S_IRWXU).map_err(|e| write_error(&label, e))?;
+                match mkdirat(parent, *name, Mode::S_IRWXU) {
+                    Err(e) if exists(e) => may_replace(parent, name, kind, &label)?,
+                    created => created.map_err(|e| write_error(&label, e))?,
                 }
                 let dir = open_dir_nofollow(parent, name).map_err(|e| write_error(&label, e))?;
                 fchmod(&dir, Mode::from_bits_truncate(mode | 0o700))
@@ -307,38 +302,30 @@ impl Unpacker<'_> {
                 }
             }
             EntryType::Regular => {
-                if existing.is_some() {
-                    unlinkat(parent, *name, UnlinkatFlags::NoRemoveDir)
-                        .map_err(|e| write_error(&label, e))?;
-                }
                 let flags = OFlag::O_WRONLY
                     | OFlag::O_CREAT
                     | OFlag::O_EXCL
                     | OFlag::O_NOFOLLOW
                     | OFlag::O_CLOEXEC;
-                let fd = openat(parent, *name, flags, Mode::S_IRUSR | Mode::S_IWUSR)
-                    .map_err(|e| write_error(&label, e))?;
-                // A 64 KiB buffer: io::copy then reads and writes in pieces of
-                // that size instead of 8 KiB.
-                let mut file = io::BufWriter::with_capacity(
-                    COPY_BUFFER,
-                    DiskSide {
-                        file: File::from(fd),
-                        failed: false,
-                    },
-                );
-                let copied = io::copy(&mut entry.by_ref().take(size), &mut file)
-                    .and_then(|n| file.flush().map(|()| n));
-                let written = match copied {
-                    Ok(n) => n,
-                    Err(e) if file.get_ref().failed => {
-                        return Err(UnpackError::Write {
-                            path: label,
-                            source: e,
-                        });
+                let create = || openat(parent, *name, flags, Mode::S_IRUSR | Mode::S_IWUSR);
+                let fd = match create() {
+                    Err(e) if exists(e) => {
+                        may_replace(parent, name, kind, &label)?;
+                        unlinkat(parent, *name, UnlinkatFlags::NoRemoveDir)
+                            .map_err(|e| write_error(&label, e))?;
+                        create()
                     }
-                    Err(e) => return Err(e.into()),
+                    created => created,
                 };
+                let mut file = File::from(fd.map_err(|e| write_error(&label, e))?);
+                let written =
+                    copy_exactly(entry, &mut file, size, &mut self.buf).map_err(|e| match e {
+                        CopyError::Stream(e) => UnpackError::Io(e),
+                        CopyError::Disk(source) => UnpackError::Write {
+                            path: label.clone(),
+                            source,
+                        },
+                    })?;
                 if written != size {
                     return Err(invalid("stream ended inside a file"));
                 }
@@ -348,14 +335,17 @@ impl Unpacker<'_> {
                     self.limits.max_total_bytes,
                     &label,
                 )?;
-                fchmod(&file.get_ref().file, Mode::from_bits_truncate(mode))
+                fchmod(&file, Mode::from_bits_truncate(mode))
                     .map_err(|e| write_error(&label, e))?;
-                futimens(&file.get_ref().file, &mtime, &mtime)
-                    .map_err(|e| write_error(&label, e))?;
+                futimens(&file, &mtime, &mtime).map_err(|e| write_error(&label, e))?;
             }
             _ => {
-                symlinkat(OsStr::from_bytes(&target), parent, *name)
-                    .map_err(|e| write_error(&label, e))?;
+                let create = || symlinkat(OsStr::from_bytes(&target), parent, *name);
+                match create() {
+                    // A symlink replaces nothing: this refuses.
+                    Err(e) if exists(e) => may_replace(parent, name, kind, &label)?,
+                    created => created.map_err(|e| write_error(&label, e))?,
+                }
                 utimensat(
                     parent,
                     *name,
@@ -568,6 +558,57 @@ fn kind_at(dir: &OwnedFd, name: &OsStr) -> nix::Result<Option<SFlag>> {
     }
 }
 
+/// Whether an entry of `kind` may take the place of what is at `name`: a
+/// directory may be given again (its mode and time are then updated), and a
+/// regular file may replace another; nothing else replaces anything.
+fn may_replace(
+    dir: &OwnedFd,
+    name: &OsStr,
+    kind: EntryType,
+    label: &str,
+) -> Result<(), UnpackError> {
+    let rule = match kind_at(dir, name).map_err(|e| write_error(label, e))? {
+        None => return Ok(()),
+        Some(SFlag::S_IFDIR) if kind == EntryType::Directory => return Ok(()),
+        Some(SFlag::S_IFREG) if kind == EntryType::Regular => return Ok(()),
+        Some(SFlag::S_IFDIR) => "would replace an existing directory",
+        Some(SFlag::S_IFLNK) => "would replace an existing symlink",
+        Some(_) => "would replace an existing file",
+    };
+    Err(refused(label, rule))
+}
+
+/// Where copying a file's data failed.
+enum CopyError {
+    Stream(io::Error),
+    Disk(io::Error),
+}
+
+/// Copies `size` bytes (fewer if the stream ends) from `from` to `to`
+/// through `buf`, a buffer kept from file to file.
+fn copy_exactly(
+    from: &mut impl Read,
+    to: &mut File,
+    size: u64,
+    buf: &mut [u8],
+) -> Result<u64, CopyError> {
+    let mut written = 0;
+    while written < size {
+        let want = buf
+            .len()
+            .min(usize::try_from(size - written).unwrap_or(usize::MAX));
+        let n = match from.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Stream(e)),
+        };
+        to.write_all(&buf[..n]).map_err(CopyError::Disk)?;
+        written += n as u64;
+    }
+    Ok(written)
+}
+
 /// Opens a directory that must not be a symlink: the kernel enforces what
 /// `kind_at` checked.
 fn open_dir_nofollow(dir: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
@@ -610,21 +651,45 @@ impl<R: Read> Read for EofAware<R> {
     }
 }
 
+/// The buffer a file's data is copied through.
 const COPY_BUFFER: usize = 64 * 1024;
 
-/// Remembers whether `io::copy` failed on the disk side, so that a full disk
-/// is not blamed on the stream.
-struct DiskSide {
-    file: File,
-    failed: bool,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Write for DiskSide {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf).inspect_err(|_| self.failed = true)
+    /// Fails every read, as a broken stream does.
+    struct Broken;
+
+    impl Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other("stream broke"))
+        }
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush().inspect_err(|_| self.failed = true)
+    #[test]
+    fn a_full_disk_is_told_apart_from_a_broken_stream() {
+        let mut buf = vec![0; 16];
+        let mut full = File::options().write(true).open("/dev/full").unwrap();
+        let data = [7u8; 100];
+        let disk = copy_exactly(&mut &data[..], &mut full, 100, &mut buf);
+        assert!(matches!(disk, Err(CopyError::Disk(_))));
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = File::create(dir.path().join("f")).unwrap();
+        assert!(matches!(
+            copy_exactly(&mut Broken, &mut file, 100, &mut buf),
+            Err(CopyError::Stream(_))
+        ));
+        // Exactly `size` bytes, in pieces of the buffer; fewer at the end.
+        assert_eq!(
+            copy_exactly(&mut &data[..], &mut file, 40, &mut buf).ok(),
+            Some(40)
+        );
+        assert_eq!(
+            copy_exactly(&mut &data[..10], &mut file, 40, &mut buf).ok(),
+            Some(10)
+        );
+        assert_eq!(std::fs::metadata(dir.path().join("f")).unwrap().len(), 50);
     }
 }

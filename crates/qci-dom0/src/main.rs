@@ -93,6 +93,13 @@ fn serve(args: &[std::ffi::OsString]) -> ExitCode {
         Err(e) => return refuse(ExitCode::CiError, &e.to_string()),
     };
     let log_path = config.log_dir.join(qci_core::log::file_name(&job));
+    // The live log's pipe, when it is one, as large as the kernel allows a
+    // user: a step that floods its output then costs a wake-up of the
+    // reader per megabyte, not per 64 KiB.
+    let _ = nix::fcntl::fcntl(
+        std::io::stdout(),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(qci_core::step::PIPE_BYTES),
+    );
     let log = match LogWriter::create(&log_path, Some(Box::new(std::io::stdout()))) {
         Ok(l) => l.with_secrets(SecretMask::new(config.secrets.iter().cloned())),
         Err(e) => {

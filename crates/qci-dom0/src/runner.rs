@@ -1,6 +1,7 @@
-//! One run of `qci.Run`: report `running`, pull the code, run the steps in
-//! order until one fails, and report the final status. Every outcome,
-//! including CI's own failures, ends in exactly one final status.
+//! One run of `qci.Run`: report `running` (in the background: the job never
+//! waits for it), pull the code, run the steps in order until one fails, and
+//! report the final status. Every outcome, including CI's own failures, ends
+//! in exactly one final status.
 //!
 //! What a run leaves behind is stopped before the next one starts: its
 //! processes (the runner is a child subreaper, so even those that left
@@ -8,7 +9,7 @@
 
 use crate::config::Config;
 use crate::fetch::{FetchError, fetch_code};
-use crate::report::{ReportError, Reporter};
+use crate::report::{Progress, ReportError, Reporter};
 use nix::sys::stat::Mode;
 use qci_core::log::LogWriter;
 use qci_core::pipeline::Pipeline;
@@ -16,9 +17,10 @@ use qci_core::step::{StepContext, StepOutcome, run_step};
 use qci_core::tree::remove_tree;
 use qci_core::{ExitCode, JobId, State};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
 /// A run's end: the final status and the process exit code that go with it.
 pub struct Verdict {
@@ -51,6 +53,8 @@ pub struct Run<'a> {
     /// progress is reported, and the final status gets one try (the dev VM's
     /// `begin` posts `error` when none arrives).
     status_stalled: bool,
+    /// Removing older jobs' trees (see [`Run::fresh_workspace`]).
+    old_jobs: Option<JoinHandle<Vec<String>>>,
 }
 
 /// The umask the steps start with. qci-dom0 itself keeps the 0077 that
@@ -91,6 +95,7 @@ impl<'a> Run<'a> {
             reporter,
             cancel,
             status_stalled: false,
+            old_jobs: None,
         }
     }
 
@@ -107,8 +112,12 @@ impl<'a> Run<'a> {
             self.note(&format!("cannot become a child subreaper: {e}"));
         }
         self.stop_previous_run();
-        self.report(State::Running, "Fetching the code");
-        let verdict = self.stages(started);
+        let progress = Progress::start(&self.reporter);
+        progress.report("Fetching the code");
+        let verdict = self.stages(started, &progress);
+        self.old_jobs_removed();
+        let (failures, stalled) = progress.finish();
+        self.progress_failed(failures, stalled);
         self.stop_this_run();
         self.note(&format!(
             "job {}: {} ({}) after {:.1}s",
@@ -121,9 +130,12 @@ impl<'a> Run<'a> {
         verdict.exit
     }
 
-    fn stages(&mut self, started: Instant) -> Verdict {
+    fn stages(&mut self, started: Instant, progress: &Progress) -> Verdict {
         let workspace = match self.fresh_workspace() {
-            Ok(w) => w,
+            Ok((w, old)) => {
+                self.old_jobs = Some(old);
+                w
+            }
             Err(e) => {
                 return Verdict::new(
                     State::Error,
@@ -185,10 +197,9 @@ impl<'a> Run<'a> {
                     ExitCode::CiError,
                 );
             }
-            self.report(
-                State::Running,
-                &format!("Running {} ({}/{total})", step.command, i + 1),
-            );
+            let (failures, stalled) = progress.failures();
+            self.progress_failed(failures, stalled);
+            progress.report(&format!("Running {} ({}/{total})", step.command, i + 1));
             self.note(&format!("step {}: {}", step.name, step.command));
             let step_started = Instant::now();
             let ctx = StepContext {
@@ -255,17 +266,51 @@ impl<'a> Run<'a> {
     }
 
     /// `WORK/jobs/JOB`, empty and private (0700). Runs are one at a time,
-    /// so older jobs' trees are removed here rather than left to fill dom0's
-    /// disk, however deep their steps made them.
-    fn fresh_workspace(&self) -> std::io::Result<PathBuf> {
-        let jobs = self.config.work_dir.join("jobs");
-        remove_tree(&jobs)?;
+    /// so older jobs' trees are removed rather than left to fill dom0's
+    /// disk, however deep their steps made them; but no job waits for that:
+    /// they are moved aside at once (a rename) and removed on a thread of
+    /// their own while this job fetches its code and runs. A run that dies
+    /// before they are gone leaves them to the next one.
+    fn fresh_workspace(&self) -> std::io::Result<(PathBuf, JoinHandle<Vec<String>>)> {
+        let work = &self.config.work_dir;
+        let jobs = work.join("jobs");
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let aside = work.join(format!("{OLD_JOBS}{}.{stamp}", std::process::id()));
+        match std::fs::rename(&jobs, &aside) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let ws = jobs.join(self.job.as_str());
         for dir in [&jobs, &ws] {
             std::fs::DirBuilder::new().mode(0o700).create(dir)?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
-        Ok(ws)
+        let work = work.clone();
+        let old = std::thread::Builder::new()
+            .name("qci-old-jobs".into())
+            .spawn(move || {
+                // Below the job: the code transfer and the steps come first.
+                // SAFETY: setpriority takes plain integers and touches no
+                // memory; on Linux, `who` 0 is the calling thread.
+                unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 19) };
+                remove_old_jobs(&work)
+            })?;
+        Ok((ws, old))
+    }
+
+    /// Waits for the removal of older jobs' trees, and logs what failed.
+    fn old_jobs_removed(&mut self) {
+        let failures = match self.old_jobs.take().map(JoinHandle::join) {
+            Some(Ok(failures)) => failures,
+            Some(Err(_)) => vec!["the thread removing them panicked".into()],
+            None => Vec::new(),
+        };
+        for failure in failures {
+            self.note(&format!("could not remove an older job's tree: {failure}"));
+        }
     }
 
     fn runner_id(&self) -> String {
@@ -309,20 +354,16 @@ impl<'a> Run<'a> {
         note(&mut self.log, text);
     }
 
-    /// Progress, best effort; none once the dev VM has stopped answering.
-    fn report(&mut self, state: State, description: &str) {
-        if self.status_stalled {
-            return;
+    /// Logs why progress statuses were not sent. Once the dev VM has
+    /// stopped answering (a call timed out), [`Progress`] sends no more, and
+    /// the final status gets one try.
+    fn progress_failed(&mut self, failures: Vec<String>, stalled: bool) {
+        for failure in failures {
+            self.note(&failure);
         }
-        match self.reporter.send(state, description) {
-            Ok(()) => {}
-            Err(e @ ReportError::Timeout(_)) => {
-                self.status_stalled = true;
-                self.note(&format!(
-                    "could not report {state}: {e}; no more progress reports for this job"
-                ));
-            }
-            Err(e) => self.note(&format!("could not report {state}: {e}")),
+        if stalled && !self.status_stalled {
+            self.status_stalled = true;
+            self.note("no more progress reports for this job");
         }
     }
 
@@ -355,6 +396,30 @@ impl<'a> Run<'a> {
             }
         }
     }
+}
+
+/// Where older jobs' trees wait to be removed: `WORK/old-jobs.PID.NANOS`.
+const OLD_JOBS: &str = "old-jobs.";
+
+/// Removes every tree in `work` that [`Run::fresh_workspace`] moved aside,
+/// this run's and those a dead run left; says what it could not remove.
+fn remove_old_jobs(work: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .as_encoded_bytes()
+                .starts_with(OLD_JOBS.as_bytes())
+        })
+        .filter_map(|e| {
+            remove_tree(&e.path())
+                .err()
+                .map(|err| format!("{}: {err}", e.path().display()))
+        })
+        .collect()
 }
 
 /// A line of qci's own in the log. A log that cannot be written must not

@@ -2,12 +2,13 @@
 //! (A job started by hand has had its job file written by `manual` first.)
 //!
 //! The workspace is what `qci.Export` later sends to dom0:
-//! - with `source` in the job file, a copy of that working tree as it is now
-//!   (uncommitted changes included). In a git work tree that means the files
-//!   git would see: tracked and untracked ones, minus ignored ones and the
-//!   local state directory `.qci/`, without `.git` itself. Copying (rather
-//!   than exporting the tree in place) pins what runs even if the developer
-//!   keeps editing.
+//! - with `source` in the job file, the list of that working tree's files,
+//!   which `qci.Export` then sends from where they are (uncommitted changes
+//!   included), with no copy made first. In a git work tree the list is what
+//!   git would see: tracked and untracked files, minus ignored ones and the
+//!   local state directory `.qci/`, without `.git` itself; it is fixed when
+//!   `begin` runs. A file that changes while it is being sent stops the
+//!   export (see `export`), so what runs is always a version the tree had.
 //! - otherwise a clone of the repository checked out at the commit.
 
 use crate::deliver::{self, DeliverError};
@@ -16,7 +17,7 @@ use crate::settings::Settings;
 use crate::sink;
 use nix::fcntl::{Flock, FlockArg};
 use qci_core::job_file::{JobFile, JobFileError};
-use qci_core::log::{LineSplitter, SecretMask};
+use qci_core::log::{Line, LineSplitter, SecretMask};
 use qci_core::process::wait_or_kill;
 use qci_core::tree::remove_tree;
 use qci_core::{ExitCode, JobId, State, StatusEvent};
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 /// Bound on each git command while preparing the workspace.
 const GIT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// Top-level names never copied from a working tree.
+/// Top-level names never sent from a working tree.
 const SKIPPED: [&str; 2] = [".git", ".qci"];
 /// How long the end of dom0's output may lag behind its exit, when `begin`
 /// needs what dom0 said (a refusal) to explain a job dom0 did not end.
@@ -74,7 +75,10 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
     let workspace = paths.workspace(job);
     // Progress on stderr: stdout carries only dom0's log.
     match (&job_file.source, &job_file.commit) {
-        (Some(dir), _) => eprintln!("qci-vm: job {job}: copying {}", dir.display()),
+        (Some(dir), _) => eprintln!(
+            "qci-vm: job {job}: listing the working tree {}",
+            dir.display()
+        ),
         (None, Some(sha)) => eprintln!(
             "qci-vm: job {job}: cloning {} at {sha}",
             mask.apply(&job_file.repository.url)
@@ -135,31 +139,58 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
 
 /// Passes dom0's live log to stdout line by line, masking the sink's
 /// credentials (dom0 never has them, but the code under test runs there and
-/// could print what it found in the exported tree). Returns the reason if
-/// dom0 refused the job: then its first line is `[qci] refused: WHY` (a
-/// step's lines cannot come first).
+/// could print what it found in the exported tree). Each read goes out as
+/// one write: lines are not copied one by one, and memory stays one read's
+/// worth whatever the line length. Returns the reason if dom0 refused the
+/// job: then its first line is `[qci] refused: WHY` (a step's lines cannot
+/// come first).
 fn relay(mut log: impl Read, mut out: impl Write, mask: &SecretMask) -> Option<String> {
     let mut splitter = LineSplitter::masking(mask.clone());
-    let mut buf = vec![0; 64 * 1024];
+    let mut buf = vec![0; 256 * 1024];
+    let mut text = Vec::with_capacity(2 * buf.len());
     let mut first = None;
-    let mut emit = |line: &[u8]| {
-        let text = String::from_utf8_lossy(line);
-        let text = mask.apply(&text);
-        let _ = writeln!(out, "{text}").and_then(|()| out.flush());
-        first.get_or_insert_with(|| text.into_owned());
-    };
     loop {
-        match log.read(&mut buf) {
+        let chunk = match log.read(&mut buf) {
             Ok(0) | Err(_) => break,
-            Ok(n) => splitter.push(&buf[..n]).iter().for_each(|l| emit(l)),
+            Ok(n) => &buf[..n],
+        };
+        // Whole printable lines and nothing to mask (the usual case): they
+        // go out as they came.
+        if mask.is_empty() && first.is_some() && splitter.passes_whole(chunk) {
+            let _ = out.write_all(chunk).and_then(|()| out.flush());
+            continue;
         }
+        splitter.push(chunk, |line| relay_line(&mut text, line, mask, &mut first));
+        // A reader that went away is not a reason to stop reading: dom0
+        // would block on a full pipe.
+        let _ = out.write_all(&text).and_then(|()| out.flush());
+        text.clear();
     }
     if let Some(rest) = splitter.finish() {
-        emit(&rest);
+        relay_line(&mut text, Line::new(&rest), mask, &mut first);
+        let _ = out.write_all(&text).and_then(|()| out.flush());
     }
     let first = first?;
     let (_stamp, rest) = first.split_once(' ')?;
     rest.strip_prefix("[qci] refused: ").map(str::to_owned)
+}
+
+/// One line of the relay, masked, onto `text`; the first is kept in `first`.
+fn relay_line(text: &mut Vec<u8>, line: Line<'_>, mask: &SecretMask, first: &mut Option<String>) {
+    // Checking for UTF-8 first is much faster than `from_utf8_lossy` on the
+    // valid text dom0's log always is.
+    let line = match line
+        .as_printable()
+        .map(Ok)
+        .unwrap_or_else(|| std::str::from_utf8(line.bytes))
+    {
+        Ok(valid) => std::borrow::Cow::Borrowed(valid),
+        Err(_) => String::from_utf8_lossy(line.bytes),
+    };
+    let line = mask.apply(&line);
+    text.extend_from_slice(line.as_bytes());
+    text.push(b'\n');
+    first.get_or_insert_with(|| line.into_owned());
 }
 
 /// Ends a job that dom0 did not end: says why (`why` is masked already),
@@ -217,7 +248,7 @@ fn prepare(job: &JobFile, workspace: &Path) -> std::io::Result<Flock<std::fs::Fi
     let lock = Flock::lock(std::fs::File::open(workspace)?, FlockArg::LockShared)
         .map_err(|(_, e)| std::io::Error::from(e))?;
     if let Some(source) = &job.source {
-        copy_working_tree(source, workspace)?;
+        std::fs::write(Paths::source_list(workspace), list_working_tree(source)?)?;
     } else if let Some(commit) = &job.commit {
         let ws = workspace.as_os_str();
         git(
@@ -292,7 +323,10 @@ fn git(dir: Option<&Path>, args: &[&std::ffi::OsStr]) -> std::io::Result<Vec<u8>
     }
 }
 
-fn copy_working_tree(source: &Path, dest: &Path) -> std::io::Result<()> {
+/// The files of the working tree at `source` to send, as `git ls-files -z`
+/// prints them. Not a git work tree: everything at its top but `.git` and
+/// `.qci` (a directory listed is sent whole).
+fn list_working_tree(source: &Path) -> std::io::Result<Vec<u8>> {
     let listed = git(
         Some(source),
         &[
@@ -309,18 +343,24 @@ fn copy_working_tree(source: &Path, dest: &Path) -> std::io::Result<()> {
         .map(std::ffi::OsStr::new),
     );
     match listed {
-        Ok(list) => {
-            for rel in list.split(|&b| b == 0).filter(|p| !p.is_empty()) {
-                let rel: &std::ffi::OsStr = std::os::unix::ffi::OsStrExt::from_bytes(rel);
-                copy_entry(&source.join(rel), &dest.join(rel))?;
-            }
-            Ok(())
-        }
-        // In a work tree git must answer: copying everything instead would
+        Ok(list) => Ok(list),
+        // In a work tree git must answer: sending everything instead would
         // run ignored files (build output, local secrets) as if committed.
         Err(e) if in_git_work_tree(source) => Err(e),
         // Not a git work tree: take everything.
-        Err(_) => copy_dir(source, dest, true),
+        Err(_) => {
+            let mut list = Vec::new();
+            for entry in std::fs::read_dir(source)? {
+                let name = entry?.file_name();
+                if !SKIPPED.iter().any(|s| name == *s) {
+                    list.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(
+                        name.as_os_str(),
+                    ));
+                    list.push(0);
+                }
+            }
+            Ok(list)
+        }
     }
 }
 
@@ -329,52 +369,6 @@ fn copy_working_tree(source: &Path, dest: &Path) -> std::io::Result<()> {
 fn in_git_work_tree(dir: &Path) -> bool {
     dir.canonicalize()
         .is_ok_and(|d| d.ancestors().any(|a| a.join(".git").exists()))
-}
-
-fn copy_dir(from: &Path, to: &Path, top: bool) -> std::io::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(from)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        if top && SKIPPED.iter().any(|s| e.file_name() == *s) {
-            continue;
-        }
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        if e.file_type()?.is_dir() {
-            std::fs::create_dir_all(&dst)?;
-            copy_dir(&src, &dst, false)?;
-        } else {
-            copy_entry(&src, &dst)?;
-        }
-    }
-    Ok(())
-}
-
-/// Copies one file or symlink (never following it); a path git lists but
-/// the tree no longer has (a deleted file) is skipped, as a commit would.
-fn copy_entry(from: &Path, to: &Path) -> std::io::Result<()> {
-    let meta = match std::fs::symlink_metadata(from) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    if meta.file_type().is_symlink() {
-        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
-    } else if meta.is_file() {
-        std::fs::copy(from, to).map(|_| ())
-    } else if meta.is_dir() {
-        // A submodule or nested repository: its files as they are.
-        std::fs::create_dir_all(to)?;
-        copy_dir(from, to, false)
-    } else {
-        tracing::warn!(
-            "skipping {}: not a file, directory or symlink",
-            from.display()
-        );
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -392,6 +386,43 @@ mod tests {
             self.1 += n;
             Ok(n)
         }
+    }
+
+    /// Hands out its data in the pieces given, one per read.
+    struct Reads(std::collections::VecDeque<Vec<u8>>);
+
+    impl Read for Reads {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some(piece) = self.0.pop_front() else {
+                return Ok(0);
+            };
+            buf[..piece.len()].copy_from_slice(&piece);
+            Ok(piece.len())
+        }
+    }
+
+    #[test]
+    fn relay_passes_whole_lines_through_and_still_cuts_and_cleans_the_rest() {
+        let long = "y".repeat(qci_core::log::MAX_LINE + 10);
+        let pieces: Vec<Vec<u8>> = vec![
+            b"T [qci] job J called from sd-dev\n".to_vec(),
+            b"T [a] plain\nT [a] more\n".to_vec(),
+            b"T [a] half".to_vec(),
+            b" done\nT [a] bad \xff byte\n".to_vec(),
+            format!("{long}\n").into_bytes(),
+            b"T [a] last".to_vec(),
+        ];
+        let mut out = Vec::new();
+        let refused = relay(Reads(pieces.into()), &mut out, &SecretMask::default());
+        assert_eq!(refused, None);
+        let max = qci_core::log::MAX_LINE;
+        let want = format!(
+            "T [qci] job J called from sd-dev\nT [a] plain\nT [a] more\nT [a] half done\n\
+             T [a] bad \u{FFFD} byte\n{}\n{}\nT [a] last\n",
+            &long[..max],
+            &long[max..]
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), want);
     }
 
     #[test]
@@ -426,22 +457,16 @@ mod tests {
     }
 
     #[test]
-    fn a_work_tree_git_cannot_read_is_an_error_and_a_plain_directory_is_copied_whole() {
+    fn a_work_tree_git_cannot_read_is_an_error_and_a_plain_directory_is_listed_whole() {
         let src = tempfile::tempdir().unwrap();
         std::fs::write(src.path().join("a.txt"), "a").unwrap();
-        let plain = tempfile::tempdir().unwrap();
-        copy_working_tree(src.path(), plain.path()).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(plain.path().join("a.txt")).unwrap(),
-            "a"
-        );
+        std::fs::create_dir_all(src.path().join(".qci/machine")).unwrap();
+        assert_eq!(list_working_tree(src.path()).unwrap(), b"a.txt\0");
 
-        // A `.git` that points nowhere: git fails, and nothing is copied.
+        // A `.git` that points nowhere: git fails, and nothing is listed.
         std::fs::write(src.path().join(".git"), "gitdir: /nonexistent/qci\n").unwrap();
-        let dest = tempfile::tempdir().unwrap();
-        let err = copy_working_tree(src.path(), dest.path()).unwrap_err();
+        let err = list_working_tree(src.path()).unwrap_err();
         assert!(err.to_string().contains("git ls-files"), "{err}");
-        assert!(!dest.path().join("a.txt").exists());
     }
 
     #[test]

@@ -177,14 +177,27 @@ fn export(job: &JobId, paths: &Paths) -> ExitCode {
             &format!("job {job} has no workspace (was `qci-vm begin {job}` run?)"),
         );
     }
+    // Which kind of workspace it is comes from the job file, never from
+    // what the workspace holds: a checked-out commit may hold any file.
+    let source = match JobFile::load(&paths.job_file(job)) {
+        Ok(j) => j.source,
+        Err(e) => return fail(ExitCode::BadInput, &e.to_string()),
+    };
     let stdout = std::io::stdout().lock();
     // A larger pipe lets this side read ahead while dom0 writes files,
     // instead of the two taking turns 64 KiB at a time. Not a pipe: no matter.
     let _ = nix::fcntl::fcntl(&stdout, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
     let mut out = std::io::BufWriter::with_capacity(64 << 10, stdout);
-    match export::export(&workspace, &mut out)
-        .and_then(|()| out.flush().map_err(export::ExportError::Finish))
-    {
+    let sent = match source {
+        Some(root) => {
+            let list = Paths::source_list(&workspace);
+            std::fs::read(&list)
+                .map_err(|source| export::ExportError::Read { path: list, source })
+                .and_then(|list| export::export_listed(&root, &list, &mut out))
+        }
+        None => export::export(&workspace, &mut out),
+    };
+    match sent.and_then(|()| out.flush().map_err(export::ExportError::Finish)) {
         Ok(()) => ExitCode::Success,
         Err(e) => fail(
             ExitCode::CiError,

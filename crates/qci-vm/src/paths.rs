@@ -36,7 +36,8 @@ impl Paths {
             .join(format!("{job}.final.json"))
     }
 
-    /// `~/.qci/work/JOB`: the tree `qci.Export` sends to dom0.
+    /// `~/.qci/work/JOB`: the tree `qci.Export` sends to dom0, or for a job
+    /// on a working tree, the list of what it sends from there.
     pub fn workspace(&self, job: &JobId) -> PathBuf {
         self.workspaces().join(job.as_str())
     }
@@ -49,6 +50,12 @@ impl Paths {
     /// `~/.qci/config.toml`: the dev VM's own settings.
     pub fn settings(&self) -> PathBuf {
         self.home.join(".qci/config.toml")
+    }
+
+    /// In the workspace of a job on a working tree (`source` in its job
+    /// file), the files to send: relative paths, each ended by a NUL.
+    pub fn source_list(workspace: &Path) -> PathBuf {
+        workspace.join("source-files")
     }
 
     /// Resolves a path from the job file: relative ones are under `$HOME`.

@@ -99,7 +99,11 @@ fn forward_with(
     policy: Option<RetryPolicy>,
 ) -> Result<(), SinkError> {
     match &job.sink {
-        Sink::File { path } => append_line(&paths.resolve(path), &event.to_json()),
+        Sink::File { path } => append_line(
+            &paths.resolve(path),
+            &event.to_json(),
+            event.state.is_final(),
+        ),
         Sink::Github {
             api_url,
             token_file,
@@ -154,8 +158,11 @@ fn forward_with(
 }
 
 /// One `write_all` on an `O_APPEND` file keeps concurrent writers' lines
-/// whole; the fsyncs make a reported status survive a crash.
-fn append_line(path: &Path, json: &str) -> Result<(), SinkError> {
+/// whole. A `durable` line is on disk when this returns (fsync of the file
+/// and of its directory, which an earlier line may have created), so a
+/// final status survives a crash; a `running` status is not worth the wait:
+/// the next one, and the final one, replace it.
+fn append_line(path: &Path, json: &str, durable: bool) -> Result<(), SinkError> {
     let err = |source| SinkError::File {
         path: path.to_owned(),
         source,
@@ -171,8 +178,10 @@ fn append_line(path: &Path, json: &str) -> Result<(), SinkError> {
         .map_err(err)?;
     file.write_all(format!("{json}\n").as_bytes())
         .map_err(err)?;
+    if !durable {
+        return Ok(());
+    }
     file.sync_all().map_err(err)?;
-    // The file may be new: its directory entry must reach the disk too.
     if let Some(dir) = parent {
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
