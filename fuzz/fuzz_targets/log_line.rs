@@ -6,7 +6,9 @@
 //! Checked: the lines do not depend on how the output was cut into reads,
 //! and put back together they are the output; a cleaned, masked line holds
 //! no control character but tab and no secret; cleaning is idempotent and
-//! leaves plain printable ASCII as it is.
+//! leaves plain printable ASCII as it is. The fast paths agree with the
+//! slow one: a line the splitter calls printable cleans to itself, and a
+//! read it says passes whole comes out as its own lines, unchanged.
 //!
 //! A short input without a newline is also repeated into a line over twice
 //! [`MAX_LINE`], which must come out in pieces of at most that size that
@@ -96,7 +98,19 @@ fn split<'a>(mask: &SecretMask, reads: impl IntoIterator<Item = &'a [u8]>) -> Ve
     let mut splitter = LineSplitter::masking(mask.clone());
     let mut lines = Vec::new();
     for read in reads {
-        lines.extend(splitter.push(read));
+        let whole = splitter.passes_whole(read);
+        let before = lines.len();
+        splitter.push(read, |line| {
+            if let Some(text) = line.as_printable() {
+                assert_eq!(sanitize(line.bytes), text, "called printable");
+            }
+            lines.push(line.bytes.to_vec());
+        });
+        if whole {
+            let mut own: Vec<&[u8]> = read.split(|&b| b == b'\n').collect();
+            own.pop(); // after the last newline
+            assert_eq!(lines[before..], own, "passed whole, but cut");
+        }
     }
     lines.push(splitter.finish().unwrap_or_default());
     lines
