@@ -275,9 +275,14 @@ impl Qci {
     }
 
     /// Removes what a job leaves that can be large (its log, the dev VM's
-    /// workspace), outside any timing: the disk must not fill over many runs.
+    /// workspace, dom0's copy of the tree), outside any timing: the disk
+    /// must not fill over many runs. dom0's copy goes too, as the baselines'
+    /// destinations are emptied untimed: otherwise the next job would also
+    /// pay for removing it (dom0 does that at the lowest priority while the
+    /// job runs, and waits for it at the end), and the baseline would not.
     pub fn forget(&self, job: &Job) {
         let _ = std::fs::remove_file(&job.log);
+        let _ = std::fs::remove_dir_all(self.dom0_workspace(job));
         let work = self
             .machine()
             .join("sd-dev/home/user/.qci/work")
