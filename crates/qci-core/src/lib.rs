@@ -14,6 +14,7 @@ pub mod process;
 pub mod retry;
 pub mod status;
 pub mod step;
+pub mod toml_file;
 pub mod tree;
 pub mod unpack;
 

@@ -2,6 +2,7 @@
 //! dev VM, so everything that bounds a run (who may call, where files go, how
 //! long things may take, how much code may arrive) is set here.
 
+use qci_core::toml_file::{self, TomlFileError};
 use qci_core::unpack::Limits;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -69,16 +70,8 @@ struct RawConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Toml {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    #[error(transparent)]
+    File(#[from] TomlFileError),
     #[error("{path}: {key}: {reason}")]
     Value {
         path: PathBuf,
@@ -90,20 +83,9 @@ pub enum ConfigError {
 impl Config {
     /// Loads `path`; a missing file means the defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.into(),
-                    source,
-                });
-            }
+        let Some(raw): Option<RawConfig> = toml_file::read_optional(path)? else {
+            return Ok(Self::default());
         };
-        let raw: RawConfig = toml::from_str(&text).map_err(|source| ConfigError::Toml {
-            path: path.into(),
-            source,
-        })?;
         let mut c = Self::default();
         let duration = |key: &'static str, v: Option<String>, default: Duration| match v {
             None => Ok(default),

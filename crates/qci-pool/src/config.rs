@@ -4,6 +4,7 @@
 //! Credentials are never values here: a machine names a file or an
 //! environment variable that holds them.
 
+use qci_core::toml_file::{self, TomlFileError};
 use serde::{Deserialize, Deserializer};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -163,30 +164,15 @@ impl MachineConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Toml {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    #[error(transparent)]
+    File(#[from] TomlFileError),
     #[error("{path}: {what}")]
     Invalid { path: PathBuf, what: String },
 }
 
 /// Reads and checks HOST.toml. TOML errors name the line and the key.
 pub fn load_host_file(path: &Path) -> Result<HostFile, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let host: HostFile = toml::from_str(&text).map_err(|source| ConfigError::Toml {
-        path: path.to_owned(),
-        source: Box::new(source),
-    })?;
+    let host: HostFile = toml_file::read(path)?;
     host.pool.validate().map_err(|what| ConfigError::Invalid {
         path: path.to_owned(),
         what,

@@ -2,6 +2,7 @@
 //! secrets it names. Secrets are never values in the file: it names a file
 //! or an environment variable that holds each one.
 
+use qci_core::toml_file::{self, TomlFileError};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -122,16 +123,8 @@ pub struct SecretSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    #[error(transparent)]
+    File(#[from] TomlFileError),
     #[error("{0}")]
     Invalid(String),
     #[error("cannot read the secret in {path}: {source}")]
@@ -147,14 +140,7 @@ pub enum ConfigError {
 
 impl HostConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let config: HostConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
+        let config: HostConfig = toml_file::read(path)?;
         config.pool.validate().map_err(ConfigError::Invalid)?;
         config.server.validate()?;
         Ok(config)

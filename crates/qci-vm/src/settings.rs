@@ -3,8 +3,8 @@
 //! must not silently keep the default).
 
 use crate::paths::Paths;
+use qci_core::toml_file::{self, TomlFileError};
 use serde::Deserialize;
-use std::path::PathBuf;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,30 +27,10 @@ impl Default for Settings {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Toml {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
-}
-
 impl Settings {
-    pub fn load(paths: &Paths) -> Result<Self, SettingsError> {
-        let path = paths.settings();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                toml::from_str(&text).map_err(|source| SettingsError::Toml { path, source })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(SettingsError::Read { path, source }),
-        }
+    /// A missing file means the defaults.
+    pub fn load(paths: &Paths) -> Result<Self, TomlFileError> {
+        Ok(toml_file::read_optional(&paths.settings())?.unwrap_or_default())
     }
 }
 
