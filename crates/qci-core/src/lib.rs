@@ -4,6 +4,7 @@
 //!
 //! Nothing in here talks to the network: `qci-dom0` links this crate.
 
+#[cfg(feature = "diagnostics")]
 pub mod diagnostics;
 pub mod exit;
 pub mod job_file;
