@@ -804,5 +804,24 @@ fn the_monitor_page_shows_a_new_log_line_live_in_a_real_browser() {
                 .starts_with("success")
         },
     );
+    // ...and its status events, the final one included, still without a reload.
+    let events = || {
+        browser
+            .eval("return document.getElementById('events').textContent")
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !events().contains("successAll 1 steps passed") {
+        assert!(
+            Instant::now() < deadline,
+            "no final status event on the page: {:?}\nserved: {}",
+            events(),
+            served.get(&format!("/jobs/{job}"))
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(browser.eval("return window.qciNoReload"), json!(42));
     browser.screenshot("job.png");
 }

@@ -163,7 +163,7 @@ pub async fn job(State(app): State<App>, Path(id): Path<String>) -> Response {
         escape(&job.state),
         escape(&job.description),
     );
-    body.push_str("<h2>Status events</h2><table><tr><th>Time (UTC)</th><th>State</th><th>Description</th><th>From</th></tr>");
+    body.push_str("<h2>Status events</h2><table id=\"events\"><tr><th>Time (UTC)</th><th>State</th><th>Description</th><th>From</th></tr>");
     for (at, state, description, source) in &events {
         let at = std::time::UNIX_EPOCH + Duration::from_millis(*at as u64);
         let _ = write!(
@@ -185,7 +185,10 @@ pub async fn job(State(app): State<App>, Path(id): Path<String>) -> Response {
          es.onmessage=function(e){{var end=window.innerHeight+window.scrollY>=document.body.offsetHeight-40;\
          log.appendChild(document.createTextNode(e.data+'\\n'));if(end)window.scrollTo(0,document.body.scrollHeight);}};\
          es.addEventListener('end',function(e){{var s=document.getElementById('state');\
-         var d=JSON.parse(e.data);s.textContent=d.state+' \\u2014 '+d.description;s.className='state '+d.state;es.close();}});\
+         var d=JSON.parse(e.data);s.textContent=d.state+' \\u2014 '+d.description;s.className='state '+d.state;es.close();\
+         fetch(location.href).then(function(r){{return r.text();}}).then(function(t){{\
+         var n=new DOMParser().parseFromString(t,'text/html').getElementById('events');\
+         if(n)document.getElementById('events').replaceWith(n);}});}});\
          </script>"
     );
     page(&format!("qci job {}", job.id), &body).into_response()
