@@ -301,8 +301,14 @@ fn a_newer_push_supersedes_queued_and_running_jobs_of_the_branch() {
         &edited("push.json", &[("after", json!(second_sha))]),
     )[0]
     .clone();
-    // One machine, busy: the second waits. The third supersedes both.
-    host.wait_state(&second, "queued");
+    // The second supersedes the running first: it waits for the machine,
+    // or already runs if the first has stopped. The third supersedes it
+    // either way.
+    wait_for(
+        "the second job to wait or run",
+        Duration::from_secs(30),
+        || ["queued", "running"].contains(&host.job(&second)["state"].as_str().unwrap_or("")),
+    );
     let third = host.deliver(
         "push",
         "s3",
