@@ -276,7 +276,7 @@ fn nightly_snapshots_after_a_clean_update_and_keeps_the_old_snapshot_when_an_upd
     host.pool_keys.push_str(
         "shutdown_grace = \"20s\"\n[pool.nightly]\nkeep = 1\n\
          update_commands = [[\"sh\", \"-c\", \"echo updating dom0; touch $HOME/updated\"]]\n\
-         salt_commands = [[\"sh\", \"-c\", \"echo salt states applied\"]]\n",
+         salt_commands = [[\"sh\", \"-c\", \"echo salt states applied to $0\", \"{dev_vm}\"]]\n",
     );
     let out = host.run(&["nightly"]);
     assert_eq!(
@@ -308,7 +308,7 @@ fn nightly_snapshots_after_a_clean_update_and_keeps_the_old_snapshot_when_an_upd
     )
     .unwrap();
     assert!(
-        log.contains("updating dom0") && log.contains("salt states applied"),
+        log.contains("updating dom0") && log.contains("salt states applied to sd-dev"),
         "{log}"
     );
 

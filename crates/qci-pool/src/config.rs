@@ -58,7 +58,8 @@ pub struct NightlyConfig {
     /// Run in dom0 in order; any failure means no snapshot.
     #[serde(default = "d_update")]
     pub update_commands: Vec<Vec<String>>,
-    /// qci's Salt states, applied after the updates.
+    /// qci's Salt states, applied after the updates. In these commands and
+    /// the updates, `{dev_vm}` stands for the machine's dev VM.
     #[serde(default = "d_salt")]
     pub salt_commands: Vec<Vec<String>>,
     #[serde(default = "d_command", deserialize_with = "duration")]
@@ -388,13 +389,24 @@ fn d_update() -> Vec<Vec<String>> {
     ]
 }
 
+/// Stands for the machine's dev VM in nightly commands: one pool config
+/// serves machines whose dev VMs have different names.
+pub const DEV_VM: &str = "{dev_vm}";
+
+/// qci's states (the `salt/` formula, enabled at install) in dom0, then in
+/// the machine's dev VM.
 fn d_salt() -> Vec<Vec<String>> {
-    vec![words(&[
-        "sudo",
-        "qubesctl",
-        "--show-output",
-        "state.highstate",
-    ])]
+    vec![
+        words(&["sudo", "qubesctl", "--show-output", "state.highstate"]),
+        words(&[
+            "sudo",
+            "qubesctl",
+            "--skip-dom0",
+            "--targets={dev_vm}",
+            "--show-output",
+            "state.highstate",
+        ]),
+    ]
 }
 
 #[cfg(test)]
@@ -406,6 +418,19 @@ mod tests {
         let p = dir.path().join("host.toml");
         std::fs::write(&p, text).unwrap();
         load_host_file(&p).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_default_nightly_applies_qcis_states_in_dom0_and_then_in_the_dev_vm() {
+        let salt = NightlyConfig::default().salt_commands;
+        assert_eq!(
+            salt[0].join(" "),
+            "sudo qubesctl --show-output state.highstate"
+        );
+        assert_eq!(
+            salt[1].join(" "),
+            "sudo qubesctl --skip-dom0 --targets={dev_vm} --show-output state.highstate"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! nightly never updates a machine under a running job.
 
 use crate::backend::Backend;
-use crate::config::MachineConfig;
+use crate::config::{DEV_VM, MachineConfig};
 use crate::guest::sh_quote;
 use crate::lease::Want;
 #[cfg(test)]
@@ -178,7 +178,10 @@ impl Pool {
             .iter()
             .chain(&cfg.nightly.salt_commands)
         {
-            let words: Vec<String> = argv.iter().map(|w| sh_quote(w)).collect();
+            let words: Vec<String> = argv
+                .iter()
+                .map(|w| sh_quote(&w.replace(DEV_VM, &m.dev_vm)))
+                .collect();
             let shown = words.join(" ");
             events.phase(job, &Phase::Running);
             let _ = writeln!(host_log, "$ {shown}");
