@@ -173,6 +173,48 @@ impl Sink {
     }
 }
 
+/// How long a caller of `qci.Run` waits past the job's timeout before it
+/// gives up on dom0: dom0 stops the steps at the deadline (SIGTERM, its
+/// grace period, SIGKILL), sweeps what they left and reports, which takes
+/// a while; the caller giving up first would end the job in its own words.
+pub const RUN_CLOSING: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What the caller of `qci.Run` (`qci-vm begin`) asks of dom0: one JSON line
+/// on the service's stdin, after which the caller holds stdin open for the
+/// whole job, so that its end (EOF) tells dom0 the caller has gone. It comes
+/// from the dev VM, so dom0 reads it bounded and strictly, and a request
+/// only ever narrows dom0's own settings (its `job_timeout` stays the upper
+/// bound). A caller that sends none (stdin empty, or a person at a
+/// terminal) gets dom0's settings as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// The job's timeout (the job file's `timeout_secs`).
+    pub timeout_secs: u64,
+}
+
+impl RunRequest {
+    /// A request line longer than this is refused unread.
+    pub const MAX_BYTES: usize = 1024;
+
+    /// The request as sent: one JSON object and a newline.
+    pub fn to_line(&self) -> String {
+        let mut line = serde_json::to_string(self).unwrap_or_default();
+        line.push('\n');
+        line
+    }
+
+    /// Parses one request line (its newline removed or not).
+    pub fn parse(line: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(line.trim_ascii())
+    }
+
+    /// The job's timeout, as dom0 may grant it: at most `limit`.
+    pub fn timeout_within(&self, limit: std::time::Duration) -> std::time::Duration {
+        limit.min(std::time::Duration::from_secs(self.timeout_secs))
+    }
+}
+
 /// Whether `slug` is `OWNER/REPO` made of plain names: it becomes part of
 /// GitHub API paths, so it must be exactly two of them.
 pub fn valid_slug(slug: &str) -> bool {
@@ -391,6 +433,20 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["j1.json"]);
+    }
+
+    #[test]
+    fn a_run_request_round_trips_and_never_widens_the_timeout() {
+        let r = RunRequest { timeout_secs: 2 };
+        assert_eq!(r.to_line(), "{\"timeout_secs\":2}\n");
+        assert_eq!(RunRequest::parse(r.to_line().as_bytes()).unwrap(), r);
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(r.timeout_within(hour).as_secs(), 2);
+        let long = RunRequest { timeout_secs: u64::MAX };
+        assert_eq!(long.timeout_within(hour), hour);
+        for bad in [&b"{\"timeout_secs\":1,\"x\":1}"[..], b"{}", b"-1", b"junk"] {
+            assert!(RunRequest::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -68,6 +68,28 @@ pub enum PipelineError {
     Invalid(String),
 }
 
+impl PipelineError {
+    /// The error on one line, for a status description: a TOML error's
+    /// full text spans several lines (the line it found and a caret under
+    /// the fault), which a description would squash into one. This keeps
+    /// the message and where it is.
+    pub fn summary(&self) -> String {
+        let Self::Toml(e) = self else {
+            return self.to_string();
+        };
+        let text = e.to_string();
+        let at = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("TOML parse error at "));
+        let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        match at {
+            Some(at) => format!("{FILE_NAME} is not valid: {message} ({at})"),
+            None => format!("{FILE_NAME} is not valid: {message}"),
+        }
+    }
+}
+
 impl Pipeline {
     /// `make clone`, `make dev`, `make test`: what SecureDrop Workstation runs.
     pub fn default_steps() -> Self {
@@ -252,5 +274,23 @@ mod tests {
         ] {
             assert!(Pipeline::parse(bad).is_err(), "accepted {bad:?}");
         }
+    }
+
+    #[test]
+    fn a_toml_error_keeps_its_lines_and_sums_up_on_one() {
+        let err = Pipeline::parse("[[steps]]\nname = \"a\"\ncommand = \"x\"\nshell = \"bash\"\n")
+            .unwrap_err();
+        let full = err.to_string();
+        assert!(full.lines().count() > 2, "{full}");
+        assert!(full.contains("shell = \"bash\""), "{full}");
+        let summary = err.summary();
+        assert!(!summary.contains('\n'), "{summary}");
+        assert!(
+            summary.starts_with(".qci.toml is not valid: unknown field `shell`")
+                && summary.ends_with("(line 4, column 1)"),
+            "{summary}"
+        );
+        let invalid = PipelineError::Invalid("no steps".into());
+        assert_eq!(invalid.summary(), invalid.to_string());
     }
 }

@@ -10,6 +10,7 @@
 //! through qrexec, and treats everything that comes back as hostile data.
 
 mod call;
+mod caller;
 mod config;
 mod fetch;
 mod lock;
@@ -31,12 +32,22 @@ Installed as /etc/qubes-rpc/qci.Run and called from the dev VM:
     qrexec-client-vm dom0 qci.Run+JOB
 
 The job id comes from the service argument; the caller from
-QREXEC_REMOTE_DOMAIN. Settings are read from /etc/qci/dom0.toml, or the file
+QREXEC_REMOTE_DOMAIN. The caller may send one JSON line on stdin,
+{\"timeout_secs\": N}, to bound the job by its own timeout (dom0's
+job_timeout stays the upper bound), and then hold stdin open: when it closes
+(or nobody reads stdout any more), the caller has gone and the job is
+canceled, as on SIGTERM. Settings are read from /etc/qci/dom0.toml, or the file
 named by QCI_DOM0_CONFIG. It runs as dom0's login user (as qrexec-daemon
 does), and writes only to its log and work directories (/var/log/qci and
 /var/lib/qci by default), which must exist, owned by that user: it refuses to
 run without them. Exit codes: 0 success, 1 a step failed, 2 bad input,
-3 CI error (transfer, timeout, busy).";
+3 CI error (transfer, timeout, cancel, busy). A bad .qci.toml is bad
+input: the job ends `error`, exit 2.";
+
+/// How long the caller has to send its request (`qci-vm begin` sends it at
+/// once); a caller that sends none (a person at a terminal) then runs with
+/// dom0's settings as they are.
+const REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() -> std::process::ExitCode {
     qci_core::diagnostics::init("info");
@@ -92,6 +103,17 @@ fn serve(args: &[std::ffi::OsString]) -> ExitCode {
         Ok(l) => l,
         Err(e) => return refuse(ExitCode::CiError, &e.to_string()),
     };
+    // Watched from now on: a caller that goes away cancels the job.
+    signals::cancel_on_termination();
+    let caller = caller::Caller::watch();
+    let mut config = config;
+    match caller.request(REQUEST_WAIT) {
+        None => {}
+        Some(Ok(request)) => config.job_timeout = request.timeout_within(config.job_timeout),
+        Some(Err(why)) => {
+            return refuse(ExitCode::BadInput, &format!("bad request on stdin: {why}"));
+        }
+    }
     let log_path = config.log_dir.join(qci_core::log::file_name(&job));
     // The live log's pipe, when it is one, as large as the kernel allows a
     // user: a step that floods its output then costs a wake-up of the
@@ -114,7 +136,6 @@ fn serve(args: &[std::ffi::OsString]) -> ExitCode {
         job: job.clone(),
         timeout: config.status_timeout,
     };
-    signals::cancel_on_termination();
     runner::Run::new(&config, &job, log, reporter, &signals::CANCEL).execute()
 }
 

@@ -15,6 +15,10 @@ pub enum ReportError {
     Timeout(Duration),
     #[error("qci.Status failed: {0}")]
     Failed(String),
+    /// The dev VM refused the event as bad input (exit 2): the job has
+    /// ended there already, say. Sending it again gets the same answer.
+    #[error("qci.Status refused it: {0}")]
+    Refused(String),
 }
 
 /// Sends events for one job to one dev VM.
@@ -48,10 +52,11 @@ impl Reporter {
         if status.success() {
             return Ok(());
         }
-        Err(ReportError::Failed(crate::call::failure(
-            status,
-            child.stderr.take(),
-        )))
+        let why = crate::call::failure(status, child.stderr.take());
+        if status.code() == Some(qci_core::ExitCode::BadInput.code()) {
+            return Err(ReportError::Refused(why));
+        }
+        Err(ReportError::Failed(why))
     }
 }
 

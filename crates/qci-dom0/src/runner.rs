@@ -10,6 +10,7 @@
 use crate::config::Config;
 use crate::fetch::{FetchError, fetch_code};
 use crate::report::{Progress, ReportError, Reporter};
+use crate::signals::CancelReason;
 use nix::sys::stat::Mode;
 use qci_core::log::LogWriter;
 use qci_core::pipeline::Pipeline;
@@ -174,7 +175,15 @@ impl<'a> Run<'a> {
         }
         let pipeline = match Pipeline::load(&workspace) {
             Ok(p) => p,
-            Err(e) => return Verdict::new(State::Failure, e.to_string(), ExitCode::StepFailed),
+            Err(e) => {
+                // Bad input, not a failed step: `error` and exit 2. The log
+                // keeps the error's every line (a TOML error shows the line
+                // at fault with a caret under it); the status, one line.
+                for line in e.to_string().lines() {
+                    self.note(line);
+                }
+                return Verdict::new(State::Error, e.summary(), ExitCode::BadInput);
+            }
         };
         let deadline = started + self.config.job_timeout;
         let total = pipeline.steps.len();
@@ -234,9 +243,12 @@ impl<'a> Run<'a> {
                     );
                 }
                 StepOutcome::Canceled => {
+                    let why = CancelReason::current()
+                        .map(|r| format!(" ({})", r.describe()))
+                        .unwrap_or_default();
                     return Verdict::new(
                         State::Canceled,
-                        format!("{} canceled after {took:.0}s", step.command),
+                        format!("{} canceled after {took:.0}s{why}", step.command),
                         ExitCode::CiError,
                     );
                 }
@@ -386,7 +398,7 @@ impl<'a> Run<'a> {
                     self.note(&format!(
                         "could not report {state} (attempt {attempt} of {attempts}): {e}"
                     ));
-                    if matches!(e, ReportError::Timeout(_)) {
+                    if matches!(e, ReportError::Timeout(_) | ReportError::Refused(_)) {
                         return;
                     }
                 }

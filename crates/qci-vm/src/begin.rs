@@ -16,7 +16,7 @@ use crate::paths::Paths;
 use crate::settings::Settings;
 use crate::sink;
 use nix::fcntl::{Flock, FlockArg};
-use qci_core::job_file::{JobFile, JobFileError};
+use qci_core::job_file::{JobFile, JobFileError, RUN_CLOSING, RunRequest};
 use qci_core::log::{Line, LineSplitter, SecretMask};
 use qci_core::process::wait_or_kill;
 use qci_core::tree::remove_tree;
@@ -92,13 +92,25 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
     };
     eprintln!("qci-vm: job {job}: calling qci.Run in dom0");
     let mut child = match qci_qrexec::call::from_vm("dom0", "qci.Run", job.as_str())
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
     {
         Ok(c) => c,
         Err(e) => return fail(&format!("Cannot call qci.Run: {e}")),
     };
+    // The job's timeout goes to dom0, which stops the steps at it (within
+    // its own job_timeout); stdin then stays open until the call ends, so
+    // that dom0 sees this end of the stream close if `begin` goes away, and
+    // cancels the job. A write that fails (dom0 refused the call and is
+    // gone) is said by the call's end.
+    let request = RunRequest {
+        timeout_secs: job_file.timeout_secs,
+    };
+    let _held_open = child.stdin.take().map(|mut stdin| {
+        let _ = stdin.write_all(request.to_line().as_bytes());
+        stdin
+    });
     let (said, refusal) = mpsc::channel();
     if let Some(log) = child.stdout.take() {
         let mask = mask.clone();
@@ -108,7 +120,8 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
         });
     }
     let timeout = Duration::from_secs(job_file.timeout_secs);
-    let status = match wait_or_kill(&mut child, timeout) {
+    // dom0 ends the job at its timeout; this bounds dom0.
+    let status = match wait_or_kill(&mut child, timeout.saturating_add(RUN_CLOSING)) {
         Ok(Some(s)) => s,
         Ok(None) => {
             let why = format!("No result from dom0 within {}s", timeout.as_secs());

@@ -2,12 +2,14 @@
 //! and watched from outside it as the host does with a real one.
 
 use qci_core::job_file::{
-    CommitSha, JobFile, JobFileError, Reason, Repository, Sink, job_file_rel, status_file_rel,
+    CommitSha, JobFile, JobFileError, RUN_CLOSING, Reason, Repository, Sink, job_file_rel,
+    status_file_rel,
 };
 use qci_core::process::{wait_or_kill_at, write_within};
 use qci_core::{ExitCode, JobId, State, StatusEvent};
 use qci_pool::backend::install;
 use qci_qrexec::emulator::{DOM0, Machine};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -145,44 +147,80 @@ impl LocalRun {
         job_file.save(&home.join(job_file_rel(&job)))?;
         eprintln!("qci: job {job} on {} ({DEV_VM})", machine.root().display());
 
-        // As the host does: start `begin` in the dev VM through dom0.
+        // As the host does: start `begin` in the dev VM through dom0. In a
+        // process group of its own, so that a stop reaches the whole chain
+        // (qvm-run, begin, qrexec-client-vm, dom0's runner) from here, and
+        // only it: a Ctrl-C is passed on to it, after which this process
+        // waits for dom0 to cancel the job rather than dying with it.
+        interrupt::catch();
         let mut child = in_dom0(&machine, Command::new("qvm-run"))?
             .args(["--pass-io", "--no-gui", DEV_VM])
             .arg(format!("qci-vm begin {job}"))
             .stdin(Stdio::null())
+            .process_group(0)
             .spawn()
             .map_err(io("cannot start qvm-run in the emulated dom0"))?;
-        // begin bounds the job itself (and then posts its end); this bounds begin.
-        let status = wait_or_kill_at(&mut child, deadline + closing).map_err(io("lost the job"))?;
+        let chain = nix::unistd::Pid::from_raw(child.id() as i32);
+        // dom0 ends the job at its timeout, and begin waits a while longer
+        // for it; this bounds begin.
+        let bound = deadline + RUN_CLOSING + closing;
+        let mut interrupted = false;
+        let status = loop {
+            if let Some(s) = child.try_wait().map_err(io("lost the job"))? {
+                break Some(s);
+            }
+            if interrupt::requested() {
+                interrupted = true;
+                break None;
+            }
+            if Instant::now() >= bound {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if status.is_none() {
+            // The caller going away cancels the job in dom0 (and so does
+            // the signal, which dom0's runner also gets).
+            let signal = if interrupted {
+                eprintln!("qci: interrupted: canceling job {job}, waiting for dom0 to end it");
+                nix::sys::signal::Signal::SIGINT
+            } else {
+                nix::sys::signal::Signal::SIGTERM
+            };
+            let _ = nix::sys::signal::killpg(chain, signal);
+            let _ = wait_or_kill_at(&mut child, Instant::now() + closing);
+        }
         let code = status.and_then(|s| s.code());
         let status_file = home.join(status_file_rel(&job));
+        // Until dom0's runner has ended: it reports on its own, and the next
+        // job must not find it still busy. A runner whose caller is gone
+        // cancels its job, which takes at most its kill grace, its sweep
+        // and one status post.
+        let lock = machine
+            .domain_root(DOM0)?
+            .join(install::DOM0_WORK_DIR)
+            .join("run.lock");
+        let until = Instant::now() + closing + kill_grace(&machine)? + STOP_SLACK;
         let mut last = final_event(&status_file, &job);
-        if last.is_none() {
-            // `begin` is gone without a final status, but dom0's runner may
-            // still be at work (it reports on its own): wait for it.
-            let lock = machine
-                .domain_root(DOM0)?
-                .join(install::DOM0_WORK_DIR)
-                .join("run.lock");
-            while last.is_none() && runner_busy(&lock) && Instant::now() < deadline + closing {
-                std::thread::sleep(Duration::from_millis(100));
-                last = final_event(&status_file, &job);
-            }
+        while (last.is_none() || runner_busy(&lock)) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
             last = last.or_else(|| final_event(&status_file, &job));
         }
+        last = last.or_else(|| final_event(&status_file, &job));
         let final_event = match last {
             Some(e) => e,
             None => {
                 // Nobody posted a final status: the watcher does, so the
                 // commit never stays pending.
-                let why = match code {
-                    None if status.is_none() => {
+                let (state, why) = match code {
+                    None if interrupted => (State::Canceled, "Canceled: qci run was interrupted".into()),
+                    None if status.is_none() => (State::Error, {
                         format!("Job timed out after {}s", self.timeout.as_secs())
-                    }
-                    Some(c) => format!("Job ended without a final status (exit {c})"),
-                    None => "Job ended without a final status (killed)".into(),
+                    }),
+                    Some(c) => (State::Error, format!("Job ended without a final status (exit {c})")),
+                    None => (State::Error, "Job ended without a final status (killed)".into()),
                 };
-                let event = StatusEvent::new(&job, State::Error, why);
+                let event = StatusEvent::new(&job, state, why);
                 post_status(&machine, &event, closing)?;
                 event
             }
@@ -302,16 +340,36 @@ fn post_status(
 
 /// dom0's bound on one `qci.Status` call, from the machine's dom0 settings.
 fn status_timeout(machine: &Machine) -> Result<Duration, LocalError> {
+    dom0_duration(
+        machine,
+        "status_timeout",
+        qci_core::status::DEFAULT_STATUS_TIMEOUT,
+    )
+}
+
+/// How long dom0 gives a stopped step between SIGTERM and SIGKILL.
+fn kill_grace(machine: &Machine) -> Result<Duration, LocalError> {
+    dom0_duration(machine, "kill_grace", DEFAULT_KILL_GRACE)
+}
+
+/// dom0's default `kill_grace`.
+const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
+/// Beyond its kill grace and a status post, what dom0's runner may take to
+/// end a job: its sweep of leftover processes (5 s at most) and a margin.
+const STOP_SLACK: Duration = Duration::from_secs(10);
+
+/// A duration in the machine's dom0 settings, or `default` without one.
+fn dom0_duration(machine: &Machine, key: &str, default: Duration) -> Result<Duration, LocalError> {
     let path = machine.domain_root(DOM0)?.join(install::DOM0_CONFIG);
     let text = std::fs::read_to_string(&path).map_err(io(path.display().to_string()))?;
     let bad = |why: String| io(path.display().to_string())(std::io::Error::other(why));
     let table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    match table.get("status_timeout") {
-        None => Ok(qci_core::status::DEFAULT_STATUS_TIMEOUT),
+    match table.get(key) {
+        None => Ok(default),
         Some(toml::Value::String(s)) => {
-            qci_core::pipeline::parse_duration(s).map_err(|e| bad(format!("status_timeout: {e}")))
+            qci_core::pipeline::parse_duration(s).map_err(|e| bad(format!("{key}: {e}")))
         }
-        Some(other) => Err(bad(format!("status_timeout: {other} is not a duration"))),
+        Some(other) => Err(bad(format!("{key}: {other} is not a duration"))),
     }
 }
 
@@ -343,4 +401,37 @@ fn new_job_id() -> JobId {
         .collect();
     JobId::parse(&format!("local-{stamp}-{}", std::process::id()))
         .expect("generated job ids are valid")
+}
+
+/// Ctrl-C (SIGINT), SIGTERM and SIGHUP while a job runs: noted, so that the
+/// run passes the stop on to the job and still prints how it ended.
+mod interrupt {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn note(_: nix::libc::c_int) {
+        // Only an atomic store: async-signal-safe.
+        REQUESTED.store(true, Ordering::SeqCst);
+    }
+
+    pub fn catch() {
+        let action = SigAction::new(
+            SigHandler::Handler(note),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+            // SAFETY: the handler only stores to an atomic, which is
+            // async-signal-safe.
+            if let Err(e) = unsafe { sigaction(signal, &action) } {
+                eprintln!("qci: cannot handle {signal}: {e}");
+            }
+        }
+    }
+
+    pub fn requested() -> bool {
+        REQUESTED.load(Ordering::SeqCst)
+    }
 }
