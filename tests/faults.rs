@@ -183,8 +183,11 @@ fn killing_the_dom0_runner_still_ends_the_job_and_the_next_one_cleans_up() {
     );
 }
 
+/// A caller that goes away (begin killed: in Qubes its qrexec stream then
+/// closes) has its job canceled by dom0, which still reports it: the steps
+/// are stopped, the log kept, one final status, and dom0 is free.
 #[test]
-fn killing_begin_in_the_dev_vm_lets_the_runner_finish_and_report() {
+fn killing_begin_in_the_dev_vm_has_the_runner_cancel_and_report() {
     let s = Scratch::new();
     // The step waits for begin to be killed, however long that takes.
     let release = s.dir.path().join("release");
@@ -195,20 +198,22 @@ fn killing_begin_in_the_dev_vm_lets_the_runner_finish_and_report() {
             && cmd.get(1).map(String::as_str) == Some("begin")
     });
     signal(begin, "KILL");
-    std::fs::write(&release, "").unwrap();
 
     let (code, stdout) = finish(child);
+    std::fs::write(&release, "").unwrap();
     let job = job_id(&stdout);
     let st = states(&s.status_file(&job));
-    assert_eq!(st.last().unwrap().0, "success", "{st:?}");
+    assert_eq!(st.last().unwrap().0, "canceled", "{st:?}");
     assert_eq!(
         st.iter().filter(|(state, _)| state != "running").count(),
         1,
         "exactly one final status: {st:?}"
     );
-    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(code, Some(3), "{stdout}");
     let log = s.job_log(&job);
-    assert!(log.contains("[wait] after"), "{log}");
+    assert!(log.contains("[wait] before"), "{log}");
+    assert!(!log.contains("[wait] after"), "{log}");
+    assert!(s.dom0_is_free());
     s.prepare_machine();
 }
 

@@ -107,7 +107,9 @@ fn ctrl_c_cancels_the_job_prints_its_end_and_log_and_exits_3() {
     assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
     let job = job_id(&stdout);
     assert!(
-        stdout.contains(&format!("qci: job {job}: canceled ({SLEEPY} canceled after")),
+        stdout.contains(&format!(
+            "qci: job {job}: canceled ({SLEEPY} canceled after"
+        )),
         "{stdout}"
     );
     let log = s.dom0_log_dir().join(format!("{job}.log"));
@@ -115,7 +117,11 @@ fn ctrl_c_cancels_the_job_prints_its_end_and_log_and_exits_3() {
         stdout.contains(&format!("qci: log: {}", log.display())),
         "{stdout}"
     );
-    assert!(std::fs::read_to_string(&log).unwrap().contains("[sleepy] started"));
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("[sleepy] started")
+    );
     let st = states(&s.status_file(&job));
     assert_eq!(st.last().unwrap().0, "canceled", "{st:?}");
     assert_eq!(st.iter().filter(|s| s.0 != "running").count(), 1, "{st:?}");
@@ -150,7 +156,8 @@ fn caller_goes_away(which: &str) {
     assert_eq!(out.status.code(), Some(3), "{stdout}");
     let log = s.job_log(&job_id(&stdout));
     assert!(
-        log.contains(&format!("canceled ({SLEEPY} canceled after")) && log.contains("the caller went away"),
+        log.contains(&format!("canceled ({SLEEPY} canceled after"))
+            && log.contains("the caller went away"),
         "{which}: {log}"
     );
     assert_next_job_runs(&s);
@@ -188,7 +195,9 @@ fn a_qci_toml_with_an_unknown_key_is_bad_input_and_ends_in_error() {
             .unwrap_or_else(|| panic!("the faulty line on a line of its own:\n{text}"));
         assert!(lines[at + 1].ends_with("[qci]   | ^^^^^"), "{text}");
         assert!(
-            lines.iter().any(|l| l.contains("[qci] unknown field `shell`")),
+            lines
+                .iter()
+                .any(|l| l.contains("[qci] unknown field `shell`")),
             "{text}"
         );
     }

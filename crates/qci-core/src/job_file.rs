@@ -442,7 +442,9 @@ mod tests {
         assert_eq!(RunRequest::parse(r.to_line().as_bytes()).unwrap(), r);
         let hour = std::time::Duration::from_secs(3600);
         assert_eq!(r.timeout_within(hour).as_secs(), 2);
-        let long = RunRequest { timeout_secs: u64::MAX };
+        let long = RunRequest {
+            timeout_secs: u64::MAX,
+        };
         assert_eq!(long.timeout_within(hour), hour);
         for bad in [&b"{\"timeout_secs\":1,\"x\":1}"[..], b"{}", b"-1", b"junk"] {
             assert!(RunRequest::parse(bad).is_err(), "{bad:?}");

@@ -201,24 +201,30 @@ impl LocalRun {
             .join(install::DOM0_WORK_DIR)
             .join("run.lock");
         let until = Instant::now() + closing + kill_grace(&machine)? + STOP_SLACK;
-        let mut last = final_event(&status_file, &job);
-        while (last.is_none() || runner_busy(&lock)) && Instant::now() < until {
+        while runner_busy(&lock) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(50));
-            last = last.or_else(|| final_event(&status_file, &job));
         }
-        last = last.or_else(|| final_event(&status_file, &job));
+        let last = final_event(&status_file, &job);
         let final_event = match last {
             Some(e) => e,
             None => {
                 // Nobody posted a final status: the watcher does, so the
                 // commit never stays pending.
                 let (state, why) = match code {
-                    None if interrupted => (State::Canceled, "Canceled: qci run was interrupted".into()),
+                    None if interrupted => {
+                        (State::Canceled, "Canceled: qci run was interrupted".into())
+                    }
                     None if status.is_none() => (State::Error, {
                         format!("Job timed out after {}s", self.timeout.as_secs())
                     }),
-                    Some(c) => (State::Error, format!("Job ended without a final status (exit {c})")),
-                    None => (State::Error, "Job ended without a final status (killed)".into()),
+                    Some(c) => (
+                        State::Error,
+                        format!("Job ended without a final status (exit {c})"),
+                    ),
+                    None => (
+                        State::Error,
+                        "Job ended without a final status (killed)".into(),
+                    ),
                 };
                 let event = StatusEvent::new(&job, state, why);
                 post_status(&machine, &event, closing)?;
