@@ -9,6 +9,7 @@ use qci_core::process::{wait_or_kill_at, write_within};
 use qci_core::{ExitCode, JobId, State, StatusEvent};
 use qci_pool::backend::install;
 use qci_qrexec::emulator::{DOM0, Machine};
+use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -201,7 +202,7 @@ impl LocalRun {
             .join(install::DOM0_WORK_DIR)
             .join("run.lock");
         let until = Instant::now() + closing + kill_grace(&machine)? + STOP_SLACK;
-        while runner_busy(&lock) && Instant::now() < until {
+        while runner_busy(&lock, &job) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(50));
         }
         let last = final_event(&status_file, &job);
@@ -287,12 +288,18 @@ fn final_event(status_file: &Path, job: &JobId) -> Option<StatusEvent> {
         .find(|e| e.state.is_final())
 }
 
-/// Whether a runner holds dom0's run lock (the kernel drops it when the
-/// runner dies, however it dies).
-fn runner_busy(lock: &Path) -> bool {
-    let Ok(file) = std::fs::File::open(lock) else {
+/// Whether a runner holds dom0's run lock for `job` (the kernel drops the
+/// lock when the runner dies, however it dies; the holder writes its job id
+/// in the file). Another job's runner is not ours to wait for.
+fn runner_busy(lock: &Path, job: &JobId) -> bool {
+    let Ok(mut file) = std::fs::File::open(lock) else {
         return false;
     };
+    let mut holder = String::new();
+    let _ = Read::by_ref(&mut file).take(64).read_to_string(&mut holder);
+    if holder.trim() != job.as_str() {
+        return false;
+    }
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
         Ok(_unlocked_on_drop) => false,
         Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
