@@ -215,9 +215,10 @@ impl LocalRun {
                     None if interrupted => {
                         (State::Canceled, "Canceled: qci run was interrupted".into())
                     }
-                    None if status.is_none() => (State::Error, {
-                        format!("Job timed out after {}s", self.timeout.as_secs())
-                    }),
+                    None if status.is_none() => (
+                        State::Error,
+                        format!("Job timed out after {}s", self.timeout.as_secs()),
+                    ),
                     Some(c) => (
                         State::Error,
                         format!("Job ended without a final status (exit {c})"),
