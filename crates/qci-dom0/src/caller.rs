@@ -27,7 +27,11 @@ impl Caller {
         let (tx, asked) = mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("qci-caller".into())
-            .spawn(move || watch(tx));
+            .spawn(move || {
+                watch(std::io::stdin(), std::io::stdout(), &tx, || {
+                    signals::cancel(CancelReason::CallerGone);
+                });
+            });
         if let Err(e) = spawned {
             tracing::warn!("cannot watch the caller: {e}");
         }
@@ -41,9 +45,15 @@ impl Caller {
     }
 }
 
-fn watch(asked: mpsc::Sender<Asked>) {
-    let stdin = std::io::stdin();
-    let stdout = std::io::stdout();
+/// Watches `stdin` (the request, then its end) and `stdout` (its reader
+/// going away) until the caller is gone, then calls `gone`; says what was
+/// asked on `asked`.
+fn watch(
+    mut stdin: impl AsFd + Read,
+    stdout: impl AsFd,
+    asked: &mpsc::Sender<Asked>,
+    gone: impl FnOnce(),
+) {
     let mut line = Vec::new();
     // Until the request is in: then stdin's end means the caller is gone.
     let mut requested = false;
@@ -79,7 +89,7 @@ fn watch(asked: mpsc::Sender<Asked>) {
                 // No stdout at all: only stdin can say anything now.
                 writing = false;
             } else if out.intersects(closed) {
-                signals::cancel(CancelReason::CallerGone);
+                gone();
                 return;
             }
         }
@@ -94,7 +104,7 @@ fn watch(asked: mpsc::Sender<Asked>) {
         if !input.intersects(PollFlags::POLLIN | closed) {
             continue;
         }
-        let n = match stdin.lock().read(&mut buf) {
+        let n = match stdin.read(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => 0,
@@ -102,7 +112,7 @@ fn watch(asked: mpsc::Sender<Asked>) {
         if n == 0 {
             reading = false;
             if requested {
-                signals::cancel(CancelReason::CallerGone);
+                gone();
                 return;
             }
             // Ended before any request: a caller that sends none
@@ -127,5 +137,74 @@ fn watch(asked: mpsc::Sender<Asked>) {
             );
             let _ = asked.send(Some(Err(too_long)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Watches a pair of pipes on a thread; returns the caller's ends, the
+    /// requests and the flag that `gone` sets.
+    fn watched() -> (
+        std::io::PipeWriter,
+        std::io::PipeReader,
+        mpsc::Receiver<Asked>,
+        Arc<AtomicBool>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let (stdin, to_dom0) = std::io::pipe().unwrap();
+        let (from_dom0, stdout) = std::io::pipe().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let gone = Arc::new(AtomicBool::new(false));
+        let flag = gone.clone();
+        let thread = std::thread::spawn(move || {
+            watch(stdin, stdout, &tx, || flag.store(true, Ordering::SeqCst));
+        });
+        (to_dom0, from_dom0, rx, gone, thread)
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_request_then_the_end_of_stdin_is_a_caller_gone() {
+        let (mut to_dom0, _from_dom0, asked, gone, thread) = watched();
+        to_dom0.write_all(b"{\"timeout_secs\": 7}\n").unwrap();
+        let request = asked.recv_timeout(WAIT).unwrap().unwrap().unwrap();
+        assert_eq!(request.timeout_secs, 7);
+        assert!(!gone.load(Ordering::SeqCst));
+        drop(to_dom0);
+        thread.join().unwrap();
+        assert!(gone.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn stdin_that_ends_without_a_request_means_nothing_but_a_gone_reader_does() {
+        let (to_dom0, from_dom0, asked, gone, thread) = watched();
+        drop(to_dom0);
+        assert_eq!(asked.recv_timeout(WAIT).unwrap(), None);
+        assert!(!gone.load(Ordering::SeqCst));
+        drop(from_dom0);
+        thread.join().unwrap();
+        assert!(gone.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_malformed_or_endless_request_is_refused() {
+        let (mut to_dom0, _from_dom0, asked, _gone, _thread) = watched();
+        to_dom0
+            .write_all(b"{\"timeout_secs\": 1, \"more\": 1}\n")
+            .unwrap();
+        assert!(asked.recv_timeout(WAIT).unwrap().unwrap().is_err());
+
+        let (mut to_dom0, _from_dom0, asked, _gone, _thread) = watched();
+        to_dom0
+            .write_all(&[b' '; 2 * RunRequest::MAX_BYTES])
+            .unwrap();
+        let why = asked.recv_timeout(WAIT).unwrap().unwrap().unwrap_err();
+        assert!(why.contains("longer than"), "{why}");
     }
 }
