@@ -4,14 +4,24 @@
 //! An accepted job file names something to run, holds a full lower-case
 //! commit id when it holds one, and survives the way `JobFile::save` writes
 //! it (pretty JSON) and compact JSON: both parse back to the same job.
+//!
+//! The same bytes as the request `begin` sends on `qci.Run`'s stdin: an
+//! accepted one survives the way it is sent, and never widens dom0's bound.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qci_core::job_file::{JobFile, JobFileError};
+use qci_core::job_file::{JobFile, JobFileError, RunRequest};
 use std::path::Path;
+use std::time::Duration;
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(request) = RunRequest::parse(data) {
+        let sent = request.to_line();
+        assert_eq!(RunRequest::parse(sent.as_bytes()).ok(), Some(request));
+        let limit = Duration::from_secs(6 * 3600);
+        assert!(request.timeout_within(limit) <= limit);
+    }
     let path = Path::new("/home/user/.qci/jobs/J1.json");
     let job = match JobFile::parse(data, path) {
         Ok(job) => job,
