@@ -825,3 +825,54 @@ fn the_monitor_page_shows_a_new_log_line_live_in_a_real_browser() {
     assert_eq!(browser.eval("return window.qciNoReload"), json!(42));
     browser.screenshot("job.png");
 }
+
+#[test]
+fn a_second_serve_on_the_same_state_dir_names_the_holder_and_changes_nothing() {
+    let area = support::Scratch::new();
+    let scratch = &area.dir;
+    let (project, sha) = project(scratch.path(), "echo started; sleep 4; echo done");
+    let github = FakeGithub::start(GITHUB_TOKEN);
+    let served = Served::start(scratch.path(), &github, &project);
+    let toml = std::fs::read_to_string(project.join(".qci.toml")).unwrap();
+    github.pipeline(REPO, &sha, &toml);
+    let job = served.jobs("push", "second-1", &push(REPO, "main", &sha))[0].clone();
+    wait_for("the job to run", Duration::from_secs(120), || {
+        served.job_state(&job).0 == "running"
+    });
+
+    // The same config again, while the job runs: it must stop at once.
+    let started = Instant::now();
+    let second = qci()
+        .arg("serve")
+        .arg("--config")
+        .arg(served.config())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(3), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{stderr}");
+    let first_pid = served.child.as_ref().unwrap().id();
+    assert!(
+        stderr.contains(&format!("another qci serve (pid {first_pid})")),
+        "{stderr}"
+    );
+    assert_eq!(
+        served.job_state(&job).0,
+        "running",
+        "the second host touched the job"
+    );
+
+    // The first host's job ends with its own outcome, reported once.
+    github.wait_for("the final status", Duration::from_secs(120), |p| {
+        p.iter().any(|p| p.state != "pending")
+    });
+    assert_eq!(served.job_state(&job).0, "success");
+    let finals: Vec<_> = github
+        .states("qci/qubes-4.2")
+        .into_iter()
+        .filter(|s| s.0 != "pending")
+        .collect();
+    assert_eq!(finals.len(), 1, "{finals:?}");
+    assert_eq!(finals[0].0, "success", "{finals:?}");
+    assert!(github.refused().is_empty(), "{:?}", github.refused());
+}

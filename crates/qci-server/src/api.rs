@@ -188,7 +188,7 @@ pub async fn cancel(
         .write(move |conn| queue::cancel(conn, &job, &who))
         .await
     {
-        Ok(CancelOutcome::NotFound) => text(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Ok(CancelOutcome::NotFound) => text(StatusCode::NOT_FOUND, "no such job"),
         Ok(CancelOutcome::AlreadyFinal(state)) => text(
             StatusCode::CONFLICT,
             format!("job {id} has ended already ({state})"),
@@ -215,7 +215,7 @@ pub async fn retry(State(app): State<App>, Path(id): Path<String>, headers: Head
         .write(move |conn| queue::retry(conn, &job, &versions))
         .await
     {
-        Ok(RetryOutcome::NotFound) => text(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Ok(RetryOutcome::NotFound) => text(StatusCode::NOT_FOUND, "no such job"),
         Ok(RetryOutcome::NotFinal(state)) => text(
             StatusCode::CONFLICT,
             format!("job {id} is still {state}; cancel it first"),

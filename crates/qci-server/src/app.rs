@@ -46,6 +46,8 @@ pub enum ServeError {
         what: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Lock(#[from] crate::state_lock::StateLockError),
     #[error("the GitHub token is not usable in an HTTP header")]
     BadToken,
 }
@@ -79,16 +81,34 @@ pub fn router(app: App) -> Router {
                 qci_core::StatusEvent::MAX_WIRE_BYTES as usize,
             )),
         )
+        .layer(axum::middleware::map_response(nosniff))
         .with_state(app)
+}
+
+/// Nothing we serve is for the browser to guess at: a log or a body from a
+/// machine must never be sniffed into HTML on our origin.
+async fn nosniff(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// Opens the state, reconciles what a crash left, starts the background
 /// tasks and serves until SIGTERM or SIGINT. `listener` replaces binding
 /// `server.listen` (tests pass one already bound).
+///
+/// The order matters: the caller holds the state dir's lock before anything
+/// is opened (`_lock`, held until this returns), so a second host changes
+/// nothing; the port is bound before anything is reconciled, so a host that
+/// cannot listen changes nothing either; and pages are served before the
+/// first status goes out, so the link in a status answers.
 pub async fn serve(
     config: HostConfig,
     executor: Arc<dyn Executor>,
     listener: Option<tokio::net::TcpListener>,
+    _lock: crate::StateLock,
 ) -> Result<(), ServeError> {
     let server = config.server.clone();
     let webhook_secret: Arc<str> = server.webhook_secret.read()?.into();
@@ -109,6 +129,13 @@ pub async fn serve(
     std::fs::create_dir_all(&state_dir)
         .map_err(io(format!("cannot create {}", state_dir.display())))?;
     let store = Store::open(&state_dir.join("server.sqlite"))?;
+    let listener = match listener {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind(server.listen)
+            .await
+            .map_err(io(format!("cannot listen on {}", server.listen)))?,
+    };
+    let addr = listener.local_addr().map_err(io("no local address"))?;
     let (requeued, ended) = store.write(queue::reconcile).await?;
     if !requeued.is_empty() || !ended.is_empty() {
         tracing::warn!(
@@ -166,13 +193,13 @@ pub async fn serve(
         })
     };
     let webhook_url = server.notify.webhook_url.clone();
-    for (kind, dest) in [
-        (Kind::Github, Some(github)),
-        (Kind::Slack, notify(Kind::Slack, slack_url)),
-        (Kind::Webhook, notify(Kind::Webhook, webhook_url)),
-    ] {
-        outbox::spawn(app.clone(), kind, dest).map_err(io("cannot start a sender"))?;
-    }
+    tracing::info!("listening on http://{addr}");
+    println!("qci serve: listening on http://{addr}");
+    let pages = tokio::spawn(
+        axum::serve(listener, router(app.clone()))
+            .with_graceful_shutdown(shutdown())
+            .into_future(),
+    );
     // Machines whose jobs died with the host are powered off and freed
     // before anything new is dispatched.
     let finals = crate::dispatch::Finals { app: app.clone() };
@@ -183,23 +210,24 @@ pub async fn serve(
     for line in freed {
         tracing::warn!("reconciled: {line}");
     }
+    for (kind, dest) in [
+        (Kind::Github, Some(github)),
+        (Kind::Slack, notify(Kind::Slack, slack_url)),
+        (Kind::Webhook, notify(Kind::Webhook, webhook_url)),
+    ] {
+        outbox::spawn(app.clone(), kind, dest).map_err(io("cannot start a sender"))?;
+    }
     crate::resolve::spawn(app.clone(), source).map_err(io("cannot start the resolver"))?;
     tokio::spawn(crate::dispatch::run(app.clone()));
-    tokio::spawn(prune(app.clone()));
+    tokio::spawn(prune(app));
 
-    let listener = match listener {
-        Some(l) => l,
-        None => tokio::net::TcpListener::bind(server.listen)
-            .await
-            .map_err(io(format!("cannot listen on {}", server.listen)))?,
-    };
-    let addr = listener.local_addr().map_err(io("no local address"))?;
-    tracing::info!("listening on http://{addr}");
-    println!("qci serve: listening on http://{addr}");
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown())
-        .await
-        .map_err(io("the server stopped"))
+    match pages.await {
+        Ok(served) => served.map_err(io("the server stopped")),
+        Err(e) => Err(ServeError::Io {
+            what: "the server stopped".into(),
+            source: std::io::Error::other(e),
+        }),
+    }
 }
 
 async fn shutdown() {

@@ -9,6 +9,7 @@
 //! - [`relay`]: tokens and the status endpoint; [`outbox`]: GitHub and notifications
 //! - [`github`]: GitHub's REST API (headers, retries, reading `.qci.toml`)
 //! - [`dispatch`]: runs jobs on the machine pool (`qci_pool`)
+//! - [`state_lock`]: one server per state dir
 //! - [`logs`]: published logs; [`pages`]: the monitor and job pages
 
 pub mod api;
@@ -23,9 +24,11 @@ pub mod pages;
 pub mod queue;
 pub mod relay;
 pub mod resolve;
+pub mod state_lock;
 pub mod store;
 pub mod webhook;
 
 pub use app::{ServeError, serve};
 pub use config::HostConfig;
 pub use dispatch::Executor;
+pub use state_lock::StateLock;

@@ -143,7 +143,7 @@ pub async fn job(State(app): State<App>, Path(id): Path<String>) -> Response {
         .await;
     let (job, events) = match got {
         Ok((Some(job), events)) => (job, events),
-        Ok((None, _)) => return (StatusCode::NOT_FOUND, format!("no job {id}\n")).into_response(),
+        Ok((None, _)) => return (StatusCode::NOT_FOUND, "no such job\n").into_response(),
         Err(e) => return unavailable(e),
     };
     let id = escape(&job.id);
@@ -199,7 +199,7 @@ pub async fn log_text(State(app): State<App>, Path(id): Path<String>) -> Respons
     let key = id.clone();
     match app.store.read(move |conn| queue::get(conn, &key)).await {
         Ok(Some(_)) => {}
-        Ok(None) => return (StatusCode::NOT_FOUND, format!("no job {id}\n")).into_response(),
+        Ok(None) => return (StatusCode::NOT_FOUND, "no such job\n").into_response(),
         Err(e) => return unavailable(e),
     }
     let path = app.logs.path(&id);
@@ -228,7 +228,7 @@ pub async fn log_events(State(app): State<App>, Path(id): Path<String>) -> Respo
     let key = id.clone();
     match app.store.read(move |conn| queue::get(conn, &key)).await {
         Ok(Some(_)) => {}
-        Ok(None) => return (StatusCode::NOT_FOUND, format!("no job {id}\n")).into_response(),
+        Ok(None) => return (StatusCode::NOT_FOUND, "no such job\n").into_response(),
         Err(e) => return unavailable(e),
     }
     let cursor = Cursor {

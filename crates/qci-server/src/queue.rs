@@ -875,10 +875,8 @@ pub fn record_final(
 #[derive(Debug, PartialEq, Eq)]
 pub enum RelayRefusal {
     NoSuchJob,
-    /// The token is no job's.
+    /// The token is not this job's (whether or not it is another's).
     BadToken,
-    /// The token is another job's.
-    OtherJobsToken,
     /// The job has a final state: its token is dead.
     Ended(String),
     /// e.g. `queued` after `running`.
@@ -905,16 +903,10 @@ pub fn relay(
     let Some((hash, current)) = row else {
         return Ok(Err(RelayRefusal::NoSuchJob));
     };
+    // Another job's token gets the same refusal as a made-up one: the
+    // answer must not tell its holder that it is valid somewhere.
     if !hash.is_some_and(|h| crate::relay::same_hash(&h, token_hash)) {
-        let owner: Option<String> = conn
-            .prepare_cached("SELECT id FROM jobs WHERE token_hash = ?1")?
-            .query_row([token_hash], |r| r.get(0))
-            .optional()?;
-        return Ok(Err(if owner.is_some() {
-            RelayRefusal::OtherJobsToken
-        } else {
-            RelayRefusal::BadToken
-        }));
+        return Ok(Err(RelayRefusal::BadToken));
     }
     let current = parse_state(&current);
     if current.is_final() {

@@ -85,15 +85,8 @@ pub async fn post_status(
             (StatusCode::NO_CONTENT, String::new())
         }
         Ok(Err(refusal)) => match refusal {
-            RelayRefusal::NoSuchJob => refuse(StatusCode::NOT_FOUND, format!("no job {job}")),
-            RelayRefusal::BadToken => refuse(
-                StatusCode::UNAUTHORIZED,
-                format!("wrong token for job {job}"),
-            ),
-            RelayRefusal::OtherJobsToken => refuse(
-                StatusCode::FORBIDDEN,
-                format!("this token belongs to another job, not {job}"),
-            ),
+            RelayRefusal::NoSuchJob => refuse(StatusCode::NOT_FOUND, "no such job"),
+            RelayRefusal::BadToken => refuse(StatusCode::UNAUTHORIZED, "wrong token for this job"),
             RelayRefusal::Ended(state) => refuse(
                 StatusCode::CONFLICT,
                 format!("job {job} has ended ({state}); its token is no longer valid"),

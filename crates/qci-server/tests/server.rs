@@ -227,9 +227,15 @@ fn the_relay_refuses_wrong_tokens_other_jobs_ended_jobs_and_going_back() {
         401,
         "wrong token"
     );
+    // Another job's token is told no more than a made-up one.
+    assert_eq!(
+        relay_reply(&url_a, &token_tag, &ok),
+        relay_reply(&url_a, "0123456789abcdef", &ok),
+        "another job's token"
+    );
     assert_eq!(
         relay_post(&url_a, &token_tag, &ok),
-        403,
+        401,
         "another job's token"
     );
     assert_eq!(
@@ -826,4 +832,34 @@ fn a_job_the_pool_could_not_start_waits_and_goes_again_then_ends_after_its_attem
         "CI error: no machine runs Qubes \"4.2\" in the pool"
     );
     assert_eq!(pool.handed(&bad).len(), 1);
+}
+
+#[test]
+fn every_response_says_nosniff_and_no_error_echoes_its_input() {
+    let host = Host::start("", Scripted::new(false));
+    let client = reqwest::blocking::Client::new();
+    let hostile = "%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    let requests = [
+        client.get(format!("{}/", host.base)),
+        client.get(format!("{}/healthz", host.base)),
+        client.get(format!("{}/metrics", host.base)),
+        client.get(format!("{}/jobs/{hostile}", host.base)),
+        client.get(format!("{}/jobs/{hostile}/log", host.base)),
+        client.get(format!("{}/api/jobs/{hostile}", host.base)),
+        client.get(format!("{}/api/jobs", host.base)),
+        client.get(format!("{}/no/such/{hostile}", host.base)),
+        client.post(format!("{}/webhook", host.base)).body("{}"),
+        client.post(format!("{}/api/jobs/{hostile}/status", host.base)),
+    ];
+    for request in requests {
+        let reply = request.send().unwrap();
+        let url = reply.url().to_string();
+        let nosniff = reply
+            .headers()
+            .get("x-content-type-options")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = reply.text().unwrap();
+        assert_eq!(nosniff.as_deref(), Some("nosniff"), "{url}");
+        assert!(!body.contains("alert(1)"), "{url} echoed its input: {body}");
+    }
 }

@@ -18,6 +18,15 @@ pub fn serve(config: &Path) -> ExitCode {
             return ExitCode::BadInput;
         }
     };
+    // Before the pool or the database is opened: a second host on the same
+    // state dir must change nothing.
+    let lock = match qci_server::StateLock::acquire(config.state_dir()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("qci: {e}");
+            return ExitCode::CiError;
+        }
+    };
     let pool = match qci_pool::Pool::open(config.pool.clone()) {
         Ok(p) => p,
         Err(e) => {
@@ -35,7 +44,7 @@ pub fn serve(config: &Path) -> ExitCode {
             return ExitCode::CiError;
         }
     };
-    let served = runtime.block_on(qci_server::serve(config, Arc::new(pool), None));
+    let served = runtime.block_on(qci_server::serve(config, Arc::new(pool), None, lock));
     // Jobs still running on machines are not waited for: their leases name
     // this process, so the next start reconciles them.
     runtime.shutdown_timeout(SHUTDOWN_GRACE);

@@ -91,14 +91,19 @@ impl Scripted {
 
 /// Posts a status event to the relay as `qci.Status` would; returns the HTTP code.
 pub fn relay_post(url: &str, token: &str, body: &str) -> u16 {
+    relay_reply(url, token, body).0
+}
+
+/// The relay's whole answer: status and body (0 and empty when none came).
+pub fn relay_reply(url: &str, token: &str, body: &str) -> (u16, String) {
     reqwest::blocking::Client::new()
         .post(url)
         .bearer_auth(token)
         .header("content-type", "application/json")
         .body(body.to_owned())
         .send()
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
+        .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+        .unwrap_or_default()
 }
 
 pub fn event(job: &str, state: &str, description: &str) -> String {
@@ -208,6 +213,7 @@ impl Host {
         let path = dir.path().join("host.toml");
         std::fs::write(&path, text).unwrap();
         let config = HostConfig::load(&path).unwrap();
+        let lock = qci_server::StateLock::acquire(config.state_dir()).unwrap();
         listener.set_nonblocking(true).unwrap();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -217,7 +223,7 @@ impl Host {
                 .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                qci_server::serve(config, executor, Some(listener))
+                qci_server::serve(config, executor, Some(listener), lock)
                     .await
                     .unwrap();
             });
