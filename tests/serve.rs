@@ -876,3 +876,63 @@ fn a_second_serve_on_the_same_state_dir_names_the_holder_and_changes_nothing() {
     assert_eq!(finals[0].0, "success", "{finals:?}");
     assert!(github.refused().is_empty(), "{:?}", github.refused());
 }
+
+#[test]
+fn idle_connections_by_the_thousand_cannot_take_the_server_down() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let area = support::Scratch::new();
+    let scratch = &area.dir;
+    let (project, _) = project(scratch.path(), "true");
+    let github = FakeGithub::start(GITHUB_TOKEN);
+    let served = Served::start(scratch.path(), &github, &project);
+    let pid = served.child.as_ref().unwrap().id();
+
+    // As many idle sockets as this process may open (20,000 wanted), less
+    // a margin for the test's own files.
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let want = 20_000.min(hard.saturating_sub(300) as usize);
+    let addr: std::net::SocketAddr = served.base["http://".len()..].parse().unwrap();
+    let started = Instant::now();
+    let mut idle = Vec::with_capacity(want);
+    while idle.len() < want && started.elapsed() < Duration::from_secs(60) {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connection {} failed: {e}", idle.len()),
+        }
+    }
+    assert_eq!(idle.len(), want, "opened only {} in 60 s", idle.len());
+    eprintln!("holding {want} idle connections");
+
+    // The server holds at most its cap of them, far below its limit.
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    assert!(
+        open_fds < 4096 + 200,
+        "the server holds {open_fds} descriptors"
+    );
+
+    // Once the header timeout has closed the idle ones on its side (the
+    // client still holds all of them), signed webhooks and health checks
+    // are answered at once.
+    std::thread::sleep(qci_server::connections::HEADER_READ_TIMEOUT + Duration::from_secs(2));
+    let asked = Instant::now();
+    let (code, reply) = served
+        .webhook("ping", "idle-1", br#"{"zen":"Keep it logically awesome."}"#)
+        .unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(code < 500, "{code} {reply}");
+    let asked = Instant::now();
+    assert_eq!(served.get("/healthz"), "ok\n");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    drop(idle);
+}

@@ -195,11 +195,13 @@ pub async fn serve(
     let webhook_url = server.notify.webhook_url.clone();
     tracing::info!("listening on http://{addr}");
     println!("qci serve: listening on http://{addr}");
-    let pages = tokio::spawn(
-        axum::serve(listener, router(app.clone()))
-            .with_graceful_shutdown(shutdown())
-            .into_future(),
-    );
+    let cap = crate::connections::connection_cap();
+    let pages = tokio::spawn(crate::connections::serve(
+        listener,
+        router(app.clone()),
+        cap,
+        shutdown(),
+    ));
     // Machines whose jobs died with the host are powered off and freed
     // before anything new is dispatched.
     let finals = crate::dispatch::Finals { app: app.clone() };
@@ -222,7 +224,7 @@ pub async fn serve(
     tokio::spawn(prune(app));
 
     match pages.await {
-        Ok(served) => served.map_err(io("the server stopped")),
+        Ok(()) => Ok(()),
         Err(e) => Err(ServeError::Io {
             what: "the server stopped".into(),
             source: std::io::Error::other(e),

@@ -9,12 +9,13 @@
 //! - [`relay`]: tokens and the status endpoint; [`outbox`]: GitHub and notifications
 //! - [`github`]: GitHub's REST API (headers, retries, reading `.qci.toml`)
 //! - [`dispatch`]: runs jobs on the machine pool (`qci_pool`)
-//! - [`state_lock`]: one server per state dir
+//! - [`state_lock`]: one server per state dir; [`connections`]: what a client can hold
 //! - [`logs`]: published logs; [`pages`]: the monitor and job pages
 
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod connections;
 pub mod dispatch;
 pub mod github;
 pub mod logs;
