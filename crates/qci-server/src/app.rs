@@ -26,6 +26,7 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub webhook_secret: Arc<str>,
     pub admin_token_hash: Option<String>,
+    pub relay_rate: Arc<crate::relay::RateLimit>,
 }
 
 impl App {
@@ -157,6 +158,7 @@ pub async fn serve(
         metrics: Arc::default(),
         webhook_secret,
         admin_token_hash,
+        relay_rate: Arc::default(),
     };
 
     // Said once at start; each such job also ends as `error` saying so.

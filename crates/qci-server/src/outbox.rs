@@ -91,7 +91,7 @@ fn send_forever(app: &App, kind: Kind, dest: Option<&Destination>) {
                     kind.as_str()
                 );
             }
-            done.push((msg.id, error));
+            done.push((msg, error));
         }
         if let Err(e) = app
             .store

@@ -927,10 +927,50 @@ pub fn relay(
              WHERE id = ?1",
         )?
         .execute(params![id, state.as_str(), description, now_ms()])?;
-        record_event(conn, id, state, description, "relay")?;
-        enqueue_github(conn, id, state, description, true)?;
+        let recorded: i64 = conn
+            .prepare_cached("SELECT count(*) FROM events WHERE job = ?1")?
+            .query_row([id], |r| r.get(0))?;
+        if recorded < MAX_EVENTS_PER_JOB {
+            record_event(conn, id, state, description, "relay")?;
+        }
+        coalesce_github(conn, id, state, description)?;
     }
     Ok(Ok(()))
+}
+
+/// Events kept per job: a machine that reports progress without end must
+/// not fill the host's disk. The job's row keeps the latest description,
+/// and its final event is always recorded.
+pub const MAX_EVENTS_PER_JOB: i64 = 200;
+
+/// A progress status for GitHub that replaces the job's one still waiting
+/// there, if any: however often a machine reports, GitHub gets at most one
+/// pending status per job in flight and one waiting, the latest. The job's
+/// first status (`queued`) is never replaced, and a status replaced while
+/// in flight is sent again (see [`sent`]).
+fn coalesce_github(
+    conn: &Connection,
+    job: &str,
+    state: State,
+    description: &str,
+) -> Result<(), StoreError> {
+    let waiting: Option<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT id, body FROM outbox WHERE kind = 'github' AND job = ?1 AND sent_at IS NULL \
+             AND id > (SELECT min(id) FROM outbox WHERE kind = 'github' AND job = ?1) \
+             ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row([job], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((row, body)) = waiting else {
+        return enqueue_github(conn, job, state, description, true);
+    };
+    let mut body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    body["state"] = state.github_state().into();
+    body["description"] = description.into();
+    conn.prepare_cached("UPDATE outbox SET body = ?2 WHERE id = ?1")?
+        .execute(params![row, body.to_string()])?;
+    Ok(())
 }
 
 /// After a host crash: jobs handed to the pool that never started go back
@@ -1007,12 +1047,13 @@ pub fn outgoing(conn: &Connection, kind: &str, limit: usize) -> Result<Vec<Outgo
 }
 
 /// Marks messages done, each with the error that made the host give up on
-/// it, if any.
-pub fn sent(conn: &Connection, done: &[(i64, Option<String>)]) -> Result<(), StoreError> {
-    let mut stmt =
-        conn.prepare_cached("UPDATE outbox SET sent_at = ?2, error = ?3 WHERE id = ?1")?;
-    for (id, error) in done {
-        stmt.execute(params![id, now_ms(), error])?;
+/// it, if any. A message whose body changed while it was being sent (a
+/// newer progress status took its place) stays, to be sent as it is now.
+pub fn sent(conn: &Connection, done: &[(Outgoing, Option<String>)]) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached("UPDATE outbox SET sent_at = ?2, error = ?3 WHERE id = ?1 AND body = ?4")?;
+    for (msg, error) in done {
+        stmt.execute(params![msg.id, now_ms(), error, msg.body])?;
     }
     Ok(())
 }

@@ -12,7 +12,45 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use qci_core::{JobId, StatusEvent};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
 use subtle::ConstantTimeEq;
+
+/// Progress statuses a job may post in a burst, and per second after it.
+/// dom0 reports progress once per step, and at most once a second; past
+/// this a machine is misbehaving, and each status would cost a write and a
+/// GitHub request. A progress status refused here only delays the next.
+const BURST: f64 = 5.0;
+const PER_SECOND: f64 = 0.5;
+
+/// A token bucket per job for progress statuses. Final statuses are never
+/// limited: a job's end must always get through.
+#[derive(Debug, Default)]
+pub struct RateLimit {
+    buckets: Mutex<HashMap<JobId, (f64, Instant)>>,
+}
+
+impl RateLimit {
+    fn allow(&self, job: &JobId) -> bool {
+        let now = Instant::now();
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return true;
+        };
+        if buckets.len() > 10_000 {
+            // Full buckets of idle jobs say nothing: forget them.
+            buckets.retain(|_, (_, at)| now.duration_since(*at).as_secs() < 60);
+        }
+        let (tokens, at) = buckets.entry(job.clone()).or_insert((BURST, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * PER_SECOND).min(BURST);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+}
 
 /// A new token and the hash the host keeps of it.
 pub fn new_token() -> (String, String) {
@@ -70,6 +108,12 @@ pub async fn post_status(
         Ok(e) => e,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    if !event.state.is_final() && !app.relay_rate.allow(&job) {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many statuses for this job: slow down",
+        );
+    }
     let id = job.as_str().to_owned();
     let (state, description) = (event.state, event.description.clone());
     let outcome = app

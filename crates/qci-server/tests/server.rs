@@ -863,3 +863,73 @@ fn every_response_says_nosniff_and_no_error_echoes_its_input() {
         assert!(!body.contains("alert(1)"), "{url} echoed its input: {body}");
     }
 }
+
+#[test]
+fn a_flood_of_progress_from_one_job_reaches_github_as_a_handful() {
+    let pool = Scripted::new(false);
+    let host = Host::start("", pool.clone());
+    let job = host.deliver("push", "flood-1", &fixture("push.json"))[0].clone();
+    host.wait_state(&job, "running");
+    let (url, token) = pool
+        .job_files
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|f| match &f.sink {
+            qci_core::job_file::Sink::Relay { url, token, .. } => {
+                Some((url.clone(), token.clone()))
+            }
+            _ => None,
+        })
+        .unwrap();
+    let context = "qci/qubes-4.2";
+    host.github
+        .wait_for("queued and running", Duration::from_secs(30), |p| {
+            p.len() == 2
+        });
+
+    let mut refused = 0;
+    for i in 0..1000 {
+        match relay_post(&url, &token, &event(&job, "running", &format!("step {i}"))) {
+            204 => {}
+            429 => refused += 1,
+            code => panic!("progress {i}: HTTP {code}"),
+        }
+    }
+    assert!(refused >= 900, "only {refused} of 1000 refused with 429");
+    pool.open();
+    host.wait_state(&job, "success");
+    host.github
+        .wait_for("the final status", Duration::from_secs(30), |p| {
+            p.iter().any(|p| p.state == "success")
+        });
+    // The outbox is drained once nothing for the job waits in it.
+    wait_for("the outbox to drain", Duration::from_secs(30), || {
+        host.db()
+            .query_row(
+                "SELECT count(*) FROM outbox WHERE kind = 'github' AND sent_at IS NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+            == 0
+    });
+    let states = host.github.states(context);
+    let finals = states.iter().filter(|s| s.0 != "pending").count();
+    assert_eq!(finals, 1, "{states:?}");
+    assert!(
+        states.len() <= 2 + 5,
+        "GitHub got {} statuses: {states:?}",
+        states.len()
+    );
+    let events: i64 = host
+        .db()
+        .query_row("SELECT count(*) FROM events WHERE job = ?1", [&job], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(
+        events <= qci_server::queue::MAX_EVENTS_PER_JOB + 1,
+        "{events} events stored"
+    );
+}
