@@ -936,3 +936,151 @@ fn idle_connections_by_the_thousand_cannot_take_the_server_down() {
     );
     drop(idle);
 }
+
+/// A tmpfs of `size` mounted at `dir` for one test, unmounted when dropped.
+struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a tmpfs at {}", dir.display());
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.flush();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+#[test]
+fn a_disk_that_fills_mid_job_is_survived_and_everything_goes_on_once_space_is_back() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test mounts a tmpfs: it must run as root in CI"
+        );
+        eprintln!("SKIPPED: mounting a small disk needs root");
+        return;
+    }
+    let area = support::Scratch::new();
+    let scratch = &area.dir;
+    let disk = SmallDisk::mount(&scratch.path().join("state"), "48m");
+    let (project, sha) = project(scratch.path(), "echo started; sleep 6; echo done");
+    let github = FakeGithub::start(GITHUB_TOKEN);
+    let served = Served::start(scratch.path(), &github, &project);
+    let toml = std::fs::read_to_string(project.join(".qci.toml")).unwrap();
+    github.pipeline(REPO, &sha, &toml);
+    let job = served.jobs("push", "full-1", &push(REPO, "main", &sha))[0].clone();
+    wait_for("the job to run", Duration::from_secs(120), || {
+        served.job_state(&job).0 == "running"
+    });
+
+    // The disk fills while the job runs; its end cannot be written.
+    let filler = disk.fill();
+    let mut health = String::new();
+    wait_for(
+        "/healthz to say the disk fails",
+        Duration::from_secs(60),
+        || {
+            let reply = served
+                .client
+                .get(format!("{}/healthz", served.base))
+                .send()
+                .unwrap();
+            let code = reply.status().as_u16();
+            health = reply.text().unwrap_or_default();
+            code == 503
+        },
+    );
+    assert!(health.contains("cannot be written"), "{health}");
+    // Reading still works while the disk is full.
+    let listed = qci()
+        .args(["jobs", "--config"])
+        .arg(served.config())
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_eq!(
+        listed.status.code(),
+        Some(0),
+        "qci jobs list while full: {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let pool = qci()
+        .args(["pool", "--config"])
+        .arg(served.config())
+        .output()
+        .unwrap();
+    assert_eq!(
+        pool.status.code(),
+        Some(0),
+        "qci pool while full: {}",
+        String::from_utf8_lossy(&pool.stderr)
+    );
+
+    // Space comes back: the job ends with its own outcome, once, the
+    // machine is free and the next job runs, with no restart.
+    std::fs::remove_file(filler).unwrap();
+    wait_for("the job's end", Duration::from_secs(120), || {
+        served.job_state(&job).0 != "running"
+    });
+    assert_eq!(
+        served.job_state(&job).0,
+        "success",
+        "{:?}",
+        served.job_state(&job)
+    );
+    wait_for("/healthz to recover", Duration::from_secs(60), || {
+        served.get("/healthz") == "ok\n"
+    });
+    git(&project, &["commit", "-q", "--allow-empty", "-m", "second"]);
+    let sha2 = git(&project, &["rev-parse", "HEAD"]).trim().to_owned();
+    github.pipeline(REPO, &sha2, &toml);
+    let second = served.jobs("push", "full-2", &push(REPO, "main", &sha2))[0].clone();
+    wait_for("the next job's end", Duration::from_secs(120), || {
+        let state = served.job_state(&second).0;
+        state != "running" && state != "queued"
+    });
+    assert_eq!(served.job_state(&second).0, "success");
+    github.wait_for("both final statuses", Duration::from_secs(60), |p| {
+        p.iter().filter(|p| p.state != "pending").count() >= 2
+    });
+    let finals: Vec<_> = github
+        .states("qci/qubes-4.2")
+        .into_iter()
+        .filter(|s| s.0 != "pending")
+        .collect();
+    assert_eq!(finals.len(), 2, "{finals:?}");
+    assert!(finals.iter().all(|s| s.0 == "success"), "{finals:?}");
+}

@@ -179,9 +179,34 @@ impl LeaseStore {
             path: state_dir.join("pool.sqlite"),
             host: host.to_owned(),
         };
-        let conn = store.conn()?;
-        conn.execute_batch(SCHEMA).map_err(db)?;
+        let ready = store
+            .conn()
+            .and_then(|conn| conn.execute_batch(SCHEMA).map_err(db));
+        match ready {
+            Ok(()) => {}
+            // A full disk: what exists can still be read (see `reader`).
+            Err(e) if store.path.exists() => {
+                tracing::warn!("{}: {e}; reading only", store.path.display());
+            }
+            Err(e) => return Err(e),
+        }
         Ok(store)
+    }
+
+    /// A connection to read with, also when the disk is full: after the
+    /// last writer closed, SQLite must create the WAL's index to read, and
+    /// cannot. The database file alone is then complete, so it is read as
+    /// an immutable file, which needs no index.
+    fn reader(&self) -> Result<Connection, PoolError> {
+        self.conn().or_else(|e| {
+            use rusqlite::OpenFlags;
+            let uri = format!("file:{}?immutable=1", self.path.display());
+            Connection::open_with_flags(
+                uri,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(|_| e)
+        })
     }
 
     pub fn conn(&self) -> Result<Connection, PoolError> {
@@ -418,7 +443,7 @@ impl LeaseStore {
     }
 
     pub fn leases(&self) -> Result<Vec<LeaseRow>, PoolError> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let mut stmt = conn
             .prepare(
                 "SELECT machine, job, host, owner, pid, acquired_at, expires_at, log_id FROM leases",
@@ -497,7 +522,7 @@ impl LeaseStore {
 
     /// The last run on `machine`: job, state, description.
     pub fn last_run(&self, machine: &str) -> Result<Option<(String, String, String)>, PoolError> {
-        self.conn()?
+        self.reader()?
             .query_row(
                 "SELECT job, state, description FROM runs WHERE machine = ?1 ORDER BY started_at DESC LIMIT 1",
                 [machine],

@@ -124,13 +124,18 @@ impl Runner<'_> {
                 tracing::warn!(machine = %self.machine.name, "cannot clear the lease marker: {e}");
             }
         }
-        if let Err(e) = self.store.release(
+        // A lease that is not freed holds its machine until a restart: tried
+        // again, with backoff, until the disk takes it.
+        let mut delay = std::time::Duration::from_millis(100);
+        while let Err(e) = self.store.release(
             &self.machine.name,
             self.job(),
             self.lease.log_id,
             &self.config.machines,
         ) {
-            tracing::error!(machine = %self.machine.name, "cannot free the lease: {e}");
+            tracing::error!(machine = %self.machine.name, "cannot free the lease: {e}; trying again in {delay:?}");
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(std::time::Duration::from_secs(5));
         }
     }
 

@@ -142,7 +142,9 @@ impl FinalStatus for Finals {
         let (id, why) = (job.as_str().to_owned(), description.to_owned());
         self.app
             .store
-            .write_blocking(move |conn| queue::record_final(conn, &id, state, &why))
+            .write_durable_blocking("the job's final status", move |conn| {
+                queue::record_final(conn, &id, state, &why)
+            })
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
@@ -266,7 +268,9 @@ impl JobEvents for Reporter<'_> {
             if let Err(e) = self
                 .app
                 .store
-                .write_blocking(move |conn| queue::mark_started(conn, &id))
+                .write_durable_blocking("the job's start", move |conn| {
+                    queue::mark_started(conn, &id)
+                })
             {
                 tracing::error!(job = %job, "cannot record the start: {e}");
             }
@@ -309,26 +313,34 @@ fn run_one(app: &App, job: Job, token: String, cancel: Arc<AtomicBool>) {
     app.logs.finish(&job.id);
     let id = job.id.clone();
     let ended = match outcome {
-        Ok(_) => app.store.write_blocking(move |conn| {
-            queue::publish(conn, &id, "Job ended without a final status")
-        }),
+        Ok(_) => app
+            .store
+            .write_durable_blocking("the job's end", move |conn| {
+                queue::publish(conn, &id, "Job ended without a final status")
+            }),
         Err(NotStarted::Failed(why)) => {
             tracing::warn!(job = job.id, "the job could not start: {why}");
             let (attempts, delay) = (app.config.start_attempts, start_delay(app, &job));
             app.store
-                .write_blocking(move |conn| queue::requeue(conn, &id, &why, attempts, delay))
+                .write_durable_blocking("the job's return to the queue", move |conn| {
+                    queue::requeue(conn, &id, &why, attempts, delay)
+                })
                 .map(|requeued| tracing::info!(job = job.id, "{requeued:?}"))
         }
         Err(NotStarted::Refused(why)) => {
             tracing::error!(job = job.id, "the job cannot start: {why}");
             let why = format!("CI error: {why}");
             app.store
-                .write_blocking(move |conn| queue::publish(conn, &id, &why))
+                .write_durable_blocking("the job's end", move |conn| {
+                    queue::publish(conn, &id, &why)
+                })
         }
         // Canceled or superseded: ended already; nothing ran.
         Err(NotStarted::Canceled) => app
             .store
-            .write_blocking(move |conn| queue::publish(conn, &id, "Canceled before it started")),
+            .write_durable_blocking("the job's end", move |conn| {
+                queue::publish(conn, &id, "Canceled before it started")
+            }),
     };
     if let Err(e) = ended {
         tracing::error!(job = job.id, "cannot record the job's end: {e}");

@@ -95,7 +95,7 @@ fn send_forever(app: &App, kind: Kind, dest: Option<&Destination>) {
         }
         if let Err(e) = app
             .store
-            .write_blocking(move |conn| queue::sent(conn, &done))
+            .write_durable_blocking("what was sent", move |conn| queue::sent(conn, &done))
         {
             tracing::error!("outbox: {e}");
         }

@@ -307,6 +307,11 @@ async fn next_event(c: &mut Cursor) -> Event {
 }
 
 pub async fn healthz(State(app): State<App>) -> Response {
+    // Writes that fail (a full disk) are being retried: nothing is lost, but
+    // nothing moves either, and the operator must hear of it.
+    if let Some(why) = app.store.health.failing() {
+        return unavailable(format!("the database cannot be written: {why}"));
+    }
     match app
         .store
         .read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
@@ -324,6 +329,15 @@ pub async fn metrics(State(app): State<App>) -> Response {
         Err(e) => return unavailable(e),
     };
     let mut out = String::new();
+    out.push_str(
+        "# HELP qci_store_write_failures_total Database writes the disk refused (each is tried again).\n\
+         # TYPE qci_store_write_failures_total counter\n",
+    );
+    let _ = writeln!(
+        out,
+        "qci_store_write_failures_total {}",
+        app.store.health.failures()
+    );
     out.push_str("# HELP qci_queue_length Jobs waiting for a machine, by Qubes version.\n");
     out.push_str("# TYPE qci_queue_length gauge\n");
     for (qubes, n) in &counts.queued {

@@ -25,13 +25,75 @@ pub enum StoreError {
 }
 
 /// A write: runs in the writer thread, then hands back what answers its caller.
-type Task = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+/// Run with the writer's connection inside the batch's transaction, or with
+/// why the transaction could not begin.
+type Task = Box<dyn FnOnce(Result<&Connection, &str>) -> Finish + Send>;
 /// Answers a write's caller once the commit is known (`Some` if it failed).
+impl StoreError {
+    /// The disk or the file failed, not the request: worth trying again
+    /// once space or the device comes back.
+    pub fn is_storage_failure(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            StoreError::Commit(_) => true,
+            StoreError::Sql(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                C::DiskFull
+                    | C::SystemIoFailure
+                    | C::CannotOpen
+                    | C::DatabaseBusy
+                    | C::DatabaseLocked
+                    | C::ReadOnly
+                    | C::OutOfMemory
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Whether the last write reached the disk, for `/healthz` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Health {
+    failing: Mutex<Option<String>>,
+    failures: std::sync::atomic::AtomicU64,
+}
+
+impl Health {
+    fn record<R>(&self, out: &Result<R, StoreError>) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        match out {
+            Err(e) if e.is_storage_failure() => {
+                self.failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                *failing = Some(e.to_string());
+            }
+            Ok(_) => *failing = None,
+            Err(_) => {}
+        }
+    }
+
+    /// Why writes fail now, if they do.
+    pub fn failing(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Writes that failed for the disk's sake since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
 
 /// Writes waiting beyond this are left for the next commit, so one commit
 /// never holds its first caller for long.
 const MAX_BATCH: usize = 1024;
+
+/// The longest wait between two tries of a write the disk refused.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Store {
@@ -41,6 +103,7 @@ pub struct Store {
     pub changed: Arc<Notify>,
     /// The same for threads outside the runtime: a commit count.
     commits: Arc<(Mutex<u64>, Condvar)>,
+    pub health: Arc<Health>,
 }
 
 fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
@@ -72,6 +135,7 @@ impl Store {
             reader: Arc::new(Mutex::new(reader)),
             changed,
             commits,
+            health: Arc::default(),
         })
     }
 
@@ -92,13 +156,18 @@ impl Store {
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<oneshot::Receiver<Result<R, StoreError>>, StoreError> {
         let (reply, rx) = oneshot::channel();
+        let health = self.health.clone();
         let task: Task = Box::new(move |conn| {
-            let out = in_savepoint(conn, f);
+            let out = match conn {
+                Ok(conn) => in_savepoint(conn, f),
+                Err(why) => Err(StoreError::Commit(why.to_owned())),
+            };
             Box::new(move |failed: Option<&str>| {
                 let out = match failed {
                     Some(why) => Err(StoreError::Commit(why.to_owned())),
                     None => out,
                 };
+                health.record(&out);
                 let _ = reply.send(out);
             })
         });
@@ -125,6 +194,29 @@ impl Store {
     }
 
     /// Reads on the reading connection (blocking: call from a blocking thread).
+    /// A write that must not be lost (a job's end, an outbox row): tried
+    /// again, with backoff, for as long as the disk fails, and given up only
+    /// for an error of the request itself. Meanwhile `/healthz` says why.
+    pub fn write_durable_blocking<R: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl Fn(&Connection) -> Result<R, StoreError> + Send + Sync + 'static,
+    ) -> Result<R, StoreError> {
+        let f = Arc::new(f);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attempt = f.clone();
+            match self.write_blocking(move |conn| attempt(conn)) {
+                Err(e) if e.is_storage_failure() => {
+                    tracing::error!("cannot record {what}: {e}; trying again in {delay:?}");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
+                }
+                done => return done,
+            }
+        }
+    }
+
     pub fn read_blocking<R>(
         &self,
         f: impl FnOnce(&Connection) -> Result<R, StoreError>,
@@ -179,15 +271,14 @@ fn write_loop(
         let failed = match begun {
             Err(e) => {
                 // Nothing ran: every caller hears why.
-                let why = e.to_string();
+                let why = format!("cannot begin a transaction: {e}");
                 for task in batch {
-                    drop(task);
-                    tracing::error!("cannot begin a transaction: {why}");
+                    task(Err(&why))(None);
                 }
-                continue;
+                Some(why)
             }
             Ok(_) => {
-                let finishes: Vec<Finish> = batch.into_iter().map(|task| task(&conn)).collect();
+                let finishes: Vec<Finish> = batch.into_iter().map(|task| task(Ok(&conn))).collect();
                 let committed = conn
                     .prepare_cached("COMMIT")
                     .and_then(|mut s| s.execute([]));
