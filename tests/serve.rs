@@ -1084,3 +1084,43 @@ fn a_disk_that_fills_mid_job_is_survived_and_everything_goes_on_once_space_is_ba
     assert_eq!(finals.len(), 2, "{finals:?}");
     assert!(finals.iter().all(|s| s.0 == "success"), "{finals:?}");
 }
+
+#[test]
+fn after_a_crash_the_status_that_ends_a_job_links_to_a_page_that_answers() {
+    let area = support::Scratch::new();
+    let scratch = &area.dir;
+    let release = scratch.path().join("release");
+    let command = format!("echo started; {}", hold_until(&release));
+    let (project, sha) = project(scratch.path(), &command);
+    let github = FakeGithub::start(GITHUB_TOKEN);
+    let mut served = Served::start(scratch.path(), &github, &project);
+    let toml = std::fs::read_to_string(project.join(".qci.toml")).unwrap();
+    github.pipeline(REPO, &sha, &toml);
+    let job = served.jobs("push", "order-1", &push(REPO, "main", &sha))[0].clone();
+    wait_for("the job to run", Duration::from_secs(120), || {
+        served.job_state(&job).0 == "running"
+    });
+    served.kill9();
+
+    // When GitHub gets the status that ends the job, its link must answer.
+    let answered = Arc::new(Mutex::new(None));
+    let record = answered.clone();
+    github.on_post(move |p| {
+        if p.state != "pending" {
+            let code = reqwest::blocking::get(&p.target_url)
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            *record.lock().unwrap() = Some(code);
+        }
+    });
+    served.spawn();
+    github.wait_for("the final status", Duration::from_secs(120), |p| {
+        p.iter().any(|p| p.state != "pending")
+    });
+    assert_eq!(
+        served.job_state(&job),
+        ("error".into(), "host restarted".into())
+    );
+    assert_eq!(*answered.lock().unwrap(), Some(200), "the link refused");
+    std::fs::write(&release, "").unwrap();
+}
