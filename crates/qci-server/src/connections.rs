@@ -3,25 +3,27 @@
 //! code (the relay), so an idle socket must cost it nothing lasting: hyper
 //! closes a connection that has not sent a whole request head within
 //! [`HEADER_READ_TIMEOUT`], whether it just connected or sits idle between
-//! keep-alive requests, and connections past the cap are closed as soon as
-//! they are accepted, so descriptors never run out and `accept` never fails
-//! for want of them.
+//! keep-alive requests; and at the cap, a new connection closes the oldest
+//! one, so descriptors never run out, `accept` never fails for want of
+//! them, and a client that hoards sockets loses its own oldest first while
+//! a webhook that arrives now is served now.
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::task::AbortHandle;
 
 /// The time to send a request's head, from the connection's start or the
 /// end of its previous request (hyper's header read timeout covers both):
 /// enough for a slow client, too short to hoard sockets.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connections served at once, at most; the descriptor limit lowers it.
+/// Connections open at once, at most; the descriptor limit lowers it.
 pub const MAX_CONNECTIONS: usize = 4096;
 
 /// How long a stopping server waits for requests in flight.
@@ -59,7 +61,9 @@ pub async fn serve(
     cap: usize,
     shutdown: impl Future<Output = ()>,
 ) {
-    let slots = Arc::new(Semaphore::new(cap));
+    // Open connections by age: the first is the oldest.
+    let open: Arc<Mutex<BTreeMap<u64, AbortHandle>>> = Arc::default();
+    let mut next_id = 0u64;
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -79,24 +83,35 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // Full: closed at once, so the client learns it now, not later.
-            tracing::debug!("connection refused: {cap} connections open");
-            drop(stream);
-            continue;
-        };
+        next_id += 1;
+        let id = next_id;
+        {
+            let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+            while open.len() >= cap {
+                if let Some((_, oldest)) = open.pop_first() {
+                    tracing::debug!("{cap} connections open: the oldest is closed");
+                    oldest.abort();
+                }
+            }
+        }
         let _ = stream.set_nodelay(true);
         let conn = http.serve_connection(
             TokioIo::new(stream),
             TowerToHyperService::new(router.clone()),
         );
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        let ended = open.clone();
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!("connection ended: {e}");
             }
-            drop(slot);
+            ended.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         });
+        // A task that ended already leaves an entry that only waits to be
+        // the oldest: aborting it then does nothing.
+        open.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, task.abort_handle());
     }
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
