@@ -1,6 +1,7 @@
 //! `qci run --local DIR`: one CI job on an emulated Qubes machine, started
 //! and watched from outside it as the host does with a real one.
 
+use crate::out::outln;
 use qci_core::job_file::{
     CommitSha, JobFile, JobFileError, Reason, Repository, Sink, job_file_rel, status_file_rel,
 };
@@ -201,11 +202,12 @@ impl LocalRun {
             .domain_root(DOM0)?
             .join(install::DOM0_LOG_DIR)
             .join(qci_core::log::file_name(&job));
-        println!(
+        outln!(
             "qci: job {job}: {} ({})",
-            final_event.state, final_event.description
+            final_event.state,
+            crate::out::remote(&final_event.description)
         );
-        println!("qci: log: {}", log.display());
+        outln!("qci: log: {}", log.display());
         Ok(outcome)
     }
 }

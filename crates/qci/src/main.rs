@@ -5,6 +5,7 @@
 
 mod jobs;
 mod local;
+mod out;
 mod pool;
 mod serve;
 
@@ -181,7 +182,12 @@ fn main() -> std::process::ExitCode {
         return exit_raw(emulator::tools::main(&name, args.collect()));
     }
     qci_core::diagnostics::init("warn");
-    match Cli::parse().command {
+    let code = command(Cli::parse().command);
+    out::finish(code)
+}
+
+fn command(command: Command) -> std::process::ExitCode {
+    match command {
         Command::Run {
             local: None,
             machine,
@@ -238,7 +244,7 @@ fn main() -> std::process::ExitCode {
             let vms: Vec<&str> = vms.iter().map(String::as_str).collect();
             match install::bare_machine(&machine, &vms, &install::default_bin_dir()) {
                 Ok(m) => {
-                    println!("{}", m.root().display());
+                    out::outln!("{}", m.root().display());
                     ExitCode::Success.into()
                 }
                 Err(e) => {
