@@ -13,9 +13,15 @@ pub enum JobsCommand {
     /// Running, queued and recent jobs.
     List,
     /// End a queued or running job as canceled (its machine is powered off).
-    Cancel { job: String },
+    Cancel {
+        /// The job's id, as `qci jobs list` shows it.
+        job: String,
+    },
     /// Queue a finished job again (a new job on the same commit and context).
-    Retry { job: String },
+    Retry {
+        /// The job's id, as `qci jobs list` shows it.
+        job: String,
+    },
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
