@@ -209,7 +209,18 @@ fn stop(mut child: Child) {
 fn start_qci(bin: &Path, dir: &Path, github_port: u16) -> (Child, u16) {
     let port = free_port();
     std::fs::write(dir.join("secret"), SECRET).unwrap();
+    std::fs::set_permissions(
+        dir.join("secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     std::fs::write(dir.join("token"), "bench-token").unwrap();
+    // A secret file as its owner keeps it (qci refuses others reading it).
+    std::fs::set_permissions(
+        dir.join("token"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let _ = std::fs::remove_dir_all(dir.join("state"));
     let d = dir.display();
     let config = format!(

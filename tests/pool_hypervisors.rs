@@ -107,6 +107,8 @@ fn a_job_runs_on_a_simulated_vmware_machine() {
     let mut host = Host::new();
     let creds = host.path("vcenter.cred");
     std::fs::write(&creds, &vc.credentials).unwrap();
+    // A secret file as its owner keeps it (qci refuses others reading it).
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     host.pool_keys
         .push_str("[pool.nightly]\nupdate_commands = [[\"true\"]]\nsalt_commands = []\n");
     host.machine(&format!(
@@ -159,6 +161,8 @@ fn vmware_guest_operations_that_are_unavailable_are_a_machine_that_never_answers
     host.pool_keys = "boot_timeout = \"2s\"\ncall_timeout = \"5s\"\n[pool.nightly]\nupdate_commands = []\nsalt_commands = []\n".into();
     let creds = host.path("vcenter.cred");
     std::fs::write(&creds, &vc.credentials).unwrap();
+    // A secret file as its owner keeps it (qci refuses others reading it).
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     host.machine(&format!(
         "name = \"vm1\"\nqubes = \"4.2\"\nbackend = \"vmware\"\nurl = \"{}\"\nvm = \"DC0/vm/DC0_H0_VM0\"\n\
          credentials_file = {creds:?}\nguest_credentials_file = {creds:?}\n",

@@ -81,8 +81,26 @@ impl Served {
             .port();
         let base = format!("http://127.0.0.1:{port}");
         std::fs::write(dir.join("webhook-secret"), SECRET).unwrap();
+        // A secret file as its owner keeps it (qci refuses others reading it).
+        std::fs::set_permissions(
+            dir.join("webhook-secret"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         std::fs::write(dir.join("github-token"), GITHUB_TOKEN).unwrap();
+        // A secret file as its owner keeps it (qci refuses others reading it).
+        std::fs::set_permissions(
+            dir.join("github-token"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         std::fs::write(dir.join("admin-token"), ADMIN_TOKEN).unwrap();
+        // A secret file as its owner keeps it (qci refuses others reading it).
+        std::fs::set_permissions(
+            dir.join("admin-token"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let d = dir.display();
         let machine = machine.replace("{dir}", &d.to_string());
         let config = format!(

@@ -13,6 +13,7 @@ pub mod log;
 pub mod pipeline;
 pub mod process;
 pub mod retry;
+pub mod secret;
 pub mod status;
 pub mod step;
 pub mod toml_file;

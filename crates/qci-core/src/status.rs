@@ -130,6 +130,13 @@ impl StatusEvent {
 /// escapes and other control characters removed (as in the log), runs of
 /// white space made one space, cut to [`StatusEvent::MAX_DESCRIPTION`] bytes.
 pub fn clean_description(text: &str) -> String {
+    cut_bytes(&clean_line(text), StatusEvent::MAX_DESCRIPTION).into_owned()
+}
+
+/// Text from elsewhere (a ref, a job's description, a hypervisor's answer)
+/// made safe to show on a terminal: one line, terminal escapes and other
+/// control characters removed, runs of white space made one space.
+pub fn clean_line(text: &str) -> String {
     let flat: String = text
         .chars()
         .map(|c| {
@@ -142,7 +149,7 @@ pub fn clean_description(text: &str) -> String {
         .collect();
     let clean = crate::log::sanitize(flat.as_bytes());
     let words: Vec<&str> = clean.split_whitespace().collect();
-    cut_bytes(&words.join(" "), StatusEvent::MAX_DESCRIPTION).into_owned()
+    words.join(" ")
 }
 
 /// The marker that ends a cut text.

@@ -154,8 +154,11 @@ impl<'a> Run<'a> {
         });
         match fetched {
             Ok(s) => self.note(&format!(
-                "fetched the code: {} entries, {} bytes",
-                s.entries, s.bytes
+                "fetched the code: {} {}, {} {}",
+                s.entries,
+                if s.entries == 1 { "entry" } else { "entries" },
+                s.bytes,
+                if s.bytes == 1 { "byte" } else { "bytes" },
             )),
             Err(e) => {
                 let _ = remove_tree(&workspace);

@@ -298,8 +298,9 @@ impl Credentials {
     /// `USER:PASSWORD` from `file` or from the environment variable `env`.
     pub fn load(file: Option<&Path>, env: Option<&str>) -> Result<Self, String> {
         let text = match (file, env) {
-            (Some(f), _) => std::fs::read_to_string(f)
-                .map_err(|e| format!("cannot read credentials file {}: {e}", f.display()))?,
+            (Some(f), _) => {
+                qci_core::secret::read_secret(f).map_err(|e| format!("credentials: {e}"))?
+            }
             (None, Some(var)) => std::env::var(var)
                 .map_err(|_| format!("environment variable {var} (credentials) is not set"))?,
             (None, None) => return Err("no credentials configured".into()),
@@ -472,6 +473,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("cred");
         std::fs::write(&f, "admin:pa:ss\n").unwrap();
+        // Readable by others (the default umask's 0644): refused, with the fix.
+        let e = Credentials::load(Some(&f), None).unwrap_err();
+        assert!(e.contains(&format!("chmod 600 {}", f.display())), "{e}");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = Credentials::load(Some(&f), None).unwrap();
         assert_eq!((c.user.as_str(), c.password.as_str()), ("admin", "pa:ss"));
         assert!(!format!("{c:?}").contains("pa:ss"));

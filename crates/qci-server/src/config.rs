@@ -127,15 +127,10 @@ pub enum ConfigError {
     File(#[from] TomlFileError),
     #[error("{0}")]
     Invalid(String),
-    #[error("cannot read the secret in {path}: {source}")]
-    SecretFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Secret(#[from] qci_core::secret::SecretError),
     #[error("the environment variable {0} (a secret named in the config) is not set or empty")]
     SecretEnv(String),
-    #[error("the secret file {0} is empty")]
-    SecretEmpty(PathBuf),
 }
 
 impl HostConfig {
@@ -212,18 +207,7 @@ impl SecretSource {
     /// Reads the secret now; the server reads each once at start.
     pub fn read(&self) -> Result<String, ConfigError> {
         match (&self.file, &self.env) {
-            (Some(path), None) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
-                        path: path.clone(),
-                        source,
-                    })?;
-                let value = text.trim();
-                if value.is_empty() {
-                    return Err(ConfigError::SecretEmpty(path.clone()));
-                }
-                Ok(value.to_owned())
-            }
+            (Some(path), None) => Ok(qci_core::secret::read_secret(path)?),
             (None, Some(var)) => std::env::var(var)
                 .ok()
                 .map(|v| v.trim().to_owned())
@@ -343,8 +327,21 @@ qubes = ["4.2", "4.3"]
             file: Some(path.clone()),
             env: None,
         };
+        // Readable by others (the default umask's 0644): refused.
+        let err = file.read().unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("chmod 600 {}", path.display())),
+            "{err}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(file.read().unwrap(), "s3cret");
         std::fs::write(&path, "\n").unwrap();
-        assert!(matches!(file.read(), Err(ConfigError::SecretEmpty(_))));
+        assert!(matches!(
+            file.read(),
+            Err(ConfigError::Secret(
+                qci_core::secret::SecretError::Empty { .. }
+            ))
+        ));
     }
 }

@@ -546,6 +546,12 @@ fn a_finished_job_is_notified_and_a_failing_notifier_holds_nothing_up() {
     let dir = tempfile::tempdir().unwrap();
     let slack_file = dir.path().join("slack-url");
     std::fs::write(&slack_file, &slack.url).unwrap();
+    // A secret file as its owner keeps it (qci refuses others reading it).
+    std::fs::set_permissions(
+        &slack_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let extra = format!(
         "[server.notify]\nwebhook_url = \"{}\"\nslack_url = {{ file = \"{}\" }}",
         hook.url,

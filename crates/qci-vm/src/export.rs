@@ -23,8 +23,11 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("cannot read {path}: {source}")]
+    /// Names the user: in an emulated machine started by root the qubes
+    /// run as `nobody` (or SUDO_UID's user), not as whoever owns the files.
+    #[error("{user}, who runs this qube's qci.Export, cannot read {path}: {source}")]
     Read {
+        user: String,
         path: PathBuf,
         source: std::io::Error,
     },
@@ -269,8 +272,15 @@ fn open_dir(parent: impl AsFd, name: &OsStr) -> nix::Result<OwnedFd> {
     openat(parent, name, flags, Mode::empty())
 }
 
-fn read_error(path: &Path, e: impl Into<std::io::Error>) -> ExportError {
+/// A read error, naming the user who could not read.
+pub fn read_error(path: &Path, e: impl Into<std::io::Error>) -> ExportError {
+    let uid = nix::unistd::geteuid();
+    let user = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid {uid}"), |u| u.name);
     ExportError::Read {
+        user,
         path: path.to_owned(),
         source: e.into(),
     }

@@ -192,7 +192,7 @@ fn export(job: &JobId, paths: &Paths) -> ExitCode {
         Some(root) => {
             let list = Paths::source_list(&workspace);
             std::fs::read(&list)
-                .map_err(|source| export::ExportError::Read { path: list, source })
+                .map_err(|e| export::read_error(&list, e))
                 .and_then(|list| export::export_listed(&root, &list, &mut out))
         }
         None => export::export(&workspace, &mut out),

@@ -35,13 +35,8 @@ pub enum SinkError {
     BadSlug(String),
     #[error("the job file has no commit, which the github sink needs")]
     NoCommit,
-    #[error("cannot read the GitHub token file {path}: {source}")]
-    TokenRead {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the GitHub token file {0} is empty")]
-    TokenEmpty(PathBuf),
+    #[error("the GitHub token: {0}")]
+    Token(#[from] qci_core::secret::SecretError),
     #[error("the GitHub token in {0} is not usable in an HTTP header")]
     TokenInvalid(PathBuf),
     #[error("the relay sink's token is empty or not usable in an HTTP header")]
@@ -221,14 +216,8 @@ struct Token {
 }
 
 fn read_token(path: &Path) -> Result<Token, SinkError> {
-    let text = fs::read_to_string(path).map_err(|source| SinkError::TokenRead {
-        path: path.to_owned(),
-        source,
-    })?;
-    let raw = text.trim();
-    if raw.is_empty() {
-        return Err(SinkError::TokenEmpty(path.to_owned()));
-    }
+    let raw = qci_core::secret::read_secret(path)?;
+    let raw = raw.as_str();
     let mut header = HeaderValue::from_str(&format!("Bearer {raw}"))
         .map_err(|_| SinkError::TokenInvalid(path.to_owned()))?;
     header.set_sensitive(true);
@@ -420,8 +409,15 @@ pub(crate) mod tests {
     use qci_core::State;
     use qci_core::job_file::{CommitSha, Reason, Repository};
     use serde_json::{Value, json};
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
+
+    /// A token file as its owner keeps it: readable by the owner only.
+    fn write_token(path: &Path, text: &str) {
+        fs::write(path, text).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
     pub(crate) const TOKEN: &str = "ghp_SECRETSECRETSECRET";
@@ -584,7 +580,7 @@ pub(crate) mod tests {
         timeout_secs: u64,
     ) -> (tempfile::TempDir, Paths, JobFile) {
         let home = tempfile::tempdir().unwrap();
-        fs::write(home.path().join("token"), format!("  {TOKEN}\n")).unwrap();
+        write_token(&home.path().join("token"), &format!("  {TOKEN}\n"));
         let paths = Paths {
             home: home.path().to_owned(),
         };
@@ -1071,14 +1067,32 @@ pub(crate) mod tests {
 
         fs::remove_file(home.path().join("token")).unwrap();
         let err = forward(&event(State::Running, "x"), &job, &paths).unwrap_err();
-        assert!(matches!(err, SinkError::TokenRead { .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                SinkError::Token(qci_core::secret::SecretError::Read { .. })
+            ),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("token"), "{err}");
 
-        fs::write(home.path().join("token"), " \n").unwrap();
+        write_token(&home.path().join("token"), " \n");
         let err = forward(&event(State::Running, "x"), &job, &paths).unwrap_err();
-        assert!(matches!(err, SinkError::TokenEmpty(_)), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                SinkError::Token(qci_core::secret::SecretError::Empty { .. })
+            ),
+            "{err:?}"
+        );
 
+        // Readable by others: refused, saying how to fix it.
         fs::write(home.path().join("token"), TOKEN).unwrap();
+        fs::set_permissions(home.path().join("token"), fs::Permissions::from_mode(0o644)).unwrap();
+        let err = forward(&event(State::Running, "x"), &job, &paths).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+
+        write_token(&home.path().join("token"), TOKEN);
         let mut no_slug = job.clone();
         no_slug.repository.slug = None;
         let err = forward(&event(State::Running, "x"), &no_slug, &paths).unwrap_err();

@@ -1,6 +1,7 @@
 //! `qci jobs list|cancel|retry`: the operators' view of a running
 //! `qci serve`, through its job API (the operator token from the host config).
 
+use crate::out::{self, outln};
 use clap::Subcommand;
 use qci_core::ExitCode;
 use qci_server::HostConfig;
@@ -12,9 +13,15 @@ pub enum JobsCommand {
     /// Running, queued and recent jobs.
     List,
     /// End a queued or running job as canceled (its machine is powered off).
-    Cancel { job: String },
+    Cancel {
+        /// The job's id, as `qci jobs list` shows it.
+        job: String,
+    },
     /// Queue a finished job again (a new job on the same commit and context).
-    Retry { job: String },
+    Retry {
+        /// The job's id, as `qci jobs list` shows it.
+        job: String,
+    },
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,7 +77,11 @@ fn try_run(config: &Path, url: Option<&str>, command: &JobsCommand) -> Result<Ex
     let status = reply.status();
     let body = reply.text().unwrap_or_default();
     if !status.is_success() {
-        eprintln!("qci: {} (HTTP {})", body.trim(), status.as_u16());
+        eprintln!(
+            "qci: {} (HTTP {})",
+            out::remote_err(body.trim()),
+            status.as_u16()
+        );
         return Ok(if status.is_client_error() {
             ExitCode::BadInput
         } else {
@@ -82,26 +93,26 @@ fn try_run(config: &Path, url: Option<&str>, command: &JobsCommand) -> Result<Ex
         JobsCommand::List => {
             for (title, key) in [("live", "live"), ("recent", "recent")] {
                 let jobs = value[key].as_array().cloned().unwrap_or_default();
-                println!("{title} ({}):", jobs.len());
+                outln!("{title} ({}):", jobs.len());
                 for job in jobs {
-                    let s = |k: &str| job[k].as_str().unwrap_or_default().to_owned();
+                    let s = |k: &str| out::remote(job[k].as_str().unwrap_or_default()).into_owned();
                     let sha = s("sha");
-                    println!(
+                    outln!(
                         "  {:<14} {:<9} {} {} {} {}",
                         s("id"),
                         s("state"),
                         s("repo"),
                         s("git_ref"),
-                        &sha[..sha.len().min(12)],
+                        sha.get(..12).unwrap_or(&sha),
                         s("description")
                     );
                 }
             }
         }
-        JobsCommand::Cancel { job } => println!("qci: job {job} canceled"),
-        JobsCommand::Retry { job } => println!(
+        JobsCommand::Cancel { job } => outln!("qci: job {job} canceled"),
+        JobsCommand::Retry { job } => outln!(
             "qci: job {job} queued again as {}",
-            value["queued"].as_str().unwrap_or("?")
+            out::remote(value["queued"].as_str().unwrap_or("?"))
         ),
     }
     Ok(ExitCode::Success)

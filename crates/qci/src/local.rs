@@ -1,6 +1,7 @@
 //! `qci run --local DIR`: one CI job on an emulated Qubes machine, started
 //! and watched from outside it as the host does with a real one.
 
+use crate::out::outln;
 use qci_core::job_file::{
     CommitSha, JobFile, JobFileError, RUN_CLOSING, Reason, Repository, Sink, job_file_rel,
     status_file_rel,
@@ -32,6 +33,18 @@ pub struct LocalRun {
 pub enum LocalError {
     #[error("{0} is not a directory")]
     NotADirectory(PathBuf),
+    #[error(
+        "{0} is not a project: it has neither a .qci.toml nor a Makefile (qci runs the steps of .qci.toml, or make clone, make dev, make test)"
+    )]
+    NotAProject(PathBuf),
+    #[error(
+        "--commit needs a git repository, and {0} is not in one (without --commit, qci runs the directory as it is)"
+    )]
+    NotARepository(PathBuf),
+    #[error(
+        "--commit runs a whole commit from the repository's top, and {dir} is a subdirectory of the repository at {top}: pass --local {top} (or leave out --commit to run {dir} as it is)"
+    )]
+    NotTheTop { dir: PathBuf, top: PathBuf },
     #[error("cannot resolve {rev:?} in {dir}: {why}")]
     BadCommit {
         rev: String,
@@ -72,6 +85,9 @@ impl LocalError {
         use qci_qrexec::emulator::MachineError::{Unreachable, WrongUser};
         match self {
             Self::NotADirectory(_)
+            | Self::NotAProject(_)
+            | Self::NotARepository(_)
+            | Self::NotTheTop { .. }
             | Self::BadCommit { .. }
             | Self::NotAMachine { .. }
             | Self::NotInstalled { .. }
@@ -99,6 +115,15 @@ impl LocalRun {
             .as_deref()
             .map(|rev| resolve_commit(&dir, rev))
             .transpose()?;
+        // Refused before anything is installed or exported.
+        let is_project = match &commit {
+            None => PROJECT_FILES.iter().any(|f| dir.join(f).exists()),
+            Some(sha) => PROJECT_FILES.iter().any(|f| in_commit(&dir, sha, f)),
+        };
+        if !is_project {
+            return Err(LocalError::NotAProject(dir));
+        }
+        let started_as_root = nix::unistd::geteuid().is_root();
         let machine = match &self.machine_dir {
             Some(dir) => installed_machine(dir)?,
             None => install::install(
@@ -112,6 +137,13 @@ impl LocalRun {
         // The dev VM copies the tree as that user: better to say now that it
         // cannot than to fail inside the job.
         let user = machine.user();
+        if started_as_root {
+            eprintln!(
+                "qci: started as root: this machine's qubes run as {}, who must be able to read {}",
+                user.name,
+                dir.display()
+            );
+        }
         user.reaches(&dir)?;
         std::fs::read_dir(&dir).map_err(|source| LocalError::Unreadable {
             user: user.name,
@@ -247,11 +279,12 @@ impl LocalRun {
             .domain_root(DOM0)?
             .join(install::DOM0_LOG_DIR)
             .join(qci_core::log::file_name(&job));
-        println!(
+        outln!(
             "qci: job {job}: {} ({})",
-            final_event.state, final_event.description
+            final_event.state,
+            crate::out::remote(&final_event.description)
         );
-        println!("qci: log: {}", log.display());
+        outln!("qci: log: {}", log.display());
         Ok(outcome)
     }
 }
@@ -387,12 +420,47 @@ fn dom0_duration(machine: &Machine, key: &str, default: Duration) -> Result<Dura
     }
 }
 
+/// What makes a directory a project: its steps, or the default steps' Makefile.
+const PROJECT_FILES: [&str; 2] = [".qci.toml", "Makefile"];
+
+/// Whether `file` is at the top of commit `sha` of the repository in `dir`.
+fn in_commit(dir: &Path, sha: &CommitSha, file: &str) -> bool {
+    Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["cat-file", "-e", "--end-of-options"])
+        .arg(format!("{}:{file}", sha.as_str()))
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `rev` in the repository whose top is `dir`. A directory outside any
+/// repository, or below a repository's top, is refused: a commit is run
+/// whole, from the top (README, "Running a job on your working tree").
 fn resolve_commit(dir: &Path, rev: &str) -> Result<CommitSha, LocalError> {
     let bad = |why: String| LocalError::BadCommit {
         rev: rev.into(),
         dir: dir.into(),
         why,
     };
+    let top = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["rev-parse", "--show-toplevel"])
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| bad(format!("cannot run git: {e}")))?;
+    if !top.status.success() {
+        return Err(LocalError::NotARepository(dir.into()));
+    }
+    let top = PathBuf::from(String::from_utf8_lossy(&top.stdout).trim_end_matches('\n'));
+    if std::fs::canonicalize(&top).ok().as_deref() != Some(dir) {
+        return Err(LocalError::NotTheTop {
+            dir: dir.into(),
+            top,
+        });
+    }
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)

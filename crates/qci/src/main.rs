@@ -5,6 +5,7 @@
 
 mod jobs;
 mod local;
+mod out;
 mod pool;
 mod serve;
 
@@ -43,7 +44,13 @@ enum Command {
     ///
     /// The live log goes to stdout, progress to stderr; at the end the final
     /// state and the log's path are printed.
-    #[command(group(clap::ArgGroup::new("where").required(true).args(["local", "machine", "qubes"])))]
+    #[command(
+        group(clap::ArgGroup::new("where").required(true).args(["local", "machine", "qubes"])),
+        arg_required_else_help = true,
+        override_usage = "qci run --local DIR [--commit REV] [--state-dir S | --machine-dir M] [--timeout T]\n       \
+                          qci run --machine NAME --repo URL --commit SHA [--ref REF] [--job JOB] [--config HOST.toml] [--timeout T]\n       \
+                          qci run --qubes VERSION --repo URL --commit SHA [--ref REF] [--job JOB] [--config HOST.toml] [--timeout T]"
+    )]
     Run {
         /// Run the working tree in DIR on an emulated machine.
         #[arg(long, value_name = "DIR")]
@@ -64,13 +71,16 @@ enum Command {
         repo: Option<String>,
         /// The commit to run: with --machine/--qubes, 40 hex digits; with
         /// --local, any revision, run as a clean checkout instead of the
-        /// working tree as it is (uncommitted changes included).
+        /// working tree as it is (uncommitted changes included). With
+        /// --local, DIR must then be the top of a git repository: a
+        /// subdirectory is refused, saying which top to pass.
         #[arg(long, value_name = "REV", required_unless_present = "local")]
         commit: Option<String>,
         /// The ref the commit belongs to, for the record.
         #[arg(long = "ref", value_name = "REF", conflicts_with = "local")]
         git_ref: Option<String>,
-        /// The job id (default: run-TIMESTAMP-PID).
+        /// The job id, with --machine/--qubes (default: run-TIMESTAMP-PID;
+        /// --local jobs are always named local-TIMESTAMP-PID).
         #[arg(long, value_name = "JOB", conflicts_with = "local")]
         job: Option<String>,
         /// The host config (its [pool] table lists the machines).
@@ -97,17 +107,20 @@ enum Command {
     /// Show the pool: each machine's power state, lease, job, snapshot and
     /// Qubes version.
     Pool {
+        /// The host config (its [pool] table lists the machines).
         #[arg(long, value_name = "HOST.toml", default_value = pool::DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Refresh the machines' clean snapshots.
     ///
     /// Per machine (leased like a job): boot the clean snapshot, run the
-    /// update commands and qci's Salt states in dom0 ([pool.nightly] in
-    /// HOST.toml; the defaults are Qubes's own), shut down cleanly and
+    /// update commands and qci's Salt states ([pool.nightly] in HOST.toml;
+    /// the defaults are Qubes's own update commands, then qci's states in
+    /// dom0 and in the dev VM), shut down cleanly and
     /// snapshot as qci-YYYY-MM-DD, keeping the newest N. A failed command or
     /// an unclean stop takes no snapshot: the old one stays in use.
     Nightly {
+        /// The host config (its [pool] table lists the machines).
         #[arg(long, value_name = "HOST.toml", default_value = pool::DEFAULT_CONFIG)]
         config: PathBuf,
         /// Only these machines (repeat the option); default all.
@@ -136,11 +149,15 @@ enum Command {
     /// SIGTERM or SIGINT; after a crash it reconciles at start (jobs that
     /// never started are queued again, running ones end as error).
     Serve {
+        /// The host config: its [server] table (listen address, public URL,
+        /// secrets, repositories) and its [pool] table (the machines).
         #[arg(long, value_name = "HOST.toml")]
         config: PathBuf,
     },
     /// List, cancel or retry the jobs of a running `qci serve`.
     Jobs {
+        /// The host config of the running `qci serve` (its listen address
+        /// and, for cancel and retry, its operator token).
         #[arg(long, value_name = "HOST.toml")]
         config: PathBuf,
         /// The server's address (default: http://LISTEN from the config).
@@ -181,7 +198,12 @@ fn main() -> std::process::ExitCode {
         return exit_raw(emulator::tools::main(&name, args.collect()));
     }
     qci_core::diagnostics::init("warn");
-    match Cli::parse().command {
+    let code = command(Cli::parse().command);
+    out::finish(code)
+}
+
+fn command(command: Command) -> std::process::ExitCode {
+    match command {
         Command::Run {
             local: None,
             machine,
@@ -238,7 +260,7 @@ fn main() -> std::process::ExitCode {
             let vms: Vec<&str> = vms.iter().map(String::as_str).collect();
             match install::bare_machine(&machine, &vms, &install::default_bin_dir()) {
                 Ok(m) => {
-                    println!("{}", m.root().display());
+                    out::outln!("{}", m.root().display());
                     ExitCode::Success.into()
                 }
                 Err(e) => {

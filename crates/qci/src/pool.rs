@@ -2,10 +2,10 @@
 //! commands over the machines of HOST.toml (the pool's library does the
 //! work; this module reads arguments, prints, and picks exit codes).
 
+use crate::out::{self, outln};
 use qci_core::job_file::{CommitSha, JobFile, Reason, Repository, Sink, status_file_rel};
 use qci_core::{ExitCode, JobId};
 use qci_pool::{Phase, Pool, PoolConfig, SinkStatus, Target};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -153,8 +153,7 @@ impl qci_pool::JobEvents for Terminal {
     }
 
     fn log(&self, _job: &JobId, chunk: &[u8]) {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(chunk).and_then(|()| out.flush());
+        out::write(chunk);
     }
 }
 
@@ -214,11 +213,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let outcome = pool
         .run_job(&request, &terminal, &sink_status(&pool))
         .map_err(|e| Failure(e.exit_code(), format!("job {job} did not run: {e}")))?;
-    println!(
+    outln!(
         "qci: job {job}: {} ({}) on {}",
-        outcome.state, outcome.description, outcome.machine
+        outcome.state,
+        out::remote(&outcome.description),
+        outcome.machine
     );
-    println!("qci: log: {}", outcome.log.display());
+    outln!("qci: log: {}", outcome.log.display());
     Ok(outcome.exit)
 }
 
@@ -229,16 +230,31 @@ pub fn show(config: &Path) -> Result<ExitCode, Failure> {
         .report()
         .map_err(|e| Failure(e.exit_code(), e.to_string()))?;
     let now = qci_pool::lease::now();
-    println!(
+    outln!(
         "{:<16} {:<6} {:<8} {:<8} {:<44} {:<16} LAST JOB",
-        "MACHINE", "QUBES", "BACKEND", "POWER", "LEASE", "SNAPSHOT"
+        "MACHINE",
+        "QUBES",
+        "BACKEND",
+        "POWER",
+        "LEASE",
+        "SNAPSHOT"
     );
+    let mut notes = Vec::new();
     for m in report {
         let power = match &m.power {
             Ok(p) => p.to_string(),
             Err(_) => "unknown".into(),
         };
         let lease = match (&m.lease, &m.marker) {
+            (Some(l), _) if !qci_pool::lease::owner_alive(&l.owner) => {
+                notes.push(format!(
+                    "{}: the lease of job {} is stale: its holder (pid {}) is gone. The next \
+                     `qci run`, `qci nightly` or `qci serve` start with this config (host {}) \
+                     powers the machine off, reverts it, ends the job as error and frees it.",
+                    m.name, l.job, l.pid, l.host
+                ));
+                format!("{} (stale, pid {} gone)", l.job, l.pid)
+            }
             (Some(l), _) => format!(
                 "{} ({}s, pid {})",
                 l.job,
@@ -252,18 +268,22 @@ pub fn show(config: &Path) -> Result<ExitCode, Failure> {
             .last_run
             .map(|(job, state, _)| format!("{job} {state}"))
             .unwrap_or_else(|| "-".into());
-        println!(
-            "{:<16} {:<6} {:<8} {:<8} {:<44} {:<16} {last}",
+        outln!(
+            "{:<16} {:<6} {:<8} {:<8} {:<44} {:<16} {}",
             m.name,
             m.qubes,
             m.backend,
             power,
-            lease,
-            m.snapshot.as_deref().unwrap_or("(none)"),
+            out::remote(&lease),
+            out::remote(m.snapshot.as_deref().unwrap_or("(none)")),
+            out::remote(&last),
         );
         if let Err(e) = m.power {
-            println!("  {}: {e}", m.name);
+            outln!("  {}: {}", m.name, out::remote(&e));
         }
+    }
+    for note in notes {
+        outln!("{}", out::remote(&note));
     }
     Ok(ExitCode::Success)
 }
@@ -285,13 +305,21 @@ pub fn nightly(config: &Path, machines: &[String]) -> Result<ExitCode, Failure> 
     let mut code = ExitCode::Success;
     for o in outcomes {
         match o.result {
-            Ok(snapshot) => println!("qci: nightly {}: snapshot {snapshot}", o.machine),
+            Ok(snapshot) => outln!(
+                "qci: nightly {}: snapshot {}",
+                o.machine,
+                out::remote(&snapshot)
+            ),
             Err(why) => {
                 code = ExitCode::CiError;
-                println!("qci: nightly {}: no snapshot: {why}", o.machine);
+                outln!(
+                    "qci: nightly {}: no snapshot: {}",
+                    o.machine,
+                    out::remote(&why)
+                );
             }
         }
-        println!("qci: log: {}", o.log.display());
+        outln!("qci: log: {}", o.log.display());
     }
     Ok(code)
 }

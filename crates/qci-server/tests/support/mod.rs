@@ -193,8 +193,26 @@ impl Host {
         let github = FakeGithub::start(GITHUB_TOKEN);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("webhook-secret"), SECRET).unwrap();
+        // A secret file as its owner keeps it (qci refuses others reading it).
+        std::fs::set_permissions(
+            dir.path().join("webhook-secret"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("github-token"), GITHUB_TOKEN).unwrap();
+        // A secret file as its owner keeps it (qci refuses others reading it).
+        std::fs::set_permissions(
+            dir.path().join("github-token"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+        // A secret file as its owner keeps it (qci refuses others reading it).
+        std::fs::set_permissions(
+            dir.path().join("admin-token"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let base = format!("http://{addr}");
