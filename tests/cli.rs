@@ -216,3 +216,112 @@ fn pool_marks_a_lease_whose_holder_died_as_stale_and_says_what_frees_it() {
     assert!(!after.contains("stale"), "{after}");
     let _ = std::fs::write(&release, "");
 }
+
+/// `qci ARGS` in `dir`, its exit code and stderr.
+fn qci_in(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = qci().current_dir(dir).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_directory_that_is_not_a_project_is_refused_before_anything_is_exported() {
+    let scratch = support::Scratch::new();
+    let dir = scratch.dir.path().join("not-a-project");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("notes.txt"), "hello").unwrap();
+    let state = scratch.dir.path().join("state");
+    let (code, _, err) = qci_in(
+        scratch.dir.path(),
+        &[
+            "run",
+            "--local",
+            dir.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("is not a project: it has neither a .qci.toml nor a Makefile"),
+        "{err}"
+    );
+    assert!(!state.exists(), "a machine was installed for a non-project");
+}
+
+#[test]
+fn commit_outside_a_repository_or_below_its_top_says_which() {
+    let scratch = support::Scratch::new();
+    let plain = scratch.dir.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::write(plain.join("Makefile"), "test:\n\ttrue\n").unwrap();
+    let (code, _, err) = qci_in(
+        scratch.dir.path(),
+        &[
+            "run",
+            "--local",
+            plain.to_str().unwrap(),
+            "--commit",
+            "HEAD",
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--commit needs a git repository"), "{err}");
+
+    let repo = scratch.dir.path().join("repo");
+    let sub = repo.join("examples/sample");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::write(sub.join("Makefile"), "test:\n\ttrue\n").unwrap();
+    git(&repo, &["init", "-q"]);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "one"]);
+    let (code, _, err) = qci_in(
+        scratch.dir.path(),
+        &["run", "--local", sub.to_str().unwrap(), "--commit", "HEAD"],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("is a subdirectory of the repository at"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("pass --local {}", repo.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_alone_shows_its_three_forms_and_every_flag_is_described() {
+    let scratch = support::Scratch::new();
+    let (code, out, err) = qci_in(scratch.dir.path(), &["run"]);
+    let text = format!("{out}{err}");
+    assert_eq!(code, Some(2), "{text}");
+    for form in ["--local DIR", "--machine", "--qubes"] {
+        assert!(text.contains(form), "{form} missing from:\n{text}");
+    }
+    assert!(
+        !text.contains("required arguments were not provided"),
+        "{text}"
+    );
+    for sub in ["run", "pool", "nightly", "serve", "jobs", "qrexec"] {
+        // -h: one line per flag, its description beside it.
+        let (code, out, err) = qci_in(scratch.dir.path(), &[sub, "-h"]);
+        assert_eq!(code, Some(0), "{sub} --help: {err}");
+        // A flag line without a description ends right after the flag.
+        for line in out.lines().filter(|l| l.trim_start().starts_with("--")) {
+            let flag = line.trim_start();
+            let described = flag
+                .split_once("  ")
+                .is_some_and(|(_, text)| !text.trim().is_empty());
+            assert!(described, "{sub} --help: {flag:?} has no description");
+        }
+    }
+    let (_, out, _) = qci_in(scratch.dir.path(), &["run", "--help"]);
+    assert!(
+        out.contains("local-"),
+        "run --help does not name local jobs:\n{out}"
+    );
+}
