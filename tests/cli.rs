@@ -325,3 +325,41 @@ fn run_alone_shows_its_three_forms_and_every_flag_is_described() {
         "run --help does not name local jobs:\n{out}"
     );
 }
+
+#[test]
+fn an_unreadable_file_in_a_project_names_the_user_who_could_not_read_it() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test needs root (the qubes then run as another user)"
+        );
+        eprintln!("SKIPPED: as a normal user the qubes run as you, who can read your files");
+        return;
+    }
+    let scratch = support::Scratch::new();
+    let project = scratch.dir.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(project.join("Makefile"), "clone dev test:\n\ttrue\n").unwrap();
+    let secret = project.join("private.key");
+    std::fs::write(&secret, "x").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let state = scratch.dir.path().join("state");
+    let (code, out, err) = qci_in(
+        scratch.dir.path(),
+        &[
+            "run",
+            "--local",
+            project.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    let text = format!("{out}{err}");
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("private.key"), "{text}");
+    let user = std::env::var("SUDO_USER").unwrap_or_else(|_| "nobody".into());
+    assert!(
+        text.contains(&user),
+        "the user {user} is not named:\n{text}"
+    );
+}
