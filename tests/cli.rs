@@ -363,3 +363,45 @@ fn an_unreadable_file_in_a_project_names_the_user_who_could_not_read_it() {
         "the user {user} is not named:\n{text}"
     );
 }
+
+#[test]
+fn a_secret_file_others_may_read_is_refused_at_start_with_the_chmod_that_fixes_it() {
+    let scratch = support::Scratch::new();
+    let d = scratch.dir.path();
+    std::fs::write(d.join("webhook-secret"), SECRET).unwrap();
+    std::fs::set_permissions(
+        d.join("webhook-secret"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    write_secret(&d.join("github-token"), TOKEN);
+    let config = d.join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pool]\nstate_dir = \"{0}/state\"\nhost_id = \"t\"\n\
+             [[pool.machines]]\nname = \"emu-1\"\nqubes = \"4.2\"\nbackend = \"local\"\npath = \"{0}/emu\"\n\
+             [server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\n\
+             webhook_secret = {{ file = \"{0}/webhook-secret\" }}\n\
+             github_token = {{ file = \"{0}/github-token\" }}\n\
+             [[server.repos]]\nslug = \"{REPO}\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = qci_in(d, &["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    let file = d.join("webhook-secret");
+    assert!(
+        err.contains(&format!(
+            "secret file {} is readable by others (mode 0644)",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("chmod 600 {}", file.display())),
+        "{err}"
+    );
+    assert!(!out.contains("listening"), "{out}");
+}
