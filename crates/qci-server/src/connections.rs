@@ -88,10 +88,11 @@ pub async fn serve(
         {
             let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
             while open.len() >= cap {
-                if let Some((_, oldest)) = open.pop_first() {
-                    tracing::debug!("{cap} connections open: the oldest is closed");
-                    oldest.abort();
-                }
+                let Some((_, oldest)) = open.pop_first() else {
+                    break;
+                };
+                tracing::debug!("{cap} connections open: the oldest is closed");
+                oldest.abort();
             }
         }
         let _ = stream.set_nodelay(true);

@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     error     TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(kind, sent_at, ready, id);
+CREATE INDEX IF NOT EXISTS outbox_by_job ON outbox(job, kind, id);
 ";
 
 /// Brings a database made by an earlier qci up to [`SCHEMA`] (run after it):

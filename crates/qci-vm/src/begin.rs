@@ -121,10 +121,11 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
     }
     let timeout = Duration::from_secs(job_file.timeout_secs);
     // dom0 ends the job at its timeout; this bounds dom0.
-    let status = match wait_or_kill(&mut child, timeout.saturating_add(RUN_CLOSING)) {
+    let waited = timeout.saturating_add(RUN_CLOSING);
+    let status = match wait_or_kill(&mut child, waited) {
         Ok(Some(s)) => s,
         Ok(None) => {
-            let why = format!("No result from dom0 within {}s", timeout.as_secs());
+            let why = format!("No result from dom0 within {}s", waited.as_secs());
             return fail(&why);
         }
         Err(e) => return fail(&format!("Lost qci.Run: {e}")),

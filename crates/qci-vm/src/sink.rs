@@ -217,14 +217,10 @@ struct Token {
 
 fn read_token(path: &Path) -> Result<Token, SinkError> {
     let raw = qci_core::secret::read_secret(path)?;
-    let raw = raw.as_str();
     let mut header = HeaderValue::from_str(&format!("Bearer {raw}"))
         .map_err(|_| SinkError::TokenInvalid(path.to_owned()))?;
     header.set_sensitive(true);
-    Ok(Token {
-        header,
-        raw: raw.to_owned(),
-    })
+    Ok(Token { header, raw })
 }
 
 /// The body of GitHub's "create a commit status" call.

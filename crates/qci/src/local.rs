@@ -6,7 +6,7 @@ use qci_core::job_file::{
     CommitSha, JobFile, JobFileError, RUN_CLOSING, Reason, Repository, Sink, job_file_rel,
     status_file_rel,
 };
-use qci_core::process::{wait_or_kill_at, write_within};
+use qci_core::process::{ExitFd, wait_or_kill_at, write_within};
 use qci_core::{ExitCode, JobId, State, StatusEvent};
 use qci_pool::backend::install;
 use qci_qrexec::emulator::{DOM0, Machine};
@@ -197,6 +197,7 @@ impl LocalRun {
         // dom0 ends the job at its timeout, and begin waits a while longer
         // for it; this bounds begin.
         let bound = deadline + RUN_CLOSING + closing;
+        let exited = ExitFd::of(&child);
         let mut interrupted = false;
         let status = loop {
             if let Some(s) = child.try_wait().map_err(io("lost the job"))? {
@@ -206,10 +207,19 @@ impl LocalRun {
                 interrupted = true;
                 break None;
             }
-            if Instant::now() >= bound {
+            let now = Instant::now();
+            if now >= bound {
                 break None;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            // Woken by begin's exit or by a signal; the slice only bounds a
+            // signal that came just before the wait began.
+            let slice = (bound - now).min(SIGNAL_SLICE);
+            match &exited {
+                Some(fd) => {
+                    fd.wait(slice).map_err(io("lost the job"))?;
+                }
+                None => std::thread::sleep(slice.min(Duration::from_millis(50))),
+            }
         };
         if status.is_none() {
             // The caller going away cancels the job in dom0 (and so does
@@ -398,6 +408,9 @@ fn status_timeout(machine: &Machine) -> Result<Duration, LocalError> {
 fn kill_grace(machine: &Machine) -> Result<Duration, LocalError> {
     dom0_duration(machine, "kill_grace", DEFAULT_KILL_GRACE)
 }
+
+/// The longest a signal waits to be seen while `begin` runs.
+const SIGNAL_SLICE: Duration = Duration::from_millis(200);
 
 /// dom0's default `kill_grace`.
 const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);

@@ -54,16 +54,16 @@ fn stdout_is_terminal() -> bool {
 /// ([`qci_core::status::clean_line`]), as it is otherwise (a script reading
 /// the output gets the data).
 pub fn remote(text: &str) -> Cow<'_, str> {
-    if stdout_is_terminal() {
-        qci_core::status::clean_line(text).into()
-    } else {
-        text.into()
-    }
+    shown(text, stdout_is_terminal())
 }
 
 /// The same for stderr.
 pub fn remote_err(text: &str) -> Cow<'_, str> {
-    if std::io::stderr().is_terminal() {
+    shown(text, std::io::stderr().is_terminal())
+}
+
+fn shown(text: &str, on_terminal: bool) -> Cow<'_, str> {
+    if on_terminal {
         qci_core::status::clean_line(text).into()
     } else {
         text.into()
