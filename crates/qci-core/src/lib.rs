@@ -9,6 +9,7 @@ pub mod diagnostics;
 pub mod exit;
 pub mod job_file;
 pub mod job_id;
+pub mod lock_file;
 pub mod log;
 pub mod pipeline;
 pub mod process;

@@ -1,16 +1,14 @@
-//! One job at a time per dom0. The lock is an `flock` on a file in the work
-//! directory: the kernel drops it when the holder dies, however it dies, so a
-//! killed runner never leaves a stale lock behind.
+//! One job at a time per dom0: a [`HeldLock`] in the work directory,
+//! naming the job that holds it. The kernel drops it when the holder dies,
+//! however it dies, so a killed runner never leaves a stale lock behind.
 
-use nix::fcntl::{Flock, FlockArg};
 use qci_core::JobId;
-use std::fs::File;
-use std::io::{Read, Seek, Write};
+use qci_core::lock_file::{HeldLock, LockFileError};
 use std::path::Path;
 
 /// Held for the whole run; released on drop or death.
 pub struct RunLock {
-    _file: Flock<File>,
+    _held: HeldLock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -26,34 +24,18 @@ pub enum LockError {
 
 impl RunLock {
     pub fn acquire(path: &Path, job: &JobId) -> Result<Self, LockError> {
-        let io = |source| LockError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?;
-        let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(f) => f,
-            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                let mut holder = String::new();
-                let _ = Read::by_ref(&mut file).take(64).read_to_string(&mut holder);
-                let holder = JobId::parse(holder.trim())
+        match HeldLock::acquire(path, job.as_str()) {
+            Ok(held) => Ok(Self { _held: held }),
+            Err(LockFileError::Held(holder)) => Err(LockError::Busy(
+                JobId::parse(&holder)
                     .map(|j| j.to_string())
-                    .unwrap_or_else(|_| "unknown".into());
-                return Err(LockError::Busy(holder));
-            }
-            Err((_, errno)) => return Err(io(errno.into())),
-        };
-        // Name the holder for the next caller's refusal message.
-        file.set_len(0).map_err(io)?;
-        file.rewind().map_err(io)?;
-        file.write_all(job.as_str().as_bytes()).map_err(io)?;
-        Ok(Self { _file: file })
+                    .unwrap_or_else(|_| "unknown".into()),
+            )),
+            Err(LockFileError::Io { path, source }) => Err(LockError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
     }
 }
 

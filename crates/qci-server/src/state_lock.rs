@@ -4,9 +4,7 @@
 //! before it touches anything: it takes this lock first, or exits naming
 //! the process that holds it.
 
-use nix::fcntl::{Flock, FlockArg};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use qci_core::lock_file::{HeldLock, LockFileError};
 use std::path::{Path, PathBuf};
 
 /// The lock file's name in the state dir; it holds the holder's pid.
@@ -29,48 +27,34 @@ pub enum StateLockError {
 /// process ends, however it ends, so a crash leaves no stale lock.
 #[derive(Debug)]
 pub struct StateLock {
-    _file: Flock<File>,
+    _held: HeldLock,
 }
 
 impl StateLock {
     /// Creates the state dir if needed and takes its lock without waiting.
     pub fn acquire(state_dir: &Path) -> Result<Self, StateLockError> {
         let path = state_dir.join(LOCK_FILE);
-        let err = |source| StateLockError::Io {
+        std::fs::create_dir_all(state_dir).map_err(|source| StateLockError::Io {
             path: path.clone(),
             source,
-        };
-        std::fs::create_dir_all(state_dir).map_err(err)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(err)?;
-        let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(f) => f,
-            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                let mut pid = String::new();
+        })?;
+        match HeldLock::acquire(&path, &std::process::id().to_string()) {
+            Ok(held) => Ok(Self { _held: held }),
+            Err(LockFileError::Held(holder)) => {
                 // The holder writes its pid right after locking: an empty
                 // file means it is just starting.
-                let _ = file.read_to_string(&mut pid);
-                let pid = match pid.trim() {
-                    "" => "unknown".to_owned(),
-                    p => p.chars().filter(char::is_ascii_digit).take(10).collect(),
-                };
-                return Err(StateLockError::Held {
+                let pid: String = holder.chars().filter(char::is_ascii_digit).collect();
+                Err(StateLockError::Held {
                     dir: state_dir.to_owned(),
-                    pid,
-                });
+                    pid: if pid.is_empty() {
+                        "unknown".into()
+                    } else {
+                        pid
+                    },
+                })
             }
-            Err((_, e)) => return Err(err(e.into())),
-        };
-        file.set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| writeln!(file, "{}", std::process::id()))
-            .map_err(err)?;
-        Ok(Self { _file: file })
+            Err(LockFileError::Io { path, source }) => Err(StateLockError::Io { path, source }),
+        }
     }
 }
 

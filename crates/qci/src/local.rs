@@ -10,7 +10,6 @@ use qci_core::process::{ExitFd, wait_or_kill_at, write_within};
 use qci_core::{ExitCode, JobId, State, StatusEvent};
 use qci_pool::backend::install;
 use qci_qrexec::emulator::{DOM0, Machine};
-use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -333,21 +332,10 @@ fn final_event(status_file: &Path, job: &JobId) -> Option<StatusEvent> {
 }
 
 /// Whether a runner holds dom0's run lock for `job` (the kernel drops the
-/// lock when the runner dies, however it dies; the holder writes its job id
-/// in the file). Another job's runner is not ours to wait for.
+/// lock when the runner dies, however it dies; the holder names its job in
+/// the file). Another job's runner is not ours to wait for.
 fn runner_busy(lock: &Path, job: &JobId) -> bool {
-    let Ok(mut file) = std::fs::File::open(lock) else {
-        return false;
-    };
-    let mut holder = String::new();
-    let _ = Read::by_ref(&mut file).take(64).read_to_string(&mut holder);
-    if holder.trim() != job.as_str() {
-        return false;
-    }
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
-        Ok(_unlocked_on_drop) => false,
-        Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
-    }
+    qci_core::lock_file::held_by(lock).as_deref() == Some(job.as_str())
 }
 
 /// The events a job's `file` sink recorded, in order; lines that do not
