@@ -436,3 +436,18 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// Whether a test that needs root may go on. CI runs as root, so under
+/// `CI=true` a run as anyone else fails, saying why; elsewhere the test is
+/// skipped with a note that says it.
+pub fn root_or_skip(why: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "this test needs root ({why}), as CI runs it"
+    );
+    eprintln!("SKIPPED: needs root: {why}");
+    false
+}
