@@ -77,6 +77,23 @@ impl<'de> serde::Deserialize<'de> for JobId {
     }
 }
 
+/// The server's job ids.
+impl JobId {
+    /// `SEQ-qVERSION`: the host's queue sequence number and the Qubes
+    /// version, unique on one host and readable in a URL. Fails only for a
+    /// version that is not one (see `pipeline::valid_qubes_version`).
+    pub fn for_queue(seq: u64, qubes: &str) -> Result<Self, JobIdError> {
+        Self::parse(&format!("{seq}-q{qubes}"))
+    }
+}
+
+/// Lookups by an id as asked (a URL's path) or as held take either.
+impl AsRef<str> for JobId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +122,11 @@ mod tests {
         }
         assert!(matches!(JobId::parse("-x"), Err(JobIdError::BadStart(_))));
         assert!(matches!(JobId::parse("a/b"), Err(JobIdError::BadChar(_))));
+    }
+
+    #[test]
+    fn a_queue_id_is_its_sequence_and_qubes_version() {
+        assert_eq!(JobId::for_queue(17, "4.2").unwrap().as_str(), "17-q4.2");
+        assert!(JobId::for_queue(1, "4.2 beta").is_err());
     }
 }

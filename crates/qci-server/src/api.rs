@@ -3,12 +3,14 @@
 
 use crate::app::App;
 use crate::queue::{self, Applied, CancelOutcome, RetryOutcome};
+use crate::tokens;
 use crate::webhook::{self, PayloadError};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use qci_core::JobId;
 use serde_json::json;
 use std::time::Instant;
 
@@ -113,8 +115,7 @@ fn operator(app: &App, headers: &HeaderMap) -> Result<String, Box<Response>> {
             "the job API is off: set server.admin_token in the host config",
         )));
     };
-    let given = crate::relay::bearer(headers).map(crate::relay::hash);
-    if !given.is_some_and(|g| crate::relay::same_hash(&g, expected)) {
+    if !tokens::bears(headers, expected) {
         return Err(Box::new(text(
             StatusCode::UNAUTHORIZED,
             "missing or wrong operator token",
@@ -182,10 +183,14 @@ pub async fn cancel(
         Ok(w) => w,
         Err(r) => return *r,
     };
-    let job = id.clone();
+    // Not a job id: no such job, as for any id never made.
+    let Ok(job) = JobId::parse(&id) else {
+        return text(StatusCode::NOT_FOUND, "no such job");
+    };
+    let canceled = job.clone();
     match app
         .store
-        .write(move |conn| queue::cancel(conn, &job, &who))
+        .write(move |conn| queue::cancel(conn, &canceled, &who))
         .await
     {
         Ok(CancelOutcome::NotFound) => text(StatusCode::NOT_FOUND, "no such job"),
@@ -195,7 +200,7 @@ pub async fn cancel(
         ),
         Ok(CancelOutcome::Canceled { running }) => {
             if running {
-                app.running.cancel(&id);
+                app.running.cancel(&job);
             }
             Json(json!({"canceled": id})).into_response()
         }
@@ -208,7 +213,9 @@ pub async fn retry(State(app): State<App>, Path(id): Path<String>, headers: Head
     if let Err(r) = operator(&app, &headers) {
         return *r;
     }
-    let job = id.clone();
+    let Ok(job) = JobId::parse(&id) else {
+        return text(StatusCode::NOT_FOUND, "no such job");
+    };
     let versions = app.executor.versions();
     match app
         .store

@@ -1,19 +1,14 @@
-//! The running host: shared state, the routes, and the background tasks
-//! (dispatch, the outbox senders, log pruning), started by [`serve`].
+//! The host's shared state: what every request handler and background
+//! task holds. It depends on no handler; the handlers depend on it.
 
-use crate::config::{ConfigError, HostConfig, ServerConfig};
-use crate::dispatch::{Executor, Running};
+use crate::config::ServerConfig;
+use crate::executor::Executor;
 use crate::logs::Logs;
 use crate::metrics::Metrics;
-use crate::outbox::{self, Destination, Kind};
-use crate::store::{Store, StoreError};
-use crate::{api, pages, queue, relay};
-use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
-use reqwest::header::HeaderValue;
+use crate::rate_limit::RateLimit;
+use crate::running::Running;
+use crate::store::Store;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Everything a request handler or a background task needs.
 #[derive(Clone)]
@@ -25,253 +20,14 @@ pub struct App {
     pub executor: Arc<dyn Executor>,
     pub metrics: Arc<Metrics>,
     pub webhook_secret: Arc<str>,
+    /// The operator token's hash ([`crate::tokens::hash`]), if the job API is on.
     pub admin_token_hash: Option<String>,
-    pub relay_rate: Arc<crate::relay::RateLimit>,
+    pub relay_rate: Arc<RateLimit>,
 }
 
 impl App {
     /// Where a job's log is published: its commit status links here.
     pub fn job_url(&self, job: &str) -> String {
         format!("{}/jobs/{job}", self.config.public_base())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Lock(#[from] crate::state_lock::StateLockError),
-    #[error("the GitHub token is not usable in an HTTP header")]
-    BadToken,
-}
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
-    let what = what.into();
-    move |source| ServeError::Io { what, source }
-}
-
-pub fn router(app: App) -> Router {
-    let max_body = app.config.max_body_bytes;
-    Router::new()
-        .route("/", get(pages::monitor))
-        .route("/jobs/{id}", get(pages::job))
-        .route("/jobs/{id}/log", get(pages::log_text))
-        .route("/jobs/{id}/events", get(pages::log_events))
-        .route("/healthz", get(pages::healthz))
-        .route("/metrics", get(pages::metrics))
-        .route(
-            "/webhook",
-            post(api::webhook).layer(DefaultBodyLimit::max(max_body)),
-        )
-        .route("/api/deliveries/{id}", get(api::delivery))
-        .route("/api/jobs", get(api::list))
-        .route("/api/jobs/{id}", get(api::show))
-        .route("/api/jobs/{id}/cancel", post(api::cancel))
-        .route("/api/jobs/{id}/retry", post(api::retry))
-        .route(
-            "/api/jobs/{id}/status",
-            post(relay::post_status).layer(DefaultBodyLimit::max(
-                qci_core::StatusEvent::MAX_WIRE_BYTES as usize,
-            )),
-        )
-        .layer(axum::middleware::map_response(nosniff))
-        .with_state(app)
-}
-
-/// Nothing we serve is for the browser to guess at: a log or a body from a
-/// machine must never be sniffed into HTML on our origin.
-async fn nosniff(mut response: axum::response::Response) -> axum::response::Response {
-    response.headers_mut().insert(
-        axum::http::header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    response
-}
-
-/// Opens the state, reconciles what a crash left, starts the background
-/// tasks and serves until SIGTERM or SIGINT. `listener` replaces binding
-/// `server.listen` (tests pass one already bound).
-///
-/// The order matters: the caller holds the state dir's lock before anything
-/// is opened (`_lock`, held until this returns), so a second host changes
-/// nothing; the port is bound before anything is reconciled, so a host that
-/// cannot listen changes nothing either; and pages are served before the
-/// first status goes out, so the link in a status answers.
-pub async fn serve(
-    config: HostConfig,
-    executor: Arc<dyn Executor>,
-    listener: Option<tokio::net::TcpListener>,
-    _lock: crate::StateLock,
-) -> Result<(), ServeError> {
-    let server = config.server.clone();
-    let webhook_secret: Arc<str> = server.webhook_secret.read()?.into();
-    let github_token = server.github_token.read()?;
-    let admin_token_hash = server
-        .admin_token
-        .as_ref()
-        .map(|s| s.read().map(|t| relay::hash(&t)))
-        .transpose()?;
-    let slack_url = server
-        .notify
-        .slack_url
-        .as_ref()
-        .map(|s| s.read())
-        .transpose()?;
-
-    let state_dir = config.state_dir().to_owned();
-    std::fs::create_dir_all(&state_dir)
-        .map_err(io(format!("cannot create {}", state_dir.display())))?;
-    let store = Store::open(&state_dir.join("server.sqlite"))?;
-    let listener = match listener {
-        Some(l) => l,
-        None => tokio::net::TcpListener::bind(server.listen)
-            .await
-            .map_err(io(format!("cannot listen on {}", server.listen)))?,
-    };
-    let addr = listener.local_addr().map_err(io("no local address"))?;
-    let (requeued, ended) = store.write(queue::reconcile).await?;
-    if !requeued.is_empty() || !ended.is_empty() {
-        tracing::warn!(
-            "host restarted: queued again {requeued:?} (never started), ended {ended:?} as error"
-        );
-    }
-    // Published logs, apart from the pool's own copies in `logs/`.
-    let logs = Logs::open(&state_dir.join("published")).map_err(io(format!(
-        "cannot create {}/published",
-        state_dir.display()
-    )))?;
-
-    let app = App {
-        config: Arc::new(server.clone()),
-        store,
-        logs,
-        running: Arc::default(),
-        executor,
-        metrics: Arc::default(),
-        webhook_secret,
-        admin_token_hash,
-        relay_rate: Arc::default(),
-    };
-
-    // Said once at start; each such job also ends as `error` saying so.
-    let machines = app.executor.versions();
-    for repo in &server.repos {
-        for v in repo.qubes.iter().filter(|v| !machines.contains(v)) {
-            tracing::warn!(
-                "server.repos {}: no machine of the pool runs Qubes {v}; its jobs will end as error",
-                repo.slug
-            );
-        }
-    }
-
-    let mut token = HeaderValue::from_str(&format!("Bearer {github_token}"))
-        .map_err(|_| ServeError::BadToken)?;
-    token.set_sensitive(true);
-    let github = Destination {
-        kind: Kind::Github,
-        url: server.github_api_url.clone(),
-        token: Some(token.clone()),
-        policy: outbox::policy(server.github_retry_budget),
-    };
-    let source = crate::resolve::Source {
-        api_url: server.github_api_url.clone(),
-        token,
-        policy: outbox::policy(server.github_retry_budget),
-    };
-    let notify = |kind, url: Option<String>| {
-        url.map(|url| Destination {
-            kind,
-            url,
-            token: None,
-            policy: outbox::policy(Duration::from_secs(5 * 60)),
-        })
-    };
-    let webhook_url = server.notify.webhook_url.clone();
-    tracing::info!("listening on http://{addr}");
-    println!("qci serve: listening on http://{addr}");
-    let cap = crate::connections::connection_cap();
-    let pages = tokio::spawn(crate::connections::serve(
-        listener,
-        router(app.clone()),
-        cap,
-        shutdown(),
-    ));
-    // Machines whose jobs died with the host are powered off and freed
-    // before anything new is dispatched.
-    let finals = crate::dispatch::Finals { app: app.clone() };
-    let executor = app.executor.clone();
-    let freed = tokio::task::spawn_blocking(move || executor.reconcile(&finals))
-        .await
-        .unwrap_or_default();
-    for line in freed {
-        tracing::warn!("reconciled: {line}");
-    }
-    for (kind, dest) in [
-        (Kind::Github, Some(github)),
-        (Kind::Slack, notify(Kind::Slack, slack_url)),
-        (Kind::Webhook, notify(Kind::Webhook, webhook_url)),
-    ] {
-        outbox::spawn(app.clone(), kind, dest).map_err(io("cannot start a sender"))?;
-    }
-    crate::resolve::spawn(app.clone(), source).map_err(io("cannot start the resolver"))?;
-    tokio::spawn(crate::dispatch::run(app.clone()));
-    tokio::spawn(prune(app));
-
-    match pages.await {
-        Ok(()) => Ok(()),
-        Err(e) => Err(ServeError::Io {
-            what: "the server stopped".into(),
-            source: std::io::Error::other(e),
-        }),
-    }
-}
-
-async fn shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-    tracing::info!("shutting down");
-}
-
-/// Deletes published logs older than `keep_logs`, hourly (or as often as
-/// `keep_logs` itself, when that is shorter).
-async fn prune(app: App) {
-    let every = app
-        .config
-        .keep_logs
-        .clamp(Duration::from_secs(1), Duration::from_secs(3600));
-    loop {
-        let cutoff = queue::now_ms() - app.config.keep_logs.as_millis() as i64;
-        match app
-            .store
-            .read(move |conn| queue::expired_logs(conn, cutoff))
-            .await
-        {
-            Ok(jobs) => {
-                for job in jobs {
-                    if let Err(e) = app.logs.remove(&job) {
-                        tracing::warn!(job, "cannot prune the log: {e}");
-                    }
-                }
-            }
-            Err(e) => tracing::error!("pruning logs: {e}"),
-        }
-        tokio::time::sleep(every).await;
     }
 }

@@ -14,104 +14,21 @@
 //! The pool itself (leases, reverting, booting, the guest channel) is not
 //! here: it sits behind [`Executor`].
 
+pub use crate::executor::{Executor, NotStarted};
+
 use crate::app::App;
 use crate::queue::{self, Job};
-use qci_core::job_file::{CommitSha, JobFile, Reason, Repository, Sink};
+use crate::store::StoreError;
+use crate::tokens;
+use qci_core::job_file::{CommitSha, JobFile, JobFileError, Repository, Sink};
 use qci_core::{JobId, State};
-use qci_pool::{
-    Dom0, FinalStatus, JobEvents, JobOutcome, JobRequest, Phase, Pool, PoolError, Target,
-};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use qci_pool::{Dom0, FinalStatus, JobEvents, JobRequest, Phase, Target};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 /// The longest wait before a job that could not start is handed over again.
 pub const MAX_START_RETRY_DELAY: Duration = Duration::from_secs(30 * 60);
-
-/// Why a job never started on a machine (nothing ran; no status was posted
-/// by the machine).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotStarted {
-    /// It never can: it asks for what the pool does not have.
-    Refused(String),
-    /// It may later: the pool or a hypervisor failed, or no machine freed.
-    Failed(String),
-    /// Its cancel flag was set: the host has ended it already.
-    Canceled,
-}
-
-impl From<PoolError> for NotStarted {
-    fn from(e: PoolError) -> Self {
-        match e {
-            PoolError::Canceled => Self::Canceled,
-            e if e.is_bad_input() => Self::Refused(e.to_string()),
-            e => Self::Failed(e.to_string()),
-        }
-    }
-}
-
-/// The machine pool as dispatch uses it: [`qci_pool::Pool`] in production.
-/// The seam exists so the server's own tests can script what a machine
-/// does without booting one.
-pub trait Executor: Send + Sync + 'static {
-    /// The Qubes versions the pool has machines for.
-    fn versions(&self) -> Vec<String>;
-    /// How many jobs of Qubes `qubes` may be handed over at once: the
-    /// machines of that version. More would only wait inside the pool.
-    fn capacity(&self, qubes: &str) -> usize;
-    /// Frees the leases of jobs whose host process died, recording their
-    /// final status through `status`. Returns a line per job.
-    fn reconcile(&self, status: &dyn FinalStatus) -> Vec<String>;
-    /// Runs one job to its end; `Err` only when it never started.
-    fn run_job(
-        &self,
-        request: &JobRequest,
-        events: &dyn JobEvents,
-        status: &dyn FinalStatus,
-    ) -> Result<JobOutcome, NotStarted>;
-}
-
-impl Executor for Pool {
-    fn versions(&self) -> Vec<String> {
-        let mut versions: Vec<String> = self
-            .config()
-            .machines
-            .iter()
-            .map(|m| m.qubes.clone())
-            .collect();
-        versions.sort();
-        versions.dedup();
-        versions
-    }
-
-    fn capacity(&self, qubes: &str) -> usize {
-        self.config()
-            .machines
-            .iter()
-            .filter(|m| m.qubes == qubes)
-            .count()
-    }
-
-    fn reconcile(&self, status: &dyn FinalStatus) -> Vec<String> {
-        match Pool::reconcile(self, status) {
-            Ok(done) => done
-                .into_iter()
-                .map(|r| format!("{} on {}: {}", r.job, r.machine, r.why))
-                .collect(),
-            Err(e) => vec![format!("cannot reconcile the pool: {e}")],
-        }
-    }
-
-    fn run_job(
-        &self,
-        request: &JobRequest,
-        events: &dyn JobEvents,
-        status: &dyn FinalStatus,
-    ) -> Result<JobOutcome, NotStarted> {
-        Ok(Pool::run_job(self, request, events, status)?)
-    }
-}
 
 /// The server's record of final statuses, for the pool: the jobs table,
 /// fed by the relay. dom0 is never needed: the relay already told us.
@@ -121,11 +38,7 @@ pub struct Finals {
 
 impl FinalStatus for Finals {
     fn final_state(&self, job: &JobId, _dom0: Option<&Dom0<'_>>) -> Option<(State, String)> {
-        let id = job.as_str().to_owned();
-        let found = self
-            .app
-            .store
-            .read_blocking(move |conn| queue::get(conn, &id));
+        let found = self.app.store.read_blocking(|conn| queue::get(conn, job));
         match found {
             Ok(Some(j)) if j.is_final() => Some((j.state(), j.description)),
             _ => None,
@@ -139,43 +52,15 @@ impl FinalStatus for Finals {
         description: &str,
         _dom0: Option<&Dom0<'_>>,
     ) -> Result<(), String> {
-        let (id, why) = (job.as_str().to_owned(), description.to_owned());
+        let (id, why) = (job.clone(), description.to_owned());
         self.app
             .store
             .write_durable_blocking("the job's final status", move |conn| {
                 queue::record_final(conn, &id, state, &why)
             })
             .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// The runs in flight: their cancel flags, and how many per Qubes version.
-#[derive(Default)]
-pub struct Running {
-    cancel: Mutex<HashMap<String, Arc<AtomicBool>>>,
-    per_version: Mutex<HashMap<String, usize>>,
-}
-
-impl Running {
-    /// Asks a run to stop; false if it is not running here.
-    pub fn cancel(&self, job: &str) -> bool {
-        let flags = self.cancel.lock().unwrap_or_else(|p| p.into_inner());
-        flags.get(job).is_some_and(|f| {
-            f.store(true, Ordering::SeqCst);
-            true
-        })
-    }
-
-    fn busy(&self, qubes: &str) -> usize {
-        let counts = self.per_version.lock().unwrap_or_else(|p| p.into_inner());
-        counts.get(qubes).copied().unwrap_or(0)
-    }
-
-    fn add(&self, qubes: &str, delta: isize) {
-        let mut counts = self.per_version.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(qubes.to_owned()).or_default();
-        *n = n.saturating_add_signed(delta);
+            // `FinalStatus` is qci_pool's trait, and its error is text.
+            .map_err(|e: StoreError| e.to_string())
     }
 }
 
@@ -193,7 +78,7 @@ pub async fn run(app: App) {
     }
 }
 
-async fn dispatch_ready(app: &App) -> Result<(), crate::store::StoreError> {
+async fn dispatch_ready(app: &App) -> Result<(), StoreError> {
     for qubes in app.executor.versions() {
         while app.running.busy(&qubes) < app.executor.capacity(&qubes) {
             // A read first: a write that finds nothing would still ring
@@ -206,7 +91,7 @@ async fn dispatch_ready(app: &App) -> Result<(), crate::store::StoreError> {
             {
                 break;
             }
-            let (token, hash) = crate::relay::new_token();
+            let (token, hash) = tokens::new_token();
             let v = qubes.clone();
             let Some(job) = app
                 .store
@@ -215,13 +100,7 @@ async fn dispatch_ready(app: &App) -> Result<(), crate::store::StoreError> {
             else {
                 break;
             };
-            app.running.add(&qubes, 1);
-            let flag = Arc::new(AtomicBool::new(false));
-            app.running
-                .cancel
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(job.id.clone(), flag.clone());
+            let flag = app.running.start(&job.id, &qubes);
             let app = app.clone();
             tokio::task::spawn_blocking(move || run_one(&app, job, token, flag));
         }
@@ -231,18 +110,16 @@ async fn dispatch_ready(app: &App) -> Result<(), crate::store::StoreError> {
 
 /// The job file the dev VM gets: the commit, and the relay sink with the
 /// job's token. No GitHub credential is in it.
-pub fn job_file(app: &App, job: &Job, token: String) -> Result<JobFile, String> {
-    let reason: Reason = serde_json::from_value(serde_json::Value::String(job.reason.clone()))
-        .map_err(|e| e.to_string())?;
+pub fn job_file(app: &App, job: &Job, token: String) -> Result<JobFile, JobFileError> {
     Ok(JobFile {
         repository: Repository {
             url: job.clone_url.clone(),
             slug: Some(job.repo.clone()),
         },
-        commit: Some(CommitSha::parse(&job.sha).map_err(|e| e.to_string())?),
+        commit: Some(CommitSha::parse(&job.sha)?),
         source: None,
         git_ref: Some(job.git_ref.clone()),
-        reason,
+        reason: job.reason,
         author: job.author.clone(),
         message: job.message.clone(),
         sink: Sink::relay(
@@ -264,7 +141,7 @@ impl JobEvents for Reporter<'_> {
         // `begin` runs: from now on a host crash ends the job instead of
         // queueing it again.
         if *phase == Phase::Running {
-            let id = job.as_str().to_owned();
+            let id = job.clone();
             if let Err(e) = self
                 .app
                 .store
@@ -286,16 +163,15 @@ impl JobEvents for Reporter<'_> {
 
 fn run_one(app: &App, job: Job, token: String, cancel: Arc<AtomicBool>) {
     let outcome = (|| {
-        let id = JobId::parse(&job.id).map_err(|e| NotStarted::Refused(e.to_string()))?;
         let request = JobRequest {
-            job: id,
+            job: job.id.clone(),
             target: Target::Qubes(job.qubes.clone()),
-            job_file: job_file(app, &job, token).map_err(NotStarted::Refused)?,
+            job_file: job_file(app, &job, token).map_err(|e| NotStarted::Refused(e.to_string()))?,
             timeout: Some(app.config.job_timeout),
             cancel,
         };
         app.logs
-            .start(&job.id)
+            .start(job.id.as_str())
             .map_err(|e| NotStarted::Failed(format!("cannot start the published log: {e}")))?;
         let finals = Finals { app: app.clone() };
         app.executor.run_job(&request, &Reporter { app }, &finals)
@@ -303,14 +179,14 @@ fn run_one(app: &App, job: Job, token: String, cancel: Arc<AtomicBool>) {
     // The pool's copy of dom0's log is the record: it replaces what was
     // followed, then the log is complete and published.
     if let Ok(out) = &outcome
-        && let Err(e) = app.logs.replace(&job.id, &out.log)
+        && let Err(e) = app.logs.replace(job.id.as_str(), &out.log)
     {
         tracing::warn!(
-            job = job.id,
+            job = %job.id,
             "cannot publish the pool's copy of the log: {e}"
         );
     }
-    app.logs.finish(&job.id);
+    app.logs.finish(job.id.as_str());
     let id = job.id.clone();
     let ended = match outcome {
         Ok(_) => app
@@ -319,16 +195,16 @@ fn run_one(app: &App, job: Job, token: String, cancel: Arc<AtomicBool>) {
                 queue::publish(conn, &id, "Job ended without a final status")
             }),
         Err(NotStarted::Failed(why)) => {
-            tracing::warn!(job = job.id, "the job could not start: {why}");
+            tracing::warn!(job = %job.id, "the job could not start: {why}");
             let (attempts, delay) = (app.config.start_attempts, start_delay(app, &job));
             app.store
                 .write_durable_blocking("the job's return to the queue", move |conn| {
                     queue::requeue(conn, &id, &why, attempts, delay)
                 })
-                .map(|requeued| tracing::info!(job = job.id, "{requeued:?}"))
+                .map(|requeued| tracing::info!(job = %job.id, "{requeued:?}"))
         }
         Err(NotStarted::Refused(why)) => {
-            tracing::error!(job = job.id, "the job cannot start: {why}");
+            tracing::error!(job = %job.id, "the job cannot start: {why}");
             let why = format!("CI error: {why}");
             app.store
                 .write_durable_blocking("the job's end", move |conn| {
@@ -343,14 +219,9 @@ fn run_one(app: &App, job: Job, token: String, cancel: Arc<AtomicBool>) {
             }),
     };
     if let Err(e) = ended {
-        tracing::error!(job = job.id, "cannot record the job's end: {e}");
+        tracing::error!(job = %job.id, "cannot record the job's end: {e}");
     }
-    app.running
-        .cancel
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&job.id);
-    app.running.add(&job.qubes, -1);
+    app.running.end(&job.id, &job.qubes);
     app.store.changed.notify_one();
 }
 

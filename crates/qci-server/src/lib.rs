@@ -3,12 +3,15 @@
 //! pool; the dev VM reports statuses through a job-scoped relay token; the
 //! host publishes the live log and posts the commit statuses to GitHub.
 //!
+//! - [`app`]: the shared state every handler and task holds; it imports none of them
+//! - [`serve`]: start-up and the background tasks; [`routes`]: which handler answers what
 //! - [`webhook`]: signatures and payloads; [`api`]: the HTTP API
 //! - [`resolve`]: deliveries into jobs, one per Qubes version of the commit's `.qci.toml`
-//! - [`queue`]: the queue's rules as transactions; [`store`]: SQLite
-//! - [`relay`]: tokens and the status endpoint; [`outbox`]: GitHub and notifications
+//! - [`queue`]: the queue's rules as transactions; [`store`]: SQLite, its schema and migrations
+//! - [`tokens`]: job and operator tokens; [`relay`]: the status endpoint
+//! - [`outbox`]: GitHub and notifications
 //! - [`github`]: GitHub's REST API (headers, retries, reading `.qci.toml`)
-//! - [`dispatch`]: runs jobs on the machine pool (`qci_pool`)
+//! - [`dispatch`]: runs jobs on the machine pool ([`executor`]); [`running`]: the runs in flight
 //! - [`state_lock`]: one server per state dir; [`connections`]: what a client can hold
 //! - [`logs`]: published logs; [`pages`]: the monitor and job pages
 
@@ -17,19 +20,25 @@ pub mod app;
 pub mod config;
 pub mod connections;
 pub mod dispatch;
+pub mod executor;
 pub mod github;
 pub mod logs;
 pub mod metrics;
 pub mod outbox;
 pub mod pages;
 pub mod queue;
+pub mod rate_limit;
 pub mod relay;
 pub mod resolve;
+pub mod routes;
+pub mod running;
+pub mod serve;
 pub mod state_lock;
 pub mod store;
+pub mod tokens;
 pub mod webhook;
 
-pub use app::{ServeError, serve};
 pub use config::HostConfig;
-pub use dispatch::Executor;
+pub use executor::Executor;
+pub use serve::{ServeError, serve};
 pub use state_lock::StateLock;

@@ -7,7 +7,9 @@
 
 use crate::app::App;
 use crate::github;
-use crate::queue::{self, Outgoing};
+use crate::queue::{self, Kind, Outgoing};
+use crate::store::StoreError;
+use qci_core::JobId;
 use qci_core::retry::{self, RetryPolicy, Stop};
 use reqwest::header::{HeaderValue, USER_AGENT};
 use std::time::Duration;
@@ -15,21 +17,20 @@ use std::time::Duration;
 /// GitHub cuts commit status descriptions at this many characters.
 const GITHUB_DESCRIPTION_CHARS: usize = 140;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Github,
-    Slack,
-    Webhook,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Github => "github",
-            Kind::Slack => "slack",
-            Kind::Webhook => "webhook",
-        }
-    }
+/// Why a message was given up on; recorded with it in the outbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Refused for good (GitHub's answer, as [`github`] words it).
+    #[error("{0}")]
+    Refused(String),
+    #[error("{attempts} attempts; last: {last}")]
+    GaveUp { attempts: u32, last: String },
+    #[error("bad outbox entry: {0}")]
+    BadEntry(#[source] serde_json::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("job {0} is gone")]
+    JobGone(JobId),
 }
 
 /// Where one kind of message goes, and with what credential.
@@ -64,7 +65,7 @@ fn send_forever(app: &App, kind: Kind, dest: Option<&Destination>) {
         let seen = app.store.commit_count();
         let batch = app
             .store
-            .read_blocking(|conn| queue::outgoing(conn, kind.as_str(), 64))
+            .read_blocking(|conn| queue::outgoing(conn, kind, 64))
             .unwrap_or_else(|e| {
                 tracing::error!("outbox: {e}");
                 Vec::new()
@@ -86,12 +87,13 @@ fn send_forever(app: &App, kind: Kind, dest: Option<&Destination>) {
             let error = dest.and_then(|dest| send(app, &client, dest, &msg).err());
             if let Some(e) = &error {
                 tracing::error!(
-                    job = msg.job,
+                    job = %msg.job,
                     "giving up on a {} message: {e}",
                     kind.as_str()
                 );
             }
-            done.push((msg, error));
+            // The outbox keeps why, as text, beside the message.
+            done.push((msg, error.as_ref().map(SendError::to_string)));
         }
         if let Err(e) = app
             .store
@@ -108,7 +110,7 @@ fn send(
     client: &reqwest::blocking::Client,
     dest: &Destination,
     msg: &Outgoing,
-) -> Result<(), String> {
+) -> Result<(), SendError> {
     let (url, body) = match dest.kind {
         Kind::Github => github_request(app, dest, msg)?,
         Kind::Slack | Kind::Webhook => notification(app, dest, msg)?,
@@ -131,10 +133,8 @@ fn send(
     );
     match retry::retry(&dest.policy, &what, attempt) {
         Ok(()) => Ok(()),
-        Err(Stop::Permanent(e)) => Err(e),
-        Err(Stop::GaveUp { attempts, last, .. }) => {
-            Err(format!("{attempts} attempts; last: {last}"))
-        }
+        Err(Stop::Permanent(e)) => Err(SendError::Refused(e)),
+        Err(Stop::GaveUp { attempts, last, .. }) => Err(SendError::GaveUp { attempts, last }),
     }
 }
 
@@ -142,9 +142,8 @@ fn github_request(
     app: &App,
     dest: &Destination,
     msg: &Outgoing,
-) -> Result<(String, serde_json::Value), String> {
-    let body: serde_json::Value =
-        serde_json::from_str(&msg.body).map_err(|e| format!("bad outbox entry: {e}"))?;
+) -> Result<(String, serde_json::Value), SendError> {
+    let body: serde_json::Value = serde_json::from_str(&msg.body).map_err(SendError::BadEntry)?;
     let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
     let url = format!(
         "{}/repos/{}/statuses/{}",
@@ -160,7 +159,7 @@ fn github_request(
         url,
         serde_json::json!({
             "state": text("state"),
-            "target_url": app.job_url(&msg.job),
+            "target_url": app.job_url(msg.job.as_str()),
             "description": description,
             "context": text("context"),
         }),
@@ -171,14 +170,12 @@ fn notification(
     app: &App,
     dest: &Destination,
     msg: &Outgoing,
-) -> Result<(String, serde_json::Value), String> {
-    let id = msg.job.clone();
+) -> Result<(String, serde_json::Value), SendError> {
     let job = app
         .store
-        .read_blocking(move |conn| queue::get(conn, &id))
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("job {} is gone", msg.job))?;
-    let url = app.job_url(&job.id);
+        .read_blocking(|conn| queue::get(conn, &msg.job))?
+        .ok_or_else(|| SendError::JobGone(msg.job.clone()))?;
+    let url = app.job_url(job.id.as_str());
     let short = &job.sha[..job.sha.len().min(12)];
     let body = match dest.kind {
         Kind::Slack => serde_json::json!({

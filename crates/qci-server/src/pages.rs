@@ -67,21 +67,21 @@ fn duration(ms: Option<i64>) -> String {
 }
 
 fn row(job: &Job, now: i64) -> String {
-    let state = if job.needs_approval && job.state == "queued" {
+    let state = if job.needs_approval && job.state.as_str() == "queued" {
         "awaiting approval"
     } else {
-        &job.state
+        job.state.as_str()
     };
     format!(
         "<tr><td><a href=\"/jobs/{id}\">{id}</a></td><td>{repo}</td><td>{git_ref}</td>\
          <td><code>{sha}</code></td><td>{author}</td><td class=\"state {class}\">{state}</td>\
          <td>{dur}</td><td>{desc}</td></tr>",
-        id = escape(&job.id),
+        id = escape(job.id.as_str()),
         repo = escape(&job.repo),
         git_ref = escape(&job.git_ref),
         sha = escape(&job.sha[..job.sha.len().min(12)]),
         author = escape(&job.author),
-        class = escape(&job.state),
+        class = escape(job.state.as_str()),
         state = escape(state),
         dur = duration(job.duration_ms(now)),
         desc = escape(&job.description),
@@ -118,11 +118,11 @@ pub async fn monitor(State(app): State<App>) -> Response {
     let now = queue::now_ms();
     let running: Vec<&Job> = live
         .iter()
-        .filter(|j| j.state == "running" || j.dispatched_at.is_some())
+        .filter(|j| j.state.as_str() == "running" || j.dispatched_at.is_some())
         .collect();
     let queued: Vec<&Job> = live
         .iter()
-        .filter(|j| j.state == "queued" && j.dispatched_at.is_none())
+        .filter(|j| j.state.as_str() == "queued" && j.dispatched_at.is_none())
         .collect();
     let recent: Vec<&Job> = recent.iter().collect();
     let mut body =
@@ -146,7 +146,7 @@ pub async fn job(State(app): State<App>, Path(id): Path<String>) -> Response {
         Ok((None, _)) => return (StatusCode::NOT_FOUND, "no such job\n").into_response(),
         Err(e) => return unavailable(e),
     };
-    let id = escape(&job.id);
+    let id = escape(job.id.as_str());
     let mut body = format!(
         "<p><a href=\"/\">&larr; all jobs</a></p><h1>Job {id}</h1><table>\
          <tr><th>Repository</th><td>{}</td></tr><tr><th>Ref</th><td>{}</td></tr>\
@@ -159,8 +159,8 @@ pub async fn job(State(app): State<App>, Path(id): Path<String>) -> Response {
         escape(&job.author),
         escape(&job.message),
         escape(&job.context),
-        escape(&job.state),
-        escape(&job.state),
+        escape(job.state.as_str()),
+        escape(job.state.as_str()),
         escape(&job.description),
     );
     body.push_str("<h2>Status events</h2><table id=\"events\"><tr><th>Time (UTC)</th><th>State</th><th>Description</th><th>From</th></tr>");

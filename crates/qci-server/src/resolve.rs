@@ -23,7 +23,8 @@ use crate::app::App;
 use crate::github::{self, PipelineFile};
 use crate::queue::{self, Trigger, Version};
 use crate::webhook::{Commit, Plan};
-use qci_core::pipeline::Pipeline;
+use qci_core::JobId;
+use qci_core::pipeline::{Pipeline, PipelineError};
 use qci_core::retry::{self, RetryPolicy, Stop};
 use qci_core::status::clean_description;
 use reqwest::header::HeaderValue;
@@ -120,7 +121,7 @@ fn resolve(
                 Some(versions) => {
                     let queued = queue::run_commit(conn, &trigger, &commit, &versions)?;
                     stop = queued.stop;
-                    format!("queued {}", queued.jobs.join(" "))
+                    format!("queued {}", joined(&queued.jobs))
                 }
             },
             Ok(Plan::Approve {
@@ -131,11 +132,11 @@ fn resolve(
                 by,
             }) => {
                 let approved = queue::approve(conn, &slug, pr, sha.as_deref(), before, &by)?;
-                format!("approved by {by}: {}", approved.join(" "))
+                format!("approved by {by}: {}", joined(&approved))
             }
             Ok(Plan::Close { slug, pr }) => {
                 let dropped = queue::close_pr(conn, &slug, pr)?;
-                format!("pull request closed: dropped {}", dropped.join(" "))
+                format!("pull request closed: dropped {}", joined(&dropped))
             }
         };
         queue::trigger_done(conn, &trigger, &outcome)?;
@@ -145,6 +146,25 @@ fn resolve(
         app.running.cancel(job);
     }
     Ok(())
+}
+
+/// Why a commit's `.qci.toml` gave no versions: each of its jobs ends as
+/// `error` saying so. (GitHub's failures come worded by [`github`].)
+#[derive(Debug, thiserror::Error)]
+enum NoPipeline {
+    #[error(transparent)]
+    Invalid(#[from] PipelineError),
+    #[error("{0}")]
+    Unusable(String),
+    #[error("CI error: cannot read .qci.toml: {0}")]
+    Unreadable(String),
+    #[error("CI error: cannot read .qci.toml ({attempts} attempts): {last}")]
+    GaveUp { attempts: u32, last: String },
+}
+
+/// Job ids as a delivery's outcome lists them.
+fn joined(jobs: &[JobId]) -> String {
+    jobs.iter().map(JobId::as_str).collect::<Vec<_>>().join(" ")
 }
 
 /// The versions `commit` runs on, each with why it cannot, if it cannot;
@@ -166,13 +186,11 @@ fn versions(
         Ok(PipelineFile::Found(text)) => match Pipeline::parse(&text) {
             Ok(p) if p.qubes.is_empty() => Ok(repo.qubes.clone()),
             Ok(p) => Ok(p.qubes),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(NoPipeline::Invalid(e)),
         },
-        Ok(PipelineFile::Unusable(why)) => Err(why),
-        Err(Stop::Permanent(e)) => Err(format!("CI error: cannot read .qci.toml: {e}")),
-        Err(Stop::GaveUp { attempts, last, .. }) => Err(format!(
-            "CI error: cannot read .qci.toml ({attempts} attempts): {last}"
-        )),
+        Ok(PipelineFile::Unusable(why)) => Err(NoPipeline::Unusable(why)),
+        Err(Stop::Permanent(e)) => Err(NoPipeline::Unreadable(e)),
+        Err(Stop::GaveUp { attempts, last, .. }) => Err(NoPipeline::GaveUp { attempts, last }),
     };
     let context = |v: &str| format!("{}/qubes-{v}", repo.context);
     Some(match asked {
@@ -196,7 +214,7 @@ fn versions(
         }
         Err(why) => {
             tracing::warn!("{what}: {why}");
-            let why = clean_description(&why);
+            let why = clean_description(&why.to_string());
             repo.qubes
                 .iter()
                 .map(|v| Version {

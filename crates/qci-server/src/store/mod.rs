@@ -14,20 +14,57 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 
+pub mod schema;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("database: cannot bring the schema up to date: {0}")]
+    Migrate(#[from] rusqlite_migration::Error),
+    /// Shared: one failed commit fails every write of its batch.
+    #[error("database commit failed: cannot begin a transaction: {0}")]
+    Begin(#[source] Arc<rusqlite::Error>),
     #[error("database commit failed: {0}")]
-    Commit(String),
+    Commit(#[source] Arc<rusqlite::Error>),
+    #[error("database commit failed: cannot start the writer: {0}")]
+    Writer(#[source] std::io::Error),
+    #[error("database: cannot encode a request: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// A row the queue wrote that does not read back (a Qubes version that
+    /// makes no job id, a commit that is no SHA).
+    #[error("database: {0}")]
+    BadJobId(#[from] qci_core::job_id::JobIdError),
+    #[error("database: job {job}: {source}")]
+    BadCommit {
+        job: qci_core::JobId,
+        #[source]
+        source: qci_core::job_file::JobFileError,
+    },
     #[error("the database writer has stopped")]
     Closed,
+}
+
+/// Why a batch of writes did not commit, told to each of its callers.
+#[derive(Debug, Clone)]
+enum BatchFailure {
+    Begin(Arc<rusqlite::Error>),
+    Commit(Arc<rusqlite::Error>),
+}
+
+impl From<BatchFailure> for StoreError {
+    fn from(failure: BatchFailure) -> Self {
+        match failure {
+            BatchFailure::Begin(e) => StoreError::Begin(e),
+            BatchFailure::Commit(e) => StoreError::Commit(e),
+        }
+    }
 }
 
 /// A write: runs in the writer thread, then hands back what answers its caller.
 /// Run with the writer's connection inside the batch's transaction, or with
 /// why the transaction could not begin.
-type Task = Box<dyn FnOnce(Result<&Connection, &str>) -> Finish + Send>;
+type Task = Box<dyn FnOnce(Result<&Connection, &BatchFailure>) -> Finish + Send>;
 /// Answers a write's caller once the commit is known (`Some` if it failed).
 impl StoreError {
     /// The disk or the file failed, not the request: worth trying again
@@ -35,7 +72,7 @@ impl StoreError {
     pub fn is_storage_failure(&self) -> bool {
         use rusqlite::ErrorCode as C;
         match self {
-            StoreError::Commit(_) => true,
+            StoreError::Begin(_) | StoreError::Commit(_) | StoreError::Writer(_) => true,
             StoreError::Sql(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.code,
                 C::DiskFull
@@ -86,7 +123,7 @@ impl Health {
     }
 }
 
-type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
+type Finish = Box<dyn FnOnce(Option<&BatchFailure>) + Send>;
 
 /// Writes waiting beyond this are left for the next commit, so one commit
 /// never holds its first caller for long.
@@ -118,9 +155,8 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
 impl Store {
     /// Opens (creating) the database at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let writer = open_conn(path)?;
-        writer.execute_batch(crate::queue::SCHEMA)?;
-        crate::queue::migrate(&writer)?;
+        let mut writer = open_conn(path)?;
+        schema::migrate(&mut writer)?;
         let reader = open_conn(path)?;
         let (tasks, rx) = mpsc::channel::<Task>();
         let changed = Arc::new(Notify::new());
@@ -129,7 +165,7 @@ impl Store {
         std::thread::Builder::new()
             .name("qci-db-writer".into())
             .spawn(move || write_loop(writer, rx, &ring, &count))
-            .map_err(|e| StoreError::Commit(format!("cannot start the writer: {e}")))?;
+            .map_err(StoreError::Writer)?;
         Ok(Self {
             tasks,
             reader: Arc::new(Mutex::new(reader)),
@@ -160,11 +196,11 @@ impl Store {
         let task: Task = Box::new(move |conn| {
             let out = match conn {
                 Ok(conn) => in_savepoint(conn, f),
-                Err(why) => Err(StoreError::Commit(why.to_owned())),
+                Err(why) => Err(why.clone().into()),
             };
-            Box::new(move |failed: Option<&str>| {
+            Box::new(move |failed: Option<&BatchFailure>| {
                 let out = match failed {
-                    Some(why) => Err(StoreError::Commit(why.to_owned())),
+                    Some(why) => Err(why.clone().into()),
                     None => out,
                 };
                 health.record(&out);
@@ -271,7 +307,7 @@ fn write_loop(
         let failed = match begun {
             Err(e) => {
                 // Nothing ran: every caller hears why.
-                let why = format!("cannot begin a transaction: {e}");
+                let why = BatchFailure::Begin(Arc::new(e));
                 for task in batch {
                     task(Err(&why))(None);
                 }
@@ -284,16 +320,16 @@ fn write_loop(
                     .and_then(|mut s| s.execute([]));
                 let failed = committed.err().map(|e| {
                     let _ = conn.execute_batch("ROLLBACK");
-                    e.to_string()
+                    BatchFailure::Commit(Arc::new(e))
                 });
                 for finish in finishes {
-                    finish(failed.as_deref());
+                    finish(failed.as_ref());
                 }
                 failed
             }
         };
         if let Some(why) = failed {
-            tracing::error!("database commit failed: {why}");
+            tracing::error!("{}", StoreError::from(why));
         }
         changed.notify_waiters();
         changed.notify_one();
