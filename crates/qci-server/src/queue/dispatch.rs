@@ -2,8 +2,10 @@
 //! putting back one that could not start, marking it started, the statuses
 //! its machine posts through the relay, and its end.
 
+use super::history::get;
+use super::job::{JOB_COLUMNS, Job, job_from_row, now_ms, state_column};
 use super::outbox::{coalesce_github, enqueue_github};
-use super::{JOB_COLUMNS, Job, finish, get, job_from_row, now_ms, record_event, state_column};
+use super::record::{finish, record_event};
 use crate::store::StoreError;
 use qci_core::{JobId, State};
 use rusqlite::{Connection, OptionalExtension, params};

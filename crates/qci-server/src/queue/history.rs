@@ -1,7 +1,7 @@
 //! Reading the queue and the history: jobs, their events, deliveries,
 //! counts for `/metrics`, and the logs old enough to prune.
 
-use super::{JOB_COLUMNS, Job, job_from_row};
+use super::job::{JOB_COLUMNS, Job, job_from_row, job_id_column};
 use crate::store::StoreError;
 use qci_core::JobId;
 use rusqlite::{Connection, OptionalExtension};
@@ -107,7 +107,7 @@ pub fn delivery(conn: &Connection, id: &str) -> Result<Option<Delivery>, StoreEr
     };
     let jobs = conn
         .prepare_cached("SELECT id FROM jobs WHERE delivery = ?1 ORDER BY seq")?
-        .query_map([id], |r| super::job_id_column(r, 0))?
+        .query_map([id], |r| job_id_column(r, 0))?
         .collect::<Result<_, _>>()?;
     Ok(Some(Delivery {
         delivery: id.to_owned(),
@@ -123,6 +123,6 @@ pub fn delivery(conn: &Connection, id: &str) -> Result<Option<Delivery>, StoreEr
 pub fn expired_logs(conn: &Connection, cutoff: i64) -> Result<Vec<JobId>, StoreError> {
     Ok(conn
         .prepare_cached("SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1")?
-        .query_map([cutoff], |r| super::job_id_column(r, 0))?
+        .query_map([cutoff], |r| job_id_column(r, 0))?
         .collect::<Result<_, _>>()?)
 }

@@ -2,8 +2,9 @@
 //! is kept as a trigger, and the resolver turns each trigger, in order,
 //! into jobs (superseding, approving, dropping).
 
+use super::job::{job_id_column, now_ms, reason_str};
 use super::outbox::enqueue_github;
-use super::{finish, job_id_column, now_ms, reason_str, record_event};
+use super::record::{finish, record_event};
 use crate::store::StoreError;
 use crate::webhook::{Commit, NewJob, Plan};
 use qci_core::{JobId, State};

@@ -1,8 +1,10 @@
 //! What operators ask through the job API: canceling a job, and running a
 //! finished one again.
 
+use super::history::get;
 use super::intake::insert_job;
-use super::{finish, get, now_ms};
+use super::job::now_ms;
+use super::record::finish;
 use crate::store::StoreError;
 use crate::webhook::{Commit, NewJob};
 use qci_core::job_file::CommitSha;

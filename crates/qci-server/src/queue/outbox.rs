@@ -1,7 +1,7 @@
 //! The outbox's rows: GitHub statuses and notifications still to send,
 //! written with the job change they tell of, and marked once sent.
 
-use super::now_ms;
+use super::job::{job_id_column, now_ms};
 use crate::store::StoreError;
 use qci_core::{JobId, State};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -95,7 +95,7 @@ pub fn outgoing(conn: &Connection, kind: Kind, limit: usize) -> Result<Vec<Outgo
         .query_map(params![kind.as_str(), limit as i64], |r| {
             Ok(Outgoing {
                 id: r.get(0)?,
-                job: super::job_id_column(r, 1)?,
+                job: job_id_column(r, 1)?,
                 body: r.get(2)?,
             })
         })?

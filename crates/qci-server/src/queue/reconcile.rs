@@ -1,6 +1,7 @@
 //! What start-up repairs after a crash of the host.
 
-use super::{finish, job_id_column, record_event};
+use super::job::job_id_column;
+use super::record::{finish, record_event};
 use crate::store::StoreError;
 use qci_core::{JobId, State};
 use rusqlite::Connection;
