@@ -8,6 +8,7 @@ use crate::executor::Executor;
 use crate::logs::Logs;
 use crate::outbox::{self, Destination};
 use crate::queue::{self, Kind};
+use crate::state_lock::{StateLock, StateLockError};
 use crate::store::{Store, StoreError};
 use crate::{dispatch, resolve, routes, tokens};
 use reqwest::header::HeaderValue;
@@ -26,7 +27,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Lock(#[from] crate::state_lock::StateLockError),
+    Lock(#[from] StateLockError),
     #[error("the GitHub token is not usable in an HTTP header")]
     BadToken,
 }
@@ -49,7 +50,7 @@ pub async fn serve(
     config: HostConfig,
     executor: Arc<dyn Executor>,
     listener: Option<tokio::net::TcpListener>,
-    _lock: crate::StateLock,
+    _lock: StateLock,
 ) -> Result<(), ServeError> {
     let server = config.server.clone();
     let webhook_secret: Arc<str> = server.webhook_secret.read()?.into();

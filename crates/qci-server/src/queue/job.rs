@@ -5,6 +5,7 @@ use qci_core::{JobId, State};
 use rusqlite::types::Type;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Now, in Unix ms, as every time in the database.
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -72,6 +73,7 @@ pub(crate) fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
 }
 
 impl Job {
+    /// Its state ([`Job::state`] the field, for callers that hold a `&Job`).
     pub fn state(&self) -> State {
         self.state
     }
@@ -96,6 +98,8 @@ pub struct UnknownWord {
     pub word: String,
 }
 
+/// Every state. A new one must be added here: this match stops compiling
+/// without it.
 const STATES: [State; 6] = [
     State::Queued,
     State::Running,
@@ -104,6 +108,10 @@ const STATES: [State; 6] = [
     State::Error,
     State::Canceled,
 ];
+const _: fn(State) = |s| match s {
+    State::Queued | State::Running | State::Success => {}
+    State::Failure | State::Error | State::Canceled => {}
+};
 
 /// A state as the database stores it ([`State::as_str`]).
 pub fn parse_state(word: &str) -> Result<State, UnknownWord> {
@@ -116,12 +124,16 @@ pub fn parse_state(word: &str) -> Result<State, UnknownWord> {
         })
 }
 
+/// Every reason, kept complete as [`STATES`] is.
 const REASONS: [Reason; 4] = [
     Reason::Push,
     Reason::PullRequest,
     Reason::Nightly,
     Reason::Manual,
 ];
+const _: fn(Reason) = |r| match r {
+    Reason::Push | Reason::PullRequest | Reason::Nightly | Reason::Manual => {}
+};
 
 /// How a reason is stored: as the job file spells it.
 pub fn reason_str(r: Reason) -> &'static str {
@@ -163,4 +175,26 @@ pub(crate) fn state_column(r: &rusqlite::Row<'_>, column: usize) -> rusqlite::Re
 pub(crate) fn job_id_column(r: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<JobId> {
     let id: String = r.get(column)?;
     id.parse().map_err(|e| bad_column(column, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_and_reason_reads_back_as_stored() {
+        for state in STATES {
+            assert_eq!(parse_state(state.as_str()).unwrap(), state);
+        }
+        for reason in REASONS {
+            assert_eq!(parse_reason(reason_str(reason)).unwrap(), reason);
+            // As the job file and the API spell it.
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::json!(reason_str(reason))
+            );
+        }
+        assert!(parse_state("gone").is_err());
+        assert!(parse_reason("").is_err());
+    }
 }

@@ -65,7 +65,7 @@ impl From<BatchFailure> for StoreError {
 /// Run with the writer's connection inside the batch's transaction, or with
 /// why the transaction could not begin.
 type Task = Box<dyn FnOnce(Result<&Connection, &BatchFailure>) -> Finish + Send>;
-/// Answers a write's caller once the commit is known (`Some` if it failed).
+
 impl StoreError {
     /// The disk or the file failed, not the request: worth trying again
     /// once space or the device comes back.
@@ -123,6 +123,7 @@ impl Health {
     }
 }
 
+/// Answers a write's caller once the commit is known (`Some` if it failed).
 type Finish = Box<dyn FnOnce(Option<&BatchFailure>) + Send>;
 
 /// Writes waiting beyond this are left for the next commit, so one commit
@@ -229,7 +230,6 @@ impl Store {
             .map_err(|_| StoreError::Closed)?
     }
 
-    /// Reads on the reading connection (blocking: call from a blocking thread).
     /// A write that must not be lost (a job's end, an outbox row): tried
     /// again, with backoff, for as long as the disk fails, and given up only
     /// for an error of the request itself. Meanwhile `/healthz` says why.
@@ -253,6 +253,7 @@ impl Store {
         }
     }
 
+    /// Reads on the reading connection (blocking: call from a blocking thread).
     pub fn read_blocking<R>(
         &self,
         f: impl FnOnce(&Connection) -> Result<R, StoreError>,
