@@ -8,6 +8,9 @@
 //! the markup at compile time, with no template files to ship or load. The
 //! pages carry no inline script or style, and [`CONTENT_SECURITY_POLICY`]
 //! forbids both, so text that ever got through as markup still could not run.
+//! Text from outside is also shown through `clean_line`, without terminal
+//! escapes and other control characters, which a browser would keep and a
+//! copy to a terminal would act on.
 
 use crate::app::App;
 use crate::logs::read_lines;
@@ -74,13 +77,6 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// Text from outside as a page shows it: terminal escapes and other control
-/// characters removed (maud escapes the markup; this keeps a page free of
-/// bytes a browser or a copy to a terminal would act on).
-fn shown(text: &str) -> String {
-    clean_line(text)
-}
-
 /// A state as stored, typed; `None` for a word that is no state.
 fn parse_state(text: &str) -> Option<JobState> {
     serde_json::from_value(serde_json::Value::String(text.to_owned())).ok()
@@ -131,13 +127,13 @@ fn row(job: &Job, now: i64) -> Markup {
     html! {
         tr {
             td { a href={ "/jobs/" (job.id) } { (job.id) } }
-            td { (shown(&job.repo)) }
-            td { (shown(&job.git_ref)) }
-            td { code { (shown(short_sha)) } }
-            td { (shown(&job.author)) }
+            td { (clean_line(&job.repo)) }
+            td { (clean_line(&job.git_ref)) }
+            td { code { (clean_line(short_sha)) } }
+            td { (clean_line(&job.author)) }
             td class={ "state " (state.as_str()) } { (label) }
             td { (duration(job.duration_ms(now))) }
-            td { (shown(&job.description)) }
+            td { (clean_line(&job.description)) }
         }
     }
 }
@@ -211,16 +207,16 @@ pub async fn job(State(app): State<App>, Path(id): Path<String>) -> Response {
         p { a href="/" { "\u{2190} all jobs" } }
         h1 { "Job " (job.id) }
         table {
-            tr { th { "Repository" } td { (shown(&job.repo)) } }
-            tr { th { "Ref" } td { (shown(&job.git_ref)) } }
-            tr { th { "Commit" } td { code { (shown(&job.sha)) } } }
-            tr { th { "Author" } td { (shown(&job.author)) } }
-            tr { th { "Message" } td { (shown(&job.message)) } }
-            tr { th { "Context" } td { (shown(&job.context)) } }
+            tr { th { "Repository" } td { (clean_line(&job.repo)) } }
+            tr { th { "Ref" } td { (clean_line(&job.git_ref)) } }
+            tr { th { "Commit" } td { code { (clean_line(&job.sha)) } } }
+            tr { th { "Author" } td { (clean_line(&job.author)) } }
+            tr { th { "Message" } td { (clean_line(&job.message)) } }
+            tr { th { "Context" } td { (clean_line(&job.context)) } }
             tr {
                 th { "State" }
                 td #state class={ "state " (state.as_str()) } {
-                    (state.as_str()) " \u{2014} " (shown(&job.description))
+                    (state.as_str()) " \u{2014} " (clean_line(&job.description))
                 }
             }
         }
@@ -233,8 +229,8 @@ pub async fn job(State(app): State<App>, Path(id): Path<String>) -> Response {
                         std::time::UNIX_EPOCH + Duration::from_millis((*at).max(0) as u64)
                     )) }
                     td { (parse_state(state).map_or("unknown", JobState::as_str)) }
-                    td { (shown(description)) }
-                    td { (shown(source)) }
+                    td { (clean_line(description)) }
+                    td { (clean_line(source)) }
                 }
             }
         }
@@ -354,7 +350,7 @@ async fn next_event(c: &mut Cursor) -> Event {
         match job_state(c).await {
             Some(job) if job.is_final() && (job.log_published || job.dispatched_at.is_none()) => {
                 c.ended = true;
-                let data = serde_json::json!({"state": job.state(), "description": shown(&job.description)});
+                let data = serde_json::json!({"state": job.state(), "description": clean_line(&job.description)});
                 return Event::default().event("end").data(data.to_string());
             }
             None => {

@@ -179,7 +179,12 @@ fn hostile_text_is_shown_as_text_on_every_page_under_a_strict_policy() {
             );
         }
     }
-    // The page's data for its script is in attributes.
+    // The pages' data for their script is in attributes.
+    assert!(
+        monitor.body.contains("data-reload-ms=\"5000\""),
+        "{}",
+        monitor.body
+    );
     assert!(
         page.body
             .contains(&format!("data-events=\"/jobs/{job}/events\"")),
