@@ -2,8 +2,8 @@
 //! the environment, working directory, stderr handling and exit codes that
 //! Qubes gives (reference §3, §5, §6).
 
-use super::{DOM0, Machine, MachineError};
-use crate::call::exit;
+use crate::{DOM0, Machine, MachineError};
+use qci_qrexec::call::exit;
 use crate::policy::{Denied, Policy, PolicyError, Request, Resolution, rpc_char};
 use nix::sys::stat::Mode;
 use std::io::{Read, Write};
