@@ -8,8 +8,8 @@ use qci_core::job_file::{
 };
 use qci_core::process::{ExitFd, wait_or_kill_at, write_within};
 use qci_core::{ExitCode, JobId, State, StatusEvent};
-use qci_pool::backend::install;
 use qci_emulator::{DOM0, Machine};
+use qci_pool::backend::install;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -24,6 +24,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
+pub use parse::SyntaxError;
 pub(crate) use parse::rpc_char;
 
 /// A qube the policy can talk about. Only what rules can match on is kept:
@@ -109,11 +110,12 @@ impl Denied {
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// A line qrexec would refuse to parse.
-    #[error("{}:{}: {}", file.display(), line, message)]
+    #[error("{}:{}: {}", file.display(), line, error)]
     Syntax {
         file: PathBuf,
         line: usize,
-        message: String,
+        #[source]
+        error: SyntaxError,
     },
     /// A policy file or directory that exists but cannot be read.
     #[error("failed to load {}: {}", path.display(), source)]
