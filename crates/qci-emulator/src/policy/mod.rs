@@ -16,6 +16,9 @@
 //!   qube that does not exist (it becomes `@default`).
 //! - Missing policy directories, and a missing legacy directory for
 //!   `!compat-4.0`, count as empty instead of denying everything.
+//!
+//! Only the emulator (and the fuzzers) use it. No real policy check does: on
+//! a Qubes machine, dom0's own `qrexec-policy-daemon` decides every call.
 
 mod eval;
 mod parse;
