@@ -128,7 +128,7 @@ pub enum SyntaxError {
     #[error("not a file: {}", .0.display())]
     NotAFile(PathBuf),
     /// qrexec itself would follow an include loop until Python's recursion
-    /// limit; this stops it at [`MAX_INCLUDE_DEPTH`].
+    /// limit; this stops it at `MAX_INCLUDE_DEPTH` includes.
     #[error("includes nested too deep (an include loop?)")]
     TooDeep,
 }
