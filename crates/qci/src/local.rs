@@ -8,8 +8,8 @@ use qci_core::job_file::{
 };
 use qci_core::process::{ExitFd, wait_or_kill_at, write_within};
 use qci_core::{ExitCode, JobId, State, StatusEvent};
+use qci_emulator::{DOM0, Machine};
 use qci_pool::backend::install;
-use qci_qrexec::emulator::{DOM0, Machine};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -53,14 +53,14 @@ pub enum LocalError {
     #[error("{dir} is not an emulated machine (qci bare-machine makes one): {source}")]
     NotAMachine {
         dir: PathBuf,
-        source: qci_qrexec::emulator::MachineError,
+        source: qci_emulator::MachineError,
     },
     #[error("{machine}: qci is not installed ({missing} is missing)")]
     NotInstalled { machine: PathBuf, missing: PathBuf },
     #[error(transparent)]
     Install(#[from] install::InstallError),
     #[error(transparent)]
-    Machine(#[from] qci_qrexec::emulator::MachineError),
+    Machine(#[from] qci_emulator::MachineError),
     #[error(transparent)]
     JobFile(#[from] JobFileError),
     #[error(
@@ -81,7 +81,7 @@ pub enum LocalError {
 impl LocalError {
     /// Bad input from the user, or our own failure.
     pub fn exit_code(&self) -> ExitCode {
-        use qci_qrexec::emulator::MachineError::{Unreachable, WrongUser};
+        use qci_emulator::MachineError::{Unreachable, WrongUser};
         match self {
             Self::NotADirectory(_)
             | Self::NotAProject(_)

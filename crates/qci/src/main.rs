@@ -11,8 +11,8 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 use qci_core::ExitCode;
+use qci_emulator::{self as emulator, Caller, DOM0, Machine};
 use qci_pool::backend::install;
-use qci_qrexec::emulator::{self, Caller, DOM0, Machine};
 use std::path::PathBuf;
 
 #[derive(Parser)]

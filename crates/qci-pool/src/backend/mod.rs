@@ -54,7 +54,7 @@ impl Backend {
                     machine.provision(&m.snapshot)?;
                 }
                 // An emulated dom0 keeps its directories under its root.
-                let dom0 = machine.root().join(qci_qrexec::emulator::DOM0);
+                let dom0 = machine.root().join(qci_emulator::DOM0);
                 log_dir = dom0
                     .join(install::DOM0_LOG_DIR)
                     .to_string_lossy()
