@@ -659,3 +659,6 @@ fn send_wakeups(assigned: &[Assigned]) {
         tracing::debug!(machine = %a.machine, waiter = a.seq, "woke waiter");
     }
 }
+
+#[cfg(test)]
+mod tests;
