@@ -9,7 +9,7 @@ use qci_pool::{Phase, Pool, PoolConfig, SinkStatus, Target};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Where `--config` points when not given.
 pub const DEFAULT_CONFIG: &str = "/etc/qci/host.toml";
@@ -95,16 +95,6 @@ pub fn check_repo_url(url: &str) -> Result<(), String> {
     }
 }
 
-/// `run-YYYYMMDDhhmmssmmm-PID`.
-fn new_job_id() -> JobId {
-    let stamp: String = qci_core::log::timestamp(SystemTime::now())
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect();
-    JobId::parse(&format!("run-{stamp}-{}", std::process::id()))
-        .expect("generated job ids are valid")
-}
-
 /// Set by SIGINT / SIGTERM: the job is canceled, the machine freed.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -167,7 +157,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         Some(j) => {
             JobId::parse(j).map_err(|e| Failure(ExitCode::BadInput, format!("--job: {e}")))?
         }
-        None => new_job_id(),
+        None => JobId::generate("run"),
     };
     let qubes = match &args.target {
         Target::Qubes(q) => q.clone(),
