@@ -83,6 +83,12 @@ pub enum ControlError {
     Refused(String),
     #[error("no snapshot named {0:?}")]
     NoSuchSnapshot(String),
+    /// The vSphere client could not be made (a bad `ca_file`).
+    #[error(transparent)]
+    VsphereClient(#[from] crate::backend::vmware::soap::ClientError),
+    /// The hypervisor's command-line client (virsh) gave no answer.
+    #[error("hypervisor unreachable: {0}")]
+    Client(#[source] crate::command::CommandError),
 }
 
 /// Power, snapshots and the lease marker of one machine.

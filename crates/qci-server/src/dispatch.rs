@@ -138,7 +138,7 @@ impl FinalStatus for Finals {
         state: State,
         description: &str,
         _dom0: Option<&Dom0<'_>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), qci_pool::RecordError> {
         let (id, why) = (job.as_str().to_owned(), description.to_owned());
         self.app
             .store
@@ -146,7 +146,7 @@ impl FinalStatus for Finals {
                 queue::record_final(conn, &id, state, &why)
             })
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| qci_pool::RecordError::Store(Box::new(e)))
     }
 }
 

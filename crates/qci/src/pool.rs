@@ -269,7 +269,7 @@ pub fn show(config: &Path) -> Result<ExitCode, Failure> {
             out::remote(&last),
         );
         if let Err(e) = m.power {
-            outln!("  {}: {}", m.name, out::remote(&e));
+            outln!("  {}: {}", m.name, out::remote(&e.to_string()));
         }
     }
     for note in notes {
@@ -305,7 +305,7 @@ pub fn nightly(config: &Path, machines: &[String]) -> Result<ExitCode, Failure> 
                 outln!(
                     "qci: nightly {}: no snapshot: {}",
                     o.machine,
-                    out::remote(&why)
+                    out::remote(&why.to_string())
                 );
             }
         }

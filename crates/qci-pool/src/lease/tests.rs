@@ -33,7 +33,7 @@ fn take(
     wait: Duration,
 ) -> Result<Lease, PoolError> {
     store.acquire(
-        job,
+        &JobId::parse(job).expect("a valid job id"),
         want,
         &[],
         machines,
@@ -137,7 +137,7 @@ fn a_waiter_takes_the_first_free_machine_it_accepts_and_skips_what_it_excludes()
     let on_43 = Want::Qubes("4.3".into());
     let lease = store
         .acquire(
-            "j",
+            &JobId::parse("j").unwrap(),
             &on_43,
             &["m2".to_owned()],
             &pool,
@@ -254,10 +254,29 @@ impl Rng {
 const CHURN_MACHINES: [&str; 3] = ["m1", "m2", "m3"];
 const CHURN_ROUNDS: u64 = 12;
 
+/// How a churn worker saw the promise broken, or could not go on.
+#[derive(Debug, thiserror::Error)]
+enum ChurnError {
+    #[error("seed {seed} round {round}: {source}")]
+    Acquire {
+        seed: u64,
+        round: u64,
+        source: PoolError,
+    },
+    #[error("seed {seed}: {machine} held twice: {source}")]
+    HeldTwice {
+        seed: u64,
+        machine: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Witness(#[from] std::io::Error),
+}
+
 /// One worker's random acquires and releases. While it holds a machine it
 /// owns `held-MACHINE` (created exclusively), a witness outside the lease
 /// store: a second holder at the same time cannot create it.
-fn churn(dir: &Path, seed: u64) -> Result<(), String> {
+fn churn(dir: &Path, seed: u64) -> Result<(), ChurnError> {
     let pool = machines(&CHURN_MACHINES);
     let store = store(dir);
     let mut rng = Rng(seed | 1);
@@ -267,16 +286,24 @@ fn churn(dir: &Path, seed: u64) -> Result<(), String> {
             0 => Want::Machine(CHURN_MACHINES[rng.below(3) as usize].to_owned()),
             _ => qubes(),
         };
-        let lease = take(&store, &job, &want, &pool, PATIENCE)
-            .map_err(|e| format!("seed {seed} round {round}: {e}"))?;
+        let lease =
+            take(&store, &job, &want, &pool, PATIENCE).map_err(|source| ChurnError::Acquire {
+                seed,
+                round,
+                source,
+            })?;
         let witness = dir.join(format!("held-{}", lease.machine));
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&witness)
-            .map_err(|e| format!("seed {seed}: {} held twice: {e}", lease.machine))?;
+            .map_err(|source| ChurnError::HeldTwice {
+                seed,
+                machine: lease.machine.clone(),
+                source,
+            })?;
         std::thread::sleep(Duration::from_millis(rng.below(15)));
-        std::fs::remove_file(&witness).map_err(|e| e.to_string())?;
+        std::fs::remove_file(&witness)?;
         give_back(&store, &lease, &pool);
         if rng.below(2) == 0 {
             std::thread::yield_now();
