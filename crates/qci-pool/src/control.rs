@@ -27,6 +27,8 @@ impl std::fmt::Display for PowerState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Marker {
     pub host: String,
+    /// As the hypervisor holds it: another host's marker may name anything,
+    /// and is only compared and shown, never used as a job id.
     pub job: String,
     /// Unix seconds after which the lease is void (its host died).
     pub expires: u64,
