@@ -85,6 +85,13 @@ pub enum ControlError {
     Refused(String),
     #[error("no snapshot named {0:?}")]
     NoSuchSnapshot(String),
+    /// The credentials of `whose` (a machine, or its dom0) are missing or
+    /// malformed.
+    #[error("{whose}: {source}")]
+    Credentials {
+        whose: String,
+        source: crate::config::CredentialsError,
+    },
     /// The vSphere client could not be made (a bad `ca_file`).
     #[error(transparent)]
     VsphereClient(#[from] crate::backend::vmware::soap::ClientError),
