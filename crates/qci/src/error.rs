@@ -7,8 +7,8 @@ use crate::out::OutputError;
 use crate::pool::HostError;
 use crate::serve::ServeError;
 use qci_core::ExitCode;
-use qci_pool::backend::install::InstallError;
 use qci_emulator::MachineError;
+use qci_pool::backend::install::InstallError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
