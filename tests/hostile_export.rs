@@ -81,32 +81,28 @@ fn every_hostile_stream_ends_the_job_in_error_and_nothing_escapes() {
     let s = Scratch::new();
     s.prepare_machine();
     let project = s.noop_project();
+    // An absolute path of this run's own, outside the machine and the
+    // project: nothing left by an earlier run can be mistaken for an escape.
+    let outside = tempfile::tempdir().unwrap();
+    let absolute = outside.path().join("qci-escaped");
+    let absolute = absolute.to_str().unwrap();
 
-    type Case = (
+    type Case<'a> = (
         &'static str,
-        fn(&mut tar::Builder<Vec<u8>>),
-        &'static str,
+        Box<dyn Fn(&mut tar::Builder<Vec<u8>>) + 'a>,
+        &'a str,
         &'static str,
     );
     let cases: [Case; 8] = [
         (
             "absolute",
-            |b| {
-                entry(
-                    b,
-                    "/tmp/qci-escaped",
-                    tar::EntryType::Regular,
-                    "",
-                    b"x",
-                    0o644,
-                )
-            },
-            "/tmp/qci-escaped",
+            Box::new(|b| entry(b, absolute, tar::EntryType::Regular, "", b"x", 0o644)),
+            absolute,
             "refused: absolute path",
         ),
         (
             "dotdot",
-            |b| {
+            Box::new(|b| {
                 entry(
                     b,
                     "src/../../escaped",
@@ -115,13 +111,13 @@ fn every_hostile_stream_ends_the_job_in_error_and_nothing_escapes() {
                     b"x",
                     0o644,
                 )
-            },
+            }),
             "src/../../escaped",
             "refused: path contains ..",
         ),
         (
             "symlink out",
-            |b| {
+            Box::new(|b| {
                 entry(
                     b,
                     "link",
@@ -130,47 +126,47 @@ fn every_hostile_stream_ends_the_job_in_error_and_nothing_escapes() {
                     b"",
                     0o777,
                 )
-            },
+            }),
             "link",
             "symlink target leaves the destination",
         ),
         (
             "write through symlink",
-            |b| {
+            Box::new(|b| {
                 entry(b, "inside", tar::EntryType::Symlink, "src", b"", 0o777);
                 entry(b, "inside/x", tar::EntryType::Regular, "", b"x", 0o644);
-            },
+            }),
             "inside/x",
             "path goes through a symlink",
         ),
         (
             "hard link",
-            |b| entry(b, "hl", tar::EntryType::Link, "src/ok.txt", b"", 0o644),
+            Box::new(|b| entry(b, "hl", tar::EntryType::Link, "src/ok.txt", b"", 0o644)),
             "hl",
             "hard links are not allowed",
         ),
         (
             "fifo",
-            |b| entry(b, "fifo", tar::EntryType::Fifo, "", b"", 0o644),
+            Box::new(|b| entry(b, "fifo", tar::EntryType::Fifo, "", b"", 0o644)),
             "fifo",
             "fifos are not allowed",
         ),
         (
             "device",
-            |b| entry(b, "dev", tar::EntryType::Char, "", b"", 0o644),
+            Box::new(|b| entry(b, "dev", tar::EntryType::Char, "", b"", 0o644)),
             "dev",
             "character devices are not allowed",
         ),
         (
             "truncated",
-            |b| {
+            Box::new(|b| {
                 let mut h = tar::Header::new_gnu();
                 h.set_path("big").unwrap();
                 h.set_size(1 << 20);
                 h.set_cksum();
                 b.get_mut().extend_from_slice(h.as_bytes());
                 b.get_mut().extend_from_slice(&[0u8; 1000]);
-            },
+            }),
             "",
             "tar stream is not valid",
         ),
@@ -195,7 +191,7 @@ fn every_hostile_stream_ends_the_job_in_error_and_nothing_escapes() {
         // Nothing outside the workspace, and no step ran. `src/../../escaped`
         // would land in dom0's `var/lib/qci/jobs`, beside the workspace: look
         // for it anywhere in the machine and the project.
-        assert!(!Path::new("/tmp/qci-escaped").exists(), "{name}");
+        assert!(!Path::new(absolute).exists(), "{name}");
         let escaped: Vec<_> = files(s.dir.path())
             .into_iter()
             .filter(|f| f.ends_with("escaped"))

@@ -127,7 +127,12 @@ fn an_unreachable_hypervisor_is_a_clear_error_and_no_job_is_lost_or_marked_as_ru
     assert_eq!(host.host_log("kept"), "");
     assert!(host.statuses("kept").is_empty());
     let store = qci_pool::lease::LeaseStore::open(&host.state(), "test-host").unwrap();
-    assert_eq!(store.run_state("kept").unwrap(), None);
+    assert_eq!(
+        store
+            .run_state(&qci_core::JobId::parse("kept").unwrap())
+            .unwrap(),
+        None
+    );
     assert!(store.leases().unwrap().is_empty());
     let pool = host.run(&["pool"]);
     assert!(

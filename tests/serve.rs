@@ -608,19 +608,28 @@ impl Browser {
             eprintln!("SKIPPED: no chromium/chromedriver; run scripts/setup-chromium");
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         use std::os::unix::process::CommandExt;
-        let child = std::process::Command::new(driver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
+        // Port 0: chromedriver binds a free port itself, keeps it, and says
+        // which, so no other process can take it between a probe and use.
+        let mut child = std::process::Command::new(driver)
+            .arg("--port=0")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()
             .expect("start chromedriver");
+        let mut port = None;
+        let mut announced = BufReader::new(child.stdout.take().unwrap()).lines();
+        for line in announced.by_ref() {
+            let line = line.expect("chromedriver's output");
+            if let Some(rest) = line.split("started successfully on port ").nth(1) {
+                port = rest.trim_end_matches('.').parse::<u16>().ok();
+                break;
+            }
+        }
+        let port = port.expect("chromedriver said no port");
+        // What it writes later is read and dropped, so it never blocks.
+        std::thread::spawn(move || announced.for_each(drop));
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()

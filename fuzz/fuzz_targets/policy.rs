@@ -20,7 +20,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qci_qrexec::policy::{Denied, Policy, Qube, Request, Resolution, System};
+use qci_emulator::policy::{Denied, Policy, Qube, Request, Resolution, System};
 use std::fs;
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -414,9 +414,11 @@ pub struct Vcsim {
 
 impl Vcsim {
     pub fn start() -> Option<Self> {
-        let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/vcsim/qci-vcsim");
+        // scripts/setup-hypervisors builds it into the target dir
+        // (CARGO_TARGET_DIR), which holds this test's own binaries too.
+        let launcher = crate::support::target_dir().join("vcsim/qci-vcsim");
         if !available(
-            "the govmomi simulator (target/vcsim/qci-vcsim)",
+            &format!("the govmomi simulator ({})", launcher.display()),
             launcher.is_file(),
         ) {
             return None;

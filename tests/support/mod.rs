@@ -8,18 +8,99 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// `target/debug`, where cargo put `qci`, `qci-dom0` and `qci-vm`.
+/// The binaries the end-to-end tests drive, built from the sources as they
+/// are now.
+///
+/// They belong to other packages of the workspace, so cargo does not build
+/// them for this package's tests, and binaries left by an earlier build would
+/// test old code. So the first call in each test process runs `cargo build`
+/// for them, into this test's own target dir and profile: a no-op when they
+/// are fresh, a rebuild when a source changed, and the build's own error
+/// when the sources do not build. It builds the whole workspace's binaries,
+/// as `cargo build` and `scripts/test-all` do: a build of only these
+/// packages would unify dependency features differently, so each of the two
+/// would rebuild what the other just built.
 pub fn bin_dir() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_binaries).clone()
+}
+
+const BINARIES: [&str; 3] = ["qci", "qci-dom0", "qci-vm"];
+
+/// `target/PROFILE`, where this test's executable is (in `deps/`).
+fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    for name in ["qci", "qci-dom0", "qci-vm"] {
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned()
+}
+
+/// The target dir this test was built into: `CARGO_TARGET_DIR` when set.
+pub fn target_dir() -> PathBuf {
+    profile_dir().parent().expect("target dir").to_owned()
+}
+
+fn build_binaries() -> PathBuf {
+    let profile_dir = profile_dir();
+    let target_dir = target_dir();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(name) => name,
+        None => panic!("no profile in {}", profile_dir.display()),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let mut build = Command::new(cargo);
+    // What cargo set for this test process describes this package; build
+    // scripts that watch such variables (ring watches CARGO_MANIFEST_DIR)
+    // would otherwise see a change and rebuild, then rebuild again for the
+    // next plain `cargo build`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_")
+            || matches!(
+                &*name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+            )
+        {
+            build.env_remove(&*name);
+        }
+    }
+    build
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--quiet",
+            "--workspace",
+            "--bins",
+            "--profile",
+            profile,
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    let out = build
+        .stdin(Stdio::null())
+        .output()
+        .expect("cargo runs for the end-to-end tests' binaries");
+    assert!(
+        out.status.success(),
+        "building {BINARIES:?} for the end-to-end tests failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in BINARIES {
         assert!(
-            dir.join(name).is_file(),
-            "{name} is not built in {}; run `cargo build` first",
-            dir.display()
+            profile_dir.join(name).is_file(),
+            "cargo built no {name} in {}",
+            profile_dir.display()
         );
     }
-    dir.to_owned()
+    profile_dir
 }
 
 pub fn qci() -> Command {

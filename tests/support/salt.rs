@@ -10,15 +10,15 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// `salt-call` from `QCI_SALT_CALL` (set by `scripts/setup-salt` in
-/// test-all), else from the cache that script fills. `None` means skip the
-/// test, which a CI run (`CI=true`) never does: it fails instead.
+/// test-all), else the one `scripts/setup-salt --check` finds installed
+/// completely (its own readiness check, so a half-finished install is never
+/// used). `None` means skip the test, which a CI run (`CI=true`) never does:
+/// it fails instead.
 pub fn salt_call() -> Option<PathBuf> {
-    let cached = std::env::var_os("HOME")
-        .map(|home| PathBuf::from(home).join(".cache/qci/salt-3008.3/bin/salt-call"));
-    let found = std::env::var_os("QCI_SALT_CALL")
-        .map(PathBuf::from)
-        .or(cached)
-        .filter(|p| p.is_file());
+    let found = match std::env::var_os("QCI_SALT_CALL") {
+        Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
+        None => installed_salt_call(),
+    };
     if found.is_none() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -27,6 +27,13 @@ pub fn salt_call() -> Option<PathBuf> {
         eprintln!("SKIPPED: no salt-call; run `export QCI_SALT_CALL=$(scripts/setup-salt)`");
     }
     found
+}
+
+fn installed_salt_call() -> Option<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-salt");
+    let out = Command::new(script).arg("--check").output().ok()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !path.is_empty()).then(|| PathBuf::from(path))
 }
 
 /// What `scripts/bundle` printed and where the archive went.

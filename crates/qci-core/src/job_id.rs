@@ -46,6 +46,41 @@ impl JobId {
         Ok(Self(s.to_owned()))
     }
 
+    /// The longest prefix [`JobId::generate`] takes: with the 17-digit
+    /// stamp, a pid (at most 10 digits) and two dashes, the id stays within
+    /// [`JobId::MAX_LEN`].
+    pub const MAX_PREFIX_LEN: usize = 20;
+
+    /// A new id `PREFIX-YYYYMMDDhhmmssmmm-PID` (UTC, milliseconds): the one
+    /// way the CLI names a job, sortable and unique per machine.
+    ///
+    /// The prefix is part of qci's own code, never outside data (hence
+    /// `&'static str`): 1 to [`JobId::MAX_PREFIX_LEN`] ASCII letters and
+    /// digits, starting with a letter, so the id is valid by construction.
+    ///
+    /// # Panics
+    ///
+    /// On a prefix that breaks that rule: a bug in the caller, found by its
+    /// first run.
+    pub fn generate(prefix: &'static str) -> Self {
+        assert!(
+            Self::is_prefix(prefix),
+            "job id prefix {prefix:?}: 1 to {} ASCII letters and digits, starting with a letter",
+            Self::MAX_PREFIX_LEN
+        );
+        let stamp: String = crate::log::timestamp(std::time::SystemTime::now())
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        Self(format!("{prefix}-{stamp}-{}", std::process::id()))
+    }
+
+    fn is_prefix(prefix: &str) -> bool {
+        (1..=Self::MAX_PREFIX_LEN).contains(&prefix.len())
+            && prefix.starts_with(|c: char| c.is_ascii_alphabetic())
+            && prefix.bytes().all(|b| b.is_ascii_alphanumeric())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -109,6 +144,27 @@ mod tests {
         ] {
             assert_eq!(JobId::parse(ok).unwrap().as_str(), ok);
         }
+    }
+
+    #[test]
+    fn generated_ids_are_prefix_stamp_pid_and_valid() {
+        let id = JobId::generate("local");
+        let parts: Vec<&str> = id.as_str().split('-').collect();
+        assert_eq!(parts[0], "local");
+        assert_eq!(parts[1].len(), 17, "{id}");
+        assert!(parts[1].bytes().all(|b| b.is_ascii_digit()), "{id}");
+        assert_eq!(parts[2], std::process::id().to_string());
+        assert_eq!(JobId::parse(id.as_str()), Ok(id.clone()));
+        let longest = JobId::generate("x2345678901234567890");
+        assert_eq!(JobId::parse(longest.as_str()), Ok(longest.clone()));
+    }
+
+    #[test]
+    fn generate_takes_only_plain_prefixes() {
+        for bad in ["", "-x", "1x", "a.b", "a-b", "x23456789012345678901"] {
+            assert!(!JobId::is_prefix(bad), "{bad:?}");
+        }
+        assert!(JobId::is_prefix("run"));
     }
 
     #[test]

@@ -258,21 +258,46 @@ mod tests {
 
     #[test]
     fn refuses_bad_names_durations_and_fields() {
-        for bad in [
-            "[[steps]]\nname = \"a b\"\ncommand = \"x\"",
-            "[[steps]]\nname = \"a\"\ncommand = \"x\"\ntimeout = \"soon\"",
-            "[[steps]]\nname = \"a\"\ncommand = \"x\"\nshell = \"bash\"",
-            "[[steps]]\nname = \"a\"\ncommand = \"x\"\nenv = { \"A=B\" = \"1\" }",
-            "[[steps]]\nname = \"a\"\ncommand = \"x\"\n[[steps]]\nname = \"a\"\ncommand = \"y\"",
-            "steps = []",
-            "qubes = [\"4.2; reboot\"]\n[[steps]]\nname = \"a\"\ncommand = \"x\"",
-            "qubes = [\"\"]\n[[steps]]\nname = \"a\"\ncommand = \"x\"",
-            &format!(
-                "qubes = [{}]\n[[steps]]\nname = \"a\"\ncommand = \"x\"",
-                vec!["\"4.2\""; 17].join(", ")
+        let steps_a = "[[steps]]\nname = \"a\"\ncommand = \"x\"";
+        let seventeen = format!("qubes = [{}]\n{steps_a}", vec!["\"4.2\""; 17].join(", "));
+        let cases: [(&str, &str); 9] = [
+            (
+                "[[steps]]\nname = \"a b\"\ncommand = \"x\"",
+                ".qci.toml: step name \"a b\" must be 1 to 32 characters of A-Z a-z 0-9 _ . -",
             ),
-        ] {
-            assert!(Pipeline::parse(bad).is_err(), "accepted {bad:?}");
+            (
+                "[[steps]]\nname = \"a\"\ncommand = \"x\"\ntimeout = \"soon\"",
+                ".qci.toml: step \"a\": timeout \"soon\": expected number at 0",
+            ),
+            (
+                "[[steps]]\nname = \"a\"\ncommand = \"x\"\nshell = \"bash\"",
+                ".qci.toml is not valid: unknown field `shell`, expected one of `name`, \
+                 `command`, `timeout`, `env` (line 4, column 1)",
+            ),
+            (
+                "[[steps]]\nname = \"a\"\ncommand = \"x\"\nenv = { \"A=B\" = \"1\" }",
+                ".qci.toml: step \"a\": bad environment variable name \"A=B\"",
+            ),
+            (
+                "[[steps]]\nname = \"a\"\ncommand = \"x\"\n[[steps]]\nname = \"a\"\ncommand = \"y\"",
+                ".qci.toml: step \"a\" appears twice",
+            ),
+            ("steps = []", ".qci.toml: no steps"),
+            (
+                "qubes = [\"4.2; reboot\"]\n[[steps]]\nname = \"a\"\ncommand = \"x\"",
+                ".qci.toml: qubes: \"4.2; reboot\" is not a Qubes version such as \"4.2\"",
+            ),
+            (
+                "qubes = [\"\"]\n[[steps]]\nname = \"a\"\ncommand = \"x\"",
+                ".qci.toml: qubes: \"\" is not a Qubes version such as \"4.2\"",
+            ),
+            (&seventeen, ".qci.toml: qubes: at most 16 versions"),
+        ];
+        for (bad, refusal) in cases {
+            match Pipeline::parse(bad) {
+                Ok(_) => panic!("accepted {bad:?}"),
+                Err(e) => assert_eq!(e.summary(), refusal, "{bad:?}"),
+            }
         }
     }
 

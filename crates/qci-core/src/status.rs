@@ -213,7 +213,12 @@ mod tests {
                 .contains("unknown field")
         );
         let state = br#"{"job":"J1","state":"pending","description":"","log":"J1.log"}"#;
-        assert!(StatusEvent::parse_for(state, &job()).is_err());
+        let err = StatusEvent::parse_for(state, &job()).unwrap_err();
+        assert!(
+            matches!(err, StatusError::Json(_))
+                && err.to_string().contains("unknown variant `pending`"),
+            "{err}"
+        );
         let other = br#"{"job":"J2","state":"running","description":"","log":"J2.log"}"#;
         assert!(matches!(
             StatusEvent::parse_for(other, &job()),
@@ -225,7 +230,12 @@ mod tests {
             Err(StatusError::BadLogName { .. })
         ));
         let badid = br#"{"job":"../x","state":"running","description":"","log":"J1.log"}"#;
-        assert!(StatusEvent::parse_for(badid, &job()).is_err());
+        let err = StatusEvent::parse_for(badid, &job()).unwrap_err();
+        assert!(
+            matches!(err, StatusError::Json(_))
+                && err.to_string().contains("invalid job id \"../x\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -274,7 +274,7 @@ impl Unpacker<'_> {
         };
         if kind == EntryType::Symlink {
             check_link_target(&target, parents.len(), self.limits.max_path_len)
-                .map_err(|rule| refused(&label, &rule))?;
+                .map_err(|rule| refused(&label, &rule.to_string()))?;
         }
         let deep = self.open_dir(parents, &label)?;
         let parent = reached(&deep, &self.open, &self.root);
@@ -518,33 +518,51 @@ fn split_path(raw: &[u8], max_len: usize) -> Result<Vec<&OsStr>, String> {
 /// `d/l -> ..` looks one level deep while it would really be created in dest
 /// itself, and point to its parent. Here `d/l` is refused because `d` is a
 /// symlink.
-fn check_link_target(target: &[u8], depth: usize, max_len: usize) -> Result<(), String> {
+fn check_link_target(target: &[u8], depth: usize, max_len: usize) -> Result<(), BadLink> {
     if target.is_empty() {
-        return Err("symlink target is empty".into());
+        return Err(BadLink::Empty);
     }
     if target.contains(&0) {
-        return Err("symlink target contains NUL".into());
+        return Err(BadLink::Nul);
     }
     if target.len() > max_len {
-        return Err(format!("symlink target longer than {max_len} bytes"));
+        return Err(BadLink::TooLong(max_len));
     }
     if target.starts_with(b"/") {
-        return Err("symlink target is absolute".into());
+        return Err(BadLink::Absolute);
     }
     let mut ups = 0;
     let mut named = false;
     for part in target.split(|b| *b == b'/') {
         match part {
             b"" | b"." => {}
-            b".." if named => return Err("symlink target has .. after a name".into()),
+            b".." if named => return Err(BadLink::UpAfterName),
             b".." => ups += 1,
             _ => named = true,
         }
     }
     if ups > depth {
-        return Err("symlink target leaves the destination".into());
+        return Err(BadLink::Leaves);
     }
     Ok(())
+}
+
+/// The rule a symlink's target breaks ([`check_link_target`]); it becomes
+/// the rule of an [`UnpackError::Refused`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum BadLink {
+    #[error("symlink target is empty")]
+    Empty,
+    #[error("symlink target contains NUL")]
+    Nul,
+    #[error("symlink target longer than {0} bytes")]
+    TooLong(usize),
+    #[error("symlink target is absolute")]
+    Absolute,
+    #[error("symlink target has .. after a name")]
+    UpAfterName,
+    #[error("symlink target leaves the destination")]
+    Leaves,
 }
 
 /// What `name` is in `dir`, without following a symlink.

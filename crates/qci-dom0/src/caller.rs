@@ -14,7 +14,19 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// What came first on stdin: a request, a malformed one, or nothing at all.
-pub type Asked = Option<Result<RunRequest, String>>;
+pub type Asked = Option<Result<RunRequest, BadRequest>>;
+
+/// A request line dom0 refuses; the job is then refused as bad input.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRequest {
+    /// Not the JSON of a [`RunRequest`]; said in serde_json's words.
+    #[error(transparent)]
+    Malformed(#[from] serde_json::Error),
+    /// No newline within [`RunRequest::MAX_BYTES`]: dom0 stops reading
+    /// rather than buffer a caller's endless line.
+    #[error("the request on stdin is longer than {} bytes", RunRequest::MAX_BYTES)]
+    TooLong,
+}
 
 pub struct Caller {
     asked: mpsc::Receiver<Asked>,
@@ -127,15 +139,11 @@ fn watch(
         line.extend_from_slice(&buf[..n]);
         if let Some(end) = line.iter().position(|&b| b == b'\n') {
             requested = true;
-            let parsed = RunRequest::parse(&line[..end]).map_err(|e| e.to_string());
+            let parsed = RunRequest::parse(&line[..end]).map_err(BadRequest::from);
             let _ = asked.send(Some(parsed));
         } else if line.len() > RunRequest::MAX_BYTES {
             requested = true;
-            let too_long = format!(
-                "the request on stdin is longer than {} bytes",
-                RunRequest::MAX_BYTES
-            );
-            let _ = asked.send(Some(Err(too_long)));
+            let _ = asked.send(Some(Err(BadRequest::TooLong)));
         }
     }
 }
@@ -185,7 +193,7 @@ mod tests {
     fn stdin_that_ends_without_a_request_means_nothing_but_a_gone_reader_does() {
         let (to_dom0, from_dom0, asked, gone, thread) = watched();
         drop(to_dom0);
-        assert_eq!(asked.recv_timeout(WAIT).unwrap(), None);
+        assert!(asked.recv_timeout(WAIT).unwrap().is_none());
         assert!(!gone.load(Ordering::SeqCst));
         drop(from_dom0);
         thread.join().unwrap();
@@ -205,6 +213,6 @@ mod tests {
             .write_all(&[b' '; 2 * RunRequest::MAX_BYTES])
             .unwrap();
         let why = asked.recv_timeout(WAIT).unwrap().unwrap().unwrap_err();
-        assert!(why.contains("longer than"), "{why}");
+        assert!(why.to_string().contains("longer than"), "{why}");
     }
 }

@@ -167,70 +167,98 @@ impl MachineConfig {
 pub enum ConfigError {
     #[error(transparent)]
     File(#[from] TomlFileError),
-    #[error("{path}: {what}")]
-    Invalid { path: PathBuf, what: String },
+    #[error("{path}: {source}")]
+    Invalid { path: PathBuf, source: Invalid },
+}
+
+/// What [`PoolConfig::validate`] refuses, naming the machine and the key:
+/// a rule of ours broken, with no error beneath it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// Why [`Credentials::load`] found no credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("credentials: {0}")]
+    File(#[from] qci_core::secret::SecretError),
+    #[error("environment variable {var} (credentials) is not set")]
+    Unset {
+        var: String,
+        source: std::env::VarError,
+    },
+    #[error("no credentials configured")]
+    None,
+    #[error("credentials must be one line `USER:PASSWORD`")]
+    Malformed,
 }
 
 /// Reads and checks HOST.toml. TOML errors name the line and the key.
 pub fn load_host_file(path: &Path) -> Result<HostFile, ConfigError> {
     let host: HostFile = toml_file::read(path)?;
-    host.pool.validate().map_err(|what| ConfigError::Invalid {
-        path: path.to_owned(),
-        what,
-    })?;
+    host.pool
+        .validate()
+        .map_err(|source| ConfigError::Invalid {
+            path: path.to_owned(),
+            source,
+        })?;
     Ok(host)
 }
 
 impl PoolConfig {
     /// What TOML cannot say: unique names, the keys each backend needs,
     /// names safe to put in a shell command. Errors name the machine and key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         let mut seen = std::collections::HashSet::new();
         if !valid_word(&self.host_id) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "[pool] host_id {:?}: use letters, digits, `.`, `_`, `-`",
                 self.host_id
-            ));
+            )));
         }
         for (i, m) in self.machines.iter().enumerate() {
             let at = format!("[[pool.machines]] #{} ({:?})", i + 1, m.name);
             if !valid_word(&m.name) {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "{at}: key `name`: use letters, digits, `.`, `_`, `-`"
-                ));
+                )));
             }
             if !seen.insert(m.name.as_str()) {
-                return Err(format!("{at}: key `name`: a machine of that name exists"));
+                return Err(Invalid(format!(
+                    "{at}: key `name`: a machine of that name exists"
+                )));
             }
             if !valid_word(&m.qubes) {
-                return Err(format!("{at}: key `qubes`: a version such as \"4.2\""));
+                return Err(Invalid(format!(
+                    "{at}: key `qubes`: a version such as \"4.2\""
+                )));
             }
             if !valid_word(&m.dev_vm) || m.dev_vm == "dom0" {
-                return Err(format!("{at}: key `dev_vm`: not a qube name"));
+                return Err(Invalid(format!("{at}: key `dev_vm`: not a qube name")));
             }
             if !valid_word(&m.snapshot) {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "{at}: key `snapshot`: use letters, digits, `.`, `_`, `-`"
-                ));
+                )));
             }
             for (key, dir) in [
                 ("dom0_log_dir", &m.dom0_log_dir),
                 ("dom0_tmp_dir", &m.dom0_tmp_dir),
             ] {
                 if !dir.starts_with('/') || dir.contains(['\'', '\n']) {
-                    return Err(format!(
+                    return Err(Invalid(format!(
                         "{at}: key `{key}`: an absolute path without quotes"
-                    ));
+                    )));
                 }
             }
             let need = |key: &str, present: bool| {
                 if present {
                     Ok(())
                 } else {
-                    Err(format!(
+                    Err(Invalid(format!(
                         "{at}: key `{key}` is required for backend {}",
                         m.backend
-                    ))
+                    )))
                 }
             };
             match m.backend {
@@ -249,12 +277,14 @@ impl PoolConfig {
                     need("emulated_path", m.emulated_path.is_some())?
                 }
                 Dom0Access::Agent if m.backend != BackendKind::Libvirt => {
-                    return Err(format!("{at}: key `dom0`: \"agent\" needs backend libvirt"));
+                    return Err(Invalid(format!(
+                        "{at}: key `dom0`: \"agent\" needs backend libvirt"
+                    )));
                 }
                 Dom0Access::GuestOperations if m.backend != BackendKind::Vmware => {
-                    return Err(format!(
+                    return Err(Invalid(format!(
                         "{at}: key `dom0`: \"guest-operations\" needs backend vmware"
-                    ));
+                    )));
                 }
                 Dom0Access::GuestOperations => need(
                     "guest_credentials_file` or `guest_credentials_env",
@@ -296,14 +326,14 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     /// `USER:PASSWORD` from `file` or from the environment variable `env`.
-    pub fn load(file: Option<&Path>, env: Option<&str>) -> Result<Self, String> {
+    pub fn load(file: Option<&Path>, env: Option<&str>) -> Result<Self, CredentialsError> {
         let text = match (file, env) {
-            (Some(f), _) => {
-                qci_core::secret::read_secret(f).map_err(|e| format!("credentials: {e}"))?
-            }
-            (None, Some(var)) => std::env::var(var)
-                .map_err(|_| format!("environment variable {var} (credentials) is not set"))?,
-            (None, None) => return Err("no credentials configured".into()),
+            (Some(f), _) => qci_core::secret::read_secret(f)?,
+            (None, Some(var)) => std::env::var(var).map_err(|source| CredentialsError::Unset {
+                var: var.to_owned(),
+                source,
+            })?,
+            (None, None) => return Err(CredentialsError::None),
         };
         let line = text.lines().next().unwrap_or_default();
         match line.split_once(':') {
@@ -311,7 +341,7 @@ impl Credentials {
                 user: user.to_owned(),
                 password: password.to_owned(),
             }),
-            _ => Err("credentials must be one line `USER:PASSWORD`".into()),
+            _ => Err(CredentialsError::Malformed),
         }
     }
 }
@@ -414,11 +444,11 @@ fn d_salt() -> Vec<Vec<String>> {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<HostFile, String> {
+    fn parse(text: &str) -> Result<HostFile, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("host.toml");
         std::fs::write(&p, text).unwrap();
-        load_host_file(&p).map_err(|e| e.to_string())
+        load_host_file(&p)
     }
 
     #[test]
@@ -452,19 +482,24 @@ mod tests {
 
     #[test]
     fn errors_name_the_line_and_the_key() {
-        let e = parse("[pool]\nhost_id = \"a\"\nboot_timeuot = \"2m\"\n").unwrap_err();
+        let e = parse("[pool]\nhost_id = \"a\"\nboot_timeuot = \"2m\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 3") && e.contains("boot_timeuot"), "{e}");
-        let e = parse("[pool]\nboot_timeout = \"soon\"\n").unwrap_err();
+        let e = parse("[pool]\nboot_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2") && e.contains("soon"), "{e}");
         let e = parse(
             "[pool]\n[[pool.machines]]\nname = \"x\"\nqubes = \"4.2\"\nbackend = \"libvirt\"\n",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("key `uri`"), "{e}");
         let e = parse(
             "[pool]\n[[pool.machines]]\nname = \"x\"\nqubes = \"4.2\"\nbackend = \"vmware\"\nurl = \"https://v/sdk\"\npassword = \"p\"\n",
         )
-        .unwrap_err();
+        .unwrap_err().to_string();
         assert!(e.contains("unknown field `password`"), "{e}");
     }
 
@@ -474,14 +509,16 @@ mod tests {
         let f = dir.path().join("cred");
         std::fs::write(&f, "admin:pa:ss\n").unwrap();
         // Readable by others (the default umask's 0644): refused, with the fix.
-        let e = Credentials::load(Some(&f), None).unwrap_err();
+        let e = Credentials::load(Some(&f), None).unwrap_err().to_string();
         assert!(e.contains(&format!("chmod 600 {}", f.display())), "{e}");
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = Credentials::load(Some(&f), None).unwrap();
         assert_eq!((c.user.as_str(), c.password.as_str()), ("admin", "pa:ss"));
         assert!(!format!("{c:?}").contains("pa:ss"));
-        let e = Credentials::load(None, Some("QCI_TEST_NO_SUCH_VAR")).unwrap_err();
+        let e = Credentials::load(None, Some("QCI_TEST_NO_SUCH_VAR"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("QCI_TEST_NO_SUCH_VAR"));
     }
 }

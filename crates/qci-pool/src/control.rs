@@ -27,6 +27,8 @@ impl std::fmt::Display for PowerState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Marker {
     pub host: String,
+    /// As the hypervisor holds it: another host's marker may name anything,
+    /// and is only compared and shown, never used as a job id.
     pub job: String,
     /// Unix seconds after which the lease is void (its host died).
     pub expires: u64,
@@ -83,6 +85,19 @@ pub enum ControlError {
     Refused(String),
     #[error("no snapshot named {0:?}")]
     NoSuchSnapshot(String),
+    /// The credentials of `whose` (a machine, or its dom0) are missing or
+    /// malformed.
+    #[error("{whose}: {source}")]
+    Credentials {
+        whose: String,
+        source: crate::config::CredentialsError,
+    },
+    /// The vSphere client could not be made (a bad `ca_file`).
+    #[error(transparent)]
+    VsphereClient(#[from] crate::backend::vmware::soap::ClientError),
+    /// The hypervisor's command-line client (virsh) gave no answer.
+    #[error("hypervisor unreachable: {0}")]
+    Client(#[source] crate::command::CommandError),
 }
 
 /// Power, snapshots and the lease marker of one machine.

@@ -9,8 +9,9 @@ pub enum PoolError {
     UnknownMachine(String),
     #[error("no machine runs Qubes {0:?} in the pool (see `qci pool`)")]
     UnknownVersion(String),
-    #[error("{0}")]
-    BadInput(String),
+    /// A job id made from configured names that breaks the rules.
+    #[error(transparent)]
+    BadJobId(#[from] qci_core::job_id::JobIdError),
     #[error("gave up waiting for a free machine: the queue timeout passed")]
     QueueTimeout,
     #[error("canceled before the job started")]
@@ -20,8 +21,21 @@ pub enum PoolError {
         machine: String,
         source: ControlError,
     },
-    #[error("lease store: {0}")]
-    Store(String),
+    #[error("lease store: cannot create {}: {source}", path.display())]
+    StateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("lease store: {}: {source}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("lease store: {source}")]
+    Store { source: rusqlite::Error },
+    /// The socket a waiter is woken through.
+    #[error("lease store: wake-up socket: {0}")]
+    WakeUp(#[source] std::io::Error),
 }
 
 impl PoolError {
@@ -30,7 +44,7 @@ impl PoolError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Self::UnknownMachine(_) | Self::UnknownVersion(_) | Self::BadInput(_)
+            Self::UnknownMachine(_) | Self::UnknownVersion(_) | Self::BadJobId(_)
         )
     }
 

@@ -14,6 +14,9 @@ pub enum GuestError {
     /// The channel did not answer (agent down, machine off, booting).
     #[error("dom0 does not answer: {0}")]
     NoAnswer(String),
+    /// The channel's command-line client (virsh) gave no answer.
+    #[error("dom0 does not answer: {0}")]
+    Client(#[source] crate::command::CommandError),
     /// dom0 answered with an error.
     #[error("dom0: {0}")]
     Failed(String),

@@ -20,6 +20,7 @@
 
 use crate::config::MachineConfig;
 use crate::error::PoolError;
+use qci_core::JobId;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -126,7 +127,7 @@ pub enum Want {
 #[derive(Debug, Clone)]
 pub struct Lease {
     pub machine: String,
-    pub job: String,
+    pub job: JobId,
     pub log_id: i64,
     pub waited_since: f64,
     pub acquired_at: f64,
@@ -136,6 +137,7 @@ pub struct Lease {
 #[derive(Debug, Clone)]
 pub struct LeaseInterval {
     pub machine: String,
+    /// As stored: the log is a record to show, never acted on.
     pub job: String,
     pub host: String,
     pub pid: i64,
@@ -151,7 +153,7 @@ pub struct LeaseInterval {
 #[derive(Debug, Clone)]
 pub struct LeaseRow {
     pub machine: String,
-    pub job: String,
+    pub job: JobId,
     pub host: String,
     pub owner: String,
     pub pid: i64,
@@ -167,14 +169,25 @@ pub struct LeaseStore {
     host: String,
 }
 
-fn db(e: rusqlite::Error) -> PoolError {
-    PoolError::Store(e.to_string())
+fn db(source: rusqlite::Error) -> PoolError {
+    PoolError::Store { source }
+}
+
+/// Column `i` as a job id: the database file is outside data, so what it
+/// says is checked as it is read (a bad id is an error of the store).
+fn job_column(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<JobId> {
+    let text: String = r.get(i)?;
+    JobId::parse(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 impl LeaseStore {
     pub fn open(state_dir: &Path, host: &str) -> Result<Self, PoolError> {
-        std::fs::create_dir_all(state_dir)
-            .map_err(|e| PoolError::Store(format!("cannot create {}: {e}", state_dir.display())))?;
+        std::fs::create_dir_all(state_dir).map_err(|source| PoolError::StateDir {
+            path: state_dir.to_owned(),
+            source,
+        })?;
         let store = Self {
             path: state_dir.join("pool.sqlite"),
             host: host.to_owned(),
@@ -210,8 +223,10 @@ impl LeaseStore {
     }
 
     pub fn conn(&self) -> Result<Connection, PoolError> {
-        let conn = Connection::open(&self.path)
-            .map_err(|e| PoolError::Store(format!("{}: {e}", self.path.display())))?;
+        let conn = Connection::open(&self.path).map_err(|source| PoolError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
         conn.busy_timeout(Duration::from_secs(60)).map_err(db)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
@@ -230,7 +245,7 @@ impl LeaseStore {
     #[allow(clippy::too_many_arguments)]
     pub fn acquire(
         &self,
-        job: &str,
+        job: &JobId,
         want: &Want,
         exclude: &[String],
         machines: &[MachineConfig],
@@ -247,13 +262,12 @@ impl LeaseStore {
             now()
         );
         let socket = UnixDatagram::bind_addr(
-            &SocketAddr::from_abstract_name(name.as_bytes())
-                .map_err(|e| PoolError::Store(format!("wake-up socket: {e}")))?,
+            &SocketAddr::from_abstract_name(name.as_bytes()).map_err(PoolError::WakeUp)?,
         )
-        .map_err(|e| PoolError::Store(format!("wake-up socket: {e}")))?;
+        .map_err(PoolError::WakeUp)?;
         socket
             .set_read_timeout(Some(TICK))
-            .map_err(|e| PoolError::Store(e.to_string()))?;
+            .map_err(PoolError::WakeUp)?;
         let since = now();
         let (machine_want, qubes_want) = match want {
             Want::Machine(m) => (Some(m.as_str()), None),
@@ -264,7 +278,7 @@ impl LeaseStore {
             "INSERT INTO waiters (job, want_machine, want_qubes, exclude, owner, socket, since)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
-                job,
+                job.as_str(),
                 machine_want,
                 qubes_want,
                 exclude.join(","),
@@ -291,7 +305,7 @@ impl LeaseStore {
         &self,
         conn: &mut Connection,
         seq: i64,
-        job: &str,
+        job: &JobId,
         machines: &[MachineConfig],
         lease_for: Duration,
         since: f64,
@@ -311,7 +325,14 @@ impl LeaseStore {
                 tx.execute(
                     "INSERT INTO lease_log (machine, job, host, pid, waited_since, acquired_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![a.machine, job, self.host, std::process::id(), since, at],
+                    params![
+                        a.machine,
+                        job.as_str(),
+                        self.host,
+                        std::process::id(),
+                        since,
+                        at
+                    ],
                 )
                 .map_err(db)?;
                 let log_id = tx.last_insert_rowid();
@@ -320,7 +341,7 @@ impl LeaseStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     params![
                         a.machine,
-                        job,
+                        job.as_str(),
                         self.host,
                         me(),
                         std::process::id(),
@@ -335,7 +356,7 @@ impl LeaseStore {
                 tx.commit().map_err(db)?;
                 return Ok(Lease {
                     machine: a.machine.clone(),
-                    job: job.to_owned(),
+                    job: job.clone(),
                     log_id,
                     waited_since: since,
                     acquired_at: at,
@@ -373,7 +394,7 @@ impl LeaseStore {
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(PoolError::Store(format!("wake-up socket: {e}"))),
+                    Err(e) => return Err(PoolError::WakeUp(e)),
                 }
             }
         }
@@ -384,7 +405,7 @@ impl LeaseStore {
     pub fn release(
         &self,
         lease_machine: &str,
-        job: &str,
+        job: &JobId,
         log_id: i64,
         machines: &[MachineConfig],
     ) -> Result<(), PoolError> {
@@ -394,7 +415,7 @@ impl LeaseStore {
             .map_err(db)?;
         tx.execute(
             "DELETE FROM leases WHERE machine = ?1 AND job = ?2",
-            params![lease_machine, job],
+            params![lease_machine, job.as_str()],
         )
         .map_err(db)?;
         tx.execute(
@@ -453,7 +474,7 @@ impl LeaseStore {
             .query_map([], |r| {
                 Ok(LeaseRow {
                     machine: r.get(0)?,
-                    job: r.get(1)?,
+                    job: job_column(r, 1)?,
                     host: r.get(2)?,
                     owner: r.get(3)?,
                     pid: r.get(4)?,
@@ -480,12 +501,12 @@ impl LeaseStore {
     }
 
     /// The record of one run: started when its machine is leased.
-    pub fn run_started(&self, job: &str, machine: &str) -> Result<(), PoolError> {
+    pub fn run_started(&self, job: &JobId, machine: &str) -> Result<(), PoolError> {
         self.conn()?
             .execute(
                 "INSERT INTO runs (job, machine, state, description, started_at) VALUES (?1, ?2, 'running', '', ?3)
                  ON CONFLICT(job) DO UPDATE SET machine = ?2, state = 'running', started_at = ?3",
-                params![job, machine, now()],
+                params![job.as_str(), machine, now()],
             )
             .map(drop)
             .map_err(db)
@@ -493,7 +514,7 @@ impl LeaseStore {
 
     pub fn run_ended(
         &self,
-        job: &str,
+        job: &JobId,
         state: &str,
         description: &str,
         log: Option<&Path>,
@@ -502,18 +523,18 @@ impl LeaseStore {
             .execute(
                 "INSERT INTO runs (job, state, description, started_at, ended_at, log) VALUES (?1, ?2, ?3, ?4, ?4, ?5)
                  ON CONFLICT(job) DO UPDATE SET state = ?2, description = ?3, ended_at = ?4, log = COALESCE(?5, log)",
-                params![job, state, description, now(), log.map(|p| p.to_string_lossy().into_owned())],
+                params![job.as_str(), state, description, now(), log.map(|p| p.to_string_lossy().into_owned())],
             )
             .map(drop)
             .map_err(db)
     }
 
     /// The final state the pool recorded for `job`, if any.
-    pub fn run_state(&self, job: &str) -> Result<Option<(String, String)>, PoolError> {
+    pub fn run_state(&self, job: &JobId) -> Result<Option<(String, String)>, PoolError> {
         self.conn()?
             .query_row(
                 "SELECT state, description FROM runs WHERE job = ?1 AND ended_at IS NOT NULL",
-                [job],
+                [job.as_str()],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
@@ -659,3 +680,6 @@ fn send_wakeups(assigned: &[Assigned]) {
         tracing::debug!(machine = %a.machine, waiter = a.seq, "woke waiter");
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -23,15 +23,16 @@ pub mod nightly;
 pub mod runner;
 pub mod status;
 
+pub use command::CommandError;
 pub use config::{HostFile, PoolConfig, load_host_file};
 pub use error::PoolError;
 pub use guest::Dom0;
-pub use nightly::NightlyOutcome;
-pub use runner::{JobOutcome, JobRequest, Target};
-pub use status::{FinalStatus, JobEvents, Phase, Silent, SinkStatus};
+pub use nightly::{NightlyError, NightlyOutcome};
+pub use runner::{JobOutcome, JobRequest, NoAnswer, Target};
+pub use status::{FinalStatus, JobEvents, Phase, RecordError, Silent, SinkStatus};
 
 use backend::Backend;
-use control::{Marker, PowerState};
+use control::{ControlError, Marker, PowerState};
 use lease::{LeaseRow, LeaseStore, Want, owner_alive};
 use qci_core::{JobId, State};
 use runner::{Attempt, Runner};
@@ -48,23 +49,23 @@ pub struct Pool {
 }
 
 /// A lease whose holder died, cleaned up by [`Pool::reconcile`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Reconciled {
-    pub job: String,
+    pub job: JobId,
     pub machine: String,
     pub why: String,
     /// `Err`: the machine could not be cleaned; its lease stays.
-    pub result: Result<(), String>,
+    pub result: Result<(), ControlError>,
 }
 
 /// One line of `qci pool`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MachineReport {
     pub name: String,
     pub qubes: String,
     pub backend: String,
     /// The power state, or why it could not be read.
-    pub power: Result<PowerState, String>,
+    pub power: Result<PowerState, ControlError>,
     pub lease: Option<LeaseRow>,
     pub marker: Option<Marker>,
     /// The snapshot the next job starts from.
@@ -128,7 +129,7 @@ impl Pool {
         let mut moved_after_no_answer = false;
         loop {
             let lease = self.store.acquire(
-                request.job.as_str(),
+                &request.job,
                 &want,
                 &exclude,
                 &self.config.machines,
@@ -184,6 +185,7 @@ impl Pool {
                 Attempt::NotStarted(e) => return Err(e),
                 Attempt::Foreign => continue,
                 Attempt::NoAnswer(why) => {
+                    let why = why.to_string();
                     if !moved_after_no_answer && others {
                         events.phase(
                             &request.job,
@@ -225,9 +227,7 @@ impl Pool {
             .state_dir
             .join("logs")
             .join(qci_core::log::file_name(&request.job));
-        let _ = self
-            .store
-            .run_ended(request.job.as_str(), "error", &why, None);
+        let _ = self.store.run_ended(&request.job, "error", &why, None);
         events.phase(
             &request.job,
             &Phase::Finished {
@@ -259,11 +259,10 @@ impl Pool {
             );
             let result = self.clean(&row);
             if result.is_ok() {
-                if let Ok(job) = JobId::parse(&row.job)
-                    && status.final_state(&job, None).is_none()
-                    && let Err(e) = status.record(&job, State::Error, &why, None)
+                if status.final_state(&row.job, None).is_none()
+                    && let Err(e) = status.record(&row.job, State::Error, &why, None)
                 {
-                    tracing::error!("cannot record the final status of {job}: {e}");
+                    tracing::error!("cannot record the final status of {}: {e}", row.job);
                 }
                 let _ = self.store.run_ended(&row.job, "error", &why, None);
                 self.store
@@ -280,19 +279,18 @@ impl Pool {
     }
 
     /// Powers a machine off, reverts it and clears its marker.
-    fn clean(&self, row: &LeaseRow) -> Result<(), String> {
+    fn clean(&self, row: &LeaseRow) -> Result<(), ControlError> {
         let Some(m) = self.config.machine(&row.machine) else {
             return Ok(());
         };
-        let b = Backend::open(m, self.config.call_timeout).map_err(|e| e.to_string())?;
-        b.control.power_off().map_err(|e| e.to_string())?;
-        let snapshots = b.control.snapshots().map_err(|e| e.to_string())?;
+        let b = Backend::open(m, self.config.call_timeout)?;
+        b.control.power_off()?;
+        let snapshots = b.control.snapshots()?;
         if let Some(s) = runner::clean_snapshot(&snapshots, &m.snapshot) {
-            b.control.revert(&s).map_err(|e| e.to_string())?;
-            b.control.power_off().map_err(|e| e.to_string())?;
+            b.control.revert(&s)?;
+            b.control.power_off()?;
         }
         runner::clear_marker(b.control.as_ref(), &self.config.host_id, &row.job)
-            .map_err(|e| e.to_string())
     }
 
     /// Every machine, as `qci pool` shows it. Asks each hypervisor.
@@ -301,16 +299,16 @@ impl Pool {
         let mut out = Vec::new();
         for m in &self.config.machines {
             let opened = Backend::open(m, self.config.call_timeout);
-            let (power, marker, snapshot) = match &opened {
+            let (power, marker, snapshot) = match opened {
                 Ok(b) => (
-                    b.control.power_state().map_err(|e| e.to_string()),
+                    b.control.power_state(),
                     b.control.marker().ok().flatten(),
                     b.control
                         .snapshots()
                         .ok()
                         .and_then(|s| runner::clean_snapshot(&s, &m.snapshot)),
                 ),
-                Err(e) => (Err(e.to_string()), None, None),
+                Err(e) => (Err(e), None, None),
             };
             out.push(MachineReport {
                 name: m.name.clone(),

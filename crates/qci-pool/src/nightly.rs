@@ -8,11 +8,12 @@
 
 use crate::backend::Backend;
 use crate::config::{DEV_VM, MachineConfig};
-use crate::guest::sh_quote;
+use crate::control::ControlError;
+use crate::guest::{GuestError, sh_quote};
 use crate::lease::Want;
 #[cfg(test)]
 use crate::runner::clean_snapshot;
-use crate::runner::{Boot, clear_marker};
+use crate::runner::{Boot, NoAnswer, clear_marker};
 use crate::status::{JobEvents, Phase};
 use crate::{Pool, PoolError};
 use qci_core::JobId;
@@ -38,11 +39,36 @@ pub fn snapshot_name(at: SystemTime) -> String {
     format!("qci-{}", &qci_core::log::timestamp(at)[..10])
 }
 
+/// Why a machine got no new snapshot (the old one stays in use).
+#[derive(Debug, thiserror::Error)]
+pub enum NightlyError {
+    /// Leasing the machine, or booting it, failed.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Hypervisor(#[from] ControlError),
+    #[error("another host holds the machine")]
+    Foreign,
+    #[error(transparent)]
+    NoAnswer(#[from] NoAnswer),
+    #[error("{}: {source}", .path.display())]
+    Log {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{command}`: {source}")]
+    Command { command: String, source: GuestError },
+    #[error("`{command}` exited with {code}; no snapshot taken")]
+    Exited { command: String, code: i32 },
+    #[error("the machine did not shut down within {}s; no snapshot taken", .grace.as_secs())]
+    Unclean { grace: std::time::Duration },
+}
+
 #[derive(Debug)]
 pub struct NightlyOutcome {
     pub machine: String,
     /// The snapshot taken, or why none was.
-    pub result: Result<String, String>,
+    pub result: Result<String, NightlyError>,
     /// The commands' output on the host.
     pub log: std::path::PathBuf,
 }
@@ -67,8 +93,7 @@ impl Pool {
             .iter()
             .filter(|m| only.is_empty() || only.contains(&m.name))
         {
-            let job = JobId::parse(&format!("nightly-{}-{}", &today[4..], m.name))
-                .map_err(|e| PoolError::BadInput(e.to_string()))?;
+            let job = JobId::parse(&format!("nightly-{}-{}", &today[4..], m.name))?;
             let log = self
                 .config
                 .state_dir
@@ -101,7 +126,7 @@ impl Pool {
         snapshot: &str,
         log: &std::path::Path,
         events: &dyn JobEvents,
-    ) -> Result<String, String> {
+    ) -> Result<String, NightlyError> {
         let cfg = &self.config;
         let lease_for = cfg.boot_timeout
             + cfg.nightly.command_timeout
@@ -109,29 +134,26 @@ impl Pool {
             + cfg.shutdown_grace
             + crate::LEASE_MARGIN;
         let never = AtomicBool::new(false);
-        let lease = self
-            .store
-            .acquire(
-                job.as_str(),
-                &Want::Machine(m.name.clone()),
-                &[],
-                &cfg.machines,
-                lease_for,
-                &never,
-                Instant::now() + cfg.queue_timeout,
-                &mut |ahead| events.phase(job, &Phase::Queued { ahead }),
-            )
-            .map_err(|e| e.to_string())?;
-        let backend = Backend::open(m, cfg.call_timeout).map_err(|e| e.to_string());
+        let lease = self.store.acquire(
+            job,
+            &Want::Machine(m.name.clone()),
+            &[],
+            &cfg.machines,
+            lease_for,
+            &never,
+            Instant::now() + cfg.queue_timeout,
+            &mut |ahead| events.phase(job, &Phase::Queued { ahead }),
+        )?;
+        let backend = Backend::open(m, cfg.call_timeout).map_err(NightlyError::from);
         let result = backend.and_then(|b| {
             let r = self.update_and_snapshot(m, &b, job, snapshot, log, events, lease_for, &lease);
             let _ = b.control.power_off();
-            let _ = clear_marker(b.control.as_ref(), &cfg.host_id, job.as_str());
+            let _ = clear_marker(b.control.as_ref(), &cfg.host_id, job);
             r
         });
         let _ = self
             .store
-            .release(&m.name, job.as_str(), lease.log_id, &cfg.machines);
+            .release(&m.name, job, lease.log_id, &cfg.machines);
         result
     }
 
@@ -146,7 +168,7 @@ impl Pool {
         events: &dyn JobEvents,
         lease_for: std::time::Duration,
         lease: &crate::lease::Lease,
-    ) -> Result<String, String> {
+    ) -> Result<String, NightlyError> {
         let cfg = &self.config;
         let control = b.control.as_ref();
         let runner = crate::runner::Runner {
@@ -162,13 +184,15 @@ impl Pool {
             bootstrap: true,
         };
         let _ = std::fs::create_dir_all(log.parent().unwrap_or(std::path::Path::new(".")));
-        let mut host_log =
-            std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let mut host_log = std::fs::File::create(log).map_err(|source| NightlyError::Log {
+            path: log.to_owned(),
+            source,
+        })?;
         match runner.boot(b, job, &AtomicBool::new(false)) {
             Boot::Ready => {}
-            Boot::Foreign => return Err("another host holds the machine".into()),
-            Boot::NoAnswer(why) => return Err(why),
-            Boot::Failed(e) => return Err(e.to_string()),
+            Boot::Foreign => return Err(NightlyError::Foreign),
+            Boot::NoAnswer(why) => return Err(why.into()),
+            Boot::Failed(e) => return Err(e.into()),
         }
         let dom0 = runner.dom0(b, cfg.nightly.command_timeout);
         let out_file = format!("{}/qci-host-{job}.out", b.tmp_dir);
@@ -186,42 +210,45 @@ impl Pool {
             events.phase(job, &Phase::Running);
             let _ = writeln!(host_log, "$ {shown}");
             let script = format!("{shown} > {} 2>&1", sh_quote(&out_file));
-            let code = dom0.sh(&script).map_err(|e| format!("`{shown}`: {e}"));
+            let code = dom0.sh(&script);
             if let Ok(bytes) = b.guest.copy_out(&out_file) {
                 let _ = host_log.write_all(&bytes);
             }
-            match code? {
-                0 => {}
-                c => return Err(format!("`{shown}` exited with {c}; no snapshot taken")),
+            match code {
+                Ok(0) => {}
+                Ok(code) => {
+                    return Err(NightlyError::Exited {
+                        command: shown,
+                        code,
+                    });
+                }
+                Err(source) => {
+                    return Err(NightlyError::Command {
+                        command: shown,
+                        source,
+                    });
+                }
             }
         }
         let _ = dom0.sh(&format!("rm -f {}", sh_quote(&out_file)));
         events.phase(job, &Phase::PoweringOff);
-        let clean = control
-            .shutdown(cfg.shutdown_grace)
-            .map_err(|e| e.to_string())?;
+        let clean = control.shutdown(cfg.shutdown_grace)?;
         if !clean {
-            return Err(format!(
-                "the machine did not shut down within {}s; no snapshot taken",
-                cfg.shutdown_grace.as_secs()
-            ));
+            return Err(NightlyError::Unclean {
+                grace: cfg.shutdown_grace,
+            });
         }
         // The marker is ours: keep it out of the snapshot.
-        clear_marker(control, &cfg.host_id, job.as_str()).map_err(|e| e.to_string())?;
-        control
-            .create_snapshot(snapshot)
-            .map_err(|e| e.to_string())?;
+        clear_marker(control, &cfg.host_id, job)?;
+        control.create_snapshot(snapshot)?;
         let mut nightlies: Vec<_> = control
-            .snapshots()
-            .map_err(|e| e.to_string())?
+            .snapshots()?
             .into_iter()
             .filter(|s| is_nightly(&s.name))
             .collect();
         nightlies.sort_by(|a, b| b.name.cmp(&a.name));
         for old in nightlies.iter().skip(cfg.nightly.keep.max(1)) {
-            control
-                .delete_snapshot(&old.name)
-                .map_err(|e| e.to_string())?;
+            control.delete_snapshot(&old.name)?;
         }
         Ok(snapshot.to_owned())
     }

@@ -50,11 +50,34 @@ pub struct JobOutcome {
     pub exit: ExitCode,
 }
 
+/// Why a booted machine's dom0 was given up on.
+#[derive(Debug, thiserror::Error)]
+pub enum NoAnswer {
+    #[error("canceled")]
+    Canceled,
+    #[error("dom0 of {machine} did not answer within {}s ({last})", .after.as_secs())]
+    Timeout {
+        machine: String,
+        after: Duration,
+        #[source]
+        last: DevVmCheck,
+    },
+}
+
+/// How the last check that dom0 reaches the dev VM went.
+#[derive(Debug, thiserror::Error)]
+pub enum DevVmCheck {
+    #[error("the dev VM check exited with {0}")]
+    Exited(i32),
+    #[error(transparent)]
+    Failed(#[from] GuestError),
+}
+
 /// How one attempt on one machine ended.
 pub(crate) enum Attempt {
     Done(JobOutcome),
     /// dom0 never answered: the machine is off and free again.
-    NoAnswer(String),
+    NoAnswer(NoAnswer),
     /// Another host holds the machine: back to the queue.
     Foreign,
     /// The job did not start (nothing ran); the lease is freed.
@@ -66,7 +89,7 @@ pub(crate) enum Boot {
     Ready,
     /// Another host holds the machine.
     Foreign,
-    NoAnswer(String),
+    NoAnswer(NoAnswer),
     /// The hypervisor failed: nothing ran.
     Failed(PoolError),
 }
@@ -110,7 +133,7 @@ fn hypervisor(machine: &str) -> impl FnOnce(ControlError) -> PoolError + '_ {
 }
 
 impl Runner<'_> {
-    fn job(&self) -> &str {
+    fn job(&self) -> &JobId {
         &self.lease.job
     }
 
@@ -153,7 +176,7 @@ impl Runner<'_> {
         }
         let mine = Marker {
             host: self.config.host_id.clone(),
-            job: self.job().to_owned(),
+            job: self.job().to_string(),
             expires: t + self.lease_for.as_secs(),
         };
         control.set_marker(Some(&mine))?;
@@ -259,12 +282,12 @@ impl Runner<'_> {
             return Ok(false);
         }
         let snapshots = control.snapshots().map_err(hypervisor(name))?;
-        let job = JobId::parse(self.job()).map_err(|e| PoolError::BadInput(e.to_string()))?;
+        let job = self.job();
         control.power_off().map_err(hypervisor(name))?;
         match clean_snapshot(&snapshots, &self.machine.snapshot) {
             Some(snapshot) => {
                 self.events.phase(
-                    &job,
+                    job,
                     &Phase::Reverting {
                         snapshot: snapshot.clone(),
                     },
@@ -283,7 +306,7 @@ impl Runner<'_> {
         if !self.claim_marker(control).map_err(hypervisor(name))? {
             return Ok(false);
         }
-        self.events.phase(&job, &Phase::Booting);
+        self.events.phase(job, &Phase::Booting);
         control.start().map_err(hypervisor(name))?;
         Ok(true)
     }
@@ -294,7 +317,7 @@ impl Runner<'_> {
         dom0: &Dom0<'_>,
         job: &JobId,
         cancel: &AtomicBool,
-    ) -> Result<(), String> {
+    ) -> Result<(), NoAnswer> {
         let started = Instant::now();
         let deadline = started + self.config.boot_timeout;
         let check: Vec<String> = [
@@ -315,18 +338,18 @@ impl Runner<'_> {
                     .min(left.max(Duration::from_millis(100))),
             ) {
                 Ok(0) => return Ok(()),
-                Ok(code) => format!("the dev VM check exited with {code}"),
-                Err(e) => e.to_string(),
+                Ok(code) => DevVmCheck::Exited(code),
+                Err(e) => DevVmCheck::Failed(e),
             };
             if cancel.load(Ordering::Relaxed) {
-                return Err("canceled".into());
+                return Err(NoAnswer::Canceled);
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "dom0 of {} did not answer within {}s ({last})",
-                    self.machine.name,
-                    self.config.boot_timeout.as_secs()
-                ));
+                return Err(NoAnswer::Timeout {
+                    machine: self.machine.name.clone(),
+                    after: self.config.boot_timeout,
+                    last,
+                });
             }
             self.events.phase(
                 job,
@@ -553,10 +576,10 @@ impl Runner<'_> {
 pub(crate) fn clear_marker(
     control: &dyn MachineControl,
     host: &str,
-    job: &str,
+    job: &JobId,
 ) -> Result<(), ControlError> {
     match control.marker()? {
-        Some(m) if m.host == host && m.job == job => control.set_marker(None),
+        Some(m) if m.host == host && m.job == job.as_str() => control.set_marker(None),
         _ => Ok(()),
     }
 }

@@ -4,7 +4,7 @@
 use crate::guest::Dom0;
 use qci_core::{JobId, State, StatusEvent};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where a job stands, as the runner reports it.
@@ -76,6 +76,21 @@ pub trait JobEvents: Sync {
 pub struct Silent;
 impl JobEvents for Silent {}
 
+/// Why a final status could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// [`SinkStatus`]'s copy on the host.
+    #[error("{}: {source}", .path.display())]
+    HostFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Another implementation's own store (the server's jobs table): its
+    /// error, whatever its type.
+    #[error(transparent)]
+    Store(Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// The caller's record of final statuses.
 pub trait FinalStatus: Sync {
     /// The final state (and its description) recorded for `job`, if any.
@@ -88,7 +103,7 @@ pub trait FinalStatus: Sync {
         state: State,
         description: &str,
         dom0: Option<&Dom0<'_>>,
-    ) -> Result<(), String>;
+    ) -> Result<(), RecordError>;
 }
 
 /// The command line's [`FinalStatus`]: the job's `file` sink in the dev VM,
@@ -134,7 +149,7 @@ impl FinalStatus for SinkStatus {
         state: State,
         description: &str,
         dom0: Option<&Dom0<'_>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RecordError> {
         let event = StatusEvent::new(job, state, description);
         if let Some(dom0) = dom0 {
             let arg = format!("qci.Status+{job}");
@@ -144,12 +159,17 @@ impl FinalStatus for SinkStatus {
                 tracing::warn!("cannot post the {state} status through the dev VM: {e}");
             }
         }
-        std::fs::create_dir_all(&self.logs_dir).map_err(|e| e.to_string())?;
+        let at = |path: &Path| {
+            let path = path.to_owned();
+            move |source| RecordError::HostFile { path, source }
+        };
+        std::fs::create_dir_all(&self.logs_dir).map_err(at(&self.logs_dir))?;
+        let path = self.host_file(job);
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.host_file(job))
-            .map_err(|e| e.to_string())?;
-        writeln!(f, "{}", event.to_json()).map_err(|e| e.to_string())
+            .open(&path)
+            .map_err(at(&path))?;
+        writeln!(f, "{}", event.to_json()).map_err(at(&path))
     }
 }

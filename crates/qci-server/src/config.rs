@@ -136,7 +136,10 @@ pub enum ConfigError {
 impl HostConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let config: HostConfig = toml_file::read(path)?;
-        config.pool.validate().map_err(ConfigError::Invalid)?;
+        config
+            .pool
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.0))?;
         config.server.validate()?;
         Ok(config)
     }

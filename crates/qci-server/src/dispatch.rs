@@ -51,7 +51,7 @@ impl FinalStatus for Finals {
         state: State,
         description: &str,
         _dom0: Option<&Dom0<'_>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), qci_pool::RecordError> {
         let (id, why) = (job.clone(), description.to_owned());
         self.app
             .store
@@ -59,8 +59,7 @@ impl FinalStatus for Finals {
                 queue::record_final(conn, &id, state, &why)
             })
             .map(|_| ())
-            // `FinalStatus` is qci_pool's trait, and its error is text.
-            .map_err(|e: StoreError| e.to_string())
+            .map_err(|e| qci_pool::RecordError::Store(Box::new(e)))
     }
 }
 

@@ -1,16 +1,28 @@
 //! What people see: the monitor page, a job's page with its log live over
 //! server-sent events, the log as plain text, `/healthz` and `/metrics`.
-//! Plain HTML and a little JavaScript, served from the binary: no build
-//! step and nothing fetched from elsewhere.
+//! Plain HTML, one script and one style sheet, served from the binary: no
+//! build step and nothing fetched from elsewhere.
+//!
+//! Authors, refs, commit messages and log lines are hostile text, so the
+//! HTML is written with maud: it escapes every value by default and checks
+//! the markup at compile time, with no template files to ship or load. The
+//! pages carry no inline script or style, and [`CONTENT_SECURITY_POLICY`]
+//! forbids both, so text that ever got through as markup still could not run.
+//! Text from outside is also shown through `clean_line`, without terminal
+//! escapes and other control characters, which a browser would keep and a
+//! copy to a terminal would act on.
 
 use crate::app::App;
 use crate::logs::read_lines;
 use crate::queue::{self, Job};
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use futures_util::Stream;
+use maud::{DOCTYPE, Markup, html};
+use qci_core::State as JobState;
+use qci_core::status::clean_line;
 use std::convert::Infallible;
 use std::fmt::Write;
 use std::time::Duration;
@@ -18,36 +30,73 @@ use std::time::Duration;
 /// How much of a log one event carries at most.
 const EVENT_BYTES: usize = 256 * 1024;
 
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+/// Where the pages' script and style sheet are served.
+pub const SCRIPT_PATH: &str = "/static/qci.js";
+pub const STYLE_PATH: &str = "/static/qci.css";
+const SCRIPT: &str = include_str!("../static/qci.js");
+const STYLE: &str = include_str!("../static/qci.css");
+/// The paths are fixed, so the pages ask for them with the version: an
+/// upgraded host is not answered from a browser's cache of the old files.
+const ASSET_VERSION: &str = env!("CARGO_PKG_VERSION");
+const ASSET_CACHE: &str = "public, max-age=3600";
+
+/// Sent with every response: nothing but our own script and style sheet,
+/// no inline script or style, connections only back to us (the live log
+/// and the refresh of the events), and no framing.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    connect-src 'self'; style-src 'self'; img-src 'self'; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
+
+/// The layer that puts [`CONTENT_SECURITY_POLICY`] on every response.
+pub async fn content_security_policy(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    response
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}\
-table{border-collapse:collapse;width:100%;margin-bottom:1.5em}\
-th,td{text-align:left;padding:.3em .6em;border-bottom:1px solid #ddd;font-size:.9em}\
-th{background:#f4f4f4}td:first-child{white-space:nowrap}code,pre{font-family:monospace}\
-pre#log{background:#111;color:#ddd;padding:1em;overflow-x:auto;min-height:10em;white-space:pre-wrap}\
-.state{font-weight:bold}.success{color:#1a7f37}.failure,.error{color:#cf222e}\
-.canceled{color:#777}.running{color:#9a6700}.queued{color:#0969da}";
+/// `/static/qci.js`: the pages' behaviour.
+pub async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
 
-fn page(title: &str, body: &str) -> Html<String> {
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width\"><title>{}</title>\
-         <style>{STYLE}</style></head><body>{body}</body></html>",
-        escape(title)
-    ))
+/// `/static/qci.css`: the pages' look.
+pub async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, ASSET_CACHE),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A state as stored, typed; `None` for a word that is no state.
+fn parse_state(text: &str) -> Option<JobState> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).ok()
+}
+
+fn page(title: &str, body: Markup) -> Html<String> {
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width";
+                title { (title) }
+                link rel="stylesheet" href={ (STYLE_PATH) "?v=" (ASSET_VERSION) };
+                script src={ (SCRIPT_PATH) "?v=" (ASSET_VERSION) } defer {}
+            }
+            body { (body) }
+        }
+    };
+    Html(markup.into_string())
 }
 
 fn duration(ms: Option<i64>) -> String {
@@ -66,48 +115,52 @@ fn duration(ms: Option<i64>) -> String {
     }
 }
 
-fn row(job: &Job, now: i64) -> String {
-    let state = if job.needs_approval && job.state.as_str() == "queued" {
+fn row(job: &Job, now: i64) -> Markup {
+    let state = job.state();
+    let label = if job.needs_approval && state == JobState::Queued {
         "awaiting approval"
     } else {
-        job.state.as_str()
+        state.as_str()
     };
-    format!(
-        "<tr><td><a href=\"/jobs/{id}\">{id}</a></td><td>{repo}</td><td>{git_ref}</td>\
-         <td><code>{sha}</code></td><td>{author}</td><td class=\"state {class}\">{state}</td>\
-         <td>{dur}</td><td>{desc}</td></tr>",
-        id = escape(job.id.as_str()),
-        repo = escape(&job.repo),
-        git_ref = escape(&job.git_ref),
-        sha = escape(&job.sha[..job.sha.len().min(12)]),
-        author = escape(&job.author),
-        class = escape(job.state.as_str()),
-        state = escape(state),
-        dur = duration(job.duration_ms(now)),
-        desc = escape(&job.description),
-    )
+    // Commits are 40 hex; `get` keeps a stored oddity from panicking.
+    let short_sha = job.sha.get(..12).unwrap_or(&job.sha);
+    html! {
+        tr {
+            td { a href={ "/jobs/" (job.id) } { (job.id) } }
+            td { (clean_line(&job.repo)) }
+            td { (clean_line(&job.git_ref)) }
+            td { code { (clean_line(short_sha)) } }
+            td { (clean_line(&job.author)) }
+            td class={ "state " (state.as_str()) } { (label) }
+            td { (duration(job.duration_ms(now))) }
+            td { (clean_line(&job.description)) }
+        }
+    }
 }
 
-fn table(title: &str, jobs: &[&Job], now: i64) -> String {
-    let mut out = format!("<h2>{title} ({})</h2>", jobs.len());
-    if jobs.is_empty() {
-        out.push_str("<p>None.</p>");
-        return out;
+fn table(title: &str, jobs: &[&Job], now: i64) -> Markup {
+    html! {
+        h2 { (title) " (" (jobs.len()) ")" }
+        @if jobs.is_empty() {
+            p { "None." }
+        } @else {
+            table {
+                tr {
+                    th { "Job" } th { "Repository" } th { "Ref" } th { "Commit" }
+                    th { "Author" } th { "State" } th { "Duration" } th { "Description" }
+                }
+                @for job in jobs { (row(job, now)) }
+            }
+        }
     }
-    out.push_str(
-        "<table><tr><th>Job</th><th>Repository</th><th>Ref</th><th>Commit</th><th>Author</th>\
-         <th>State</th><th>Duration</th><th>Description</th></tr>",
-    );
-    for job in jobs {
-        out.push_str(&row(job, now));
-    }
-    out.push_str("</table>");
-    out
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
 }
+
+/// How often the monitor reloads itself, in ms (read by the script).
+const RELOAD_MS: u32 = 5000;
 
 /// `/`: running, queued and recent jobs. Refreshes itself every 5 s.
 pub async fn monitor(State(app): State<App>) -> Response {
@@ -118,20 +171,23 @@ pub async fn monitor(State(app): State<App>) -> Response {
     let now = queue::now_ms();
     let running: Vec<&Job> = live
         .iter()
-        .filter(|j| j.state.as_str() == "running" || j.dispatched_at.is_some())
+        .filter(|j| j.state() == JobState::Running || j.dispatched_at.is_some())
         .collect();
     let queued: Vec<&Job> = live
         .iter()
-        .filter(|j| j.state.as_str() == "queued" && j.dispatched_at.is_none())
+        .filter(|j| j.state() == JobState::Queued && j.dispatched_at.is_none())
         .collect();
     let recent: Vec<&Job> = recent.iter().collect();
-    let mut body =
-        String::from("<h1>qci</h1><p>CI on Qubes OS machines. This page refreshes itself.</p>");
-    body.push_str(&table("Running", &running, now));
-    body.push_str(&table("Queued", &queued, now));
-    body.push_str(&table("Recent", &recent, now));
-    body.push_str("<script>setTimeout(function(){location.reload()},5000)</script>");
-    page("qci", &body).into_response()
+    let body = html! {
+        main data-reload-ms=(RELOAD_MS) {
+            h1 { "qci" }
+            p { "CI on Qubes OS machines. This page refreshes itself." }
+            (table("Running", &running, now))
+            (table("Queued", &queued, now))
+            (table("Recent", &recent, now))
+        }
+    };
+    page("qci", body).into_response()
 }
 
 /// `/jobs/JOB`: the job and its whole log, live while it runs.
@@ -146,52 +202,42 @@ pub async fn job(State(app): State<App>, Path(id): Path<String>) -> Response {
         Ok((None, _)) => return (StatusCode::NOT_FOUND, "no such job\n").into_response(),
         Err(e) => return unavailable(e),
     };
-    let id = escape(job.id.as_str());
-    let mut body = format!(
-        "<p><a href=\"/\">&larr; all jobs</a></p><h1>Job {id}</h1><table>\
-         <tr><th>Repository</th><td>{}</td></tr><tr><th>Ref</th><td>{}</td></tr>\
-         <tr><th>Commit</th><td><code>{}</code></td></tr><tr><th>Author</th><td>{}</td></tr>\
-         <tr><th>Message</th><td>{}</td></tr><tr><th>Context</th><td>{}</td></tr>\
-         <tr><th>State</th><td id=\"state\" class=\"state {}\">{} &mdash; {}</td></tr></table>",
-        escape(&job.repo),
-        escape(&job.git_ref),
-        escape(&job.sha),
-        escape(&job.author),
-        escape(&job.message),
-        escape(&job.context),
-        escape(job.state.as_str()),
-        escape(job.state.as_str()),
-        escape(&job.description),
-    );
-    body.push_str("<h2>Status events</h2><table id=\"events\"><tr><th>Time (UTC)</th><th>State</th><th>Description</th><th>From</th></tr>");
-    for (at, state, description, source) in &events {
-        let at = std::time::UNIX_EPOCH + Duration::from_millis(*at as u64);
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            qci_core::log::timestamp(at),
-            escape(state),
-            escape(description),
-            escape(source)
-        );
-    }
-    let _ = write!(
-        body,
-        "</table><h2>Log <small>(<a href=\"/jobs/{id}/log\">text</a>)</small></h2>\
-         <pre id=\"log\"></pre>\
-         <script>\
-         var log=document.getElementById('log');\
-         var es=new EventSource('/jobs/{id}/events');\
-         es.onmessage=function(e){{var end=window.innerHeight+window.scrollY>=document.body.offsetHeight-40;\
-         log.appendChild(document.createTextNode(e.data+'\\n'));if(end)window.scrollTo(0,document.body.scrollHeight);}};\
-         es.addEventListener('end',function(e){{var s=document.getElementById('state');\
-         var d=JSON.parse(e.data);s.textContent=d.state+' \\u2014 '+d.description;s.className='state '+d.state;es.close();\
-         fetch(location.href).then(function(r){{return r.text();}}).then(function(t){{\
-         var n=new DOMParser().parseFromString(t,'text/html').getElementById('events');\
-         if(n)document.getElementById('events').replaceWith(n);}});}});\
-         </script>"
-    );
-    page(&format!("qci job {}", job.id), &body).into_response()
+    let state = job.state();
+    let body = html! {
+        p { a href="/" { "\u{2190} all jobs" } }
+        h1 { "Job " (job.id) }
+        table {
+            tr { th { "Repository" } td { (clean_line(&job.repo)) } }
+            tr { th { "Ref" } td { (clean_line(&job.git_ref)) } }
+            tr { th { "Commit" } td { code { (clean_line(&job.sha)) } } }
+            tr { th { "Author" } td { (clean_line(&job.author)) } }
+            tr { th { "Message" } td { (clean_line(&job.message)) } }
+            tr { th { "Context" } td { (clean_line(&job.context)) } }
+            tr {
+                th { "State" }
+                td #state class={ "state " (state.as_str()) } {
+                    (state.as_str()) " \u{2014} " (clean_line(&job.description))
+                }
+            }
+        }
+        h2 { "Status events" }
+        table #events {
+            tr { th { "Time (UTC)" } th { "State" } th { "Description" } th { "From" } }
+            @for (at, state, description, source) in &events {
+                tr {
+                    td { (qci_core::log::timestamp(
+                        std::time::UNIX_EPOCH + Duration::from_millis((*at).max(0) as u64)
+                    )) }
+                    td { (parse_state(state).map_or("unknown", JobState::as_str)) }
+                    td { (clean_line(description)) }
+                    td { (clean_line(source)) }
+                }
+            }
+        }
+        h2 { "Log " small { "(" a href={ "/jobs/" (job.id) "/log" } { "text" } ")" } }
+        pre #log data-events={ "/jobs/" (job.id) "/events" } {}
+    };
+    page(&format!("qci job {}", job.id), body).into_response()
 }
 
 /// `/jobs/JOB/log`: the log as plain text (what there is so far).
@@ -253,6 +299,18 @@ fn stream(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
     })
 }
 
+/// Lines of the log as the page shows them: without terminal escapes or
+/// other control characters (tabs kept), as in the page's other text. The
+/// log as the machine wrote it stays at `/jobs/JOB/log`, as plain text.
+fn live_lines(text: &str) -> String {
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let lines: Vec<String> = text
+        .split('\n')
+        .map(|line| qci_core::log::sanitize(line.as_bytes()))
+        .collect();
+    lines.join("\n")
+}
+
 async fn job_state(c: &Cursor) -> Option<Job> {
     let id = c.job.clone();
     c.app
@@ -277,7 +335,7 @@ async fn next_event(c: &mut Cursor) -> Event {
                 .unwrap_or_default();
         if !text.is_empty() {
             c.offset = next;
-            return Event::default().data(text.strip_suffix('\n').unwrap_or(&text));
+            return Event::default().data(live_lines(&text));
         }
         if live {
             if let Some(w) = c.watch.as_mut()
@@ -292,7 +350,7 @@ async fn next_event(c: &mut Cursor) -> Event {
         match job_state(c).await {
             Some(job) if job.is_final() && (job.log_published || job.dispatched_at.is_none()) => {
                 c.ended = true;
-                let data = serde_json::json!({"state": job.state, "description": job.description});
+                let data = serde_json::json!({"state": job.state(), "description": clean_line(&job.description)});
                 return Event::default().event("end").data(data.to_string());
             }
             None => {
@@ -340,8 +398,20 @@ pub async fn metrics(State(app): State<App>) -> Response {
     );
     out.push_str("# HELP qci_queue_length Jobs waiting for a machine, by Qubes version.\n");
     out.push_str("# TYPE qci_queue_length gauge\n");
+    // Label values are written as they are, so each must be one that needs
+    // no quoting in the exposition format (no `"`, `\` or newline). A Qubes
+    // version was checked on the way in (the host's config and each
+    // `.qci.toml`) to be `[A-Za-z0-9.]`; it is checked again here so that a
+    // stored oddity is left out rather than breaking the page.
     for (qubes, n) in &counts.queued {
-        let _ = writeln!(out, "qci_queue_length{{qubes=\"{}\"}} {n}", escape(qubes));
+        if qci_core::pipeline::valid_qubes_version(qubes) {
+            let _ = writeln!(out, "qci_queue_length{{qubes=\"{qubes}\"}} {n}");
+        } else {
+            tracing::warn!(
+                qubes,
+                "a queued job's Qubes version is not one: left out of /metrics"
+            );
+        }
     }
     out.push_str(
         "# HELP qci_triggers_unresolved Deliveries whose jobs are not worked out yet.\n\
@@ -349,8 +419,14 @@ pub async fn metrics(State(app): State<App>) -> Response {
     );
     let _ = writeln!(out, "qci_triggers_unresolved {}", counts.unresolved);
     out.push_str("# HELP qci_jobs Jobs by state.\n# TYPE qci_jobs gauge\n");
+    // A state is one of `State`'s fixed words.
     for (state, n) in &counts.by_state {
-        let _ = writeln!(out, "qci_jobs{{state=\"{}\"}} {n}", escape(state));
+        match parse_state(state) {
+            Some(state) => {
+                let _ = writeln!(out, "qci_jobs{{state=\"{state}\"}} {n}");
+            }
+            None => tracing::warn!(state, "a job's state is not one: left out of /metrics"),
+        }
     }
     app.metrics.render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()

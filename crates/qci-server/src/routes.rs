@@ -16,6 +16,8 @@ pub fn router(app: App) -> Router {
         .route("/jobs/{id}/events", get(pages::log_events))
         .route("/healthz", get(pages::healthz))
         .route("/metrics", get(pages::metrics))
+        .route(pages::SCRIPT_PATH, get(pages::script))
+        .route(pages::STYLE_PATH, get(pages::style))
         .route(
             "/webhook",
             post(api::webhook).layer(DefaultBodyLimit::max(max_body)),
@@ -32,6 +34,9 @@ pub fn router(app: App) -> Router {
             )),
         )
         .layer(axum::middleware::map_response(nosniff))
+        .layer(axum::middleware::map_response(
+            pages::content_security_policy,
+        ))
         .with_state(app)
 }
 

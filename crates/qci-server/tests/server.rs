@@ -895,6 +895,7 @@ fn a_flood_of_progress_from_one_job_reaches_github_as_a_handful() {
         });
 
     let mut refused = 0;
+    let flood = std::time::Instant::now();
     for i in 0..1000 {
         match relay_post(&url, &token, &event(&job, "running", &format!("step {i}"))) {
             204 => {}
@@ -902,7 +903,15 @@ fn a_flood_of_progress_from_one_job_reaches_github_as_a_handful() {
             code => panic!("progress {i}: HTTP {code}"),
         }
     }
-    assert!(refused >= 900, "only {refused} of 1000 refused with 429");
+    // A burst of 5, then one every 2 s: how many get through depends on how
+    // long this machine took to send the flood, never more.
+    let accepted = 1000 - refused;
+    let allowed = 5 + flood.elapsed().as_secs() as usize / 2 + 1;
+    assert!(
+        accepted <= allowed,
+        "{accepted} of 1000 accepted in {:?}",
+        flood.elapsed()
+    );
     pool.open();
     host.wait_state(&job, "success");
     host.github
@@ -923,9 +932,10 @@ fn a_flood_of_progress_from_one_job_reaches_github_as_a_handful() {
     let states = host.github.states(context);
     let finals = states.iter().filter(|s| s.0 != "pending").count();
     assert_eq!(finals, 1, "{states:?}");
+    // queued, dom0's running, at most one per accepted progress, the final.
     assert!(
-        states.len() <= 2 + 5,
-        "GitHub got {} statuses: {states:?}",
+        states.len() <= 2 + accepted + 1,
+        "GitHub got {} statuses for {accepted} accepted: {states:?}",
         states.len()
     );
     let events: i64 = host

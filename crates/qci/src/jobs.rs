@@ -26,18 +26,43 @@ pub enum JobsCommand {
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-pub fn run(config: &Path, url: Option<&str>, command: &JobsCommand) -> ExitCode {
-    match try_run(config, url, command) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("qci: {e}");
-            ExitCode::CiError
+/// Why a jobs command failed. Only the server's refusal of a request can be
+/// the caller's fault (exit 2); the rest, a broken host config included, is
+/// the CI's (exit 3).
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    #[error(transparent)]
+    Config(#[from] qci_server::config::ConfigError),
+    #[error(transparent)]
+    Client(reqwest::Error),
+    #[error("the host config has no server.admin_token, which cancel and retry need")]
+    NoToken,
+    #[error("cannot reach qci serve at {base}: {source}")]
+    Unreachable {
+        base: String,
+        source: reqwest::Error,
+    },
+    /// The server said no; `body` is its answer as stderr may show it.
+    #[error("{body} (HTTP {})", .status.as_u16())]
+    Refused {
+        status: reqwest::StatusCode,
+        body: String,
+    },
+    #[error(transparent)]
+    Reply(#[from] serde_json::Error),
+}
+
+impl JobsError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Refused { status, .. } if status.is_client_error() => ExitCode::BadInput,
+            _ => ExitCode::CiError,
         }
     }
 }
 
-fn try_run(config: &Path, url: Option<&str>, command: &JobsCommand) -> Result<ExitCode, String> {
-    let config = HostConfig::load(config).map_err(|e| e.to_string())?;
+pub fn run(config: &Path, url: Option<&str>, command: &JobsCommand) -> Result<ExitCode, JobsError> {
+    let config = HostConfig::load(config)?;
     let base = match url {
         Some(u) => u.trim_end_matches('/').to_owned(),
         None => {
@@ -51,7 +76,7 @@ fn try_run(config: &Path, url: Option<&str>, command: &JobsCommand) -> Result<Ex
     let client = reqwest::blocking::Client::builder()
         .timeout(TIMEOUT)
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(JobsError::Client)?;
     let (method, path) = match command {
         JobsCommand::List => (reqwest::Method::GET, "/api/jobs".to_owned()),
         JobsCommand::Cancel { job } => (reqwest::Method::POST, format!("/api/jobs/{job}/cancel")),
@@ -63,32 +88,26 @@ fn try_run(config: &Path, url: Option<&str>, command: &JobsCommand) -> Result<Ex
             .server
             .admin_token
             .as_ref()
-            .ok_or("the host config has no server.admin_token, which cancel and retry need")?
-            .read()
-            .map_err(|e| e.to_string())?;
+            .ok_or(JobsError::NoToken)?
+            .read()?;
         request = request.bearer_auth(token);
         if let Ok(user) = std::env::var("USER") {
             request = request.header("X-QCI-User", user);
         }
     }
-    let reply = request
-        .send()
-        .map_err(|e| format!("cannot reach qci serve at {base}: {}", e.without_url()))?;
+    let reply = request.send().map_err(|e| JobsError::Unreachable {
+        base: base.clone(),
+        source: e.without_url(),
+    })?;
     let status = reply.status();
     let body = reply.text().unwrap_or_default();
     if !status.is_success() {
-        eprintln!(
-            "qci: {} (HTTP {})",
-            out::remote_err(body.trim()),
-            status.as_u16()
-        );
-        return Ok(if status.is_client_error() {
-            ExitCode::BadInput
-        } else {
-            ExitCode::CiError
+        return Err(JobsError::Refused {
+            status,
+            body: out::remote_err(body.trim()).into_owned(),
         });
     }
-    let value: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    let value: serde_json::Value = serde_json::from_str(&body)?;
     match command {
         JobsCommand::List => {
             for (title, key) in [("live", "live"), ("recent", "recent")] {

@@ -8,12 +8,12 @@ use qci_core::job_file::{
 };
 use qci_core::process::{ExitFd, wait_or_kill_at, write_within};
 use qci_core::{ExitCode, JobId, State, StatusEvent};
+use qci_emulator::{DOM0, Machine};
 use qci_pool::backend::install;
-use qci_qrexec::emulator::{DOM0, Machine};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// The dev VM of a local machine, as on SecureDrop Workstation.
 pub const DEV_VM: &str = "sd-dev";
@@ -53,14 +53,14 @@ pub enum LocalError {
     #[error("{dir} is not an emulated machine (qci bare-machine makes one): {source}")]
     NotAMachine {
         dir: PathBuf,
-        source: qci_qrexec::emulator::MachineError,
+        source: qci_emulator::MachineError,
     },
     #[error("{machine}: qci is not installed ({missing} is missing)")]
     NotInstalled { machine: PathBuf, missing: PathBuf },
     #[error(transparent)]
     Install(#[from] install::InstallError),
     #[error(transparent)]
-    Machine(#[from] qci_qrexec::emulator::MachineError),
+    Machine(#[from] qci_emulator::MachineError),
     #[error(transparent)]
     JobFile(#[from] JobFileError),
     #[error(
@@ -81,7 +81,7 @@ pub enum LocalError {
 impl LocalError {
     /// Bad input from the user, or our own failure.
     pub fn exit_code(&self) -> ExitCode {
-        use qci_qrexec::emulator::MachineError::{Unreachable, WrongUser};
+        use qci_emulator::MachineError::{Unreachable, WrongUser};
         match self {
             Self::NotADirectory(_)
             | Self::NotAProject(_)
@@ -153,7 +153,7 @@ impl LocalRun {
         // After the deadline, at most one status post remains (begin's or
         // ours), which dom0's settings bound.
         let closing = status_timeout(&machine)?;
-        let job = new_job_id();
+        let job = JobId::generate("local");
         let job_file = JobFile {
             repository: Repository {
                 url: dir.to_string_lossy().into_owned(),
@@ -474,16 +474,6 @@ fn resolve_commit(dir: &Path, rev: &str) -> Result<CommitSha, LocalError> {
         return Err(bad("no such commit".into()));
     }
     CommitSha::parse(String::from_utf8_lossy(&out.stdout).trim()).map_err(|e| bad(e.to_string()))
-}
-
-/// `local-YYYYMMDDhhmmssmmm-PID`: sortable, unique per machine.
-fn new_job_id() -> JobId {
-    let stamp: String = qci_core::log::timestamp(SystemTime::now())
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect();
-    JobId::parse(&format!("local-{stamp}-{}", std::process::id()))
-        .expect("generated job ids are valid")
 }
 
 /// Ctrl-C (SIGINT), SIGTERM and SIGHUP while a job runs: noted, so that the

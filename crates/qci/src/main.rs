@@ -3,6 +3,7 @@
 //! Invoked as `qrexec-client-vm`, `qvm-run` or `qrexec-client` (the links an
 //! emulated machine puts on its domains' PATH), it is that emulated tool.
 
+mod error;
 mod jobs;
 mod local;
 mod out;
@@ -10,10 +11,11 @@ mod pool;
 mod serve;
 
 use clap::{Parser, Subcommand};
+use error::CliError;
 use qci_core::ExitCode;
+use qci_emulator::{self as emulator, Caller, DOM0, Machine};
 use qci_pool::backend::install;
-use qci_qrexec::emulator::{self, Caller, DOM0, Machine};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -101,7 +103,7 @@ enum Command {
         machine_dir: Option<PathBuf>,
         /// Bound on the whole job (e.g. 90s, 30m, 6h); default 6h, or the
         /// pool's job_timeout.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = qci_core::pipeline::parse_duration)]
         timeout: Option<std::time::Duration>,
     },
     /// Show the pool: each machine's power state, lease, job, snapshot and
@@ -182,10 +184,6 @@ enum Command {
     },
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    qci_core::pipeline::parse_duration(s).map_err(|e| e.to_string())
-}
-
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_default();
@@ -198,12 +196,47 @@ fn main() -> std::process::ExitCode {
         return exit_raw(emulator::tools::main(&name, args.collect()));
     }
     qci_core::diagnostics::init("warn");
-    let code = command(Cli::parse().command);
-    out::finish(code)
+    match run(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => fail(e),
+    }
 }
 
-fn command(command: Command) -> std::process::ExitCode {
-    match command {
+/// The one place a failure is told, as `qci: WHY`, and becomes the exit
+/// code.
+fn fail(e: CliError) -> std::process::ExitCode {
+    if let CliError::Output {
+        earlier: Some(first),
+        ..
+    } = &e
+    {
+        eprintln!("qci: {first}");
+    }
+    eprintln!("qci: {e}");
+    e.exit_code().into()
+}
+
+/// Sends the subcommand to its function, then checks that its output got
+/// out whole (out.rs).
+fn run(command: Command) -> Result<std::process::ExitCode, CliError> {
+    let result = match command {
+        Command::Run {
+            local: Some(dir),
+            commit,
+            state_dir,
+            machine_dir,
+            timeout,
+            ..
+        } => local::LocalRun {
+            dir,
+            commit,
+            state_dir,
+            machine_dir,
+            timeout: timeout.unwrap_or(std::time::Duration::from_secs(6 * 3600)),
+        }
+        .execute()
+        .map(Into::into)
+        .map_err(CliError::from),
         Command::Run {
             local: None,
             machine,
@@ -221,7 +254,7 @@ fn command(command: Command) -> std::process::ExitCode {
                 (None, Some(q)) => qci_pool::Target::Qubes(q),
                 (None, None) => unreachable!("clap requires one of them"),
             };
-            host_command(pool::run(pool::RunArgs {
+            pool::run(pool::RunArgs {
                 target,
                 repo: repo.unwrap_or_default(),
                 commit: commit.unwrap_or_default(),
@@ -229,100 +262,69 @@ fn command(command: Command) -> std::process::ExitCode {
                 job,
                 config,
                 timeout,
-            }))
+            })
+            .map(Into::into)
+            .map_err(CliError::from)
         }
-        Command::Pool { config } => host_command(pool::show(&config)),
-        Command::Nightly { config, machine } => host_command(pool::nightly(&config, &machine)),
-        Command::Run {
-            local: Some(local),
-            commit,
-            state_dir,
-            machine_dir,
-            timeout,
-            ..
-        } => {
-            let run = local::LocalRun {
-                dir: local,
-                commit,
-                state_dir,
-                machine_dir,
-                timeout: timeout.unwrap_or(std::time::Duration::from_secs(6 * 3600)),
-            };
-            match run.execute() {
-                Ok(code) => code.into(),
-                Err(e) => {
-                    eprintln!("qci: {e}");
-                    e.exit_code().into()
-                }
-            }
-        }
-        Command::BareMachine { machine, vms } => {
-            let vms: Vec<&str> = vms.iter().map(String::as_str).collect();
-            match install::bare_machine(&machine, &vms, &install::default_bin_dir()) {
-                Ok(m) => {
-                    out::outln!("{}", m.root().display());
-                    ExitCode::Success.into()
-                }
-                Err(e) => {
-                    eprintln!("qci: {e}");
-                    let bad_name = matches!(
-                        e,
-                        install::InstallError::Machine(emulator::MachineError::BadName(_))
-                    );
-                    if bad_name {
-                        ExitCode::BadInput.into()
-                    } else {
-                        ExitCode::CiError.into()
-                    }
-                }
-            }
-        }
-        Command::Serve { config } => serve::serve(&config).into(),
+        Command::Pool { config } => pool::show(&config).map(Into::into).map_err(CliError::from),
+        Command::Nightly { config, machine } => pool::nightly(&config, &machine)
+            .map(Into::into)
+            .map_err(CliError::from),
+        Command::BareMachine { machine, vms } => bare_machine(&machine, &vms),
+        Command::Serve { config } => serve::serve(&config)
+            .map(Into::into)
+            .map_err(CliError::from),
         Command::Jobs {
             config,
             url,
             command,
-        } => jobs::run(&config, url.as_deref(), &command).into(),
+        } => jobs::run(&config, url.as_deref(), &command)
+            .map(Into::into)
+            .map_err(CliError::from),
         Command::Qrexec {
             machine,
             from,
             target,
             service,
-        } => {
-            let result = Machine::open(&machine).and_then(|m| {
-                // The caller is a process in a domain: never root.
-                m.enter()?;
-                let caller = if from == DOM0 {
-                    Caller::Dom0 { source: DOM0 }
-                } else {
-                    Caller::Vm(&from)
-                };
-                m.call(caller, &target, &service, None)
-            });
-            match result {
-                Ok(outcome) => {
-                    if let Some(msg) = outcome.message {
-                        eprintln!("{msg}");
-                    }
-                    exit_raw(outcome.code)
-                }
-                Err(e) => {
-                    eprintln!("qci: {e}");
-                    ExitCode::BadInput.into()
-                }
-            }
-        }
+        } => qrexec(&machine, &from, &target, &service),
+    };
+    match out::finish() {
+        Ok(()) => result,
+        Err(source) => Err(CliError::Output {
+            source,
+            earlier: result.err().map(Box::new),
+        }),
     }
 }
 
-fn host_command(result: Result<ExitCode, pool::Failure>) -> std::process::ExitCode {
-    match result {
-        Ok(code) => code.into(),
-        Err(pool::Failure(code, why)) => {
-            eprintln!("qci: {why}");
-            code.into()
-        }
+/// `qci bare-machine`: prints the machine's directory.
+fn bare_machine(machine: &Path, vms: &[String]) -> Result<std::process::ExitCode, CliError> {
+    let vms: Vec<&str> = vms.iter().map(String::as_str).collect();
+    let m = install::bare_machine(machine, &vms, &install::default_bin_dir())?;
+    out::outln!("{}", m.root().display());
+    Ok(ExitCode::Success.into())
+}
+
+/// `qci qrexec`: the call's own exit status, passed through.
+fn qrexec(
+    machine: &Path,
+    from: &str,
+    target: &str,
+    service: &str,
+) -> Result<std::process::ExitCode, CliError> {
+    let m = Machine::open(machine)?;
+    // The caller is a process in a domain: never root.
+    m.enter()?;
+    let caller = if from == DOM0 {
+        Caller::Dom0 { source: DOM0 }
+    } else {
+        Caller::Vm(from)
+    };
+    let outcome = m.call(caller, target, service, None)?;
+    if let Some(msg) = outcome.message {
+        eprintln!("{msg}");
     }
+    Ok(exit_raw(outcome.code))
 }
 
 /// Passes through an exit status that is not ours (a service's, qrexec's).

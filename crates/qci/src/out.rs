@@ -16,7 +16,7 @@ use std::sync::{Mutex, OnceLock};
 /// Set once a write found the reader gone.
 static CLOSED: AtomicBool = AtomicBool::new(false);
 /// The first other write error, reported once at the end.
-static FAILED: Mutex<Option<String>> = Mutex::new(None);
+static FAILED: Mutex<Option<std::io::Error>> = Mutex::new(None);
 
 /// Writes `bytes` to stdout and flushes, handling a broken pipe.
 pub fn write(bytes: &[u8]) {
@@ -29,7 +29,7 @@ pub fn write(bytes: &[u8]) {
             CLOSED.store(true, Ordering::Relaxed);
         } else {
             let mut failed = FAILED.lock().unwrap_or_else(|e| e.into_inner());
-            failed.get_or_insert_with(|| e.to_string());
+            failed.get_or_insert(e);
         }
     }
 }
@@ -70,15 +70,17 @@ fn shown(text: &str, on_terminal: bool) -> Cow<'_, str> {
     }
 }
 
-/// The exit code of a command whose output went through [`write`]: its
-/// own, unless stdout failed otherwise than by its reader closing.
-pub fn finish(code: std::process::ExitCode) -> std::process::ExitCode {
-    let failed = FAILED.lock().unwrap_or_else(|e| e.into_inner()).take();
-    match failed {
-        Some(why) => {
-            eprintln!("qci: cannot write the output: {why}");
-            qci_core::ExitCode::CiError.into()
-        }
-        None => code,
+/// Stdout failed otherwise than by its reader closing: the output is
+/// incomplete, whatever the command did.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the output: {0}")]
+pub struct OutputError(#[source] std::io::Error);
+
+/// Once a command is done: whether all of its output went through
+/// [`write`].
+pub fn finish() -> Result<(), OutputError> {
+    match FAILED.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        Some(e) => Err(OutputError(e)),
+        None => Ok(()),
     }
 }

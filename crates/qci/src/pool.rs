@@ -3,34 +3,49 @@
 //! work; this module reads arguments, prints, and picks exit codes).
 
 use crate::out::{self, outln};
-use qci_core::job_file::{CommitSha, JobFile, Reason, Repository, Sink, status_file_rel};
+use qci_core::job_file::{
+    CommitSha, JobFile, JobFileError, Reason, Repository, Sink, status_file_rel,
+};
+use qci_core::job_id::JobIdError;
 use qci_core::{ExitCode, JobId};
-use qci_pool::{Phase, Pool, PoolConfig, SinkStatus, Target};
+use qci_pool::{Phase, Pool, PoolConfig, PoolError, SinkStatus, Target};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Where `--config` points when not given.
 pub const DEFAULT_CONFIG: &str = "/etc/qci/host.toml";
 
-/// A failure of a host command: its message and exit code.
-pub struct Failure(pub ExitCode, pub String);
+/// Why a host command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Config(#[from] qci_pool::config::ConfigError),
+    #[error("--commit: {0}")]
+    Commit(#[source] JobFileError),
+    #[error(transparent)]
+    Repo(#[from] BadRepoUrl),
+    #[error("--job: {0}")]
+    Job(#[source] JobIdError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("job {job} did not run: {source}")]
+    NotRun { job: JobId, source: PoolError },
+}
 
-impl<E: std::fmt::Display> From<(ExitCode, E)> for Failure {
-    fn from((code, e): (ExitCode, E)) -> Self {
-        Self(code, e.to_string())
+impl HostError {
+    /// The pool says whose fault its own errors are; the rest is input.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Pool(e) | Self::NotRun { source: e, .. } => e.exit_code(),
+            Self::Config(_) | Self::Commit(_) | Self::Repo(_) | Self::Job(_) => ExitCode::BadInput,
+        }
     }
 }
 
-fn load(config: &Path) -> Result<PoolConfig, Failure> {
-    qci_pool::load_host_file(config)
-        .map(|h| h.pool)
-        .map_err(|e| Failure(ExitCode::BadInput, e.to_string()))
-}
-
-fn open(config: PoolConfig) -> Result<Pool, Failure> {
-    Pool::open(config).map_err(|e| Failure(e.exit_code(), e.to_string()))
+fn load(config: &Path) -> Result<PoolConfig, HostError> {
+    Ok(qci_pool::load_host_file(config)?.pool)
 }
 
 fn sink_status(pool: &Pool) -> SinkStatus {
@@ -40,10 +55,8 @@ fn sink_status(pool: &Pool) -> SinkStatus {
 }
 
 /// Cleans up after host processes that died, and says what it did.
-fn reconcile(pool: &Pool) -> Result<(), Failure> {
-    let done = pool
-        .reconcile(&sink_status(pool))
-        .map_err(|e| Failure(e.exit_code(), e.to_string()))?;
+fn reconcile(pool: &Pool) -> Result<(), HostError> {
+    let done = pool.reconcile(&sink_status(pool))?;
     for r in done {
         match r.result {
             Ok(()) => eprintln!(
@@ -69,10 +82,23 @@ pub struct RunArgs {
     pub timeout: Option<Duration>,
 }
 
+/// A `--repo` that git could take for something else than a repository.
+#[derive(Debug, thiserror::Error)]
+#[error("--repo {url:?}: {why}")]
+pub struct BadRepoUrl {
+    url: String,
+    why: &'static str,
+}
+
 /// Git URLs qci accepts: a URL with a scheme git knows, `user@host:path`,
 /// or an absolute path. Nothing that could pass for an option.
-pub fn check_repo_url(url: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("--repo {url:?}: {why}"));
+pub fn check_repo_url(url: &str) -> Result<(), BadRepoUrl> {
+    let bad = |why: &'static str| {
+        Err(BadRepoUrl {
+            url: url.to_owned(),
+            why,
+        })
+    };
     if url.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return bad("not a repository URL (empty, or with spaces or control characters)");
     }
@@ -93,16 +119,6 @@ pub fn check_repo_url(url: &str) -> Result<(), String> {
         Some((host, path)) if !host.is_empty() && !path.is_empty() && !host.contains('/') => Ok(()),
         _ => bad("not a URL, an scp-like `user@host:path`, or an absolute path"),
     }
-}
-
-/// `run-YYYYMMDDhhmmssmmm-PID`.
-fn new_job_id() -> JobId {
-    let stamp: String = qci_core::log::timestamp(SystemTime::now())
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect();
-    JobId::parse(&format!("run-{stamp}-{}", std::process::id()))
-        .expect("generated job ids are valid")
 }
 
 /// Set by SIGINT / SIGTERM: the job is canceled, the machine freed.
@@ -157,17 +173,14 @@ impl qci_pool::JobEvents for Terminal {
     }
 }
 
-pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
+pub fn run(args: RunArgs) -> Result<ExitCode, HostError> {
     // Everything about the input is checked before any machine is touched.
     let config = load(&args.config)?;
-    let commit = CommitSha::parse(&args.commit)
-        .map_err(|e| Failure(ExitCode::BadInput, format!("--commit: {e}")))?;
-    check_repo_url(&args.repo).map_err(|e| Failure(ExitCode::BadInput, e))?;
+    let commit = CommitSha::parse(&args.commit).map_err(HostError::Commit)?;
+    check_repo_url(&args.repo)?;
     let job = match &args.job {
-        Some(j) => {
-            JobId::parse(j).map_err(|e| Failure(ExitCode::BadInput, format!("--job: {e}")))?
-        }
-        None => new_job_id(),
+        Some(j) => JobId::parse(j).map_err(HostError::Job)?,
+        None => JobId::generate("run"),
     };
     let qubes = match &args.target {
         Target::Qubes(q) => q.clone(),
@@ -177,9 +190,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             .unwrap_or_default(),
     };
     let timeout = args.timeout.unwrap_or(config.job_timeout);
-    let pool = open(config)?;
-    pool.check_target(&args.target)
-        .map_err(|e| Failure(e.exit_code(), e.to_string()))?;
+    let pool = Pool::open(config)?;
+    pool.check_target(&args.target)?;
     reconcile(&pool)?;
 
     let job_file = JobFile {
@@ -212,7 +224,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     };
     let outcome = pool
         .run_job(&request, &terminal, &sink_status(&pool))
-        .map_err(|e| Failure(e.exit_code(), format!("job {job} did not run: {e}")))?;
+        .map_err(|source| HostError::NotRun {
+            job: job.clone(),
+            source,
+        })?;
     outln!(
         "qci: job {job}: {} ({}) on {}",
         outcome.state,
@@ -224,11 +239,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 }
 
 /// `qci pool`: one line per machine.
-pub fn show(config: &Path) -> Result<ExitCode, Failure> {
-    let pool = open(load(config)?)?;
-    let report = pool
-        .report()
-        .map_err(|e| Failure(e.exit_code(), e.to_string()))?;
+pub fn show(config: &Path) -> Result<ExitCode, HostError> {
+    let pool = Pool::open(load(config)?)?;
+    let report = pool.report()?;
     let now = qci_pool::lease::now();
     outln!(
         "{:<16} {:<6} {:<8} {:<8} {:<44} {:<16} LAST JOB",
@@ -279,7 +292,7 @@ pub fn show(config: &Path) -> Result<ExitCode, Failure> {
             out::remote(&last),
         );
         if let Err(e) = m.power {
-            outln!("  {}: {}", m.name, out::remote(&e));
+            outln!("  {}: {}", m.name, out::remote(&e.to_string()));
         }
     }
     for note in notes {
@@ -289,19 +302,16 @@ pub fn show(config: &Path) -> Result<ExitCode, Failure> {
 }
 
 /// `qci nightly`: 0 when every machine got its snapshot, 3 otherwise.
-pub fn nightly(config: &Path, machines: &[String]) -> Result<ExitCode, Failure> {
-    let pool = open(load(config)?)?;
+pub fn nightly(config: &Path, machines: &[String]) -> Result<ExitCode, HostError> {
+    let pool = Pool::open(load(config)?)?;
     for name in machines {
-        pool.check_target(&Target::Machine(name.clone()))
-            .map_err(|e| Failure(e.exit_code(), e.to_string()))?;
+        pool.check_target(&Target::Machine(name.clone()))?;
     }
     reconcile(&pool)?;
     let terminal = Terminal {
         last_wait: Default::default(),
     };
-    let outcomes = pool
-        .nightly(machines, &terminal)
-        .map_err(|e| Failure(e.exit_code(), e.to_string()))?;
+    let outcomes = pool.nightly(machines, &terminal)?;
     let mut code = ExitCode::Success;
     for o in outcomes {
         match o.result {
@@ -315,7 +325,7 @@ pub fn nightly(config: &Path, machines: &[String]) -> Result<ExitCode, Failure> 
                 outln!(
                     "qci: nightly {}: no snapshot: {}",
                     o.machine,
-                    out::remote(&why)
+                    out::remote(&why.to_string())
                 );
             }
         }

@@ -10,52 +10,47 @@ use std::time::Duration;
 /// How long a stopping host waits for its own threads.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-pub fn serve(config: &Path) -> ExitCode {
-    let config = match HostConfig::load(config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("qci: {e}");
-            return ExitCode::BadInput;
+/// Why `qci serve` stopped, or never started.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] qci_server::config::ConfigError),
+    /// Another host holds the state dir.
+    #[error(transparent)]
+    Lock(#[from] qci_server::state_lock::StateLockError),
+    #[error(transparent)]
+    Pool(#[from] qci_pool::PoolError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Serve(#[from] qci_server::ServeError),
+}
+
+impl ServeError {
+    /// A bad config is the operator's to fix (exit 2); the rest is the CI's.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Config(_) | Self::Serve(qci_server::ServeError::Config(_)) => ExitCode::BadInput,
+            Self::Pool(e) => e.exit_code(),
+            Self::Lock(_) | Self::Runtime(_) | Self::Serve(_) => ExitCode::CiError,
         }
-    };
+    }
+}
+
+pub fn serve(config: &Path) -> Result<ExitCode, ServeError> {
+    let config = HostConfig::load(config)?;
     // Before the pool or the database is opened: a second host on the same
     // state dir must change nothing.
-    let lock = match qci_server::StateLock::acquire(config.state_dir()) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("qci: {e}");
-            return ExitCode::CiError;
-        }
-    };
-    let pool = match qci_pool::Pool::open(config.pool.clone()) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("qci: {e}");
-            return e.exit_code();
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let lock = qci_server::StateLock::acquire(config.state_dir())?;
+    let pool = qci_pool::Pool::open(config.pool.clone())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("qci: cannot start the async runtime: {e}");
-            return ExitCode::CiError;
-        }
-    };
+        .map_err(ServeError::Runtime)?;
     let served = runtime.block_on(qci_server::serve(config, Arc::new(pool), None, lock));
     // Jobs still running on machines are not waited for: their leases name
     // this process, so the next start reconciles them.
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
-    match served {
-        Ok(()) => ExitCode::Success,
-        Err(e) => {
-            eprintln!("qci: {e}");
-            match e {
-                qci_server::ServeError::Config(_) => ExitCode::BadInput,
-                _ => ExitCode::CiError,
-            }
-        }
-    }
+    served?;
+    Ok(ExitCode::Success)
 }

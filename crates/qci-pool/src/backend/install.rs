@@ -5,7 +5,7 @@
 //! binaries and dom0's settings. A bare machine can instead be installed
 //! by Salt (`salt/`, with pillar `qci:root` set to a domain's directory).
 
-use qci_qrexec::emulator::{DOM0, Machine, MachineError, QubeSpec};
+use qci_emulator::{DOM0, Machine, MachineError, QubeSpec};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 

@@ -37,7 +37,7 @@ impl Libvirt {
     fn virsh(&self, args: &[&str]) -> Result<String, ControlError> {
         let mut cmd = Command::new("virsh");
         cmd.args(["-q", "-c", &self.uri]).args(args);
-        let done = run_bounded(cmd, self.timeout).map_err(ControlError::Unreachable)?;
+        let done = run_bounded(cmd, self.timeout).map_err(ControlError::Client)?;
         if done.success {
             return Ok(done.stdout);
         }

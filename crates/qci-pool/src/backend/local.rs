@@ -15,7 +15,7 @@
 use super::install;
 use crate::control::{ControlError, MachineControl, Marker, PowerState, Snapshot};
 use crate::guest::{GuestChannel, GuestError, GuestPid};
-use qci_qrexec::emulator::{DOM0, ENV_MACHINE, Machine};
+use qci_emulator::{DOM0, ENV_MACHINE, Machine};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{Read, Seek, Write};

@@ -54,7 +54,7 @@ impl Backend {
                     machine.provision(&m.snapshot)?;
                 }
                 // An emulated dom0 keeps its directories under its root.
-                let dom0 = machine.root().join(qci_qrexec::emulator::DOM0);
+                let dom0 = machine.root().join(qci_emulator::DOM0);
                 log_dir = dom0
                     .join(install::DOM0_LOG_DIR)
                     .to_string_lossy()
@@ -72,7 +72,10 @@ impl Backend {
                     m.guest_credentials_file.as_deref(),
                     m.guest_credentials_env.as_deref(),
                 )
-                .map_err(|e| ControlError::Refused(format!("dom0 of {}: {e}", m.name)))?;
+                .map_err(|source| ControlError::Credentials {
+                    whose: format!("dom0 of {}", m.name),
+                    source,
+                })?;
                 Arc::new(vmware::GuestOps::new(
                     vmware_connection(m, call_timeout)?,
                     auth,
@@ -94,7 +97,10 @@ fn vmware_connection(
     call_timeout: Duration,
 ) -> Result<Arc<vmware::Connection>, ControlError> {
     let creds = Credentials::load(m.credentials_file.as_deref(), m.credentials_env.as_deref())
-        .map_err(|e| ControlError::Refused(format!("machine {}: {e}", m.name)))?;
+        .map_err(|source| ControlError::Credentials {
+            whose: format!("machine {}", m.name),
+            source,
+        })?;
     vmware::Connection::new(
         m.url.as_deref().unwrap_or_default(),
         m.vm.as_deref().unwrap_or(&m.name),

@@ -71,8 +71,8 @@ impl Transport for Virsh {
         cmd.args(["-q", "-c", &self.uri, "qemu-agent-command", &self.domain])
             .arg(request(command, &arguments))
             .args(["--timeout", &secs]);
-        let done = run_bounded(cmd, self.timeout + Duration::from_secs(5))
-            .map_err(GuestError::NoAnswer)?;
+        let done =
+            run_bounded(cmd, self.timeout + Duration::from_secs(5)).map_err(GuestError::Client)?;
         if done.success {
             return parse_reply(command, &done.stdout);
         }

@@ -38,7 +38,7 @@ pub struct Connection {
 
 fn from_soap(e: SoapError) -> ControlError {
     match e {
-        SoapError::Transport(t) => ControlError::Unreachable(format!("vSphere: {t}")),
+        e if e.is_transport() => ControlError::Unreachable(format!("vSphere: {e}")),
         fault => ControlError::Refused(format!("vSphere: {fault}")),
     }
 }
@@ -58,7 +58,7 @@ impl Connection {
             })
             .transpose()?;
         Ok(Self {
-            client: Client::new(url, ca.as_deref(), timeout).map_err(ControlError::Refused)?,
+            client: Client::new(url, ca.as_deref(), timeout)?,
             vm_name: vm.to_owned(),
             credentials,
             task_timeout: timeout * 30,
@@ -410,7 +410,7 @@ fn guest_err(e: ControlError) -> GuestError {
 /// Faults that mean the guest's tools are not (yet) running.
 fn guest_soap(e: SoapError) -> GuestError {
     match &e {
-        SoapError::Transport(_) => GuestError::NoAnswer(e.to_string()),
+        e if e.is_transport() => GuestError::NoAnswer(e.to_string()),
         SoapError::Fault { kind, .. }
             if kind.contains("GuestOperationsUnavailable")
                 || kind.contains("ToolsUnavailable")

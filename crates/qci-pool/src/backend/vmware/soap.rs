@@ -49,15 +49,40 @@ impl Node {
     }
 }
 
+/// Why an answer is not the XML it should be.
+#[derive(Debug, thiserror::Error)]
+pub enum XmlError {
+    #[error("bad XML at {at}: {source}")]
+    Syntax { at: u64, source: quick_xml::Error },
+    #[error("unbalanced XML")]
+    Unbalanced,
+    #[error("empty XML")]
+    Empty,
+    #[error(transparent)]
+    Encoding(#[from] quick_xml::encoding::EncodingError),
+    #[error(transparent)]
+    CharRef(quick_xml::Error),
+}
+
+/// Why a [`Client`] could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("ca_file: {0}")]
+    CaFile(#[source] reqwest::Error),
+    #[error(transparent)]
+    Build(reqwest::Error),
+}
+
 /// Parses `xml` into a tree of local names.
-pub fn parse(xml: &str) -> Result<Node, String> {
+pub fn parse(xml: &str) -> Result<Node, XmlError> {
     let mut reader = quick_xml::Reader::from_str(xml);
     let mut stack: Vec<Node> = vec![Node::default()];
     let local = |raw: &[u8]| String::from_utf8_lossy(raw).into_owned();
     loop {
-        let event = reader
-            .read_event()
-            .map_err(|e| format!("bad XML at {}: {e}", reader.buffer_position()))?;
+        let event = reader.read_event().map_err(|source| XmlError::Syntax {
+            at: reader.buffer_position(),
+            source,
+        })?;
         let empty = matches!(event, Event::Empty(_));
         match event {
             Event::Start(e) | Event::Empty(e) => {
@@ -81,15 +106,15 @@ pub fn parse(xml: &str) -> Result<Node, String> {
                 }
             }
             Event::End(_) => {
-                let node = stack.pop().ok_or("unbalanced XML")?;
+                let node = stack.pop().ok_or(XmlError::Unbalanced)?;
                 stack
                     .last_mut()
-                    .ok_or("unbalanced XML")?
+                    .ok_or(XmlError::Unbalanced)?
                     .children
                     .push(node);
             }
             Event::Text(t) => {
-                let text = t.decode().map_err(|e| e.to_string())?;
+                let text = t.decode()?;
                 if let Some(top) = stack.last_mut() {
                     top.text.push_str(&text);
                 }
@@ -100,7 +125,7 @@ pub fn parse(xml: &str) -> Result<Node, String> {
                 }
             }
             Event::GeneralRef(r) => {
-                let c = match r.resolve_char_ref().map_err(|e| e.to_string())? {
+                let c = match r.resolve_char_ref().map_err(XmlError::CharRef)? {
                     Some(c) => c.to_string(),
                     None => match &r[..] {
                         b"amp" => "&".into(),
@@ -119,7 +144,7 @@ pub fn parse(xml: &str) -> Result<Node, String> {
             _ => {}
         }
     }
-    let root = stack.pop().ok_or("empty XML")?;
+    let root = stack.pop().ok_or(XmlError::Empty)?;
     Ok(root)
 }
 
@@ -162,12 +187,37 @@ impl MoRef {
 #[derive(Debug, thiserror::Error)]
 pub enum SoapError {
     /// Not reached, or no answer in time.
-    #[error("{0}")]
-    Transport(String),
+    #[error("{url}: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// An answer that is not SOAP.
+    #[error(transparent)]
+    Xml(#[from] XmlError),
+    #[error("an answer without a body")]
+    NoBody,
+    /// An HTTP error status, with an answer that is not SOAP either.
+    #[error("{url} answered {status}: {source}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+        #[source]
+        source: Box<SoapError>,
+    },
     /// vSphere answered with a fault: its type (e.g. `InvalidPowerState`)
     /// and message.
     #[error("{kind}: {message}")]
     Fault { kind: String, message: String },
+}
+
+impl SoapError {
+    /// Everything but a fault: vSphere was not reached, or did not answer
+    /// in SOAP.
+    pub fn is_transport(&self) -> bool {
+        !matches!(self, Self::Fault { .. })
+    }
 }
 
 /// The SOAP envelope of one method call.
@@ -184,7 +234,7 @@ pub fn envelope(method: &str, this: &MoRef, args: &str) -> String {
 
 /// The `returnval`s of an answer, or its fault.
 pub fn read_answer(body: &str) -> Result<Node, SoapError> {
-    let root = parse(body).map_err(SoapError::Transport)?;
+    let root = parse(body)?;
     if let Some(fault) = root.find("Fault") {
         let message = fault
             .text_of("faultstring")
@@ -206,7 +256,7 @@ pub fn read_answer(body: &str) -> Result<Node, SoapError> {
         .find("Body")
         .and_then(|b| b.children.first())
         .cloned()
-        .ok_or_else(|| SoapError::Transport("an answer without a body".into()))?;
+        .ok_or(SoapError::NoBody)?;
     Ok(body)
 }
 
@@ -218,16 +268,16 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(url: &str, ca_pem: Option<&[u8]>, timeout: Duration) -> Result<Self, String> {
+    pub fn new(url: &str, ca_pem: Option<&[u8]>, timeout: Duration) -> Result<Self, ClientError> {
         let mut builder = reqwest::blocking::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout);
         if let Some(pem) = ca_pem {
-            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| format!("ca_file: {e}"))?;
+            let cert = reqwest::Certificate::from_pem(pem).map_err(ClientError::CaFile)?;
             builder = builder.add_root_certificate(cert);
         }
         Ok(Self {
-            http: builder.build().map_err(|e| e.to_string())?,
+            http: builder.build().map_err(ClientError::Build)?,
             url: url.to_owned(),
             cookie: std::sync::Mutex::new(None),
         })
@@ -257,9 +307,11 @@ impl Client {
         if let Some(c) = self.cookie() {
             req = req.header("Cookie", c);
         }
-        let resp = req
-            .send()
-            .map_err(|e| SoapError::Transport(format!("{}: {e}", self.url)))?;
+        let http = |source| SoapError::Http {
+            url: self.url.clone(),
+            source,
+        };
+        let resp = req.send().map_err(http)?;
         if let Some(set) = resp
             .headers()
             .get("set-cookie")
@@ -271,13 +323,13 @@ impl Client {
             *c = Some(pair.to_owned());
         }
         let status = resp.status();
-        let text = resp
-            .text()
-            .map_err(|e| SoapError::Transport(format!("{}: {e}", self.url)))?;
+        let text = resp.text().map_err(http)?;
         match read_answer(&text) {
-            Err(SoapError::Transport(e)) if !status.is_success() => Err(SoapError::Transport(
-                format!("{} answered {status}: {e}", self.url),
-            )),
+            Err(e) if e.is_transport() && !status.is_success() => Err(SoapError::Status {
+                url: self.url.clone(),
+                status,
+                source: Box::new(e),
+            }),
             other => other,
         }
     }

@@ -57,8 +57,84 @@ impl Place {
 
 pub(super) const DOM0_UUID: &str = "uuid:00000000-0000-0000-0000-000000000000";
 
+/// Why qrexec refuses a policy line, in qrexec's own words: each variant's
+/// message is `parser.py`'s, so an emulated machine refuses a policy with the
+/// same text a real dom0 prints.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyntaxError {
+    /// A token not valid where it stands; `place` is qrexec's name for the
+    /// column (`source`, `target`, `redirect`, `intendedtarget`).
+    #[error("invalid {place} token: {}", py_repr(text))]
+    InvalidToken { place: &'static str, text: String },
+    /// `@type:`, `@tag:` or `@dispvm:` with nothing after it.
+    #[error("invalid empty {prefix} token: {}", py_repr(text))]
+    EmptyToken { prefix: &'static str, text: String },
+    /// `invalid` lists the offending characters, distinct and sorted.
+    #[error(
+        "service {} contains invalid characters: {}",
+        py_repr(service),
+        py_tuple(invalid)
+    )]
+    ServiceCharacters {
+        service: String,
+        invalid: Vec<String>,
+    },
+    #[error(
+        "argument {} contains invalid characters: {}",
+        py_repr(argument),
+        py_tuple(invalid)
+    )]
+    ArgumentCharacters {
+        argument: String,
+        invalid: Vec<String>,
+    },
+    #[error("argument {} does not start with +", py_repr(argument))]
+    ArgumentWithoutPlus { argument: String },
+    #[error("only * argument allowed for * service")]
+    ArgumentForAnyService,
+    #[error("invalid action: {action}")]
+    Action { action: String },
+    /// An action parameter without `=`.
+    #[error("invalid action parameter syntax: {}", py_repr(parameter))]
+    ParameterSyntax { parameter: String },
+    #[error("parameter given twice: {}", py_repr(key))]
+    ParameterTwice { key: String },
+    /// `notify=` or `autostart=` with a value other than `yes` or `no`.
+    #[error(
+        "{} is {}, but can be only 'yes' or 'no'",
+        py_repr(key),
+        py_repr(value)
+    )]
+    NotYesOrNo { key: String, value: String },
+    /// A parameter `action` does not take; qrexec lists all of the line's.
+    #[error("invalid parameters for action {action}: {}", py_list(parameters))]
+    ParametersForAction {
+        action: &'static str,
+        parameters: Vec<String>,
+    },
+    #[error("allow action for @default rule must specify target= option")]
+    DefaultWithoutTarget,
+    #[error("wrong number of fields")]
+    FieldCount,
+    /// A directive with too many or too few parameters.
+    #[error("invalid number of params")]
+    ParameterCount,
+    #[error("invalid directive")]
+    Directive,
+    /// `!include-dir` of something that is not a directory.
+    #[error("not a directory: {}", .0.display())]
+    NotADirectory(PathBuf),
+    /// An include of something that is not a file.
+    #[error("not a file: {}", .0.display())]
+    NotAFile(PathBuf),
+    /// qrexec itself would follow an include loop until Python's recursion
+    /// limit; this stops it at `MAX_INCLUDE_DEPTH` includes.
+    #[error("includes nested too deep (an include loop?)")]
+    TooDeep,
+}
+
 /// Parses a token valid at `place`; the error is qrexec's message.
-pub(super) fn parse_token(text: &str, place: Place) -> Result<Token, String> {
+pub(super) fn parse_token(text: &str, place: Place) -> Result<Token, SyntaxError> {
     use Place::*;
     if text == "dom0" || text == DOM0_UUID || text == "@adminvm" {
         // AdminVM is valid in every place.
@@ -67,7 +143,10 @@ pub(super) fn parse_token(text: &str, place: Place) -> Result<Token, String> {
     if !text.starts_with('@') && text != "*" {
         return Ok(Token::Name(text.to_string()));
     }
-    let invalid = || format!("invalid {} token: {}", place.name(), py_repr(text));
+    let invalid = || SyntaxError::InvalidToken {
+        place: place.name(),
+        text: text.to_string(),
+    };
     let exact = match text {
         "*" => Some((Token::Wildcard, [Source, Target].as_slice())),
         "@anyvm" => Some((Token::AnyVm, [Source, Target].as_slice())),
@@ -101,7 +180,10 @@ pub(super) fn parse_token(text: &str, place: Place) -> Result<Token, String> {
         }
         if let Some(value) = text.strip_prefix(prefix) {
             if value.is_empty() {
-                return Err(format!("invalid empty {prefix} token: {}", py_repr(text)));
+                return Err(SyntaxError::EmptyToken {
+                    prefix,
+                    text: text.to_string(),
+                });
             }
             if value.starts_with('@') {
                 continue;
@@ -150,11 +232,11 @@ impl Rule {
 }
 
 /// A syntax error at `file:line`.
-fn syntax(file: &Path, line: usize, message: impl Into<String>) -> PolicyError {
+fn syntax(file: &Path, line: usize, error: SyntaxError) -> PolicyError {
     PolicyError::Syntax {
         file: file.to_path_buf(),
         line,
-        message: message.into(),
+        error,
     }
 }
 
@@ -176,36 +258,33 @@ pub(crate) fn rpc_char(c: char) -> bool {
 fn service_and_argument(
     service: &str,
     argument: &str,
-) -> Result<(Option<String>, Option<String>), String> {
+) -> Result<(Option<String>, Option<String>), SyntaxError> {
     let service = (service != "*").then_some(service);
     if let Some(service) = service {
         let bad = invalid_chars(service, |c| rpc_char(c) && c != '+');
         if !bad.is_empty() {
-            return Err(format!(
-                "service {} contains invalid characters: {}",
-                py_repr(service),
-                py_tuple(&bad)
-            ));
+            return Err(SyntaxError::ServiceCharacters {
+                service: service.to_string(),
+                invalid: bad,
+            });
         }
     }
     let argument = (argument != "*").then_some(argument);
     if let Some(argument) = argument {
         let bad = invalid_chars(argument, rpc_char);
         if !bad.is_empty() {
-            return Err(format!(
-                "argument {} contains invalid characters: {}",
-                py_repr(argument),
-                py_tuple(&bad)
-            ));
+            return Err(SyntaxError::ArgumentCharacters {
+                argument: argument.to_string(),
+                invalid: bad,
+            });
         }
         if !argument.starts_with('+') {
-            return Err(format!(
-                "argument {} does not start with +",
-                py_repr(argument)
-            ));
+            return Err(SyntaxError::ArgumentWithoutPlus {
+                argument: argument.to_string(),
+            });
         }
         if service.is_none() {
-            return Err("only * argument allowed for * service".to_string());
+            return Err(SyntaxError::ArgumentForAnyService);
         }
     }
     Ok((service.map(str::to_string), argument.map(str::to_string)))
@@ -226,7 +305,7 @@ fn make_rule(
     params: &[&str],
     file: &Path,
     line: Option<usize>,
-) -> Result<Rule, String> {
+) -> Result<Rule, SyntaxError> {
     let [service, argument, source, target, action] = fields;
     let (service, argument) = service_and_argument(service, argument)?;
     let source = parse_token(source, Place::Source)?;
@@ -235,29 +314,33 @@ fn make_rule(
         "allow" => "Allow",
         "deny" => "Deny",
         "ask" => "Ask",
-        _ => return Err(format!("invalid action: {action}")),
+        _ => {
+            return Err(SyntaxError::Action {
+                action: action.to_string(),
+            });
+        }
     };
 
     let mut kwds: Vec<(&str, &str)> = Vec::new();
     for param in params {
         let Some((key, value)) = param.split_once('=') else {
-            return Err(format!(
-                "invalid action parameter syntax: {}",
-                py_repr(param)
-            ));
+            return Err(SyntaxError::ParameterSyntax {
+                parameter: param.to_string(),
+            });
         };
         if kwds.iter().any(|(k, _)| *k == key) {
-            return Err(format!("parameter given twice: {}", py_repr(key)));
+            return Err(SyntaxError::ParameterTwice {
+                key: key.to_string(),
+            });
         }
         kwds.push((key, value));
     }
     for (key, value) in &kwds {
         if matches!(*key, "notify" | "autostart") && !matches!(*value, "yes" | "no") {
-            return Err(format!(
-                "{} is {}, but can be only 'yes' or 'no'",
-                py_repr(key),
-                py_repr(value)
-            ));
+            return Err(SyntaxError::NotYesOrNo {
+                key: key.to_string(),
+                value: value.to_string(),
+            });
         }
     }
     let allowed: &[&str] = match kind {
@@ -266,11 +349,10 @@ fn make_rule(
         _ => &["notify"],
     };
     if kwds.iter().any(|(k, _)| !allowed.contains(k)) {
-        let list: Vec<String> = params.iter().map(|p| py_repr(p)).collect();
-        return Err(format!(
-            "invalid parameters for action {kind}: [{}]",
-            list.join(", ")
-        ));
+        return Err(SyntaxError::ParametersForAction {
+            action: kind,
+            parameters: params.iter().map(|p| p.to_string()).collect(),
+        });
     }
     let get = |key: &str| kwds.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
     let redirect = |key: &str| {
@@ -293,7 +375,7 @@ fn make_rule(
         _ => Action::Deny,
     };
     if target == Token::Default && matches!(action, Action::Allow { target: None, .. }) {
-        return Err("allow action for @default rule must specify target= option".to_string());
+        return Err(SyntaxError::DefaultWithoutTarget);
     }
     Ok(Rule {
         service,
@@ -437,7 +519,7 @@ impl Loader {
                 continue;
             }
             if fields.len() < 5 {
-                return Err(syntax(file, lineno, "wrong number of fields").into());
+                return Err(syntax(file, lineno, SyntaxError::FieldCount).into());
             }
             let head = [fields[0], fields[1], fields[2], fields[3], fields[4]];
             let rule = make_rule(head, &fields[5..], file, Some(lineno))
@@ -456,7 +538,7 @@ impl Loader {
         depth: usize,
     ) -> Result<(), Stop> {
         let params = &fields[1..];
-        let count_error = || Stop::from(syntax(file, lineno, "invalid number of params"));
+        let count_error = || Stop::from(syntax(file, lineno, SyntaxError::ParameterCount));
         check_depth(depth, file, lineno)?;
         match fields[0] {
             "!include" => {
@@ -472,8 +554,7 @@ impl Loader {
                 };
                 let dir = base.join(dir);
                 if !dir.is_dir() {
-                    let message = format!("not a directory: {}", dir.display());
-                    return Err(syntax(file, lineno, message).into());
+                    return Err(syntax(file, lineno, SyntaxError::NotADirectory(dir)).into());
                 }
                 for (_, path) in policy_files(&dir)? {
                     self.file(&path, base, depth + 1)?;
@@ -495,7 +576,7 @@ impl Loader {
                 }
                 self.compat(depth + 1)
             }
-            _ => Err(syntax(file, lineno, "invalid directive").into()),
+            _ => Err(syntax(file, lineno, SyntaxError::Directive).into()),
         }
     }
 
@@ -519,10 +600,10 @@ impl Loader {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if line.starts_with('!') {
                 if fields[0] != "!include" {
-                    return Err(syntax(path, lineno, "invalid directive").into());
+                    return Err(syntax(path, lineno, SyntaxError::Directive).into());
                 }
                 let [_, included] = fields.as_slice() else {
-                    return Err(syntax(path, lineno, "invalid number of params").into());
+                    return Err(syntax(path, lineno, SyntaxError::ParameterCount).into());
                 };
                 check_depth(depth, path, lineno)?;
                 let included = existing_file(base, included, path, lineno)?;
@@ -594,9 +675,9 @@ fn old_rule(
     fields: &[&str],
     file: &Path,
     line: Option<usize>,
-) -> Result<Rule, String> {
+) -> Result<Rule, SyntaxError> {
     let [source, target, action, params @ ..] = fields else {
-        return Err("wrong number of fields".to_string());
+        return Err(SyntaxError::FieldCount);
     };
     make_rule(
         [
@@ -616,7 +697,7 @@ fn old_rule(
 /// recursion limit.
 fn check_depth(depth: usize, file: &Path, lineno: usize) -> Result<(), Stop> {
     if depth >= MAX_INCLUDE_DEPTH {
-        Err(syntax(file, lineno, "includes nested too deep (an include loop?)").into())
+        Err(syntax(file, lineno, SyntaxError::TooDeep).into())
     } else {
         Ok(())
     }
@@ -628,8 +709,7 @@ fn existing_file(base: &Path, path: &str, file: &Path, lineno: usize) -> Result<
     if resolved.is_file() {
         Ok(resolved)
     } else {
-        let message = format!("not a file: {}", resolved.display());
-        Err(syntax(file, lineno, message).into())
+        Err(syntax(file, lineno, SyntaxError::NotAFile(resolved)).into())
     }
 }
 
@@ -656,6 +736,12 @@ pub(super) fn py_repr(s: &str) -> String {
     }
     out.push(quote);
     out
+}
+
+/// Python's `repr()` of a list of strings.
+fn py_list(items: &[String]) -> String {
+    let parts: Vec<String> = items.iter().map(|s| py_repr(s)).collect();
+    format!("[{}]", parts.join(", "))
 }
 
 /// Python's `repr()` of a tuple of strings.

@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{DOM0, ENV_DOMAIN, ENV_MACHINE};
+use crate::{DOM0, ENV_DOMAIN, ENV_MACHINE};
 
 const MANIFEST: &str = "machine.toml";
 

@@ -2,8 +2,8 @@
 //! the real tool does (the subset qci and its users need; anything else is
 //! refused by name rather than ignored) and returns the process exit code.
 
-use super::{Caller, DOM0, Machine};
-use crate::call::exit;
+use crate::{Caller, DOM0, Machine};
+use qci_qrexec::call::exit;
 use std::ffi::OsString;
 
 /// The tools this module can stand in for.

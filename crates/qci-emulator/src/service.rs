@@ -2,10 +2,10 @@
 //! the environment, working directory, stderr handling and exit codes that
 //! Qubes gives (reference §3, §5, §6).
 
-use super::{DOM0, Machine, MachineError};
-use crate::call::exit;
 use crate::policy::{Denied, Policy, PolicyError, Request, Resolution, rpc_char};
+use crate::{DOM0, Machine, MachineError};
 use nix::sys::stat::Mode;
+use qci_qrexec::call::exit;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};

@@ -16,6 +16,9 @@
 //!   qube that does not exist (it becomes `@default`).
 //! - Missing policy directories, and a missing legacy directory for
 //!   `!compat-4.0`, count as empty instead of denying everything.
+//!
+//! Only the emulator (and the fuzzers) use it. No real policy check does: on
+//! a Qubes machine, dom0's own `qrexec-policy-daemon` decides every call.
 
 mod eval;
 mod parse;
@@ -24,6 +27,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
+pub use parse::SyntaxError;
 pub(crate) use parse::rpc_char;
 
 /// A qube the policy can talk about. Only what rules can match on is kept:
@@ -109,11 +113,12 @@ impl Denied {
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// A line qrexec would refuse to parse.
-    #[error("{}:{}: {}", file.display(), line, message)]
+    #[error("{}:{}: {}", file.display(), line, error)]
     Syntax {
         file: PathBuf,
         line: usize,
-        message: String,
+        #[source]
+        error: SyntaxError,
     },
     /// A policy file or directory that exists but cannot be read.
     #[error("failed to load {}: {}", path.display(), source)]

@@ -51,11 +51,11 @@ fn syntax_error_at(text: &str, line: usize) -> String {
         Err(PolicyError::Syntax {
             file,
             line: got,
-            message,
+            error,
         }) => {
             assert_eq!(file, Path::new(FILE));
-            assert_eq!(got, line, "error on the wrong line: {message}");
-            message
+            assert_eq!(got, line, "error on the wrong line: {error}");
+            error.to_string()
         }
         Err(other) => panic!("expected a syntax error, got: {other}"),
         Ok(_) => panic!("expected a syntax error for {text:?}"),

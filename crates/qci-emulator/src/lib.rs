@@ -1,7 +1,17 @@
-//! The emulated Qubes machine: dom0 and VMs as directories, and the qrexec
-//! tools (`qrexec-client-vm`, `qvm-run`, `qrexec-client`) re-implemented to
-//! follow Qubes's rules (reference §3 to §9). The production binaries call the
-//! tools by name; on an emulated machine those names lead here.
+//! An emulated Qubes machine: the qrexec policy engine and the qrexec tools,
+//! so the production binaries run unchanged on a laptop.
+//!
+//! dom0 and VMs are directories, and the qrexec tools (`qrexec-client-vm`,
+//! `qvm-run`, `qrexec-client`) are re-implemented to follow Qubes's rules
+//! (reference §3 to §9). The production binaries call the tools by name; on an
+//! emulated machine those names lead here.
+//!
+//! Nothing here runs in a real dom0 or dev VM: only the host side (`qci`,
+//! `qci-pool`'s local backend), the end-to-end tests and the fuzzers link it.
+//! The policy engine ([`policy`]) exists for the emulator: it decides the
+//! emulated machine's calls, and no real policy check uses it. What the
+//! production binaries share with it is `qci-qrexec`, the qrexec boundary as
+//! seen by a service and a caller (its exit codes included).
 //!
 //! Layout of a machine directory:
 //!
@@ -47,6 +57,7 @@
 //! - the caller leaving: a service whose caller exits is not stopped.
 
 mod layout;
+pub mod policy;
 mod service;
 pub mod tools;
 

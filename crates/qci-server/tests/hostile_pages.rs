@@ -1,0 +1,230 @@
+//! Hostile text on the pages: an author, a branch, a commit message, a
+//! status description and a log line that carry markup and terminal
+//! escapes are shown as text on every page, never as markup, and the
+//! pages' policy would stop a script that got through anyway.
+
+mod support;
+
+use reqwest::blocking::Response;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+
+/// Markup that would run if a page let it through as markup.
+const SCRIPT: &str = "<script>alert(1)</script>";
+const IMG: &str = "\"><img src=x onerror=alert(1)>";
+/// What a page shows for them once escaped (maud escapes `&<>"`).
+const SCRIPT_SHOWN: &str = "&lt;script&gt;alert(1)&lt;/script&gt;";
+const IMG_SHOWN: &str = "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;";
+/// A colour and a window title, as a terminal would act on them.
+const ANSI: &str = "\u{1b}[31m\u{1b}]0;title\u{7}";
+/// The repository whose branches are any (`**`), so that a branch may hold `/`.
+const HOSTILE_REPO: &str = "hostile/pages";
+
+fn hostile(what: &str) -> String {
+    format!("{what} {SCRIPT} {IMG} {ANSI}end")
+}
+
+struct Page {
+    url: String,
+    content_type: String,
+    csp: Option<String>,
+    nosniff: Option<String>,
+    cache: Option<String>,
+    body: String,
+}
+
+fn fetch(host: &Host, path: &str) -> Page {
+    let reply: Response = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+        .get(format!("{}{path}", host.base))
+        .send()
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 200, "{path}");
+    let header = |name: &str| {
+        reply
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let content_type = header("content-type").unwrap_or_default();
+    let csp = header("content-security-policy");
+    let nosniff = header("x-content-type-options");
+    let cache = header("cache-control");
+    // The events of a finished job end with `end`, and the stream closes.
+    let body = reply.text().unwrap();
+    Page {
+        url: path.to_owned(),
+        content_type,
+        csp,
+        nosniff,
+        cache,
+        body,
+    }
+}
+
+/// The policy's directive `name`, as its sources.
+fn directive<'a>(csp: &'a str, name: &str) -> Option<Vec<&'a str>> {
+    csp.split(';').find_map(|d| {
+        let mut words = d.split_whitespace();
+        (words.next() == Some(name)).then(|| words.collect())
+    })
+}
+
+fn assert_safe_html(page: &Page) {
+    let Page { url, body, .. } = page;
+    assert!(
+        page.content_type.starts_with("text/html"),
+        "{url}: {}",
+        page.content_type
+    );
+    assert_eq!(page.nosniff.as_deref(), Some("nosniff"), "{url}");
+    let csp = page
+        .csp
+        .as_deref()
+        .unwrap_or_else(|| panic!("{url}: no Content-Security-Policy"));
+    let scripts = directive(csp, "script-src").unwrap_or_else(|| panic!("{url}: {csp}"));
+    assert_eq!(scripts, ["'self'"], "{url}: {csp}");
+    assert!(!csp.contains("'unsafe-inline'"), "{url}: {csp}");
+    assert_eq!(directive(csp, "default-src"), Some(vec!["'none'"]), "{csp}");
+    assert_eq!(directive(csp, "frame-ancestors"), Some(vec!["'none'"]));
+    assert_eq!(directive(csp, "base-uri"), Some(vec!["'none'"]));
+
+    assert!(!body.contains("<script>alert"), "{url}: {body}");
+    assert!(!body.contains("<img"), "{url}: {body}");
+    assert!(!body.contains('\u{1b}'), "{url} holds ESC: {body:?}");
+    assert!(!body.contains('\u{7}'), "{url} holds BEL: {body:?}");
+    assert!(!body.contains("<style"), "{url}: inline style: {body}");
+    // Every script is a `src` one, with nothing inside.
+    for (at, _) in body.match_indices("<script") {
+        let tag = &body[at..];
+        let open = &tag[..tag.find('>').unwrap_or(tag.len())];
+        assert!(open.contains(" src=\"/static/"), "{url}: {open}");
+        assert!(
+            tag[open.len()..].starts_with("></script>"),
+            "{url}: an inline script: {tag}"
+        );
+    }
+}
+
+#[test]
+fn hostile_text_is_shown_as_text_on_every_page_under_a_strict_policy() {
+    let mut pool = Scripted::new(false);
+    Arc::get_mut(&mut pool).unwrap().lines = vec![
+        "building\n".into(),
+        format!("{}\n", hostile("log")),
+        "all tests passed\n".into(),
+    ];
+    let extra = format!("[[server.repos]]\nslug = \"{HOSTILE_REPO}\"\nbranches = [\"**\"]\n");
+    let host = Host::start(&extra, pool.clone());
+
+    let push = edited(
+        "push.json",
+        &[
+            ("ref", json!(format!("refs/heads/{}", hostile("branch")))),
+            ("repository/full_name", json!(HOSTILE_REPO)),
+            ("head_commit/author/name", json!(hostile("author"))),
+            ("head_commit/message", json!(hostile("message"))),
+        ],
+    );
+    let jobs = host.deliver("push", "d-hostile-1", &push);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let job = &jobs[0];
+    wait_for("the job to start", Duration::from_secs(30), || {
+        pool.started() == 1
+    });
+    // A status description from the machine, through the relay.
+    let (url, token) = match &pool.job_files.lock().unwrap()[0].sink {
+        qci_core::job_file::Sink::Relay { url, token, .. } => (url.clone(), token.clone()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        relay_post(&url, &token, &event(job, "running", &hostile("status"))),
+        204
+    );
+    pool.open();
+    host.wait_state(job, "success");
+
+    let api = fetch(&host, &format!("/api/jobs/{job}"));
+    assert!(
+        api.content_type.starts_with("application/json"),
+        "{}",
+        api.content_type
+    );
+    assert_eq!(api.nosniff.as_deref(), Some("nosniff"));
+    assert!(api.csp.is_some(), "/api/jobs/{job}: no policy");
+    // The API keeps the text as it came: JSON, not a page.
+    let stored: serde_json::Value = serde_json::from_str(&api.body).unwrap();
+    assert_eq!(stored["job"]["author"], hostile("author"), "{}", api.body);
+
+    let monitor = fetch(&host, "/");
+    assert_safe_html(&monitor);
+    let page = fetch(&host, &format!("/jobs/{job}"));
+    assert_safe_html(&page);
+    for (page, fields) in [
+        (&monitor, &["author", "branch"][..]),
+        (&page, &["author", "branch", "message", "status"][..]),
+    ] {
+        for field in fields {
+            // Shown, escaped and without the escapes: not dropped.
+            let want = format!("{field} {SCRIPT_SHOWN} {IMG_SHOWN} end");
+            assert!(
+                page.body.contains(&want),
+                "{}: no {want:?} in {}",
+                page.url,
+                page.body
+            );
+        }
+    }
+    // The pages' data for their script is in attributes.
+    assert!(
+        monitor.body.contains("data-reload-ms=\"5000\""),
+        "{}",
+        monitor.body
+    );
+    assert!(
+        page.body
+            .contains(&format!("data-events=\"/jobs/{job}/events\"")),
+        "{}",
+        page.body
+    );
+
+    let log = fetch(&host, &format!("/jobs/{job}/log"));
+    assert!(
+        log.content_type.starts_with("text/plain"),
+        "{}",
+        log.content_type
+    );
+    assert_eq!(log.nosniff.as_deref(), Some("nosniff"));
+    assert!(log.body.contains(&hostile("log")), "{:?}", log.body);
+
+    let events = fetch(&host, &format!("/jobs/{job}/events"));
+    assert!(
+        events.content_type.starts_with("text/event-stream"),
+        "{}",
+        events.content_type
+    );
+    assert_eq!(events.nosniff.as_deref(), Some("nosniff"));
+    // The line as the page shows it (through textContent): without escapes.
+    assert!(
+        events
+            .body
+            .contains(&format!("data: log {SCRIPT} {IMG} end\n")),
+        "{:?}",
+        events.body
+    );
+    assert!(!events.body.contains('\u{1b}'), "{:?}", events.body);
+    assert!(events.body.contains("event: end"), "{:?}", events.body);
+
+    let script = fetch(&host, "/static/qci.js");
+    assert_eq!(script.content_type, "text/javascript; charset=utf-8");
+    assert_eq!(script.nosniff.as_deref(), Some("nosniff"));
+    assert!(script.body.contains("EventSource"));
+    assert!(script.cache.is_some_and(|c| c.contains("max-age")));
+    let style = fetch(&host, "/static/qci.css");
+    assert_eq!(style.content_type, "text/css; charset=utf-8");
+    assert!(style.body.contains("pre#log"));
+}
