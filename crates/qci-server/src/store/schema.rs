@@ -132,6 +132,11 @@ mod tests {
     /// the late columns. A row in every table.
     fn premigration_database(oldest: bool) -> Connection {
         let conn = Connection::open_in_memory().unwrap();
+        fill_premigration(&conn, oldest);
+        conn
+    }
+
+    fn fill_premigration(conn: &Connection, oldest: bool) {
         let mut schema = SCHEMA.to_owned();
         if oldest {
             for line in [
@@ -158,7 +163,6 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, 0);
-        conn
     }
 
     fn columns(conn: &Connection, table: &str) -> Vec<String> {
@@ -202,6 +206,33 @@ mod tests {
                 })
                 .unwrap();
             assert_eq!((id.as_str(), failures, not_before), ("1-q4.2", 0, None));
+        }
+    }
+
+    #[test]
+    fn the_store_opens_a_database_made_before_the_migrations() {
+        for oldest in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("server.sqlite");
+            fill_premigration(&Connection::open(&path).unwrap(), oldest);
+            let store = crate::store::Store::open(&path).unwrap();
+            let job = store
+                .read_blocking(|conn| crate::queue::get(conn, "1-q4.2"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(job.state, qci_core::State::Queued);
+            assert_eq!(
+                (job.start_failures, job.description.as_str()),
+                (0, "Queued")
+            );
+            let events = store
+                .read_blocking(|conn| crate::queue::events(conn, "1-q4.2"))
+                .unwrap();
+            assert_eq!(events.len(), 1);
+            let version: i64 = store
+                .read_blocking(|conn| Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+                .unwrap();
+            assert_eq!(version as usize, 2);
         }
     }
 
