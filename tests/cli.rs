@@ -80,11 +80,8 @@ fn jobs_list_strips_a_hostile_ref_on_a_terminal_and_a_closed_pipe_ends_it_quietl
         &sha,
         "qubes = [\"9.9\"]\n[[steps]]\nname = \"t\"\ncommand = \"true\"\n",
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let listener = support::listener();
+    let port = listener.local_addr().unwrap().port();
     write_secret(&dir.join("webhook-secret"), SECRET);
     write_secret(&dir.join("github-token"), TOKEN);
     let d = dir.display();
@@ -104,9 +101,9 @@ fn jobs_list_strips_a_hostile_ref_on_a_terminal_and_a_closed_pipe_ends_it_quietl
         ),
     )
     .unwrap();
-    let mut served = qci()
-        .args(["serve", "--config"])
-        .arg(&config)
+    let mut serve = qci();
+    serve.args(["serve", "--config"]).arg(&config);
+    let mut served = support::socket_activated(&serve, &listener)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -54,6 +54,8 @@ const LOCAL_MACHINE: &str =
 /// `qci serve` as a child process, with its config and state in `dir`.
 struct Served {
     dir: PathBuf,
+    /// The server's socket, open across its restarts.
+    listener: std::net::TcpListener,
     base: String,
     child: Option<Child>,
     client: reqwest::blocking::Client,
@@ -74,11 +76,10 @@ impl Served {
         machine: &str,
         server: &str,
     ) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Held here for the test's whole life and handed to each `qci
+        // serve` it starts, restarts included.
+        let listener = support::listener();
+        let port = listener.local_addr().unwrap().port();
         let base = format!("http://127.0.0.1:{port}");
         std::fs::write(dir.join("webhook-secret"), SECRET).unwrap();
         // A secret file as its owner keeps it (qci refuses others reading it).
@@ -118,6 +119,7 @@ impl Served {
         std::fs::write(dir.join("host.toml"), config).unwrap();
         let mut served = Self {
             dir: dir.to_owned(),
+            listener,
             base,
             child: None,
             client: reqwest::blocking::Client::builder()
@@ -134,10 +136,9 @@ impl Served {
     }
 
     fn spawn(&mut self) {
-        let mut child = qci()
-            .arg("serve")
-            .arg("--config")
-            .arg(self.config())
+        let mut serve = qci();
+        serve.arg("serve").arg("--config").arg(self.config());
+        let mut child = support::socket_activated(&serve, &self.listener)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start qci serve");
@@ -394,8 +395,11 @@ fn kill_9_under_load_loses_no_accepted_webhook_and_ends_the_running_job() {
                     let delivery = format!("load-{c}-{i}");
                     let n = c * 1_000_000 + i;
                     let body = fork_pr(n as u64, &format!("{n:040x}"));
+                    // Short: after the kill a new connection waits in the
+                    // socket's queue (the test holds it) for the restart.
                     let code = client
                         .post(format!("{base}/webhook"))
+                        .timeout(Duration::from_secs(5))
                         .header("X-GitHub-Event", "pull_request")
                         .header("X-GitHub-Delivery", &delivery)
                         .header(

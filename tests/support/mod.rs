@@ -532,3 +532,45 @@ pub fn root_or_skip(why: &str) -> bool {
     eprintln!("SKIPPED: needs root: {why}");
     false
 }
+
+/// A loopback listener on a port of its own, for a server the test starts:
+/// the test keeps it open and hands it over (see [`socket_activated`]), so
+/// no other process can take the port between choosing and serving it.
+pub fn listener() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener")
+}
+
+/// `cmd` started as systemd starts a socket-activated service
+/// (`sd_listen_fds(3)`): `listener` as its fd 3, `LISTEN_FDS=1` and
+/// `LISTEN_PID` its own pid, which a shell that `exec`s it knows. Stdio is
+/// the caller's to set on the returned command.
+pub fn socket_activated(cmd: &Command, listener: &std::net::TcpListener) -> Command {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let mut sh = Command::new("/bin/sh");
+    sh.arg("-c")
+        .arg("export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" \"$@\"")
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .stdin(Stdio::null());
+    for (name, value) in cmd.get_envs() {
+        match value {
+            Some(value) => sh.env(name, value),
+            None => sh.env_remove(name),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        sh.current_dir(dir);
+    }
+    let fd = listener.as_raw_fd();
+    // SAFETY: dup2 is async-signal-safe; the new fd 3 has no FD_CLOEXEC.
+    unsafe {
+        sh.pre_exec(move || {
+            if nix::libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    sh
+}

@@ -685,6 +685,29 @@ mod tests {
         }
     }
 
+    /// The kernel's own layer, alone: the checks before it refuse a symlink
+    /// on the path first, so only this shows that a directory swapped for
+    /// a symlink after those checks is still never followed.
+    #[test]
+    fn a_directory_is_never_opened_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        let root = openat(
+            AT_FDCWD,
+            dir.path(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        assert!(open_dir_nofollow(&root, OsStr::new("real")).is_ok());
+        // With O_DIRECTORY, Linux says ENOTDIR for a symlink it won't follow.
+        assert_eq!(
+            open_dir_nofollow(&root, OsStr::new("link")).err(),
+            Some(Errno::ENOTDIR)
+        );
+    }
+
     #[test]
     fn a_full_disk_is_told_apart_from_a_broken_stream() {
         let mut buf = vec![0; 16];

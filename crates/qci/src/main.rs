@@ -9,6 +9,7 @@ mod local;
 mod out;
 mod pool;
 mod serve;
+mod socket_activation;
 
 use clap::{Parser, Subcommand};
 use error::CliError;
@@ -150,6 +151,11 @@ enum Command {
     /// Reads the [server] and [pool] tables of HOST.toml. Stops cleanly on
     /// SIGTERM or SIGINT; after a crash it reconciles at start (jobs that
     /// never started are queued again, running ones end as error).
+    ///
+    /// Under systemd socket activation (LISTEN_PID and LISTEN_FDS=1, as a
+    /// .socket unit sets them) it serves the socket it is given instead of
+    /// `listen`: webhooks that arrive while it restarts then wait for it
+    /// rather than being refused.
     Serve {
         /// The host config: its [server] table (listen address, public URL,
         /// secrets, repositories) and its [pool] table (the machines).

@@ -24,21 +24,31 @@ pub enum ServeError {
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
     Serve(#[from] qci_server::ServeError),
+    #[error(transparent)]
+    Activation(#[from] crate::socket_activation::ActivationError),
+    #[error("cannot serve on the socket passed in: {0}")]
+    Listener(#[source] std::io::Error),
 }
 
 impl ServeError {
     /// A bad config is the operator's to fix (exit 2); the rest is the CI's.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Config(_) | Self::Serve(qci_server::ServeError::Config(_)) => ExitCode::BadInput,
+            Self::Config(_)
+            | Self::Serve(qci_server::ServeError::Config(_))
+            | Self::Activation(_) => ExitCode::BadInput,
             Self::Pool(e) => e.exit_code(),
-            Self::Lock(_) | Self::Runtime(_) | Self::Serve(_) => ExitCode::CiError,
+            Self::Lock(_) | Self::Runtime(_) | Self::Serve(_) | Self::Listener(_) => {
+                ExitCode::CiError
+            }
         }
     }
 }
 
 pub fn serve(config: &Path) -> Result<ExitCode, ServeError> {
     let config = HostConfig::load(config)?;
+    // Taken first, so a bad hand-over is told before anything is opened.
+    let inherited = crate::socket_activation::inherited_listener()?;
     // Before the pool or the database is opened: a second host on the same
     // state dir must change nothing.
     let lock = qci_server::StateLock::acquire(config.state_dir())?;
@@ -47,7 +57,14 @@ pub fn serve(config: &Path) -> Result<ExitCode, ServeError> {
         .enable_all()
         .build()
         .map_err(ServeError::Runtime)?;
-    let served = runtime.block_on(qci_server::serve(config, Arc::new(pool), None, lock));
+    let served = runtime.block_on(async {
+        // Given, it replaces the config's `listen`.
+        let listener = inherited
+            .map(tokio::net::TcpListener::from_std)
+            .transpose()
+            .map_err(ServeError::Listener)?;
+        Ok::<_, ServeError>(qci_server::serve(config, Arc::new(pool), listener, lock).await)
+    })?;
     // Jobs still running on machines are not waited for: their leases name
     // this process, so the next start reconciles them.
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
