@@ -216,19 +216,22 @@ mod tests {
             let path = dir.path().join("server.sqlite");
             fill_premigration(&Connection::open(&path).unwrap(), oldest);
             let store = crate::store::Store::open(&path).unwrap();
-            let job = store
-                .read_blocking(|conn| crate::queue::get(conn, "1-q4.2"))
-                .unwrap()
+            let job: (String, String, i64) = store
+                .read_blocking(|conn| {
+                    Ok(conn.query_row(
+                        "SELECT state, description, start_failures FROM jobs WHERE id = '1-q4.2'",
+                        [],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )?)
+                })
                 .unwrap();
-            assert_eq!(job.state, qci_core::State::Queued);
-            assert_eq!(
-                (job.start_failures, job.description.as_str()),
-                (0, "Queued")
-            );
-            let events = store
-                .read_blocking(|conn| crate::queue::events(conn, "1-q4.2"))
+            assert_eq!(job, ("queued".into(), "Queued".into(), 0));
+            let events: i64 = store
+                .read_blocking(|conn| {
+                    Ok(conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?)
+                })
                 .unwrap();
-            assert_eq!(events.len(), 1);
+            assert_eq!(events, 1);
             let version: i64 = store
                 .read_blocking(|conn| Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?))
                 .unwrap();
