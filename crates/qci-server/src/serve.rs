@@ -11,6 +11,7 @@ use crate::queue::{self, Kind};
 use crate::state_lock::{StateLock, StateLockError};
 use crate::store::{Store, StoreError};
 use crate::{dispatch, resolve, routes, tokens};
+use qci_core::JobId;
 use reqwest::header::HeaderValue;
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +81,9 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(io("no local address"))?;
     let (requeued, ended) = store.write(queue::reconcile).await?;
     if !requeued.is_empty() || !ended.is_empty() {
+        // Listed as `["1-q4.2"]`, as the ids were before they were typed.
+        let requeued: Vec<&str> = requeued.iter().map(JobId::as_str).collect();
+        let ended: Vec<&str> = ended.iter().map(JobId::as_str).collect();
         tracing::warn!(
             "host restarted: queued again {requeued:?} (never started), ended {ended:?} as error"
         );
