@@ -181,7 +181,7 @@ fn run_one(app: &App, job: Job, token: String, cancel: Arc<AtomicBool>) {
         && let Err(e) = app.logs.replace(job.id.as_str(), &out.log)
     {
         tracing::warn!(
-            job = %job.id,
+            job = job.id.as_str(),
             "cannot publish the pool's copy of the log: {e}"
         );
     }
@@ -194,16 +194,16 @@ fn run_one(app: &App, job: Job, token: String, cancel: Arc<AtomicBool>) {
                 queue::publish(conn, &id, "Job ended without a final status")
             }),
         Err(NotStarted::Failed(why)) => {
-            tracing::warn!(job = %job.id, "the job could not start: {why}");
+            tracing::warn!(job = job.id.as_str(), "the job could not start: {why}");
             let (attempts, delay) = (app.config.start_attempts, start_delay(app, &job));
             app.store
                 .write_durable_blocking("the job's return to the queue", move |conn| {
                     queue::requeue(conn, &id, &why, attempts, delay)
                 })
-                .map(|requeued| tracing::info!(job = %job.id, "{requeued:?}"))
+                .map(|requeued| tracing::info!(job = job.id.as_str(), "{requeued:?}"))
         }
         Err(NotStarted::Refused(why)) => {
-            tracing::error!(job = %job.id, "the job cannot start: {why}");
+            tracing::error!(job = job.id.as_str(), "the job cannot start: {why}");
             let why = format!("CI error: {why}");
             app.store
                 .write_durable_blocking("the job's end", move |conn| {
@@ -218,7 +218,7 @@ fn run_one(app: &App, job: Job, token: String, cancel: Arc<AtomicBool>) {
             }),
     };
     if let Err(e) = ended {
-        tracing::error!(job = %job.id, "cannot record the job's end: {e}");
+        tracing::error!(job = job.id.as_str(), "cannot record the job's end: {e}");
     }
     app.running.end(&job.id, &job.qubes);
     app.store.changed.notify_one();

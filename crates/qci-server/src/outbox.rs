@@ -87,7 +87,7 @@ fn send_forever(app: &App, kind: Kind, dest: Option<&Destination>) {
             let error = dest.and_then(|dest| send(app, &client, dest, &msg).err());
             if let Some(e) = &error {
                 tracing::error!(
-                    job = %msg.job,
+                    job = msg.job.as_str(),
                     "giving up on a {} message: {e}",
                     kind.as_str()
                 );

@@ -211,7 +211,7 @@ async fn prune(app: App) {
             Ok(jobs) => {
                 for job in jobs {
                     if let Err(e) = app.logs.remove(job.as_str()) {
-                        tracing::warn!(job = %job, "cannot prune the log: {e}");
+                        tracing::warn!(job = job.as_str(), "cannot prune the log: {e}");
                     }
                 }
             }
