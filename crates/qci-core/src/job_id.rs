@@ -171,13 +171,12 @@ mod tests {
     fn refuses_everything_else() {
         assert_eq!(JobId::parse(""), Err(JobIdError::Empty));
         assert_eq!(JobId::parse(&"x".repeat(65)), Err(JobIdError::TooLong));
-        for bad in [
-            ".hidden", "-rf", "..", "a/b", "a b", "a+b", "é", "a\0", "../x",
-        ] {
-            assert!(JobId::parse(bad).is_err(), "{bad:?} was accepted");
+        for bad in [".hidden", "-rf", ".."] {
+            assert_eq!(JobId::parse(bad), Err(JobIdError::BadStart(bad.into())));
         }
-        assert!(matches!(JobId::parse("-x"), Err(JobIdError::BadStart(_))));
-        assert!(matches!(JobId::parse("a/b"), Err(JobIdError::BadChar(_))));
+        for bad in ["a/b", "a b", "a+b", "é", "a\0", "../x"] {
+            assert_eq!(JobId::parse(bad), Err(JobIdError::BadChar(bad.into())));
+        }
     }
 
     #[test]

@@ -348,15 +348,25 @@ mod tests {
         ] {
             assert!(check_repo_url(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "--upload-pack=evil",
-            "ftp://host/x",
-            "https://",
-            "relative/path",
-            "https://host/a b",
+        let spaces = "not a repository URL (empty, or with spaces or control characters)";
+        for (bad, why) in [
+            ("", spaces),
+            ("--upload-pack=evil", "a URL cannot start with `-`"),
+            (
+                "ftp://host/x",
+                "use https://, http://, ssh://, git:// or file://",
+            ),
+            ("https://", "nothing after the scheme"),
+            (
+                "relative/path",
+                "not a URL, an scp-like `user@host:path`, or an absolute path",
+            ),
+            ("https://host/a b", spaces),
         ] {
-            assert!(check_repo_url(bad).is_err(), "{bad}");
+            match check_repo_url(bad) {
+                Ok(()) => panic!("accepted {bad:?}"),
+                Err(e) => assert_eq!((e.url.as_str(), e.why), (bad, why)),
+            }
         }
     }
 }

@@ -343,7 +343,10 @@ mod tests {
         assert_eq!(agent.read_at("/tmp/x", 10, 5).unwrap(), &data[10..15]);
         assert_eq!(agent.read_at("/tmp/x", data.len() as u64, 5).unwrap(), b"");
         assert_eq!(agent.read_at("/var/log/qci/none.log", 0, 5).unwrap(), b"");
-        assert!(agent.copy_out("/nope").is_err());
+        assert!(matches!(
+            agent.copy_out("/nope"),
+            Err(GuestError::Failed(why)) if why == "/nope: No such file"
+        ));
         let sent = agent.transport.sent.lock().unwrap();
         let writes = sent
             .iter()
