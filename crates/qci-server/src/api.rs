@@ -148,15 +148,7 @@ pub async fn show(State(app): State<App>, Path(id): Path<String>) -> Response {
         .read(move |conn| Ok((queue::get(conn, &id)?, queue::events(conn, &id)?)))
         .await;
     match got {
-        Ok((Some(job), events)) => {
-            let events: Vec<_> = events
-                .into_iter()
-                .map(|(at, state, description, source)| {
-                    json!({"at": at, "state": state, "description": description, "source": source})
-                })
-                .collect();
-            Json(json!({"job": job, "events": events})).into_response()
-        }
+        Ok((Some(job), events)) => Json(json!({"job": job, "events": events})).into_response(),
         Ok((None, _)) => text(StatusCode::NOT_FOUND, "no such job"),
         Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }

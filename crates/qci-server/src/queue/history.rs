@@ -1,9 +1,10 @@
 //! Reading the queue and the history: jobs, their events, deliveries,
 //! counts for `/metrics`, and the logs old enough to prune.
 
-use super::job::{JOB_COLUMNS, Job, job_from_row, job_id_column};
+use super::job::{JOB_COLUMNS, Job, job_from_row, job_id_column, state_column};
 use crate::store::StoreError;
 use qci_core::JobId;
+use qci_core::State;
 use rusqlite::{Connection, OptionalExtension};
 
 /// A job by its id as asked (a URL's path, a machine's report): one that
@@ -36,15 +37,30 @@ pub fn overview(conn: &Connection, recent: usize) -> Result<(Vec<Job>, Vec<Job>)
 }
 
 /// The events of a job, oldest first: `(at, state, description, source)`.
-pub fn events(
-    conn: &Connection,
-    job: &str,
-) -> Result<Vec<(i64, String, String, String)>, StoreError> {
+/// One status event of a job, as its page and the API show it.
+#[derive(Debug, serde::Serialize)]
+pub struct Event {
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    pub state: State,
+    pub description: String,
+    /// Who sent it: dom0 through the relay, or the host itself.
+    pub source: String,
+}
+
+pub fn events(conn: &Connection, job: &str) -> Result<Vec<Event>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT at, state, description, source FROM events WHERE job = ?1 ORDER BY rowid",
     )?;
     let rows = stmt
-        .query_map([job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .query_map([job], |r| {
+            Ok(Event {
+                at: r.get(0)?,
+                state: state_column(r, 1)?,
+                description: r.get(2)?,
+                source: r.get(3)?,
+            })
+        })?
         .collect::<Result<_, _>>()?;
     Ok(rows)
 }
@@ -52,7 +68,7 @@ pub fn events(
 /// Counts for `/metrics`.
 pub struct Counts {
     /// Jobs by state.
-    pub by_state: Vec<(String, i64)>,
+    pub by_state: Vec<(State, i64)>,
     /// Jobs waiting for a machine, by Qubes version.
     pub queued: Vec<(String, i64)>,
     /// Deliveries whose jobs are not worked out yet.
@@ -62,7 +78,7 @@ pub struct Counts {
 pub fn counts(conn: &Connection) -> Result<Counts, StoreError> {
     let by_state = conn
         .prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([], |r| Ok((state_column(r, 0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     let queued = conn
         .prepare_cached(
