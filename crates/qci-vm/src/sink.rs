@@ -403,6 +403,7 @@ pub(crate) mod tests {
     pub(crate) struct FakeGithub {
         pub(crate) base: String,
         seen: Arc<Mutex<Vec<Seen>>>,
+        _server: qci_test_http::HttpServer,
     }
 
     impl FakeGithub {
@@ -419,62 +420,49 @@ pub(crate) mod tests {
             assert!(!replies.is_empty());
             let seen = Arc::new(Mutex::new(Vec::new()));
             let record = seen.clone();
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    let handler = move |method: Method,
-                                        uri: Uri,
-                                        headers: HeaderMap,
-                                        body: String| {
-                        let record = record.clone();
-                        let replies = replies.clone();
-                        async move {
-                            let header = |name: &str| {
-                                headers
-                                    .get(name)
-                                    .map(|v| v.to_str().unwrap().to_owned())
-                                    .unwrap_or_default()
-                            };
-                            let n = {
-                                let mut seen = record.lock().unwrap();
-                                seen.push(Seen {
-                                    method: method.to_string(),
-                                    path: uri.path().to_owned(),
-                                    authorization: header("authorization"),
-                                    accept: header("accept"),
-                                    body: serde_json::from_str(&body).unwrap_or(Value::Null),
-                                    at: SystemTime::now(),
-                                });
-                                seen.len() - 1
-                            };
-                            let reply = &replies[n.min(replies.len() - 1)];
-                            let mut out = HeaderMap::new();
-                            for (name, value) in &reply.headers {
-                                out.insert(HeaderName::from_static(name), value.parse().unwrap());
-                            }
-                            match reply.status {
-                                Some(code) => {
-                                    (StatusCode::from_u16(code).unwrap(), out, reply.body.clone())
-                                }
-                                None => std::future::pending().await,
-                            }
-                        }
+            let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: String| {
+                let record = record.clone();
+                let replies = replies.clone();
+                async move {
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .map(|v| v.to_str().unwrap().to_owned())
+                            .unwrap_or_default()
                     };
-                    let app = axum::Router::new().fallback(handler);
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                    tx.send(listener.local_addr().unwrap()).unwrap();
-                    axum::serve(listener, app).await.unwrap();
-                });
-            });
-            let addr = rx.recv().unwrap();
+                    let n = {
+                        let mut seen = record.lock().unwrap();
+                        seen.push(Seen {
+                            method: method.to_string(),
+                            path: uri.path().to_owned(),
+                            authorization: header("authorization"),
+                            accept: header("accept"),
+                            body: serde_json::from_str(&body).unwrap_or(Value::Null),
+                            at: SystemTime::now(),
+                        });
+                        seen.len() - 1
+                    };
+                    let reply = &replies[n.min(replies.len() - 1)];
+                    let mut out = HeaderMap::new();
+                    for (name, value) in &reply.headers {
+                        out.insert(HeaderName::from_static(name), value.parse().unwrap());
+                    }
+                    match reply.status {
+                        Some(code) => {
+                            (StatusCode::from_u16(code).unwrap(), out, reply.body.clone())
+                        }
+                        None => std::future::pending().await,
+                    }
+                }
+            };
+            let server = qci_test_http::HttpServer::start(
+                "fake-github",
+                axum::Router::new().fallback(handler),
+            );
             Self {
-                base: format!("http://{addr}"),
+                base: server.url(),
                 seen,
+                _server: server,
             }
         }
 
