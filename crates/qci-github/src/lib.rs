@@ -148,20 +148,6 @@ pub fn refusal_body(reply: Response, token: &str, max_bytes: usize) -> String {
     text[..end].trim_end().to_owned()
 }
 
-/// `e` followed by each of its causes: reqwest's own message hides the
-/// cause (refused, DNS, TLS) in its source chain, and callers print only
-/// the top error.
-pub fn with_causes(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,7 +53,7 @@ pub enum SinkError {
     },
     /// The whole cause chain is in the message: callers print only the top
     /// error, and reqwest's own message hides the cause (refused, DNS, TLS).
-    #[error("cannot post the status to {url}: {}", qci_github::with_causes(.source))]
+    #[error("cannot post the status to {url}: {}", with_causes(.source))]
     Request {
         url: String,
         #[source]
@@ -82,6 +82,18 @@ pub enum SinkError {
         note: Option<String>,
         last: Box<SinkError>,
     },
+}
+
+/// `e` followed by each of its causes.
+fn with_causes(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 fn reason_phrase(status: u16) -> &'static str {
