@@ -93,16 +93,8 @@ pub enum Sink {
         token_file: PathBuf,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         target_url: Option<String>,
-        /// The timeout of each request, connecting included.
-        #[serde(default = "default_http_timeout")]
-        timeout_secs: u64,
-        /// No retry starts later than this after the first attempt, so a
-        /// GitHub outage delays the job by a bounded time.
-        #[serde(default = "default_retry_budget")]
-        retry_budget_secs: u64,
-        /// Attempts in all, the first included.
-        #[serde(default = "default_max_attempts")]
-        max_attempts: u32,
+        #[serde(flatten)]
+        retry: RetrySettings,
     },
     /// Posts status events to the host that placed the job (`qci serve`),
     /// which holds the GitHub credentials and posts the commit status itself.
@@ -115,16 +107,36 @@ pub enum Sink {
         /// itself, the host places both in one atomic write, and a second
         /// file would be one more thing to place and to clean up.
         token: String,
-        /// The timeout of each request, connecting included.
-        #[serde(default = "default_http_timeout")]
-        timeout_secs: u64,
-        /// No retry starts later than this after the first attempt.
-        #[serde(default = "default_retry_budget")]
-        retry_budget_secs: u64,
-        /// Attempts in all, the first included.
-        #[serde(default = "default_max_attempts")]
-        max_attempts: u32,
+        #[serde(flatten)]
+        retry: RetrySettings,
     },
+}
+
+/// How hard a sink tries to deliver one status: the same settings, with the
+/// same defaults, for the `github` and the `relay` sink. Flattened into
+/// each, so the job file keeps them beside `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetrySettings {
+    /// The timeout of each request, connecting included.
+    #[serde(default = "default_http_timeout")]
+    pub timeout_secs: u64,
+    /// No retry starts later than this after the first attempt, so an
+    /// outage delays the job by a bounded time.
+    #[serde(default = "default_retry_budget")]
+    pub retry_budget_secs: u64,
+    /// Attempts in all, the first included.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            timeout_secs: default_http_timeout(),
+            retry_budget_secs: default_retry_budget(),
+            max_attempts: default_max_attempts(),
+        }
+    }
 }
 
 fn default_api_url() -> String {
@@ -155,9 +167,7 @@ impl Sink {
             api_url: api_url.unwrap_or_else(default_api_url),
             token_file,
             target_url,
-            timeout_secs: default_http_timeout(),
-            retry_budget_secs: default_retry_budget(),
-            max_attempts: default_max_attempts(),
+            retry: RetrySettings::default(),
         }
     }
 
@@ -166,9 +176,7 @@ impl Sink {
         Self::Relay {
             url,
             token,
-            timeout_secs: default_http_timeout(),
-            retry_budget_secs: default_retry_budget(),
-            max_attempts: default_max_attempts(),
+            retry: RetrySettings::default(),
         }
     }
 }
@@ -375,9 +383,12 @@ mod tests {
         match job.sink {
             Sink::Github {
                 api_url,
-                timeout_secs,
-                retry_budget_secs,
-                max_attempts,
+                retry:
+                    RetrySettings {
+                        timeout_secs,
+                        retry_budget_secs,
+                        max_attempts,
+                    },
                 ..
             } => {
                 assert_eq!(api_url, "https://api.github.com");
@@ -386,6 +397,42 @@ mod tests {
                 assert_eq!(max_attempts, 8);
             }
             other => panic!("wrong sink {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sinks_keep_their_retry_settings_beside_kind_and_refuse_unknown_fields() {
+        let relay = Sink::Relay {
+            url: "http://host/api/jobs/J1/status".into(),
+            token: "t".into(),
+            retry: RetrySettings {
+                timeout_secs: 5,
+                retry_budget_secs: 60,
+                max_attempts: 3,
+            },
+        };
+        let wire = serde_json::json!({
+            "kind": "relay", "url": "http://host/api/jobs/J1/status", "token": "t",
+            "timeout_secs": 5, "retry_budget_secs": 60, "max_attempts": 3,
+        });
+        assert_eq!(serde_json::to_value(&relay).unwrap(), wire);
+        assert_eq!(serde_json::from_value::<Sink>(wire).unwrap(), relay);
+        let github = Sink::github("/run/token".into(), None, None);
+        assert_eq!(
+            serde_json::to_value(&github).unwrap(),
+            serde_json::json!({
+                "kind": "github", "api_url": "https://api.github.com",
+                "token_file": "/run/token", "timeout_secs": 30,
+                "retry_budget_secs": 120, "max_attempts": 8,
+            })
+        );
+        for bad in [
+            r#"{"kind": "relay", "url": "u", "token": "t", "retries": 3}"#,
+            r#"{"kind": "github", "token_file": "/t", "max_attempt": 3}"#,
+            r#"{"kind": "file", "path": "p", "timeout_secs": 3}"#,
+        ] {
+            let err = serde_json::from_str::<Sink>(bad).unwrap_err();
+            assert!(err.to_string().contains("unknown field"), "{bad}: {err}");
         }
     }
 

@@ -1,7 +1,8 @@
 //! Retries with capped exponential backoff and full jitter, within a budget
 //! of attempts and of elapsed time, so a flaky network or a GitHub hiccup
 //! does not lose a commit status, and a real outage does not hang the job.
-//! Pure logic with no network code: the callers bring their HTTP client.
+//! Pure logic with no network code: the callers bring their HTTP client,
+//! and `qci-github` says which of GitHub's answers are worth a retry.
 
 use std::collections::hash_map::RandomState;
 use std::fmt::Display;
@@ -107,32 +108,6 @@ pub fn retry<T, E: Display>(
         );
         std::thread::sleep(delay);
     }
-}
-
-/// Whether a 403 is a rate limit (retry later) rather than a permission
-/// problem that retrying won't fix: only when GitHub says so in the headers.
-/// `header` looks a reply's header up by lower-case name.
-pub fn rate_limited<'a>(header: impl Fn(&str) -> Option<&'a str>) -> bool {
-    header("retry-after").is_some() || header("x-ratelimit-remaining") == Some("0")
-}
-
-/// How long GitHub asked us to wait: `Retry-After` in seconds (GitHub does
-/// not send the HTTP-date form), else until `x-ratelimit-reset` (epoch
-/// seconds) when no requests remain. `None` leaves it to the backoff.
-pub fn server_wait<'a>(
-    header: impl Fn(&str) -> Option<&'a str>,
-    now: SystemTime,
-) -> Option<Duration> {
-    if let Some(secs) = header("retry-after").and_then(|v| v.parse().ok()) {
-        return Some(Duration::from_secs(secs));
-    }
-    if header("x-ratelimit-remaining") != Some("0") {
-        return None;
-    }
-    let reset = header("x-ratelimit-reset")?.parse().ok()?;
-    let reset = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(reset))?;
-    // A reset already past (or a skewed clock) falls back to the backoff.
-    reset.duration_since(now).ok().filter(|d| !d.is_zero())
 }
 
 /// A number in `[0, 1)`, unpredictable enough to decorrelate clients.

@@ -1,65 +1,77 @@
-//! GitHub's REST API as the host speaks it: the headers every call
-//! carries, which failures are worth retrying, and reading a commit's
+//! GitHub's REST API as the host speaks it, on `qci_github`'s rules: its
+//! request timeout, its errors, and reading a commit's
 //! `.qci.toml` through the contents API
 //! (`GET /repos/OWNER/REPO/contents/.qci.toml?ref=SHA`).
 
 use base64::Engine;
-use qci_core::retry::{self, Failure};
+use qci_core::retry::Failure;
+use qci_github::Verdict;
 use reqwest::StatusCode;
-use reqwest::blocking::{RequestBuilder, Response};
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, USER_AGENT};
-use std::time::{Duration, SystemTime};
+use reqwest::blocking::Response;
+use reqwest::header::HeaderValue;
+use std::time::Duration;
+
+pub use qci_github::authorized;
 
 /// The bound on one request, connecting included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A blocking client that follows no redirect: a status post must not be
-/// replayed elsewhere, and a moved repository is an error to fix in the
-/// config, not something to chase.
-pub fn client() -> reqwest::Result<reqwest::blocking::Client> {
-    reqwest::blocking::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(REQUEST_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
+/// Why a call to GitHub (or a notification) did not give what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum GithubError {
+    /// The request never got an answer.
+    #[error("{url}: {source}")]
+    Unanswered {
+        url: String,
+        /// Without the URL, which the message gives once.
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered HTTP {status}")]
+    Refused { url: String, status: StatusCode },
+    #[error("{url}: not JSON: {source}")]
+    NotJson {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{url}: unexpected answer: {source}")]
+    Unexpected {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{url}: bad base64 content: {source}")]
+    BadBase64 {
+        url: String,
+        #[source]
+        source: base64::DecodeError,
+    },
 }
 
-/// The token (`Bearer ...`, marked sensitive so it is never logged), and
-/// GitHub's media type and API version.
-pub fn authorized(request: RequestBuilder, token: &HeaderValue) -> RequestBuilder {
-    request
-        .header(USER_AGENT, "qci")
-        .header(AUTHORIZATION, token.clone())
-        .header(ACCEPT, "application/vnd.github+json")
-        .header("X-GitHub-Api-Version", "2022-11-28")
+/// The host's client for GitHub and notifications: [`qci_github::client`]
+/// with [`REQUEST_TIMEOUT`].
+pub fn client() -> reqwest::Result<reqwest::blocking::Client> {
+    qci_github::client(REQUEST_TIMEOUT)
 }
 
 /// A request that never got an answer: worth another try.
-pub fn unanswered(url: &str, e: reqwest::Error) -> Failure<String> {
+pub fn unanswered(url: &str, e: reqwest::Error) -> Failure<GithubError> {
     Failure::Transient {
-        error: format!("{url}: {}", e.without_url()),
+        error: GithubError::Unanswered {
+            url: url.to_owned(),
+            source: e.without_url(),
+        },
         wait: None,
     }
 }
 
-/// What an unsuccessful answer means: 5xx, 429 and a rate-limited 403 may
-/// pass (after the wait GitHub asks for, if it does); anything else will
-/// fail the same way again.
-pub fn refused(url: &str, reply: &Response) -> Failure<String> {
-    let status = reply.status();
-    let header = |name: &str| reply.headers().get(name).and_then(|v| v.to_str().ok());
-    let transient = status.is_server_error()
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || (status == StatusCode::FORBIDDEN && retry::rate_limited(header));
-    let error = format!("{url} answered HTTP {status}");
-    if transient {
-        Failure::Transient {
-            error,
-            wait: retry::server_wait(header, SystemTime::now()),
-        }
-    } else {
-        Failure::Permanent(error)
-    }
+/// An unsuccessful answer, retried or not as [`Verdict`] says.
+pub fn refused(url: &str, reply: &Response) -> Failure<GithubError> {
+    Verdict::of(reply).failure(GithubError::Refused {
+        url: url.to_owned(),
+        status: reply.status(),
+    })
 }
 
 /// What a commit has at `.qci.toml`.
@@ -94,7 +106,7 @@ pub fn pipeline_file(
     token: &HeaderValue,
     slug: &str,
     sha: &str,
-) -> Result<PipelineFile, Failure<String>> {
+) -> Result<PipelineFile, Failure<GithubError>> {
     use qci_core::pipeline::{FILE_NAME, MAX_FILE_BYTES};
     let url = format!(
         "{}/repos/{slug}/contents/{FILE_NAME}",
@@ -118,15 +130,23 @@ pub fn pipeline_file(
             "{FILE_NAME} is larger than {MAX_FILE_BYTES} bytes"
         )));
     }
-    let value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| Failure::Permanent(format!("{url}: not JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|source| {
+        Failure::Permanent(GithubError::NotJson {
+            url: url.clone(),
+            source,
+        })
+    })?;
     if value.is_array() {
         return Ok(PipelineFile::Unusable(format!(
             "{FILE_NAME} is a directory"
         )));
     }
-    let file: Content = serde_json::from_value(value)
-        .map_err(|e| Failure::Permanent(format!("{url}: unexpected answer: {e}")))?;
+    let file: Content = serde_json::from_value(value).map_err(|source| {
+        Failure::Permanent(GithubError::Unexpected {
+            url: url.clone(),
+            source,
+        })
+    })?;
     // A symbolic link to a file is answered with that file, under its own
     // path; dom0 refuses a linked pipeline file, so the host does too.
     if file.kind != "file" || file.path != FILE_NAME {
@@ -148,7 +168,7 @@ pub fn pipeline_file(
         .collect();
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(packed)
-        .map_err(|e| Failure::Permanent(format!("{url}: bad base64 content: {e}")))?;
+        .map_err(|source| Failure::Permanent(GithubError::BadBase64 { url, source }))?;
     match String::from_utf8(bytes) {
         Ok(text) => Ok(PipelineFile::Found(text)),
         Err(_) => Ok(PipelineFile::Unusable(format!("{FILE_NAME} is not UTF-8"))),

@@ -6,7 +6,7 @@
 //! budget. The outbox is in the database, so a restart resumes sending.
 
 use crate::app::App;
-use crate::github;
+use crate::github::{self, GithubError};
 use crate::queue::{self, Kind, Outgoing};
 use crate::store::StoreError;
 use qci_core::JobId;
@@ -21,10 +21,10 @@ const GITHUB_DESCRIPTION_CHARS: usize = 140;
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// Refused for good (GitHub's answer, as [`github`] words it).
-    #[error("{0}")]
-    Refused(String),
+    #[error(transparent)]
+    Refused(GithubError),
     #[error("{attempts} attempts; last: {last}")]
-    GaveUp { attempts: u32, last: String },
+    GaveUp { attempts: u32, last: GithubError },
     #[error("bad outbox entry: {0}")]
     BadEntry(#[source] serde_json::Error),
     #[error(transparent)]

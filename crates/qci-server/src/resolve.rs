@@ -20,7 +20,7 @@
 //! behind it until the budget is spent.
 
 use crate::app::App;
-use crate::github::{self, PipelineFile};
+use crate::github::{self, GithubError, PipelineFile};
 use crate::queue::{self, Trigger, Version};
 use crate::webhook::{Commit, Plan};
 use qci_core::JobId;
@@ -157,9 +157,9 @@ enum NoPipeline {
     #[error("{0}")]
     Unusable(String),
     #[error("CI error: cannot read .qci.toml: {0}")]
-    Unreadable(String),
+    Unreadable(#[source] GithubError),
     #[error("CI error: cannot read .qci.toml ({attempts} attempts): {last}")]
-    GaveUp { attempts: u32, last: String },
+    GaveUp { attempts: u32, last: GithubError },
 }
 
 /// Job ids as a delivery's outcome lists them.

@@ -86,7 +86,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let paths = match Paths::from_env() {
         Ok(p) => p,
-        Err(e) => return fail(ExitCode::CiError, &e).into(),
+        Err(e) => return fail(ExitCode::CiError, &e.to_string()).into(),
     };
     let code = match cli.command {
         Command::Begin { job, manual } => match JobId::parse(&job) {

@@ -64,21 +64,22 @@ pub struct ManualArgs {
         value_name = "DURATION",
         requires = "start",
         default_value = "6h",
-        value_parser = parse_duration
+        value_parser = qci_core::pipeline::parse_duration
     )]
     pub timeout: Duration,
 }
 
-fn parse_slug(s: &str) -> Result<String, String> {
+/// What clap says of a `--github` value that is no repository slug.
+#[derive(Debug, thiserror::Error)]
+#[error("must be OWNER/REPO")]
+pub struct NotASlug;
+
+fn parse_slug(s: &str) -> Result<String, NotASlug> {
     if valid_slug(s) {
         Ok(s.to_owned())
     } else {
-        Err("must be OWNER/REPO".into())
+        Err(NotASlug)
     }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    qci_core::pipeline::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -10,11 +10,16 @@ pub struct Paths {
     pub home: PathBuf,
 }
 
+/// The services find the job's files under `$HOME`: without it, nowhere.
+#[derive(Debug, thiserror::Error)]
+#[error("HOME is not set")]
+pub struct NoHome;
+
 impl Paths {
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, NoHome> {
         match std::env::var_os("HOME") {
             Some(h) if !h.is_empty() => Ok(Self { home: h.into() }),
-            _ => Err("HOME is not set".into()),
+            _ => Err(NoHome),
         }
     }
 

@@ -3,15 +3,16 @@
 
 use crate::paths::Paths;
 use qci_core::StatusEvent;
-use qci_core::job_file::{JobFile, Sink, valid_slug};
-use qci_core::retry::{self, Failure, RetryPolicy, Stop};
+use qci_core::job_file::{JobFile, RetrySettings, Sink, valid_slug};
+use qci_core::retry::{self, RetryPolicy, Stop};
+use qci_github::Verdict;
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, USER_AGENT};
+use reqwest::header::HeaderValue;
 use serde::Serialize;
 use std::fs::{self, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// GitHub cuts commit status descriptions at this many characters.
 const GITHUB_DESCRIPTION_CHARS: usize = 140;
@@ -42,11 +43,22 @@ pub enum SinkError {
     #[error("the relay sink's token is empty or not usable in an HTTP header")]
     RelayTokenInvalid,
     #[error("cannot set up the HTTP client: {0}")]
-    Client(reqwest::Error),
+    Client(#[source] reqwest::Error),
     #[error("no answer from {url} within {secs}s")]
-    Timeout { url: String, secs: u64 },
-    #[error("cannot post the status to {url}: {reason}")]
-    Request { url: String, reason: String },
+    Timeout {
+        url: String,
+        secs: u64,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The whole cause chain is in the message: callers print only the top
+    /// error, and reqwest's own message hides the cause (refused, DNS, TLS).
+    #[error("cannot post the status to {url}: {}", with_causes(.source))]
+    Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("{url} refused the status with HTTP {status} {}: {body}", reason_phrase(*.status))]
     Rejected {
         url: String,
@@ -70,6 +82,18 @@ pub enum SinkError {
         note: Option<String>,
         last: Box<SinkError>,
     },
+}
+
+/// `e` followed by each of its causes.
+fn with_causes(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 fn reason_phrase(status: u16) -> &'static str {
@@ -103,9 +127,7 @@ fn forward_with(
             api_url,
             token_file,
             target_url,
-            timeout_secs,
-            retry_budget_secs,
-            max_attempts,
+            retry: settings,
         } => {
             let token = read_token(&paths.resolve(token_file))?;
             let body = GithubStatus {
@@ -118,37 +140,36 @@ fn forward_with(
                 context: &job.context,
                 target_url: target_url.as_deref(),
             };
-            let policy = policy.unwrap_or(RetryPolicy {
-                base: GITHUB_BASE_DELAY,
-                cap: GITHUB_MAX_DELAY,
-                budget: Duration::from_secs(*retry_budget_secs),
-                max_attempts: *max_attempts,
-            });
-            post_github(api_url, job, &token, &body, *timeout_secs, &policy)
+            let policy = policy.unwrap_or_else(|| retry_policy(settings));
+            post_github(api_url, job, &token, &body, settings.timeout_secs, &policy)
         }
         Sink::Relay {
             url,
             token,
-            timeout_secs,
-            retry_budget_secs,
-            max_attempts,
+            retry: settings,
         } => {
             let token = relay_token(token)?;
-            let policy = policy.unwrap_or(RetryPolicy {
-                base: GITHUB_BASE_DELAY,
-                cap: GITHUB_MAX_DELAY,
-                budget: Duration::from_secs(*retry_budget_secs),
-                max_attempts: *max_attempts,
-            });
+            let policy = policy.unwrap_or_else(|| retry_policy(settings));
             // The host wants the event as dom0 sent it; it maps states itself.
             let post = Post {
                 to: "relay",
                 url,
                 token: &token,
-                timeout_secs: *timeout_secs,
+                timeout_secs: settings.timeout_secs,
             };
             post.send(|r| r, event, &policy)
         }
+    }
+}
+
+/// How hard a sink tries, from its job file's settings: GitHub's backoff
+/// for both, as the relay forwards to GitHub.
+fn retry_policy(settings: &RetrySettings) -> RetryPolicy {
+    RetryPolicy {
+        base: GITHUB_BASE_DELAY,
+        cap: GITHUB_MAX_DELAY,
+        budget: Duration::from_secs(settings.retry_budget_secs),
+        max_attempts: settings.max_attempts,
     }
 }
 
@@ -197,12 +218,12 @@ pub fn secrets(job: &JobFile, paths: &Paths) -> Vec<String> {
     }
 }
 
+/// The relay's token is inline in the job file, not a secret file: it is
+/// checked here, not by `read_secret`.
 fn relay_token(raw: &str) -> Result<Token, SinkError> {
-    let mut header = HeaderValue::from_str(&format!("Bearer {raw}"))
-        .ok()
+    let header = qci_github::bearer(raw)
         .filter(|_| !raw.is_empty())
         .ok_or(SinkError::RelayTokenInvalid)?;
-    header.set_sensitive(true);
     Ok(Token {
         header,
         raw: raw.to_owned(),
@@ -217,9 +238,8 @@ struct Token {
 
 fn read_token(path: &Path) -> Result<Token, SinkError> {
     let raw = qci_core::secret::read_secret(path)?;
-    let mut header = HeaderValue::from_str(&format!("Bearer {raw}"))
-        .map_err(|_| SinkError::TokenInvalid(path.to_owned()))?;
-    header.set_sensitive(true);
+    let header =
+        qci_github::bearer(&raw).ok_or_else(|| SinkError::TokenInvalid(path.to_owned()))?;
     Ok(Token { header, raw })
 }
 
@@ -257,14 +277,7 @@ fn post_github(
         token,
         timeout_secs,
     };
-    post.send(
-        |r| {
-            r.header(ACCEPT, "application/vnd.github+json")
-                .header("X-GitHub-Api-Version", "2022-11-28")
-        },
-        body,
-        policy,
-    )
+    post.send(qci_github::github_api, body, policy)
 }
 
 /// One status to deliver with a bearer token, retried on what may pass.
@@ -284,24 +297,15 @@ impl Post<'_> {
         policy: &RetryPolicy,
     ) -> Result<(), SinkError> {
         let (url, token, timeout_secs) = (self.url, self.token, self.timeout_secs);
-        let timeout = Duration::from_secs(timeout_secs);
-        // No redirects: the token must only ever go to the configured URL.
-        let client = reqwest::blocking::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(SinkError::Client)?;
+        let client =
+            qci_github::client(Duration::from_secs(timeout_secs)).map_err(SinkError::Client)?;
         let attempt = || {
-            let request = client
-                .post(url)
-                .header(AUTHORIZATION, token.header.clone())
-                .header(USER_AGENT, "qci");
+            let request = qci_github::identified(client.post(url), &token.header);
             let reply = extra(request)
                 .json(body)
                 .send()
                 // Refused, reset, timed out: the next try may well get through.
-                .map_err(|e| Failure::Transient {
+                .map_err(|e| retry::Failure::Transient {
                     error: request_error(url, timeout_secs, e),
                     wait: None,
                 })?;
@@ -309,16 +313,12 @@ impl Post<'_> {
             if status.is_success() {
                 return Ok(());
             }
-            let transient = status.is_server_error()
-                || status == StatusCode::TOO_MANY_REQUESTS
-                || (status == StatusCode::FORBIDDEN && rate_limited(reply.headers()));
-            let wait = server_wait(reply.headers(), SystemTime::now());
-            let error = rejected(url, reply, token);
-            Err(if transient {
-                Failure::Transient { error, wait }
-            } else {
-                Failure::Permanent(error)
-            })
+            let verdict = Verdict::of(&reply);
+            Err(verdict.failure(SinkError::Rejected {
+                url: url.to_owned(),
+                status: status.as_u16(),
+                body: qci_github::refusal_body(reply, &token.raw, ERROR_BODY_BYTES),
+            }))
         };
         let what = format!("posting the {} status", self.to);
         match retry::retry(policy, &what, attempt) {
@@ -340,61 +340,19 @@ impl Post<'_> {
     }
 }
 
-fn rate_limited(headers: &HeaderMap) -> bool {
-    retry::rate_limited(|name| header_text(headers, name))
-}
-
-fn server_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    retry::server_wait(|name| header_text(headers, name), now)
-}
-
-fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-}
-
-/// The refusal with the start of its body, which usually says why. The
-/// token is masked before cutting, so a cut cannot leave half of it.
-fn rejected(url: &str, reply: reqwest::blocking::Response, token: &Token) -> SinkError {
-    let status = reply.status().as_u16();
-    let mut head = Vec::new();
-    let limit = (ERROR_BODY_BYTES + token.raw.len()) as u64;
-    // The body only explains the refusal; failing to read it changes nothing.
-    let _ = reply.take(limit).read_to_end(&mut head);
-    let text = String::from_utf8_lossy(&head).replace(&token.raw, "***");
-    let text = text.trim();
-    let mut end = text.len().min(ERROR_BODY_BYTES);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    SinkError::Rejected {
-        url: url.to_owned(),
-        status,
-        body: text[..end].trim_end().to_owned(),
-    }
-}
-
-/// reqwest's own message hides the cause (refused, DNS, TLS) in its source chain.
+/// A request that got no answer: timed out, or why not (without the URL,
+/// which the message gives once).
 fn request_error(url: &str, secs: u64, e: reqwest::Error) -> SinkError {
     if e.is_timeout() {
         return SinkError::Timeout {
             url: url.to_owned(),
             secs,
+            source: e,
         };
-    }
-    let e = e.without_url();
-    let mut reason = e.to_string();
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        reason.push_str(": ");
-        reason.push_str(&c.to_string());
-        cause = c.source();
     }
     SinkError::Request {
         url: url.to_owned(),
-        reason,
+        source: e.without_url(),
     }
 }
 
@@ -407,7 +365,7 @@ pub(crate) mod tests {
     use serde_json::{Value, json};
     use std::os::unix::fs::PermissionsExt;
     use std::sync::{Arc, Mutex};
-    use std::time::Instant;
+    use std::time::{Instant, SystemTime};
 
     /// A token file as its owner keeps it: readable by the owner only.
     fn write_token(path: &Path, text: &str) {
@@ -457,6 +415,7 @@ pub(crate) mod tests {
     pub(crate) struct FakeGithub {
         pub(crate) base: String,
         seen: Arc<Mutex<Vec<Seen>>>,
+        _server: qci_test_http::HttpServer,
     }
 
     impl FakeGithub {
@@ -473,62 +432,49 @@ pub(crate) mod tests {
             assert!(!replies.is_empty());
             let seen = Arc::new(Mutex::new(Vec::new()));
             let record = seen.clone();
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    let handler = move |method: Method,
-                                        uri: Uri,
-                                        headers: HeaderMap,
-                                        body: String| {
-                        let record = record.clone();
-                        let replies = replies.clone();
-                        async move {
-                            let header = |name: &str| {
-                                headers
-                                    .get(name)
-                                    .map(|v| v.to_str().unwrap().to_owned())
-                                    .unwrap_or_default()
-                            };
-                            let n = {
-                                let mut seen = record.lock().unwrap();
-                                seen.push(Seen {
-                                    method: method.to_string(),
-                                    path: uri.path().to_owned(),
-                                    authorization: header("authorization"),
-                                    accept: header("accept"),
-                                    body: serde_json::from_str(&body).unwrap_or(Value::Null),
-                                    at: SystemTime::now(),
-                                });
-                                seen.len() - 1
-                            };
-                            let reply = &replies[n.min(replies.len() - 1)];
-                            let mut out = HeaderMap::new();
-                            for (name, value) in &reply.headers {
-                                out.insert(HeaderName::from_static(name), value.parse().unwrap());
-                            }
-                            match reply.status {
-                                Some(code) => {
-                                    (StatusCode::from_u16(code).unwrap(), out, reply.body.clone())
-                                }
-                                None => std::future::pending().await,
-                            }
-                        }
+            let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: String| {
+                let record = record.clone();
+                let replies = replies.clone();
+                async move {
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .map(|v| v.to_str().unwrap().to_owned())
+                            .unwrap_or_default()
                     };
-                    let app = axum::Router::new().fallback(handler);
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                    tx.send(listener.local_addr().unwrap()).unwrap();
-                    axum::serve(listener, app).await.unwrap();
-                });
-            });
-            let addr = rx.recv().unwrap();
+                    let n = {
+                        let mut seen = record.lock().unwrap();
+                        seen.push(Seen {
+                            method: method.to_string(),
+                            path: uri.path().to_owned(),
+                            authorization: header("authorization"),
+                            accept: header("accept"),
+                            body: serde_json::from_str(&body).unwrap_or(Value::Null),
+                            at: SystemTime::now(),
+                        });
+                        seen.len() - 1
+                    };
+                    let reply = &replies[n.min(replies.len() - 1)];
+                    let mut out = HeaderMap::new();
+                    for (name, value) in &reply.headers {
+                        out.insert(HeaderName::from_static(name), value.parse().unwrap());
+                    }
+                    match reply.status {
+                        Some(code) => {
+                            (StatusCode::from_u16(code).unwrap(), out, reply.body.clone())
+                        }
+                        None => std::future::pending().await,
+                    }
+                }
+            };
+            let server = qci_test_http::HttpServer::start(
+                "fake-github",
+                axum::Router::new().fallback(handler),
+            );
             Self {
-                base: format!("http://{addr}"),
+                base: server.url(),
                 seen,
+                _server: server,
             }
         }
 
@@ -564,9 +510,11 @@ pub(crate) mod tests {
             api_url: api_url.to_owned(),
             token_file: "token".into(),
             target_url: Some("https://ci.example/J1.log".into()),
-            timeout_secs,
-            retry_budget_secs: 120,
-            max_attempts: 8,
+            retry: RetrySettings {
+                timeout_secs,
+                retry_budget_secs: 120,
+                max_attempts: 8,
+            },
         }
     }
 
@@ -664,9 +612,11 @@ pub(crate) mod tests {
             api_url: format!("{}/api/v3", gh.base),
             token_file: "token".into(),
             target_url: None,
-            timeout_secs: 10,
-            retry_budget_secs: 120,
-            max_attempts: 8,
+            retry: RetrySettings {
+                timeout_secs: 10,
+                retry_budget_secs: 120,
+                max_attempts: 8,
+            },
         };
 
         forward(&event(State::Queued, "queued"), &job, &paths).unwrap();
@@ -1039,9 +989,11 @@ pub(crate) mod tests {
             api_url: gh.base.clone(),
             token_file: "token".into(),
             target_url: None,
-            timeout_secs: 10,
-            retry_budget_secs,
-            max_attempts,
+            retry: RetrySettings {
+                timeout_secs: 10,
+                retry_budget_secs,
+                max_attempts,
+            },
         };
 
         // Two attempts, one real backoff of at most the 1 s base.
@@ -1103,59 +1055,6 @@ pub(crate) mod tests {
         no_commit.commit = None;
         let err = forward(&event(State::Running, "x"), &no_commit, &paths).unwrap_err();
         assert!(matches!(err, SinkError::NoCommit), "{err:?}");
-    }
-
-    #[test]
-    fn server_wait_reads_retry_after_then_the_rate_limit_reset() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let headers = |pairs: &[(&'static str, &str)]| {
-            let mut h = HeaderMap::new();
-            for (name, value) in pairs {
-                h.insert(*name, value.parse().unwrap());
-            }
-            h
-        };
-        let wait = |pairs: &[(&'static str, &str)]| server_wait(&headers(pairs), now);
-
-        assert_eq!(wait(&[("retry-after", "7")]), Some(Duration::from_secs(7)));
-        let limited = [
-            ("x-ratelimit-remaining", "0"),
-            ("x-ratelimit-reset", "1010"),
-        ];
-        assert_eq!(wait(&limited), Some(Duration::from_secs(10)));
-        // Requests left, a reset in the past, or nonsense: use the backoff.
-        assert_eq!(
-            wait(&[
-                ("x-ratelimit-remaining", "5"),
-                ("x-ratelimit-reset", "1010")
-            ]),
-            None
-        );
-        assert_eq!(
-            wait(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "990")]),
-            None
-        );
-        assert_eq!(
-            wait(&[
-                ("x-ratelimit-remaining", "0"),
-                ("x-ratelimit-reset", "99999999999999999999")
-            ]),
-            None
-        );
-        assert_eq!(
-            wait(&[
-                ("x-ratelimit-remaining", "0"),
-                ("x-ratelimit-reset", "18446744073709551615")
-            ]),
-            None
-        );
-        assert_eq!(
-            wait(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]),
-            None
-        );
-        assert!(rate_limited(&headers(&[("retry-after", "soon")])));
-        assert!(rate_limited(&headers(&limited)));
-        assert!(!rate_limited(&headers(&[("x-ratelimit-remaining", "4")])));
     }
 
     #[test]

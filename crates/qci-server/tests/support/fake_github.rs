@@ -52,6 +52,7 @@ pub struct FakeGithub {
     pub base: String,
     pub token: String,
     shared: Arc<Shared>,
+    _server: qci_test_http::HttpServer,
 }
 
 /// What GitHub answers to a status it refuses: 422 with a reason.
@@ -248,67 +249,57 @@ fn check(
 impl FakeGithub {
     pub fn start(token: &str) -> Self {
         let shared = Arc::new(Shared::default());
-        let (tx, rx) = std::sync::mpsc::channel();
         let state = shared.clone();
         let expected = token.to_owned();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: String| {
-                    let shared = state.clone();
-                    let token = expected.clone();
-                    async move {
-                        shared.requests.fetch_add(1, Ordering::SeqCst);
-                        let read = method == Method::GET;
-                        while read && shared.hold_reads.load(Ordering::SeqCst) {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                        let counter = if read {
-                            &shared.fail_next_reads
-                        } else {
-                            &shared.fail_next
-                        };
-                        let failing = counter
-                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                            .is_ok();
-                        if failing {
-                            return (StatusCode::BAD_GATEWAY, "Bad Gateway".to_owned());
-                        }
-                        if read {
-                            return contents(&shared, &token, &uri, &headers);
-                        }
-                        match check(&shared, &token, &method, &uri, &headers, &body) {
-                            Ok(posted) => {
-                                if let Some(hook) = shared.on_post.lock().unwrap().as_ref() {
-                                    // The hook may make blocking requests.
-                                    tokio::task::block_in_place(|| hook(&posted));
-                                }
-                                shared.posted.lock().unwrap().push(posted.clone());
-                                let reply = serde_json::json!({
-                                    "id": 1, "state": posted.state, "description": posted.description,
-                                    "target_url": posted.target_url, "context": posted.context,
-                                });
-                                (StatusCode::CREATED, reply.to_string())
-                            }
-                            Err(refused) => refused,
-                        }
-                    }
+        let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: String| {
+            let shared = state.clone();
+            let token = expected.clone();
+            async move {
+                shared.requests.fetch_add(1, Ordering::SeqCst);
+                let read = method == Method::GET;
+                while read && shared.hold_reads.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let counter = if read {
+                    &shared.fail_next_reads
+                } else {
+                    &shared.fail_next
                 };
-                let app = axum::Router::new().fallback(handler);
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                axum::serve(listener, app).await.unwrap();
-            });
-        });
-        let addr = rx.recv().unwrap();
+                let failing = counter
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if failing {
+                    return (StatusCode::BAD_GATEWAY, "Bad Gateway".to_owned());
+                }
+                if read {
+                    return contents(&shared, &token, &uri, &headers);
+                }
+                match check(&shared, &token, &method, &uri, &headers, &body) {
+                    Ok(posted) => {
+                        if let Some(hook) = shared.on_post.lock().unwrap().as_ref() {
+                            // The hook may make blocking requests.
+                            tokio::task::block_in_place(|| hook(&posted));
+                        }
+                        shared.posted.lock().unwrap().push(posted.clone());
+                        let reply = serde_json::json!({
+                            "id": 1, "state": posted.state, "description": posted.description,
+                            "target_url": posted.target_url, "context": posted.context,
+                        });
+                        (StatusCode::CREATED, reply.to_string())
+                    }
+                    Err(refused) => refused,
+                }
+            }
+        };
+        // A hook blocks in place, which needs a multi-thread runtime.
+        let server = qci_test_http::Listener::bind()
+            .multi_thread(1)
+            .serve("fake-github", axum::Router::new().fallback(handler));
         Self {
-            base: format!("http://{addr}"),
+            base: server.url(),
             token: token.to_owned(),
             shared,
+            _server: server,
         }
     }
 

@@ -186,6 +186,7 @@ pub struct Host {
     pub dir: tempfile::TempDir,
     pub github: FakeGithub,
     client: reqwest::blocking::Client,
+    _server: qci_test_http::HttpServer,
 }
 
 impl Host {
@@ -213,9 +214,9 @@ impl Host {
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )
         .unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let base = format!("http://{addr}");
+        let listener = qci_test_http::Listener::bind();
+        let addr = listener.addr();
+        let base = listener.url();
         let d = dir.path().display();
         let text = format!(
             "[pool]\nstate_dir = \"{d}/state\"\n[server]\nlisten = \"{addr}\"\n\
@@ -232,24 +233,18 @@ impl Host {
         std::fs::write(&path, text).unwrap();
         let config = HostConfig::load(&path).unwrap();
         let lock = qci_server::StateLock::acquire(config.state_dir()).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let server = listener
+            .multi_thread(2)
+            .run("qci-serve", |listener| async move {
                 qci_server::serve(config, executor, Some(listener), lock)
                     .await
                     .unwrap();
             });
-        });
         let host = Self {
             base,
             dir,
             github,
+            _server: server,
             client: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -392,37 +387,30 @@ pub fn edited(name: &str, edits: &[(&str, serde_json::Value)]) -> Vec<u8> {
 pub struct Receiver {
     pub url: String,
     got: Arc<Mutex<Vec<serde_json::Value>>>,
+    _server: qci_test_http::HttpServer,
 }
 
 impl Receiver {
     pub fn start(code: u16) -> Self {
         let got = Arc::new(Mutex::new(Vec::new()));
         let record = got.clone();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        listener.set_nonblocking(true).unwrap();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let handler = move |body: String| {
-                    let record = record.clone();
-                    async move {
-                        record
-                            .lock()
-                            .unwrap()
-                            .push(serde_json::from_str(&body).unwrap_or_default());
-                        axum::http::StatusCode::from_u16(code).unwrap()
-                    }
-                };
-                let app = axum::Router::new().fallback(handler);
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(listener, app).await.unwrap();
-            });
-        });
-        Self { url, got }
+        let handler = move |body: String| {
+            let record = record.clone();
+            async move {
+                record
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&body).unwrap_or_default());
+                axum::http::StatusCode::from_u16(code).unwrap()
+            }
+        };
+        let server =
+            qci_test_http::HttpServer::start("receiver", axum::Router::new().fallback(handler));
+        Self {
+            url: format!("{}/hook", server.url()),
+            got,
+            _server: server,
+        }
     }
 
     pub fn got(&self) -> Vec<serde_json::Value> {
