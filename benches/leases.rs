@@ -15,6 +15,11 @@
 //! 1,000 jobs on `local` machines, then 100 on libvirt's test driver (each
 //! domain paired with an emulated dom0), both scaled by QCI_BENCH_SCALE.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
 #[path = "common/mod.rs"]
 mod common;
 #[path = "../tests/pool_support/mod.rs"]

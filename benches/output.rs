@@ -15,6 +15,11 @@
 //!
 //! `QCI_BENCH_SCALE` scales the volumes.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
 mod common;
 
 use common::{

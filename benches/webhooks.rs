@@ -9,6 +9,11 @@
 //! between the two servers and the medians are reported. QCI_BENCH_SCALE
 //! shrinks N. The load average is printed, since the machine is shared.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

@@ -2,6 +2,11 @@
 //! reader that closes early, stale leases in `qci pool`, what is not a
 //! project, `--commit` outside a repository's top, and the help text.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
 #[path = "../crates/qci-server/tests/support/fake_github.rs"]
 mod fake_github;
 mod pool_support;

@@ -4,6 +4,11 @@
 //! emulated machine's qubes run as an unprivileged user; run as anyone
 //! else, as that user.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
 mod support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

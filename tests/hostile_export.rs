@@ -2,6 +2,11 @@
 //! refuse each one with the entry and the rule, end the job in `error`, and
 //! create nothing outside the workspace.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
 mod support;
 
 use std::path::Path;

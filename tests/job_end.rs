@@ -4,6 +4,11 @@
 //! next job at once; `qci run` prints the end and the log, with the exit
 //! code DESIGN gives it.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
 mod support;
 
 use std::io::Read;

@@ -2,6 +2,11 @@
 //! deeper than the open-file limit, not a process that left its session
 //! and dropped the runner's mark, and not the dev VM's old workspaces.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
 mod support;
 
 use support::{Scratch, is_dead, job_id};

@@ -1,6 +1,11 @@
 //! `qci run --local` end to end: the real `qci`, `qci-vm` and `qci-dom0`
 //! binaries, the real service files and policy, on an emulated machine.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
 mod support;
 
 use std::time::Duration;

@@ -4,6 +4,11 @@
 //! (`dom0 = "emulated"`): control goes to the hypervisor for real, the
 //! guest channel to the emulator. Under CI=true a missing daemon fails.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
 mod pool_support;
 mod support;
 

@@ -2,6 +2,11 @@
 //! machines (emulated Qubes machines in directories), driven through the
 //! real `qci` binary as a hypervisor script would.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
 mod pool_support;
 mod support;
 

@@ -6,6 +6,11 @@
 //! an extra qube sys-net tagged `net`), then drops its own services and
 //! policy files into it.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
 mod support;
 
 use std::collections::BTreeMap;

@@ -14,6 +14,11 @@
 //! Salt comes from `scripts/setup-salt`; without it these tests are skipped,
 //! except under `CI=true`, where they fail.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
 #[path = "support/salt.rs"]
 mod salt;
 mod support;

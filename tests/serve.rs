@@ -2,6 +2,11 @@
 //! pool's `local` backend, a fake GitHub that checks what it gets, and
 //! signed webhooks built from the checked-in GitHub payloads.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
 #[path = "../crates/qci-server/tests/support/fake_github.rs"]
 mod fake_github;
 mod pool_support;

@@ -5,7 +5,7 @@
 //! Figures go to stdout as rows of one table (`scripts/bench` prints its
 //! header), progress to stderr.
 
-#![allow(dead_code)]
+#![expect(dead_code, reason = "each test binary uses part of the shared support")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -3,7 +3,7 @@
 //! themselves on temporary sockets and ports (libvirtd with its test
 //! driver, the govmomi simulator), stopped by pid.
 
-#![allow(dead_code)]
+#![expect(dead_code, reason = "each test binary uses part of the shared support")]
 
 use crate::support::{bin_dir, git, qci};
 use std::io::{BufRead, BufReader};

@@ -1,7 +1,7 @@
 //! Shared helpers for the end-to-end tests: the workspace's real binaries,
 //! driven through an emulated Qubes machine in a temporary directory.
 
-#![allow(dead_code)]
+#![expect(dead_code, reason = "each test binary uses part of the shared support")]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -418,6 +418,7 @@ impl Scratch {
 
     /// `qci run --local DIR` to its end, with at most `files` open files
     /// for it and everything it starts (the machine's processes included).
+    #[expect(unsafe_code, reason = "see the SAFETY comment at each unsafe block")]
     pub fn run_with_open_files(&self, dir: &Path, files: u64) -> Output {
         use nix::sys::resource::{Resource, setrlimit};
         use std::os::unix::process::CommandExt;
@@ -544,6 +545,7 @@ pub fn listener() -> std::net::TcpListener {
 /// (`sd_listen_fds(3)`): `listener` as its fd 3, `LISTEN_FDS=1` and
 /// `LISTEN_PID` its own pid, which a shell that `exec`s it knows. Stdio is
 /// the caller's to set on the returned command.
+#[expect(unsafe_code, reason = "see the SAFETY comment at each unsafe block")]
 pub fn socket_activated(cmd: &Command, listener: &std::net::TcpListener) -> Command {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;

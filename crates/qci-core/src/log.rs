@@ -375,6 +375,7 @@ impl<'a> Line<'a> {
     }
 
     /// The line as text, if it is printable ASCII and tabs only.
+    #[expect(unsafe_code, reason = "see the SAFETY comment at each unsafe block")]
     pub fn as_printable(&self) -> Option<&'a str> {
         let printable = self.printable || printable_ascii(self.bytes, b'\t');
         // SAFETY: every byte is printable ASCII or a tab, and ASCII is

@@ -23,6 +23,7 @@ impl ExitFd {
     /// The pidfd of `child`, which must not have been reaped (so its pid
     /// still names it). `None` where the kernel has no `pidfd_open` (before
     /// Linux 5.3) or forbids it: callers then poll.
+    #[expect(unsafe_code, reason = "see the SAFETY comment at each unsafe block")]
     pub fn of(child: &Child) -> Option<Self> {
         let pid = nix::libc::pid_t::try_from(child.id()).ok()?;
         // SAFETY: pidfd_open takes a pid and flags and returns a new file

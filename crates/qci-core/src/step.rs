@@ -103,6 +103,7 @@ pub struct StepContext<'a> {
 /// name and notes of our own under `qci`. A step that exits while processes
 /// it started in the background still run has them stopped (SIGTERM, grace,
 /// SIGKILL): they would otherwise hold the log open and outlive the run.
+#[expect(unsafe_code, reason = "see the SAFETY comment at each unsafe block")]
 pub fn run_step(
     step: &Step,
     ctx: &StepContext<'_>,

@@ -286,6 +286,7 @@ impl<'a> Run<'a> {
     /// they are moved aside at once (a rename) and removed on a thread of
     /// their own while this job fetches its code and runs. A run that dies
     /// before they are gone leaves them to the next one.
+    #[expect(unsafe_code, reason = "see the SAFETY comment at each unsafe block")]
     fn fresh_workspace(&self) -> std::io::Result<(PathBuf, JoinHandle<Vec<String>>)> {
         let work = &self.config.work_dir;
         let jobs = work.join("jobs");

@@ -48,6 +48,7 @@ extern "C" fn request_cancel(_: nix::libc::c_int) {
     cancel(CancelReason::Signal);
 }
 
+#[expect(unsafe_code, reason = "see the SAFETY comment at each unsafe block")]
 pub fn cancel_on_termination() {
     let action = SigAction::new(
         SigHandler::Handler(request_cancel),

@@ -100,6 +100,7 @@ impl Machine {
     ///
     /// The calling process must have [`Machine::enter`]ed the machine: the
     /// service runs as it does.
+    #[expect(unsafe_code, reason = "see the SAFETY comment at each unsafe block")]
     pub fn call(
         &self,
         caller: Caller<'_>,

@@ -5,6 +5,8 @@
 //! client both speak through these rules, so they cannot drift apart.
 //! dom0 never links this crate: it has no network code.
 
+#![forbid(unsafe_code)]
+
 use qci_core::retry::Failure;
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, RequestBuilder, Response};

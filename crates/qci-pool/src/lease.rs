@@ -242,7 +242,10 @@ impl LeaseStore {
     /// Takes a machine `want` accepts (not in `exclude`), waiting in the FIFO
     /// until one frees, `cancel` is set or `deadline` passes. `queued` is
     /// told how many waiters are ahead whenever that changes.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one caller passes each of these; a struct would exist only for it"
+    )]
     pub fn acquire(
         &self,
         job: &JobId,
@@ -300,7 +303,10 @@ impl LeaseStore {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one caller passes each of these; a struct would exist only for it"
+    )]
     fn wait_turn(
         &self,
         conn: &mut Connection,

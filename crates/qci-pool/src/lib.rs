@@ -12,6 +12,8 @@
 //! Every call here blocks; a server calls it from blocking threads. A
 //! [`Pool`] is cheap to clone and opens its own SQLite connection per call.
 
+#![forbid(unsafe_code)]
+
 pub mod backend;
 mod command;
 pub mod config;

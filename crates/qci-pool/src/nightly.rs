@@ -157,7 +157,10 @@ impl Pool {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one caller passes each of these; a struct would exist only for it"
+    )]
     fn update_and_snapshot(
         &self,
         m: &MachineConfig,

@@ -7,5 +7,7 @@
 //! emulated Qubes machine and its policy engine, which never run in dom0 or
 //! the dev VM, are in `qci-emulator`.
 
+#![forbid(unsafe_code)]
+
 pub mod call;
 pub mod service;

@@ -15,6 +15,8 @@
 //! - [`state_lock`]: one server per state dir; [`connections`]: what a client can hold
 //! - [`logs`]: published logs; [`pages`]: the monitor and job pages
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod app;
 pub mod config;

@@ -116,10 +116,12 @@ fn send(
         Kind::Slack | Kind::Webhook => notification(app, dest, msg)?,
     };
     let attempt = || {
-        let mut request = client.post(&url).header(USER_AGENT, "qci").json(&body);
-        if let Some(token) = &dest.token {
-            request = github::authorized(request, token);
-        }
+        let request = client.post(&url).json(&body);
+        // GitHub's headers name qci too; a header set twice is sent twice.
+        let request = match &dest.token {
+            Some(token) => github::authorized(request, token),
+            None => request.header(USER_AGENT, "qci"),
+        };
         let reply = request.send().map_err(|e| github::unanswered(&url, e))?;
         if reply.status().is_success() {
             return Ok(());

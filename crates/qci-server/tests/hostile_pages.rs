@@ -3,6 +3,12 @@
 //! escapes are shown as text on every page, never as markup, and the
 //! pages' policy would stop a script that got through anyway.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
+#[expect(dead_code, reason = "this test uses part of the shared support")]
 mod support;
 
 use reqwest::blocking::Response;

@@ -4,6 +4,11 @@
 //! lines and inline alike (comments skipped); the queue's submodules by
 //! their `super::MODULE` paths.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 

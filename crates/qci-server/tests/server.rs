@@ -2,6 +2,11 @@
 //! fake GitHub that checks them, the relay with its tokens, the queue's
 //! rules, and every refusal leaving nothing behind.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
 mod support;
 
 use serde_json::json;

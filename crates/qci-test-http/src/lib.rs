@@ -5,6 +5,8 @@
 //! served: binding port 0, closing it and reusing the number would let
 //! another test take the port in between.
 
+#![forbid(unsafe_code)]
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::thread::JoinHandle;

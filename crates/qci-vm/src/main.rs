@@ -12,6 +12,8 @@
 //! The services take the job id from their argument (`$1`, or
 //! `QREXEC_SERVICE_ARGUMENT`), as qrexec passes it, and answer only dom0.
 
+#![forbid(unsafe_code)]
+
 mod begin;
 mod deliver;
 mod export;

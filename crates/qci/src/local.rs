@@ -489,6 +489,7 @@ mod interrupt {
         REQUESTED.store(true, Ordering::SeqCst);
     }
 
+    #[expect(unsafe_code, reason = "see the SAFETY comment at each unsafe block")]
     pub fn catch() {
         let action = SigAction::new(
             SigHandler::Handler(note),

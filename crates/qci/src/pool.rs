@@ -128,6 +128,7 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
+#[expect(unsafe_code, reason = "see the SAFETY comment at each unsafe block")]
 fn cancel_on_signals() -> Arc<AtomicBool> {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
     let action = SigAction::new(

@@ -6,7 +6,7 @@
 //! It can be told to fail the next requests with a 5xx, to exercise
 //! retries. Shared by qci-server's tests and the end-to-end tests (`#[path]`).
 
-#![allow(dead_code)]
+#![expect(dead_code, reason = "each test binary uses part of the shared support")]
 
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use base64::Engine;

@@ -2,8 +2,6 @@
 //! pool that behaves as a machine would: it reports through the real relay
 //! endpoint with the job's token, as the dev VM's `qci.Status` does.
 
-#![allow(dead_code)]
-
 pub mod fake_github;
 
 use fake_github::FakeGithub;
