@@ -271,7 +271,9 @@ fn the_relay_refuses_wrong_tokens_other_jobs_ended_jobs_and_going_back() {
         before,
         "a refused status left something behind"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // Nothing new is in the outbox (the footprint above), and what was in
+    // it is sent: GitHub's count can no longer change on its own.
+    host.wait_outbox_sent();
     assert_eq!(
         host.github.requests(),
         github_before,
@@ -365,21 +367,53 @@ fn a_newer_push_supersedes_queued_and_running_jobs_of_the_branch() {
     assert_eq!(first_sha_states.last().map(String::as_str), Some("error"));
 }
 
+/// Proof that the dispatcher has passed over every job queued before now,
+/// in place of a sleep: it takes jobs in order, so once a push queued after
+/// them has run to its end, any of them it could have started, it has.
+fn dispatcher_passed(host: &Host, n: u8) {
+    let sha = format!("{n:x}").repeat(40);
+    let push = edited(
+        "push.json",
+        &[("after", json!(sha)), ("head_commit/id", json!(sha))],
+    );
+    let jobs = host.deliver("push", &format!("sentinel-{n}"), &push);
+    assert!(!jobs.is_empty(), "the sentinel push made no job");
+    for job in &jobs {
+        host.wait_state(job, "success");
+    }
+}
+
+/// How many jobs the pool was handed for commit `sha`.
+fn started_for(pool: &Scripted, sha: &str) -> usize {
+    pool.job_files
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|f| f.commit.as_ref().is_some_and(|c| c.as_str() == sha))
+        .count()
+}
+
+const NEXT_SHA: &str = "4444444444444444444444444444444444444444";
+
 #[test]
 fn a_forks_pull_request_waits_for_a_maintainers_label_or_comment() {
     let pool = Scripted::new(true);
     let host = Host::start("", pool.clone());
     let job = host.deliver("pull_request", "p1", &fixture("pull_request-fork.json"))[0].clone();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(pool.started(), 0, "a fork's code ran without approval");
-    let j = host.job(&job);
-    assert_eq!(j["state"], "queued");
-    assert_eq!(j["needs_approval"], true);
     host.github
         .wait_for("the waiting status", Duration::from_secs(30), |p| {
             !p.is_empty()
         });
     assert!(host.github.posted()[0].description.contains("approval"));
+    dispatcher_passed(&host, 1);
+    assert_eq!(
+        started_for(&pool, PR_SHA),
+        0,
+        "a fork's code ran without approval"
+    );
+    let j = host.job(&job);
+    assert_eq!(j["state"], "queued");
+    assert_eq!(j["needs_approval"], true);
 
     // A comment by someone without write access approves nothing.
     let stranger = edited(
@@ -398,8 +432,8 @@ fn a_forks_pull_request_waits_for_a_maintainers_label_or_comment() {
         )],
     );
     host.webhook("pull_request", "p3", &stale);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(pool.started(), 0);
+    dispatcher_passed(&host, 2);
+    assert_eq!(started_for(&pool, PR_SHA), 0);
 
     let (code, body) = host.webhook("pull_request", "p4", &fixture("pull_request-labeled.json"));
     assert_eq!(code, 202, "{body}");
@@ -409,8 +443,15 @@ fn a_forks_pull_request_waits_for_a_maintainers_label_or_comment() {
         "{approved}"
     );
     host.wait_state(&job, "success");
-    let file = pool.job_files.lock().unwrap()[0].clone();
-    assert_eq!(file.commit.unwrap().as_str(), PR_SHA);
+    let file = pool
+        .job_files
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|f| f.commit.as_ref().is_some_and(|c| c.as_str() == PR_SHA))
+        .cloned()
+        .unwrap();
+    assert_eq!(started_for(&pool, PR_SHA), 1);
     assert_eq!(
         file.repository.url,
         "https://github.com/contributor-x/securedrop-workstation.git"
@@ -422,15 +463,12 @@ fn a_forks_pull_request_waits_for_a_maintainers_label_or_comment() {
         "pull_request-fork.json",
         &[
             ("action", json!("synchronize")),
-            (
-                "pull_request/head/sha",
-                json!("4444444444444444444444444444444444444444"),
-            ),
+            ("pull_request/head/sha", json!(NEXT_SHA)),
         ],
     );
     let next = host.deliver("pull_request", "p5", &again)[0].clone();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(pool.started(), 1);
+    dispatcher_passed(&host, 3);
+    assert_eq!(started_for(&pool, NEXT_SHA), 0);
     host.webhook(
         "issue_comment",
         "p6",
@@ -924,16 +962,7 @@ fn a_flood_of_progress_from_one_job_reaches_github_as_a_handful() {
             p.iter().any(|p| p.state == "success")
         });
     // The outbox is drained once nothing for the job waits in it.
-    wait_for("the outbox to drain", Duration::from_secs(30), || {
-        host.db()
-            .query_row(
-                "SELECT count(*) FROM outbox WHERE kind = 'github' AND sent_at IS NULL",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .unwrap()
-            == 0
-    });
+    host.wait_outbox_sent();
     let states = host.github.states(context);
     let finals = states.iter().filter(|s| s.0 != "pending").count();
     assert_eq!(finals, 1, "{states:?}");

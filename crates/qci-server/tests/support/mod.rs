@@ -351,6 +351,20 @@ impl Host {
             .collect()
     }
 
+    /// Waits until every message in the outbox has been sent.
+    pub fn wait_outbox_sent(&self) {
+        wait_for("the outbox to be sent", Duration::from_secs(30), || {
+            self.db()
+                .query_row(
+                    "SELECT count(*) FROM outbox WHERE sent_at IS NULL",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap()
+                == 0
+        });
+    }
+
     pub fn wait_state(&self, id: &str, state: &str) {
         wait_for(
             &format!("job {id} to be {state}"),
