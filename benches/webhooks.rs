@@ -295,31 +295,18 @@ fn start_flask(python: &Path, dir: &Path) -> (Child, u16) {
 
 /// A stand-in for GitHub that accepts every status at once, and has no
 /// `.qci.toml` for any commit (404 to every read).
-fn start_github() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let app = axum::Router::new().fallback(|method: axum::http::Method| async move {
-                if method == axum::http::Method::GET {
-                    (
-                        axum::http::StatusCode::NOT_FOUND,
-                        "{\"message\":\"Not Found\"}",
-                    )
-                } else {
-                    (axum::http::StatusCode::CREATED, "{}")
-                }
-            });
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
+fn start_github() -> qci_test_http::HttpServer {
+    let app = axum::Router::new().fallback(|method: axum::http::Method| async move {
+        if method == axum::http::Method::GET {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                "{\"message\":\"Not Found\"}",
+            )
+        } else {
+            (axum::http::StatusCode::CREATED, "{}")
+        }
     });
-    port
+    qci_test_http::HttpServer::start("fake-github", app)
 }
 
 /// A warm-up (connections, pages), then `n` measured webhooks; stops the server.
@@ -352,7 +339,7 @@ fn main() {
     let load_before = loadavg();
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for run in 0..RUNS {
-        let (child, port) = start_qci(&bin, scratch.path(), github);
+        let (child, port) = start_qci(&bin, scratch.path(), github.addr().port());
         ours.push(one_run("qci serve", child, port, run * 2, n));
         let (child, port) = start_flask(&python, scratch.path());
         theirs.push(one_run("Flask", child, port, run * 2 + 1, n));

@@ -493,18 +493,31 @@ mod tests {
             timeout_secs: u64::MAX,
         };
         assert_eq!(long.timeout_within(hour), hour);
-        for bad in [&b"{\"timeout_secs\":1,\"x\":1}"[..], b"{}", b"-1", b"junk"] {
-            assert!(RunRequest::parse(bad).is_err(), "{bad:?}");
+        for (bad, why) in [
+            (&b"{\"timeout_secs\":1,\"x\":1}"[..], "unknown field `x`"),
+            (b"{}", "missing field `timeout_secs`"),
+            (b"-1", "invalid type: integer `-1`"),
+            (b"junk", "expected value"),
+        ] {
+            match RunRequest::parse(bad) {
+                Ok(r) => panic!("accepted {bad:?} as {r:?}"),
+                Err(e) => assert!(e.to_string().contains(why), "{bad:?}: {e}"),
+            }
         }
     }
 
     #[test]
     fn refuses_short_commits_and_unknown_fields() {
-        assert!(CommitSha::parse("abc123").is_err());
+        assert!(matches!(
+            CommitSha::parse("abc123"),
+            Err(JobFileError::BadCommit(c)) if c == "abc123"
+        ));
         let raw = r#"{"repository":{"url":"x"},"reason":"manual","sink":{"kind":"file","path":"s"},"extra":1}"#;
-        assert!(serde_json::from_str::<JobFile>(raw).is_err());
+        let err = serde_json::from_str::<JobFile>(raw).unwrap_err();
+        assert!(err.to_string().contains("unknown field `extra`"), "{err}");
         let raw =
             r#"{"repository":{"url":"x"},"reason":"manual","sink":{"kind":"slack","path":"s"}}"#;
-        assert!(serde_json::from_str::<JobFile>(raw).is_err());
+        let err = serde_json::from_str::<JobFile>(raw).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `slack`"), "{err}");
     }
 }

@@ -182,6 +182,9 @@ mod tests {
     #[test]
     fn a_queue_id_is_its_sequence_and_qubes_version() {
         assert_eq!(JobId::for_queue(17, "4.2").unwrap().as_str(), "17-q4.2");
-        assert!(JobId::for_queue(1, "4.2 beta").is_err());
+        assert_eq!(
+            JobId::for_queue(1, "4.2 beta"),
+            Err(JobIdError::BadChar("1-q4.2 beta".into()))
+        );
     }
 }

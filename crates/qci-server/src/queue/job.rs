@@ -194,7 +194,15 @@ mod tests {
                 serde_json::json!(reason_str(reason))
             );
         }
-        assert!(parse_state("gone").is_err());
-        assert!(parse_reason("").is_err());
+        assert_eq!(
+            parse_state("gone").unwrap_err().to_string(),
+            "\"gone\" is not a job state"
+        );
+        assert!(
+            parse_reason("")
+                .unwrap_err()
+                .to_string()
+                .starts_with("\"\" is not a ")
+        );
     }
 }

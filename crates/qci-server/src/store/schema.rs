@@ -244,6 +244,15 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
-        assert!(migrate(&mut conn).is_err());
+        let err = migrate(&mut conn).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                rusqlite_migration::Error::MigrationDefinition(
+                    rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead
+                )
+            ),
+            "{err:?}"
+        );
     }
 }
