@@ -6,6 +6,7 @@
 
 #[cfg(feature = "diagnostics")]
 pub mod diagnostics;
+pub mod artifacts;
 pub mod exit;
 pub mod job_file;
 pub mod job_id;
