@@ -9,6 +9,7 @@
 //! - [`reconcile`]: what start-up repairs after a crash
 //! - [`outbox`]: the statuses and notifications still to send
 //! - [`history`]: reading jobs, events and deliveries back
+//! - [`results`]: a job's tests and artifacts, and each test's history
 
 pub mod dispatch;
 pub mod history;
@@ -18,6 +19,7 @@ pub mod operator;
 pub mod outbox;
 pub mod reconcile;
 pub mod record;
+pub mod results;
 
 pub use dispatch::{
     MAX_EVENTS_PER_JOB, RelayRefusal, Requeued, claim_next, has_final, mark_started, publish,

@@ -102,6 +102,37 @@ fn add_late_job_columns(tx: &Transaction) -> HookResult {
     Ok(())
 }
 
+/// Per-test results and the files a job left, from the results issue.
+/// A result row copies its job's repository, Qubes version, ref, commit and
+/// queue order, so a test's history is one indexed range, not a join.
+const RESULTS: &str = "
+CREATE TABLE test_results (
+    job         TEXT NOT NULL,
+    seq         INTEGER NOT NULL,      -- the job's place in the queue: history's order
+    repo        TEXT NOT NULL,
+    qubes       TEXT NOT NULL,
+    git_ref     TEXT NOT NULL,
+    sha         TEXT NOT NULL,
+    classname   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    outcome     TEXT NOT NULL,         -- passed, failed, errored, skipped
+    duration_ms INTEGER,
+    message     TEXT,
+    details     TEXT,                  -- dropped with the job's log
+    output      TEXT,                  -- dropped with the job's log
+    file        TEXT,
+    line        INTEGER
+);
+CREATE INDEX test_results_by_job ON test_results(job);
+CREATE INDEX test_results_by_test ON test_results(repo, qubes, classname, name, seq);
+CREATE TABLE artifacts (
+    job   TEXT NOT NULL,
+    path  TEXT NOT NULL,               -- relative to the job's artifact directory
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (job, path)
+);
+";
+
 /// Every migration, oldest first. Append only: a database records how
 /// many it has run.
 pub fn migrations() -> Migrations<'static> {
@@ -109,6 +140,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(SCHEMA).comment("the schema of the first databases"),
         M::up_with_hook("", add_late_job_columns)
             .comment("jobs: start_failures and not_before, where a database lacks them"),
+        M::up(RESULTS).comment("test results and artifacts"),
     ])
 }
 
@@ -235,7 +267,7 @@ mod tests {
             let version: i64 = store
                 .read_blocking(|conn| Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?))
                 .unwrap();
-            assert_eq!(version as usize, 2);
+            assert_eq!(version as usize, 3);
         }
     }
 
