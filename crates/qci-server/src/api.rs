@@ -154,6 +154,48 @@ pub async fn show(State(app): State<App>, Path(id): Path<String>) -> Response {
     }
 }
 
+/// `GET /api/jobs/JOB/tests`: the job's test counts, its failing tests
+/// with their history (`history` in the words the page uses), the flaky
+/// ones, and its artifacts. `tests` is null for a job with no reports.
+pub async fn tests(State(app): State<App>, Path(id): Path<String>) -> Response {
+    let got = app
+        .store
+        .read(move |conn| {
+            Ok((
+                queue::get(conn, &id)?,
+                queue::results::job_tests(conn, &id)?,
+                queue::results::artifacts(conn, &id)?,
+            ))
+        })
+        .await;
+    let (tests, artifacts) = match got {
+        Ok((Some(_), tests, artifacts)) => (tests, artifacts),
+        Ok((None, ..)) => return text(StatusCode::NOT_FOUND, "no such job"),
+        Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let tests = tests.map(|t| {
+        let failing: Vec<_> = t
+            .failing
+            .iter()
+            .map(|f| {
+                let mut v = json!(f);
+                v["history"] = json!(f.since.to_string());
+                v["flaky_text"] = json!(f.flaky.map(|x| x.to_string()));
+                v
+            })
+            .collect();
+        json!({
+            "counts": t.counts,
+            "headline": crate::pages::results::headline(&t),
+            "failing": failing,
+            "flaky": t.flaky.iter().map(|(test, f)| json!({
+                "classname": test.classname, "name": test.name, "flaky_text": f.to_string(),
+            })).collect::<Vec<_>>(),
+        })
+    });
+    Json(json!({"tests": tests, "artifacts": artifacts})).into_response()
+}
+
 /// `GET /api/deliveries/DELIVERY`: what became of a webhook delivery (public,
 /// as the jobs are): its outcome, whether its jobs are worked out yet, and
 /// which they are.

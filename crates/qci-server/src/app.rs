@@ -8,6 +8,7 @@ use crate::metrics::Metrics;
 use crate::rate_limit::RateLimit;
 use crate::running::Running;
 use crate::store::Store;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Everything a request handler or a background task needs.
@@ -23,6 +24,8 @@ pub struct App {
     /// The operator token's hash ([`crate::tokens::hash`]), if the job API is on.
     pub admin_token_hash: Option<String>,
     pub relay_rate: Arc<RateLimit>,
+    /// Where the pool leaves each job's files (`STATE/artifacts/JOB/`).
+    pub artifacts: PathBuf,
 }
 
 impl App {

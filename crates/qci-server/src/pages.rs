@@ -12,6 +12,8 @@
 //! escapes and other control characters, which a browser would keep and a
 //! copy to a terminal would act on.
 
+pub mod results;
+
 use crate::app::App;
 use crate::logs::read_lines;
 use crate::queue::{self, Job};
@@ -190,11 +192,18 @@ pub async fn job(State(app): State<App>, Path(id): Path<String>) -> Response {
     let key = id.clone();
     let got = app
         .store
-        .read(move |conn| Ok((queue::get(conn, &key)?, queue::events(conn, &key)?)))
+        .read(move |conn| {
+            Ok((
+                queue::get(conn, &key)?,
+                queue::events(conn, &key)?,
+                queue::results::job_tests(conn, &key)?,
+                queue::results::artifacts(conn, &key)?,
+            ))
+        })
         .await;
-    let (job, events) = match got {
-        Ok((Some(job), events)) => (job, events),
-        Ok((None, _)) => return (StatusCode::NOT_FOUND, "no such job\n").into_response(),
+    let (job, events, tests, artifacts) = match got {
+        Ok((Some(job), events, tests, artifacts)) => (job, events, tests, artifacts),
+        Ok((None, ..)) => return (StatusCode::NOT_FOUND, "no such job\n").into_response(),
         Err(e) => return unavailable(e),
     };
     let state = job.state();
@@ -215,6 +224,7 @@ pub async fn job(State(app): State<App>, Path(id): Path<String>) -> Response {
                 }
             }
         }
+        (results::section(job.id.as_str(), tests.as_ref(), &artifacts))
         h2 { "Status events" }
         table #events {
             tr { th { "Time (UTC)" } th { "State" } th { "Description" } th { "From" } }

@@ -14,6 +14,12 @@ pub fn router(app: App) -> Router {
         .route("/jobs/{id}", get(pages::job))
         .route("/jobs/{id}/log", get(pages::log_text))
         .route("/jobs/{id}/events", get(pages::log_events))
+        .route(
+            "/jobs/{id}/artifacts/{*path}",
+            get(pages::results::download),
+        )
+        .route("/jobs/{id}/screenshot.png", get(pages::results::screenshot))
+        .route("/tests", get(pages::results::overview))
         .route("/healthz", get(pages::healthz))
         .route("/metrics", get(pages::metrics))
         .route(pages::SCRIPT_PATH, get(pages::script))
@@ -25,6 +31,7 @@ pub fn router(app: App) -> Router {
         .route("/api/deliveries/{id}", get(api::delivery))
         .route("/api/jobs", get(api::list))
         .route("/api/jobs/{id}", get(api::show))
+        .route("/api/jobs/{id}/tests", get(api::tests))
         .route("/api/jobs/{id}/cancel", post(api::cancel))
         .route("/api/jobs/{id}/retry", post(api::retry))
         .route(

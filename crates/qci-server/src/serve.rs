@@ -104,6 +104,7 @@ pub async fn serve(
         webhook_secret,
         admin_token_hash,
         relay_rate: Arc::default(),
+        artifacts: state_dir.join("artifacts"),
     };
 
     // Said once at start; each such job also ends as `error` saying so.
@@ -212,6 +213,23 @@ async fn prune(app: App) {
                 for job in jobs {
                     if let Err(e) = app.logs.remove(job.as_str()) {
                         tracing::warn!(job = job.as_str(), "cannot prune the log: {e}");
+                    }
+                    // The job's files go with its log; its tests' outcomes
+                    // stay for the history.
+                    let dir = crate::pages::results::artifact_dir(&app, job.as_str());
+                    match std::fs::remove_dir_all(&dir) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            tracing::warn!(job = job.as_str(), "cannot prune the artifacts: {e}");
+                        }
+                        _ => {}
+                    }
+                    let id = job.clone();
+                    if let Err(e) = app
+                        .store
+                        .write(move |conn| queue::results::forget(conn, &id))
+                        .await
+                    {
+                        tracing::warn!(job = job.as_str(), "cannot prune the tests' texts: {e}");
                     }
                 }
             }

@@ -1,4 +1,4 @@
-//! `qci jobs list|cancel|retry`: the operators' view of a running
+//! `qci jobs list|tests|cancel|retry`: the operators' view of a running
 //! `qci serve`, through its job API (the operator token from the host config).
 
 use crate::out::{self, outln};
@@ -12,6 +12,12 @@ use std::time::Duration;
 pub enum JobsCommand {
     /// Running, queued and recent jobs.
     List,
+    /// A job's tests: the failed ones first, with their messages and since
+    /// when they fail, then the counts, the flaky ones and the job's files.
+    Tests {
+        /// The job's id, as `qci jobs list` shows it.
+        job: String,
+    },
     /// End a queued or running job as canceled (its machine is powered off).
     Cancel {
         /// The job's id, as `qci jobs list` shows it.
@@ -79,11 +85,12 @@ pub fn run(config: &Path, url: Option<&str>, command: &JobsCommand) -> Result<Ex
         .map_err(JobsError::Client)?;
     let (method, path) = match command {
         JobsCommand::List => (reqwest::Method::GET, "/api/jobs".to_owned()),
+        JobsCommand::Tests { job } => (reqwest::Method::GET, format!("/api/jobs/{job}/tests")),
         JobsCommand::Cancel { job } => (reqwest::Method::POST, format!("/api/jobs/{job}/cancel")),
         JobsCommand::Retry { job } => (reqwest::Method::POST, format!("/api/jobs/{job}/retry")),
     };
     let mut request = client.request(method, format!("{base}{path}"));
-    if !matches!(command, JobsCommand::List) {
+    if !matches!(command, JobsCommand::List | JobsCommand::Tests { .. }) {
         let token = config
             .server
             .admin_token
@@ -128,6 +135,7 @@ pub fn run(config: &Path, url: Option<&str>, command: &JobsCommand) -> Result<Ex
                 }
             }
         }
+        JobsCommand::Tests { job } => print_tests(job, &value),
         JobsCommand::Cancel { job } => outln!("qci: job {job} canceled"),
         JobsCommand::Retry { job } => outln!(
             "qci: job {job} queued again as {}",
@@ -135,4 +143,56 @@ pub fn run(config: &Path, url: Option<&str>, command: &JobsCommand) -> Result<Ex
         ),
     }
     Ok(ExitCode::Success)
+}
+
+/// `qci jobs tests`: what `/jobs/JOB` shows of the tests, on a terminal.
+fn print_tests(job: &str, value: &serde_json::Value) {
+    let s = |v: &serde_json::Value, k: &str| {
+        out::remote(v[k].as_str().unwrap_or_default()).into_owned()
+    };
+    let tests = &value["tests"];
+    if tests.is_null() {
+        outln!("job {job}: no test reports");
+    } else {
+        outln!("job {job}: {}", s(tests, "headline"));
+        for f in tests["failing"].as_array().into_iter().flatten() {
+            let name = match s(f, "classname") {
+                c if c.is_empty() => s(f, "name"),
+                c => format!("{c}::{}", s(f, "name")),
+            };
+            outln!("  {:<8} {name}", s(f, "outcome"));
+            let message = s(f, "message");
+            if !message.is_empty() {
+                outln!("           {message}");
+            }
+            outln!("           {}", s(f, "history"));
+            let flaky = s(f, "flaky_text");
+            if !flaky.is_empty() {
+                outln!("           {flaky}");
+            }
+        }
+        let flaky = tests["flaky"].as_array().cloned().unwrap_or_default();
+        if !flaky.is_empty() {
+            outln!("flaky tests that passed here:");
+            for f in flaky {
+                outln!(
+                    "  {}::{}  {}",
+                    s(&f, "classname"),
+                    s(&f, "name"),
+                    s(&f, "flaky_text")
+                );
+            }
+        }
+    }
+    let artifacts = value["artifacts"].as_array().cloned().unwrap_or_default();
+    if !artifacts.is_empty() {
+        outln!("artifacts:");
+        for a in artifacts {
+            outln!(
+                "  {} ({} bytes)",
+                s(&a, "path"),
+                a["bytes"].as_u64().unwrap_or(0)
+            );
+        }
+    }
 }

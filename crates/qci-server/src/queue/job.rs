@@ -155,7 +155,10 @@ pub fn parse_reason(word: &str) -> Result<Reason, UnknownWord> {
         })
 }
 
-pub(crate) fn bad_column(column: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+pub(crate) fn bad_column(
+    column: usize,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(column, Type::Text, Box::new(e))
 }
 

@@ -56,12 +56,53 @@ pub enum Since {
     },
 }
 
+/// A commit as history names it: its first 12 hex digits.
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+/// The words the job page, `qci jobs tests` and GitHub use.
+impl std::fmt::Display for Since {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let last_passed = match self {
+            Self::New { last_passed } => {
+                f.write_str("new failure")?;
+                last_passed
+            }
+            Self::Failing {
+                first,
+                runs,
+                last_passed,
+            } => {
+                write!(f, "failing since {} ({runs} runs)", short(first))?;
+                last_passed
+            }
+        };
+        match last_passed {
+            Some(sha) => write!(f, ", last passed at {}", short(sha)),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A test that passed and failed on one commit, with how often it changed
 /// outcome over its latest runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Flakiness {
     pub flips: u32,
     pub runs: u32,
+}
+
+impl std::fmt::Display for Flakiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "flaky: {} flips in its last {} runs ({}%)",
+            self.flips,
+            self.runs,
+            self.rate()
+        )
+    }
 }
 
 impl Flakiness {
@@ -135,7 +176,9 @@ pub fn record(
          FROM jobs WHERE id = ?1",
     )?;
     for t in tests {
-        let ms = t.duration.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let ms = t
+            .duration
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         insert.execute(params![
             job.as_str(),
             t.classname,
@@ -149,8 +192,9 @@ pub fn record(
             t.line,
         ])?;
     }
-    let mut insert = conn
-        .prepare_cached("INSERT OR REPLACE INTO artifacts (job, path, bytes) VALUES (?1, ?2, ?3)")?;
+    let mut insert = conn.prepare_cached(
+        "INSERT OR REPLACE INTO artifacts (job, path, bytes) VALUES (?1, ?2, ?3)",
+    )?;
     for a in artifacts {
         insert.execute(params![
             job.as_str(),
@@ -515,7 +559,11 @@ mod tests {
                                context, state, description, created_at)
              VALUES (?1, 'o/r', '/src', ?2, ?3, 'push', 'a', 'm', '4.2', 'qci/qubes-4.2',
                      'failure', 'd', 0)",
-            params![id.as_str(), sha.to_string().repeat(40), format!("refs/heads/{branch}")],
+            params![
+                id.as_str(),
+                sha.to_string().repeat(40),
+                format!("refs/heads/{branch}")
+            ],
         )
         .unwrap();
         let cases: Vec<TestCase> = tests
@@ -581,6 +629,10 @@ mod tests {
                 }
             )]
         );
+        assert_eq!(
+            failing_since(&conn, &second)[0].1.to_string(),
+            "failing since aaaaaaaaaaaa (2 runs)"
+        );
         assert!(failing_since(&conn, &third).is_empty());
         // A skipped run neither ends the streak nor counts in it.
         assert_eq!(
@@ -608,22 +660,39 @@ mod tests {
                 }
             )]
         );
+        assert_eq!(
+            failing_since(&conn, &again)[0].1.to_string(),
+            "new failure, last passed at eeeeeeeeeeee"
+        );
         let (_, longest) = overview(&conn, 10).unwrap();
-        let names: Vec<_> = longest.iter().map(|s| (s.git_ref.as_str(), s.job.as_str())).collect();
-        assert_eq!(names, [("refs/heads/main", again.as_str())], "the feature branch passes now");
+        let names: Vec<_> = longest
+            .iter()
+            .map(|s| (s.git_ref.as_str(), s.job.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("refs/heads/main", again.as_str())],
+            "the feature branch passes now"
+        );
     }
 
     #[test]
     fn one_commit_that_passed_and_failed_marks_the_test_flaky() {
         let conn = memory();
         let failed = job(&conn, 'a', "main", &[("t_flaky", Failed), ("t_ok", Passed)]);
-        assert!(job_tests(&conn, failed.as_str()).unwrap().unwrap().failing[0]
-            .flaky
-            .is_none());
+        assert!(
+            job_tests(&conn, failed.as_str()).unwrap().unwrap().failing[0]
+                .flaky
+                .is_none()
+        );
         let passed = job(&conn, 'a', "main", &[("t_flaky", Passed), ("t_ok", Passed)]);
         let tests = job_tests(&conn, passed.as_str()).unwrap().unwrap();
         assert!(tests.failing.is_empty());
-        let flaky: Vec<_> = tests.flaky.iter().map(|(t, f)| (t.name.as_str(), *f)).collect();
+        let flaky: Vec<_> = tests
+            .flaky
+            .iter()
+            .map(|(t, f)| (t.name.as_str(), *f))
+            .collect();
         assert_eq!(flaky, [("t_flaky", Flakiness { flips: 1, runs: 2 })]);
         let (flakiest, _) = overview(&conn, 10).unwrap();
         assert_eq!(flakiest.len(), 1);
@@ -635,12 +704,23 @@ mod tests {
         let conn = memory();
         let id = job(&conn, 'a', "main", &[("t_bad", Failed)]);
         assert_eq!(artifacts(&conn, id.as_str()).unwrap().len(), 1);
-        assert!(artifact(&conn, id.as_str(), "files/report.xml").unwrap().is_some());
-        assert!(artifact(&conn, id.as_str(), "files/../x").unwrap().is_none());
+        assert!(
+            artifact(&conn, id.as_str(), "files/report.xml")
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            artifact(&conn, id.as_str(), "files/../x")
+                .unwrap()
+                .is_none()
+        );
         forget(&conn, &id).unwrap();
         let tests = job_tests(&conn, id.as_str()).unwrap().unwrap();
         let bad = &tests.failing[0].test;
-        assert_eq!((bad.message.as_deref(), bad.details.as_deref()), (Some("assert 1 == 2"), None));
+        assert_eq!(
+            (bad.message.as_deref(), bad.details.as_deref()),
+            (Some("assert 1 == 2"), None)
+        );
         assert!(artifacts(&conn, id.as_str()).unwrap().is_empty());
     }
 
@@ -666,6 +746,10 @@ mod tests {
         assert_eq!(flakiness_of(&runs(&[(true, "b"), (false, "a")])), None);
         assert_eq!(flakiness_of(&[]), None);
         assert_eq!(Flakiness { flips: 2, runs: 3 }.rate(), 100);
+        assert_eq!(
+            Flakiness { flips: 2, runs: 3 }.to_string(),
+            "flaky: 2 flips in its last 3 runs (100%)"
+        );
         assert_eq!(Flakiness { flips: 1, runs: 11 }.rate(), 10);
     }
 }
