@@ -162,7 +162,8 @@ enum Command {
         #[arg(long, value_name = "HOST.toml")]
         config: PathBuf,
     },
-    /// List, cancel or retry the jobs of a running `qci serve`.
+    /// List, cancel or retry the jobs of a running `qci serve`, or show a
+    /// job's tests.
     Jobs {
         /// The host config of the running `qci serve` (its listen address
         /// and, for cancel and retry, its operator token).
