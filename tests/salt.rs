@@ -833,7 +833,10 @@ fn salt_installed_machine_runs_a_job() {
         "{stdout}"
     );
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("[test] test: 4 passed, 0 failed, 1 skipped"), "{text}");
+    assert!(
+        text.contains("[test] test: 4 passed, 0 failed, 1 skipped"),
+        "{text}"
+    );
     // Written by qci.Run as dom0's user, under umask 0077.
     assert_eq!(mode_owner(&log), (0o600, me.clone()));
     assert_eq!(

@@ -1195,3 +1195,157 @@ fn after_a_crash_the_status_that_ends_a_job_links_to_a_page_that_answers() {
     assert_eq!(*answered.lock().unwrap(), Some(200), "the link refused");
     std::fs::write(&release, "").unwrap();
 }
+
+/// A JUnit report of five tests, as pytest writes one: `t_bad` passes or
+/// fails as `bad_passes` says.
+fn junit_report(bad_passes: bool) -> String {
+    let bad = if bad_passes {
+        r#"<testcase classname="tests.test_vm" name="t_bad" time="0.2"/>"#.to_owned()
+    } else {
+        r#"<testcase classname="tests.test_vm" name="t_bad" file="tests/test_vm.py" line="7" time="0.2"><failure message="assert 1 == 2">tests/test_vm.py:7: AssertionError</failure><system-out>booted sd-log</system-out></testcase>"#.to_owned()
+    };
+    format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<testsuites><testsuite name=\"pytest\">\
+         <testcase classname=\"tests.test_vm\" name=\"t_ok1\" time=\"0.1\"/>\
+         <testcase classname=\"tests.test_vm\" name=\"t_ok2\" time=\"0.1\"/>\
+         <testcase classname=\"tests.test_vm\" name=\"t_ok3\" time=\"0.1\"/>{bad}\
+         <testcase classname=\"tests.test_vm\" name=\"t_skip\"><skipped message=\"no printer\"/></testcase>\
+         </testsuite></testsuites>\n"
+    )
+}
+
+#[test]
+fn a_failing_test_is_listed_with_its_history_and_the_files_download_as_written() {
+    let area = support::Scratch::new();
+    let scratch = &area.dir;
+    // Whether `t_bad` fails is read from outside the machine, so the same
+    // commit can fail once and pass once.
+    let flip = scratch.path().join("t_bad-outcome");
+    std::fs::write(&flip, "fail").unwrap();
+    std::fs::set_permissions(&flip, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let script = format!(
+        "mkdir -p out\ncp report-$(cat {}).xml out/report.xml\nprintf 'ran the tests\\n' > out/run.log\n\
+         [ \"$(cat {})\" = pass ]\n",
+        flip.display(),
+        flip.display()
+    );
+    let (project, sha_a) = project(scratch.path(), "sh ./run.sh");
+    let toml = format!(
+        "{}\n[artifacts]\npaths = [\"out/\"]\nreports = [\"out/*.xml\"]\n",
+        std::fs::read_to_string(project.join(".qci.toml")).unwrap()
+    );
+    std::fs::write(project.join(".qci.toml"), &toml).unwrap();
+    std::fs::write(project.join("run.sh"), script).unwrap();
+    std::fs::write(project.join("report-fail.xml"), junit_report(false)).unwrap();
+    std::fs::write(project.join("report-pass.xml"), junit_report(true)).unwrap();
+    git(&project, &["add", "."]);
+    git(&project, &["commit", "-q", "--amend", "-m", "tests"]);
+    let _ = sha_a;
+    let commit = |message: &str| {
+        git(&project, &["commit", "-q", "--allow-empty", "-m", message]);
+        git(&project, &["rev-parse", "HEAD"]).trim().to_owned()
+    };
+    let sha_a = git(&project, &["rev-parse", "HEAD"]).trim().to_owned();
+    let github = FakeGithub::start(GITHUB_TOKEN);
+    let served = Served::start(scratch.path(), &github, &project);
+    let ended = |job: &str| {
+        wait_for("the job's end", Duration::from_secs(180), || {
+            !matches!(served.job_state(job).0.as_str(), "queued" | "running")
+        });
+        served.job_state(job).0
+    };
+    let run = |sha: &str, delivery: &str| {
+        github.pipeline(REPO, sha, &toml);
+        let job = served.jobs("push", delivery, &push(REPO, "main", sha))[0].clone();
+        let state = ended(&job);
+        (job, state)
+    };
+
+    // The first failure: listed with its message, new; the files as written.
+    let (first, state) = run(&sha_a, "t-1");
+    assert_eq!(state, "failure", "{:?}", served.job_state(&first));
+    let page = served.get(&format!("/jobs/{first}"));
+    assert!(
+        page.contains("1 of 5 tests failed (3 passed, 1 skipped)"),
+        "{page}"
+    );
+    assert!(page.contains("tests.test_vm::t_bad"), "{page}");
+    assert!(page.contains("assert 1 == 2"), "{page}");
+    assert!(page.contains("new failure"), "{page}");
+    for (path, want) in [
+        ("files/out/report.xml", junit_report(false).into_bytes()),
+        ("files/out/run.log", b"ran the tests\n".to_vec()),
+    ] {
+        assert!(
+            page.contains(&format!("/jobs/{first}/artifacts/{path}")),
+            "{page}"
+        );
+        let reply = served
+            .client
+            .get(format!("{}/jobs/{first}/artifacts/{path}", served.base))
+            .send()
+            .unwrap();
+        assert_eq!(reply.status().as_u16(), 200, "{path}");
+        let header = |name: &str| reply.headers()[name].to_str().unwrap().to_owned();
+        assert!(
+            header("content-disposition").starts_with("attachment"),
+            "{path}"
+        );
+        assert_eq!(header("x-content-type-options"), "nosniff");
+        assert_eq!(header("content-type"), "application/octet-stream");
+        assert_eq!(reply.bytes().unwrap().to_vec(), want, "{path}");
+    }
+    let out = qci()
+        .args(["jobs", "--config"])
+        .arg(served.config())
+        .args(["tests", &first])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("1 of 5 tests failed"), "{text}");
+    assert!(
+        text.contains("tests.test_vm::t_bad") && text.contains("new failure"),
+        "{text}"
+    );
+
+    // Still failing on a later commit: since the first.
+    let (second, state) = run(&commit("second"), "t-2");
+    assert_eq!(state, "failure");
+    let page = served.get(&format!("/jobs/{second}"));
+    assert!(
+        page.contains(&format!("failing since {} (2 runs)", &sha_a[..12])),
+        "{page}"
+    );
+
+    // Fixed: nothing failing, and the test no longer fails on /tests.
+    std::fs::write(&flip, "pass").unwrap();
+    let sha_c = commit("third");
+    let (third, state) = run(&sha_c, "t-3");
+    assert_eq!(state, "success");
+    let page = served.get(&format!("/jobs/{third}"));
+    assert!(page.contains("4 of 5 tests passed (1 skipped)"), "{page}");
+    assert!(!page.contains("failed-tests"), "{page}");
+    assert!(!served.get("/tests").contains("tests.test_vm::t_bad"));
+
+    // The same commit again, and t_bad fails: flaky.
+    std::fs::write(&flip, "fail").unwrap();
+    let out = qci()
+        .args(["jobs", "--config"])
+        .arg(served.config())
+        .args(["retry", &third])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let fourth = text.trim().rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(ended(&fourth), "failure");
+    let page = served.get(&format!("/jobs/{fourth}"));
+    assert!(
+        page.contains(&format!("new failure, last passed at {}", &sha_c[..12])),
+        "{page}"
+    );
+    assert!(page.contains("flaky: 2 flips in its last 4 runs"), "{page}");
+    let tests = served.get("/tests");
+    assert!(tests.contains("tests.test_vm::t_bad"), "{tests}");
+}
