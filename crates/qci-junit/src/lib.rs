@@ -315,8 +315,8 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Report, JunitError> {
 /// The marker that ends a cut text.
 const CUT: &str = " […cut]";
 
-/// How much of a hostile name an error message shows.
-const SHOWN: usize = 64;
+/// How much hostile text (a name, quick-xml's message) an error shows.
+const SHOWN: usize = 200;
 
 /// What an element is to the reader, from its name and its parent's kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -582,9 +582,12 @@ fn seconds(value: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(secs).ok()
 }
 
+/// An attribute's name and its value, references resolved.
+type Attribute<'e> = (&'e [u8], Cow<'e, str>);
+
 /// The attributes of `e` with their references resolved, refusing any
 /// entity but the predefined ones.
-fn attributes<'e>(e: &'e BytesStart<'_>, at: u64) -> Result<Vec<(&'e [u8], Cow<'e, str>)>, JunitError> {
+fn attributes<'e>(e: &'e BytesStart<'_>, at: u64) -> Result<Vec<Attribute<'e>>, JunitError> {
     let mut attrs = Vec::new();
     for attr in e.attributes() {
         let attr = attr.map_err(|error| JunitError::Malformed {
