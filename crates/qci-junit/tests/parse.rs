@@ -24,7 +24,7 @@ fn refusal(xml: &str) -> JunitError {
 
 fn case(body: &str) -> TestCase {
     let xml = format!("<testsuite>{body}</testsuite>");
-    let mut cases = read(&xml).unwrap();
+    let mut cases = read(&xml).expect("a case");
     assert_eq!(cases.len(), 1, "{cases:?}");
     cases.remove(0)
 }
