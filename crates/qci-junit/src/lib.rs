@@ -285,6 +285,7 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Report, JunitError> {
             at: reader.error_position(),
             error,
         };
+        let start = reader.buffer_position();
         let event = reader
             .read_event()
             .map_err(|error| malformed(&reader, error))?;
@@ -293,15 +294,15 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Report, JunitError> {
         let malformed_here = |error| JunitError::Malformed { at, error };
         match event {
             Event::DocType(_) => return Err(JunitError::DocType),
-            Event::Start(e) => parser.open(&e, at)?,
+            Event::Start(e) => parser.open(&e, start, at)?,
             Event::Empty(e) => {
-                parser.open(&e, at)?;
+                parser.open(&e, start, at)?;
                 parser.close();
             }
             Event::End(_) => parser.close(),
             Event::Text(t) => parser.text(&t.decode().map_err(|e| malformed_here(e.into()))?),
             Event::CData(t) => parser.text(&t.decode().map_err(|e| malformed_here(e.into()))?),
-            Event::GeneralRef(r) => parser.text(&resolve(&r).map_err(|e| match e {
+            Event::GeneralRef(r) => parser.text(resolve(&r, &mut [0; 4]).map_err(|e| match e {
                 Resolve::Unknown(name) => JunitError::Entity { name },
                 Resolve::Bad(error) => malformed_here(error),
             })?),
@@ -309,7 +310,7 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Report, JunitError> {
             Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
         }
     }
-    parser.finish()
+    parser.finish(text)
 }
 
 /// The marker that ends a cut text.
@@ -336,9 +337,9 @@ enum Kind {
 /// The reader's state between events.
 struct Parser<'l> {
     limits: &'l Limits,
-    /// The open elements, the root first: their kind and (for a report
-    /// cut short) their name.
-    open: Vec<(Kind, String)>,
+    /// The open elements, the root first: their kind and (to name one in
+    /// a report cut short) where their start tag is.
+    open: Vec<(Kind, u64)>,
     seen_root: bool,
     case: Option<CaseBuilder>,
     cases: Vec<TestCase>,
@@ -369,8 +370,8 @@ impl<'l> Parser<'l> {
         }
     }
 
-    /// An element starts (ends at `at`).
-    fn open(&mut self, e: &BytesStart<'_>, at: u64) -> Result<(), JunitError> {
+    /// An element's start tag, from byte `start` to `at`.
+    fn open(&mut self, e: &BytesStart<'_>, start: u64, at: u64) -> Result<(), JunitError> {
         let limits = self.limits;
         if self.open.len() >= limits.max_depth {
             return Err(JunitError::TooDeep {
@@ -454,7 +455,7 @@ impl<'l> Parser<'l> {
             Some(_) => Kind::Other,
         };
         self.seen_root = true;
-        self.open.push((kind, shown_bytes(name)));
+        self.open.push((kind, start));
         Ok(())
     }
 
@@ -481,10 +482,19 @@ impl<'l> Parser<'l> {
         }
     }
 
-    fn finish(self) -> Result<Report, JunitError> {
-        if let Some((_, element)) = self.open.last() {
+    /// The report ends; `text` is the whole of it.
+    fn finish(self, text: &str) -> Result<Report, JunitError> {
+        if let Some(&(_, start)) = self.open.last() {
+            let tag = usize::try_from(start)
+                .ok()
+                .and_then(|start| text.get(start + 1..))
+                .unwrap_or_default();
+            let name = tag
+                .split(|c: char| c.is_whitespace() || c == '/' || c == '>')
+                .next()
+                .unwrap_or_default();
             return Err(JunitError::Unclosed {
-                element: element.clone(),
+                element: shown(name),
             });
         }
         if !self.seen_root {
@@ -613,16 +623,15 @@ enum Resolve {
     Bad(quick_xml::Error),
 }
 
-/// A reference in text: a numeric character reference or a predefined
-/// entity; nothing else.
-fn resolve(r: &BytesRef<'_>) -> Result<Cow<'static, str>, Resolve> {
+/// A reference in text: a numeric character reference (written into
+/// `buf`, so a report of them costs no allocation) or a predefined entity;
+/// nothing else.
+fn resolve<'b>(r: &BytesRef<'_>, buf: &'b mut [u8; 4]) -> Result<&'b str, Resolve> {
     if let Some(c) = r.resolve_char_ref().map_err(Resolve::Bad)? {
-        return Ok(Cow::Owned(c.to_string()));
+        return Ok(c.encode_utf8(buf));
     }
     let name = r.decode().map_err(|e| Resolve::Bad(e.into()))?;
-    resolve_predefined_entity(&name)
-        .map(Cow::Borrowed)
-        .ok_or_else(|| Resolve::Unknown(shown(&name)))
+    resolve_predefined_entity(&name).ok_or_else(|| Resolve::Unknown(shown(&name)))
 }
 
 /// Hostile text quoted in an error: one clean line, short.

@@ -240,6 +240,11 @@ fn refuses_a_report_left_open() {
         e.to_string(),
         "the report ends with <testcase> left open: it was cut short"
     );
+    let e = refusal("<testsuites>\n  <testsuite name=\"s\">\n    <system-out>");
+    assert!(
+        matches!(&e, JunitError::Unclosed { element } if element == "system-out"),
+        "{e:?}"
+    );
 }
 
 #[test]
