@@ -281,14 +281,11 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Report, JunitError> {
     let mut reader = Reader::from_str(text);
     let mut parser = Parser::new(limits);
     loop {
-        let malformed = |reader: &Reader<&[u8]>, error| JunitError::Malformed {
+        let start = reader.buffer_position();
+        let event = reader.read_event().map_err(|error| JunitError::Malformed {
             at: reader.error_position(),
             error,
-        };
-        let start = reader.buffer_position();
-        let event = reader
-            .read_event()
-            .map_err(|error| malformed(&reader, error))?;
+        })?;
         // For errors found in an event quick-xml returned: its tag ends here.
         let at = reader.buffer_position();
         let malformed_here = |error| JunitError::Malformed { at, error };
