@@ -59,6 +59,42 @@ pub struct Counts {
     pub skipped: usize,
 }
 
+impl Counts {
+    pub fn total(&self) -> usize {
+        self.passed + self.failed + self.errored + self.skipped
+    }
+}
+
+/// "2 of 148 tests failed (140 passed, 6 skipped)", "3 of 3 tests passed":
+/// the one line that leads a job's test summary wherever it is shown (the
+/// terminal, the job page, GitHub).
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bad = self.failed + self.errored;
+        let total = self.total();
+        let noun = if total == 1 { "test" } else { "tests" };
+        if bad == 0 {
+            write!(f, "{} of {total} {noun} passed", self.passed)?;
+        } else {
+            write!(f, "{bad} of {total} {noun} failed")?;
+        }
+        let mut parts = Vec::new();
+        if bad > 0 {
+            parts.push(format!("{} passed", self.passed));
+        }
+        if self.errored > 0 {
+            parts.push(format!("{} errored", self.errored));
+        }
+        if self.skipped > 0 {
+            parts.push(format!("{} skipped", self.skipped));
+        }
+        if !parts.is_empty() {
+            write!(f, " ({})", parts.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
 /// One `<testcase>`. Every text is cleaned and within its limit: names,
 /// paths and the message are one line of at most [`Limits::max_name`] or
 /// [`Limits::max_message`] bytes; details and output keep their lines and

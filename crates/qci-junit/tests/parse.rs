@@ -408,3 +408,26 @@ fn outcomes_read_back_from_their_words() {
         "unknown test outcome \"error\": expected passed, failed, errored or skipped"
     );
 }
+
+#[test]
+fn the_counts_read_as_one_line() {
+    let counts = |passed, failed, errored, skipped| qci_junit::Counts {
+        passed,
+        failed,
+        errored,
+        skipped,
+    };
+    assert_eq!(
+        counts(140, 2, 0, 6).to_string(),
+        "2 of 148 tests failed (140 passed, 6 skipped)"
+    );
+    assert_eq!(
+        counts(3, 1, 1, 0).to_string(),
+        "2 of 5 tests failed (3 passed, 1 errored)"
+    );
+    assert_eq!(counts(3, 0, 0, 0).to_string(), "3 of 3 tests passed");
+    assert_eq!(
+        counts(1, 0, 0, 1).to_string(),
+        "1 of 2 tests passed (1 skipped)"
+    );
+}

@@ -9,7 +9,7 @@
 use super::job::bad_column;
 use crate::store::StoreError;
 use qci_core::JobId;
-use qci_junit::{Outcome, TestCase};
+use qci_junit::{Counts, Outcome, TestCase};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
@@ -124,23 +124,9 @@ pub struct Failing {
     pub flaky: Option<Flakiness>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    pub passed: u32,
-    pub failed: u32,
-    pub errored: u32,
-    pub skipped: u32,
-}
-
-impl Counts {
-    pub fn total(&self) -> u32 {
-        self.passed + self.failed + self.errored + self.skipped
-    }
-}
-
 /// A job's tests as its page shows them: the failures first, with their
 /// history; then the counts; then the other tests known to be flaky.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct JobTests {
     pub counts: Counts,
     /// Failed and errored tests, at most [`MAX_LISTED`].
@@ -301,7 +287,9 @@ pub fn job_tests(conn: &Connection, job: &str) -> Result<Option<JobTests>, Store
         .prepare_cached(
             "SELECT outcome, COUNT(*) FROM test_results WHERE job = ?1 GROUP BY outcome",
         )?
-        .query_map([job], |r| Ok((outcome_column(r, 0)?, r.get::<_, u32>(1)?)))?
+        .query_map([job], |r| {
+            Ok((outcome_column(r, 0)?, r.get::<_, usize>(1)?))
+        })?
     {
         let (outcome, n) = row?;
         any = true;
