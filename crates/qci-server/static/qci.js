@@ -2,14 +2,39 @@
 // live. Served as /static/qci.js so that the pages carry no inline script
 // and their policy can say script-src 'self'. What it needs from a page
 // comes in data- attributes (data-reload-ms, data-events), never in code;
-// text from outside reaches the page only through textContent.
+// text from outside reaches the page only through textContent (and the
+// log's colours through className).
 'use strict';
+
+// One line of the log as the server cut it into runs ({class, text}: its
+// colours as sgr- classes, every other escape already gone), built with
+// textContent and className only.
+function appendLine(log, runs) {
+  for (var i = 0; i < runs.length; i++) {
+    var run = runs[i];
+    if (run.class) {
+      var span = document.createElement('span');
+      span.className = String(run.class);
+      span.textContent = String(run.text);
+      log.appendChild(span);
+    } else {
+      log.appendChild(document.createTextNode(String(run.text)));
+    }
+  }
+  log.appendChild(document.createTextNode('\n'));
+}
+
+// What the page as served now has that the live one lacks once the job has
+// ended: its final status events, where and when it ran, and its log in
+// sections.
+var REFRESHED = ['events', 'machine', 'snapshot', 'started', 'ended', 'duration', 'log'];
 
 function follow(log, url) {
   var es = new EventSource(url);
   es.onmessage = function (e) {
     var end = window.innerHeight + window.scrollY >= document.body.offsetHeight - 40;
-    log.appendChild(document.createTextNode(e.data + '\n'));
+    var lines = JSON.parse(e.data);
+    for (var i = 0; i < lines.length; i++) appendLine(log, lines[i]);
     if (end) window.scrollTo(0, document.body.scrollHeight);
   };
   es.addEventListener('end', function (e) {
@@ -18,12 +43,16 @@ function follow(log, url) {
     s.textContent = d.state + ' \u2014 ' + d.description;
     s.className = 'state ' + d.state;
     es.close();
-    // The final status event is on the page as served now: take its table.
     fetch(location.href)
       .then(function (r) { return r.text(); })
       .then(function (t) {
-        var n = new DOMParser().parseFromString(t, 'text/html').getElementById('events');
-        if (n) document.getElementById('events').replaceWith(n);
+        var served = new DOMParser().parseFromString(t, 'text/html');
+        REFRESHED.forEach(function (id) {
+          var n = served.getElementById(id);
+          var old = document.getElementById(id);
+          // A log still live as served (not yet published) stays as it is.
+          if (n && old && !(id === 'log' && n.dataset.events)) old.replaceWith(n);
+        });
       });
   });
 }

@@ -21,7 +21,7 @@ pub mod record;
 
 pub use dispatch::{
     MAX_EVENTS_PER_JOB, RelayRefusal, Requeued, claim_next, has_final, mark_started, publish,
-    record_final, relay, requeue, runnable,
+    mark_machine, mark_snapshot, record_final, relay, requeue, runnable,
 };
 pub use history::{Counts, Delivery, counts, delivery, events, expired_logs, get, overview};
 pub use intake::{
