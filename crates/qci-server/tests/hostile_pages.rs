@@ -191,12 +191,30 @@ fn hostile_text_is_shown_as_text_on_every_page_under_a_strict_policy() {
         "{}",
         monitor.body
     );
+    // A finished job's log is on its page, in sections: the line escaped,
+    // its colour a class, its other escapes gone.
     assert!(
-        page.body
-            .contains(&format!("data-events=\"/jobs/{job}/events\"")),
+        page.body.contains(&format!(
+            "log {SCRIPT_SHOWN} {IMG_SHOWN} <span class=\"sgr-fg1\">end</span>"
+        )),
         "{}",
         page.body
     );
+
+    // The machines' page, with names from the hypervisor and the lease store.
+    *pool.machines.lock().unwrap() = vec![Machine {
+        name: hostile("machine"),
+        qubes: "4.2".into(),
+        lease: Some((job.clone(), true)),
+        snapshot: Some(hostile("snapshot")),
+        last_run: Some((hostile("job"), hostile("state"))),
+    }];
+    let machines = fetch(&host, "/pool");
+    assert_safe_html(&machines);
+    for field in ["machine", "snapshot", "job", "state"] {
+        let want = format!("{field} {SCRIPT_SHOWN} {IMG_SHOWN} end");
+        assert!(machines.body.contains(&want), "no {want:?} in {}", machines.body);
+    }
 
     let log = fetch(&host, &format!("/jobs/{job}/log"));
     assert!(
@@ -214,11 +232,12 @@ fn hostile_text_is_shown_as_text_on_every_page_under_a_strict_policy() {
         events.content_type
     );
     assert_eq!(events.nosniff.as_deref(), Some("nosniff"));
-    // The line as the page shows it (through textContent): without escapes.
+    // The line as the page's script shows it (through textContent and
+    // className): JSON runs, the colour a class, without escapes.
+    let runs = json!([{"class": "", "text": format!("log {SCRIPT} {IMG} ")},
+        {"class": "sgr-fg1", "text": "end"}]);
     assert!(
-        events
-            .body
-            .contains(&format!("data: log {SCRIPT} {IMG} end\n")),
+        events.body.contains(&runs.to_string()),
         "{:?}",
         events.body
     );
