@@ -153,6 +153,10 @@ fn hostile_text_is_shown_as_text_on_every_page_under_a_strict_policy() {
     );
     pool.open();
     host.wait_state(job, "success");
+    // Its page shows the log in sections once the log is published.
+    wait_for("the log to be published", Duration::from_secs(30), || {
+        host.job(job)["log_published"] == true
+    });
 
     let api = fetch(&host, &format!("/api/jobs/{job}"));
     assert!(
@@ -234,8 +238,8 @@ fn hostile_text_is_shown_as_text_on_every_page_under_a_strict_policy() {
     assert_eq!(events.nosniff.as_deref(), Some("nosniff"));
     // The line as the page's script shows it (through textContent and
     // className): JSON runs, the colour a class, without escapes.
-    let runs = json!([{"class": "", "text": format!("log {SCRIPT} {IMG} ")},
-        {"class": "sgr-fg1", "text": "end"}]);
+    let runs = json!({"runs": [{"class": "", "text": format!("log {SCRIPT} {IMG} ")},
+        {"class": "sgr-fg1", "text": "end"}]});
     assert!(
         events.body.contains(&runs.to_string()),
         "{:?}",

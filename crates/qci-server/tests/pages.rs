@@ -96,6 +96,17 @@ fn a_finished_jobs_log_is_in_sections_by_step_the_failing_one_open() {
     }
     let took = after(&page, "<td id=\"duration\">", "</td>");
     assert!(took.ends_with('s'), "{took}");
+    // The live stream marks the steps for the page's script, and carries
+    // the colours as classes.
+    let (_, events) = host.get(&format!("/jobs/{job}/events"));
+    for want in [
+        r#"{"runs":[{"class":"","text":"2026-12-03T10:00:00.000Z [qci] step build: make"}],"start":"build"}"#,
+        r#""end":{"step":"build","result":"passed","state":"success","took":"1.2s"}"#,
+        r#"{"class":"sgr-bold sgr-fg2","text":"built"}"#,
+    ] {
+        assert!(events.contains(want), "no {want} in {events}");
+    }
+    assert!(!events.contains('\u{1b}'), "{events:?}");
     // The text log stays as the machine wrote it, escapes and all.
     let (_, text) = host.get(&format!("/jobs/{job}/log"));
     assert_eq!(text, pool.lines.concat());

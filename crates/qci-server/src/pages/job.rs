@@ -115,7 +115,7 @@ pub async fn job(State(app): State<App>, Path(id): Path<String>) -> Response {
     let log = if log_complete(&job) {
         sectioned_log(&app, &job).await
     } else {
-        html! { pre #log data-events={ "/jobs/" (job.id) "/events" } {} }
+        html! { div #log data-events={ "/jobs/" (job.id) "/events" } {} }
     };
     let state = job.state();
     let now = queue::now_ms();

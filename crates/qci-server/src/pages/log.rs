@@ -3,7 +3,7 @@
 //! script: from its start, then each new line as it arrives, and an `end`
 //! event with the final state.
 
-use super::{no_such_job, sgr, unavailable};
+use super::{no_such_job, sections, sgr, unavailable};
 use crate::app::App;
 use crate::logs::read_lines;
 use crate::queue::{self, Job};
@@ -78,15 +78,32 @@ fn stream(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
     })
 }
 
+/// One line of the log for the page's script: its runs, and what it says
+/// of steps, if anything.
+#[derive(serde::Serialize)]
+struct LiveLine {
+    runs: Vec<sgr::Run>,
+    #[serde(flatten)]
+    mark: Option<sections::Mark>,
+}
+
 /// Lines of the log as the page shows them, for its script: JSON, a list
-/// of lines, each a list of runs (`{"class": "sgr-fg1", "text": "…"}`) as
-/// [`sgr::render`] makes them for the page itself: colours kept as
-/// classes, every other escape and control character (tabs kept) gone.
-/// The script builds them with `textContent` and `className` only. The log
-/// as the machine wrote it stays at `/jobs/JOB/log`, as plain text.
+/// of lines, each its runs (`{"class": "sgr-fg1", "text": "…"}`) as
+/// [`sgr::render`] makes them for the page itself (colours kept as
+/// classes, every other escape and control character but tab gone), and a
+/// step's start or end ([`sections::mark`]) so that the live log is in
+/// sections too. The script builds them with `textContent` and
+/// `className` only. The log as the machine wrote it stays at
+/// `/jobs/JOB/log`, as plain text.
 fn live_lines(text: &str) -> String {
     let text = text.strip_suffix('\n').unwrap_or(text);
-    let lines: Vec<Vec<sgr::Run>> = text.split('\n').map(sgr::render).collect();
+    let lines: Vec<LiveLine> = text
+        .split('\n')
+        .map(|line| LiveLine {
+            runs: sgr::render(line),
+            mark: sections::mark(line),
+        })
+        .collect();
     serde_json::to_string(&lines).unwrap_or_else(|_| "[]".into())
 }
 

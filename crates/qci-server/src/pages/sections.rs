@@ -211,6 +211,40 @@ fn note(line: &str) -> Option<Note<'_>> {
     })
 }
 
+/// What one line says of steps, for the live page's script, which keeps
+/// which step is open: the same reading of dom0's lines as [`Sections`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mark {
+    /// A step starts: its name.
+    Start(String),
+    /// A step ends, if it is the one open.
+    End {
+        step: String,
+        /// As the page says it (`failed (exit 2)`).
+        result: String,
+        /// The state it is like, for the style sheet.
+        state: &'static str,
+        took: Option<String>,
+    },
+}
+
+pub fn mark(line: &str) -> Option<Mark> {
+    match note(line)? {
+        Note::Start(name) => Some(Mark::Start(name.to_owned())),
+        Note::End {
+            step,
+            outcome,
+            took,
+        } => Some(Mark::End {
+            step: step.to_owned(),
+            result: outcome.label(),
+            state: outcome.state(),
+            took: took.map(str::to_owned),
+        }),
+    }
+}
+
 /// Cuts a log into sections, a line at a time.
 #[derive(Debug, Default)]
 pub struct Sections {
@@ -457,6 +491,27 @@ mod tests {
             ]
         );
         assert!(s[0].lines[0].contains("<script>"), "kept as text");
+    }
+
+    #[test]
+    fn the_live_page_gets_the_same_reading_of_a_line() {
+        assert_eq!(
+            mark(&format!("{T0} [qci] step build: make")),
+            Some(Mark::Start("build".into()))
+        );
+        assert_eq!(
+            mark(&format!("{T0} [qci] step build failed in 1.5s (exit 2)")),
+            Some(Mark::End {
+                step: "build".into(),
+                result: "failed (exit 2)".into(),
+                state: "failure",
+                took: Some("1.5s".into()),
+            })
+        );
+        assert_eq!(mark(&format!("{T0} [qci] step <b>: x")), None);
+        assert_eq!(mark(&format!("{T0} [build] [qci] step x: y")), None);
+        let start = serde_json::to_string(&mark(&format!("{T0} [qci] step b: m"))).unwrap();
+        assert_eq!(start, r#"{"start":"b"}"#);
     }
 
     #[test]

@@ -93,3 +93,66 @@ pub async fn reasons(app: &App, live: &[Job]) -> HashMap<JobId, String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(qubes: &str, needs_approval: bool) -> Job {
+        Job {
+            id: JobId::for_queue(7, qubes).unwrap(),
+            repo: "o/r".into(),
+            clone_url: "/src".into(),
+            sha: "a".repeat(40),
+            git_ref: "refs/heads/main".into(),
+            reason: qci_core::job_file::Reason::Push,
+            author: "a".into(),
+            message: "m".into(),
+            qubes: qubes.into(),
+            context: format!("qci/qubes-{qubes}"),
+            pr: None,
+            needs_approval,
+            state: State::Queued,
+            description: "Queued".into(),
+            retry_of: None,
+            start_failures: 0,
+            created_at: 0,
+            dispatched_at: None,
+            started_at: None,
+            finished_at: None,
+            log_published: false,
+            machine: None,
+            snapshot: None,
+        }
+    }
+
+    #[test]
+    fn the_reason_names_what_the_job_waits_for() {
+        let two_busy = Machines {
+            configured: 2,
+            busy: 2,
+        };
+        assert_eq!(
+            reason(&job("4.2", false), 1, two_busy),
+            "waiting for a 4.2 machine: 2 of 2 busy, 1 ahead"
+        );
+        assert_eq!(reason(&job("4.2", true), 0, two_busy), "waiting for approval");
+        let none = Machines {
+            configured: 0,
+            busy: 0,
+        };
+        assert_eq!(
+            reason(&job("4.3", false), 0, none),
+            "no machine of 4.3 is configured"
+        );
+        // A machine leased by a `qci run` too is counted once per machine.
+        let over = Machines {
+            configured: 1,
+            busy: 3,
+        };
+        assert_eq!(
+            reason(&job("4.2", false), 0, over),
+            "waiting for a 4.2 machine: 1 of 1 busy, 0 ahead"
+        );
+    }
+}
