@@ -683,12 +683,18 @@ pub(crate) mod tests {
     #[test]
     fn the_writer_keeps_plain_sgr_and_removes_every_other_escape() {
         assert_eq!(written(b"\x1b[31mred\x1b[0m"), "\x1b[31mred\x1b[0m");
-        assert_eq!(written(b"\x1b[1;38;5;196mbold\x1b[m"), "\x1b[1;38;5;196mbold\x1b[m");
+        assert_eq!(
+            written(b"\x1b[1;38;5;196mbold\x1b[m"),
+            "\x1b[1;38;5;196mbold\x1b[m"
+        );
         assert_eq!(written(b"\x1b]0;my title\x07after"), "after");
         assert_eq!(written(b"\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\"), "link");
         assert_eq!(written(b"\x1b(Bplain\x1b=x"), "plainx");
         // Not SGR, or not in its plain form: removed.
-        assert_eq!(written(b"a\x1b[2Kb\x1b[10;5Hc\x1b[?25ld\x1b[1:3me"), "abcde");
+        assert_eq!(
+            written(b"a\x1b[2Kb\x1b[10;5Hc\x1b[?25ld\x1b[1:3me"),
+            "abcde"
+        );
         assert_eq!(written(b"\x9b32mgreen\x9b0m"), "green");
         assert_eq!(written(b"a\x1b[31"), "a", "unterminated");
         assert_eq!(written(b"a\x1b"), "a");
@@ -696,7 +702,10 @@ pub(crate) mod tests {
         assert_eq!(written(long.as_bytes()), "ab", "too long to be a real one");
         assert_eq!(written(b"a\x00b\x07c\x7fd\te"), "abcd\te");
         // A progress bar ending in a reset keeps its last text.
-        assert_eq!(written(b"50%\r\x1b[32m100%\x1b[0m\r\x1b[0m"), "\x1b[32m100%\x1b[0m");
+        assert_eq!(
+            written(b"50%\r\x1b[32m100%\x1b[0m\r\x1b[0m"),
+            "\x1b[32m100%\x1b[0m"
+        );
     }
 
     #[test]

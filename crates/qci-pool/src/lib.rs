@@ -82,12 +82,23 @@ pub struct MachineReport {
 pub enum Occupancy {
     Free,
     /// Leased by a live process.
-    Busy { job: String, pid: i64, for_secs: u64 },
+    Busy {
+        job: String,
+        pid: i64,
+        for_secs: u64,
+    },
     /// Its lease's holder is gone: the next `qci run`, `qci nightly` or
     /// `qci serve` start on that host cleans it up.
-    Stale { job: String, pid: i64, host: String },
+    Stale {
+        job: String,
+        pid: i64,
+        host: String,
+    },
     /// Marked on the hypervisor for another host's job.
-    Foreign { job: String, host: String },
+    Foreign {
+        job: String,
+        host: String,
+    },
 }
 
 impl MachineReport {

@@ -217,7 +217,11 @@ fn hostile_text_is_shown_as_text_on_every_page_under_a_strict_policy() {
     assert_safe_html(&machines);
     for field in ["machine", "snapshot", "job", "state"] {
         let want = format!("{field} {SCRIPT_SHOWN} {IMG_SHOWN} end");
-        assert!(machines.body.contains(&want), "no {want:?} in {}", machines.body);
+        assert!(
+            machines.body.contains(&want),
+            "no {want:?} in {}",
+            machines.body
+        );
     }
 
     let log = fetch(&host, &format!("/jobs/{job}/log"));
@@ -240,11 +244,7 @@ fn hostile_text_is_shown_as_text_on_every_page_under_a_strict_policy() {
     // className): JSON runs, the colour a class, without escapes.
     let runs = json!({"runs": [{"class": "", "text": format!("log {SCRIPT} {IMG} ")},
         {"class": "sgr-fg1", "text": "end"}]});
-    assert!(
-        events.body.contains(&runs.to_string()),
-        "{:?}",
-        events.body
-    );
+    assert!(events.body.contains(&runs.to_string()), "{:?}", events.body);
     assert!(!events.body.contains('\u{1b}'), "{:?}", events.body);
     assert!(events.body.contains("event: end"), "{:?}", events.body);
 

@@ -57,7 +57,10 @@ fn a_finished_jobs_log_is_in_sections_by_step_the_failing_one_open() {
     // step open, each with its result and duration.
     assert_eq!(page.matches("<details").count(), 3, "{page}");
     let setup = after(&page, "<details class=\"section\"><summary>", "</summary>");
-    assert_eq!(setup, "<span class=\"name\">Setup</span> <small>(1 line)</small>");
+    assert_eq!(
+        setup,
+        "<span class=\"name\">Setup</span> <small>(1 line)</small>"
+    );
     let build = after(&page, "<span class=\"name\">build</span>", "</summary>");
     assert_eq!(
         build,
@@ -78,9 +81,7 @@ fn a_finished_jobs_log_is_in_sections_by_step_the_failing_one_open() {
         "{page}"
     );
     assert!(
-        page.contains(
-            "<span class=\"sgr-fg1\">&lt;script&gt;alert(1)&lt;/script&gt; FAIL</span>"
-        ),
+        page.contains("<span class=\"sgr-fg1\">&lt;script&gt;alert(1)&lt;/script&gt; FAIL</span>"),
         "{page}"
     );
     assert!(!page.contains('\u{1b}'));
@@ -196,10 +197,15 @@ fn the_pool_page_lists_each_machine_with_its_state_job_and_snapshots() {
         m1.contains(&format!("<a href=\"/jobs/{job}\">{job}</a>")),
         "{m1}"
     );
-    assert!(m1.contains("<td>qci-2026-12-02</td><td>qci-2026-12-02</td>"), "{m1}");
+    assert!(
+        m1.contains("<td>qci-2026-12-02</td><td>qci-2026-12-02</td>"),
+        "{m1}"
+    );
     let m2 = row("m2");
     assert!(
-        m2.contains("<td class=\"machine stale\">stale lease: its holder (pid 1 on test-host) is gone</td>"),
+        m2.contains(
+            "<td class=\"machine stale\">stale lease: its holder (pid 1 on test-host) is gone</td>"
+        ),
         "{m2}"
     );
     // Not one of the server's jobs: named, not linked.

@@ -159,4 +159,3 @@ async fn next_event(c: &mut Cursor) -> Event {
         }
     }
 }
-

@@ -9,8 +9,8 @@ use crate::queue;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use maud::html;
-use qci_pool::{MachineReport, Occupancy};
 use qci_core::status::clean_line;
+use qci_pool::{MachineReport, Occupancy};
 use std::collections::HashSet;
 
 /// The state's word (for the style sheet too) and what it says.
@@ -31,9 +31,9 @@ fn occupancy(o: &Occupancy) -> (&'static str, String) {
 fn job_of(o: &Occupancy) -> Option<&str> {
     match o {
         Occupancy::Free => None,
-        Occupancy::Busy { job, .. } | Occupancy::Stale { job, .. } | Occupancy::Foreign { job, .. } => {
-            Some(job)
-        }
+        Occupancy::Busy { job, .. }
+        | Occupancy::Stale { job, .. }
+        | Occupancy::Foreign { job, .. } => Some(job),
     }
 }
 
@@ -52,9 +52,7 @@ pub async fn pool(State(app): State<App>) -> Response {
     // holds machines too).
     let named: Vec<String> = rows
         .iter()
-        .filter_map(|(m, o)| {
-            job_of(o).or(m.last_run.as_ref().map(|(job, _, _)| job.as_str()))
-        })
+        .filter_map(|(m, o)| job_of(o).or(m.last_run.as_ref().map(|(job, _, _)| job.as_str())))
         .map(str::to_owned)
         .collect();
     let ours: HashSet<String> = app

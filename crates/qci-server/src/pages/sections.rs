@@ -37,7 +37,9 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Passed,
-    Failed { exit: Option<i32> },
+    Failed {
+        exit: Option<i32>,
+    },
     TimedOut,
     Canceled,
     /// No end line, and the job ended with it: the job's state.
@@ -142,7 +144,9 @@ impl Section {
     /// From the first line's stamp to the last's.
     fn measured(&self) -> Option<String> {
         let at = |s: &Option<String>| humantime::parse_rfc3339(s.as_deref()?).ok();
-        let took = at(&self.last_stamp)?.duration_since(at(&self.first_stamp)?).ok()?;
+        let took = at(&self.last_stamp)?
+            .duration_since(at(&self.first_stamp)?)
+            .ok()?;
         Some(format!("{:.1}s", took.as_secs_f64()))
     }
 }
@@ -267,7 +271,8 @@ impl Sections {
                 {
                     open.outcome = Some(Outcome::NoEnd);
                 }
-                self.sections.push(Section::new(Kind::Step(name.to_owned())));
+                self.sections
+                    .push(Section::new(Kind::Step(name.to_owned())));
                 self.last().add(line);
             }
             Some(Note::End {
@@ -422,7 +427,12 @@ mod tests {
             summary(&s),
             [
                 ("Setup".into(), None, None, 1),
-                ("build".into(), Some("passed".into()), Some("1.2s".into()), 3),
+                (
+                    "build".into(),
+                    Some("passed".into()),
+                    Some("1.2s".into()),
+                    3
+                ),
                 (
                     "test".into(),
                     Some("failed (exit 2)".into()),
@@ -445,7 +455,10 @@ mod tests {
             ("step s canceled", "canceled"),
             ("step s failed in 1.0s (exit 127)", "failed (exit 127)"),
         ] {
-            let text = log(&[&format!("{T0} [qci] step s: x"), &format!("{T1} [qci] {end}")]);
+            let text = log(&[
+                &format!("{T0} [qci] step s: x"),
+                &format!("{T1} [qci] {end}"),
+            ]);
             let s = sections(&text, State::Error);
             assert_eq!(s.len(), 1, "{end}");
             assert_eq!(s[0].outcome.as_ref().unwrap().label(), label, "{end}");
@@ -464,11 +477,23 @@ mod tests {
         assert_eq!(
             summary(&s),
             [
-                ("build".into(), Some("passed".into()), Some("0.1s".into()), 2),
+                (
+                    "build".into(),
+                    Some("passed".into()),
+                    Some("0.1s".into()),
+                    2
+                ),
                 ("test".into(), Some("failed".into()), Some("1.5s".into()), 2),
             ]
         );
-        assert_eq!(sections(&text, State::Error)[1].outcome.as_ref().unwrap().label(), "error");
+        assert_eq!(
+            sections(&text, State::Error)[1]
+                .outcome
+                .as_ref()
+                .unwrap()
+                .label(),
+            "error"
+        );
     }
 
     #[test]

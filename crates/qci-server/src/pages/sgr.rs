@@ -165,7 +165,10 @@ enum Escape {
     EscIntermediate,
     /// In a CSI: its parameter bytes so far, and whether they are only
     /// digits and `;` (an SGR qci keeps).
-    Csi { params: String, plain: bool },
+    Csi {
+        params: String,
+        plain: bool,
+    },
     /// In a string sequence (OSC and the like), until BEL or `ESC \`.
     Str,
     StrEsc,
@@ -281,17 +284,19 @@ mod tests {
     fn colours_and_attributes_become_classes_and_reset_ends_them() {
         assert_eq!(
             render("a \x1b[1;31mred\x1b[0m b"),
-            [
-                run("", "a "),
-                run("sgr-bold sgr-fg1", "red"),
-                run("", " b")
-            ]
+            [run("", "a "), run("sgr-bold sgr-fg1", "red"), run("", " b")]
         );
         assert_eq!(
             render("\x1b[3;4;92;104mx\x1b[23;24;39;49my\x1b[mz"),
-            [run("sgr-italic sgr-underline sgr-fg10 sgr-bg12", "x"), run("", "yz")]
+            [
+                run("sgr-italic sgr-underline sgr-fg10 sgr-bg12", "x"),
+                run("", "yz")
+            ]
         );
-        assert_eq!(render("\x1b[1mb\x1b[22mn"), [run("sgr-bold", "b"), run("", "n")]);
+        assert_eq!(
+            render("\x1b[1mb\x1b[22mn"),
+            [run("sgr-bold", "b"), run("", "n")]
+        );
     }
 
     #[test]
@@ -300,7 +305,10 @@ mod tests {
         assert_eq!(render("\x1b[38;5;2mx"), [run("sgr-fg2", "x")]);
         assert_eq!(render("\x1b[48;5;232mx"), [run("sgr-bg0", "x")]);
         assert_eq!(render("\x1b[38;2;250;250;250mx"), [run("sgr-fg15", "x")]);
-        assert_eq!(render("\x1b[38;2;0;0;200;1mx"), [run("sgr-bold sgr-fg4", "x")]);
+        assert_eq!(
+            render("\x1b[38;2;0;0;200;1mx"),
+            [run("sgr-bold sgr-fg4", "x")]
+        );
         // Cut short or out of range: no colour, nothing breaks.
         assert_eq!(render("\x1b[38;5mx\x1b[38;2;1mx"), [run("", "xx")]);
         assert_eq!(render("\x1b[38;5;99999999999mx"), [run("", "x")]);
@@ -315,8 +323,15 @@ mod tests {
             )),
             "abcde"
         );
-        assert_eq!(render("a\x1b[1:3mb"), [run("", "ab")], "a colon SGR is not kept");
-        assert_eq!(plain(&render("a\x00b\x07c\x08d\x7fe\tf\u{85}g")), "abcde\tfg");
+        assert_eq!(
+            render("a\x1b[1:3mb"),
+            [run("", "ab")],
+            "a colon SGR is not kept"
+        );
+        assert_eq!(
+            plain(&render("a\x00b\x07c\x08d\x7fe\tf\u{85}g")),
+            "abcde\tfg"
+        );
         assert_eq!(render("\u{9b}32mgreen"), [run("sgr-fg2", "green")]);
     }
 

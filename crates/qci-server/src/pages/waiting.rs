@@ -72,10 +72,7 @@ pub async fn reasons(app: &App, live: &[Job]) -> HashMap<JobId, String> {
             q.clone(),
             Machines {
                 configured: if known { app.executor.capacity(q) } else { 0 },
-                busy: app
-                    .running
-                    .busy(q)
-                    .max(leased.get(i).copied().unwrap_or(0)),
+                busy: app.running.busy(q).max(leased.get(i).copied().unwrap_or(0)),
             },
         );
     }
@@ -136,7 +133,10 @@ mod tests {
             reason(&job("4.2", false), 1, two_busy),
             "waiting for a 4.2 machine: 2 of 2 busy, 1 ahead"
         );
-        assert_eq!(reason(&job("4.2", true), 0, two_busy), "waiting for approval");
+        assert_eq!(
+            reason(&job("4.2", true), 0, two_busy),
+            "waiting for approval"
+        );
         let none = Machines {
             configured: 0,
             busy: 0,

@@ -152,21 +152,24 @@ impl Executor for Scripted {
                 qubes: m.qubes.clone(),
                 backend: "local".into(),
                 power: Ok(qci_pool::control::PowerState::Off),
-                lease: m.lease.as_ref().map(|(job, alive)| qci_pool::lease::LeaseRow {
-                    machine: m.name.clone(),
-                    job: job.parse().unwrap(),
-                    host: "test-host".into(),
-                    // A process that is not there has a made-up owner.
-                    owner: if *alive {
-                        qci_pool::lease::me()
-                    } else {
-                        "no-boot:1:1".into()
-                    },
-                    pid: if *alive { std::process::id() as i64 } else { 1 },
-                    acquired_at: now - 5.0,
-                    expires_at: now + 3600.0,
-                    log_id: 1,
-                }),
+                lease: m
+                    .lease
+                    .as_ref()
+                    .map(|(job, alive)| qci_pool::lease::LeaseRow {
+                        machine: m.name.clone(),
+                        job: job.parse().unwrap(),
+                        host: "test-host".into(),
+                        // A process that is not there has a made-up owner.
+                        owner: if *alive {
+                            qci_pool::lease::me()
+                        } else {
+                            "no-boot:1:1".into()
+                        },
+                        pid: if *alive { std::process::id() as i64 } else { 1 },
+                        acquired_at: now - 5.0,
+                        expires_at: now + 3600.0,
+                        log_id: 1,
+                    }),
                 marker: None,
                 snapshot: m.snapshot.clone(),
                 last_run: m
