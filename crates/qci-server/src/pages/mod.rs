@@ -11,8 +11,8 @@
 //! forbids both, so text that ever got through as markup still could not run.
 //! Text from outside is also shown through `clean_line`, without terminal
 //! escapes and other control characters, which a browser would keep and a
-//! copy to a terminal would act on.
-
+//! copy to a terminal would act on. A log line's colours (SGR) are the one
+//! exception, shown as classes ([`sgr`]).
 //!
 //! - this module: the layout, the script and style sheet, the policy
 //! - [`monitor`]: `/`; [`job`]: `/jobs/JOB`; [`log`]: its log as text and live
