@@ -14,6 +14,7 @@ pub fn router(app: App) -> Router {
         .route("/jobs/{id}", get(pages::job))
         .route("/jobs/{id}/log", get(pages::log_text))
         .route("/jobs/{id}/events", get(pages::log_events))
+        .route("/pool", get(pages::pool))
         .route("/healthz", get(pages::healthz))
         .route("/metrics", get(pages::metrics))
         .route(pages::SCRIPT_PATH, get(pages::script))

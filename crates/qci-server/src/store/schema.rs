@@ -102,6 +102,13 @@ fn add_late_job_columns(tx: &Transaction) -> HookResult {
     Ok(())
 }
 
+/// Migration 3: the machine and the snapshot a job ran on, as the pool
+/// reports them (`Phase::Leased`, `Phase::Reverting`); none for older jobs.
+const MACHINE_COLUMNS: &str = "
+ALTER TABLE jobs ADD COLUMN machine TEXT;
+ALTER TABLE jobs ADD COLUMN snapshot TEXT;
+";
+
 /// Every migration, oldest first. Append only: a database records how
 /// many it has run.
 pub fn migrations() -> Migrations<'static> {
@@ -109,6 +116,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(SCHEMA).comment("the schema of the first databases"),
         M::up_with_hook("", add_late_job_columns)
             .comment("jobs: start_failures and not_before, where a database lacks them"),
+        M::up(MACHINE_COLUMNS).comment("jobs: the machine and snapshot a job ran on"),
     ])
 }
 
@@ -235,8 +243,26 @@ mod tests {
             let version: i64 = store
                 .read_blocking(|conn| Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?))
                 .unwrap();
-            assert_eq!(version as usize, 2);
+            assert_eq!(version as usize, 3);
         }
+    }
+
+    #[test]
+    fn a_database_of_migration_2_gets_the_machine_columns_and_keeps_its_jobs() {
+        let mut conn = premigration_database(true);
+        migrations().to_version(&mut conn, 2).unwrap();
+        assert!(!columns(&conn, "jobs").contains(&"machine".to_owned()));
+        migrate(&mut conn).unwrap();
+        let (id, machine, snapshot): (String, Option<String>, Option<String>) = conn
+            .query_row("SELECT id, machine, snapshot FROM jobs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!((id.as_str(), machine, snapshot), ("1-q4.2", None, None));
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3);
     }
 
     #[test]
