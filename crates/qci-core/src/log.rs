@@ -1,6 +1,14 @@
 //! The job log: one line per output line, `2026-11-22T10:15:00.123Z [step] text`,
 //! stamped on arrival, cleaned of terminal escapes and invalid UTF-8, and
 //! written through as it comes so a killed run still leaves its log.
+//!
+//! A step's colours are the one escape the log keeps: SGR sequences in
+//! their plain form, `ESC [` digits and `;` `m` (bold, colours, reset), so
+//! that the host's job page can show them and a terminal showing the log
+//! only colours it. Every other sequence (titles, cursor moves, erases,
+//! hyperlinks, private modes) and control character is removed. A line
+//! holding a configured secret loses its colours too, so that a secret
+//! spelled across colour codes is still masked.
 
 use crate::JobId;
 use std::fs::{File, OpenOptions, Permissions};
@@ -124,7 +132,19 @@ impl Batch<'_> {
         match line.as_printable() {
             // The common line: nothing to clean, nothing to mask.
             Some(plain) if self.log.mask.is_empty() => text.push_str(plain),
-            _ => text.push_str(&self.log.mask.apply(&clean(line))),
+            _ if self.log.mask.is_empty() => text.push_str(&clean_keeping_sgr(line)),
+            _ => {
+                let coloured = clean_keeping_sgr(line);
+                let plain = clean(line);
+                let masked = self.log.mask.apply(&plain);
+                // A secret shows only once its colour codes are gone (or is
+                // whole either way): the line is written plain, masked.
+                if masked != plain {
+                    text.push_str(&masked);
+                } else {
+                    text.push_str(&coloured);
+                }
+            }
         }
         text.push('\n');
     }
@@ -255,6 +275,35 @@ fn clean(line: Line<'_>) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(s.finish())
 }
 
+/// [`clean`], but keeping SGR sequences in their plain form (`ESC [`
+/// digits and `;` `m`): what the log writer writes.
+fn clean_keeping_sgr(line: Line<'_>) -> std::borrow::Cow<'_, str> {
+    if let Some(text) = line.as_printable() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let raw = line.bytes;
+    if let Ok(text) = std::str::from_utf8(raw)
+        && !has_controls(raw)
+    {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut s = Sanitizer {
+        keep_sgr: true,
+        ..Sanitizer::default()
+    };
+    for chunk in raw.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            s.push(c);
+        }
+        match chunk.invalid() {
+            [] => {}
+            [0x9b] => s.push('\u{9b}'),
+            _ => s.push(char::REPLACEMENT_CHARACTER),
+        }
+    }
+    std::borrow::Cow::Owned(s.finish())
+}
+
 /// Whether valid UTF-8 `text` holds a control character other than tab:
 /// C0 and DEL are single bytes; C1 (U+0080 to U+009F) is `0xC2 0x80..0x9F`.
 fn has_controls(text: &[u8]) -> bool {
@@ -283,8 +332,15 @@ enum Escape {
     StrEsc,
 }
 
+/// The longest SGR sequence kept (its parameters): a real one is short.
+const MAX_SGR: usize = 32;
+
 #[derive(Default)]
 struct Sanitizer {
+    /// Keep SGR sequences in their plain form (the log writer).
+    keep_sgr: bool,
+    /// The parameters of the CSI being read, while they could be an SGR.
+    sgr: Option<String>,
     state: Escape,
     /// Text since the last `\r`.
     current: String,
@@ -297,7 +353,10 @@ impl Sanitizer {
         self.state = match std::mem::take(&mut self.state) {
             Escape::None => return self.text(c),
             Escape::Esc => match c {
-                '[' => Escape::Csi,
+                '[' => {
+                    self.sgr = self.keep_sgr.then(String::new);
+                    Escape::Csi
+                }
                 ']' | 'P' | 'X' | '^' | '_' => Escape::Str,
                 ' '..='/' => Escape::EscIntermediate,
                 '0'..='~' => Escape::None,
@@ -311,9 +370,28 @@ impl Sanitizer {
             },
             Escape::Csi => match c {
                 // Parameter and intermediate bytes.
-                '0'..='?' | ' '..='/' => Escape::Csi,
-                '@'..='~' => Escape::None,
-                _ => return self.text(c),
+                '0'..='?' | ' '..='/' => {
+                    let sgr_byte = c.is_ascii_digit() || c == ';';
+                    match &mut self.sgr {
+                        Some(params) if sgr_byte && params.len() < MAX_SGR => params.push(c),
+                        _ => self.sgr = None,
+                    }
+                    Escape::Csi
+                }
+                '@'..='~' => {
+                    if let Some(params) = self.sgr.take()
+                        && c == 'm'
+                    {
+                        self.current.push_str("\x1b[");
+                        self.current.push_str(&params);
+                        self.current.push('m');
+                    }
+                    Escape::None
+                }
+                _ => {
+                    self.sgr = None;
+                    return self.text(c);
+                }
             },
             Escape::Str => match c {
                 '\x07' => Escape::None,
@@ -332,9 +410,12 @@ impl Sanitizer {
     fn text(&mut self, c: char) {
         match c {
             '\x1b' => self.state = Escape::Esc,
-            '\u{9b}' => self.state = Escape::Csi,
+            '\u{9b}' => {
+                self.sgr = None;
+                self.state = Escape::Csi;
+            }
             '\r' => {
-                if !self.current.trim().is_empty() {
+                if !blank(&self.current) {
                     self.kept = std::mem::take(&mut self.current);
                 } else {
                     self.current.clear();
@@ -348,10 +429,26 @@ impl Sanitizer {
     }
 
     fn finish(self) -> String {
-        if self.current.trim().is_empty() && !self.kept.is_empty() {
+        if blank(&self.current) && !self.kept.is_empty() {
             self.kept
         } else {
             self.current
+        }
+    }
+}
+
+/// Whether cleaned text shows nothing: only spaces and kept SGR sequences.
+fn blank(text: &str) -> bool {
+    let mut rest = text;
+    loop {
+        match rest.find('\x1b') {
+            None => return rest.trim().is_empty(),
+            Some(at) if !rest[..at].trim().is_empty() => return false,
+            Some(at) => {
+                // A kept sequence always ends with its `m`.
+                let after = &rest[at..];
+                rest = after.find('m').map_or("", |m| &after[m + 1..]);
+            }
         }
     }
 }
@@ -578,6 +675,53 @@ pub(crate) mod tests {
         assert_eq!(sanitize(b"a\x1b"), "a");
     }
 
+    /// What the log writer writes for one raw line.
+    fn written(raw: &[u8]) -> String {
+        clean_keeping_sgr(Line::new(raw)).into_owned()
+    }
+
+    #[test]
+    fn the_writer_keeps_plain_sgr_and_removes_every_other_escape() {
+        assert_eq!(written(b"\x1b[31mred\x1b[0m"), "\x1b[31mred\x1b[0m");
+        assert_eq!(
+            written(b"\x1b[1;38;5;196mbold\x1b[m"),
+            "\x1b[1;38;5;196mbold\x1b[m"
+        );
+        assert_eq!(written(b"\x1b]0;my title\x07after"), "after");
+        assert_eq!(written(b"\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\"), "link");
+        assert_eq!(written(b"\x1b(Bplain\x1b=x"), "plainx");
+        // Not SGR, or not in its plain form: removed.
+        assert_eq!(
+            written(b"a\x1b[2Kb\x1b[10;5Hc\x1b[?25ld\x1b[1:3me"),
+            "abcde"
+        );
+        assert_eq!(written(b"\x9b32mgreen\x9b0m"), "green");
+        assert_eq!(written(b"a\x1b[31"), "a", "unterminated");
+        assert_eq!(written(b"a\x1b"), "a");
+        let long = format!("a\x1b[{}mb", "1;".repeat(100));
+        assert_eq!(written(long.as_bytes()), "ab", "too long to be a real one");
+        assert_eq!(written(b"a\x00b\x07c\x7fd\te"), "abcd\te");
+        // A progress bar ending in a reset keeps its last text.
+        assert_eq!(
+            written(b"50%\r\x1b[32m100%\x1b[0m\r\x1b[0m"),
+            "\x1b[32m100%\x1b[0m"
+        );
+    }
+
+    #[test]
+    fn a_secret_spelled_across_colour_codes_is_masked_and_its_line_written_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.log");
+        let mut log = LogWriter::create(&path, None)
+            .unwrap()
+            .with_secrets(SecretMask::new(["s3cr3t".to_owned()]));
+        log.line("test", b"x s3\x1b[0mcr3t y").unwrap();
+        log.line("test", b"\x1b[32mno secret\x1b[0m").unwrap();
+        let file = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = file.lines().map(|l| l.split_once(' ').unwrap().1).collect();
+        assert_eq!(lines, ["[test] x *** y", "[test] \x1b[32mno secret\x1b[0m"]);
+    }
+
     #[test]
     fn sanitize_removes_controls_but_keeps_tab() {
         assert_eq!(sanitize(b"a\tb"), "a\tb");
@@ -799,7 +943,8 @@ pub(crate) mod tests {
             String::from_utf8(echoed.lock().unwrap().clone()).unwrap()
         );
         let lines: Vec<_> = text.lines().map(|l| parse_line(l).unwrap()).collect();
-        assert_eq!((lines[0].1, lines[0].2), ("build", "ok"));
+        // The step's colours are kept (see the module's docs).
+        assert_eq!((lines[0].1, lines[0].2), ("build", "\x1b[32mok\x1b[0m"));
         assert_eq!((lines[1].1, lines[1].2), ("test", "a\u{FFFD}b"));
         assert!(text.ends_with('\n'));
         assert!(parse_line("2023-11-14 22:13:20.123Z [a] b").is_none());

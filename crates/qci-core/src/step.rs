@@ -600,7 +600,11 @@ mod tests {
             LONG,
         );
         assert_eq!(r.outcome, StepOutcome::Succeeded);
-        assert_eq!(texts(&r, "test"), ["ok \u{FFFD}", "no newline"]);
+        // Colours (plain SGR) are kept for the job page; see `log`.
+        assert_eq!(
+            texts(&r, "test"),
+            ["\x1b[32mok\x1b[0m \u{FFFD}", "no newline"]
+        );
     }
 
     #[test]

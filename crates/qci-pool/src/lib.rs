@@ -76,6 +76,59 @@ pub struct MachineReport {
     pub last_run: Option<(String, String, String)>,
 }
 
+/// Who holds a machine, from its lease and its marker: what `qci pool` and
+/// the server's `/pool` page say of it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Occupancy {
+    Free,
+    /// Leased by a live process.
+    Busy {
+        job: String,
+        pid: i64,
+        for_secs: u64,
+    },
+    /// Its lease's holder is gone: the next `qci run`, `qci nightly` or
+    /// `qci serve` start on that host cleans it up.
+    Stale {
+        job: String,
+        pid: i64,
+        host: String,
+    },
+    /// Marked on the hypervisor for another host's job.
+    Foreign {
+        job: String,
+        host: String,
+    },
+}
+
+impl MachineReport {
+    /// Who holds the machine at `now` ([`lease::now`]).
+    pub fn occupancy(&self, now: f64) -> Occupancy {
+        match (&self.lease, &self.marker) {
+            (Some(l), _) if !owner_alive(&l.owner) => Occupancy::Stale {
+                job: l.job.to_string(),
+                pid: l.pid,
+                host: l.host.clone(),
+            },
+            (Some(l), _) => Occupancy::Busy {
+                job: l.job.to_string(),
+                pid: l.pid,
+                for_secs: (now - l.acquired_at).max(0.0) as u64,
+            },
+            (None, Some(mk)) if mk.is_live(now as u64) => Occupancy::Foreign {
+                job: mk.job.clone(),
+                host: mk.host.clone(),
+            },
+            _ => Occupancy::Free,
+        }
+    }
+
+    /// The nightly snapshot jobs start from, if the machine has had one.
+    pub fn last_nightly(&self) -> Option<&str> {
+        self.snapshot.as_deref().filter(|s| nightly::is_nightly(s))
+    }
+}
+
 impl Pool {
     /// Opens the state directory's SQLite file. Touches no machine.
     pub fn open(config: PoolConfig) -> Result<Self, PoolError> {

@@ -137,6 +137,25 @@ struct Reporter<'a> {
 impl JobEvents for Reporter<'_> {
     fn phase(&self, job: &JobId, phase: &Phase) {
         tracing::info!(job = %job, "{phase}");
+        // Where it runs, for its page: the machine, then its snapshot.
+        let noted = match phase {
+            Phase::Leased { machine } => Some((machine.clone(), true)),
+            Phase::Reverting { snapshot } => Some((snapshot.clone(), false)),
+            _ => None,
+        };
+        if let Some((name, is_machine)) = noted {
+            let id = job.clone();
+            let written = self.app.store.write_blocking(move |conn| {
+                if is_machine {
+                    queue::mark_machine(conn, &id, &name)
+                } else {
+                    queue::mark_snapshot(conn, &id, &name)
+                }
+            });
+            if let Err(e) = written {
+                tracing::warn!(job = %job, "cannot record where the job runs: {e}");
+            }
+        }
         // `begin` runs: from now on a host crash ends the job instead of
         // queueing it again.
         if *phase == Phase::Running {

@@ -2,7 +2,7 @@
 //! in production. The seam exists so the server's own tests can script what
 //! a machine does without booting one.
 
-use qci_pool::{FinalStatus, JobEvents, JobOutcome, JobRequest, Pool, PoolError};
+use qci_pool::{FinalStatus, JobEvents, JobOutcome, JobRequest, MachineReport, Pool, PoolError};
 
 /// Why a job never started on a machine (nothing ran; no status was posted
 /// by the machine).
@@ -43,6 +43,17 @@ pub trait Executor: Send + Sync + 'static {
         events: &dyn JobEvents,
         status: &dyn FinalStatus,
     ) -> Result<JobOutcome, NotStarted>;
+    /// Every machine as `qci pool` shows it, for the `/pool` page. Asks
+    /// each hypervisor, so it blocks: call it from a blocking thread.
+    fn report(&self) -> Result<Vec<MachineReport>, PoolError> {
+        Ok(Vec::new())
+    }
+    /// How many machines of Qubes `qubes` are leased, by any process of
+    /// any host sharing the lease store (a `qci run` or a nightly too):
+    /// the lease store only, no hypervisor.
+    fn leased(&self, _qubes: &str) -> Result<usize, PoolError> {
+        Ok(0)
+    }
 }
 
 impl Executor for Pool {
@@ -83,5 +94,19 @@ impl Executor for Pool {
         status: &dyn FinalStatus,
     ) -> Result<JobOutcome, NotStarted> {
         Ok(Pool::run_job(self, request, events, status)?)
+    }
+
+    fn report(&self) -> Result<Vec<MachineReport>, PoolError> {
+        Pool::report(self)
+    }
+
+    fn leased(&self, qubes: &str) -> Result<usize, PoolError> {
+        let config = self.config();
+        Ok(self
+            .store()
+            .leases()?
+            .iter()
+            .filter(|l| config.machine(&l.machine).is_some_and(|m| m.qubes == qubes))
+            .count())
     }
 }

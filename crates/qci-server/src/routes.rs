@@ -20,6 +20,7 @@ pub fn router(app: App) -> Router {
         )
         .route("/jobs/{id}/screenshot.png", get(pages::results::screenshot))
         .route("/tests", get(pages::results::overview))
+        .route("/pool", get(pages::pool))
         .route("/healthz", get(pages::healthz))
         .route("/metrics", get(pages::metrics))
         .route(pages::SCRIPT_PATH, get(pages::script))

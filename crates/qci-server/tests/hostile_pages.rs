@@ -153,6 +153,10 @@ fn hostile_text_is_shown_as_text_on_every_page_under_a_strict_policy() {
     );
     pool.open();
     host.wait_state(job, "success");
+    // Its page shows the log in sections once the log is published.
+    wait_for("the log to be published", Duration::from_secs(30), || {
+        host.job(job)["log_published"] == true
+    });
 
     let api = fetch(&host, &format!("/api/jobs/{job}"));
     assert!(
@@ -191,12 +195,34 @@ fn hostile_text_is_shown_as_text_on_every_page_under_a_strict_policy() {
         "{}",
         monitor.body
     );
+    // A finished job's log is on its page, in sections: the line escaped,
+    // its colour a class, its other escapes gone.
     assert!(
-        page.body
-            .contains(&format!("data-events=\"/jobs/{job}/events\"")),
+        page.body.contains(&format!(
+            "log {SCRIPT_SHOWN} {IMG_SHOWN} <span class=\"sgr-fg1\">end</span>"
+        )),
         "{}",
         page.body
     );
+
+    // The machines' page, with names from the hypervisor and the lease store.
+    *pool.machines.lock().unwrap() = vec![Machine {
+        name: hostile("machine"),
+        qubes: "4.2".into(),
+        lease: Some((job.clone(), true)),
+        snapshot: Some(hostile("snapshot")),
+        last_run: Some((hostile("job"), hostile("state"))),
+    }];
+    let machines = fetch(&host, "/pool");
+    assert_safe_html(&machines);
+    for field in ["machine", "snapshot", "job", "state"] {
+        let want = format!("{field} {SCRIPT_SHOWN} {IMG_SHOWN} end");
+        assert!(
+            machines.body.contains(&want),
+            "no {want:?} in {}",
+            machines.body
+        );
+    }
 
     let log = fetch(&host, &format!("/jobs/{job}/log"));
     assert!(
@@ -214,14 +240,11 @@ fn hostile_text_is_shown_as_text_on_every_page_under_a_strict_policy() {
         events.content_type
     );
     assert_eq!(events.nosniff.as_deref(), Some("nosniff"));
-    // The line as the page shows it (through textContent): without escapes.
-    assert!(
-        events
-            .body
-            .contains(&format!("data: log {SCRIPT} {IMG} end\n")),
-        "{:?}",
-        events.body
-    );
+    // The line as the page's script shows it (through textContent and
+    // className): JSON runs, the colour a class, without escapes.
+    let runs = json!({"runs": [{"class": "", "text": format!("log {SCRIPT} {IMG} ")},
+        {"class": "sgr-fg1", "text": "end"}]});
+    assert!(events.body.contains(&runs.to_string()), "{:?}", events.body);
     assert!(!events.body.contains('\u{1b}'), "{:?}", events.body);
     assert!(events.body.contains("event: end"), "{:?}", events.body);
 

@@ -259,24 +259,21 @@ pub fn show(config: &Path) -> Result<ExitCode, HostError> {
             Ok(p) => p.to_string(),
             Err(_) => "unknown".into(),
         };
-        let lease = match (&m.lease, &m.marker) {
-            (Some(l), _) if !qci_pool::lease::owner_alive(&l.owner) => {
+        let lease = match m.occupancy(now) {
+            qci_pool::Occupancy::Stale { job, pid, host } => {
                 notes.push(format!(
-                    "{}: the lease of job {} is stale: its holder (pid {}) is gone. The next \
-                     `qci run`, `qci nightly` or `qci serve` start with this config (host {}) \
+                    "{}: the lease of job {job} is stale: its holder (pid {pid}) is gone. The next \
+                     `qci run`, `qci nightly` or `qci serve` start with this config (host {host}) \
                      powers the machine off, reverts it, ends the job as error and frees it.",
-                    m.name, l.job, l.pid, l.host
+                    m.name
                 ));
-                format!("{} (stale, pid {} gone)", l.job, l.pid)
+                format!("{job} (stale, pid {pid} gone)")
             }
-            (Some(l), _) => format!(
-                "{} ({}s, pid {})",
-                l.job,
-                (now - l.acquired_at) as u64,
-                l.pid
-            ),
-            (None, Some(mk)) if mk.is_live(now as u64) => format!("{} (host {})", mk.job, mk.host),
-            _ => "free".into(),
+            qci_pool::Occupancy::Busy { job, pid, for_secs } => {
+                format!("{job} ({for_secs}s, pid {pid})")
+            }
+            qci_pool::Occupancy::Foreign { job, host } => format!("{job} (host {host})"),
+            qci_pool::Occupancy::Free => "free".into(),
         };
         let last = m
             .last_run

@@ -115,6 +115,20 @@ pub fn mark_started(conn: &Connection, id: &JobId) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The pool leased `machine` for the job (again, if it moved).
+pub fn mark_machine(conn: &Connection, id: &JobId, machine: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE jobs SET machine = ?2, snapshot = NULL WHERE id = ?1")?
+        .execute(params![id.as_str(), machine])?;
+    Ok(())
+}
+
+/// The pool reverts the job's machine to `snapshot`.
+pub fn mark_snapshot(conn: &Connection, id: &JobId, snapshot: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE jobs SET snapshot = ?2 WHERE id = ?1")?
+        .execute(params![id.as_str(), snapshot])?;
+    Ok(())
+}
+
 /// The run is over and its log is published: the held final status and
 /// notifications may go. A job nobody gave a final status ends as `error`
 /// with `why_no_final`.

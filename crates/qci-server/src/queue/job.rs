@@ -37,11 +37,15 @@ pub struct Job {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub log_published: bool,
+    /// The machine it ran on, and the snapshot that machine was reverted
+    /// to, as the pool reported them (none before it got one).
+    pub machine: Option<String>,
+    pub snapshot: Option<String>,
 }
 
 pub(crate) const JOB_COLUMNS: &str = "id, repo, clone_url, sha, git_ref, reason, author, message, qubes, \
     context, pr, needs_approval, state, description, retry_of, start_failures, created_at, \
-    dispatched_at, started_at, finished_at, log_published";
+    dispatched_at, started_at, finished_at, log_published, machine, snapshot";
 
 pub(crate) fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     Ok(Job {
@@ -69,6 +73,8 @@ pub(crate) fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         started_at: r.get(18)?,
         finished_at: r.get(19)?,
         log_published: r.get(20)?,
+        machine: r.get(21)?,
+        snapshot: r.get(22)?,
     })
 }
 

@@ -22,8 +22,8 @@ pub mod record;
 pub mod results;
 
 pub use dispatch::{
-    MAX_EVENTS_PER_JOB, RelayRefusal, Requeued, claim_next, has_final, mark_started, publish,
-    record_final, relay, requeue, runnable,
+    MAX_EVENTS_PER_JOB, RelayRefusal, Requeued, claim_next, has_final, mark_machine, mark_snapshot,
+    mark_started, publish, record_final, relay, requeue, runnable,
 };
 pub use history::{Counts, Delivery, counts, delivery, events, expired_logs, get, overview};
 pub use intake::{

@@ -102,7 +102,14 @@ fn add_late_job_columns(tx: &Transaction) -> HookResult {
     Ok(())
 }
 
-/// Per-test results and the files a job left, from the results issue.
+/// Migration 3: the machine and the snapshot a job ran on, as the pool
+/// reports them (`Phase::Leased`, `Phase::Reverting`); none for older jobs.
+const MACHINE_COLUMNS: &str = "
+ALTER TABLE jobs ADD COLUMN machine TEXT;
+ALTER TABLE jobs ADD COLUMN snapshot TEXT;
+";
+
+/// Migration 4: per-test results and the files a job left.
 /// A result row copies its job's repository, Qubes version, ref, commit and
 /// queue order, so a test's history is one indexed range, not a join.
 const RESULTS: &str = "
@@ -140,6 +147,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(SCHEMA).comment("the schema of the first databases"),
         M::up_with_hook("", add_late_job_columns)
             .comment("jobs: start_failures and not_before, where a database lacks them"),
+        M::up(MACHINE_COLUMNS).comment("jobs: the machine and snapshot a job ran on"),
         M::up(RESULTS).comment("test results and artifacts"),
     ])
 }
@@ -267,8 +275,40 @@ mod tests {
             let version: i64 = store
                 .read_blocking(|conn| Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?))
                 .unwrap();
-            assert_eq!(version as usize, 3);
+            assert_eq!(version as usize, 4);
         }
+    }
+
+    #[test]
+    fn a_database_of_migration_2_gets_the_machine_columns_and_keeps_its_jobs() {
+        let mut conn = premigration_database(true);
+        migrations().to_version(&mut conn, 2).unwrap();
+        assert!(!columns(&conn, "jobs").contains(&"machine".to_owned()));
+        migrate(&mut conn).unwrap();
+        let (id, machine, snapshot): (String, Option<String>, Option<String>) = conn
+            .query_row("SELECT id, machine, snapshot FROM jobs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!((id.as_str(), machine, snapshot), ("1-q4.2", None, None));
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 4);
+    }
+
+    #[test]
+    fn a_database_of_migration_3_gets_the_results_tables_and_keeps_its_jobs() {
+        let mut conn = premigration_database(false);
+        migrations().to_version(&mut conn, 3).unwrap();
+        assert!(columns(&conn, "test_results").is_empty());
+        migrate(&mut conn).unwrap();
+        assert!(columns(&conn, "test_results").contains(&"outcome".to_owned()));
+        assert_eq!(columns(&conn, "artifacts"), ["job", "path", "bytes"]);
+        let jobs: i64 = conn
+            .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(jobs, 1);
     }
 
     #[test]

@@ -6,7 +6,7 @@ pub mod fake_github;
 
 use fake_github::FakeGithub;
 use qci_core::job_file::{JobFile, Sink};
-use qci_pool::{FinalStatus, JobEvents, JobOutcome, JobRequest, Phase};
+use qci_pool::{FinalStatus, JobEvents, JobOutcome, JobRequest, MachineReport, Phase, PoolError};
 use qci_server::dispatch::NotStarted;
 use qci_server::{Executor, HostConfig};
 use std::path::PathBuf;
@@ -42,8 +42,25 @@ pub struct Scripted {
     gate: Arc<(Mutex<bool>, Condvar)>,
     pub job_files: Mutex<Vec<JobFile>>,
     pub canceled: Mutex<Vec<String>>,
+    /// What `/pool` shows: the machines as the pool would report them.
+    pub machines: Mutex<Vec<Machine>>,
     logs: tempfile::TempDir,
 }
+
+/// A machine of the scripted pool, as its report shows it.
+#[derive(Debug, Clone, Default)]
+pub struct Machine {
+    pub name: String,
+    pub qubes: String,
+    /// The job leasing it, and whether its holder is alive.
+    pub lease: Option<(String, bool)>,
+    pub snapshot: Option<String>,
+    pub last_run: Option<(String, String)>,
+}
+
+/// The machine a scripted job runs on, and its snapshot.
+pub const MACHINE: &str = "scripted-1";
+pub const SNAPSHOT: &str = "qci-2026-12-01";
 
 impl Scripted {
     pub fn new(open: bool) -> Arc<Self> {
@@ -62,6 +79,7 @@ impl Scripted {
             gate: Arc::new((Mutex::new(open), Condvar::new())),
             job_files: Mutex::default(),
             canceled: Mutex::default(),
+            machines: Mutex::default(),
             logs: tempfile::tempdir().unwrap(),
         })
     }
@@ -122,6 +140,56 @@ impl Executor for Scripted {
         Vec::new()
     }
 
+    fn report(&self) -> Result<Vec<MachineReport>, PoolError> {
+        let now = qci_pool::lease::now();
+        Ok(self
+            .machines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| MachineReport {
+                name: m.name.clone(),
+                qubes: m.qubes.clone(),
+                backend: "local".into(),
+                power: Ok(qci_pool::control::PowerState::Off),
+                lease: m
+                    .lease
+                    .as_ref()
+                    .map(|(job, alive)| qci_pool::lease::LeaseRow {
+                        machine: m.name.clone(),
+                        job: job.parse().unwrap(),
+                        host: "test-host".into(),
+                        // A process that is not there has a made-up owner.
+                        owner: if *alive {
+                            qci_pool::lease::me()
+                        } else {
+                            "no-boot:1:1".into()
+                        },
+                        pid: if *alive { std::process::id() as i64 } else { 1 },
+                        acquired_at: now - 5.0,
+                        expires_at: now + 3600.0,
+                        log_id: 1,
+                    }),
+                marker: None,
+                snapshot: m.snapshot.clone(),
+                last_run: m
+                    .last_run
+                    .clone()
+                    .map(|(job, state)| (job, state, String::new())),
+            })
+            .collect())
+    }
+
+    fn leased(&self, qubes: &str) -> Result<usize, PoolError> {
+        Ok(self
+            .machines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.qubes == qubes && m.lease.is_some())
+            .count())
+    }
+
     fn run_job(
         &self,
         req: &JobRequest,
@@ -142,6 +210,18 @@ impl Executor for Scripted {
         let Sink::Relay { url, token, .. } = &req.job_file.sink else {
             return Err(NotStarted::Refused("not a relay sink".into()));
         };
+        events.phase(
+            &req.job,
+            &Phase::Leased {
+                machine: MACHINE.into(),
+            },
+        );
+        events.phase(
+            &req.job,
+            &Phase::Reverting {
+                snapshot: SNAPSHOT.into(),
+            },
+        );
         events.phase(&req.job, &Phase::Running);
         // 409 when the host ended the job meanwhile (superseded, canceled).
         let code = relay_post(url, token, &event(job, "running", "Running make test"));
