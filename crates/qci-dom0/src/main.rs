@@ -45,6 +45,7 @@
 //! linked but only the host uses; most of `job_file` (355 lines, the host's
 //! job file) is counted though dom0 uses only its `RunRequest` (35 lines).
 
+mod artifacts;
 mod call;
 mod caller;
 mod config;
@@ -130,7 +131,7 @@ fn serve(args: &[std::ffi::OsString]) -> ExitCode {
             );
         }
     }
-    for dir in [&config.log_dir, &config.work_dir] {
+    for dir in [&config.log_dir, &config.work_dir, &config.artifact_dir] {
         if let Err(e) = writable_dir(dir) {
             return refuse(ExitCode::CiError, &e.to_string());
         }
