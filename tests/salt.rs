@@ -113,6 +113,7 @@ fn every_state_renders_with_the_default_pillar() {
         [
             "qci-dev-vm",
             "qci-dev-vm-is-standalone",
+            "qci-dom0-artifact-dir",
             "qci-dom0-binary",
             "qci-dom0-log-dir",
             "qci-dom0-policy",
@@ -155,6 +156,14 @@ fn every_state_renders_with_the_default_pillar() {
     assert_dir(log_dir, "/var/log/qci", "nobody", &nogroup, "0700");
     let work_dir = &states["qci-dom0-work-dir"];
     assert_dir(work_dir, "/var/lib/qci", "nobody", &nogroup, "0700");
+    let artifact_dir = &states["qci-dom0-artifact-dir"];
+    assert_dir(
+        artifact_dir,
+        "/var/lib/qci/artifacts",
+        "nobody",
+        &nogroup,
+        "0700",
+    );
     let policy = &states["qci-dom0-policy"];
     assert_file(
         policy,
@@ -172,7 +181,8 @@ fn every_state_renders_with_the_default_pillar() {
             "qci-dom0-service",
             "qci-dom0-settings",
             "qci-dom0-log-dir",
-            "qci-dom0-work-dir"
+            "qci-dom0-work-dir",
+            "qci-dom0-artifact-dir"
         ]
     );
 
@@ -230,6 +240,7 @@ fn every_state_renders_with_a_sites_pillar() {
         "dev_vm": {"name": "ci-dev", "template": "fedora-40-xfce", "label": "purple",
                    "memory": 4000, "vcpus": 4},
         "dom0": {"log_dir": "/srv/ci/logs", "work_dir": "/srv/ci/work",
+                 "artifact_dir": "/srv/ci/out", "keep_artifacts": 5,
                  "job_timeout": "2h 30m", "kill_grace": "5s", "max_entries": 1000,
                  "secrets": ["s3cr3t", "with \"quotes\" and \\"]},
     }});
@@ -272,9 +283,11 @@ fn every_state_renders_with_a_sites_pillar() {
             r#"dev_vm = "ci-dev""#,
             r#"log_dir = "/opt/qubes/srv/ci/logs""#,
             r#"work_dir = "/opt/qubes/srv/ci/work""#,
+            r#"artifact_dir = "/opt/qubes/srv/ci/out""#,
             r#"job_timeout = "2h 30m""#,
             r#"kill_grace = "5s""#,
             "max_entries = 1000",
+            "keep_artifacts = 5",
             r#"secrets = ["s3cr3t", "with \"quotes\" and \\"]"#,
         ]
     );
@@ -288,6 +301,13 @@ fn every_state_renders_with_a_sites_pillar() {
     assert_dir(
         &states["qci-dom0-work-dir"],
         "/opt/qubes/srv/ci/work",
+        "nobody",
+        &nogroup,
+        "0700",
+    );
+    assert_dir(
+        &states["qci-dom0-artifact-dir"],
+        "/opt/qubes/srv/ci/out",
         "nobody",
         &nogroup,
         "0700",

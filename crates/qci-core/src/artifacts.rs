@@ -239,7 +239,10 @@ mod tests {
         assert!(glob_matches("*.log", ".log"));
         assert!(!glob_matches("*.log", "build.log.1"));
         assert!(glob_matches("a?c", "abc"));
-        assert!(glob_matches("a?c", "aéc"), "? is one character, not one byte");
+        assert!(
+            glob_matches("a?c", "aéc"),
+            "? is one character, not one byte"
+        );
         assert!(!glob_matches("a?c", "ac"));
         assert!(glob_matches("*a*b*", "xxaxxbxx"));
         assert!(!glob_matches("*a*b*", "xxbxxaxx"));
@@ -258,8 +261,18 @@ mod tests {
             ("test-results/", "test-results", false, (false, false)),
             ("test-results", "test-results", false, (true, false)),
             ("test-results/*.xml", "test-results", true, (false, true)),
-            ("test-results/*.xml", "test-results/a.xml", false, (true, false)),
-            ("test-results/*.xml", "test-results/x/a.xml", false, (false, false)),
+            (
+                "test-results/*.xml",
+                "test-results/a.xml",
+                false,
+                (true, false),
+            ),
+            (
+                "test-results/*.xml",
+                "test-results/x/a.xml",
+                false,
+                (false, false),
+            ),
             ("**/*.xml", "a.xml", false, (true, false)),
             ("**/*.xml", "a/b/c/d.xml", false, (true, false)),
             ("**/*.xml", "a/b", true, (false, true)),

@@ -4,9 +4,9 @@
 //!
 //! Nothing in here talks to the network: `qci-dom0` links this crate.
 
+pub mod artifacts;
 #[cfg(feature = "diagnostics")]
 pub mod diagnostics;
-pub mod artifacts;
 pub mod exit;
 pub mod job_file;
 pub mod job_id;

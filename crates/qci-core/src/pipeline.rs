@@ -388,7 +388,12 @@ mod tests {
         assert_eq!(step(&"x".repeat(32)).label(), "x".repeat(32));
         assert_eq!(step(&"x".repeat(33)).label(), "unit");
         assert_eq!(step("make a\nmake b").label(), "unit");
-        assert!(Pipeline::default_steps().steps.iter().all(|s| s.label() == s.command));
+        assert!(
+            Pipeline::default_steps()
+                .steps
+                .iter()
+                .all(|s| s.label() == s.command)
+        );
     }
 
     #[test]
