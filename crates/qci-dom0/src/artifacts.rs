@@ -439,13 +439,13 @@ fn remove_stale_parts(dir: &Path, note: &mut dyn FnMut(&str)) {
         return;
     };
     for entry in entries.flatten() {
-        if entry.file_name().as_bytes().ends_with(PART.as_bytes()) {
-            if let Err(e) = std::fs::remove_file(entry.path()) {
-                note(&format!(
-                    "artifacts: could not remove {}: {e}",
-                    entry.path().display()
-                ));
-            }
+        if entry.file_name().as_bytes().ends_with(PART.as_bytes())
+            && let Err(e) = std::fs::remove_file(entry.path())
+        {
+            note(&format!(
+                "artifacts: could not remove {}: {e}",
+                entry.path().display()
+            ));
         }
     }
 }
