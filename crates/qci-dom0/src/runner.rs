@@ -233,7 +233,11 @@ impl<'a> Run<'a> {
             };
             let outcome = match run_step(&step, &ctx, &mut self.log) {
                 Ok(o) => o,
-                Err(e) => return Verdict::new(State::Error, e.to_string(), ExitCode::CiError),
+                Err(e) => {
+                    let took = step_started.elapsed().as_secs_f64();
+                    self.note(&format!("step {} failed in {took:.1}s ({e})", step.name));
+                    return Verdict::new(State::Error, e.to_string(), ExitCode::CiError);
+                }
             };
             let took = step_started.elapsed().as_secs_f64();
             match outcome {
