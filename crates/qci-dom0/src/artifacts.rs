@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 
 /// How many directories below the workspace the walk goes.
 pub const MAX_DEPTH: usize = 64;
+/// Names read from one directory: the rest are not looked at.
+const MAX_DIR_ENTRIES: usize = 1_000_000;
 /// Lines about single skipped entries; more are counted in one line.
 const MAX_SKIP_LINES: usize = 100;
 const PART: &str = ".part";
@@ -126,7 +128,11 @@ fn write_archive(
         skip_lines: 0,
         note,
     };
-    walk.walk_dir(&top, &mut Vec::new(), false)
+    let top_level = Under {
+        collect: false,
+        report: false,
+    };
+    walk.walk_dir(&top, &mut Vec::new(), top_level)
         .map_err(io(workspace))?;
     if walk.skip_lines > MAX_SKIP_LINES {
         let more = walk.skip_lines - MAX_SKIP_LINES;
@@ -165,6 +171,16 @@ struct Walk<'a, W: Write> {
     note: &'a mut dyn FnMut(&str),
 }
 
+/// What a directory inherits from the patterns that matched it or a
+/// directory above it.
+#[derive(Debug, Clone, Copy)]
+struct Under {
+    /// Everything below is collected.
+    collect: bool,
+    /// Every file below is a report (a `reports` pattern matched).
+    report: bool,
+}
+
 /// What an entry of the workspace is, from `fstatat` without following it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -188,20 +204,34 @@ fn kind(st: &FileStat) -> Kind {
 
 impl<W: Write> Walk<'_, W> {
     /// Walks the directory open as `fd`, at `path` below the workspace.
-    /// `whole`: it matched a pattern, so everything below it is collected.
+    /// `under` says whether it matched a pattern, so that everything below
+    /// it is collected (and listed as reports).
     fn walk_dir(
         &mut self,
         fd: &OwnedFd,
         path: &mut Vec<String>,
-        whole: bool,
+        under: Under,
     ) -> std::io::Result<()> {
         let mut names: Vec<Vec<u8>> = nix::dir::Dir::from_fd(fd.try_clone()?)?
             .into_iter()
             .filter_map(Result::ok)
             .map(|e| e.file_name().to_bytes().to_vec())
             .filter(|n| n != b"." && n != b"..")
+            .take(MAX_DIR_ENTRIES + 1)
             .collect();
+        if names.len() > MAX_DIR_ENTRIES {
+            names.truncate(MAX_DIR_ENTRIES);
+            let at = if path.is_empty() {
+                ".".to_owned()
+            } else {
+                path.join("/")
+            };
+            self.skip(&format!(
+                "artifact {at}: more than {MAX_DIR_ENTRIES} entries; the rest was not looked at"
+            ));
+        }
         names.sort();
+        let whole = under.collect;
         for raw in names {
             if self.full {
                 return Ok(());
@@ -220,20 +250,20 @@ impl<W: Write> Walk<'_, W> {
                 }
             };
             path.push(name);
-            let result = self.entry(fd, path, whole);
+            let result = self.entry(fd, path, under);
             path.pop();
             result?;
         }
         Ok(())
     }
 
-    fn entry(&mut self, fd: &OwnedFd, path: &mut Vec<String>, whole: bool) -> std::io::Result<()> {
+    fn entry(&mut self, fd: &OwnedFd, path: &mut Vec<String>, under: Under) -> std::io::Result<()> {
         let Some(name) = path.last().cloned() else {
             return Ok(());
         };
         let rel = path.join("/");
         let parts: Vec<&str> = path.iter().map(String::as_str).collect();
-        let (mut as_file, mut as_dir, mut below, mut report) = (whole, whole, false, false);
+        let (mut as_file, mut as_dir, mut below) = (under.collect, under.collect, false);
         for pattern in self.spec.patterns() {
             let f = pattern.matches(&parts, false);
             let d = pattern.matches(&parts, true);
@@ -241,8 +271,10 @@ impl<W: Write> Walk<'_, W> {
             as_dir |= d.here;
             below |= d.below;
         }
+        let (mut report, mut report_dir) = (under.report, under.report);
         for pattern in &self.spec.reports {
             report |= pattern.matches(&parts, false).here;
+            report_dir |= pattern.matches(&parts, true).here;
         }
         let st = match nix::sys::stat::fstatat(fd, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
@@ -281,7 +313,11 @@ impl<W: Write> Walk<'_, W> {
                 let walked = if self.full {
                     Ok(())
                 } else {
-                    self.walk_dir(&child, path, as_dir)
+                    let under = Under {
+                        collect: as_dir,
+                        report: report_dir,
+                    };
+                    self.walk_dir(&child, path, under)
                 };
                 self.dirs.pop();
                 walked
@@ -595,14 +631,19 @@ mod tests {
             .unwrap();
         std::fs::write(ws.join("src/main.rs"), "fn main() {}").unwrap();
         std::fs::write(ws.join("src/x.xml"), "<x/>").unwrap();
-        let spec = spec(&["*.log", "run.sh"], &["**/*.xml"]);
+        std::fs::create_dir_all(ws.join("junit/empty")).unwrap();
+        std::fs::write(ws.join("junit/TEST-a"), "<testsuite/>").unwrap();
+        let spec = spec(&["*.log", "run.sh"], &["**/*.xml", "junit/"]);
         let (c, lines) = run(&s, &spec, ArtifactLimits::default());
         assert_eq!(lines, Vec::<String>::new());
-        assert_eq!((c.files, c.bytes), (4, 12 + 5 + 9 + 4));
+        assert_eq!((c.files, c.bytes), (5, 12 + 5 + 9 + 4 + 12));
         assert_eq!(c.archive, s.out.join("job-1.tar"));
         let got = entries(&c.archive);
         let expected: BTreeMap<String, (char, u32, Vec<u8>)> = [
             ("files/build.log", ('f', 0o644, &b"built"[..])),
+            ("files/junit/", ('d', 0o755, b"")),
+            ("files/junit/TEST-a", ('f', 0o644, b"<testsuite/>")),
+            ("files/junit/empty/", ('d', 0o755, b"")),
             ("files/run.sh", ('f', 0o755, b"#!/bin/sh")),
             ("files/src/", ('d', 0o755, b"")),
             ("files/src/x.xml", ('f', 0o644, b"<x/>")),
@@ -617,7 +658,7 @@ mod tests {
                 (
                     'f',
                     0o644,
-                    b"files/src/x.xml\nfiles/test-results/unit/a.xml\n",
+                    b"files/junit/TEST-a\nfiles/src/x.xml\nfiles/test-results/unit/a.xml\n",
                 ),
             ),
         ]
