@@ -391,6 +391,14 @@ fn bad_pillar_fails_the_render_and_installs_nothing() {
             "qci:dom0:work_dir must not contain . or .. components",
         ),
         (
+            json!({"dom0": {"artifact_dir": "artifacts"}}),
+            r#"qci:dom0:artifact_dir must be an absolute path, not "artifacts""#,
+        ),
+        (
+            json!({"dom0": {"keep_artifacts": 0}}),
+            "qci:dom0:keep_artifacts must be a positive whole number, not 0",
+        ),
+        (
             json!({"root": "machine"}),
             "qci:root must be an absolute path",
         ),
@@ -736,7 +744,7 @@ fn salt_installed_machine_runs_a_job() {
             );
         }
     }
-    assert_eq!(first[0].len() + first[1].len(), 10);
+    assert_eq!(first[0].len() + first[1].len(), 11);
 
     // Every file in place, with its mode and owner.
     let d0 = machine.join("dom0");
@@ -749,6 +757,7 @@ fn salt_installed_machine_runs_a_job() {
         (d0.join("etc/qci/dom0.toml"), 0o640, &owner),
         (d0.join("var/log/qci"), 0o700, &me),
         (d0.join("var/lib/qci"), 0o700, &me),
+        (d0.join("var/lib/qci/artifacts"), 0o700, &me),
         (vm.join("usr/bin/qci-vm"), 0o755, &owner),
         (vm.join("etc/qubes-rpc/qci.Status"), 0o755, &owner),
         (vm.join("etc/qubes-rpc/qci.Export"), 0o755, &owner),
