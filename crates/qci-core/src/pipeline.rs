@@ -84,11 +84,13 @@ pub enum PipelineError {
 }
 
 impl Step {
-    /// The step as statuses name it: its command when that is one short
-    /// line (`make dev`), else its name.
+    /// The step as statuses name it: its command when that is one line of
+    /// at most 32 characters (`make dev`), else its name, which is short
+    /// and says what the step is when its command is a script.
     pub fn label(&self) -> &str {
-        if self.command.len() <= 32 && !self.command.contains('\n') {
-            &self.command
+        let command = self.command.trim();
+        if command.chars().count() <= 32 && !command.contains('\n') && !command.is_empty() {
+            command
         } else {
             &self.name
         }
@@ -388,6 +390,13 @@ mod tests {
         assert_eq!(step(&"x".repeat(32)).label(), "x".repeat(32));
         assert_eq!(step(&"x".repeat(33)).label(), "unit");
         assert_eq!(step("make a\nmake b").label(), "unit");
+        assert_eq!(step("\nmake test\n").label(), "make test");
+        assert_eq!(
+            step(&"é".repeat(32)).label(),
+            "é".repeat(32),
+            "characters, not bytes"
+        );
+        assert_eq!(step(" ").label(), "unit");
         assert!(
             Pipeline::default_steps()
                 .steps
