@@ -48,6 +48,14 @@ pub enum ArtifactError {
         #[source]
         source: std::io::Error,
     },
+    /// Reading a file of the workspace or writing the archive failed
+    /// midway (a full disk, an I/O error): no archive is left.
+    #[error("while collecting from {}: {source}", workspace.display())]
+    Walk {
+        workspace: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Collects what `spec` matches in `workspace` into `dir/JOB.tar`, written
@@ -132,8 +140,12 @@ fn write_archive(
         collect: false,
         report: false,
     };
+    let walk_err = |source| ArtifactError::Walk {
+        workspace: workspace.to_owned(),
+        source,
+    };
     walk.walk_dir(&top, &mut Vec::new(), top_level)
-        .map_err(io(workspace))?;
+        .map_err(walk_err)?;
     if walk.skip_lines > MAX_SKIP_LINES {
         let more = walk.skip_lines - MAX_SKIP_LINES;
         (walk.note)(&format!(
@@ -149,7 +161,7 @@ fn write_archive(
         .and_then(|()| tar.into_inner())
         .and_then(|w| w.into_inner().map_err(std::io::IntoInnerError::into_error))
         .and_then(|f| f.sync_data());
-    done.map_err(io(Path::new("the archive")))?;
+    done.map_err(walk_err)?;
     Ok((files, bytes))
 }
 
@@ -821,6 +833,42 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["job-1.tar", "old-2.tar", "old-3.tar"]);
+    }
+
+    #[test]
+    fn a_planted_part_symlink_is_removed_not_written_through() {
+        let s = scratch();
+        std::fs::write(s.workspace.join("a.log"), "a").unwrap();
+        symlink(s.outside.join("dom0.toml"), s.out.join("job-1.tar.part")).unwrap();
+        let (c, lines) = run(&s, &spec(&["*.log"], &[]), ArtifactLimits::default());
+        assert_eq!((c.files, lines), (1, Vec::<String>::new()));
+        assert_eq!(
+            std::fs::read_to_string(s.outside.join("dom0.toml")).unwrap(),
+            "secrets = [\"s3cr3t\"]\n"
+        );
+    }
+
+    #[test]
+    fn a_missing_artifact_dir_is_an_error_naming_the_part_file() {
+        let s = scratch();
+        std::fs::remove_dir(&s.out).unwrap();
+        let job = JobId::parse("job-1").unwrap();
+        let err = collect(
+            &s.workspace,
+            &spec(&["*.log"], &[]),
+            &s.out,
+            &job,
+            ArtifactLimits::default(),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: No such file or directory (os error 2)",
+                s.out.join("job-1.tar.part").display()
+            )
+        );
     }
 
     #[test]
