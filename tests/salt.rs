@@ -113,6 +113,7 @@ fn every_state_renders_with_the_default_pillar() {
         [
             "qci-dev-vm",
             "qci-dev-vm-is-standalone",
+            "qci-dom0-artifact-dir",
             "qci-dom0-binary",
             "qci-dom0-log-dir",
             "qci-dom0-policy",
@@ -155,6 +156,14 @@ fn every_state_renders_with_the_default_pillar() {
     assert_dir(log_dir, "/var/log/qci", "nobody", &nogroup, "0700");
     let work_dir = &states["qci-dom0-work-dir"];
     assert_dir(work_dir, "/var/lib/qci", "nobody", &nogroup, "0700");
+    let artifact_dir = &states["qci-dom0-artifact-dir"];
+    assert_dir(
+        artifact_dir,
+        "/var/lib/qci/artifacts",
+        "nobody",
+        &nogroup,
+        "0700",
+    );
     let policy = &states["qci-dom0-policy"];
     assert_file(
         policy,
@@ -172,7 +181,8 @@ fn every_state_renders_with_the_default_pillar() {
             "qci-dom0-service",
             "qci-dom0-settings",
             "qci-dom0-log-dir",
-            "qci-dom0-work-dir"
+            "qci-dom0-work-dir",
+            "qci-dom0-artifact-dir"
         ]
     );
 
@@ -230,6 +240,7 @@ fn every_state_renders_with_a_sites_pillar() {
         "dev_vm": {"name": "ci-dev", "template": "fedora-40-xfce", "label": "purple",
                    "memory": 4000, "vcpus": 4},
         "dom0": {"log_dir": "/srv/ci/logs", "work_dir": "/srv/ci/work",
+                 "artifact_dir": "/srv/ci/out", "keep_artifacts": 5,
                  "job_timeout": "2h 30m", "kill_grace": "5s", "max_entries": 1000,
                  "secrets": ["s3cr3t", "with \"quotes\" and \\"]},
     }});
@@ -272,9 +283,11 @@ fn every_state_renders_with_a_sites_pillar() {
             r#"dev_vm = "ci-dev""#,
             r#"log_dir = "/opt/qubes/srv/ci/logs""#,
             r#"work_dir = "/opt/qubes/srv/ci/work""#,
+            r#"artifact_dir = "/opt/qubes/srv/ci/out""#,
             r#"job_timeout = "2h 30m""#,
             r#"kill_grace = "5s""#,
             "max_entries = 1000",
+            "keep_artifacts = 5",
             r#"secrets = ["s3cr3t", "with \"quotes\" and \\"]"#,
         ]
     );
@@ -288,6 +301,13 @@ fn every_state_renders_with_a_sites_pillar() {
     assert_dir(
         &states["qci-dom0-work-dir"],
         "/opt/qubes/srv/ci/work",
+        "nobody",
+        &nogroup,
+        "0700",
+    );
+    assert_dir(
+        &states["qci-dom0-artifact-dir"],
+        "/opt/qubes/srv/ci/out",
         "nobody",
         &nogroup,
         "0700",
@@ -369,6 +389,14 @@ fn bad_pillar_fails_the_render_and_installs_nothing() {
         (
             json!({"dom0": {"work_dir": "/var/lib/../../etc"}}),
             "qci:dom0:work_dir must not contain . or .. components",
+        ),
+        (
+            json!({"dom0": {"artifact_dir": "artifacts"}}),
+            r#"qci:dom0:artifact_dir must be an absolute path, not "artifacts""#,
+        ),
+        (
+            json!({"dom0": {"keep_artifacts": 0}}),
+            "qci:dom0:keep_artifacts must be a positive whole number, not 0",
         ),
         (
             json!({"root": "machine"}),
@@ -716,7 +744,7 @@ fn salt_installed_machine_runs_a_job() {
             );
         }
     }
-    assert_eq!(first[0].len() + first[1].len(), 10);
+    assert_eq!(first[0].len() + first[1].len(), 11);
 
     // Every file in place, with its mode and owner.
     let d0 = machine.join("dom0");
@@ -729,6 +757,7 @@ fn salt_installed_machine_runs_a_job() {
         (d0.join("etc/qci/dom0.toml"), 0o640, &owner),
         (d0.join("var/log/qci"), 0o700, &me),
         (d0.join("var/lib/qci"), 0o700, &me),
+        (d0.join("var/lib/qci/artifacts"), 0o700, &me),
         (vm.join("usr/bin/qci-vm"), 0o755, &owner),
         (vm.join("etc/qubes-rpc/qci.Status"), 0o755, &owner),
         (vm.join("etc/qubes-rpc/qci.Export"), 0o755, &owner),

@@ -3,8 +3,10 @@
 //!
 //! An accepted pipeline has at least one step; every step has a unique name
 //! that is safe in a log line (`[A-Za-z0-9_.-]`, 1 to 32 characters), a
-//! non-zero timeout, and environment names a shell accepts. Written back as
-//! TOML (timeouts in humantime's words), it parses to the same pipeline.
+//! non-zero timeout, and environment names a shell accepts; its artifact
+//! patterns are relative, with no `..` component and no control character,
+//! 32 at most. Written back as TOML (timeouts in humantime's words), it
+//! parses to the same pipeline.
 
 #![no_main]
 
@@ -47,6 +49,19 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
+    let patterns: Vec<&str> = pipeline.artifacts.patterns().map(|p| p.as_str()).collect();
+    assert!(patterns.len() <= qci_core::artifacts::MAX_PATTERNS);
+    for pattern in patterns {
+        assert!(
+            !pattern.is_empty()
+                && !pattern.starts_with('/')
+                && pattern.len() <= qci_core::artifacts::MAX_PATTERN_BYTES
+                && !pattern.chars().any(char::is_control)
+                && !pattern.split('/').any(|c| c == ".."),
+            "pattern {pattern:?}"
+        );
+    }
+
     let text = to_toml(&pipeline);
     let back =
         Pipeline::parse(&text).unwrap_or_else(|e| panic!("{text}\ndoes not parse back: {e}"));
@@ -76,5 +91,12 @@ fn to_toml(pipeline: &Pipeline) -> String {
     let qubes: Vec<Value> = pipeline.qubes.iter().map(|q| q.as_str().into()).collect();
     top.insert("qubes".into(), qubes.into());
     top.insert("steps".into(), steps.into());
+    let list = |patterns: &[qci_core::artifacts::Pattern]| -> Vec<Value> {
+        patterns.iter().map(|p| p.as_str().into()).collect()
+    };
+    let mut artifacts = Table::new();
+    artifacts.insert("paths".into(), list(&pipeline.artifacts.paths).into());
+    artifacts.insert("reports".into(), list(&pipeline.artifacts.reports).into());
+    top.insert("artifacts".into(), artifacts.into());
     toml::to_string(&top).expect("a pipeline serializes")
 }

@@ -30,6 +30,8 @@
 {%- set policy = shipped.rstrip('\n').replace(' sd-dev ', ' ' ~ qci.dev_vm.name ~ ' ') ~ '\n' %}
 
 {%- set s = qci.dom0 %}
+{#- qci-dom0's own default when the pillar names none. #}
+{%- set artifact_dir = s.artifact_dir if s.artifact_dir is not none else s.work_dir.rstrip('/') ~ '/artifacts' %}
 {%- set settings -%}
 # qci-dom0's settings, written by Salt (state qci.dom0) from the qci pillar.
 # Change the pillar, not this file: the next highstate puts it back.
@@ -37,12 +39,15 @@
 dev_vm = {{ qci.dev_vm.name | json }}
 log_dir = {{ (prefix ~ s.log_dir) | json }}
 work_dir = {{ (prefix ~ s.work_dir) | json }}
+{%- if s.artifact_dir is not none %}
+artifact_dir = {{ (prefix ~ s.artifact_dir) | json }}
+{%- endif %}
 {%- for key in ['job_timeout', 'status_timeout', 'export_timeout', 'kill_grace'] %}
 {%- if s[key] is not none %}
 {{ key }} = {{ s[key] | json }}
 {%- endif %}
 {%- endfor %}
-{%- for key in ['max_total_bytes', 'max_entries', 'max_path_len'] %}
+{%- for key in ['max_total_bytes', 'max_entries', 'max_path_len', 'max_artifact_bytes', 'max_artifact_files', 'keep_artifacts'] %}
 {%- if s[key] is not none %}
 {{ key }} = {{ s[key] }}
 {%- endif %}
@@ -90,11 +95,11 @@ qci-dom0-settings:
 
 {#- The parent directories must exist (they do for the defaults): made
     here, they would belong to dom0's user. #}
-{%- for id, key in [('qci-dom0-log-dir', 'log_dir'), ('qci-dom0-work-dir', 'work_dir')] %}
+{%- for id, dir in [('qci-dom0-log-dir', s.log_dir), ('qci-dom0-work-dir', s.work_dir), ('qci-dom0-artifact-dir', artifact_dir)] %}
 
 {{ id }}:
   file.directory:
-    - name: {{ prefix ~ s[key] }}
+    - name: {{ prefix ~ dir }}
     - user: {{ dom0_user }}
     - group: {{ dom0_group }}
     - mode: '0700'
@@ -114,3 +119,4 @@ qci-dom0-policy:
       - file: qci-dom0-settings
       - file: qci-dom0-log-dir
       - file: qci-dom0-work-dir
+      - file: qci-dom0-artifact-dir

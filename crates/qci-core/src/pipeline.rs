@@ -1,6 +1,7 @@
 //! The steps a project asks for, from `.qci.toml` at the top of its tree.
 //! The file comes from the dev VM, so it is parsed strictly and bounded.
 
+use crate::artifacts::ArtifactSpec;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,6 +25,9 @@ pub struct Pipeline {
     /// per version, each with its own status context. Empty: the host's
     /// own choice for the repository.
     pub qubes: Vec<String>,
+    /// What dom0 collects after the last step (`[artifacts]`); empty when
+    /// the file declares none.
+    pub artifacts: ArtifactSpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +47,17 @@ struct RawPipeline {
     #[serde(default)]
     qubes: Vec<String>,
     steps: Vec<RawStep>,
+    #[serde(default)]
+    artifacts: RawArtifacts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArtifacts {
+    #[serde(default)]
+    paths: Vec<String>,
+    #[serde(default)]
+    reports: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +81,20 @@ pub enum PipelineError {
     Toml(#[from] toml::de::Error),
     #[error("{FILE_NAME}: {0}")]
     Invalid(String),
+}
+
+impl Step {
+    /// The step as statuses name it: its command when that is one line of
+    /// at most 32 characters (`make dev`), else its name, which is short
+    /// and says what the step is when its command is a script.
+    pub fn label(&self) -> &str {
+        let command = self.command.trim();
+        if command.chars().count() <= 32 && !command.contains('\n') && !command.is_empty() {
+            command
+        } else {
+            &self.name
+        }
+    }
 }
 
 impl PipelineError {
@@ -102,6 +131,7 @@ impl Pipeline {
         Self {
             steps: vec![step("clone"), step("dev"), step("test")],
             qubes: Vec::new(),
+            artifacts: ArtifactSpec::default(),
         }
     }
 
@@ -191,7 +221,13 @@ impl Pipeline {
                 qubes.push(version);
             }
         }
-        Ok(Self { steps, qubes })
+        let artifacts = ArtifactSpec::new(&raw.artifacts.paths, &raw.artifacts.reports)
+            .map_err(|e| PipelineError::Invalid(e.to_string()))?;
+        Ok(Self {
+            steps,
+            qubes,
+            artifacts,
+        })
     }
 }
 
@@ -299,6 +335,74 @@ mod tests {
                 Err(e) => assert_eq!(e.summary(), refusal, "{bad:?}"),
             }
         }
+    }
+
+    #[test]
+    fn artifacts_are_parsed_and_bad_patterns_refused_naming_them() {
+        let steps = "[[steps]]\nname = \"a\"\ncommand = \"x\"\n";
+        let p = Pipeline::parse(&format!(
+            "{steps}[artifacts]\npaths = [\"test-results/\", \"*.log\"]\nreports = [\"test-results/*.xml\"]\n"
+        ))
+        .unwrap();
+        let texts = |v: &[crate::artifacts::Pattern]| {
+            v.iter().map(|p| p.as_str().to_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(texts(&p.artifacts.paths), ["test-results/", "*.log"]);
+        assert_eq!(texts(&p.artifacts.reports), ["test-results/*.xml"]);
+        assert!(Pipeline::parse(steps).unwrap().artifacts.is_empty());
+        let cases = [
+            (
+                "[artifacts]\npaths = [\"logs/../../etc/*\"]",
+                ".qci.toml: artifacts: pattern \"logs/../../etc/*\" has a `..` component",
+            ),
+            (
+                "[artifacts]\nreports = [\"/etc/qci/dom0.toml\"]",
+                ".qci.toml: artifacts: pattern \"/etc/qci/dom0.toml\" is absolute; \
+                 patterns are relative to the workspace",
+            ),
+            (
+                "[artifacts]\npaths = [\"\"]",
+                ".qci.toml: artifacts: pattern \"\" is empty",
+            ),
+            (
+                "[artifacts]\nfiles = [\"a\"]",
+                ".qci.toml is not valid: unknown field `files`, expected `paths` or \
+                 `reports` (line 5, column 1)",
+            ),
+        ];
+        for (bad, refusal) in cases {
+            match Pipeline::parse(&format!("{steps}{bad}")) {
+                Ok(_) => panic!("accepted {bad:?}"),
+                Err(e) => assert_eq!(e.summary(), refusal, "{bad:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_step_is_labelled_by_a_short_command_or_else_its_name() {
+        let step = |command: &str| Step {
+            name: "unit".into(),
+            command: command.into(),
+            timeout: DEFAULT_STEP_TIMEOUT,
+            env: BTreeMap::new(),
+        };
+        assert_eq!(step("make dev").label(), "make dev");
+        assert_eq!(step(&"x".repeat(32)).label(), "x".repeat(32));
+        assert_eq!(step(&"x".repeat(33)).label(), "unit");
+        assert_eq!(step("make a\nmake b").label(), "unit");
+        assert_eq!(step("\nmake test\n").label(), "make test");
+        assert_eq!(
+            step(&"é".repeat(32)).label(),
+            "é".repeat(32),
+            "characters, not bytes"
+        );
+        assert_eq!(step(" ").label(), "unit");
+        assert!(
+            Pipeline::default_steps()
+                .steps
+                .iter()
+                .all(|s| s.label() == s.command)
+        );
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct Config {
     /// Between SIGTERM and SIGKILL when a step is stopped.
     pub kill_grace: Duration,
     pub limits: Limits,
+    /// Where `JOB.tar`, a job's artifacts, is written.
+    pub artifact_dir: PathBuf,
+    pub artifact_limits: ArtifactLimits,
     /// Values replaced by `***` wherever they would appear in the log or on
     /// stdout (a step may print a credential it was given).
     pub secrets: Vec<String>,
@@ -44,7 +47,31 @@ impl Default for Config {
             export_timeout: Duration::from_secs(30 * 60),
             kill_grace: Duration::from_secs(10),
             limits: Limits::default(),
+            artifact_dir: "/var/lib/qci/artifacts".into(),
+            artifact_limits: ArtifactLimits::default(),
             secrets: Vec::new(),
+        }
+    }
+}
+
+/// Bounds on what one job's artifacts may take of dom0's disk: the steps
+/// choose what is there, the dev VM which patterns collect it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArtifactLimits {
+    /// Bytes of file contents in one archive.
+    pub max_bytes: u64,
+    /// Files and directories in one archive.
+    pub max_files: u64,
+    /// Archives kept: older ones are removed after a new one is written.
+    pub keep: usize,
+}
+
+impl Default for ArtifactLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 512 * 1024 * 1024,
+            max_files: 10_000,
+            keep: 20,
         }
     }
 }
@@ -64,6 +91,10 @@ struct RawConfig {
     max_total_bytes: Option<u64>,
     max_entries: Option<u64>,
     max_path_len: Option<usize>,
+    artifact_dir: Option<PathBuf>,
+    max_artifact_bytes: Option<u64>,
+    max_artifact_files: Option<u64>,
+    keep_artifacts: Option<usize>,
     #[serde(default)]
     secrets: Vec<String>,
 }
@@ -121,6 +152,28 @@ impl Config {
         if let Some(v) = raw.max_path_len {
             c.limits.max_path_len = v;
         }
+        // Below the work directory unless named: a dom0.toml written before
+        // artifacts existed keeps working where it sets work_dir.
+        c.artifact_dir = raw
+            .artifact_dir
+            .unwrap_or_else(|| c.work_dir.join("artifacts"));
+        if let Some(v) = raw.max_artifact_bytes {
+            c.artifact_limits.max_bytes = v;
+        }
+        if let Some(v) = raw.max_artifact_files {
+            c.artifact_limits.max_files = v;
+        }
+        match raw.keep_artifacts {
+            Some(0) => {
+                return Err(ConfigError::Value {
+                    path: path.into(),
+                    key: "keep_artifacts",
+                    reason: "must be at least 1: the job's own archive is kept".into(),
+                });
+            }
+            Some(v) => c.artifact_limits.keep = v,
+            None => {}
+        }
         c.secrets = raw.secrets;
         Ok(c)
     }
@@ -145,6 +198,43 @@ mod tests {
         assert_eq!(
             (c.dev_vm.as_str(), c.kill_grace, c.limits.max_entries),
             ("work", Duration::from_secs(2), 10)
+        );
+        assert_eq!(c.artifact_dir, Path::new("/var/lib/qci/artifacts"));
+        assert_eq!(c.artifact_limits, ArtifactLimits::default());
+    }
+
+    #[test]
+    fn artifacts_go_below_the_work_dir_unless_named_and_keep_one_at_least() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dom0.toml");
+        std::fs::write(&p, "work_dir = \"/srv/ci\"\n").unwrap();
+        assert_eq!(
+            Config::load(&p).unwrap().artifact_dir,
+            Path::new("/srv/ci/artifacts")
+        );
+        std::fs::write(
+            &p,
+            "work_dir = \"/srv/ci\"\nartifact_dir = \"/srv/out\"\n\
+             max_artifact_bytes = 100\nmax_artifact_files = 5\nkeep_artifacts = 2\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.artifact_dir, Path::new("/srv/out"));
+        assert_eq!(
+            c.artifact_limits,
+            ArtifactLimits {
+                max_bytes: 100,
+                max_files: 5,
+                keep: 2
+            }
+        );
+        std::fs::write(&p, "keep_artifacts = 0\n").unwrap();
+        assert_eq!(
+            Config::load(&p).unwrap_err().to_string(),
+            format!(
+                "{}: keep_artifacts: must be at least 1: the job's own archive is kept",
+                p.display()
+            )
         );
     }
 

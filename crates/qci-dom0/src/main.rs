@@ -23,28 +23,31 @@
 //!   and running `qvm-run` for `qci.Export` and `qci.Status`.
 //! - `nix`: signals, the child subreaper, `poll` on the caller's stdin and
 //!   stdout, the live log's pipe size, the directories' access check, user
-//!   names.
+//!   names, the artifact walk (`openat`, `fstatat`, directory listing).
+//! - `tar`: writing the artifact archive (its reading side unpacks the
+//!   workspace in `qci-core`).
 //! - `serde`: reading `/etc/qci/dom0.toml`.
 //! - `serde_json`: the error of a malformed request line.
 //! - `thiserror`: the error types.
 //! - `tracing`: diagnostics on stderr, which qrexec puts in dom0's own log.
 //! - through `qci-core` only: `toml` (dom0.toml and `.qci.toml`), `humantime`
 //!   (their durations, the log's timestamps), `memchr` (splitting output
-//!   into log lines), `tar` (the workspace from the dev VM; `filetime` under
-//!   it), `tracing-subscriber` with `regex-automata` (the stderr format and
-//!   its `QCI_LOG` filter).
+//!   into log lines), `tar`'s `filetime` (times of unpacked files),
+//!   `tracing-subscriber` with `regex-automata` (the stderr format and its
+//!   `QCI_LOG` filter).
 //! - the rest are those crates' own parts (`libc`, `serde_core`, the toml
 //!   parser, `tracing-core`, ...), and code generators that run at build
 //!   time only (`serde_derive`, `thiserror-impl`, `tracing-attributes`, `syn`).
 //!
-//! qci's own code in dom0 is 4,734 lines: 1,498 here, 3,122 in `qci-core`
-//! and 114 in `qci-qrexec`, counting every line (docs and blank lines
+//! qci's own code in dom0 is 5,718 lines: 2,137 here, 3,465 in `qci-core`
+//! and 116 in `qci-qrexec`, counting every line (docs and blank lines
 //! included) of each `src/*.rs` file up to its `#[cfg(test)]` test module:
 //! `for f in FILES; do sed '/^#\[cfg(test)\]/,$d' $f; done | wc -l`. The
-//! `qci-core` count leaves out `retry` and `secret` (201 lines), which are
-//! linked but only the host uses; most of `job_file` (355 lines, the host's
+//! `qci-core` count leaves out `retry` and `secret` (176 lines), which are
+//! linked but only the host uses; most of `job_file` (363 lines, the host's
 //! job file) is counted though dom0 uses only its `RunRequest` (35 lines).
 
+mod artifacts;
 mod call;
 mod caller;
 mod config;
@@ -74,9 +77,9 @@ job_timeout stays the upper bound), and then hold stdin open: when it closes
 (or nobody reads stdout any more), the caller has gone and the job is
 canceled, as on SIGTERM. Settings are read from /etc/qci/dom0.toml, or the file
 named by QCI_DOM0_CONFIG. It runs as dom0's login user (as qrexec-daemon
-does), and writes only to its log and work directories (/var/log/qci and
-/var/lib/qci by default), which must exist, owned by that user: it refuses to
-run without them. Exit codes: 0 success, 1 a step failed, 2 bad input,
+does), and writes only to its log, work and artifact directories (/var/log/qci,
+/var/lib/qci and /var/lib/qci/artifacts by default), which must exist, owned
+by that user: it refuses to run without them. Exit codes: 0 success, 1 a step failed, 2 bad input,
 3 CI error (transfer, timeout, cancel, busy). A bad .qci.toml is bad
 input: the job ends `error`, exit 2.";
 
@@ -130,7 +133,7 @@ fn serve(args: &[std::ffi::OsString]) -> ExitCode {
             );
         }
     }
-    for dir in [&config.log_dir, &config.work_dir] {
+    for dir in [&config.log_dir, &config.work_dir, &config.artifact_dir] {
         if let Err(e) = writable_dir(dir) {
             return refuse(ExitCode::CiError, &e.to_string());
         }

@@ -12,6 +12,7 @@ use crate::fetch::{FetchError, fetch_code};
 use crate::report::{Progress, ReportError, Reporter};
 use crate::signals::CancelReason;
 use nix::sys::stat::Mode;
+use qci_core::artifacts::ArtifactSpec;
 use qci_core::log::LogWriter;
 use qci_core::pipeline::Pipeline;
 use qci_core::step::{StepContext, StepOutcome, run_step};
@@ -56,6 +57,9 @@ pub struct Run<'a> {
     status_stalled: bool,
     /// Removing older jobs' trees (see [`Run::fresh_workspace`]).
     old_jobs: Option<JoinHandle<Vec<String>>>,
+    /// The workspace and what `.qci.toml` asks to collect from it, once the
+    /// code has arrived and its pipeline loaded.
+    artifacts: Option<(PathBuf, ArtifactSpec)>,
 }
 
 /// The umask the steps start with. qci-dom0 itself keeps the 0077 that
@@ -97,6 +101,7 @@ impl<'a> Run<'a> {
             cancel,
             status_stalled: false,
             old_jobs: None,
+            artifacts: None,
         }
     }
 
@@ -120,6 +125,7 @@ impl<'a> Run<'a> {
         let (failures, stalled) = progress.finish();
         self.progress_failed(failures, stalled);
         self.stop_this_run();
+        self.collect_artifacts();
         self.note(&format!(
             "job {}: {} ({}) after {:.1}s",
             self.job,
@@ -188,6 +194,7 @@ impl<'a> Run<'a> {
                 return Verdict::new(State::Error, e.summary(), ExitCode::BadInput);
             }
         };
+        self.artifacts = Some((workspace.clone(), pipeline.artifacts.clone()));
         let deadline = started + self.config.job_timeout;
         let total = pipeline.steps.len();
         for (i, step) in pipeline.steps.iter().enumerate() {
@@ -198,20 +205,20 @@ impl<'a> Run<'a> {
             if self.cancel.load(Ordering::SeqCst) {
                 return Verdict::new(
                     State::Canceled,
-                    format!("Canceled before {}", step.command),
+                    format!("Canceled before {}", step.label()),
                     ExitCode::CiError,
                 );
             }
             if step.timeout.is_zero() {
                 return Verdict::new(
                     State::Error,
-                    format!("Job timed out before {}", step.command),
+                    format!("Job timed out before {}", step.label()),
                     ExitCode::CiError,
                 );
             }
             let (failures, stalled) = progress.failures();
             self.progress_failed(failures, stalled);
-            progress.report(&format!("Running {} ({}/{total})", step.command, i + 1));
+            progress.report(&format!("Running {} ({}/{total})", step.label(), i + 1));
             self.note(&format!("step {}: {}", step.name, step.command));
             let step_started = Instant::now();
             let ctx = StepContext {
@@ -226,7 +233,11 @@ impl<'a> Run<'a> {
             };
             let outcome = match run_step(&step, &ctx, &mut self.log) {
                 Ok(o) => o,
-                Err(e) => return Verdict::new(State::Error, e.to_string(), ExitCode::CiError),
+                Err(e) => {
+                    let took = step_started.elapsed().as_secs_f64();
+                    self.note(&format!("step {} failed in {took:.1}s ({e})", step.name));
+                    return Verdict::new(State::Error, e.to_string(), ExitCode::CiError);
+                }
             };
             let took = step_started.elapsed().as_secs_f64();
             match outcome {
@@ -239,9 +250,10 @@ impl<'a> Run<'a> {
                         (None, Some(s)) => format!("signal {s}"),
                         (None, None) => "unknown status".into(),
                     };
+                    self.note(&format!("step {} failed in {took:.1}s ({how})", step.name));
                     return Verdict::new(
                         State::Failure,
-                        format!("{} failed ({how})", step.command),
+                        format!("{} failed ({how})", step.label()),
                         ExitCode::StepFailed,
                     );
                 }
@@ -249,13 +261,15 @@ impl<'a> Run<'a> {
                     let why = CancelReason::current()
                         .map(|r| format!(" ({})", r.describe()))
                         .unwrap_or_default();
+                    self.note(&format!("step {} canceled in {took:.1}s", step.name));
                     return Verdict::new(
                         State::Canceled,
-                        format!("{} canceled after {took:.0}s{why}", step.command),
+                        format!("{} canceled after {took:.0}s{why}", step.label()),
                         ExitCode::CiError,
                     );
                 }
                 StepOutcome::TimedOut => {
+                    self.note(&format!("step {} timed out in {took:.1}s", step.name));
                     let (limit, which) = if job_bound {
                         (self.config.job_timeout, "the job timeout")
                     } else {
@@ -265,7 +279,7 @@ impl<'a> Run<'a> {
                         State::Error,
                         format!(
                             "{} timed out after {}s ({which})",
-                            step.command,
+                            step.label(),
                             limit.as_secs()
                         ),
                         ExitCode::CiError,
@@ -326,6 +340,32 @@ impl<'a> Run<'a> {
         };
         for failure in failures {
             self.note(&format!("could not remove an older job's tree: {failure}"));
+        }
+    }
+
+    /// Collects the artifacts `.qci.toml` declares, whatever the steps'
+    /// end, once their leftover processes are stopped (nothing writes to
+    /// the workspace any more). No `[artifacts]`: nothing at all happens. A
+    /// failure is a log line: it never changes the job's result.
+    fn collect_artifacts(&mut self) {
+        let Some((workspace, spec)) = self.artifacts.take() else {
+            return;
+        };
+        if spec.is_empty() {
+            return;
+        }
+        let (dir, limits) = (&self.config.artifact_dir, self.config.artifact_limits);
+        let log = &mut self.log;
+        let mut line = |text: &str| note(log, text);
+        match crate::artifacts::collect(&workspace, &spec, dir, self.job, limits, &mut line) {
+            Ok(c) => self.note(&format!(
+                "artifacts: {} {}, {} in {}",
+                c.files,
+                if c.files == 1 { "file" } else { "files" },
+                crate::artifacts::human_bytes(c.bytes),
+                c.archive.display()
+            )),
+            Err(e) => self.note(&format!("artifacts: not collected: {e}")),
         }
     }
 

@@ -34,6 +34,9 @@ const POLICY: (&str, &str) = (
 /// for the log and the run lock.
 pub const DOM0_LOG_DIR: &str = "var/log/qci";
 pub const DOM0_WORK_DIR: &str = "var/lib/qci";
+/// Where dom0 writes a job's artifacts, `JOB.tar`: its default, below the
+/// work directory.
+pub const DOM0_ARTIFACT_DIR: &str = "var/lib/qci/artifacts";
 /// dom0's qci settings, under its root.
 pub const DOM0_CONFIG: &str = "etc/qci/dom0.toml";
 /// What Qubes's `qubes.VMShell` does: a shell reading commands from stdin.
@@ -84,7 +87,7 @@ pub fn install(root: &Path, dev_vm: &str, bin_dir: &Path) -> Result<Machine, Ins
     )?;
     // Made at install time for dom0's user, as the README's steps (and
     // Salt) do in a real dom0: qci-dom0 refuses to run without them.
-    for dir in [DOM0_LOG_DIR, DOM0_WORK_DIR] {
+    for dir in [DOM0_LOG_DIR, DOM0_WORK_DIR, DOM0_ARTIFACT_DIR] {
         machine.user_dir(&dom0.join(dir), 0o700)?;
     }
     let config = dom0.join(DOM0_CONFIG);
