@@ -245,6 +245,7 @@ impl Pool {
             description: why,
             log,
             exit: qci_core::ExitCode::CiError,
+            artifacts: None,
         }
     }
 
