@@ -120,16 +120,27 @@ pub fn remove(state_dir: &Path, job: &JobId) -> std::io::Result<()> {
     }
 }
 
-/// Copies dom0's archive out of `source` (at most `max_bytes`), unpacks it
-/// into `STATE/artifacts/JOB/` and reads its reports list. `Ok(None)`: the
-/// job declared no artifacts (there is no archive). On an error nothing of
-/// the archive is left; a screenshot already in the directory stays.
+/// The unpacker's limits for an archive of at most `max_bytes`.
+pub fn limits(max_bytes: u64) -> Limits {
+    Limits {
+        max_total_bytes: max_bytes,
+        max_entries: MAX_ENTRIES,
+        ..Limits::default()
+    }
+}
+
+/// Copies dom0's archive out of `source` (at most
+/// `limits.max_total_bytes`), unpacks it into `STATE/artifacts/JOB/` and
+/// reads its reports list. `Ok(None)`: the job declared no artifacts
+/// (there is no archive). On an error nothing of the archive is left; a
+/// screenshot already in the directory stays.
 pub fn take_in(
     source: &ArchiveSource<'_>,
     state_dir: &Path,
     job: &JobId,
-    max_bytes: u64,
+    limits: &Limits,
 ) -> Result<Option<JobArtifacts>, ArtifactError> {
+    let max_bytes = limits.max_total_bytes;
     let base = state_dir.join("artifacts");
     std::fs::create_dir_all(&base).map_err(io(&base))?;
     let tar = base.join(archive_name(job));
@@ -139,7 +150,7 @@ pub fn take_in(
         Ok(0) => Ok(None),
         Ok(_) => std::fs::rename(&part, &tar)
             .map_err(io(&tar))
-            .and_then(|()| unpack_into(&tar, &job_dir(state_dir, job), max_bytes))
+            .and_then(|()| unpack_into(&tar, &job_dir(state_dir, job), limits))
             .map(Some),
         Err(e) => Err(e),
     };
@@ -209,11 +220,11 @@ fn copy_out(source: &ArchiveSource<'_>, part: &Path, max_bytes: u64) -> Result<u
 
 /// Unpacks `tar` into `dir` (through `dir/unpacking/`, moved into place
 /// only once all of it passed).
-fn unpack_into(tar: &Path, dir: &Path, max_bytes: u64) -> Result<JobArtifacts, ArtifactError> {
+fn unpack_into(tar: &Path, dir: &Path, limits: &Limits) -> Result<JobArtifacts, ArtifactError> {
     let staging = dir.join("unpacking");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    let checked = unpack_checked(tar, &staging, max_bytes);
+    let checked = unpack_checked(tar, &staging, limits);
     let placed = checked.and_then(|(files, reports)| {
         for name in [FILES_DIR, REPORTS_LIST] {
             let from = staging.join(name);
@@ -234,6 +245,10 @@ fn unpack_into(tar: &Path, dir: &Path, max_bytes: u64) -> Result<JobArtifacts, A
     if let Err(e) = std::fs::remove_dir_all(&staging) {
         tracing::warn!("cannot remove {}: {e}", staging.display());
     }
+    if placed.is_err() {
+        // Gone unless it holds the screenshot.
+        let _ = std::fs::remove_dir(dir);
+    }
     placed
 }
 
@@ -242,15 +257,10 @@ fn unpack_into(tar: &Path, dir: &Path, max_bytes: u64) -> Result<JobArtifacts, A
 fn unpack_checked(
     tar: &Path,
     staging: &Path,
-    max_bytes: u64,
+    limits: &Limits,
 ) -> Result<(Vec<ArtifactFile>, Vec<PathBuf>), ArtifactError> {
-    let limits = Limits {
-        max_total_bytes: max_bytes,
-        max_entries: MAX_ENTRIES,
-        ..Limits::default()
-    };
     let file = File::open(tar).map_err(io(tar))?;
-    unpack::unpack(file, staging, &limits).map_err(ArtifactError::Unpack)?;
+    unpack::unpack(file, staging, limits).map_err(ArtifactError::Unpack)?;
     let top = std::fs::read_dir(staging).map_err(io(staging))?;
     for entry in top {
         let entry = entry.map_err(io(staging))?;
@@ -377,5 +387,350 @@ pub fn host_line(log: &Path, text: &str) {
         .and_then(|mut f| f.write_all(line.as_bytes()));
     if let Err(e) = appended {
         tracing::warn!("cannot write to {}: {e}", log.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::GuestPid;
+    use std::sync::Mutex;
+    use tar::{EntryType, Header};
+
+    /// An archive built entry by entry with raw names (the tar crate's own
+    /// `set_path` refuses `..` and absolute names).
+    struct Tar(tar::Builder<Vec<u8>>);
+
+    impl Default for Tar {
+        fn default() -> Self {
+            Self(tar::Builder::new(Vec::new()))
+        }
+    }
+
+    impl Tar {
+        fn entry(mut self, kind: EntryType, name: &str, link: &str, data: &[u8]) -> Self {
+            let mut header = Header::new_gnu();
+            header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            header.set_entry_type(kind);
+            header.set_size(data.len() as u64);
+            header.set_mode(if kind == EntryType::Directory { 0o755 } else { 0o644 });
+            header.set_mtime(1_700_000_000);
+            header.set_cksum();
+            self.0.append(&header, data).unwrap();
+            self
+        }
+        fn file(self, name: &str, data: &[u8]) -> Self {
+            self.entry(EntryType::Regular, name, "", data)
+        }
+        fn dir(self, name: &str) -> Self {
+            self.entry(EntryType::Directory, name, "", b"")
+        }
+        /// With the end-of-archive marker.
+        fn done(self) -> Vec<u8> {
+            self.0.into_inner().unwrap()
+        }
+    }
+
+    /// dom0's side of the guest channel: one file, and how much was read.
+    struct Dom0Archive {
+        archive: Vec<u8>,
+        read: Mutex<u64>,
+    }
+
+    impl GuestChannel for Dom0Archive {
+        fn start(&self, _: &[String]) -> Result<GuestPid, GuestError> {
+            Err(GuestError::Failed("not here".into()))
+        }
+        fn exit_code(&self, _: GuestPid) -> Result<Option<i32>, GuestError> {
+            Err(GuestError::Failed("not here".into()))
+        }
+        fn copy_in(&self, _: &[u8], _: &str) -> Result<(), GuestError> {
+            Err(GuestError::Failed("not here".into()))
+        }
+        fn copy_out(&self, _: &str) -> Result<Vec<u8>, GuestError> {
+            panic!("the archive is never copied whole");
+        }
+        fn read_at(&self, path: &str, offset: u64, max: usize) -> Result<Vec<u8>, GuestError> {
+            assert_eq!(path, "/var/lib/qci/artifacts/J1.tar");
+            let start = (offset as usize).min(self.archive.len());
+            let end = (start + max).min(self.archive.len());
+            *self.read.lock().unwrap() += (end - start) as u64;
+            Ok(self.archive[start..end].to_vec())
+        }
+    }
+
+    fn job() -> JobId {
+        JobId::parse("J1").unwrap()
+    }
+
+    /// Takes `archive` in through the guest channel; also how many bytes
+    /// were read from dom0.
+    fn take(
+        state: &Path,
+        archive: Vec<u8>,
+        limits: &Limits,
+    ) -> (Result<Option<JobArtifacts>, ArtifactError>, u64) {
+        let dom0 = Dom0Archive {
+            archive,
+            read: Mutex::new(0),
+        };
+        let source = ArchiveSource::Guest {
+            channel: &dom0,
+            path: "/var/lib/qci/artifacts/J1.tar".into(),
+        };
+        let taken = take_in(&source, state, &job(), limits);
+        let read = *dom0.read.lock().unwrap();
+        (taken, read)
+    }
+
+    /// Every path under `dir`, relative, sorted.
+    fn tree(dir: &Path) -> Vec<String> {
+        fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                out.push(p.strip_prefix(base).unwrap().display().to_string());
+                if p.symlink_metadata().unwrap().is_dir() {
+                    walk(&p, base, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(dir, dir, &mut out);
+        out.sort();
+        out
+    }
+
+    fn refusal(archive: Vec<u8>) -> (String, Vec<String>) {
+        let state = tempfile::tempdir().unwrap();
+        let (taken, _) = take(state.path(), archive, &limits(1 << 20));
+        let err = taken.unwrap_err().to_string();
+        (err, tree(state.path()))
+    }
+
+    #[test]
+    fn an_archive_is_unpacked_with_its_files_and_reports() {
+        let state = tempfile::tempdir().unwrap();
+        let archive = Tar::default()
+            .dir("files/")
+            .file("files/build.log", b"built\n")
+            .dir("files/test-results/")
+            .file("files/test-results/junit.xml", b"<testsuites/>")
+            .file(REPORTS_LIST, b"test-results/junit.xml\n")
+            .done();
+        let (taken, _) = take(state.path(), archive, &limits(1 << 20));
+        let dir = state.path().join("artifacts/J1");
+        assert_eq!(
+            taken.unwrap().unwrap(),
+            JobArtifacts {
+                dir: dir.clone(),
+                files: vec![
+                    ArtifactFile {
+                        path: "files/build.log".into(),
+                        bytes: 6
+                    },
+                    ArtifactFile {
+                        path: "files/test-results/junit.xml".into(),
+                        bytes: 13
+                    },
+                ],
+                reports: vec![dir.join("files/test-results/junit.xml")],
+                screenshot: None,
+            }
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("files/build.log")).unwrap(),
+            "built\n"
+        );
+        // The archive itself is gone.
+        assert_eq!(
+            tree(state.path()),
+            [
+                "artifacts",
+                "artifacts/J1",
+                "artifacts/J1/files",
+                "artifacts/J1/files/build.log",
+                "artifacts/J1/files/test-results",
+                "artifacts/J1/files/test-results/junit.xml",
+                "artifacts/J1/reports",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_archive_means_no_artifacts() {
+        let state = tempfile::tempdir().unwrap();
+        let (taken, _) = take(state.path(), Vec::new(), &limits(1 << 20));
+        assert_eq!(taken.unwrap(), None);
+        assert_eq!(tree(state.path()), ["artifacts"]);
+        let missing = ArchiveSource::File(state.path().join("no.tar"));
+        assert_eq!(
+            take_in(&missing, state.path(), &job(), &limits(1 << 20)).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn hostile_archives_are_refused_whole_and_leave_nothing() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                Tar::default()
+                    .file("files/ok", b"x")
+                    .file("files/../../escape", b"x")
+                    .done(),
+                "archive refused: tar entry \"files/../../escape\" refused: path contains ..",
+            ),
+            (
+                Tar::default().file("/tmp/qci-owned", b"x").done(),
+                "archive refused: tar entry \"/tmp/qci-owned\" refused: absolute path",
+            ),
+            (
+                Tar::default()
+                    .file("files/a", b"x")
+                    .entry(EntryType::Symlink, "files/link", "a", b"")
+                    .done(),
+                "archive refused: files/link is a symlink (the archive holds only files and directories)",
+            ),
+            (
+                Tar::default()
+                    .entry(EntryType::Symlink, "files", "..", b"")
+                    .done(),
+                "archive refused: tar entry \"files\" refused: symlink target leaves the destination",
+            ),
+            (
+                Tar::default()
+                    .file("files/a", b"x")
+                    .entry(EntryType::Link, "files/b", "files/a", b"")
+                    .done(),
+                "archive refused: tar entry \"files/b\" refused: hard links are not allowed",
+            ),
+            (
+                Tar::default()
+                    .entry(EntryType::Char, "files/null", "", b"")
+                    .done(),
+                "archive refused: tar entry \"files/null\" refused: character devices are not allowed",
+            ),
+            (
+                Tar::default()
+                    .entry(EntryType::Fifo, "files/pipe", "", b"")
+                    .done(),
+                "archive refused: tar entry \"files/pipe\" refused: fifos are not allowed",
+            ),
+            (
+                Tar::default().file("screenshot.png", b"x").done(),
+                "archive refused: \"screenshot.png\" at its top (it holds only files/ and reports)",
+            ),
+            (
+                Tar::default().file("files/a", b"x").done()[..700].to_vec(),
+                "archive refused: tar stream is not valid: unexpected EOF during skip",
+            ),
+        ];
+        for (archive, refused) in cases {
+            let (err, left) = refusal(archive);
+            assert_eq!(err, refused);
+            assert_eq!(left, ["artifacts"], "{refused}");
+        }
+    }
+
+    #[test]
+    fn too_many_files_or_bytes_are_refused() {
+        let state = tempfile::tempdir().unwrap();
+        let mut archive = Tar::default();
+        for i in 0..5 {
+            archive = archive.file(&format!("files/{i}"), b"x");
+        }
+        let few = Limits {
+            max_entries: 4,
+            ..limits(1 << 20)
+        };
+        let (taken, _) = take(state.path(), archive.done(), &few);
+        assert_eq!(
+            taken.unwrap_err().to_string(),
+            "archive refused: tar entry \"files/4\" refused: more than 4 entries"
+        );
+        assert_eq!(tree(state.path()), ["artifacts"]);
+    }
+
+    #[test]
+    fn an_archive_over_the_bound_stops_being_copied_at_the_bound() {
+        let state = tempfile::tempdir().unwrap();
+        let big = Tar::default().file("files/big", &vec![7; 3 << 20]).done();
+        let max = (1 << 20) + 10;
+        let (taken, read) = take(state.path(), big, &limits(max));
+        assert!(matches!(taken, Err(ArtifactError::TooBig { max: m }) if m == max));
+        // One byte past the bound is read, to see that there is more.
+        assert_eq!(read, max + 1);
+        assert_eq!(tree(state.path()), ["artifacts"]);
+        // From a file likewise.
+        let file = state.path().join("J1.tar");
+        std::fs::write(&file, vec![0; 2 << 20]).unwrap();
+        let taken = take_in(&ArchiveSource::File(file), state.path(), &job(), &limits(max));
+        assert_eq!(
+            taken.unwrap_err().to_string(),
+            format!("the archive is larger than {max} bytes (max_artifact_bytes): not taken in")
+        );
+    }
+
+    #[test]
+    fn the_reports_list_is_read_strictly() {
+        let cases = [
+            ("../etc/passwd\n", "\"../etc/passwd\": a path with .."),
+            ("/etc/passwd\n", "\"/etc/passwd\": an absolute path"),
+            ("sub\n", "\"sub\": not a regular file under files/"),
+            ("gone.xml\n", "\"gone.xml\": no such file under files/"),
+            ("a.xml\u{1b}[2J\n", "\"a.xml\\u{1b}[2J\": a control character"),
+        ];
+        for (list, why) in cases {
+            let archive = Tar::default()
+                .file("files/a.xml", b"<testsuites/>")
+                .dir("files/sub/")
+                .file(REPORTS_LIST, list.as_bytes())
+                .done();
+            let (err, left) = refusal(archive);
+            assert_eq!(err, format!("reports list refused: {why}"));
+            assert_eq!(left, ["artifacts"]);
+        }
+        let huge = Tar::default()
+            .file(REPORTS_LIST, &vec![b'a'; MAX_REPORTS_LIST as usize + 1])
+            .done();
+        assert_eq!(
+            refusal(huge).0,
+            "reports list refused: it is larger than 65536 bytes"
+        );
+    }
+
+    #[test]
+    fn a_screenshot_must_be_a_bounded_png_and_host_lines_follow_the_log() {
+        let state = tempfile::tempdir().unwrap();
+        assert_eq!(
+            save_screenshot(state.path(), &job(), b"P6 1 1 255\n...")
+                .unwrap_err()
+                .to_string(),
+            "screenshot refused: not a PNG image"
+        );
+        let mut png = PNG_SIGNATURE.to_vec();
+        png.extend_from_slice(b"rest");
+        let path = save_screenshot(state.path(), &job(), &png).unwrap();
+        assert_eq!(path, state.path().join("artifacts/J1/screenshot.png"));
+        assert_eq!(std::fs::read(&path).unwrap(), png);
+        // A refused archive leaves the screenshot where it is.
+        let (err, left) = {
+            let (taken, _) = take(
+                state.path(),
+                Tar::default().file("../x", b"x").done(),
+                &limits(1 << 20),
+            );
+            (taken.unwrap_err().to_string(), tree(state.path()))
+        };
+        assert!(err.starts_with("archive refused"), "{err}");
+        assert_eq!(left, ["artifacts", "artifacts/J1", "artifacts/J1/screenshot.png"]);
+
+        let log = state.path().join("J1.log");
+        std::fs::write(&log, "2026-12-03T10:00:00.000Z [step] done\n").unwrap();
+        host_line(&log, "artifacts: \u{1b}[31mred\u{1b}[0m refused");
+        let text = std::fs::read_to_string(&log).unwrap();
+        let last = text.lines().nth(1).unwrap();
+        assert!(last.ends_with(" [host] artifacts: red refused"), "{last}");
+        assert_eq!(last.len(), "2026-12-03T10:00:00.000Z".len() + " [host] artifacts: red refused".len());
     }
 }

@@ -481,7 +481,8 @@ impl Runner<'_> {
         host_log: &std::path::Path,
     ) -> Option<JobArtifacts> {
         let state_dir = &self.config.state_dir;
-        match artifacts::take_in(archive, state_dir, job, self.config.max_artifact_bytes) {
+        let limits = artifacts::limits(self.config.max_artifact_bytes);
+        match artifacts::take_in(archive, state_dir, job, &limits) {
             Ok(None) => None,
             Ok(Some(taken)) => {
                 let bytes: u64 = taken.files.iter().map(|f| f.bytes).sum();
