@@ -387,8 +387,10 @@ fn d_grace() -> Duration {
 fn d_call() -> Duration {
     Duration::from_secs(60)
 }
+/// `max_artifact_bytes` unless the config says otherwise: 1 GiB.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 fn d_max_artifact_bytes() -> u64 {
-    1 << 30
+    DEFAULT_MAX_ARTIFACT_BYTES
 }
 fn d_command() -> Duration {
     Duration::from_secs(2 * 3600)
