@@ -183,3 +183,68 @@ fn vmware_guest_operations_that_are_unavailable_are_a_machine_that_never_answers
         stdout(&out)
     );
 }
+
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+#[test]
+fn a_failed_job_on_libvirt_leaves_a_screenshot_and_a_passing_one_none() {
+    let Some(lv) = Libvirtd::start() else { return };
+    lv.domain("q42-1");
+    let mut host = Host::new();
+    host.machine(&libvirt_machine(&host, &lv, "q42-1", "emulated"));
+    let failing = Repo::new(&host, "failing", "echo broken; exit 1");
+    let out = host.run_job(&["--machine", "q42-1"], &failing);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let job = job_of(&out);
+    assert_eq!(host.statuses(&job).last().unwrap().0, "failure");
+    // Taken before the machine went off (the test driver's screen is a PNG).
+    let shot = host.state().join("artifacts").join(&job).join("screenshot.png");
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(PNG_SIGNATURE), "not a PNG");
+    assert!(!host.host_log(&job).contains("[host]"), "{}", host.host_log(&job));
+    assert_eq!(lv.virsh(&["domstate", "q42-1"]), "shut off");
+
+    let passing = Repo::new(&host, "passing", "echo fine");
+    let out = host.run_job(&["--machine", "q42-1"], &passing);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let job = job_of(&out);
+    assert!(!host.state().join("artifacts").join(&job).exists());
+}
+
+#[test]
+fn a_failed_job_on_vmware_asks_for_a_screenshot_and_keeps_its_result() {
+    let Some(vc) = Vcsim::start() else { return };
+    let mut host = Host::new();
+    let creds = host.path("vcenter.cred");
+    std::fs::write(&creds, &vc.credentials).unwrap();
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    host.pool_keys
+        .push_str("[pool.nightly]\nupdate_commands = [[\"true\"]]\nsalt_commands = []\n");
+    host.machine(&format!(
+        "name = \"vm1\"\nqubes = \"4.2\"\nbackend = \"vmware\"\nurl = \"{}\"\nvm = \"DC0_H0_VM0\"\n\
+         credentials_file = {creds:?}\ndom0 = \"emulated\"\nemulated_path = {:?}\n",
+        vc.url,
+        host.path("guests/vm1")
+    ));
+    let nightly = host.run(&["nightly"]);
+    assert_eq!(nightly.status.code(), Some(0), "{}", stdout(&nightly));
+    let failing = Repo::new(&host, "failing", "exit 1");
+    let out = host.run_job(&["--machine", "vm1"], &failing);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let job = job_of(&out);
+    assert_eq!(host.statuses(&job).last().unwrap().0, "failure");
+    // govmomi's simulator (0.24) has no CreateScreenshot_Task: the host
+    // asked, was refused, and says so in one line.
+    let log = host.host_log(&job);
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(" [host] ")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    // The VM's id (vm-57) is the simulator's choice.
+    let (_, why) = lines[0]
+        .split_once(" [host] screenshot: cannot take one: vSphere: MethodNotFound: VirtualMachine:")
+        .expect(lines[0]);
+    assert!(
+        why.ends_with(" does not implement: CreateScreenshot_Task"),
+        "{log}"
+    );
+    assert!(!host.state().join("artifacts").join(&job).join("screenshot.png").exists());
+}
