@@ -11,9 +11,10 @@
 //! Anything else refuses the whole archive and leaves nothing of it.
 //!
 //! **How long artifacts are kept:** as long as the host keeps the job's
-//! log. `qci serve` deletes a published log `keep_logs` after its job
-//! ended (90 days by default) and removes the job's artifacts with it
-//! ([`remove`]); `qci run --machine` and `qci run --local` delete neither.
+//! published log. `qci serve` deletes that log `keep_logs` after its job
+//! ended (90 days by default) and removes `STATE/artifacts/JOB/` with it
+//! ([`remove`]). qci deletes neither the pool's own copies of the logs
+//! (`STATE/logs/`) nor what `qci run --machine` and `qci run --local` left.
 
 use crate::guest::{GuestChannel, GuestError};
 use qci_core::JobId;

@@ -657,9 +657,16 @@ fn old_logs_are_pruned_and_the_job_stays_in_history() {
     let host = Host::start("keep_logs = \"1s\"", Scripted::new(true));
     let job = host.deliver("push", "k1", &fixture("push.json"))[0].clone();
     host.wait_state(&job, "success");
+    // What the pool took in for the job goes with its log.
+    let artifacts = host.dir.path().join(format!("state/artifacts/{job}"));
+    std::fs::create_dir_all(artifacts.join("files")).unwrap();
+    std::fs::write(artifacts.join("files/build.log"), "built\n").unwrap();
     let published = host.dir.path().join(format!("state/published/{job}.log"));
     wait_for("the log to be pruned", Duration::from_secs(30), || {
         !published.exists()
+    });
+    wait_for("the artifacts to be pruned", Duration::from_secs(30), || {
+        !artifacts.exists()
     });
     let (code, text) = host.get(&format!("/jobs/{job}/log"));
     assert_eq!(code, 200);
