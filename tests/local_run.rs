@@ -377,7 +377,10 @@ fn a_local_run_takes_in_the_archive_dom0_left_and_refuses_a_hostile_one() {
             name,
             &[(
                 ".qci.toml",
-                &format!("[[steps]]\nname = \"pack\"\ncommand = {}\n", toml_string(&script)),
+                &format!(
+                    "[[steps]]\nname = \"pack\"\ncommand = {}\n",
+                    toml_string(&script)
+                ),
             )],
         )
     };
@@ -387,7 +390,10 @@ fn a_local_run_takes_in_the_archive_dom0_left_and_refuses_a_hostile_one() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let dir = s.state().join("artifacts").join(&job);
     let line = format!("qci: artifacts: {}/ (2 files)", dir.display());
-    let log_line = stdout.lines().position(|l| l.starts_with("qci: log: ")).unwrap();
+    let log_line = stdout
+        .lines()
+        .position(|l| l.starts_with("qci: log: "))
+        .unwrap();
     assert_eq!(
         stdout.lines().nth(log_line + 1),
         Some(line.as_str()),
@@ -398,9 +404,17 @@ fn a_local_run_takes_in_the_archive_dom0_left_and_refuses_a_hostile_one() {
         std::fs::read_to_string(dir.join("files/results/junit.xml")).unwrap(),
         "<testsuites/>\n"
     );
-    assert!(!s.state().join("artifacts").join(format!("{job}.tar")).exists());
+    assert!(
+        !s.state()
+            .join("artifacts")
+            .join(format!("{job}.tar"))
+            .exists()
+    );
 
-    let out = s.run(&write("hostile", "ln -s /etc/passwd out/files/passwd &&"), &[]);
+    let out = s.run(
+        &write("hostile", "ln -s /etc/passwd out/files/passwd &&"),
+        &[],
+    );
     let (job, state, _) = s.ended(&out, 0);
     assert_eq!(state, "success", "the job keeps its own result");
     let stdout = String::from_utf8_lossy(&out.stdout);

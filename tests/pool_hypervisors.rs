@@ -198,10 +198,18 @@ fn a_failed_job_on_libvirt_leaves_a_screenshot_and_a_passing_one_none() {
     let job = job_of(&out);
     assert_eq!(host.statuses(&job).last().unwrap().0, "failure");
     // Taken before the machine went off (the test driver's screen is a PNG).
-    let shot = host.state().join("artifacts").join(&job).join("screenshot.png");
+    let shot = host
+        .state()
+        .join("artifacts")
+        .join(&job)
+        .join("screenshot.png");
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(PNG_SIGNATURE), "not a PNG");
-    assert!(!host.host_log(&job).contains("[host]"), "{}", host.host_log(&job));
+    assert!(
+        !host.host_log(&job).contains("[host]"),
+        "{}",
+        host.host_log(&job)
+    );
     assert_eq!(lv.virsh(&["domstate", "q42-1"]), "shut off");
 
     let passing = Repo::new(&host, "passing", "echo fine");
@@ -246,5 +254,12 @@ fn a_failed_job_on_vmware_asks_for_a_screenshot_and_keeps_its_result() {
         why.ends_with(" does not implement: CreateScreenshot_Task"),
         "{log}"
     );
-    assert!(!host.state().join("artifacts").join(&job).join("screenshot.png").exists());
+    assert!(
+        !host
+            .state()
+            .join("artifacts")
+            .join(&job)
+            .join("screenshot.png")
+            .exists()
+    );
 }

@@ -406,7 +406,13 @@ fn the_host_takes_in_a_jobs_archive_through_the_guest_channel_and_refuses_a_host
         std::fs::read_to_string(dir.join("reports")).unwrap(),
         "results/junit.xml\n"
     );
-    assert!(!host.state().join("artifacts").join(format!("{job}.tar")).exists());
+    assert!(
+        !host
+            .state()
+            .join("artifacts")
+            .join(format!("{job}.tar"))
+            .exists()
+    );
     // The host's line comes after dom0's, in the log's format.
     let log = host.host_log(&job);
     let last = log.lines().last().unwrap();

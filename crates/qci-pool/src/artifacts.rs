@@ -358,7 +358,11 @@ fn read_reports(staging: &Path) -> Result<Vec<PathBuf>, ArtifactError> {
 }
 
 /// Keeps `png` as the job's screenshot, `STATE/artifacts/JOB/screenshot.png`.
-pub fn save_screenshot(state_dir: &Path, job: &JobId, png: &[u8]) -> Result<PathBuf, ArtifactError> {
+pub fn save_screenshot(
+    state_dir: &Path,
+    job: &JobId,
+    png: &[u8],
+) -> Result<PathBuf, ArtifactError> {
     if png.len() as u64 > MAX_SCREENSHOT_BYTES {
         return Err(ArtifactError::ScreenshotTooBig);
     }
@@ -415,7 +419,11 @@ mod tests {
             header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
             header.set_entry_type(kind);
             header.set_size(data.len() as u64);
-            header.set_mode(if kind == EntryType::Directory { 0o755 } else { 0o644 });
+            header.set_mode(if kind == EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
             header.set_mtime(1_700_000_000);
             header.set_cksum();
             self.0.append(&header, data).unwrap();
@@ -665,7 +673,12 @@ mod tests {
         // From a file likewise.
         let file = state.path().join("J1.tar");
         std::fs::write(&file, vec![0; 2 << 20]).unwrap();
-        let taken = take_in(&ArchiveSource::File(file), state.path(), &job(), &limits(max));
+        let taken = take_in(
+            &ArchiveSource::File(file),
+            state.path(),
+            &job(),
+            &limits(max),
+        );
         assert_eq!(
             taken.unwrap_err().to_string(),
             format!("the archive is larger than {max} bytes (max_artifact_bytes): not taken in")
@@ -679,7 +692,10 @@ mod tests {
             ("/etc/passwd\n", "\"/etc/passwd\": an absolute path"),
             ("sub\n", "\"sub\": not a regular file under files/"),
             ("gone.xml\n", "\"gone.xml\": no such file under files/"),
-            ("a.xml\u{1b}[2J\n", "\"a.xml\\u{1b}[2J\": a control character"),
+            (
+                "a.xml\u{1b}[2J\n",
+                "\"a.xml\\u{1b}[2J\": a control character",
+            ),
         ];
         for (list, why) in cases {
             let archive = Tar::default()
@@ -724,7 +740,10 @@ mod tests {
             (taken.unwrap_err().to_string(), tree(state.path()))
         };
         assert!(err.starts_with("archive refused"), "{err}");
-        assert_eq!(left, ["artifacts", "artifacts/J1", "artifacts/J1/screenshot.png"]);
+        assert_eq!(
+            left,
+            ["artifacts", "artifacts/J1", "artifacts/J1/screenshot.png"]
+        );
 
         let log = state.path().join("J1.log");
         std::fs::write(&log, "2026-12-03T10:00:00.000Z [step] done\n").unwrap();
@@ -732,6 +751,9 @@ mod tests {
         let text = std::fs::read_to_string(&log).unwrap();
         let last = text.lines().nth(1).unwrap();
         assert!(last.ends_with(" [host] artifacts: red refused"), "{last}");
-        assert_eq!(last.len(), "2026-12-03T10:00:00.000Z".len() + " [host] artifacts: red refused".len());
+        assert_eq!(
+            last.len(),
+            "2026-12-03T10:00:00.000Z".len() + " [host] artifacts: red refused".len()
+        );
     }
 }

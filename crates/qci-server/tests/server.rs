@@ -665,9 +665,11 @@ fn old_logs_are_pruned_and_the_job_stays_in_history() {
     wait_for("the log to be pruned", Duration::from_secs(30), || {
         !published.exists()
     });
-    wait_for("the artifacts to be pruned", Duration::from_secs(30), || {
-        !artifacts.exists()
-    });
+    wait_for(
+        "the artifacts to be pruned",
+        Duration::from_secs(30),
+        || !artifacts.exists(),
+    );
     let (code, text) = host.get(&format!("/jobs/{job}/log"));
     assert_eq!(code, 200);
     assert!(text.contains("pruned"), "{text}");

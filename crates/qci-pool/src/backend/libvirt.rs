@@ -199,10 +199,7 @@ fn read_bounded(file: &std::path::Path) -> Result<Vec<u8>, ControlError> {
     use std::io::Read;
     let mut image = Vec::new();
     std::fs::File::open(file)
-        .and_then(|f| {
-            f.take(MAX_PPM_BYTES + 1)
-                .read_to_end(&mut image)
-        })
+        .and_then(|f| f.take(MAX_PPM_BYTES + 1).read_to_end(&mut image))
         .map_err(|e| ControlError::Refused(format!("cannot read the screenshot: {e}")))?;
     if image.len() as u64 > MAX_PPM_BYTES {
         return Err(ControlError::Refused(format!(
@@ -217,7 +214,8 @@ const MAX_PPM_BYTES: u64 = 64 << 20;
 
 /// A binary PPM (`P6`, 8 bits a sample, as QEMU writes it) as a PNG.
 pub fn ppm_to_png(ppm: &[u8]) -> Result<Vec<u8>, ControlError> {
-    let bad = |why: &str| ControlError::Refused(format!("the screenshot is not a PNG or PPM: {why}"));
+    let bad =
+        |why: &str| ControlError::Refused(format!("the screenshot is not a PNG or PPM: {why}"));
     // The header: `P6`, width, height, maxval, separated by whitespace
     // (and `#` comments), then one whitespace byte and the pixels.
     let mut fields = Vec::new();
@@ -263,12 +261,10 @@ pub fn ppm_to_png(ppm: &[u8]) -> Result<Vec<u8>, ControlError> {
     let mut encoder = png::Encoder::new(&mut png, width, height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    let encoded = encoder
-        .write_header()
-        .and_then(|mut w| {
-            w.write_image_data(&pixels[..needed as usize])?;
-            w.finish()
-        });
+    let encoded = encoder.write_header().and_then(|mut w| {
+        w.write_image_data(&pixels[..needed as usize])?;
+        w.finish()
+    });
     encoded.map_err(|e| ControlError::Refused(format!("cannot encode the screenshot: {e}")))?;
     Ok(png)
 }

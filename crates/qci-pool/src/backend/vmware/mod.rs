@@ -241,17 +241,23 @@ impl Connection {
                 .property(&at, "parent")?
                 .as_ref()
                 .and_then(MoRef::from_node)
-                .ok_or_else(|| ControlError::Refused("vSphere: the VM is in no datacenter".into()))?;
+                .ok_or_else(|| {
+                    ControlError::Refused("vSphere: the VM is in no datacenter".into())
+                })?;
             if parent.kind == "Datacenter" {
                 let name = self.property(&parent, "name")?;
                 return name
                     .map(|n| n.text.trim().to_owned())
                     .filter(|n| !n.is_empty())
-                    .ok_or_else(|| ControlError::Refused("vSphere: a datacenter with no name".into()));
+                    .ok_or_else(|| {
+                        ControlError::Refused("vSphere: a datacenter with no name".into())
+                    });
             }
             at = parent;
         }
-        Err(ControlError::Refused("vSphere: no datacenter above the VM".into()))
+        Err(ControlError::Refused(
+            "vSphere: no datacenter above the VM".into(),
+        ))
     }
 
     fn snapshot_tree(&self) -> Result<Vec<(Snapshot, MoRef)>, ControlError> {
@@ -451,10 +457,9 @@ impl MachineControl for Vmware {
     fn screenshot(&self) -> Result<Option<Vec<u8>>, ControlError> {
         let vm = self.vm()?;
         let info = self.0.task_result("CreateScreenshot_Task", &vm, "")?;
-        let file = info
-            .text_of("result")
-            .map(str::trim)
-            .ok_or_else(|| ControlError::Refused("vSphere: CreateScreenshot_Task gave no file".into()))?;
+        let file = info.text_of("result").map(str::trim).ok_or_else(|| {
+            ControlError::Refused("vSphere: CreateScreenshot_Task gave no file".into())
+        })?;
         let (datastore, path) = datastore_path(file).ok_or_else(|| {
             ControlError::Refused(format!("vSphere: {file:?} is not a datastore path"))
         })?;
@@ -464,7 +469,8 @@ impl MachineControl for Vmware {
         if let Some(cookie) = self.0.client.cookie() {
             request = request.header("Cookie", cookie);
         }
-        let refused = |e: String| ControlError::Refused(format!("vSphere: the screenshot {file}: {e}"));
+        let refused =
+            |e: String| ControlError::Refused(format!("vSphere: the screenshot {file}: {e}"));
         let response = request.send().map_err(|e| refused(e.to_string()))?;
         if !response.status().is_success() {
             return Err(refused(response.status().to_string()));
@@ -764,8 +770,17 @@ mod tests {
     #[test]
     fn a_screenshot_is_fetched_from_its_datastore_without_the_user_in_the_url() {
         let (datastore, path) = datastore_path("[datastore1] DC0_H0_VM0/DC0_H0_VM0-1.png").unwrap();
-        assert_eq!((datastore, path), ("datastore1", "DC0_H0_VM0/DC0_H0_VM0-1.png"));
-        let url = folder_url("https://user:pw@vc.example:8443/sdk", "DC 0", datastore, path).unwrap();
+        assert_eq!(
+            (datastore, path),
+            ("datastore1", "DC0_H0_VM0/DC0_H0_VM0-1.png")
+        );
+        let url = folder_url(
+            "https://user:pw@vc.example:8443/sdk",
+            "DC 0",
+            datastore,
+            path,
+        )
+        .unwrap();
         assert_eq!(
             url.as_str(),
             "https://vc.example:8443/folder/DC0_H0_VM0/DC0_H0_VM0-1.png?dcPath=DC+0&dsName=datastore1"
