@@ -263,3 +263,42 @@ fn a_failed_job_on_vmware_asks_for_a_screenshot_and_keeps_its_result() {
             .exists()
     );
 }
+
+#[test]
+fn a_vmware_screenshot_is_fetched_from_its_datastore_with_the_session_and_bounded() {
+    use qci_pool::backend::vmware::{Connection, Vmware};
+    let Some(vc) = Vcsim::start() else { return };
+    let (user, password) = vc.credentials.split_once(':').unwrap();
+    let credentials = qci_pool::config::Credentials {
+        user: user.into(),
+        password: password.into(),
+    };
+    let timeout = std::time::Duration::from_secs(20);
+    let conn = Connection::new(&vc.url, "DC0_H0_VM0", credentials, None, timeout).unwrap();
+    let vm = Vmware(std::sync::Arc::new(conn));
+    // The simulator has no CreateScreenshot_Task: the file is put where
+    // vSphere leaves one (the VM's folder on its datastore), and fetched as
+    // the task's answer would name it.
+    let png = [PNG_SIGNATURE, b"pixels"].concat();
+    let base = vc.url.strip_suffix("/sdk").unwrap();
+    let put = reqwest::blocking::Client::new()
+        .put(format!(
+            "{base}/folder/DC0_H0_VM0/DC0_H0_VM0-1.png?dcPath=DC0&dsName=LocalDS_0"
+        ))
+        .body(png.clone())
+        .send()
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let file = "[LocalDS_0] DC0_H0_VM0/DC0_H0_VM0-1.png";
+    assert_eq!(vm.datastore_file(file, 1 << 20).unwrap(), png);
+    assert_eq!(
+        vm.datastore_file(file, 8).unwrap_err().to_string(),
+        format!("vSphere: {file}: larger than 8 bytes")
+    );
+    assert_eq!(
+        vm.datastore_file("[LocalDS_0] DC0_H0_VM0/none.png", 1 << 20)
+            .unwrap_err()
+            .to_string(),
+        "vSphere: [LocalDS_0] DC0_H0_VM0/none.png: 404 Not Found"
+    );
+}

@@ -237,10 +237,19 @@ impl Connection {
         let mut at = obj.clone();
         // Inventory trees are a few folders deep.
         for _ in 0..32 {
+            // A property's value carries two `type`s: its XML schema type
+            // (`ManagedObjectReference`) and the object's.
             let parent = self
                 .property(&at, "parent")?
-                .as_ref()
-                .and_then(MoRef::from_node)
+                .and_then(|val| {
+                    let kind = val
+                        .attrs
+                        .iter()
+                        .filter(|(k, v)| k == "type" && v != "ManagedObjectReference")
+                        .map(|(_, v)| v.as_str())
+                        .next_back()?;
+                    Some(MoRef::new(kind, val.text.trim()))
+                })
                 .ok_or_else(|| {
                     ControlError::Refused("vSphere: the VM is in no datacenter".into())
                 })?;
@@ -455,36 +464,41 @@ impl MachineControl for Vmware {
     /// fetched over HTTP with the session cookie. (govmomi's simulator
     /// 0.24 has no CreateScreenshot_Task: there it is refused.)
     fn screenshot(&self) -> Result<Option<Vec<u8>>, ControlError> {
-        let vm = self.vm()?;
-        let info = self.0.task_result("CreateScreenshot_Task", &vm, "")?;
+        let info = self
+            .0
+            .task_result("CreateScreenshot_Task", &self.vm()?, "")?;
         let file = info.text_of("result").map(str::trim).ok_or_else(|| {
             ControlError::Refused("vSphere: CreateScreenshot_Task gave no file".into())
         })?;
+        self.datastore_file(file, MAX_SCREENSHOT_BYTES).map(Some)
+    }
+}
+
+impl Vmware {
+    /// A file on a datastore of the VM's datacenter (`[DS] PATH`, as a task
+    /// names it), over HTTP with the session cookie; at most `max` bytes.
+    pub fn datastore_file(&self, file: &str, max: u64) -> Result<Vec<u8>, ControlError> {
         let (datastore, path) = datastore_path(file).ok_or_else(|| {
             ControlError::Refused(format!("vSphere: {file:?} is not a datastore path"))
         })?;
-        let datacenter = self.0.datacenter_of(&vm)?;
+        let datacenter = self.0.datacenter_of(&self.vm()?)?;
         let url = folder_url(self.0.client.base_url(), &datacenter, datastore, path)?;
         let mut request = self.0.client.http().get(url);
         if let Some(cookie) = self.0.client.cookie() {
             request = request.header("Cookie", cookie);
         }
-        let refused =
-            |e: String| ControlError::Refused(format!("vSphere: the screenshot {file}: {e}"));
+        let refused = |e: String| ControlError::Refused(format!("vSphere: {file}: {e}"));
         let response = request.send().map_err(|e| refused(e.to_string()))?;
         if !response.status().is_success() {
             return Err(refused(response.status().to_string()));
         }
-        let mut png = Vec::new();
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(response, MAX_SCREENSHOT_BYTES + 1),
-            &mut png,
-        )
-        .map_err(|e| refused(e.to_string()))?;
-        if png.len() as u64 > MAX_SCREENSHOT_BYTES {
-            return Err(refused(format!("larger than {MAX_SCREENSHOT_BYTES} bytes")));
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(response, max + 1), &mut bytes)
+            .map_err(|e| refused(e.to_string()))?;
+        if bytes.len() as u64 > max {
+            return Err(refused(format!("larger than {max} bytes")));
         }
-        Ok(Some(png))
+        Ok(bytes)
     }
 }
 
