@@ -77,6 +77,8 @@ pub enum ArtifactError {
     TooBig { max: u64 },
     #[error("cannot copy the archive out of dom0: {0}")]
     Copy(#[source] GuestError),
+    #[error("{} is not a regular file: not taken in", .path.display())]
+    NotAFile { path: PathBuf },
     #[error("archive refused: {0}")]
     Unpack(#[source] UnpackError),
     #[error("archive refused: {path} is a symlink (the archive holds only files and directories)")]
@@ -169,14 +171,9 @@ pub fn take_in(
 /// (0: there is none). Stops at `max_bytes`: what lies beyond is not read.
 fn copy_out(source: &ArchiveSource<'_>, part: &Path, max_bytes: u64) -> Result<u64, ArtifactError> {
     let local = match source {
-        ArchiveSource::File(path) => match OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(path)
-        {
-            Ok(f) => Some((f, path)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(io(path)(e)),
+        ArchiveSource::File(path) => match open_local(path)? {
+            Some(file) => Some((file, path)),
+            None => return Ok(0),
         },
         ArchiveSource::Guest { .. } => None,
     };
@@ -188,35 +185,53 @@ fn copy_out(source: &ArchiveSource<'_>, part: &Path, max_bytes: u64) -> Result<u
         .open(part)
         .map_err(io(part))?;
     let mut copied = 0u64;
-    let mut buf = vec![0; CHUNK];
     loop {
         // One byte past the bound is asked for, to know the bound was passed.
         let want = (max_bytes.saturating_add(1) - copied).min(CHUNK as u64) as usize;
-        let chunk: &[u8] = match (&local, source) {
+        let mut chunk = match (&local, source) {
             (Some((file, path)), _) => {
-                let n = file.read_at(&mut buf[..want], copied).map_err(io(path))?;
-                &buf[..n]
+                let mut buf = vec![0; want];
+                let n = file.read_at(&mut buf, copied).map_err(io(path))?;
+                buf.truncate(n);
+                buf
             }
-            (None, ArchiveSource::Guest { channel, path }) => {
-                buf = channel
-                    .read_at(path, copied, want)
-                    .map_err(ArtifactError::Copy)?;
-                buf.truncate(want);
-                &buf
-            }
-            (None, ArchiveSource::File(_)) => &[],
+            (None, ArchiveSource::Guest { channel, path }) => channel
+                .read_at(path, copied, want)
+                .map_err(ArtifactError::Copy)?,
+            (None, ArchiveSource::File(_)) => Vec::new(),
         };
+        chunk.truncate(want);
         if chunk.is_empty() {
             break;
         }
         if copied + chunk.len() as u64 > max_bytes {
             return Err(ArtifactError::TooBig { max: max_bytes });
         }
-        out.write_all(chunk).map_err(io(part))?;
+        out.write_all(&chunk).map_err(io(part))?;
         copied += chunk.len() as u64;
     }
     out.flush().map_err(io(part))?;
     Ok(copied)
+}
+
+/// The archive on this host, if there is one: never through a symlink,
+/// and only a regular file (a FIFO or a device there would never end).
+fn open_local(path: &Path) -> Result<Option<File>, ArtifactError> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(path)(e)),
+    };
+    if !file.metadata().map_err(io(path))?.is_file() {
+        return Err(ArtifactError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    Ok(Some(file))
 }
 
 /// Unpacks `tar` into `dir` (through `dir/unpacking/`, moved into place
@@ -682,6 +697,36 @@ mod tests {
         assert_eq!(
             taken.unwrap_err().to_string(),
             format!("the archive is larger than {max} bytes (max_artifact_bytes): not taken in")
+        );
+    }
+
+    #[test]
+    fn a_local_archive_is_never_read_through_a_symlink_or_from_a_fifo() {
+        let state = tempfile::tempdir().unwrap();
+        let fifo = state.path().join("fifo.tar");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let taken = take_in(
+            &ArchiveSource::File(fifo.clone()),
+            state.path(),
+            &job(),
+            &limits(1 << 20),
+        );
+        assert_eq!(
+            taken.unwrap_err().to_string(),
+            format!("{} is not a regular file: not taken in", fifo.display())
+        );
+        let link = state.path().join("link.tar");
+        std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+        let taken = take_in(
+            &ArchiveSource::File(link.clone()),
+            state.path(),
+            &job(),
+            &limits(1 << 20),
+        );
+        assert!(
+            matches!(&taken, Err(ArtifactError::Io { path, source })
+                if *path == link && source.raw_os_error() == Some(nix::libc::ELOOP)),
+            "{taken:?}"
         );
     }
 

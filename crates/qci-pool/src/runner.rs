@@ -51,6 +51,7 @@ pub struct JobOutcome {
     pub exit: ExitCode,
     /// What the job left in `STATE/artifacts/JOB/`: its archive, unpacked,
     /// and the screenshot of a failed machine. `None` when it left neither.
+    /// Kept as long as the job's published log (see [`crate::artifacts`]).
     pub artifacts: Option<JobArtifacts>,
 }
 
