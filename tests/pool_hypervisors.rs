@@ -302,3 +302,72 @@ fn a_vmware_screenshot_is_fetched_from_its_datastore_with_the_session_and_bounde
         "vSphere: [LocalDS_0] DC0_H0_VM0/none.png: 404 Not Found"
     );
 }
+
+#[test]
+fn a_libvirt_machine_that_stops_answering_is_photographed_before_it_is_powered_off() {
+    let Some(lv) = Libvirtd::start() else { return };
+    lv.domain("q42-1");
+    let mut host = Host::new();
+    host.pool_keys = "boot_timeout = \"30s\"\ncall_timeout = \"2s\"\n".into();
+    host.machine(&libvirt_machine(&host, &lv, "q42-1", "emulated"));
+    // The test driver photographs a domain that is off as well: a virsh
+    // in front of the real one notes the domain's state at each screenshot.
+    let wrappers = host.path("wrappers");
+    std::fs::create_dir_all(&wrappers).unwrap();
+    let seen = host.path("state-at-screenshot");
+    std::fs::write(
+        wrappers.join("virsh"),
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *screenshot*) /usr/bin/virsh -q -c '{}' domstate q42-1 >> '{}';; esac\n\
+             exec /usr/bin/virsh \"$@\"\n",
+            lv.uri(),
+            seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        wrappers.join("virsh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        wrappers.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let release = host.path("release");
+    let repo = host.held_repo(&release);
+    let child = host
+        .qci(&[
+            "run",
+            "--machine",
+            "q42-1",
+            "--repo",
+            repo.url(),
+            "--commit",
+            &repo.sha,
+            "--job",
+            "hung",
+        ])
+        .env("PATH", path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    support::wait_for("the job to run", std::time::Duration::from_secs(60), || {
+        host.host_log("hung").contains("[step] started")
+    });
+    // Paused: dom0 stops answering, and the screen is still there.
+    lv.virsh(&["suspend", "q42-1"]);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(host.statuses("hung").last().unwrap().0, "error");
+    let shot = host.state().join("artifacts/hung/screenshot.png");
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(PNG_SIGNATURE), "not a PNG");
+    let log = host.host_log("hung");
+    assert!(!log.contains("[host] screenshot"), "{log}");
+    // Taken once, while the machine was still there, not yet powered off.
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), "paused\n");
+    assert_eq!(lv.virsh(&["domstate", "q42-1"]), "shut off");
+}
