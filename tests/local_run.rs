@@ -369,7 +369,7 @@ fn a_local_run_takes_in_the_archive_dom0_left_and_refuses_a_hostile_one() {
         let script = format!(
             "mkdir -p out/files/results && echo built > out/files/build.log && \
              echo '<testsuites/>' > out/files/results/junit.xml && \
-             echo results/junit.xml > out/reports && {link} \
+             echo files/results/junit.xml > out/reports && {link} \
              mkdir -p {dir} && tar -C out -cf {dir}/$QCI_JOB.tar files reports",
             dir = archives.display()
         );

@@ -388,7 +388,7 @@ fn the_host_takes_in_a_jobs_archive_through_the_guest_channel_and_refuses_a_host
         let command = format!(
             "mkdir -p out/files/results && echo built > out/files/build.log && \
              echo '<testsuites/>' > out/files/results/junit.xml && \
-             echo results/junit.xml > out/reports && {extra} \
+             echo files/results/junit.xml > out/reports && {extra} \
              mkdir -p {dir} && tar -C out -cf {dir}/$QCI_JOB.tar files reports",
             dir = archives.display()
         );
@@ -404,7 +404,7 @@ fn the_host_takes_in_a_jobs_archive_through_the_guest_channel_and_refuses_a_host
     );
     assert_eq!(
         std::fs::read_to_string(dir.join("reports")).unwrap(),
-        "results/junit.xml\n"
+        "files/results/junit.xml\n"
     );
     assert!(
         !host

@@ -46,8 +46,8 @@ pub struct JobArtifacts {
     pub dir: PathBuf,
     /// Every regular file under `dir/files/`, in path order.
     pub files: Vec<ArtifactFile>,
-    /// The test reports (JUnit XML) the job declared, as paths under
-    /// `dir/files/` (full paths, ready to open).
+    /// The test reports (JUnit XML) the job declared, among the files
+    /// (full paths, ready to open).
     pub reports: Vec<PathBuf>,
     /// `dir/screenshot.png`, taken when the job failed.
     pub screenshot: Option<PathBuf>,
@@ -251,10 +251,7 @@ fn unpack_into(tar: &Path, dir: &Path, limits: &Limits) -> Result<JobArtifacts, 
         Ok(JobArtifacts {
             dir: dir.to_owned(),
             files,
-            reports: reports
-                .into_iter()
-                .map(|r| dir.join(FILES_DIR).join(r))
-                .collect(),
+            reports: reports.into_iter().map(|r| dir.join(r)).collect(),
             screenshot: None,
         })
     });
@@ -268,7 +265,7 @@ fn unpack_into(tar: &Path, dir: &Path, limits: &Limits) -> Result<JobArtifacts, 
     placed
 }
 
-/// The files and the reports (relative to `files/`) of an archive
+/// The files and the reports (`files/...`) of an archive
 /// unpacked into `staging` and held to the contract.
 fn unpack_checked(
     tar: &Path,
@@ -325,9 +322,10 @@ fn walk(dir: &Path, rel: &Path, files: &mut Vec<ArtifactFile>) -> Result<(), Art
     Ok(())
 }
 
-/// The `reports` list of an unpacked, checked archive: one path under
-/// `files/` a line, relative, with no `..`, naming a regular file. The
-/// walk already refused every symlink, so the path reaches what it names.
+/// The `reports` list of an unpacked, checked archive: one path a line, as
+/// the archive names it (`files/...`), with no `..`, naming a regular file.
+/// The walk already refused every symlink, so the path reaches what it
+/// names.
 fn read_reports(staging: &Path) -> Result<Vec<PathBuf>, ArtifactError> {
     let path = staging.join(REPORTS_LIST);
     let file = match OpenOptions::new()
@@ -362,11 +360,14 @@ fn read_reports(staging: &Path) -> Result<Vec<PathBuf>, ArtifactError> {
         if line.split('/').any(|c| c == "..") {
             return Err(bad("a path with .."));
         }
+        if !line.starts_with(&format!("{FILES_DIR}/")) {
+            return Err(bad("not under files/"));
+        }
         let rel = PathBuf::from(line);
-        match staging.join(FILES_DIR).join(&rel).symlink_metadata() {
+        match staging.join(&rel).symlink_metadata() {
             Ok(m) if m.is_file() => reports.push(rel),
-            Ok(_) => return Err(bad("not a regular file under files/")),
-            Err(_) => return Err(bad("no such file under files/")),
+            Ok(_) => return Err(bad("not a regular file")),
+            Err(_) => return Err(bad("no such file in the archive")),
         }
     }
     Ok(reports)
@@ -540,7 +541,7 @@ mod tests {
             .file("files/build.log", b"built\n")
             .dir("files/test-results/")
             .file("files/test-results/junit.xml", b"<testsuites/>")
-            .file(REPORTS_LIST, b"test-results/junit.xml\n")
+            .file(REPORTS_LIST, b"files/test-results/junit.xml\n")
             .done();
         let (taken, _) = take(state.path(), archive, &limits(1 << 20));
         let dir = state.path().join("artifacts/J1");
@@ -733,13 +734,20 @@ mod tests {
     #[test]
     fn the_reports_list_is_read_strictly() {
         let cases = [
-            ("../etc/passwd\n", "\"../etc/passwd\": a path with .."),
-            ("/etc/passwd\n", "\"/etc/passwd\": an absolute path"),
-            ("sub\n", "\"sub\": not a regular file under files/"),
-            ("gone.xml\n", "\"gone.xml\": no such file under files/"),
             (
-                "a.xml\u{1b}[2J\n",
-                "\"a.xml\\u{1b}[2J\": a control character",
+                "files/../../etc/passwd\n",
+                "\"files/../../etc/passwd\": a path with ..",
+            ),
+            ("/etc/passwd\n", "\"/etc/passwd\": an absolute path"),
+            ("a.xml\n", "\"a.xml\": not under files/"),
+            ("files/sub\n", "\"files/sub\": not a regular file"),
+            (
+                "files/gone.xml\n",
+                "\"files/gone.xml\": no such file in the archive",
+            ),
+            (
+                "files/a.xml\u{1b}[2J\n",
+                "\"files/a.xml\\u{1b}[2J\": a control character",
             ),
         ];
         for (list, why) in cases {

@@ -34,7 +34,8 @@ const POLICY: (&str, &str) = (
 /// for the log and the run lock.
 pub const DOM0_LOG_DIR: &str = "var/log/qci";
 pub const DOM0_WORK_DIR: &str = "var/lib/qci";
-/// dom0's artifact archives (`JOB.tar`), under its root.
+/// Where dom0 writes a job's artifacts, `JOB.tar`: its default, below the
+/// work directory.
 pub const DOM0_ARTIFACT_DIR: &str = "var/lib/qci/artifacts";
 /// dom0's qci settings, under its root.
 pub const DOM0_CONFIG: &str = "etc/qci/dom0.toml";
