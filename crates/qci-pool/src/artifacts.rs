@@ -12,9 +12,10 @@
 //!
 //! **How long artifacts are kept:** as long as the host keeps the job's
 //! published log. `qci serve` deletes that log `keep_logs` after its job
-//! ended (90 days by default) and removes `STATE/artifacts/JOB/` with it
-//! ([`remove`]). qci deletes neither the pool's own copies of the logs
-//! (`STATE/logs/`) nor what `qci run --machine` and `qci run --local` left.
+//! ended (90 days by default, its hourly prune in `qci-server`'s
+//! `serve.rs`), and `STATE/artifacts/JOB/` with it. qci deletes neither the
+//! pool's own copies of the logs (`STATE/logs/`) nor what `qci run
+//! --machine` and `qci run --local` left.
 
 use crate::guest::{GuestChannel, GuestError};
 use qci_core::JobId;
@@ -113,14 +114,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
 /// `STATE/artifacts/JOB/`.
 pub fn job_dir(state_dir: &Path, job: &JobId) -> PathBuf {
     state_dir.join("artifacts").join(job.as_str())
-}
-
-/// Removes a job's artifacts (with its log, when the host prunes it).
-pub fn remove(state_dir: &Path, job: &JobId) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(job_dir(state_dir, job)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
 }
 
 /// The unpacker's limits for an archive of at most `max_bytes`.

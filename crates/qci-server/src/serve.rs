@@ -168,7 +168,7 @@ pub async fn serve(
     }
     resolve::spawn(app.clone(), source).map_err(io("cannot start the resolver"))?;
     tokio::spawn(dispatch::run(app.clone()));
-    tokio::spawn(prune(app, state_dir.clone()));
+    tokio::spawn(prune(app));
 
     match pages.await {
         Ok(()) => Ok(()),
@@ -194,10 +194,9 @@ async fn shutdown() {
     tracing::info!("shutting down");
 }
 
-/// Deletes published logs older than `keep_logs`, and the jobs' artifacts
-/// with them, hourly (or as often as
+/// Deletes published logs older than `keep_logs`, hourly (or as often as
 /// `keep_logs` itself, when that is shorter).
-async fn prune(app: App, state_dir: std::path::PathBuf) {
+async fn prune(app: App) {
     let every = app
         .config
         .keep_logs
@@ -213,10 +212,6 @@ async fn prune(app: App, state_dir: std::path::PathBuf) {
                 for job in jobs {
                     if let Err(e) = app.logs.remove(job.as_str()) {
                         tracing::warn!(job = job.as_str(), "cannot prune the log: {e}");
-                    }
-                    // A job's artifacts are kept as long as its log.
-                    if let Err(e) = qci_pool::artifacts::remove(&state_dir, &job) {
-                        tracing::warn!(job = job.as_str(), "cannot prune the artifacts: {e}");
                     }
                 }
             }
