@@ -364,3 +364,84 @@ fn a_step_that_leaves_a_process_in_its_group_ends_and_the_process_is_stopped() {
         "the sleep still runs"
     );
 }
+
+#[test]
+fn a_local_run_takes_in_the_archive_dom0_left_and_refuses_a_hostile_one() {
+    let s = Scratch::new();
+    s.prepare_machine();
+    let archives = s.machine().join("dom0/var/lib/qci/artifacts");
+    // The steps run in dom0 and may write the archive themselves: here
+    // they do, as dom0's collector would, and then as an attacker would.
+    let write = |name: &str, link: &str| {
+        let script = format!(
+            "mkdir -p out/files/results && echo built > out/files/build.log && \
+             echo '<testsuites/>' > out/files/results/junit.xml && \
+             echo files/results/junit.xml > out/reports && {link} \
+             mkdir -p {dir} && tar -C out -cf {dir}/$QCI_JOB.tar files reports",
+            dir = archives.display()
+        );
+        s.project(
+            name,
+            &[(
+                ".qci.toml",
+                &format!(
+                    "[[steps]]\nname = \"pack\"\ncommand = {}\n",
+                    toml_string(&script)
+                ),
+            )],
+        )
+    };
+    let out = s.run(&write("good", ""), &[]);
+    let (job, state, _) = s.ended(&out, 0);
+    assert_eq!(state, "success");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dir = s.state().join("artifacts").join(&job);
+    let line = format!("qci: artifacts: {}/ (2 files)", dir.display());
+    let log_line = stdout
+        .lines()
+        .position(|l| l.starts_with("qci: log: "))
+        .unwrap();
+    assert_eq!(
+        stdout.lines().nth(log_line + 1),
+        Some(line.as_str()),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("files/results/junit.xml")).unwrap(),
+        "<testsuites/>\n"
+    );
+    assert!(
+        !s.state()
+            .join("artifacts")
+            .join(format!("{job}.tar"))
+            .exists()
+    );
+
+    let out = s.run(
+        &write("hostile", "ln -s /etc/passwd out/files/passwd &&"),
+        &[],
+    );
+    let (job, state, _) = s.ended(&out, 0);
+    assert_eq!(state, "success", "the job keeps its own result");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("qci: artifacts:"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "qci: artifacts: archive refused: tar entry \"files/passwd\" refused: symlink target is absolute"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!s.state().join("artifacts").join(&job).exists());
+
+    // No archive: no line.
+    let out = s.run(&s.noop_project(), &[]);
+    s.ended(&out, 0);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("qci: artifacts"));
+}
+
+/// `text` as a TOML literal string.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.into()).to_string()
+}

@@ -374,3 +374,66 @@ fn nightly_takes_no_snapshot_after_an_unclean_stop() {
         "forced off after the grace period"
     );
 }
+
+#[test]
+fn the_host_takes_in_a_jobs_archive_through_the_guest_channel_and_refuses_a_hostile_one() {
+    let mut host = Host::new();
+    host.local("emu-1", "4.2");
+    let archives = host
+        .machine_dir("emu-1")
+        .join("machine/dom0/var/lib/qci/artifacts");
+    // The steps run in dom0 and may write the archive themselves: as
+    // dom0's collector would, then as an attacker would.
+    let pack = |name: &str, extra: &str| {
+        let command = format!(
+            "mkdir -p out/files/results && echo built > out/files/build.log && \
+             echo '<testsuites/>' > out/files/results/junit.xml && \
+             echo files/results/junit.xml > out/reports && {extra} \
+             mkdir -p {dir} && tar -C out -cf {dir}/$QCI_JOB.tar files reports",
+            dir = archives.display()
+        );
+        Repo::new(&host, name, &command)
+    };
+    let out = host.run_job(&["--machine", "emu-1"], &pack("good", ""));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let job = job_of(&out);
+    let dir = host.state().join("artifacts").join(&job);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("files/results/junit.xml")).unwrap(),
+        "<testsuites/>\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("reports")).unwrap(),
+        "files/results/junit.xml\n"
+    );
+    assert!(
+        !host
+            .state()
+            .join("artifacts")
+            .join(format!("{job}.tar"))
+            .exists()
+    );
+    // The host's line comes after dom0's, in the log's format.
+    let log = host.host_log(&job);
+    let last = log.lines().last().unwrap();
+    assert!(
+        last.ends_with(" [host] artifacts: 2 files (20 bytes), 1 reports"),
+        "{log}"
+    );
+
+    let out = host.run_job(
+        &["--machine", "emu-1"],
+        &pack("hostile", "mkfifo out/files/pipe &&"),
+    );
+    assert_eq!(out.status.code(), Some(0), "the job keeps its own result");
+    let job = job_of(&out);
+    assert_eq!(host.statuses(&job).last().unwrap().0, "success");
+    let log = host.host_log(&job);
+    assert!(
+        log.lines().last().unwrap().ends_with(
+            " [host] artifacts: archive refused: tar entry \"files/pipe\" refused: fifos are not allowed"
+        ),
+        "{log}"
+    );
+    assert!(!host.state().join("artifacts").join(&job).exists());
+}

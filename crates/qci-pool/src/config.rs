@@ -43,6 +43,10 @@ pub struct PoolConfig {
     /// Bound on one call to the hypervisor or the guest channel.
     #[serde(default = "d_call", deserialize_with = "duration")]
     pub call_timeout: Duration,
+    /// The largest artifact archive taken in from a job (bytes, 1 GiB by
+    /// default): a larger one is not copied past this, and is refused.
+    #[serde(default = "d_max_artifact_bytes")]
+    pub max_artifact_bytes: u64,
     #[serde(default)]
     pub nightly: NightlyConfig,
     #[serde(default)]
@@ -382,6 +386,11 @@ fn d_grace() -> Duration {
 }
 fn d_call() -> Duration {
     Duration::from_secs(60)
+}
+/// `max_artifact_bytes` unless the config says otherwise: 1 GiB.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+fn d_max_artifact_bytes() -> u64 {
+    DEFAULT_MAX_ARTIFACT_BYTES
 }
 fn d_command() -> Duration {
     Duration::from_secs(2 * 3600)

@@ -115,6 +115,11 @@ pub trait MachineControl: Send + Sync {
     fn marker(&self) -> Result<Option<Marker>, ControlError>;
     /// Sets the marker, or clears it with `None`.
     fn set_marker(&self, marker: Option<&Marker>) -> Result<(), ControlError>;
+    /// What the machine's screen shows, as PNG bytes (at most
+    /// [`crate::artifacts::MAX_SCREENSHOT_BYTES`]); `None` for a machine
+    /// with no screen. Taken of a machine whose job failed, before it is
+    /// powered off.
+    fn screenshot(&self) -> Result<Option<Vec<u8>>, ControlError>;
 
     /// Shuts down cleanly, waiting up to `grace`, then forces it off.
     /// Returns whether the stop was clean.

@@ -8,12 +8,15 @@
 //! - [`backend`]: `local` (emulated machines), `libvirt`, `vmware`.
 //! - [`lease`]: SQLite leases and the FIFO of waiting jobs.
 //! - [`runner`]: one job on one machine; [`nightly`]: fresh snapshots.
+//! - [`artifacts`]: a job's archive taken in from dom0, and the screenshot
+//!   of a failed machine.
 //!
 //! Every call here blocks; a server calls it from blocking threads. A
 //! [`Pool`] is cheap to clone and opens its own SQLite connection per call.
 
 #![forbid(unsafe_code)]
 
+pub mod artifacts;
 pub mod backend;
 mod command;
 pub mod config;
@@ -295,6 +298,7 @@ impl Pool {
             description: why,
             log,
             exit: qci_core::ExitCode::CiError,
+            artifacts: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! wait for dom0, place the job file, start `qci-vm begin`, follow the log,
 //! copy it out, make sure a final status exists, power off, free.
 
+use crate::artifacts::{self, ArchiveSource, JobArtifacts};
 use crate::backend::Backend;
 use crate::config::{MachineConfig, PoolConfig};
 use crate::control::{ControlError, MachineControl, Marker, Snapshot};
@@ -48,6 +49,10 @@ pub struct JobOutcome {
     /// The log's copy on the host.
     pub log: PathBuf,
     pub exit: ExitCode,
+    /// What the job left in `STATE/artifacts/JOB/`: its archive, unpacked,
+    /// and the screenshot of a failed machine. `None` when it left neither.
+    /// Kept as long as the job's published log (see [`crate::artifacts`]).
+    pub artifacts: Option<JobArtifacts>,
 }
 
 /// Why a booted machine's dom0 was given up on.
@@ -396,6 +401,17 @@ impl Runner<'_> {
         if let Ok(bytes) = backend.guest.copy_out(&begin_err) {
             let _ = std::fs::write(logs.join(format!("{job}.begin.log")), bytes);
         }
+        let archive = ArchiveSource::Guest {
+            channel: backend.guest.as_ref(),
+            path: format!(
+                "{}/{}",
+                backend.artifact_dir,
+                qci_core::artifacts::archive_name(job)
+            ),
+        };
+        let mut taken = self.take_in(&archive, job, &host_log);
+        // Taken once the state is known, before the machine is powered off.
+        let mut screenshot = None;
         let answering = !matches!(end, End::Lost(_) | End::TimedOut | End::Canceled);
         let reach = answering.then_some(dom0);
         let (state, description) = match self.status.final_state(job, reach) {
@@ -417,6 +433,7 @@ impl Runner<'_> {
                 };
                 let why = qci_core::status::clean_description(&why);
                 if !answering {
+                    screenshot = Some(self.screenshot(backend, job, state, &host_log));
                     // Stop the job before saying it ended.
                     let _ = backend.control.power_off();
                 }
@@ -426,6 +443,18 @@ impl Runner<'_> {
                 (state, why)
             }
         };
+        let screenshot =
+            screenshot.unwrap_or_else(|| self.screenshot(backend, job, state, &host_log));
+        if let Some(path) = screenshot {
+            taken
+                .get_or_insert_with(|| JobArtifacts {
+                    dir: artifacts::job_dir(&self.config.state_dir, job),
+                    files: Vec::new(),
+                    reports: Vec::new(),
+                    screenshot: None,
+                })
+                .screenshot = Some(path);
+        }
         let exit = match end {
             End::Exited(c @ 0..=3) => ExitCode::from_status(Some(c)),
             _ => match state {
@@ -440,6 +469,71 @@ impl Runner<'_> {
             description,
             log: host_log,
             exit,
+            artifacts: taken,
+        }
+    }
+
+    /// Takes in the job's archive, with a `host` line in the log saying how
+    /// it went (none when the job declared no artifacts).
+    fn take_in(
+        &self,
+        archive: &ArchiveSource<'_>,
+        job: &JobId,
+        host_log: &std::path::Path,
+    ) -> Option<JobArtifacts> {
+        let state_dir = &self.config.state_dir;
+        let limits = artifacts::limits(self.config.max_artifact_bytes);
+        match artifacts::take_in(archive, state_dir, job, &limits) {
+            Ok(None) => None,
+            Ok(Some(taken)) => {
+                let bytes: u64 = taken.files.iter().map(|f| f.bytes).sum();
+                artifacts::host_line(
+                    host_log,
+                    &format!(
+                        "artifacts: {} files ({bytes} bytes), {} reports",
+                        taken.files.len(),
+                        taken.reports.len()
+                    ),
+                );
+                Some(taken)
+            }
+            Err(e) => {
+                artifacts::host_line(host_log, &format!("artifacts: {e}"));
+                None
+            }
+        }
+    }
+
+    /// The screenshot of a machine whose job ended in failure, error or
+    /// timeout, kept as `STATE/artifacts/JOB/screenshot.png`. One that
+    /// cannot be taken is a `host` line in the log, never another result.
+    fn screenshot(
+        &self,
+        backend: &Backend,
+        job: &JobId,
+        state: State,
+        host_log: &std::path::Path,
+    ) -> Option<PathBuf> {
+        if !matches!(state, State::Failure | State::Error) {
+            return None;
+        }
+        let kept = backend
+            .control
+            .screenshot()
+            .map_err(|e| format!("cannot take one: {e}"))
+            .and_then(|png| {
+                png.map(|png| {
+                    artifacts::save_screenshot(&self.config.state_dir, job, &png)
+                        .map_err(|e| e.to_string())
+                })
+                .transpose()
+            });
+        match kept {
+            Ok(path) => path,
+            Err(why) => {
+                artifacts::host_line(host_log, &format!("screenshot: {why}"));
+                None
+            }
         }
     }
 

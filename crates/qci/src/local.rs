@@ -9,6 +9,7 @@ use qci_core::job_file::{
 use qci_core::process::{ExitFd, wait_or_kill_at, write_within};
 use qci_core::{ExitCode, JobId, State, StatusEvent};
 use qci_emulator::{DOM0, Machine};
+use qci_pool::artifacts::{self, ArchiveSource, JobArtifacts};
 use qci_pool::backend::install;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -102,8 +103,21 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError {
     move |source| LocalError::Io { what, source }
 }
 
+/// How a local run ended, and what it left for a test summary.
+#[derive(Debug)]
+pub struct LocalOutcome {
+    pub exit: ExitCode,
+    /// In `STATE/artifacts/JOB/`, its `reports` among them; `None` when the
+    /// job declared no artifacts or its archive was refused.
+    #[expect(
+        dead_code,
+        reason = "the test summary of a local run reads its reports (qci-junit's work)"
+    )]
+    pub artifacts: Option<JobArtifacts>,
+}
+
 impl LocalRun {
-    pub fn execute(&self) -> Result<ExitCode, LocalError> {
+    pub fn execute(&self) -> Result<LocalOutcome, LocalError> {
         let dir = std::fs::canonicalize(&self.dir)
             .map_err(|_| LocalError::NotADirectory(self.dir.clone()))?;
         if !dir.is_dir() {
@@ -131,6 +145,8 @@ impl LocalRun {
                 &install::default_bin_dir(),
             )?,
         };
+        // The job's artifacts are taken in as the machine's user, too.
+        machine.user_dir(&self.state_dir.join("artifacts"), 0o700)?;
         // From here on this process acts in the machine, as its user.
         machine.enter()?;
         // The dev VM copies the tree as that user: better to say now that it
@@ -294,7 +310,33 @@ impl LocalRun {
             crate::out::remote(&final_event.description)
         );
         outln!("qci: log: {}", log.display());
-        Ok(outcome)
+        let archive = machine
+            .domain_root(DOM0)?
+            .join(install::DOM0_ARTIFACT_DIR)
+            .join(qci_core::artifacts::archive_name(&job));
+        let artifacts = match artifacts::take_in(
+            &ArchiveSource::File(archive),
+            &self.state_dir,
+            &job,
+            &artifacts::limits(qci_pool::config::DEFAULT_MAX_ARTIFACT_BYTES),
+        ) {
+            Ok(taken) => taken,
+            Err(e) => {
+                eprintln!("qci: artifacts: {e}");
+                None
+            }
+        };
+        if let Some(a) = &artifacts {
+            outln!(
+                "qci: artifacts: {}/ ({} files)",
+                a.dir.display(),
+                a.files.len()
+            );
+        }
+        Ok(LocalOutcome {
+            exit: outcome,
+            artifacts,
+        })
     }
 }
 

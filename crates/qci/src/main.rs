@@ -242,7 +242,7 @@ fn run(command: Command) -> Result<std::process::ExitCode, CliError> {
             timeout: timeout.unwrap_or(std::time::Duration::from_secs(6 * 3600)),
         }
         .execute()
-        .map(Into::into)
+        .map(|outcome| outcome.exit.into())
         .map_err(CliError::from),
         Command::Run {
             local: None,

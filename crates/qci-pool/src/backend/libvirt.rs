@@ -10,6 +10,7 @@
 //! The lease marker is domain metadata in qci's own namespace:
 //! `<lease host=".." job=".." expires=".."/>`.
 
+use crate::artifacts::PNG_SIGNATURE;
 use crate::command::run_bounded;
 use crate::control::{ControlError, MachineControl, Marker, PowerState, Snapshot};
 use std::process::Command;
@@ -170,6 +171,102 @@ impl MachineControl for Libvirt {
             other => other.map(drop),
         }
     }
+
+    /// `virsh screenshot` into a directory of our own (virsh writes the
+    /// file itself). The test driver gives a PNG; QEMU gives a PPM, which
+    /// is converted.
+    fn screenshot(&self) -> Result<Option<Vec<u8>>, ControlError> {
+        let template = std::env::temp_dir().join("qci-screenshot-XXXXXX");
+        let dir = nix::unistd::mkdtemp(&template)
+            .map_err(|e| ControlError::Refused(format!("cannot make a scratch directory: {e}")))?;
+        let file = dir.join("screen");
+        let taken = self
+            .virsh(&["screenshot", &self.domain, &file.to_string_lossy()])
+            .and_then(|_| read_bounded(&file));
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!("cannot remove {}: {e}", dir.display());
+        }
+        let image = taken?;
+        if image.starts_with(PNG_SIGNATURE) {
+            return Ok(Some(image));
+        }
+        ppm_to_png(&image).map(Some)
+    }
+}
+
+/// The screenshot virsh wrote, refused past the bound.
+fn read_bounded(file: &std::path::Path) -> Result<Vec<u8>, ControlError> {
+    use std::io::Read;
+    let mut image = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_PPM_BYTES + 1).read_to_end(&mut image))
+        .map_err(|e| ControlError::Refused(format!("cannot read the screenshot: {e}")))?;
+    if image.len() as u64 > MAX_PPM_BYTES {
+        return Err(ControlError::Refused(format!(
+            "the screenshot is larger than {MAX_PPM_BYTES} bytes"
+        )));
+    }
+    Ok(image)
+}
+
+/// A PPM is raw pixels, three bytes each: room for a 4K screen.
+const MAX_PPM_BYTES: u64 = 64 << 20;
+
+/// A binary PPM (`P6`, 8 bits a sample, as QEMU writes it) as a PNG.
+pub fn ppm_to_png(ppm: &[u8]) -> Result<Vec<u8>, ControlError> {
+    let bad =
+        |why: &str| ControlError::Refused(format!("the screenshot is not a PNG or PPM: {why}"));
+    // The header: `P6`, width, height, maxval, separated by whitespace
+    // (and `#` comments), then one whitespace byte and the pixels.
+    let mut fields = Vec::new();
+    let mut at = 0;
+    while fields.len() < 4 {
+        while at < ppm.len() && (ppm[at].is_ascii_whitespace() || ppm[at] == b'#') {
+            if ppm[at] == b'#' {
+                while at < ppm.len() && ppm[at] != b'\n' {
+                    at += 1;
+                }
+            } else {
+                at += 1;
+            }
+        }
+        let start = at;
+        while at < ppm.len() && !ppm[at].is_ascii_whitespace() && at - start < 16 {
+            at += 1;
+        }
+        if start == at {
+            return Err(bad("its header ends early"));
+        }
+        fields.push(&ppm[start..at]);
+    }
+    if fields[0] != b"P6" {
+        return Err(bad("no P6 header"));
+    }
+    let number = |f: &[u8]| {
+        std::str::from_utf8(f)
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+            .ok_or_else(|| bad("a header field is not a number"))
+    };
+    let (width, height, maxval) = (number(fields[1])?, number(fields[2])?, number(fields[3])?);
+    if maxval == 0 || maxval > 255 {
+        return Err(bad("not 8 bits a sample"));
+    }
+    let pixels = ppm.get(at + 1..).unwrap_or_default();
+    let needed = u64::from(width) * u64::from(height) * 3;
+    if width == 0 || height == 0 || (pixels.len() as u64) < needed {
+        return Err(bad("fewer pixels than its size"));
+    }
+    let mut png = Vec::new();
+    let mut encoder = png::Encoder::new(&mut png, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let encoded = encoder.write_header().and_then(|mut w| {
+        w.write_image_data(&pixels[..needed as usize])?;
+        w.finish()
+    });
+    encoded.map_err(|e| ControlError::Refused(format!("cannot encode the screenshot: {e}")))?;
+    Ok(png)
 }
 
 /// Reads `<lease host=".." job=".." expires=".."/>` (our own writing; the
@@ -190,6 +287,28 @@ fn parse_marker(xml: &str) -> Option<Marker> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ppm_from_qemu_becomes_a_png() {
+        let mut ppm = b"P6\n# made by qemu\n2 1\n255\n".to_vec();
+        ppm.extend_from_slice(&[255, 0, 0, 0, 0, 255]);
+        let png = ppm_to_png(&ppm).unwrap();
+        assert!(png.starts_with(PNG_SIGNATURE));
+        let decoder = png::Decoder::new(std::io::Cursor::new(png));
+        let mut reader = decoder.read_info().unwrap();
+        let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+        reader.next_frame(&mut pixels).unwrap();
+        assert_eq!(pixels, [255, 0, 0, 0, 0, 255]);
+        let short = b"P6 4 4 255\n\0\0\0";
+        assert_eq!(
+            ppm_to_png(short).unwrap_err().to_string(),
+            "the screenshot is not a PNG or PPM: fewer pixels than its size"
+        );
+        assert_eq!(
+            ppm_to_png(b"GIF89a").unwrap_err().to_string(),
+            "the screenshot is not a PNG or PPM: its header ends early"
+        );
+    }
 
     #[test]
     fn reads_the_marker_libvirt_gives_back() {

@@ -304,6 +304,11 @@ impl MachineControl for LocalMachine {
         self.log_marker(marker);
         Ok(())
     }
+
+    /// An emulated machine has no screen.
+    fn screenshot(&self) -> Result<Option<Vec<u8>>, ControlError> {
+        Ok(None)
+    }
 }
 
 /// The guest channel into an emulated dom0: commands run with dom0's

@@ -20,6 +20,8 @@ pub struct Backend {
     /// dom0's log directory and scratch directory, as the guest sees them.
     pub log_dir: String,
     pub tmp_dir: String,
+    /// dom0's artifact directory (`JOB.tar`), as the guest sees it.
+    pub artifact_dir: String,
 }
 
 impl Backend {
@@ -42,6 +44,7 @@ impl Backend {
         };
         let mut log_dir = m.dom0_log_dir.clone();
         let mut tmp_dir = m.dom0_tmp_dir.clone();
+        let mut artifact_dir = format!("/{}", install::DOM0_ARTIFACT_DIR);
         let guest: Arc<dyn GuestChannel> = match m.dom0_access() {
             Dom0Access::Emulated => {
                 let path = match m.backend {
@@ -60,6 +63,10 @@ impl Backend {
                     .to_string_lossy()
                     .into_owned();
                 tmp_dir = dom0.join("tmp").to_string_lossy().into_owned();
+                artifact_dir = dom0
+                    .join(install::DOM0_ARTIFACT_DIR)
+                    .to_string_lossy()
+                    .into_owned();
                 Arc::new(local::LocalGuest::new(machine, control.clone()))
             }
             Dom0Access::Agent => Arc::new(qga::Agent::new(qga::Virsh::new(
@@ -88,6 +95,7 @@ impl Backend {
             guest,
             log_dir,
             tmp_dir,
+            artifact_dir,
         })
     }
 }

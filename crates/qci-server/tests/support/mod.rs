@@ -239,6 +239,7 @@ impl Executor for Scripted {
             description: description.into(),
             log: log.clone(),
             exit: qci_core::ExitCode::Success,
+            artifacts: None,
         };
         let (lock, cvar) = &*self.gate;
         let mut open = lock.lock().unwrap();

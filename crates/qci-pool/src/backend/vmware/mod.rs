@@ -8,6 +8,7 @@
 
 pub mod soap;
 
+use crate::artifacts::MAX_SCREENSHOT_BYTES;
 use crate::config::Credentials;
 use crate::control::{ControlError, MachineControl, Marker, PowerState, Snapshot};
 use crate::guest::{GuestChannel, GuestError, GuestPid, sh_quote};
@@ -198,6 +199,11 @@ impl Connection {
 
     /// Calls a `*_Task` method and waits for its task to end.
     fn task(&self, method: &str, this: &MoRef, args: &str) -> Result<(), ControlError> {
+        self.task_result(method, this, args).map(drop)
+    }
+
+    /// [`Self::task`], giving the task's `info` (its `result` is the answer).
+    fn task_result(&self, method: &str, this: &MoRef, args: &str) -> Result<Node, ControlError> {
         let answer = self.client.call(method, this, args).map_err(from_soap)?;
         let task = answer
             .child("returnval")
@@ -207,7 +213,7 @@ impl Connection {
         loop {
             let info = self.property(&task, "info")?.unwrap_or_default();
             match info.text_of("state").map(str::trim) {
-                Some("success") => return Ok(()),
+                Some("success") => return Ok(info),
                 Some("error") => {
                     let why = info
                         .child("error")
@@ -224,6 +230,43 @@ impl Connection {
                 _ => std::thread::sleep(Duration::from_millis(100)),
             }
         }
+    }
+
+    /// The name of the datacenter that holds `obj`, up its `parent`s.
+    fn datacenter_of(&self, obj: &MoRef) -> Result<String, ControlError> {
+        let mut at = obj.clone();
+        // Inventory trees are a few folders deep.
+        for _ in 0..32 {
+            // A property's value carries two `type`s: its XML schema type
+            // (`ManagedObjectReference`) and the object's.
+            let parent = self
+                .property(&at, "parent")?
+                .and_then(|val| {
+                    let kind = val
+                        .attrs
+                        .iter()
+                        .filter(|(k, v)| k == "type" && v != "ManagedObjectReference")
+                        .map(|(_, v)| v.as_str())
+                        .next_back()?;
+                    Some(MoRef::new(kind, val.text.trim()))
+                })
+                .ok_or_else(|| {
+                    ControlError::Refused("vSphere: the VM is in no datacenter".into())
+                })?;
+            if parent.kind == "Datacenter" {
+                let name = self.property(&parent, "name")?;
+                return name
+                    .map(|n| n.text.trim().to_owned())
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| {
+                        ControlError::Refused("vSphere: a datacenter with no name".into())
+                    });
+            }
+            at = parent;
+        }
+        Err(ControlError::Refused(
+            "vSphere: no datacenter above the VM".into(),
+        ))
     }
 
     fn snapshot_tree(&self) -> Result<Vec<(Snapshot, MoRef)>, ControlError> {
@@ -268,6 +311,32 @@ impl Connection {
 
 /// Seconds since the epoch of an xsd:dateTime such as
 /// `2026-11-30T06:07:19.054321Z` (UTC, as vSphere writes them).
+/// `[datastore1] vm1/vm1-1.png` as its datastore and its path there.
+pub fn datastore_path(file: &str) -> Option<(&str, &str)> {
+    let (datastore, path) = file.strip_prefix('[')?.split_once(']')?;
+    Some((datastore, path.trim_start()))
+}
+
+/// The datastore's HTTP file access: `/folder/PATH?dcPath=DC&dsName=DS` on
+/// the server of `base` (its `/sdk` URL), without the user in the URL.
+pub fn folder_url(
+    base: &str,
+    datacenter: &str,
+    datastore: &str,
+    path: &str,
+) -> Result<reqwest::Url, ControlError> {
+    let mut url = reqwest::Url::parse(base)
+        .map_err(|e| ControlError::Refused(format!("vSphere URL {base:?}: {e}")))?;
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_path(&format!("/folder/{path}"));
+    url.query_pairs_mut()
+        .clear()
+        .append_pair("dcPath", datacenter)
+        .append_pair("dsName", datastore);
+    Ok(url)
+}
+
 fn unix_time(s: &str) -> Option<u64> {
     let s = s.trim();
     let num = |a: usize, b: usize| s.get(a..b)?.parse::<i64>().ok();
@@ -389,6 +458,47 @@ impl MachineControl for Vmware {
             esc(&value)
         );
         self.0.task("ReconfigVM_Task", &self.vm()?, &spec)
+    }
+
+    /// `CreateScreenshot_Task`, then the PNG it left on the datastore,
+    /// fetched over HTTP with the session cookie. (govmomi's simulator
+    /// 0.24 has no CreateScreenshot_Task: there it is refused.)
+    fn screenshot(&self) -> Result<Option<Vec<u8>>, ControlError> {
+        let info = self
+            .0
+            .task_result("CreateScreenshot_Task", &self.vm()?, "")?;
+        let file = info.text_of("result").map(str::trim).ok_or_else(|| {
+            ControlError::Refused("vSphere: CreateScreenshot_Task gave no file".into())
+        })?;
+        self.datastore_file(file, MAX_SCREENSHOT_BYTES).map(Some)
+    }
+}
+
+impl Vmware {
+    /// A file on a datastore of the VM's datacenter (`[DS] PATH`, as a task
+    /// names it), over HTTP with the session cookie; at most `max` bytes.
+    pub fn datastore_file(&self, file: &str, max: u64) -> Result<Vec<u8>, ControlError> {
+        let (datastore, path) = datastore_path(file).ok_or_else(|| {
+            ControlError::Refused(format!("vSphere: {file:?} is not a datastore path"))
+        })?;
+        let datacenter = self.0.datacenter_of(&self.vm()?)?;
+        let url = folder_url(self.0.client.base_url(), &datacenter, datastore, path)?;
+        let mut request = self.0.client.http().get(url);
+        if let Some(cookie) = self.0.client.cookie() {
+            request = request.header("Cookie", cookie);
+        }
+        let refused = |e: String| ControlError::Refused(format!("vSphere: {file}: {e}"));
+        let response = request.send().map_err(|e| refused(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(refused(response.status().to_string()));
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(response, max + 1), &mut bytes)
+            .map_err(|e| refused(e.to_string()))?;
+        if bytes.len() as u64 > max {
+            return Err(refused(format!("larger than {max} bytes")));
+        }
+        Ok(bytes)
     }
 }
 
@@ -669,6 +779,27 @@ mod tests {
             password: "p<&>".into(),
         });
         assert!(xml.contains("p&lt;&amp;&gt;"), "{xml}");
+    }
+
+    #[test]
+    fn a_screenshot_is_fetched_from_its_datastore_without_the_user_in_the_url() {
+        let (datastore, path) = datastore_path("[datastore1] DC0_H0_VM0/DC0_H0_VM0-1.png").unwrap();
+        assert_eq!(
+            (datastore, path),
+            ("datastore1", "DC0_H0_VM0/DC0_H0_VM0-1.png")
+        );
+        let url = folder_url(
+            "https://user:pw@vc.example:8443/sdk",
+            "DC 0",
+            datastore,
+            path,
+        )
+        .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://vc.example:8443/folder/DC0_H0_VM0/DC0_H0_VM0-1.png?dcPath=DC+0&dsName=datastore1"
+        );
+        assert_eq!(datastore_path("vm1/vm1.png"), None);
     }
 
     #[test]
