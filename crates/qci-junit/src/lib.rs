@@ -37,16 +37,7 @@ pub struct Report {
 impl Report {
     /// How many cases ended each way.
     pub fn counts(&self) -> Counts {
-        let mut counts = Counts::default();
-        for case in &self.cases {
-            match case.outcome {
-                Outcome::Passed => counts.passed += 1,
-                Outcome::Failed => counts.failed += 1,
-                Outcome::Errored => counts.errored += 1,
-                Outcome::Skipped => counts.skipped += 1,
-            }
-        }
-        counts
+        Counts::of(&self.cases)
     }
 }
 
@@ -60,6 +51,20 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Of cases from any number of reports (a job's, together).
+    pub fn of(cases: &[TestCase]) -> Self {
+        let mut counts = Self::default();
+        for case in cases {
+            match case.outcome {
+                Outcome::Passed => counts.passed += 1,
+                Outcome::Failed => counts.failed += 1,
+                Outcome::Errored => counts.errored += 1,
+                Outcome::Skipped => counts.skipped += 1,
+            }
+        }
+        counts
+    }
+
     pub fn total(&self) -> usize {
         self.passed + self.failed + self.errored + self.skipped
     }

@@ -21,6 +21,7 @@ use crate::guest::{GuestChannel, GuestError};
 use qci_core::JobId;
 use qci_core::artifacts::{FILES_DIR, REPORTS_LIST, archive_name};
 use qci_core::unpack::{self, Limits, UnpackError};
+use qci_junit::TestCase;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -52,6 +53,11 @@ pub struct JobArtifacts {
     pub reports: Vec<PathBuf>,
     /// `dir/screenshot.png`, taken when the job failed.
     pub screenshot: Option<PathBuf>,
+    /// Every test case of the reports that could be read, in their order.
+    pub tests: Vec<TestCase>,
+    /// One line for each report that could not be read (for the log); a
+    /// report refused never changes the job's result.
+    pub report_problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,6 +233,31 @@ fn open_local(path: &Path) -> Result<Option<File>, ArtifactError> {
     Ok(Some(file))
 }
 
+/// The most test cases one job's reports may hold together (each report
+/// is also bounded by [`qci_junit::Limits`]).
+pub const MAX_TEST_CASES: usize = 100_000;
+
+/// Reads the job's JUnit reports with the hardened reader: the cases of
+/// those it could read, and a line for each one it refused, saying why.
+fn parse_reports(dir: &Path, reports: &[PathBuf]) -> (Vec<TestCase>, Vec<String>) {
+    let mut cases = Vec::new();
+    let mut problems = Vec::new();
+    let limits = qci_junit::Limits::default();
+    for report in reports {
+        let name = report.strip_prefix(dir).unwrap_or(report).display();
+        match qci_junit::parse_file(report, &limits) {
+            Ok(read) if cases.len() + read.cases.len() > MAX_TEST_CASES => {
+                problems.push(format!(
+                    "report {name} not read: the job's reports hold more than {MAX_TEST_CASES} tests"
+                ));
+            }
+            Ok(read) => cases.extend(read.cases),
+            Err(e) => problems.push(format!("report {name} not read: {e}")),
+        }
+    }
+    (cases, problems)
+}
+
 /// Unpacks `tar` into `dir` (through `dir/unpacking/`, moved into place
 /// only once all of it passed).
 fn unpack_into(tar: &Path, dir: &Path, limits: &Limits) -> Result<JobArtifacts, ArtifactError> {
@@ -241,11 +272,15 @@ fn unpack_into(tar: &Path, dir: &Path, limits: &Limits) -> Result<JobArtifacts, 
                 std::fs::rename(&from, dir.join(name)).map_err(io(&from))?;
             }
         }
+        let reports: Vec<PathBuf> = reports.into_iter().map(|r| dir.join(r)).collect();
+        let (tests, report_problems) = parse_reports(dir, &reports);
         Ok(JobArtifacts {
             dir: dir.to_owned(),
             files,
-            reports: reports.into_iter().map(|r| dir.join(r)).collect(),
+            reports,
             screenshot: None,
+            tests,
+            report_problems,
         })
     });
     if let Err(e) = std::fs::remove_dir_all(&staging) {
@@ -527,6 +562,47 @@ mod tests {
     }
 
     #[test]
+    fn reports_are_read_and_a_hostile_one_is_one_line_that_names_it() {
+        let state = tempfile::tempdir().unwrap();
+        let good = br#"<testsuite><testcase classname="t" name="ok"/><testcase classname="t" name="bad"><failure message="no"/></testcase></testsuite>"#;
+        let bomb = b"<?xml version=\"1.0\"?><!DOCTYPE lolz [<!ENTITY lol \"lol\">]><testsuite>&lol;</testsuite>";
+        let archive = Tar::default()
+            .dir("files/")
+            .file("files/good.xml", good)
+            .file("files/bomb.xml", bomb)
+            .file(
+                "files/bad-utf8.xml",
+                b"<testsuite><testcase name=\"\xff\"/></testsuite>",
+            )
+            .file(
+                REPORTS_LIST,
+                b"files/good.xml\nfiles/bomb.xml\nfiles/bad-utf8.xml\n",
+            )
+            .done();
+        let (taken, _) = take(state.path(), archive, &limits(1 << 20));
+        let taken = taken.unwrap().unwrap();
+        let names: Vec<_> = taken
+            .tests
+            .iter()
+            .map(|t| (t.name.as_str(), t.outcome))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("ok", qci_junit::Outcome::Passed),
+                ("bad", qci_junit::Outcome::Failed)
+            ]
+        );
+        assert_eq!(
+            taken.report_problems,
+            [
+                "report files/bomb.xml not read: the report has a DOCTYPE: refused (no DTDs or entities)",
+                "report files/bad-utf8.xml not read: invalid UTF-8 at byte 27",
+            ]
+        );
+    }
+
+    #[test]
     fn an_archive_is_unpacked_with_its_files_and_reports() {
         let state = tempfile::tempdir().unwrap();
         let archive = Tar::default()
@@ -554,6 +630,8 @@ mod tests {
                 ],
                 reports: vec![dir.join("files/test-results/junit.xml")],
                 screenshot: None,
+                tests: Vec::new(),
+                report_problems: Vec::new(),
             }
         );
         assert_eq!(

@@ -452,6 +452,8 @@ impl Runner<'_> {
                     files: Vec::new(),
                     reports: Vec::new(),
                     screenshot: None,
+                    tests: Vec::new(),
+                    report_problems: Vec::new(),
                 })
                 .screenshot = Some(path);
         }
@@ -495,6 +497,9 @@ impl Runner<'_> {
                         taken.reports.len()
                     ),
                 );
+                for problem in &taken.report_problems {
+                    artifacts::host_line(host_log, problem);
+                }
                 Some(taken)
             }
             Err(e) => {

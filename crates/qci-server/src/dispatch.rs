@@ -17,6 +17,7 @@
 pub use crate::executor::{Executor, NotStarted};
 
 use crate::app::App;
+use crate::queue::results::Artifact;
 use crate::queue::{self, Job};
 use crate::store::StoreError;
 use crate::tokens;
@@ -207,11 +208,18 @@ fn run_one(app: &App, job: Job, token: String, cancel: Arc<AtomicBool>) {
     app.logs.finish(job.id.as_str());
     let id = job.id.clone();
     let ended = match outcome {
-        Ok(_) => app
-            .store
-            .write_durable_blocking("the job's end", move |conn| {
-                queue::publish(conn, &id, "Job ended without a final status")
-            }),
+        Ok(out) => {
+            // Stored with the end, in one transaction: whatever reads the
+            // job as ended (its page, what GitHub is sent) sees its tests.
+            let results = out.artifacts.map(stored_results);
+            app.store
+                .write_durable_blocking("the job's end", move |conn| {
+                    if let Some((tests, files)) = &results {
+                        queue::results::record(conn, &id, tests, files)?;
+                    }
+                    queue::publish(conn, &id, "Job ended without a final status")
+                })
+        }
         Err(NotStarted::Failed(why)) => {
             tracing::warn!(job = job.id.as_str(), "the job could not start: {why}");
             let (attempts, delay) = (app.config.start_attempts, start_delay(app, &job));
@@ -241,6 +249,30 @@ fn run_one(app: &App, job: Job, token: String, cancel: Arc<AtomicBool>) {
     }
     app.running.end(&job.id, &job.qubes);
     app.store.changed.notify_one();
+}
+
+/// What of a job's artifacts the database keeps: its test cases, and the
+/// list of its files (the screenshot among them) with their sizes.
+fn stored_results(
+    a: qci_pool::artifacts::JobArtifacts,
+) -> (Vec<qci_junit::TestCase>, Vec<Artifact>) {
+    let mut files: Vec<Artifact> = a
+        .files
+        .iter()
+        .map(|f| Artifact {
+            path: f.path.to_string_lossy().into_owned(),
+            bytes: f.bytes,
+        })
+        .collect();
+    if let Some(shot) = &a.screenshot
+        && let Ok(meta) = std::fs::metadata(shot)
+    {
+        files.push(Artifact {
+            path: qci_pool::artifacts::SCREENSHOT.to_owned(),
+            bytes: meta.len(),
+        });
+    }
+    (a.tests, files)
 }
 
 /// The wait before the next hand-over of a job that could not start:

@@ -18,11 +18,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use qci_core::status::clean_line;
+use qci_pool::artifacts::{PNG_SIGNATURE, SCREENSHOT};
 use std::path::PathBuf;
 use tokio::io::AsyncReadExt;
 
-/// The screenshot's place among a job's artifacts (the pool puts it there).
-pub const SCREENSHOT: &str = "screenshot.png";
 /// How much of a failure's text and output a page shows; the API has all.
 const TEXT_SHOWN: usize = 16 * 1024;
 /// How many tests `/tests` lists in each table.
@@ -196,8 +195,6 @@ pub async fn screenshot(State(app): State<App>, Path(id): Path<String>) -> Respo
     }
     ([(header::CONTENT_TYPE, "image/png")], png).into_response()
 }
-
-const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
 /// Opens a listed artifact as a regular file inside the job's directory,
 /// through no symlink (the unpacker made none; this holds if it ever did).
