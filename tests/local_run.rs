@@ -45,7 +45,8 @@ fn sample_succeeds_with_a_live_log_and_running_then_success() {
         steps[1..],
         [
             ("dev", "dev: provisioning (CI=true)"),
-            ("dev", "dev: ready"),
+            // Its colours stay in the log (SGR only), for the job page.
+            ("dev", "\x1b[32mdev: ready\x1b[0m"),
             ("test", "test: boots_sd_log ok"),
             ("test", "test: opens_a_document ok"),
             ("test", "test: reaches_the_proxy ok"),
@@ -72,6 +73,38 @@ fn sample_succeeds_with_a_live_log_and_running_then_success() {
         &("success".to_owned(), "All 3 steps passed".to_owned())
     );
     assert_eq!(st.iter().filter(|s| s.0 != "running").count(), 1, "{st:?}");
+}
+
+#[test]
+fn a_failing_test_is_named_at_the_end_and_the_files_stay_in_the_artifacts() {
+    let s = Scratch::new();
+    let sample = s.example("sample");
+    std::fs::write(sample.join("fail-a-test"), "").unwrap();
+    let out = s.run(&sample, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "stdout:\n{stdout}");
+    let job = job_id(&stdout);
+    let dir = s.state().join("artifacts").join(&job);
+    // The run ends with its tests: the counts, then each failed test by name.
+    let tail: Vec<&str> = stdout.lines().rev().take(3).collect();
+    assert_eq!(
+        tail,
+        [
+            "qci:   failed tests.test_sample::test_prints_a_page: AssertionError: assert 'printer' in ['sd-devices']",
+            "qci: tests: 1 of 5 tests failed (3 passed, 1 skipped)",
+            &format!("qci: artifacts: {}/ (2 files)", dir.display()),
+        ],
+        "stdout:\n{stdout}"
+    );
+    // Both files, as the steps wrote them in dom0's workspace.
+    let workspace = s.work_dir().join("jobs").join(&job);
+    for file in ["test-results/report.xml", "dev.log"] {
+        assert_eq!(
+            std::fs::read(dir.join("files").join(file)).unwrap(),
+            std::fs::read(workspace.join(file)).unwrap(),
+            "{file}"
+        );
+    }
 }
 
 #[test]

@@ -1229,7 +1229,7 @@ fn a_failing_test_is_listed_with_its_history_and_the_files_download_as_written()
         flip.display(),
         flip.display()
     );
-    let (project, sha_a) = project(scratch.path(), "sh ./run.sh");
+    let (project, _) = project(scratch.path(), "sh ./run.sh");
     let toml = format!(
         "{}\n[artifacts]\npaths = [\"out/\"]\nreports = [\"out/*.xml\"]\n",
         std::fs::read_to_string(project.join(".qci.toml")).unwrap()
@@ -1240,7 +1240,6 @@ fn a_failing_test_is_listed_with_its_history_and_the_files_download_as_written()
     std::fs::write(project.join("report-pass.xml"), junit_report(true)).unwrap();
     git(&project, &["add", "."]);
     git(&project, &["commit", "-q", "--amend", "-m", "tests"]);
-    let _ = sha_a;
     let commit = |message: &str| {
         git(&project, &["commit", "-q", "--allow-empty", "-m", message]);
         git(&project, &["rev-parse", "HEAD"]).trim().to_owned()
@@ -1248,9 +1247,15 @@ fn a_failing_test_is_listed_with_its_history_and_the_files_download_as_written()
     let sha_a = git(&project, &["rev-parse", "HEAD"]).trim().to_owned();
     let github = FakeGithub::start(GITHUB_TOKEN);
     let served = Served::start(scratch.path(), &github, &project);
+    // Ended on the host's side: its log published, its results stored.
     let ended = |job: &str| {
         wait_for("the job's end", Duration::from_secs(180), || {
-            !matches!(served.job_state(job).0.as_str(), "queued" | "running")
+            served
+                .db()
+                .query_row("SELECT log_published FROM jobs WHERE id = ?1", [job], |r| {
+                    r.get::<_, bool>(0)
+                })
+                .unwrap()
         });
         served.job_state(job).0
     };

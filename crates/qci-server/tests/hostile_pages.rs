@@ -124,6 +124,31 @@ fn hostile_text_is_shown_as_text_on_every_page_under_a_strict_policy() {
         format!("{}\n", hostile("log")),
         "all tests passed\n".into(),
     ];
+    // A failed test and a file whose names and texts are hostile, as a
+    // report from the machine can make them.
+    let hostile_case = qci_junit::TestCase {
+        name: hostile("test"),
+        classname: hostile("class"),
+        outcome: qci_junit::Outcome::Failed,
+        duration: None,
+        message: Some(hostile("failure")),
+        details: Some(hostile("traceback")),
+        output: Some(hostile("output")),
+        file: Some(hostile("file")),
+        line: Some(3),
+    };
+    let artifacts = tempfile::tempdir().unwrap();
+    *pool.artifacts.lock().unwrap() = Some(qci_pool::artifacts::JobArtifacts {
+        dir: artifacts.path().to_owned(),
+        files: vec![qci_pool::artifacts::ArtifactFile {
+            path: format!("files/{SCRIPT}{IMG}.log").into(),
+            bytes: 3,
+        }],
+        reports: Vec::new(),
+        screenshot: None,
+        tests: vec![hostile_case],
+        report_problems: Vec::new(),
+    });
     let extra = format!("[[server.repos]]\nslug = \"{HOSTILE_REPO}\"\nbranches = [\"**\"]\n");
     let host = Host::start(&extra, pool.clone());
 
@@ -176,7 +201,21 @@ fn hostile_text_is_shown_as_text_on_every_page_under_a_strict_policy() {
     assert_safe_html(&page);
     for (page, fields) in [
         (&monitor, &["author", "branch"][..]),
-        (&page, &["author", "branch", "message", "status"][..]),
+        (
+            &page,
+            &[
+                "author",
+                "branch",
+                "message",
+                "status",
+                "test",
+                "class",
+                "failure",
+                "traceback",
+                "output",
+                "file",
+            ][..],
+        ),
     ] {
         for field in fields {
             // Shown, escaped and without the escapes: not dropped.
@@ -189,6 +228,28 @@ fn hostile_text_is_shown_as_text_on_every_page_under_a_strict_policy() {
             );
         }
     }
+    // The file's name as its text, and in its link percent-encoded.
+    assert!(
+        page.body
+            .contains(&format!(">files/{SCRIPT_SHOWN}{IMG_SHOWN}.log</a>")),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains("/artifacts/files/%3Cscript%3Ealert%281%29%3C/script%3E"),
+        "{}",
+        page.body
+    );
+    let tests = fetch(&host, "/tests");
+    assert_safe_html(&tests);
+    assert!(
+        tests
+            .body
+            .contains(&format!("test {SCRIPT_SHOWN} {IMG_SHOWN} end")),
+        "{}",
+        tests.body
+    );
     // The pages' data for their script is in attributes.
     assert!(
         monitor.body.contains("data-reload-ms=\"5000\""),

@@ -40,16 +40,31 @@ fn test_name(t: &TestResult) -> String {
     }
 }
 
-/// A text cut for the page on a character boundary.
-fn shown(text: &str) -> &str {
-    if text.len() <= TEXT_SHOWN {
-        return text;
-    }
-    let mut end = TEXT_SHOWN;
+/// A text of several lines (a traceback, a test's output) as the page
+/// shows it: cut on a character boundary, each line without its terminal
+/// escapes and control characters.
+fn shown(text: &str) -> String {
+    let mut end = text.len().min(TEXT_SHOWN);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    &text[..end]
+    text[..end]
+        .lines()
+        .map(|line| qci_core::log::sanitize(line.as_bytes()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A path as it goes into a link: each byte a URL's path could misread
+/// (`?`, `#`, `%`, a space, markup) percent-encoded, its `/` kept.
+fn url_path(path: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(path, KEEP).to_string()
 }
 
 fn size(bytes: u64) -> String {
@@ -130,7 +145,7 @@ pub fn section(job: &str, tests: Option<&JobTests>, artifacts: &[Artifact]) -> M
             ul #artifacts {
                 @for a in artifacts {
                     li {
-                        a href={ "/jobs/" (job) "/artifacts/" (a.path) } download { (clean_line(&a.path)) }
+                        a href={ "/jobs/" (job) "/artifacts/" (url_path(&a.path)) } download { (clean_line(&a.path)) }
                         " (" (size(a.bytes)) ")"
                     }
                 }
@@ -311,6 +326,22 @@ pub async fn overview(State(app): State<App>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn a_link_encodes_what_a_url_would_misread() {
+        assert_eq!(
+            url_path("files/out/a b?#%.xml"),
+            "files/out/a%20b%3F%23%25.xml"
+        );
+        assert_eq!(url_path("files/<é>"), "files/%3C%C3%A9%3E");
+    }
+
+    #[test]
+    fn a_long_text_is_cut_and_loses_its_escapes_line_by_line() {
+        assert_eq!(shown("a\x1b[31mb\x1b]0;t\x07\nc\td"), "ab\nc\td");
+        let long = "é".repeat(TEXT_SHOWN);
+        assert_eq!(shown(&long).len(), TEXT_SHOWN);
+    }
+
     #[test]
     fn a_download_is_named_by_its_last_component_in_plain_characters() {
         assert_eq!(attachment_name("files/test-results/a.xml"), "a.xml");

@@ -44,6 +44,8 @@ pub struct Scripted {
     pub canceled: Mutex<Vec<String>>,
     /// What `/pool` shows: the machines as the pool would report them.
     pub machines: Mutex<Vec<Machine>>,
+    /// What every job leaves: its tests and files, as the pool reads them.
+    pub artifacts: Mutex<Option<qci_pool::artifacts::JobArtifacts>>,
     logs: tempfile::TempDir,
 }
 
@@ -80,6 +82,7 @@ impl Scripted {
             job_files: Mutex::default(),
             canceled: Mutex::default(),
             machines: Mutex::default(),
+            artifacts: Mutex::default(),
             logs: tempfile::tempdir().unwrap(),
         })
     }
@@ -239,7 +242,7 @@ impl Executor for Scripted {
             description: description.into(),
             log: log.clone(),
             exit: qci_core::ExitCode::Success,
-            artifacts: None,
+            artifacts: self.artifacts.lock().unwrap().clone(),
         };
         let (lock, cvar) = &*self.gate;
         let mut open = lock.lock().unwrap();
