@@ -1,9 +1,9 @@
-//! dom0 collects a job's artifacts: `qci run --local` on a project whose
-//! step leaves hostile things where `[artifacts]` looks (symlinks to dom0's
-//! settings and out of the workspace, a link loop, a FIFO, a 10 GB sparse
-//! file, a setuid file), and then fails. The archive holds only what is
-//! safe, with plain modes, and the log says what was left out and where
-//! the archive is.
+//! A job's artifacts, end to end through `qci run --local`: dom0 collects
+//! them while a step leaves hostile things where `[artifacts]` looks
+//! (symlinks to dom0's settings and out of the workspace, a link loop, a
+//! FIFO, a 10 GB sparse file, a setuid file, 100,000 small files), and the
+//! host takes in only what is safe. Hostile JUnit reports are refused one
+//! by one, each with its reason, and the job keeps its outcome.
 
 #![expect(
     clippy::unwrap_used,
@@ -56,6 +56,72 @@ fn entries(archive: &std::path::Path) -> BTreeMap<String, (bool, u32, Vec<u8>)> 
             (path, (is_dir, mode, data))
         })
         .collect()
+}
+
+/// Every path under `dir`, relative, a directory's with a `/`, sorted.
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(dir).unwrap().display().to_string();
+            if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+                found.push(format!("{rel}/"));
+                stack.push(path);
+            } else {
+                found.push(rel);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+const HOSTILE_REPORTS: &str = r#"set -e
+mkdir -p r
+printf '<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>\n<testsuite><testcase name="&lol2;"/></testsuite>\n' > r/bomb.xml
+truncate -s 200M r/big.xml
+{ printf '<testsuites>'; i=0; while [ $i -lt 10000 ]; do printf '<testsuite>'; i=$((i+1)); done; } > r/deep.xml
+printf '<testsuite><testcase name="caf\351"/></testsuite>' > r/latin1.xml
+printf '<testsuite><testcase classname="t" name="&lt;script&gt;alert(1)&lt;/script&gt;"><failure message="&lt;script&gt;alert(2)&lt;/script&gt;"/></testcase><testcase classname="t" name="ok"/></testsuite>' > r/script.xml
+"#;
+
+#[test]
+fn hostile_reports_are_refused_each_with_its_reason_and_the_job_keeps_its_outcome() {
+    let s = Scratch::new();
+    let pipeline = "[[steps]]\nname = \"make\"\ncommand = \"sh make.sh\"\n\
+                    [artifacts]\nreports = [\"r/*.xml\"]\n";
+    let dir = s.project(
+        "reports",
+        &[(".qci.toml", pipeline), ("make.sh", HOSTILE_REPORTS)],
+    );
+    let out = s.run(&dir, &[]);
+    let (_, state, description) = s.ended(&out, 0);
+    assert_eq!(
+        (state.as_str(), description.as_str()),
+        ("success", "All 1 steps passed"),
+        "a refused report changes no outcome"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| {
+            l.starts_with("qci: report") || l.starts_with("qci: tests") || l.starts_with("qci:   ")
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "qci: report files/r/big.xml not read: the report is larger than 32 MiB",
+            "qci: report files/r/bomb.xml not read: the report has a DOCTYPE: refused (no DTDs or entities)",
+            "qci: report files/r/deep.xml not read: nested deeper than 32 elements",
+            "qci: report files/r/latin1.xml not read: invalid UTF-8 at byte 30",
+            "qci: tests: 1 of 2 tests failed (1 passed)",
+            "qci:   failed t::<script>alert(1)</script>: <script>alert(2)</script>",
+        ],
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -133,6 +199,57 @@ fn a_failed_jobs_artifacts_are_collected_safely_and_a_dotdot_pattern_is_refused(
         .collect();
     assert_eq!(names, [format!("{job}.tar")], "no .part left");
     assert_eq!(std::fs::read(&config).unwrap(), settings);
+    // On the host: the same files, and nothing else anywhere in its store.
+    let host = s.state().join("artifacts");
+    assert_eq!(
+        tree(&host),
+        [
+            format!("{job}/"),
+            format!("{job}/files/"),
+            format!("{job}/files/build.log"),
+            format!("{job}/files/out/"),
+            format!("{job}/files/out/empty/"),
+            format!("{job}/files/out/exec.sh"),
+            format!("{job}/files/out/ok.txt"),
+            format!("{job}/files/reports/"),
+            format!("{job}/files/reports/a.xml"),
+            format!("{job}/reports"),
+        ]
+    );
+    let exec = std::fs::metadata(host.join(&job).join("files/out/exec.sh")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&exec.permissions()) & 0o7000,
+        0,
+        "no setuid bit on the host"
+    );
+
+    // 100,000 small files: cut at dom0's file limit, with a line, quickly.
+    let many = s.project(
+        "many",
+        &[
+            (".qci.toml", "[[steps]]\nname = \"many\"\ncommand = \"mkdir out && cd out && seq 100000 | xargs touch\"\n[artifacts]\npaths = [\"out/\"]\n"),
+        ],
+    );
+    let started = std::time::Instant::now();
+    let out = s.run(&many, &[]);
+    let (job, state, _) = s.ended(&out, 0);
+    assert_eq!(state, "success");
+    let log = s.job_log(&job);
+    assert!(
+        log.contains(
+            "[qci] artifacts: the limit of 10000 files was reached; the rest was not collected"
+        ),
+        "{log}"
+    );
+    let taken = std::fs::read_dir(host.join(&job).join("files/out"))
+        .unwrap()
+        .count();
+    assert!(taken < 10_000, "{taken} files taken in");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
 
     // A pattern that climbs out of the workspace: a bad .qci.toml.
     let climbing = PIPELINE.replace("\"*.log\"", "\"logs/../../etc/*\"");
