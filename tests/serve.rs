@@ -749,18 +749,37 @@ fn the_monitor_page_shows_a_new_log_line_live_in_a_real_browser() {
     let Some(browser) = Browser::start() else {
         return;
     };
+    // A libvirt machine (the test driver) with an emulated dom0, so that
+    // the failed job leaves a screenshot of its screen.
+    let Some(lv) = pool_support::Libvirtd::start() else {
+        return;
+    };
+    lv.domain("lv");
     // Open to the machine's unprivileged user (run as root, as CI does).
     let area = support::Scratch::new();
     let scratch = &area.dir;
     let release = scratch.path().join("release");
+    let report = r#"<testsuite><testcase classname="tests.test_gui" name="test_opens_the_viewer"/><testcase classname="tests.test_gui" name="test_prints_a_page"><failure message="AssertionError: no printer in sd-devices">tests/test_gui.py:42: AssertionError</failure></testcase></testsuite>"#;
     let command = format!(
         // The printed line is not in the command, which the log also shows.
-        "echo the first line; {}; echo LIVE-$((40 + 2)); sleep 1",
+        "echo the first line; {}; echo LIVE-$((40 + 2)); sleep 1; \
+         mkdir -p out; printf '%s' '{report}' > out/report.xml; exit 1",
         hold_until(&release)
     );
-    let (project, sha) = project(scratch.path(), &command);
+    let (project, _) = project(scratch.path(), &command);
+    let mut toml = std::fs::read_to_string(project.join(".qci.toml")).unwrap();
+    toml.push_str("[artifacts]\nreports = [\"out/*.xml\"]\n");
+    std::fs::write(project.join(".qci.toml"), toml).unwrap();
+    git(&project, &["commit", "-q", "-a", "--amend", "-m", "a job"]);
+    let sha = git(&project, &["rev-parse", "HEAD"]).trim().to_owned();
     let github = FakeGithub::start(GITHUB_TOKEN);
-    let served = Served::start(scratch.path(), &github, &project);
+    let machine = format!(
+        "name = \"lv\"\nqubes = \"4.2\"\nbackend = \"libvirt\"\n\
+         uri = \"test+unix:///default?socket={}\"\n\
+         dom0 = \"emulated\"\nemulated_path = \"{{dir}}/guests/lv\"\n",
+        lv.socket().display()
+    );
+    let served = Served::start_with(scratch.path(), &github, &project, &machine, "");
     let job = served.jobs("push", "browser-1", &push(REPO, "main", &sha))[0].clone();
     wait_for("the job to run", Duration::from_secs(120), || {
         served
@@ -837,7 +856,7 @@ fn the_monitor_page_shows_a_new_log_line_live_in_a_real_browser() {
                 .eval("return document.getElementById('state').textContent")
                 .as_str()
                 .unwrap_or("")
-                .starts_with("success")
+                .starts_with("failure")
         },
     );
     // ...and its status events, the final one included, still without a reload.
@@ -849,7 +868,7 @@ fn the_monitor_page_shows_a_new_log_line_live_in_a_real_browser() {
             .to_owned()
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !events().contains("successAll 1 steps passed") {
+    while !events().contains("failuretest failed (exit 1)") {
         assert!(
             Instant::now() < deadline,
             "no final status event on the page: {:?}\nserved: {}",
@@ -858,8 +877,38 @@ fn the_monitor_page_shows_a_new_log_line_live_in_a_real_browser() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // ...then the failed test's row and the machine's screenshot, shown.
+    let failed = || {
+        browser
+            .eval("var t = document.getElementById('failed-tests'); return t ? t.innerText : ''")
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    wait_for(
+        "the failed test on the page",
+        Duration::from_secs(30),
+        || failed().contains("tests.test_gui::test_prints_a_page"),
+    );
+    assert!(
+        failed().contains("AssertionError: no printer in sd-devices")
+            && failed().contains("new failure"),
+        "{}",
+        failed()
+    );
+    wait_for("the screenshot shown", Duration::from_secs(30), || {
+        browser
+            .eval(
+                "var i = document.getElementById('screenshot'); \
+             return i ? i.complete && i.naturalWidth : 0",
+            )
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
     assert_eq!(browser.eval("return window.qciNoReload"), json!(42));
-    browser.screenshot("job.png");
+    let shot = browser.screenshot("job.png");
+    eprintln!("screenshot: {}", shot.display());
 }
 
 #[test]

@@ -83,7 +83,7 @@ LiveLog.prototype.add = function (line) {
 // What the page as served now has that the live one lacks once the job has
 // ended: its final status events, where and when it ran, and its log in
 // sections.
-var REFRESHED = ['events', 'machine', 'snapshot', 'started', 'ended', 'duration', 'log'];
+var REFRESHED = ['events', 'machine', 'snapshot', 'started', 'ended', 'duration', 'results', 'log'];
 
 function follow(log, url) {
   var es = new EventSource(url);
@@ -100,18 +100,30 @@ function follow(log, url) {
     s.textContent = d.state + ' \u2014 ' + d.description;
     s.className = 'state ' + d.state;
     es.close();
-    fetch(location.href)
-      .then(function (r) { return r.text(); })
-      .then(function (t) {
-        var served = new DOMParser().parseFromString(t, 'text/html');
-        REFRESHED.forEach(function (id) {
-          var n = served.getElementById(id);
-          var old = document.getElementById(id);
-          // A log still live as served (not yet published) stays as it is.
-          if (n && old && !(id === 'log' && n.dataset.events)) old.replaceWith(n);
-        });
-      });
+    refresh(60);
   });
+}
+
+// Once a job ends, the page as served replaces the live parts: the log in
+// sections, the machine and times, the tests and files. The host stores
+// them when it publishes the log, a moment after the end: until the served
+// log is no longer live, ask again (every 500 ms, `tries` times).
+function refresh(tries) {
+  fetch(location.href)
+    .then(function (r) { return r.text(); })
+    .then(function (t) {
+      var served = new DOMParser().parseFromString(t, 'text/html');
+      var log = served.getElementById('log');
+      if (log && log.dataset.events) {
+        if (tries > 0) setTimeout(function () { refresh(tries - 1); }, 500);
+        return;
+      }
+      REFRESHED.forEach(function (id) {
+        var n = served.getElementById(id);
+        var old = document.getElementById(id);
+        if (n && old) old.replaceWith(n);
+      });
+    });
 }
 
 function start() {

@@ -84,7 +84,9 @@ fn size(bytes: u64) -> String {
 /// The job page's part: tests, screenshot, files.
 pub fn section(job: &str, tests: Option<&JobTests>, artifacts: &[Artifact]) -> Markup {
     let screenshot = artifacts.iter().any(|a| a.path == SCREENSHOT);
-    html! {
+    // Always there, empty while the job runs: the page's script swaps in
+    // the served one when the job ends.
+    html! { div #results {
         @if let Some(tests) = tests {
             h2 { "Tests" }
             p #test-counts class={ "tests " @if tests.failing.is_empty() { "passed" } @else { "failed" } } {
@@ -151,7 +153,7 @@ pub fn section(job: &str, tests: Option<&JobTests>, artifacts: &[Artifact]) -> M
                 }
             }
         }
-    }
+    } }
 }
 
 /// `/jobs/JOB/artifacts/PATH`: one of the job's files, as a download.
