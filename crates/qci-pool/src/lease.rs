@@ -173,6 +173,31 @@ fn db(source: rusqlite::Error) -> PoolError {
     PoolError::Store { source }
 }
 
+/// How long a write waits for another process's.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Puts the database in WAL mode (it stays so: the mode is kept in the
+/// file). SQLite answers "database is locked" at once, not after the busy
+/// timeout, when another connection holds a lock while the mode changes,
+/// as when several processes open a new store together: so this waits
+/// for them itself, within the same bound.
+fn write_ahead_log(conn: &Connection) -> Result<(), PoolError> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Ok(()) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => return Err(db(e)),
+        }
+    }
+}
+
 /// Column `i` as a job id: the database file is outside data, so what it
 /// says is checked as it is read (a bad id is an error of the store).
 fn job_column(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<JobId> {
@@ -192,9 +217,14 @@ impl LeaseStore {
             path: state_dir.join("pool.sqlite"),
             host: host.to_owned(),
         };
-        let ready = store
-            .conn()
-            .and_then(|conn| conn.execute_batch(SCHEMA).map_err(db));
+        let ready = store.conn().and_then(|mut conn| {
+            write_ahead_log(&conn)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            tx.execute_batch(SCHEMA).map_err(db)?;
+            tx.commit().map_err(db)
+        });
         match ready {
             Ok(()) => {}
             // A full disk: what exists can still be read (see `reader`).
@@ -227,9 +257,7 @@ impl LeaseStore {
             path: self.path.clone(),
             source,
         })?;
-        conn.busy_timeout(Duration::from_secs(60)).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
         Ok(conn)
