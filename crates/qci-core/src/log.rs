@@ -76,6 +76,14 @@ impl LogWriter {
 
     /// Writes one line for `step`, stamped now; `raw` is one output line
     /// without its newline.
+    /// A line of qci's own, not a step's output: with no colours either,
+    /// since it may quote what came from outside (a file name, a parser's
+    /// error about a hostile stream), which must reach no terminal as an
+    /// escape.
+    pub fn note(&mut self, tag: &str, text: &str) -> io::Result<()> {
+        self.line(tag, sanitize(text.as_bytes()).as_bytes())
+    }
+
     pub fn line(&mut self, step: &str, raw: &[u8]) -> io::Result<()> {
         let mut batch = self.batch(step, SystemTime::now());
         batch.line(Line::new(raw));
@@ -922,6 +930,19 @@ pub(crate) mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_note_of_qcis_own_keeps_no_escape_not_even_a_colour() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.log");
+        let mut log = LogWriter::create(&path, None).unwrap();
+        log.note("qci", "tar: bad name \x1b[31mred\x1b]0;t\x07 here")
+            .unwrap();
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (_, tag, line) = parse_line(text.trim_end()).unwrap();
+        assert_eq!((tag, line), ("qci", "tar: bad name red here"));
     }
 
     #[test]

@@ -161,12 +161,12 @@ pub fn run_step(
             let canceled = ctx.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
             let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
             if canceled {
-                log.line("qci", format!("step {} canceled", step.name).as_bytes())?;
+                log.note("qci", &format!("step {} canceled", step.name))?;
                 stopped = Some(StepOutcome::Canceled);
             } else if timed_out {
                 let after = humantime::format_duration(step.timeout);
                 let note = format!("step {} timed out after {after}", step.name);
-                log.line("qci", note.as_bytes())?;
+                log.note("qci", &note)?;
                 stopped = Some(StepOutcome::TimedOut);
             }
             if stopped.is_some() {
@@ -190,7 +190,7 @@ pub fn run_step(
     if group.has_live_members() {
         if stopped.is_none() {
             let note = format!("step {} left processes running: stopping them", step.name);
-            log.line("qci", note.as_bytes())?;
+            log.note("qci", &note)?;
         }
         group.terminate();
         while group.has_live_members() && !group.killed {

@@ -482,7 +482,7 @@ fn remove_old_jobs(work: &Path) -> Vec<String> {
 /// stop the run (its final status still matters more), so the failure goes
 /// to dom0's qrexec log instead.
 fn note(log: &mut LogWriter, text: &str) {
-    if let Err(e) = log.line(QCI, text.as_bytes()) {
+    if let Err(e) = log.note(QCI, text) {
         tracing::error!("cannot write the log: {e}");
     }
 }
