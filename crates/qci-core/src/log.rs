@@ -260,32 +260,16 @@ pub fn sanitize(raw: &[u8]) -> String {
 /// [`sanitize`] without a copy for the common line: valid UTF-8 without
 /// control characters (but tabs), which needs no work.
 fn clean(line: Line<'_>) -> std::borrow::Cow<'_, str> {
-    if let Some(text) = line.as_printable() {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let raw = line.bytes;
-    if let Ok(text) = std::str::from_utf8(raw)
-        && !has_controls(raw)
-    {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut s = Sanitizer::default();
-    for chunk in raw.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            s.push(c);
-        }
-        match chunk.invalid() {
-            [] => {}
-            [0x9b] => s.push('\u{9b}'),
-            _ => s.push(char::REPLACEMENT_CHARACTER),
-        }
-    }
-    std::borrow::Cow::Owned(s.finish())
+    clean_with(line, false)
 }
 
 /// [`clean`], but keeping SGR sequences in their plain form (`ESC [`
 /// digits and `;` `m`): what the log writer writes.
 fn clean_keeping_sgr(line: Line<'_>) -> std::borrow::Cow<'_, str> {
+    clean_with(line, true)
+}
+
+fn clean_with(line: Line<'_>, keep_sgr: bool) -> std::borrow::Cow<'_, str> {
     if let Some(text) = line.as_printable() {
         return std::borrow::Cow::Borrowed(text);
     }
@@ -296,7 +280,7 @@ fn clean_keeping_sgr(line: Line<'_>) -> std::borrow::Cow<'_, str> {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut s = Sanitizer {
-        keep_sgr: true,
+        keep_sgr,
         ..Sanitizer::default()
     };
     for chunk in raw.utf8_chunks() {
