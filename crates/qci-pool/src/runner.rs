@@ -522,24 +522,16 @@ impl Runner<'_> {
         if !matches!(state, State::Failure | State::Error) {
             return None;
         }
-        let kept = backend
-            .control
-            .screenshot()
-            .map_err(|e| format!("cannot take one: {e}"))
-            .and_then(|png| {
-                png.map(|png| {
-                    artifacts::save_screenshot(&self.config.state_dir, job, &png)
-                        .map_err(|e| e.to_string())
-                })
-                .transpose()
-            });
-        match kept {
-            Ok(path) => path,
-            Err(why) => {
-                artifacts::host_line(host_log, &format!("screenshot: {why}"));
-                None
-            }
-        }
+        let why = match backend.control.screenshot() {
+            Ok(None) => return None,
+            Ok(Some(png)) => match artifacts::save_screenshot(&self.config.state_dir, job, &png) {
+                Ok(path) => return Some(path),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => format!("cannot take one: {e}"),
+        };
+        artifacts::host_line(host_log, &format!("screenshot: {why}"));
+        None
     }
 
     /// Writes the job file into the dev VM and starts `qci-vm begin`.
