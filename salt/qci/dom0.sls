@@ -42,7 +42,7 @@ work_dir = {{ (prefix ~ s.work_dir) | json }}
 {%- if s.artifact_dir is not none %}
 artifact_dir = {{ (prefix ~ s.artifact_dir) | json }}
 {%- endif %}
-{%- for key in ['job_timeout', 'status_timeout', 'export_timeout', 'kill_grace'] %}
+{%- for key in ['job_timeout', 'status_timeout', 'export_timeout', 'kill_grace', 'artifact_timeout'] %}
 {%- if s[key] is not none %}
 {{ key }} = {{ s[key] | json }}
 {%- endif %}

@@ -133,6 +133,7 @@ fn write_archive(
         reports: Vec::new(),
         dirs: Vec::new(),
         full: false,
+        deadline: std::time::Instant::now() + limits.timeout,
         skip_lines: 0,
         note,
     };
@@ -177,8 +178,10 @@ struct Walk<'a, W: Write> {
     /// The directories the walk is in, and whether each is in the archive
     /// yet: a file's parents are written before it, when it is collected.
     dirs: Vec<(String, bool)>,
-    /// The file limit was reached: the walk stops.
+    /// The file limit or the time limit was reached: the walk stops.
     full: bool,
+    /// When the walk must stop, whatever is left ([`ArtifactLimits::timeout`]).
+    deadline: std::time::Instant,
     skip_lines: usize,
     note: &'a mut dyn FnMut(&str),
 }
@@ -427,6 +430,14 @@ impl<W: Write> Walk<'_, W> {
     /// walk stops, with one line.
     fn room_for_one(&mut self) -> bool {
         if self.full {
+            return false;
+        }
+        if std::time::Instant::now() >= self.deadline {
+            self.full = true;
+            (self.note)(&format!(
+                "artifacts: collecting took longer than {}s (artifact_timeout); the rest was not collected",
+                self.limits.timeout.as_secs()
+            ));
             return false;
         }
         if self.entries < self.limits.max_files {
@@ -752,6 +763,24 @@ mod tests {
         assert_eq!(got.len(), 10_001, "the files, their directory, the reports");
         assert!(got.contains_key("files/many/009998.txt"));
         assert!(!got.contains_key("files/many/009999.txt"));
+    }
+
+    #[test]
+    fn the_time_limit_stops_the_walk_with_one_line() {
+        let s = scratch();
+        std::fs::write(s.workspace.join("a.log"), "a").unwrap();
+        let limits = ArtifactLimits {
+            timeout: std::time::Duration::ZERO,
+            ..ArtifactLimits::default()
+        };
+        let (c, lines) = run(&s, &spec(&["*.log"], &[]), limits);
+        assert_eq!(
+            lines,
+            [
+                "artifacts: collecting took longer than 0s (artifact_timeout); the rest was not collected"
+            ]
+        );
+        assert_eq!(c.files, 0);
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub struct ArtifactLimits {
     pub max_files: u64,
     /// Archives kept: older ones are removed after a new one is written.
     pub keep: usize,
+    /// How long collecting may take: a tree that is slow to read (a network
+    /// mount the steps left, millions of names) must not hold the job's end.
+    pub timeout: Duration,
 }
 
 impl Default for ArtifactLimits {
@@ -72,6 +75,7 @@ impl Default for ArtifactLimits {
             max_bytes: 512 * 1024 * 1024,
             max_files: 10_000,
             keep: 20,
+            timeout: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -95,6 +99,7 @@ struct RawConfig {
     max_artifact_bytes: Option<u64>,
     max_artifact_files: Option<u64>,
     keep_artifacts: Option<usize>,
+    artifact_timeout: Option<String>,
     #[serde(default)]
     secrets: Vec<String>,
 }
@@ -134,6 +139,11 @@ impl Config {
         c.status_timeout = duration("status_timeout", raw.status_timeout, c.status_timeout)?;
         c.export_timeout = duration("export_timeout", raw.export_timeout, c.export_timeout)?;
         c.kill_grace = duration("kill_grace", raw.kill_grace, c.kill_grace)?;
+        c.artifact_limits.timeout = duration(
+            "artifact_timeout",
+            raw.artifact_timeout,
+            c.artifact_limits.timeout,
+        )?;
         if let Some(vm) = raw.dev_vm {
             c.dev_vm = vm;
         }
@@ -215,7 +225,8 @@ mod tests {
         std::fs::write(
             &p,
             "work_dir = \"/srv/ci\"\nartifact_dir = \"/srv/out\"\n\
-             max_artifact_bytes = 100\nmax_artifact_files = 5\nkeep_artifacts = 2\n",
+             max_artifact_bytes = 100\nmax_artifact_files = 5\nkeep_artifacts = 2\n\
+             artifact_timeout = \"30s\"\n",
         )
         .unwrap();
         let c = Config::load(&p).unwrap();
@@ -225,7 +236,8 @@ mod tests {
             ArtifactLimits {
                 max_bytes: 100,
                 max_files: 5,
-                keep: 2
+                keep: 2,
+                timeout: Duration::from_secs(30),
             }
         );
         std::fs::write(&p, "keep_artifacts = 0\n").unwrap();
