@@ -43,6 +43,15 @@ pub const MAX_TITLE_CHARS: usize = 255;
 pub const MAX_ANNOTATIONS: usize = 50;
 /// An annotation's `message` and `raw_details`: at most 64 KB each.
 pub const MAX_ANNOTATION_BYTES: usize = 64 * 1024;
+/// An annotation's `raw_details` (the traceback), at most: well within
+/// GitHub's 64 KB, so that a thousand of them stay small; the job's page
+/// has it whole.
+pub const MAX_RAW_DETAILS_BYTES: usize = 16 * 1024;
+/// The most annotations a check run gets, in [`MAX_ANNOTATIONS`] a
+/// request: as many as the job's page lists ([`MAX_LISTED`]).
+///
+/// [`MAX_LISTED`]: crate::queue::results::MAX_LISTED
+pub const MAX_ANNOTATED: usize = crate::queue::results::MAX_LISTED;
 /// An annotation's `title`.
 pub const MAX_ANNOTATION_TITLE_CHARS: usize = 255;
 /// How many of the log's last lines `output.text` shows.
@@ -255,7 +264,8 @@ pub fn batches(
 }
 
 /// The failed tests that name a file and a line, ordered by file, line and
-/// test (a stable order, whatever order the reports came in).
+/// test (a stable order, whatever order the reports came in), the first
+/// [`MAX_ANNOTATED`].
 pub fn annotations(failing: &[Failing]) -> Vec<Annotation> {
     let mut notes: Vec<Annotation> = failing
         .iter()
@@ -287,11 +297,12 @@ pub fn annotations(failing: &[Failing]) -> Vec<Annotation> {
                     .details
                     .as_deref()
                     .filter(|d| !d.is_empty())
-                    .map(|d| cut_bytes(d, MAX_ANNOTATION_BYTES - 1).into_owned()),
+                    .map(|d| cut_bytes(d, MAX_RAW_DETAILS_BYTES).into_owned()),
             })
         })
         .collect();
     notes.sort_by(|a, b| (&a.path, a.start_line, &a.title).cmp(&(&b.path, b.start_line, &b.title)));
+    notes.truncate(MAX_ANNOTATED);
     notes
 }
 
@@ -564,9 +575,10 @@ pub fn text(tail: &str) -> String {
     let shown = kept.len();
     let mut out = String::new();
     if shown < lines.len() {
+        let noun = if shown == 1 { "line" } else { "lines" };
         let _ = writeln!(
             out,
-            "The log's last {shown} lines (the whole log is on the job's page):\n"
+            "The log's last {shown} {noun} (the whole log is on the job's page):\n"
         );
     }
     out.push_str(&open);
@@ -844,4 +856,612 @@ fn too_long_bytes(field: &str, text: &str) -> Result<(), Violation> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pages::sections;
+    use crate::queue::results::{Flakiness, Since, TestResult};
+    use qci_core::job_file::Reason;
+    use qci_junit::Counts;
+    use serde_json::json;
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+    const T0: &str = "2026-12-03T10:00:00.000Z";
+    /// 2026-12-03T10:00:00Z in Unix ms.
+    const AT: i64 = 1_796_292_000_000;
+
+    fn job(state: State, description: &str) -> Job {
+        Job {
+            id: "42-q4.2".parse().unwrap(),
+            repo: "o/r".into(),
+            clone_url: "/src".into(),
+            sha: SHA.into(),
+            git_ref: "refs/heads/main".into(),
+            reason: Reason::Push,
+            author: "a".into(),
+            message: "m".into(),
+            qubes: "4.2".into(),
+            context: "qci/qubes-4.2".into(),
+            pr: None,
+            needs_approval: false,
+            state,
+            description: description.into(),
+            retry_of: None,
+            start_failures: 0,
+            created_at: AT,
+            dispatched_at: Some(AT + 1_000),
+            started_at: Some(AT + 2_000),
+            finished_at: state.is_final().then_some(AT + 2_462_000),
+            log_published: true,
+            machine: None,
+            snapshot: None,
+        }
+    }
+
+    fn report<'a>(
+        job: &'a Job,
+        sections: &'a [Section],
+        tests: Option<&'a JobTests>,
+        tail: Option<&'a str>,
+    ) -> Report<'a> {
+        Report {
+            job,
+            details_url: "https://ci.example.org/jobs/42-q4.2",
+            sections,
+            tests,
+            log_tail: tail,
+        }
+    }
+
+    fn failing(name: &str, message: &str, since: Since, line: Option<u32>) -> Failing {
+        Failing {
+            test: TestResult {
+                classname: "tests.test_vm".into(),
+                name: name.into(),
+                outcome: qci_junit::Outcome::Failed,
+                duration_ms: Some(1500),
+                message: Some(message.into()),
+                details: Some("Traceback (most recent call last):\n  boom".into()),
+                output: None,
+                file: line.map(|_| "./tests/test_vm.py".into()),
+                line,
+            },
+            since,
+            flaky: None,
+        }
+    }
+
+    fn tests_of(failing: Vec<Failing>, passed: usize) -> JobTests {
+        JobTests {
+            counts: Counts {
+                passed,
+                failed: failing.len(),
+                errored: 0,
+                skipped: 0,
+            },
+            failing,
+            flaky: Vec::new(),
+        }
+    }
+
+    fn log(lines: &[&str]) -> Vec<Section> {
+        let text: String = lines.iter().map(|l| format!("{T0} {l}\n")).collect();
+        sections::read(text.as_bytes(), State::Failure).unwrap()
+    }
+
+    fn body(value: &impl Serialize) -> Value {
+        serde_json::to_value(value).unwrap()
+    }
+
+    #[test]
+    fn each_end_of_a_job_has_its_conclusion() {
+        let cases = [
+            (job(State::Success, "All 3 steps passed"), "success"),
+            (job(State::Failure, "make failed (exit 2)"), "failure"),
+            (job(State::Canceled, "Job canceled"), "cancelled"),
+            (job(State::Error, "Job timed out after 3600s"), "timed_out"),
+            (
+                job(State::Error, "make dev timed out after 60s (its timeout)"),
+                "timed_out",
+            ),
+            (
+                job(State::Error, "Job timed out before make dev"),
+                "timed_out",
+            ),
+            (job(State::Error, "machine m1 lost: no answer"), "failure"),
+        ];
+        for (job, conclusion) in &cases {
+            let create = body(&create(&report(job, &[], None, None)));
+            assert_eq!(create["status"], "completed", "{}", job.description);
+            assert_eq!(create["conclusion"], *conclusion, "{}", job.description);
+            assert_eq!(create["completed_at"], "2026-12-03T10:41:02Z");
+            validate(Request::Create, &create).unwrap();
+        }
+        let mut waiting = job(State::Queued, "Waiting for approval");
+        waiting.needs_approval = true;
+        let create = body(&create(&report(&waiting, &[], None, None)));
+        assert_eq!(create["conclusion"], "action_required");
+        assert!(
+            create["output"]["title"]
+                .as_str()
+                .unwrap()
+                .starts_with("Waiting for approval")
+        );
+        validate(Request::Create, &create).unwrap();
+
+        let queued = create_of(&job(State::Queued, "Queued"));
+        assert_eq!(
+            (
+                &queued["name"],
+                &queued["head_sha"],
+                &queued["external_id"],
+                &queued["details_url"],
+                &queued["status"],
+            ),
+            (
+                &json!("qci / qubes-4.2"),
+                &json!(SHA),
+                &json!("42-q4.2"),
+                &json!("https://ci.example.org/jobs/42-q4.2"),
+                &json!("queued"),
+            )
+        );
+        assert_eq!(queued.get("conclusion"), None);
+        assert_eq!(queued.get("started_at"), None);
+        let running = job(State::Running, "Running make");
+        let updates = update(&report(&running, &[], None, None));
+        assert_eq!(updates.len(), 1);
+        let running = body(&updates[0]);
+        assert_eq!(running["status"], "in_progress");
+        assert_eq!(running["started_at"], "2026-12-03T10:00:02Z");
+        assert_eq!(running.get("conclusion"), None);
+        validate(Request::Update, &running).unwrap();
+    }
+
+    fn create_of(job: &Job) -> Value {
+        let v = body(&create(&report(job, &[], None, None)));
+        validate(Request::Create, &v).unwrap();
+        v
+    }
+
+    #[test]
+    fn the_name_comes_from_the_context_or_the_qubes_version() {
+        let mut j = job(State::Queued, "Queued");
+        assert_eq!(name(&j), "qci / qubes-4.2");
+        j.context = String::new();
+        j.qubes = "4.3".into();
+        assert_eq!(name(&j), "qci / qubes-4.3");
+        j.context = "nightly".into();
+        assert_eq!(name(&j), "nightly");
+    }
+
+    #[test]
+    fn the_title_says_in_one_line_what_went_wrong() {
+        let steps = log(&[
+            "[qci] step build: make dev",
+            "[qci] step build failed in 2460.3s (exit 2)",
+        ]);
+        let failed = job(State::Failure, "make dev failed (exit 2)");
+        assert_eq!(
+            title(&report(&failed, &steps, None, None)),
+            "build failed after 41 min"
+        );
+        let tests = tests_of(
+            vec![
+                failing("test_a", "x", Since::New { last_passed: None }, None),
+                failing("test_b", "y", Since::New { last_passed: None }, None),
+            ],
+            146,
+        );
+        assert_eq!(
+            title(&report(&failed, &steps, Some(&tests), None)),
+            "2 of 148 tests failed (146 passed)"
+        );
+        let ci = job(State::Error, "machine m1 lost:\nno answer");
+        assert_eq!(
+            title(&report(&ci, &steps, Some(&tests), None)),
+            "CI error: machine m1 lost: no answer"
+        );
+        let passed = job(State::Success, "All 3 steps passed");
+        assert_eq!(
+            title(&report(&passed, &[], None, None)),
+            "All 3 steps passed"
+        );
+        assert_eq!(
+            title(&report(&passed, &[], Some(&tests_of(Vec::new(), 3)), None)),
+            "3 of 3 tests passed"
+        );
+        let timeout = job(State::Error, "make dev timed out after 60s (its timeout)");
+        assert_eq!(
+            title(&report(&timeout, &[], None, None)),
+            "make dev timed out after 60s (its timeout)"
+        );
+        assert_eq!(
+            title(&report(&job(State::Running, "r"), &[], None, None)),
+            "Running"
+        );
+        let long = job(State::Error, &"é".repeat(2000));
+        let t = title(&report(&long, &[], None, None));
+        assert_eq!(t.chars().count(), MAX_TITLE_CHARS);
+        assert!(t.ends_with('…'));
+    }
+
+    #[test]
+    fn the_summary_shows_the_steps_then_the_failed_tests_with_their_history_then_the_counts() {
+        let steps = log(&[
+            "[qci] fetching",
+            "[qci] step build: make",
+            "[qci] step build passed in 12.5s",
+            "[qci] step test: make test",
+            "[qci] step test failed in 3.0s (exit 1)",
+        ]);
+        let mut flaky = failing(
+            "test_flaky",
+            "",
+            Since::Failing {
+                first: "a".repeat(40),
+                runs: 3,
+                last_passed: Some("b".repeat(40)),
+            },
+            None,
+        );
+        flaky.flaky = Some(Flakiness { flips: 4, runs: 10 });
+        let tests = tests_of(
+            vec![
+                failing(
+                    "test_new",
+                    "assert 1 == 2",
+                    Since::New { last_passed: None },
+                    Some(12),
+                ),
+                flaky,
+            ],
+            5,
+        );
+        let failed = job(State::Failure, "make test failed (exit 1)");
+        let summary = summary(&report(&failed, &steps, Some(&tests), None));
+        assert_eq!(
+            summary,
+            "` make test failed (exit 1) `\n\n\
+             | Step | Result | Duration |\n\
+             |---|---|---|\n\
+             | ` build ` | passed | ` 12.5s ` |\n\
+             | ` test ` | failed \\(exit 1\\) | ` 3.0s ` |\n\
+             \n\
+             ### Failed tests\n\n\
+             - ` tests.test_vm.test_new ` \u{2014} new failure\n  ` assert 1 == 2 `\n\
+             - ` tests.test_vm.test_flaky ` \u{2014} failing since aaaaaaaaaaaa \\(3 runs\\)\\, \
+             last passed at bbbbbbbbbbbb; **flaky\\: 4 flips in its last 10 runs \\(44\\%\\)**\n\
+             \n\
+             ### Tests\n\n\
+             2 of 7 tests failed \\(5 passed\\)\n"
+        );
+        let ci = job(State::Error, "machine lost");
+        let summary = super::summary(&report(&ci, &[], None, None));
+        assert!(
+            summary.starts_with("**An error of the CI (the machine, the network or the pool), not of the code under test.**"),
+            "{summary}"
+        );
+        assert!(summary.ends_with("No test reports.\n"), "{summary}");
+    }
+
+    #[test]
+    fn hostile_names_and_messages_cannot_make_markup() {
+        let hostile = "x`` | <img src=x onerror=alert(1)> ](javascript:alert(1)) [a](http://e.vil)";
+        let tests = tests_of(
+            vec![failing(
+                hostile,
+                hostile,
+                Since::New { last_passed: None },
+                Some(3),
+            )],
+            0,
+        );
+        let failed = job(State::Failure, hostile);
+        let summary = summary(&report(&failed, &[], Some(&tests), None));
+        // Each outside text sits whole in a code span of three backticks,
+        // longer than its own two: nothing in it is Markdown or HTML.
+        let span = format!("``` {hostile} ```");
+        assert_eq!(summary.matches(&span).count(), 2, "{summary}");
+        assert!(summary.contains(&format!("``` tests.test_vm.{hostile} ```")));
+        let outside = summary
+            .replace(&format!("``` tests.test_vm.{hostile} ```"), "")
+            .replace(&span, "");
+        for bad in ["<img", "](", "[a]", "javascript"] {
+            assert!(
+                !outside.contains(bad),
+                "{bad} outside a code span: {outside}"
+            );
+        }
+        assert_eq!(code("`a`"), "`` `a` ``");
+        assert_eq!(code(""), "(empty)");
+        assert_eq!(code("a\nb"), "` a b `");
+        // In a table a pipe is escaped, and a backslash cannot escape the escape.
+        assert_eq!(cell("a|b\\|c"), "` a\\|b\u{29f5}\\|c `");
+        assert_eq!(escape("<b>[x](y)|`"), "\\<b\\>\\[x\\]\\(y\\)\\|\\`");
+        // Annotations are plain text: kept as they are, within their limits.
+        let notes = annotations(&tests.failing);
+        assert_eq!(notes[0].title, format!("tests.test_vm.{hostile}"));
+        assert_eq!(notes[0].path, "tests/test_vm.py");
+    }
+
+    #[test]
+    fn the_log_tail_is_in_a_fence_its_backticks_cannot_close() {
+        let tail = "ok\n``````\n<img src=x>\n```\n";
+        let text = text(tail);
+        assert_eq!(text, "```````text\nok\n``````\n<img src=x>\n```\n```````\n");
+        assert_eq!(super::text("plain\n"), "```text\nplain\n```\n");
+    }
+
+    #[test]
+    fn the_tail_is_the_last_lines_read_from_the_end_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut log = String::new();
+        for i in 0..500 {
+            log.push_str(&format!("line {i} \x1b[31mred\x1b[0m\n"));
+        }
+        std::fs::write(&path, &log).unwrap();
+        let tail = read_log_tail(&path).unwrap();
+        let lines: Vec<&str> = tail.lines().collect();
+        assert_eq!(lines.len(), TAIL_LINES);
+        assert_eq!(lines[0], "line 400 red");
+        assert_eq!(lines[99], "line 499 red");
+        assert_eq!(
+            read_log_tail(&dir.path().join("none")).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
+    }
+
+    /// A failed test with a long multi-byte message, on its own line.
+    fn big_failure(i: usize) -> Failing {
+        let mut f = failing(
+            &format!("test_{i:05}_ü"),
+            &"ünïcödé ".repeat(40),
+            Since::New { last_passed: None },
+            Some(u32::try_from(i).unwrap() + 1),
+        );
+        f.test.details = Some("é".repeat(500));
+        f
+    }
+
+    #[test]
+    fn a_10_mb_log_and_5000_failed_tests_give_bounded_valid_bodies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        {
+            use std::io::Write;
+            let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+            writeln!(file, "{T0} [qci] step test: make test").unwrap();
+            let line = format!("{T0} [test] {}\n", "ĉ€𝄞`".repeat(60));
+            while file.get_ref().metadata().unwrap().len() < 10 << 20 {
+                for _ in 0..1000 {
+                    file.write_all(line.as_bytes()).unwrap();
+                }
+                file.flush().unwrap();
+            }
+            // The last line alone is longer than the text may be.
+            writeln!(file, "{}", "é".repeat(100_000)).unwrap();
+        }
+        let started = std::time::Instant::now();
+        let steps = sections::read(
+            std::io::BufReader::new(std::fs::File::open(&path).unwrap()),
+            State::Failure,
+        )
+        .unwrap();
+        let tail = read_log_tail(&path).unwrap();
+        let tests = tests_of((0..5000).map(big_failure).collect(), 10);
+        let failed = job(State::Failure, "make test failed (exit 1)");
+        let report = report(&failed, &steps, Some(&tests), Some(&tail));
+        let create = body(&create(&report));
+        let updates: Vec<Value> = update(&report).iter().map(body).collect();
+        assert!(started.elapsed() < Duration::from_secs(60));
+
+        validate(Request::Create, &create).unwrap();
+        assert_eq!(
+            updates.len(),
+            20,
+            "the first 1000 annotations, 50 a request"
+        );
+        for u in &updates {
+            validate(Request::Update, u).unwrap();
+        }
+        let output = &updates[0]["output"];
+        let summary = output["summary"].as_str().unwrap();
+        let text = output["text"].as_str().unwrap();
+        assert!(summary.chars().count() <= MAX_OUTPUT_CHARS);
+        assert!(
+            summary.chars().count() > MAX_OUTPUT_CHARS - 2000,
+            "the room is used"
+        );
+        assert!(text.chars().count() <= MAX_OUTPUT_CHARS);
+        assert_eq!(output["title"], "5000 of 5010 tests failed (10 passed)");
+        // The summary says what it left out and still ends with the counts.
+        let listed = summary.matches("\n- ").count();
+        assert!(summary.contains(&format!(
+            "\u{2026} {} more failed tests: see the job's page.",
+            5000 - listed
+        )));
+        assert!(summary.ends_with("### Tests\n\n5000 of 5010 tests failed \\(10 passed\\)\n"));
+        // The text keeps the end of the last line, whole characters, in its fence.
+        assert!(text.ends_with(&format!("{}\n```\n", "é".repeat(1000))));
+        assert!(text.starts_with(
+            "The log's last 1 line (the whole log is on the job's page):\n\n```text\né"
+        ));
+        assert_eq!(updates[19]["output"]["annotations"][49]["start_line"], 1000);
+        // Sorted by file and line, the first test is the last listed.
+        let mut tests = tests;
+        tests.failing.truncate(1);
+        tests.failing[0].test.details = Some("é".repeat(100_000));
+        let notes = annotations(&tests.failing);
+        let details = notes[0].raw_details.as_deref().unwrap();
+        assert!(details.len() <= MAX_RAW_DETAILS_BYTES);
+        assert!(details.ends_with("é…"));
+    }
+
+    #[test]
+    fn annotations_go_50_a_request_in_a_stable_order() {
+        let mut failing: Vec<Failing> = (0..120).map(big_failure).collect();
+        // Reports in another order give the same requests.
+        failing.reverse();
+        failing.push(failing_no_file());
+        let tests = tests_of(failing, 0);
+        let failed = job(State::Failure, "tests failed");
+        let updates = update(&report(&failed, &[], Some(&tests), None));
+        let sizes: Vec<usize> = updates.iter().map(|u| u.output.annotations.len()).collect();
+        assert_eq!(sizes, [50, 50, 20]);
+        assert!(matches!(
+            updates[0].status,
+            Some(Status::Completed {
+                conclusion: Conclusion::Failure,
+                ..
+            })
+        ));
+        assert!(updates[1..].iter().all(|u| u.status.is_none()));
+        assert_eq!(body(&updates[1]).get("status"), None);
+        assert_eq!(body(&updates[0])["conclusion"], "failure");
+        let lines: Vec<u32> = updates
+            .iter()
+            .flat_map(|u| u.output.annotations.iter().map(|a| a.start_line))
+            .collect();
+        assert_eq!(lines, (1..=120).collect::<Vec<_>>());
+        for u in &updates {
+            let v = body(u);
+            validate(Request::Update, &v).unwrap();
+            for a in &u.output.annotations {
+                assert_eq!(a.annotation_level, "failure");
+                assert_eq!(a.end_line, a.start_line);
+                assert_eq!(a.path, "tests/test_vm.py");
+            }
+            assert_eq!(u.output.title, updates[0].output.title);
+        }
+        assert_eq!(
+            updates[0].output.annotations[0].message,
+            format!("{}\nnew failure", "ünïcödé ".repeat(40))
+        );
+        // No annotations: one request, the status.
+        let none = update(&report(&failed, &[], None, None));
+        assert_eq!(none.len(), 1);
+        assert!(none[0].output.annotations.is_empty());
+        assert_eq!(body(&none[0]).pointer("/output/annotations"), None);
+    }
+
+    fn failing_no_file() -> Failing {
+        failing("test_nofile", "x", Since::New { last_passed: None }, None)
+    }
+
+    #[test]
+    fn validate_refuses_what_github_refuses() {
+        let good = create_of(&job(State::Failure, "f"));
+        let with = |pointer: &str, value: Value| {
+            let mut v = good.clone();
+            *v.pointer_mut(pointer).unwrap() = value;
+            v
+        };
+        let refused = |v: &Value| validate(Request::Create, v).unwrap_err();
+        assert_eq!(
+            refused(&with("/head_sha", json!("abc"))),
+            Violation::BadSha("abc".into())
+        );
+        assert_eq!(
+            refused(&with("/status", json!("in_progress"))),
+            Violation::Inconsistent {
+                status: Some("in_progress".into()),
+                conclusion: Some("failure".into())
+            }
+        );
+        assert_eq!(
+            refused(&with("/conclusion", json!("stale"))),
+            Violation::NotAllowed {
+                field: "conclusion".into(),
+                value: "stale".into(),
+                allowed: CONCLUSIONS
+            }
+        );
+        assert_eq!(
+            refused(&with("/conclusion", Value::Null)),
+            Violation::Inconsistent {
+                status: Some("completed".into()),
+                conclusion: None
+            }
+        );
+        assert_eq!(
+            refused(&with("/completed_at", json!("yesterday"))),
+            Violation::BadTime {
+                field: "completed_at".into(),
+                value: "yesterday".into()
+            }
+        );
+        assert_eq!(
+            refused(&with(
+                "/output/summary",
+                json!("x".repeat(MAX_OUTPUT_CHARS + 1))
+            )),
+            Violation::TooLong {
+                field: "output.summary".into(),
+                len: MAX_OUTPUT_CHARS + 1,
+                max: MAX_OUTPUT_CHARS
+            }
+        );
+        // Characters, not bytes.
+        validate(
+            Request::Create,
+            &with("/output/summary", json!("é".repeat(MAX_OUTPUT_CHARS))),
+        )
+        .unwrap();
+        let note = json!({"path": "a.py", "start_line": 1, "end_line": 1,
+                          "annotation_level": "failure", "message": "m"});
+        let notes = |n: usize, note: &Value| {
+            with(
+                "/output",
+                json!({"title": "t", "summary": "s",
+            "annotations": vec![note.clone(); n]}),
+            )
+        };
+        validate(Request::Create, &notes(50, &note)).unwrap();
+        assert_eq!(
+            refused(&notes(51, &note)),
+            Violation::TooManyAnnotations(51)
+        );
+        let mut bad = note.clone();
+        bad["annotation_level"] = json!("error");
+        assert_eq!(
+            refused(&notes(1, &bad)),
+            Violation::NotAllowed {
+                field: "output.annotations[0].annotation_level".into(),
+                value: "error".into(),
+                allowed: LEVELS
+            }
+        );
+        let mut bad = note.clone();
+        bad["end_line"] = json!(0);
+        assert_eq!(
+            refused(&notes(1, &bad)),
+            Violation::WrongType {
+                field: "output.annotations[0].end_line".into(),
+                expected: "a line number (1 or more)"
+            }
+        );
+        assert_eq!(
+            refused(&with("/output", json!({"title": "t"}))),
+            Violation::Missing("output.summary".into())
+        );
+        let mut no_name = good.clone();
+        no_name.as_object_mut().unwrap().remove("name");
+        assert_eq!(refused(&no_name), Violation::Missing("name".into()));
+        // An update needs neither, and may carry only output.
+        validate(
+            Request::Update,
+            &json!({"output": {"title": "t", "summary": "s"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            validate(Request::Update, &json!([]))
+                .unwrap_err()
+                .to_string(),
+            "the body is not a JSON object"
+        );
+    }
 }
