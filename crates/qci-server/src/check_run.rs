@@ -490,7 +490,19 @@ pub fn summary(report: &Report<'_>) -> String {
         }
         return cut_chars(&head, MAX_OUTPUT_CHARS).into_owned();
     };
-    let counts = format!("### Tests\n\n{}\n", escape(&tests.counts.to_string()));
+    let mut counts = format!("### Tests\n\n{}\n", escape(&tests.counts.to_string()));
+    if !tests.flaky.is_empty() {
+        let n = tests.flaky.len();
+        let (noun, verb) = if n == 1 {
+            ("test", "is")
+        } else {
+            ("tests", "are")
+        };
+        let _ = writeln!(
+            counts,
+            "\n{n} {noun} that passed here {verb} flaky: see the job's page."
+        );
+    }
     let bad = tests.counts.failed + tests.counts.errored;
     let mut list = String::new();
     let mut listed = 0;
@@ -1137,6 +1149,18 @@ mod tests {
              \n\
              ### Tests\n\n\
              2 of 7 tests failed \\(5 passed\\)\n"
+        );
+        let mut tests = tests;
+        let passed_flaky = tests.failing[0].test.clone();
+        tests
+            .flaky
+            .push((passed_flaky, Flakiness { flips: 1, runs: 2 }));
+        let with_flaky = super::summary(&report(&failed, &steps, Some(&tests), None));
+        assert!(
+            with_flaky.ends_with(
+                "2 of 7 tests failed \\(5 passed\\)\n\n1 test that passed here is flaky: see the job's page.\n"
+            ),
+            "{with_flaky}"
         );
         let ci = job(State::Error, "machine lost");
         let summary = super::summary(&report(&ci, &[], None, None));
