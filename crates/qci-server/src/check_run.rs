@@ -267,17 +267,24 @@ pub fn batches(
 /// test (a stable order, whatever order the reports came in), the first
 /// [`MAX_ANNOTATED`].
 pub fn annotations(failing: &[Failing]) -> Vec<Annotation> {
-    let mut notes: Vec<Annotation> = failing
+    // Sorted and cut before the texts are copied: 5,000 failures make no
+    // more than [`MAX_ANNOTATED`] annotations' worth of text.
+    let mut placed: Vec<(String, u32, String, &Failing)> = failing
         .iter()
         .filter_map(|f| {
-            let t = &f.test;
-            let path = clean_line(t.file.as_deref()?);
+            let path = clean_line(f.test.file.as_deref()?);
             let path = path.trim_start_matches("./");
-            let line = t.line?.max(1);
-            if path.is_empty() {
-                return None;
-            }
+            let line = f.test.line?.max(1);
             let title = cut_chars(&test_name(f), MAX_ANNOTATION_TITLE_CHARS).into_owned();
+            (!path.is_empty()).then(|| (path.to_owned(), line, title, f))
+        })
+        .collect();
+    placed.sort_by(|a, b| (&a.0, a.1, &a.2).cmp(&(&b.0, b.1, &b.2)));
+    placed.truncate(MAX_ANNOTATED);
+    placed
+        .into_iter()
+        .map(|(path, line, title, f)| {
+            let t = &f.test;
             let mut message = t.message.clone().unwrap_or_default();
             if message.trim().is_empty() {
                 message = format!("{} {}", title, t.outcome.as_str());
@@ -286,8 +293,8 @@ pub fn annotations(failing: &[Failing]) -> Vec<Annotation> {
             if let Some(flaky) = f.flaky {
                 let _ = write!(message, "; {flaky}");
             }
-            Some(Annotation {
-                path: path.to_owned(),
+            Annotation {
+                path,
                 start_line: line,
                 end_line: line,
                 annotation_level: "failure",
@@ -298,12 +305,9 @@ pub fn annotations(failing: &[Failing]) -> Vec<Annotation> {
                     .as_deref()
                     .filter(|d| !d.is_empty())
                     .map(|d| cut_bytes(d, MAX_RAW_DETAILS_BYTES).into_owned()),
-            })
+            }
         })
-        .collect();
-    notes.sort_by(|a, b| (&a.path, a.start_line, &a.title).cmp(&(&b.path, b.start_line, &b.title)));
-    notes.truncate(MAX_ANNOTATED);
-    notes
+        .collect()
 }
 
 /// `classname.name`, or the name alone.
