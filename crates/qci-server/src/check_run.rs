@@ -352,6 +352,15 @@ fn section_took(s: &Section) -> Option<Duration> {
     Duration::try_from_secs_f64(secs).ok()
 }
 
+/// The failed step as dom0's description names it (`make dev failed (exit
+/// 2)`: its command when short, else its name), or its name.
+fn step_label<'a>(description: &'a str, step: &'a Section) -> &'a str {
+    match description.split_once(" failed (") {
+        Some((label, _)) if !label.is_empty() && label.chars().count() <= 32 => label,
+        _ => step.title(),
+    }
+}
+
 /// One line: what a maintainer reads in the PR's list of checks.
 pub fn title(report: &Report<'_>) -> String {
     let job = report.job;
@@ -383,7 +392,7 @@ pub fn title(report: &Report<'_>) -> String {
                     })
                     .map(|d| format!(" after {}", human(d)))
                     .unwrap_or_default();
-                format!("{} failed{took}", step.title())
+                format!("{} failed{took}", step_label(&description, step))
             }
             (None, None) => description,
         },
@@ -1062,6 +1071,11 @@ mod tests {
         let failed = job(State::Failure, "make dev failed (exit 2)");
         assert_eq!(
             title(&report(&failed, &steps, None, None)),
+            "make dev failed after 41 min"
+        );
+        let unnamed = job(State::Failure, "something else");
+        assert_eq!(
+            title(&report(&unnamed, &steps, None, None)),
             "build failed after 41 min"
         );
         let tests = tests_of(
