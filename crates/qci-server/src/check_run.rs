@@ -1235,6 +1235,21 @@ mod tests {
         let text = text(tail);
         assert_eq!(text, "```````text\nok\n``````\n<img src=x>\n```\n```````\n");
         assert_eq!(super::text("plain\n"), "```text\nplain\n```\n");
+        // 100 lines of 1,000 multi-byte characters: the newest whole lines
+        // that fit, and a note saying how many.
+        let tail: String = (0..100)
+            .map(|i| format!("{i:03}{}\n", "€".repeat(997)))
+            .collect();
+        let text = super::text(&tail);
+        assert!(text.chars().count() <= MAX_OUTPUT_CHARS);
+        assert!(
+            text.starts_with(
+                "The log's last 65 lines (the whole log is on the job's page):\n\n```text\n035€"
+            ),
+            "{}",
+            text.chars().take(80).collect::<String>()
+        );
+        assert!(text.ends_with(&format!("099{}\n```\n", "€".repeat(997))));
     }
 
     #[test]
@@ -1287,6 +1302,7 @@ mod tests {
             // The last line alone is longer than the text may be.
             writeln!(file, "{}", "é".repeat(100_000)).unwrap();
         }
+        assert!(std::fs::metadata(&path).unwrap().len() >= 10 << 20);
         let started = std::time::Instant::now();
         let steps = sections::read(
             std::io::BufReader::new(std::fs::File::open(&path).unwrap()),
