@@ -9,7 +9,7 @@
 //! - [`resolve`]: deliveries into jobs, one per Qubes version of the commit's `.qci.toml`
 //! - [`queue`]: the queue's rules as transactions; [`store`]: SQLite, its schema and migrations
 //! - [`tokens`]: job and operator tokens; [`relay`]: the status endpoint
-//! - [`outbox`]: GitHub and notifications
+//! - [`outbox`]: GitHub and notifications; [`check_run`]: what a job's check run says
 //! - [`github`]: GitHub's REST API (headers, retries, reading `.qci.toml`)
 //! - [`dispatch`]: runs jobs on the machine pool ([`executor`]); [`running`]: the runs in flight
 //! - [`state_lock`]: one server per state dir; [`connections`]: what a client can hold
@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod app;
+pub mod check_run;
 pub mod config;
 pub mod connections;
 pub mod dispatch;
