@@ -31,6 +31,14 @@ pub enum ServeError {
     Lock(#[from] StateLockError),
     #[error("the GitHub token is not usable in an HTTP header")]
     BadToken,
+    #[error(transparent)]
+    GithubApp(#[from] crate::github_app::AppError),
+    /// `[server.github_app]` authenticates (its key is checked at start),
+    /// but the outbox and the resolver still send with a personal token.
+    #[error(
+        "server.github_app: statuses and .qci.toml reads do not use a GitHub App yet; set github_token instead"
+    )]
+    AppNotWired,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -55,7 +63,15 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let server = config.server.clone();
     let webhook_secret: Arc<str> = server.webhook_secret.read()?.into();
-    let github_token = server.github_token.read()?;
+    let Some(github_token) = &server.github_token else {
+        let Some(app) = &server.github_app else {
+            let why = crate::config::NO_GITHUB_AUTH.to_owned();
+            return Err(ConfigError::Invalid(why).into());
+        };
+        crate::github_app::GithubApp::new(app, &server.github_api_url)?;
+        return Err(ServeError::AppNotWired);
+    };
+    let github_token = github_token.read()?;
     let admin_token_hash = server
         .admin_token
         .as_ref()
