@@ -375,7 +375,10 @@ webhook_secret = { env = "QCI_WEBHOOK_SECRET" }
         assert_eq!(github_app.installation_id, None);
         let with_id: HostConfig =
             toml::from_str(&format!("{head}{app}installation_id = 678\n")).unwrap();
-        assert_eq!(with_id.server.github_app.unwrap().installation_id, Some(678));
+        assert_eq!(
+            with_id.server.github_app.unwrap().installation_id,
+            Some(678)
+        );
 
         let refusal = |text: String| {
             let config: HostConfig = toml::from_str(&text).unwrap();

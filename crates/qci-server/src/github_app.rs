@@ -251,15 +251,13 @@ impl GithubApp {
             return Err(github::refused(&url, &reply).into());
         }
         let answer: AccessToken = read_json(&url, reply)?;
-        let expires_at = humantime::parse_rfc3339(&answer.expires_at).map_err(|_| {
-            AppError::BadExpiry {
+        let expires_at =
+            humantime::parse_rfc3339(&answer.expires_at).map_err(|_| AppError::BadExpiry {
                 url: url.clone(),
                 value: answer.expires_at.clone(),
-            }
-        })?;
-        let token = qci_github::bearer(&answer.token).ok_or_else(|| AppError::BadToken {
-            url: url.clone(),
-        })?;
+            })?;
+        let token = qci_github::bearer(&answer.token)
+            .ok_or_else(|| AppError::BadToken { url: url.clone() })?;
         // By this host's clock; a token already past (a skewed clock) is
         // used once and fetched again next time.
         let life = expires_at

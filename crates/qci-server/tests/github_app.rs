@@ -36,7 +36,11 @@ fn key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         .arg("2048")
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let ok = Command::new("openssl")
         .arg("rsa")
         .arg("-in")
@@ -45,7 +49,11 @@ fn key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         .arg(&public)
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
     (private, public)
 }
@@ -147,7 +155,12 @@ fn check_jwt(shared: &Shared, headers: &HeaderMap) -> Result<(), (StatusCode, St
     Ok(())
 }
 
-fn answer(shared: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap) -> (StatusCode, String) {
+fn answer(
+    shared: &Shared,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> (StatusCode, String) {
     let parts: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
     match (method.as_str(), parts.as_slice()) {
         ("POST", ["app", "installations", id, "access_tokens"]) => {
@@ -194,7 +207,11 @@ fn answer(shared: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap) -> (
                 None => refuse(shared, StatusCode::UNAUTHORIZED, "Bad credentials"),
                 Some(at) if SystemTime::now() >= at => {
                     shared.expired_uses.fetch_add(1, Ordering::SeqCst);
-                    refuse(shared, StatusCode::UNAUTHORIZED, "expired installation token")
+                    refuse(
+                        shared,
+                        StatusCode::UNAUTHORIZED,
+                        "expired installation token",
+                    )
                 }
                 Some(_) => (StatusCode::OK, "{}".into()),
             }
@@ -302,7 +319,12 @@ fn a_token_is_refreshed_before_it_expires() {
     let mut calls = 0;
     while start.elapsed() < Duration::from_secs(5) {
         let token = app.token_for_installation(INSTALLATION).unwrap();
-        assert_eq!(github.call_with(&token), 200, "call {calls} at {:?}", start.elapsed());
+        assert_eq!(
+            github.call_with(&token),
+            200,
+            "call {calls} at {:?}",
+            start.elapsed()
+        );
         calls += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -400,7 +422,11 @@ fn a_jwt_the_fake_rejects_is_a_clear_error() {
     assert_eq!(github.exchanges(), 0);
 
     // GitHub's clock 20 minutes ahead: the JWT has expired by its clock.
-    let ahead = FakeGithub::start(&public, Duration::from_secs(3600), Duration::from_secs(1200));
+    let ahead = FakeGithub::start(
+        &public,
+        Duration::from_secs(3600),
+        Duration::from_secs(1200),
+    );
     let app = GithubApp::new(&config(&key, APP_ID), &ahead.base).unwrap();
     assert_eq!(refusal(&ahead, &app), ["expired JWT"]);
     // The lookup by repository says the same of its JWT.
