@@ -9,6 +9,11 @@
 //! The key pair is made for each test with `openssl genrsa` in a tempdir
 //! (PKCS#1, the form GitHub hands out), so no private key is committed.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup and its fake too"
+)]
+
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use qci_server::config::{GithubAppConfig, SecretSource};
@@ -301,7 +306,7 @@ fn a_token_is_fetched_once_for_many_calls() {
         .flat_map(|t| t.join().unwrap())
         .collect();
     assert_eq!(tokens.len(), 40);
-    assert!(tokens.iter().all(|t| t == &tokens[0]));
+    assert!(tokens.iter().all(|t| *t == tokens[0]));
     assert_eq!(github.call_with(&tokens[0]), 200);
     assert_eq!(github.exchanges(), 1, "refused: {:?}", github.refused());
     // The token is never shown, even in debug output.
