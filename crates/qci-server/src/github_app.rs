@@ -6,8 +6,10 @@
 //! [`GithubApp::token_for_installation`]) and always get one still valid.
 //!
 //! Blocking, like the outbox's senders and the resolver, which each send on
-//! their own thread with a blocking client; one [`GithubApp`] is shared by
-//! all of them (`Arc`), and a token is fetched once however many ask at once.
+//! their own thread with their own blocking client ([`github::client`]) and
+//! pass it in: a blocking client must not be made or dropped inside the
+//! async `serve`. One [`GithubApp`] is shared by all of them (`Arc`), and a
+//! token is fetched once however many ask at once.
 //!
 //! The JWT is made with `jsonwebtoken` rather than with `rsa` and `sha2`
 //! directly: it reads the key in both PEM forms (GitHub hands out PKCS#1;
@@ -22,6 +24,7 @@ use crate::github::{self, GithubError};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use qci_core::retry::Failure;
 use reqwest::StatusCode;
+use reqwest::blocking::Client;
 use reqwest::header::HeaderValue;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -44,8 +47,6 @@ pub enum AppError {
     BadKey(#[source] jsonwebtoken::errors::Error),
     #[error("cannot sign the GitHub App's JWT: {0}")]
     Sign(#[source] jsonwebtoken::errors::Error),
-    #[error("cannot set up the HTTP client for GitHub: {0}")]
-    Client(#[source] reqwest::Error),
     /// GitHub said 401 to the JWT: the wrong key, app id, or clock.
     #[error(
         "{url} refused the GitHub App's JWT (HTTP 401): check server.github_app's app_id and private_key, and the host's clock"
@@ -114,7 +115,6 @@ pub struct GithubApp {
     key: EncodingKey,
     default_installation: Option<u64>,
     api_url: String,
-    client: reqwest::blocking::Client,
     /// `owner/repo` (lower case) → its installation, looked up once.
     installations: Mutex<HashMap<String, u64>>,
     /// One slot per installation, so a fetch for one holds up no other.
@@ -154,7 +154,6 @@ impl GithubApp {
             key,
             default_installation: config.installation_id,
             api_url: api_url.trim_end_matches('/').to_owned(),
-            client: github::client().map_err(AppError::Client)?,
             installations: Mutex::default(),
             tokens: Mutex::default(),
         };
@@ -189,14 +188,18 @@ impl GithubApp {
     /// A valid token for `repo` (`OWNER/REPO`): its installation is looked
     /// up once (`GET /repos/OWNER/REPO/installation`), then as
     /// [`Self::token_for_installation`].
-    pub fn token_for(&self, repo: &str) -> Result<HeaderValue, AppError> {
-        let id = self.installation_of(repo)?;
-        self.token_for_installation(id)
+    pub fn token_for(&self, client: &Client, repo: &str) -> Result<HeaderValue, AppError> {
+        let id = self.installation_of(client, repo)?;
+        self.token_for_installation(client, id)
     }
 
     /// A valid token for installation `id` (a webhook's `installation.id`):
     /// the cached one, or a fresh one once that is near its end.
-    pub fn token_for_installation(&self, id: u64) -> Result<HeaderValue, AppError> {
+    pub fn token_for_installation(
+        &self,
+        client: &Client,
+        id: u64,
+    ) -> Result<HeaderValue, AppError> {
         let slot = lock(&self.tokens).entry(id).or_default().clone();
         // Held across the exchange: whoever asks meanwhile waits for this
         // token instead of fetching one more.
@@ -206,20 +209,20 @@ impl GithubApp {
         {
             return Ok(c.token.clone());
         }
-        let fresh = self.exchange(id)?;
+        let fresh = self.exchange(client, id)?;
         let token = fresh.token.clone();
         *cached = Some(fresh);
         Ok(token)
     }
 
     /// `repo`'s installation id, asked of GitHub the first time.
-    pub fn installation_of(&self, repo: &str) -> Result<u64, AppError> {
+    pub fn installation_of(&self, client: &Client, repo: &str) -> Result<u64, AppError> {
         let name = repo.to_ascii_lowercase();
         if let Some(id) = lock(&self.installations).get(&name) {
             return Ok(*id);
         }
         let url = format!("{}/repos/{repo}/installation", self.api_url);
-        let reply = github::authorized(self.client.get(&url), &self.jwt()?)
+        let reply = github::authorized(client.get(&url), &self.jwt()?)
             .send()
             .map_err(|e| github::unanswered(&url, e))?;
         match reply.status() {
@@ -239,9 +242,9 @@ impl GithubApp {
     }
 
     /// Trades a fresh JWT for installation `id`'s token.
-    fn exchange(&self, id: u64) -> Result<Cached, AppError> {
+    fn exchange(&self, client: &Client, id: u64) -> Result<Cached, AppError> {
         let url = format!("{}/app/installations/{id}/access_tokens", self.api_url);
-        let reply = github::authorized(self.client.post(&url), &self.jwt()?)
+        let reply = github::authorized(client.post(&url), &self.jwt()?)
             .send()
             .map_err(|e| github::unanswered(&url, e))?;
         if reply.status() == StatusCode::UNAUTHORIZED {

@@ -14,6 +14,9 @@
     reason = "a test fails by panicking, its setup and its fake too"
 )]
 
+#[expect(dead_code, reason = "only the scripted pool, for `qci serve` at start")]
+mod support;
+
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use qci_server::config::{GithubAppConfig, SecretSource};
@@ -295,8 +298,10 @@ fn a_token_is_fetched_once_for_many_calls() {
         .map(|_| {
             let app = app.clone();
             std::thread::spawn(move || {
+                // Each sender has its own client, as the outbox's do.
+                let client = qci_server::github::client().unwrap();
                 (0..10)
-                    .map(|_| app.token_for_installation(INSTALLATION).unwrap())
+                    .map(|_| app.token_for_installation(&client, INSTALLATION).unwrap())
                     .collect::<Vec<_>>()
             })
         })
@@ -315,15 +320,16 @@ fn a_token_is_fetched_once_for_many_calls() {
 
 #[test]
 fn a_token_is_refreshed_before_it_expires() {
+    let client = qci_server::github::client().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = key_pair(dir.path(), "app");
     let github = FakeGithub::start(&public, Duration::from_secs(3), Duration::ZERO);
     let app = GithubApp::new(&config(&key, APP_ID), &github.base).unwrap();
-    let first = app.token_for_installation(INSTALLATION).unwrap();
+    let first = app.token_for_installation(&client, INSTALLATION).unwrap();
     let start = Instant::now();
     let mut calls = 0;
     while start.elapsed() < Duration::from_secs(5) {
-        let token = app.token_for_installation(INSTALLATION).unwrap();
+        let token = app.token_for_installation(&client, INSTALLATION).unwrap();
         assert_eq!(
             github.call_with(&token),
             200,
@@ -345,21 +351,30 @@ fn a_token_is_refreshed_before_it_expires() {
 
 #[test]
 fn the_installation_is_looked_up_by_repository() {
+    let client = qci_server::github::client().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = key_pair(dir.path(), "app");
     let github = FakeGithub::start(&public, Duration::from_secs(3600), Duration::ZERO);
     let app = GithubApp::new(&config(&key, APP_ID), &github.base).unwrap();
     // GitHub's names are case-insensitive; so is the cache.
-    let token = app.token_for("FreedomOfPress/securedrop-client").unwrap();
-    assert_eq!(app.token_for(REPO).unwrap(), token);
-    assert_eq!(app.installation_of(REPO).unwrap(), REPO_INSTALLATION);
+    let token = app
+        .token_for(&client, "FreedomOfPress/securedrop-client")
+        .unwrap();
+    assert_eq!(app.token_for(&client, REPO).unwrap(), token);
+    assert_eq!(
+        app.installation_of(&client, REPO).unwrap(),
+        REPO_INSTALLATION
+    );
     assert_eq!(github.shared.lookups.load(Ordering::SeqCst), 1);
     assert_eq!(github.exchanges(), 1);
     assert_eq!(github.call_with(&token), 200);
     // Not the configured installation's token: its own.
-    assert_ne!(app.token_for_installation(INSTALLATION).unwrap(), token);
+    assert_ne!(
+        app.token_for_installation(&client, INSTALLATION).unwrap(),
+        token
+    );
 
-    let err = app.token_for("someone/else").unwrap_err();
+    let err = app.token_for(&client, "someone/else").unwrap_err();
     assert!(matches!(err, AppError::NotInstalled { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
@@ -399,11 +414,14 @@ fn a_key_readable_by_others_is_refused_at_start() {
 
 #[test]
 fn a_jwt_the_fake_rejects_is_a_clear_error() {
+    let client = qci_server::github::client().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = key_pair(dir.path(), "app");
     let (other_key, _) = key_pair(dir.path(), "other");
     let refusal = |github: &FakeGithub, app: &GithubApp| {
-        let err = app.token_for_installation(INSTALLATION).unwrap_err();
+        let err = app
+            .token_for_installation(&client, INSTALLATION)
+            .unwrap_err();
         assert!(matches!(err, AppError::JwtRefused { .. }), "{err:?}");
         assert!(!err.is_transient());
         assert_eq!(
@@ -435,7 +453,7 @@ fn a_jwt_the_fake_rejects_is_a_clear_error() {
     let app = GithubApp::new(&config(&key, APP_ID), &ahead.base).unwrap();
     assert_eq!(refusal(&ahead, &app), ["expired JWT"]);
     // The lookup by repository says the same of its JWT.
-    let err = app.token_for(REPO).unwrap_err();
+    let err = app.token_for(&client, REPO).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -444,4 +462,60 @@ fn a_jwt_the_fake_rejects_is_a_clear_error() {
             ahead.base
         )
     );
+}
+
+/// `qci serve` in App mode reads and checks the key before anything else
+/// (the state stays untouched), and refuses a key others may read.
+#[test]
+fn qci_serve_checks_the_key_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, _) = key_pair(d, "app");
+    let secret = d.join("webhook-secret");
+    std::fs::write(&secret, support::SECRET).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = d.join("host.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[pool]\nstate_dir = \"{0}/state\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
+             public_url = \"http://127.0.0.1:9\"\ngithub_api_url = \"http://127.0.0.1:9\"\n\
+             webhook_secret = {{ file = \"{0}/webhook-secret\" }}\n\
+             [server.github_app]\napp_id = {APP_ID}\nprivate_key = {{ file = \"{1}\" }}\n",
+            d.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let serve = || {
+        let config = qci_server::HostConfig::load(&path).unwrap();
+        let lock = qci_server::StateLock::acquire(config.state_dir()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(qci_server::serve(
+                config,
+                support::Scripted::new(true),
+                None,
+                lock,
+            ))
+            .unwrap_err()
+            .to_string()
+    };
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let shown = key.display();
+    assert_eq!(
+        serve(),
+        format!(
+            "secret file {shown} is readable by others (mode 0644); it must be readable by its owner only: chmod 600 {shown}"
+        )
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        serve(),
+        "server.github_app: statuses and .qci.toml reads do not use a GitHub App yet; set github_token instead"
+    );
+    assert!(!d.join("state/server.sqlite").exists());
 }
