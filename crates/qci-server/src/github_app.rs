@@ -103,10 +103,11 @@ struct Installation {
     id: u64,
 }
 
-/// An installation token and when to fetch the next.
+/// An installation token, when to fetch the next, and when it expires.
 struct Cached {
     token: HeaderValue,
     refresh_at: Instant,
+    expires_at: Instant,
 }
 
 /// The host as a GitHub App: its key, and the installation tokens it holds.
@@ -209,10 +210,26 @@ impl GithubApp {
         {
             return Ok(c.token.clone());
         }
-        let fresh = self.exchange(client, id)?;
-        let token = fresh.token.clone();
-        *cached = Some(fresh);
-        Ok(token)
+        match self.exchange(client, id) {
+            Ok(fresh) => {
+                let token = fresh.token.clone();
+                *cached = Some(fresh);
+                Ok(token)
+            }
+            // GitHub away for a moment: the old token while it lasts; the
+            // next call tries again.
+            Err(e) if e.is_transient() => match cached.as_ref() {
+                Some(c) if Instant::now() < c.expires_at => {
+                    tracing::warn!(
+                        installation = id,
+                        "cannot refresh the installation token yet, using the current one: {e}"
+                    );
+                    Ok(c.token.clone())
+                }
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// `repo`'s installation id, asked of GitHub the first time.
@@ -272,9 +289,11 @@ impl GithubApp {
             "fetched an installation token for {}s",
             life.as_secs()
         );
+        let now = Instant::now();
         Ok(Cached {
             token,
-            refresh_at: Instant::now() + keep,
+            refresh_at: now + keep,
+            expires_at: now + life,
         })
     }
 }

@@ -80,6 +80,8 @@ struct Shared {
     /// Installation tokens issued, and when each expires (as announced).
     issued: Mutex<HashMap<String, SystemTime>>,
     exchanges: AtomicUsize,
+    /// Token exchanges still to answer 502 (GitHub away for a moment).
+    fail_exchanges: AtomicUsize,
     lookups: AtomicUsize,
     /// Calls made with an installation token that had expired.
     expired_uses: AtomicUsize,
@@ -179,6 +181,13 @@ fn answer(
             {
                 return refuse(shared, StatusCode::NOT_FOUND, "no such installation");
             }
+            let failing = shared
+                .fail_exchanges
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if failing {
+                return refuse(shared, StatusCode::BAD_GATEWAY, "Server Error");
+            }
             let n = shared.exchanges.fetch_add(1, Ordering::SeqCst);
             let token = format!("ghs_installation{id}token{n}");
             let expires = SystemTime::now() + shared.token_life;
@@ -237,6 +246,7 @@ impl FakeGithub {
             clock_ahead,
             issued: Mutex::default(),
             exchanges: AtomicUsize::new(0),
+            fail_exchanges: AtomicUsize::new(0),
             lookups: AtomicUsize::new(0),
             expired_uses: AtomicUsize::new(0),
             refused: Mutex::default(),
@@ -518,4 +528,42 @@ fn qci_serve_checks_the_key_at_start() {
         "server.github_app: statuses and .qci.toml reads do not use a GitHub App yet; set github_token instead"
     );
     assert!(!d.join("state/server.sqlite").exists());
+}
+
+/// A refresh that fails for a moment (502) keeps the current token while it
+/// lasts; the next call refreshes. A failure with no valid token is said.
+#[test]
+fn a_failed_refresh_keeps_the_token_while_it_lasts() {
+    let client = qci_server::github::client().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = key_pair(dir.path(), "app");
+    let github = FakeGithub::start(&public, Duration::from_secs(4), Duration::ZERO);
+    let app = GithubApp::new(&config(&key, APP_ID), &github.base).unwrap();
+    let first = app.token_for_installation(&client, INSTALLATION).unwrap();
+    // Past half its life (2 s, or less: expiry is said to the second).
+    std::thread::sleep(Duration::from_millis(2100));
+    github.shared.fail_exchanges.store(1, Ordering::SeqCst);
+    assert_eq!(
+        app.token_for_installation(&client, INSTALLATION).unwrap(),
+        first
+    );
+    assert_eq!(github.call_with(&first), 200);
+    let second = app.token_for_installation(&client, INSTALLATION).unwrap();
+    assert_ne!(second, first);
+    assert_eq!(github.exchanges(), 2);
+    assert_eq!(github.refused(), ["Server Error"]);
+
+    // No token yet, and GitHub failing: the error, marked worth a retry.
+    github.shared.fail_exchanges.store(1, Ordering::SeqCst);
+    let err = app
+        .token_for_installation(&client, REPO_INSTALLATION)
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}/app/installations/{REPO_INSTALLATION}/access_tokens answered HTTP 502 Bad Gateway",
+            github.base
+        )
+    );
 }
