@@ -31,15 +31,10 @@ pub enum ServeError {
     Lock(#[from] StateLockError),
     #[error("the GitHub token is not usable in an HTTP header")]
     BadToken,
-    #[error(transparent)]
-    GithubApp(#[from] crate::github_app::AppError),
-    /// `[server.github_app]` authenticates (its key is checked at start),
-    /// but the outbox and the resolver still send with a personal token.
-    #[error(
-        "server.github_app: statuses and .qci.toml reads do not use a GitHub App yet; set github_token instead"
-    )]
-    AppNotWired,
 }
+
+/// `[server.github_app]` authenticates, but nothing sends with it yet.
+const APP_NOT_WIRED: &str = "server.github_app: statuses and .qci.toml reads do not use a GitHub App yet; set github_token instead";
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
     let what = what.into();
@@ -68,8 +63,14 @@ pub async fn serve(
             let why = crate::config::NO_GITHUB_AUTH.to_owned();
             return Err(ConfigError::Invalid(why).into());
         };
-        crate::github_app::GithubApp::new(app, &server.github_api_url)?;
-        return Err(ServeError::AppNotWired);
+        // The key is checked at start; both refusals are the operator's
+        // config to fix (`qci serve` exits 2).
+        crate::github_app::GithubApp::new(app, &server.github_api_url).map_err(|e| match e {
+            crate::github_app::AppError::Key(e) => e,
+            other => ConfigError::Invalid(other.to_string()),
+        })?;
+        // The outbox and the resolver still send with a personal token.
+        return Err(ConfigError::Invalid(APP_NOT_WIRED.into()).into());
     };
     let github_token = github_token.read()?;
     let admin_token_hash = server
