@@ -31,8 +31,13 @@ pub struct ServerConfig {
     pub relay_url: Option<String>,
     /// The secret GitHub signs webhooks with.
     pub webhook_secret: SecretSource,
-    /// A token that may post commit statuses (`repo:status`).
-    pub github_token: SecretSource,
+    /// Token mode: a token that may post commit statuses (`repo:status`).
+    /// Exactly one of this or `github_app` is set.
+    #[serde(default)]
+    pub github_token: Option<SecretSource>,
+    /// App mode: qci authenticates as a GitHub App ([`crate::github_app`]).
+    #[serde(default)]
+    pub github_app: Option<GithubAppConfig>,
     #[serde(default = "default_github_api")]
     pub github_api_url: String,
     /// Guards `/api/jobs` (list, cancel, retry) and `qci jobs`. Without it
@@ -100,6 +105,27 @@ pub struct RepoConfig {
     pub context: String,
 }
 
+/// `[server.github_app]`: the App's id and private key (the PEM GitHub
+/// offers for download in the App's settings).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubAppConfig {
+    pub app_id: u64,
+    /// Read once at start, refused when others may read the file.
+    pub private_key: SecretSource,
+    /// The installation to use when a caller names none (one installation
+    /// only); otherwise it comes from a webhook or is looked up per repository.
+    #[serde(default)]
+    pub installation_id: Option<u64>,
+}
+
+/// The refusal of a config with both ways of authenticating to GitHub.
+pub const BOTH_GITHUB_AUTHS: &str = "server: github_token and [server.github_app] are both set; \
+     keep one (a personal token, or a GitHub App)";
+/// The refusal of a config with neither.
+pub const NO_GITHUB_AUTH: &str = "server: neither github_token nor [server.github_app] is set; \
+     GitHub needs one (a personal token, or a GitHub App)";
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyConfig {
@@ -159,6 +185,11 @@ impl ServerConfig {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return bad(format!("server: {url:?} is not an http(s) URL"));
             }
+        }
+        match (&self.github_token, &self.github_app) {
+            (Some(_), Some(_)) => return bad(BOTH_GITHUB_AUTHS.into()),
+            (None, None) => return bad(NO_GITHUB_AUTH.into()),
+            _ => {}
         }
         if self.start_attempts == 0 {
             return bad("server: start_attempts must be at least 1".into());
@@ -308,11 +339,60 @@ qubes = ["4.2", "4.3"]
         assert_eq!(repo.branches, ["**"]);
         assert_eq!(repo.qubes, ["4.2", "4.3"]);
 
+        assert!(config.server.github_token.is_some() && config.server.github_app.is_none());
+
         let typo = text.replace("job_timeout", "job_timout");
         let err = toml::from_str::<HostConfig>(&typo).unwrap_err().to_string();
         assert!(
             err.contains("job_timout") && err.contains("line 9"),
             "{err}"
+        );
+    }
+
+    /// `[server.github_app]` instead of `github_token`; both or neither
+    /// refused, saying so.
+    #[test]
+    fn a_host_uses_a_token_or_an_app_not_both() {
+        let head = r#"
+[pool]
+state_dir = "/var/lib/qci-host"
+[server]
+listen = "127.0.0.1:8080"
+public_url = "https://ci.example.org/"
+webhook_secret = { env = "QCI_WEBHOOK_SECRET" }
+"#;
+        let token = "github_token = { file = \"/etc/qci/github-token\" }\n";
+        let app = "[server.github_app]\napp_id = 12345\n\
+                   private_key = { file = \"/etc/qci/github-app.pem\" }\n";
+        let config: HostConfig = toml::from_str(&format!("{head}{app}")).unwrap();
+        config.server.validate().unwrap();
+        let github_app = config.server.github_app.unwrap();
+        assert_eq!(github_app.app_id, 12345);
+        assert_eq!(
+            github_app.private_key.file.as_deref(),
+            Some(Path::new("/etc/qci/github-app.pem"))
+        );
+        assert_eq!(github_app.installation_id, None);
+        let with_id: HostConfig =
+            toml::from_str(&format!("{head}{app}installation_id = 678\n")).unwrap();
+        assert_eq!(
+            with_id.server.github_app.unwrap().installation_id,
+            Some(678)
+        );
+
+        let refusal = |text: String| {
+            let config: HostConfig = toml::from_str(&text).unwrap();
+            config.server.validate().unwrap_err().to_string()
+        };
+        assert_eq!(
+            refusal(format!("{head}{token}{app}")),
+            "server: github_token and [server.github_app] are both set; \
+             keep one (a personal token, or a GitHub App)"
+        );
+        assert_eq!(
+            refusal(head.to_owned()),
+            "server: neither github_token nor [server.github_app] is set; \
+             GitHub needs one (a personal token, or a GitHub App)"
         );
     }
 

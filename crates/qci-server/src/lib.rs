@@ -11,6 +11,7 @@
 //! - [`tokens`]: job and operator tokens; [`relay`]: the status endpoint
 //! - [`outbox`]: GitHub and notifications; [`check_run`]: what a job's check run says
 //! - [`github`]: GitHub's REST API (headers, retries, reading `.qci.toml`)
+//! - [`github_app`]: GitHub App authentication (a JWT, installation tokens)
 //! - [`dispatch`]: runs jobs on the machine pool ([`executor`]); [`running`]: the runs in flight
 //! - [`state_lock`]: one server per state dir; [`connections`]: what a client can hold
 //! - [`logs`]: published logs; [`pages`]: the monitor and job pages
@@ -25,6 +26,7 @@ pub mod connections;
 pub mod dispatch;
 pub mod executor;
 pub mod github;
+pub mod github_app;
 pub mod logs;
 pub mod metrics;
 pub mod outbox;

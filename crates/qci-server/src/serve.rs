@@ -33,6 +33,9 @@ pub enum ServeError {
     BadToken,
 }
 
+/// `[server.github_app]` authenticates, but nothing sends with it yet.
+const APP_NOT_WIRED: &str = "server.github_app: statuses and .qci.toml reads do not use a GitHub App yet; set github_token instead";
+
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
     let what = what.into();
     move |source| ServeError::Io { what, source }
@@ -55,7 +58,21 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let server = config.server.clone();
     let webhook_secret: Arc<str> = server.webhook_secret.read()?.into();
-    let github_token = server.github_token.read()?;
+    let Some(github_token) = &server.github_token else {
+        let Some(app) = &server.github_app else {
+            let why = crate::config::NO_GITHUB_AUTH.to_owned();
+            return Err(ConfigError::Invalid(why).into());
+        };
+        // The key is checked at start; both refusals are the operator's
+        // config to fix (`qci serve` exits 2).
+        crate::github_app::GithubApp::new(app, &server.github_api_url).map_err(|e| match e {
+            crate::github_app::AppError::Key(e) => e,
+            other => ConfigError::Invalid(other.to_string()),
+        })?;
+        // The outbox and the resolver still send with a personal token.
+        return Err(ConfigError::Invalid(APP_NOT_WIRED.into()).into());
+    };
+    let github_token = github_token.read()?;
     let admin_token_hash = server
         .admin_token
         .as_ref()
