@@ -257,6 +257,13 @@ pub fn sanitize(raw: &[u8]) -> String {
     clean(Line::new(raw)).into_owned()
 }
 
+/// [`sanitize`], but keeping a step's colours as the log writer does: SGR
+/// sequences in their plain form (`ESC [` digits and `;` `m`), nothing
+/// else. For whoever shows a log with its colours (the job page).
+pub fn sanitize_keeping_sgr(raw: &[u8]) -> String {
+    clean_keeping_sgr(Line::new(raw)).into_owned()
+}
+
 /// [`sanitize`] without a copy for the common line: valid UTF-8 without
 /// control characters (but tabs), which needs no work.
 fn clean(line: Line<'_>) -> std::borrow::Cow<'_, str> {

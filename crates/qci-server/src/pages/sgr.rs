@@ -157,108 +157,38 @@ fn nearest(r: u8, g: u8, b: u8) -> u8 {
         .unwrap_or(7)
 }
 
-enum Escape {
-    None,
-    /// Just after ESC.
-    Esc,
-    /// After ESC and intermediate bytes (`ESC ( B`).
-    EscIntermediate,
-    /// In a CSI: its parameter bytes so far, and whether they are only
-    /// digits and `;` (an SGR qci keeps).
-    Csi {
-        params: String,
-        plain: bool,
-    },
-    /// In a string sequence (OSC and the like), until BEL or `ESC \`.
-    Str,
-    StrEsc,
-}
-
 /// The runs of one log line, its colours kept and every other escape gone.
+/// The line is first cleaned as the log writer cleans (a published log
+/// came from a machine: it may hold anything), which leaves only plain SGR
+/// sequences to read here.
 pub fn render(line: &str) -> Vec<Run> {
+    let clean = qci_core::log::sanitize_keeping_sgr(line.as_bytes());
     let mut runs: Vec<Run> = Vec::new();
     let mut style = Style::default();
     let mut class = String::new();
-    let mut state = Escape::None;
-    let push = |runs: &mut Vec<Run>, class: &str, c: char| match runs.last_mut() {
-        Some(last) if last.class == class => last.text.push(c),
-        _ => runs.push(Run {
-            class: class.to_owned(),
-            text: c.to_string(),
-        }),
-    };
-    for c in line.chars() {
-        state = match state {
-            Escape::None => match c {
-                '\x1b' => Escape::Esc,
-                '\u{9b}' => Escape::Csi {
-                    params: String::new(),
-                    plain: true,
-                },
-                '\t' => {
-                    push(&mut runs, &class, c);
-                    Escape::None
-                }
-                c if c.is_control() => Escape::None,
-                c => {
-                    push(&mut runs, &class, c);
-                    Escape::None
-                }
-            },
-            Escape::Esc => match c {
-                '[' => Escape::Csi {
-                    params: String::new(),
-                    plain: true,
-                },
-                ']' | 'P' | 'X' | '^' | '_' => Escape::Str,
-                ' '..='/' => Escape::EscIntermediate,
-                '0'..='~' => Escape::None,
-                '\x1b' => Escape::Esc,
-                c if c.is_control() => Escape::None,
-                c => {
-                    push(&mut runs, &class, c);
-                    Escape::None
-                }
-            },
-            Escape::EscIntermediate => match c {
-                ' '..='/' => Escape::EscIntermediate,
-                _ => Escape::None,
-            },
-            Escape::Csi { mut params, plain } => match c {
-                '0'..='9' | ';' => {
-                    // A sane SGR is short; a longer one is kept in check,
-                    // and dropped at its end.
-                    let plain = plain && params.len() < 64;
-                    if plain {
-                        params.push(c);
-                    }
-                    Escape::Csi { params, plain }
-                }
-                ':' | '<'..='?' | ' '..='/' => Escape::Csi {
-                    params,
-                    plain: false,
-                },
-                'm' => {
-                    if plain {
-                        style.apply(&params);
-                        class = style.class();
-                    }
-                    Escape::None
-                }
-                '@'..='~' => Escape::None,
-                // Not a CSI after all: dropped, as a terminal would.
-                _ => Escape::None,
-            },
-            Escape::Str => match c {
-                '\x07' => Escape::None,
-                '\x1b' => Escape::StrEsc,
-                _ => Escape::Str,
-            },
-            Escape::StrEsc => match c {
-                '\\' => Escape::None,
-                '\x1b' => Escape::StrEsc,
-                _ => Escape::Str,
-            },
+    let mut rest = clean.as_str();
+    while !rest.is_empty() {
+        let (text, after) = match rest.find('\x1b') {
+            Some(at) => (&rest[..at], &rest[at..]),
+            None => (rest, ""),
+        };
+        if !text.is_empty() {
+            match runs.last_mut() {
+                Some(last) if last.class == class => last.text.push_str(text),
+                _ => runs.push(Run {
+                    class: class.clone(),
+                    text: text.to_owned(),
+                }),
+            }
+        }
+        // What the cleaner left after an ESC is `[`, digits and `;`, `m`.
+        rest = match after.strip_prefix("\x1b[").and_then(|s| s.split_once('m')) {
+            Some((params, after)) => {
+                style.apply(params);
+                class = style.class();
+                after
+            }
+            None => after.get(1..).unwrap_or(""),
         };
     }
     runs
@@ -332,7 +262,9 @@ mod tests {
             plain(&render("a\x00b\x07c\x08d\x7fe\tf\u{85}g")),
             "abcde\tfg"
         );
-        assert_eq!(render("\u{9b}32mgreen"), [run("sgr-fg2", "green")]);
+        // The 8-bit CSI is not the plain form the log writer keeps: gone,
+        // colour and all, as it is from the log file.
+        assert_eq!(render("\u{9b}32mgreen"), [run("", "green")]);
     }
 
     #[test]
