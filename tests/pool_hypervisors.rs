@@ -106,9 +106,9 @@ fn a_libvirt_machine_whose_guest_agent_never_answers_hands_the_job_to_another() 
     assert_eq!(host.statuses(&job).last().unwrap().0, "success");
 }
 
-#[test]
-fn a_job_runs_on_a_simulated_vmware_machine() {
-    let Some(vc) = Vcsim::start() else { return };
+/// A host whose one machine, `vm1`, is the simulator's VM with an
+/// emulated dom0 as its guest channel, and whose nightly runs nothing.
+fn vmware_host(vc: &Vcsim) -> Host {
     let mut host = Host::new();
     let creds = host.path("vcenter.cred");
     std::fs::write(&creds, &vc.credentials).unwrap();
@@ -122,6 +122,13 @@ fn a_job_runs_on_a_simulated_vmware_machine() {
         vc.url,
         host.path("guests/vm1")
     ));
+    host
+}
+
+#[test]
+fn a_job_runs_on_a_simulated_vmware_machine() {
+    let Some(vc) = Vcsim::start() else { return };
+    let host = vmware_host(&vc);
     // A new machine has no snapshot: the first nightly takes it.
     let nightly = host.run(&["nightly"]);
     assert_eq!(
@@ -222,18 +229,7 @@ fn a_failed_job_on_libvirt_leaves_a_screenshot_and_a_passing_one_none() {
 #[test]
 fn a_failed_job_on_vmware_asks_for_a_screenshot_and_keeps_its_result() {
     let Some(vc) = Vcsim::start() else { return };
-    let mut host = Host::new();
-    let creds = host.path("vcenter.cred");
-    std::fs::write(&creds, &vc.credentials).unwrap();
-    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    host.pool_keys
-        .push_str("[pool.nightly]\nupdate_commands = [[\"true\"]]\nsalt_commands = []\n");
-    host.machine(&format!(
-        "name = \"vm1\"\nqubes = \"4.2\"\nbackend = \"vmware\"\nurl = \"{}\"\nvm = \"DC0_H0_VM0\"\n\
-         credentials_file = {creds:?}\ndom0 = \"emulated\"\nemulated_path = {:?}\n",
-        vc.url,
-        host.path("guests/vm1")
-    ));
+    let host = vmware_host(&vc);
     let nightly = host.run(&["nightly"]);
     assert_eq!(nightly.status.code(), Some(0), "{}", stdout(&nightly));
     let failing = Repo::new(&host, "failing", "exit 1");
