@@ -49,7 +49,10 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
-    #[error("unsupported event {0:?} (qci handles push, pull_request, issue_comment and ping)")]
+    #[error(
+        "unsupported event {0:?} (qci handles push, pull_request, issue_comment, check_run, \
+         check_suite and ping)"
+    )]
     UnknownEvent(String),
     #[error("malformed {event} payload: {source}")]
     Json {
@@ -152,6 +155,45 @@ struct Comment {
     created_at: String,
 }
 
+#[derive(Deserialize)]
+struct CheckApp {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct CheckRunEvent {
+    action: String,
+    check_run: CheckRun,
+    repository: Repo,
+    sender: User,
+}
+
+#[derive(Deserialize)]
+struct CheckRun {
+    head_sha: String,
+    /// What the app that made the check run put there: for qci, the job id.
+    #[serde(default)]
+    external_id: Option<String>,
+    app: CheckApp,
+}
+
+#[derive(Deserialize)]
+struct CheckSuiteEvent {
+    action: String,
+    check_suite: CheckSuite,
+    repository: Repo,
+    sender: User,
+}
+
+#[derive(Deserialize)]
+struct CheckSuite {
+    head_sha: String,
+    /// `null` when the branch is gone, or the suite is a fork's.
+    #[serde(default)]
+    head_branch: Option<String>,
+    app: CheckApp,
+}
+
 /// A commit to run. Its Qubes versions, and so its jobs, are worked out
 /// later, from its `.qci.toml` (see [`crate::resolve`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +243,15 @@ pub enum Plan {
     },
     /// A pull request was closed: its jobs that have not started are dropped.
     Close { slug: String, pr: u64 },
+    /// GitHub's Re-run of one check run: the job it names (its
+    /// `external_id`) runs again as a new job, if it is one of ours, of
+    /// `slug`, on `sha`; whether it is can only be told from the database.
+    Rerun {
+        slug: String,
+        job: String,
+        sha: String,
+        by: String,
+    },
 }
 
 fn json<'a, T: Deserialize<'a>>(event: &str, body: &'a [u8]) -> Result<T, PayloadError> {
@@ -221,6 +272,8 @@ pub fn plan(config: &ServerConfig, event: &str, body: &[u8]) -> Result<Plan, Pay
         "push" => plan_push(config, json(event, body)?),
         "pull_request" => plan_pull_request(config, json(event, body)?),
         "issue_comment" => plan_comment(config, json(event, body)?),
+        "check_run" => plan_check_run(config, json(event, body)?),
+        "check_suite" => plan_check_suite(config, json(event, body)?),
         other => Err(PayloadError::UnknownEvent(other.chars().take(64).collect())),
     }
 }
@@ -378,6 +431,88 @@ fn plan_comment(config: &ServerConfig, ev: IssueCommentEvent) -> Result<Plan, Pa
         before: Some(before.as_millis() as i64 + 999),
         by: ev.comment.user.login,
     })
+}
+
+/// Whether a check run or suite of `app` may be qci's: any app when the
+/// config names none (token mode, where GitHub sends a repository webhook
+/// every app's checks), else only the configured one.
+fn ours(config: &ServerConfig, app: &CheckApp) -> Result<(), String> {
+    match &config.github_app {
+        Some(ours) if ours.app_id != app.id => Err(format!(
+            "app {} made it, not qci's app {}",
+            app.id, ours.app_id
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn plan_check_run(config: &ServerConfig, ev: CheckRunEvent) -> Result<Plan, PayloadError> {
+    checked_repo(&ev.repository)?;
+    let Some(repo) = config.repo(&ev.repository.full_name) else {
+        return ignore(format!(
+            "repository {} is not configured",
+            ev.repository.full_name
+        ));
+    };
+    if ev.action != "rerequested" {
+        return ignore(format!("check_run action {:?}", ev.action));
+    }
+    let run = ev.check_run;
+    let sha = CommitSha::parse(&run.head_sha)
+        .map_err(|_| PayloadError::BadField("check_run.head_sha"))?;
+    if let Err(why) = ours(config, &run.app) {
+        return ignore(format!("a re-run of a check run {why}"));
+    }
+    let external = run.external_id.unwrap_or_default();
+    if qci_core::JobId::parse(&external).is_err() {
+        return ignore(format!(
+            "a re-run of a check run whose external_id {:?} is no qci job id",
+            external.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(Plan::Rerun {
+        slug: repo.slug.clone(),
+        job: external,
+        sha: sha.as_str().to_owned(),
+        by: ev.sender.login,
+    })
+}
+
+fn plan_check_suite(config: &ServerConfig, ev: CheckSuiteEvent) -> Result<Plan, PayloadError> {
+    checked_repo(&ev.repository)?;
+    let Some(repo) = config.repo(&ev.repository.full_name) else {
+        return ignore(format!(
+            "repository {} is not configured",
+            ev.repository.full_name
+        ));
+    };
+    if ev.action != "rerequested" {
+        return ignore(format!("check_suite action {:?}", ev.action));
+    }
+    let suite = ev.check_suite;
+    let sha = CommitSha::parse(&suite.head_sha)
+        .map_err(|_| PayloadError::BadField("check_suite.head_sha"))?;
+    if let Err(why) = ours(config, &suite.app) {
+        return ignore(format!("a re-run of a check suite {why}"));
+    }
+    let git_ref = suite
+        .head_branch
+        .map_or_else(|| sha.as_str().to_owned(), |b| format!("refs/heads/{b}"));
+    // Run as a push of the commit would, on its `.qci.toml`'s versions; but
+    // superseding nothing: re-running an older commit must not stop the
+    // newer runs of its branch.
+    Ok(Plan::Run(Commit {
+        slug: repo.slug.clone(),
+        clone_url: repo.clone_url.clone().unwrap_or(ev.repository.clone_url),
+        sha,
+        git_ref,
+        reason: Reason::Manual,
+        author: ev.sender.login.clone(),
+        message: format!("Re-run requested by {} on GitHub", ev.sender.login),
+        supersede_key: None,
+        pr: None,
+        needs_approval: false,
+    }))
 }
 
 /// GitHub's filter patterns: `*` matches within one `/`-separated part,
