@@ -139,7 +139,9 @@ fn resolve(
                 let dropped = queue::close_pr(conn, &slug, pr)?;
                 format!("pull request closed: dropped {}", joined(&dropped))
             }
-            Ok(Plan::Rerun { slug, job, sha, by }) => rerun(conn, &slug, &job, &sha, &by, &pool)?,
+            Ok(Plan::Rerun { slug, job, sha, by }) => {
+                rerun(conn, &trigger.delivery, &slug, &job, &sha, &by, &pool)?
+            }
         };
         queue::trigger_done(conn, &trigger, &outcome)?;
         Ok(stop)
@@ -155,6 +157,7 @@ fn resolve(
 /// ours on the check run's repository and commit. Returns the outcome.
 fn rerun(
     conn: &rusqlite::Connection,
+    delivery: &str,
     slug: &str,
     job: &str,
     sha: &str,
@@ -175,7 +178,7 @@ fn rerun(
             old.repo, old.sha
         ));
     }
-    Ok(match queue::retry(conn, &id, pool)? {
+    Ok(match queue::retry(conn, &id, pool, Some(delivery))? {
         RetryOutcome::Queued(new) => format!("re-run by {by}: queued {new}"),
         RetryOutcome::NotFound => return ignored("no such job on this host".into()),
         RetryOutcome::NotFinal(state) => return ignored(format!("the job is still {state}")),

@@ -560,4 +560,141 @@ mod tests {
         assert!(glob("v*", "v1.2.3"));
         assert!(!glob("v*", "1.2.3"));
     }
+
+    const CHECK_RUN: &[u8] = include_bytes!("../tests/fixtures/check_run-rerequested.json");
+    const CHECK_SUITE: &[u8] = include_bytes!("../tests/fixtures/check_suite-rerequested.json");
+    const SHA: &str = "3f786850e387550fdab836ed7e6dc881de23001b";
+
+    /// A host of the fixtures' repository, in App mode as `app_id` (or
+    /// token mode without it).
+    fn host(app_id: Option<u64>) -> ServerConfig {
+        let auth = match app_id {
+            Some(id) => format!(
+                "[server.github_app]\napp_id = {id}\nprivate_key = {{ file = \"/k.pem\" }}\n"
+            ),
+            None => "github_token = { file = \"/t\" }\n".to_owned(),
+        };
+        let text = format!(
+            "[pool]\nstate_dir = \"/s\"\n[server]\nlisten = \"127.0.0.1:8080\"\n\
+             public_url = \"https://ci.example.org\"\nwebhook_secret = {{ env = \"S\" }}\n\
+             {auth}[[server.repos]]\nslug = \"freedomofpress/securedrop-workstation\"\n"
+        );
+        toml::from_str::<crate::HostConfig>(&text).unwrap().server
+    }
+
+    /// The fixture with its `.`-separated fields set to JSON values.
+    fn edited(body: &[u8], edits: &[(&str, serde_json::Value)]) -> Vec<u8> {
+        let mut v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        for (path, value) in edits {
+            let mut at = &mut v;
+            for key in path.split('.') {
+                at = &mut at[key];
+            }
+            *at = value.clone();
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn a_rerequested_check_run_of_ours_reruns_the_job_it_names() {
+        for config in [host(Some(12345)), host(None)] {
+            assert_eq!(
+                plan(&config, "check_run", CHECK_RUN).unwrap(),
+                Plan::Rerun {
+                    slug: "freedomofpress/securedrop-workstation".into(),
+                    job: "1-q4.2".into(),
+                    sha: SHA.into(),
+                    by: "rosharma".into(),
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn other_check_runs_are_ignored_saying_why() {
+        let ignored = |config: &ServerConfig, body: &[u8]| match plan(config, "check_run", body) {
+            Ok(Plan::Ignore(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            ignored(&host(Some(999)), CHECK_RUN),
+            "a re-run of a check run app 12345 made it, not qci's app 999"
+        );
+        let foreign = edited(CHECK_RUN, &[("check_run.external_id", "build #17".into())]);
+        assert_eq!(
+            ignored(&host(None), &foreign),
+            "a re-run of a check run whose external_id \"build #17\" is no qci job id"
+        );
+        let none = edited(
+            CHECK_RUN,
+            &[("check_run.external_id", serde_json::Value::Null)],
+        );
+        assert_eq!(
+            ignored(&host(None), &none),
+            "a re-run of a check run whose external_id \"\" is no qci job id"
+        );
+        for action in ["created", "completed", "requested_action"] {
+            let body = edited(CHECK_RUN, &[("action", action.into())]);
+            assert_eq!(
+                ignored(&host(None), &body),
+                format!("check_run action \"{action}\"")
+            );
+        }
+        let elsewhere = edited(
+            CHECK_RUN,
+            &[("repository.full_name", "someone/else".into())],
+        );
+        assert_eq!(
+            ignored(&host(None), &elsewhere),
+            "repository someone/else is not configured"
+        );
+        let bad = edited(CHECK_RUN, &[("check_run.head_sha", "main".into())]);
+        assert!(matches!(
+            plan(&host(None), "check_run", &bad),
+            Err(PayloadError::BadField("check_run.head_sha"))
+        ));
+    }
+
+    #[test]
+    fn a_rerequested_check_suite_runs_its_commit_as_a_push_would() {
+        let Plan::Run(commit) = plan(&host(Some(12345)), "check_suite", CHECK_SUITE).unwrap()
+        else {
+            panic!("not a run");
+        };
+        assert_eq!(
+            commit,
+            Commit {
+                slug: "freedomofpress/securedrop-workstation".into(),
+                clone_url: "https://github.com/freedomofpress/securedrop-workstation.git".into(),
+                sha: CommitSha::parse(SHA).unwrap(),
+                git_ref: "refs/heads/main".into(),
+                reason: Reason::Manual,
+                author: "rosharma".into(),
+                message: "Re-run requested by rosharma on GitHub".into(),
+                supersede_key: None,
+                pr: None,
+                needs_approval: false,
+            }
+        );
+        let ignored = |config: &ServerConfig, body: &[u8]| match plan(config, "check_suite", body) {
+            Ok(Plan::Ignore(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            ignored(&host(Some(7)), CHECK_SUITE),
+            "a re-run of a check suite app 12345 made it, not qci's app 7"
+        );
+        for action in ["requested", "completed"] {
+            let body = edited(CHECK_SUITE, &[("action", action.into())]);
+            assert_eq!(
+                ignored(&host(None), &body),
+                format!("check_suite action \"{action}\"")
+            );
+        }
+        let bad = edited(CHECK_SUITE, &[("check_suite.head_sha", "x".into())]);
+        assert!(matches!(
+            plan(&host(None), "check_suite", &bad),
+            Err(PayloadError::BadField("check_suite.head_sha"))
+        ));
+    }
 }
