@@ -209,3 +209,22 @@ fn forged_rerequests_are_refused_and_leave_nothing() {
     }
     assert_eq!(host.count("jobs"), 1);
 }
+
+#[test]
+fn a_check_run_of_a_job_still_running_is_not_rerun() {
+    let pool = Scripted::new(false);
+    let host = Host::start("", pool.clone());
+    let old = host.deliver("push", "p1", &fixture("push.json"));
+    host.wait_state(&old[0], "running");
+    assert_eq!(
+        host.deliver("check_run", "r1", &check_run(&old[0], MAIN_SHA)),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        host.resolved("r1")["outcome"],
+        "ignored: a re-run of 1-q4.2: the job is still running"
+    );
+    pool.open();
+    host.wait_state(&old[0], "success");
+    assert_eq!(host.count("jobs"), 1);
+}
