@@ -433,9 +433,11 @@ fn plan_comment(config: &ServerConfig, ev: IssueCommentEvent) -> Result<Plan, Pa
     })
 }
 
-/// Whether a check run or suite of `app` may be qci's: any app when the
-/// config names none (token mode, where GitHub sends a repository webhook
-/// every app's checks), else only the configured one.
+/// Whether a check run or suite of `app` may be qci's: only the configured
+/// app's, or any when the config names none (token mode). GitHub sends a
+/// rerequest only to the app whose check it is, but one webhook URL may
+/// serve several apps; in token mode the job a check run names is what
+/// tells (see `resolve`).
 fn ours(config: &ServerConfig, app: &CheckApp) -> Result<(), String> {
     match &config.github_app {
         Some(ours) if ours.app_id != app.id => Err(format!(
