@@ -254,7 +254,7 @@ pub async fn retry(State(app): State<App>, Path(id): Path<String>, headers: Head
     let versions = app.executor.versions();
     match app
         .store
-        .write(move |conn| queue::retry(conn, &job, &versions))
+        .write(move |conn| queue::retry(conn, &job, &versions, None))
         .await
     {
         Ok(RetryOutcome::NotFound) => text(StatusCode::NOT_FOUND, "no such job"),

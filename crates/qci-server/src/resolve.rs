@@ -21,7 +21,7 @@
 
 use crate::app::App;
 use crate::github::{self, GithubError, PipelineFile};
-use crate::queue::{self, Trigger, Version};
+use crate::queue::{self, RetryOutcome, Trigger, Version};
 use crate::webhook::{Commit, Plan};
 use qci_core::JobId;
 use qci_core::pipeline::{Pipeline, PipelineError};
@@ -111,6 +111,7 @@ fn resolve(
         Ok(Plan::Run(commit)) => versions(app, client, source, commit),
         _ => None,
     };
+    let pool = app.executor.versions();
     let stop = app.store.write_blocking(move |conn| {
         let mut stop = Vec::new();
         let outcome = match plan {
@@ -138,6 +139,9 @@ fn resolve(
                 let dropped = queue::close_pr(conn, &slug, pr)?;
                 format!("pull request closed: dropped {}", joined(&dropped))
             }
+            Ok(Plan::Rerun { slug, job, sha, by }) => {
+                rerun(conn, &trigger.delivery, &slug, &job, &sha, &by, &pool)?
+            }
         };
         queue::trigger_done(conn, &trigger, &outcome)?;
         Ok(stop)
@@ -146,6 +150,42 @@ fn resolve(
         app.running.cancel(job);
     }
     Ok(())
+}
+
+/// GitHub's Re-run of a check run: the job it names runs again, as the
+/// operator's retry does (the old job stays in history), if it is a job of
+/// ours on the check run's repository and commit. Returns the outcome.
+fn rerun(
+    conn: &rusqlite::Connection,
+    delivery: &str,
+    slug: &str,
+    job: &str,
+    sha: &str,
+    by: &str,
+    pool: &[String],
+) -> Result<String, crate::store::StoreError> {
+    let ignored = |why: String| Ok(format!("ignored: a re-run of {job}: {why}"));
+    let Ok(id) = JobId::parse(job) else {
+        return ignored("no qci job id".into());
+    };
+    let Some(old) = queue::get(conn, &id)? else {
+        return ignored("no such job on this host".into());
+    };
+    if old.repo != slug || old.sha != sha {
+        // Another host's (or another app's) check run with an id like ours.
+        return ignored(format!(
+            "the job is of {} at {}, the check run of {slug} at {sha}",
+            old.repo, old.sha
+        ));
+    }
+    Ok(match queue::retry(conn, &id, pool, Some(delivery))? {
+        RetryOutcome::Queued(new) => format!("re-run by {by}: queued {new}"),
+        RetryOutcome::NotFound => return ignored("no such job on this host".into()),
+        RetryOutcome::NotFinal(state) => return ignored(format!("the job is still {state}")),
+        RetryOutcome::NoMachine(qubes) => {
+            return ignored(format!("no machine of this host runs Qubes {qubes}"));
+        }
+    })
 }
 
 /// Why a commit's `.qci.toml` gave no versions: each of its jobs ends as

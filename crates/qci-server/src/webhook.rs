@@ -49,7 +49,10 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
-    #[error("unsupported event {0:?} (qci handles push, pull_request, issue_comment and ping)")]
+    #[error(
+        "unsupported event {0:?} (qci handles push, pull_request, issue_comment, check_run, \
+         check_suite and ping)"
+    )]
     UnknownEvent(String),
     #[error("malformed {event} payload: {source}")]
     Json {
@@ -152,6 +155,45 @@ struct Comment {
     created_at: String,
 }
 
+#[derive(Deserialize)]
+struct CheckApp {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct CheckRunEvent {
+    action: String,
+    check_run: CheckRun,
+    repository: Repo,
+    sender: User,
+}
+
+#[derive(Deserialize)]
+struct CheckRun {
+    head_sha: String,
+    /// What the app that made the check run put there: for qci, the job id.
+    #[serde(default)]
+    external_id: Option<String>,
+    app: CheckApp,
+}
+
+#[derive(Deserialize)]
+struct CheckSuiteEvent {
+    action: String,
+    check_suite: CheckSuite,
+    repository: Repo,
+    sender: User,
+}
+
+#[derive(Deserialize)]
+struct CheckSuite {
+    head_sha: String,
+    /// `null` when the branch is gone, or the suite is a fork's.
+    #[serde(default)]
+    head_branch: Option<String>,
+    app: CheckApp,
+}
+
 /// A commit to run. Its Qubes versions, and so its jobs, are worked out
 /// later, from its `.qci.toml` (see [`crate::resolve`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +243,15 @@ pub enum Plan {
     },
     /// A pull request was closed: its jobs that have not started are dropped.
     Close { slug: String, pr: u64 },
+    /// GitHub's Re-run of one check run: the job it names (its
+    /// `external_id`) runs again as a new job, if it is one of ours, of
+    /// `slug`, on `sha`; whether it is can only be told from the database.
+    Rerun {
+        slug: String,
+        job: String,
+        sha: String,
+        by: String,
+    },
 }
 
 fn json<'a, T: Deserialize<'a>>(event: &str, body: &'a [u8]) -> Result<T, PayloadError> {
@@ -221,6 +272,8 @@ pub fn plan(config: &ServerConfig, event: &str, body: &[u8]) -> Result<Plan, Pay
         "push" => plan_push(config, json(event, body)?),
         "pull_request" => plan_pull_request(config, json(event, body)?),
         "issue_comment" => plan_comment(config, json(event, body)?),
+        "check_run" => plan_check_run(config, json(event, body)?),
+        "check_suite" => plan_check_suite(config, json(event, body)?),
         other => Err(PayloadError::UnknownEvent(other.chars().take(64).collect())),
     }
 }
@@ -380,6 +433,90 @@ fn plan_comment(config: &ServerConfig, ev: IssueCommentEvent) -> Result<Plan, Pa
     })
 }
 
+/// Whether a check run or suite of `app` may be qci's: only the configured
+/// app's, or any when the config names none (token mode). GitHub sends a
+/// rerequest only to the app whose check it is, but one webhook URL may
+/// serve several apps; in token mode the job a check run names is what
+/// tells (see `resolve`).
+fn ours(config: &ServerConfig, app: &CheckApp) -> Result<(), String> {
+    match &config.github_app {
+        Some(ours) if ours.app_id != app.id => Err(format!(
+            "app {} made it, not qci's app {}",
+            app.id, ours.app_id
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn plan_check_run(config: &ServerConfig, ev: CheckRunEvent) -> Result<Plan, PayloadError> {
+    checked_repo(&ev.repository)?;
+    let Some(repo) = config.repo(&ev.repository.full_name) else {
+        return ignore(format!(
+            "repository {} is not configured",
+            ev.repository.full_name
+        ));
+    };
+    if ev.action != "rerequested" {
+        return ignore(format!("check_run action {:?}", ev.action));
+    }
+    let run = ev.check_run;
+    let sha = CommitSha::parse(&run.head_sha)
+        .map_err(|_| PayloadError::BadField("check_run.head_sha"))?;
+    if let Err(why) = ours(config, &run.app) {
+        return ignore(format!("a re-run of a check run {why}"));
+    }
+    let external = run.external_id.unwrap_or_default();
+    if qci_core::JobId::parse(&external).is_err() {
+        return ignore(format!(
+            "a re-run of a check run whose external_id {:?} is no qci job id",
+            external.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(Plan::Rerun {
+        slug: repo.slug.clone(),
+        job: external,
+        sha: sha.as_str().to_owned(),
+        by: ev.sender.login,
+    })
+}
+
+fn plan_check_suite(config: &ServerConfig, ev: CheckSuiteEvent) -> Result<Plan, PayloadError> {
+    checked_repo(&ev.repository)?;
+    let Some(repo) = config.repo(&ev.repository.full_name) else {
+        return ignore(format!(
+            "repository {} is not configured",
+            ev.repository.full_name
+        ));
+    };
+    if ev.action != "rerequested" {
+        return ignore(format!("check_suite action {:?}", ev.action));
+    }
+    let suite = ev.check_suite;
+    let sha = CommitSha::parse(&suite.head_sha)
+        .map_err(|_| PayloadError::BadField("check_suite.head_sha"))?;
+    if let Err(why) = ours(config, &suite.app) {
+        return ignore(format!("a re-run of a check suite {why}"));
+    }
+    let git_ref = suite
+        .head_branch
+        .map_or_else(|| sha.as_str().to_owned(), |b| format!("refs/heads/{b}"));
+    // Run as a push of the commit would, on its `.qci.toml`'s versions; but
+    // superseding nothing: re-running an older commit must not stop the
+    // newer runs of its branch.
+    Ok(Plan::Run(Commit {
+        slug: repo.slug.clone(),
+        clone_url: repo.clone_url.clone().unwrap_or(ev.repository.clone_url),
+        sha,
+        git_ref,
+        reason: Reason::Manual,
+        author: ev.sender.login.clone(),
+        message: format!("Re-run requested by {} on GitHub", ev.sender.login),
+        supersede_key: None,
+        pr: None,
+        needs_approval: false,
+    }))
+}
+
 /// GitHub's filter patterns: `*` matches within one `/`-separated part,
 /// `**` across parts, everything else literally.
 pub fn glob(pattern: &str, name: &str) -> bool {
@@ -424,5 +561,142 @@ mod tests {
         assert!(glob("**", "feature/x/y"));
         assert!(glob("v*", "v1.2.3"));
         assert!(!glob("v*", "1.2.3"));
+    }
+
+    const CHECK_RUN: &[u8] = include_bytes!("../tests/fixtures/check_run-rerequested.json");
+    const CHECK_SUITE: &[u8] = include_bytes!("../tests/fixtures/check_suite-rerequested.json");
+    const SHA: &str = "3f786850e387550fdab836ed7e6dc881de23001b";
+
+    /// A host of the fixtures' repository, in App mode as `app_id` (or
+    /// token mode without it).
+    fn host(app_id: Option<u64>) -> ServerConfig {
+        let auth = match app_id {
+            Some(id) => format!(
+                "[server.github_app]\napp_id = {id}\nprivate_key = {{ file = \"/k.pem\" }}\n"
+            ),
+            None => "github_token = { file = \"/t\" }\n".to_owned(),
+        };
+        let text = format!(
+            "[pool]\nstate_dir = \"/s\"\n[server]\nlisten = \"127.0.0.1:8080\"\n\
+             public_url = \"https://ci.example.org\"\nwebhook_secret = {{ env = \"S\" }}\n\
+             {auth}[[server.repos]]\nslug = \"freedomofpress/securedrop-workstation\"\n"
+        );
+        toml::from_str::<crate::HostConfig>(&text).unwrap().server
+    }
+
+    /// The fixture with its `.`-separated fields set to JSON values.
+    fn edited(body: &[u8], edits: &[(&str, serde_json::Value)]) -> Vec<u8> {
+        let mut v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        for (path, value) in edits {
+            let mut at = &mut v;
+            for key in path.split('.') {
+                at = &mut at[key];
+            }
+            *at = value.clone();
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn a_rerequested_check_run_of_ours_reruns_the_job_it_names() {
+        for config in [host(Some(12345)), host(None)] {
+            assert_eq!(
+                plan(&config, "check_run", CHECK_RUN).unwrap(),
+                Plan::Rerun {
+                    slug: "freedomofpress/securedrop-workstation".into(),
+                    job: "1-q4.2".into(),
+                    sha: SHA.into(),
+                    by: "rosharma".into(),
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn other_check_runs_are_ignored_saying_why() {
+        let ignored = |config: &ServerConfig, body: &[u8]| match plan(config, "check_run", body) {
+            Ok(Plan::Ignore(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            ignored(&host(Some(999)), CHECK_RUN),
+            "a re-run of a check run app 12345 made it, not qci's app 999"
+        );
+        let foreign = edited(CHECK_RUN, &[("check_run.external_id", "build #17".into())]);
+        assert_eq!(
+            ignored(&host(None), &foreign),
+            "a re-run of a check run whose external_id \"build #17\" is no qci job id"
+        );
+        let none = edited(
+            CHECK_RUN,
+            &[("check_run.external_id", serde_json::Value::Null)],
+        );
+        assert_eq!(
+            ignored(&host(None), &none),
+            "a re-run of a check run whose external_id \"\" is no qci job id"
+        );
+        for action in ["created", "completed", "requested_action"] {
+            let body = edited(CHECK_RUN, &[("action", action.into())]);
+            assert_eq!(
+                ignored(&host(None), &body),
+                format!("check_run action \"{action}\"")
+            );
+        }
+        let elsewhere = edited(
+            CHECK_RUN,
+            &[("repository.full_name", "someone/else".into())],
+        );
+        assert_eq!(
+            ignored(&host(None), &elsewhere),
+            "repository someone/else is not configured"
+        );
+        let bad = edited(CHECK_RUN, &[("check_run.head_sha", "main".into())]);
+        assert!(matches!(
+            plan(&host(None), "check_run", &bad),
+            Err(PayloadError::BadField("check_run.head_sha"))
+        ));
+    }
+
+    #[test]
+    fn a_rerequested_check_suite_runs_its_commit_as_a_push_would() {
+        let Plan::Run(commit) = plan(&host(Some(12345)), "check_suite", CHECK_SUITE).unwrap()
+        else {
+            panic!("not a run");
+        };
+        assert_eq!(
+            commit,
+            Commit {
+                slug: "freedomofpress/securedrop-workstation".into(),
+                clone_url: "https://github.com/freedomofpress/securedrop-workstation.git".into(),
+                sha: CommitSha::parse(SHA).unwrap(),
+                git_ref: "refs/heads/main".into(),
+                reason: Reason::Manual,
+                author: "rosharma".into(),
+                message: "Re-run requested by rosharma on GitHub".into(),
+                supersede_key: None,
+                pr: None,
+                needs_approval: false,
+            }
+        );
+        let ignored = |config: &ServerConfig, body: &[u8]| match plan(config, "check_suite", body) {
+            Ok(Plan::Ignore(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            ignored(&host(Some(7)), CHECK_SUITE),
+            "a re-run of a check suite app 12345 made it, not qci's app 7"
+        );
+        for action in ["requested", "completed"] {
+            let body = edited(CHECK_SUITE, &[("action", action.into())]);
+            assert_eq!(
+                ignored(&host(None), &body),
+                format!("check_suite action \"{action}\"")
+            );
+        }
+        let bad = edited(CHECK_SUITE, &[("check_suite.head_sha", "x".into())]);
+        assert!(matches!(
+            plan(&host(None), "check_suite", &bad),
+            Err(PayloadError::BadField("check_suite.head_sha"))
+        ));
     }
 }

@@ -41,6 +41,7 @@ pub fn apply(
         ),
         Plan::Approve { slug, pr, .. } => format!("accepted: approval of {slug}#{pr}"),
         Plan::Close { slug, pr } => format!("accepted: closing of {slug}#{pr}"),
+        Plan::Rerun { slug, job, .. } => format!("accepted: re-run of {job} of {slug}"),
     };
     let inserted = conn
         .prepare_cached(

@@ -51,10 +51,13 @@ pub enum RetryOutcome {
 
 /// Queues a finished job again, as a new job on the same commit and
 /// context, if a machine of the pool (running `versions`) can take it.
+/// `delivery` is the webhook delivery that asked (GitHub's Re-run), so that
+/// its page lists the new job; `None` for an operator's retry.
 pub fn retry(
     conn: &Connection,
     id: &JobId,
     versions: &[String],
+    delivery: Option<&str>,
 ) -> Result<RetryOutcome, StoreError> {
     let Some(old) = get(conn, id)? else {
         return Ok(RetryOutcome::NotFound);
@@ -87,6 +90,6 @@ pub fn retry(
         qubes: old.qubes,
         context: old.context,
     };
-    let new = insert_job(conn, &job, None, Some(&old.id), now_ms(), None)?;
+    let new = insert_job(conn, &job, delivery, Some(&old.id), now_ms(), None)?;
     Ok(RetryOutcome::Queued(new))
 }
