@@ -430,7 +430,7 @@ pub fn cell(text: &str) -> String {
 /// text): every ASCII punctuation character backslash-escaped, on one line.
 ///
 /// [`Since`]: crate::queue::results::Since
-pub fn escape(text: &str) -> String {
+pub fn markdown_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in clean_line(text).chars() {
         if c.is_ascii_punctuation() {
@@ -487,7 +487,7 @@ pub fn summary(report: &Report<'_>) -> String {
                 head,
                 "| {} | {} | {} |",
                 cell(s.title()),
-                escape(&result),
+                markdown_text(&result),
                 if took.is_empty() {
                     String::new()
                 } else {
@@ -503,7 +503,10 @@ pub fn summary(report: &Report<'_>) -> String {
         }
         return cut_chars(&head, MAX_OUTPUT_CHARS).into_owned();
     };
-    let mut counts = format!("### Tests\n\n{}\n", escape(&tests.counts.to_string()));
+    let mut counts = format!(
+        "### Tests\n\n{}\n",
+        markdown_text(&tests.counts.to_string())
+    );
     if !tests.flaky.is_empty() {
         let n = tests.flaky.len();
         let (noun, verb) = if n == 1 {
@@ -555,10 +558,10 @@ fn failed_test(f: &Failing) -> String {
     let mut item = format!(
         "- {} \u{2014} {}",
         code(&cut_chars(&test_name(f), MAX_TITLE_CHARS)),
-        escape(&f.since.to_string())
+        markdown_text(&f.since.to_string())
     );
     if let Some(flaky) = f.flaky {
-        let _ = write!(item, "; **{}**", escape(&flaky.to_string()));
+        let _ = write!(item, "; **{}**", markdown_text(&flaky.to_string()));
     }
     if f.test.outcome == qci_junit::Outcome::Errored {
         item.push_str(" (errored)");
@@ -1222,7 +1225,7 @@ mod tests {
         assert_eq!(code("a\nb"), "` a b `");
         // In a table a pipe is escaped, and a backslash cannot escape the escape.
         assert_eq!(cell("a|b\\|c"), "` a\\|b\u{29f5}\\|c `");
-        assert_eq!(escape("<b>[x](y)|`"), "\\<b\\>\\[x\\]\\(y\\)\\|\\`");
+        assert_eq!(markdown_text("<b>[x](y)|`"), "\\<b\\>\\[x\\]\\(y\\)\\|\\`");
         // Annotations are plain text: kept as they are, within their limits.
         let notes = annotations(&tests.failing);
         assert_eq!(notes[0].title, format!("tests.test_vm.{hostile}"));

@@ -433,18 +433,18 @@ fn plan_comment(config: &ServerConfig, ev: IssueCommentEvent) -> Result<Plan, Pa
     })
 }
 
-/// Whether a check run or suite of `app` may be qci's: only the configured
-/// app's, or any when the config names none (token mode). GitHub sends a
-/// rerequest only to the app whose check it is, but one webhook URL may
-/// serve several apps; in token mode the job a check run names is what
-/// tells (see `resolve`).
-fn ours(config: &ServerConfig, app: &CheckApp) -> Result<(), String> {
+/// Why a check run or suite of `app` is not qci's, if it is not: only the
+/// configured app's are, or any when the config names none (token mode).
+/// GitHub sends a rerequest only to the app whose check it is, but one
+/// webhook URL may serve several apps; in token mode the job a check run
+/// names is what tells (see `resolve`).
+fn foreign_app(config: &ServerConfig, app: &CheckApp) -> Option<String> {
     match &config.github_app {
-        Some(ours) if ours.app_id != app.id => Err(format!(
+        Some(ours) if ours.app_id != app.id => Some(format!(
             "app {} made it, not qci's app {}",
             app.id, ours.app_id
         )),
-        _ => Ok(()),
+        _ => None,
     }
 }
 
@@ -462,7 +462,7 @@ fn plan_check_run(config: &ServerConfig, ev: CheckRunEvent) -> Result<Plan, Payl
     let run = ev.check_run;
     let sha = CommitSha::parse(&run.head_sha)
         .map_err(|_| PayloadError::BadField("check_run.head_sha"))?;
-    if let Err(why) = ours(config, &run.app) {
+    if let Some(why) = foreign_app(config, &run.app) {
         return ignore(format!("a re-run of a check run {why}"));
     }
     let external = run.external_id.unwrap_or_default();
@@ -494,7 +494,7 @@ fn plan_check_suite(config: &ServerConfig, ev: CheckSuiteEvent) -> Result<Plan, 
     let suite = ev.check_suite;
     let sha = CommitSha::parse(&suite.head_sha)
         .map_err(|_| PayloadError::BadField("check_suite.head_sha"))?;
-    if let Err(why) = ours(config, &suite.app) {
+    if let Some(why) = foreign_app(config, &suite.app) {
         return ignore(format!("a re-run of a check suite {why}"));
     }
     let git_ref = suite
