@@ -1403,3 +1403,44 @@ fn a_failing_test_is_listed_with_its_history_and_the_files_download_as_written()
     let tests = served.get("/tests");
     assert!(tests.contains("tests.test_vm::t_bad"), "{tests}");
 }
+
+#[test]
+fn a_bad_socket_hand_over_is_refused_with_a_clear_line_not_an_abort() {
+    let area = support::Scratch::new();
+    let scratch = &area.dir;
+    let (project, _) = project(scratch.path(), "true");
+    let github = FakeGithub::start(GITHUB_TOKEN);
+    let served = Served::start(scratch.path(), &github, &project);
+    let qci_bin = support::bin_dir().join("qci");
+    for (fds, shell_redirect, said) in [
+        (
+            "1",
+            "3<&-",
+            "qci: LISTEN_FDS=1, but file descriptor 3 is not open in this process",
+        ),
+        (
+            "2",
+            "3</dev/null",
+            "qci: LISTEN_FDS=\"2\": qci serve takes exactly one socket",
+        ),
+    ] {
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!(
+                "export LISTEN_PID=$$ LISTEN_FDS={fds}; exec \"$0\" serve --config \"$1\" {shell_redirect}"
+            ))
+            .arg(&qci_bin)
+            .arg(served.config())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(said), "{stderr}");
+        assert!(
+            matches!(out.status.code(), Some(2 | 3)),
+            "{:?}: {stderr}",
+            out.status
+        );
+    }
+    // The running host was not disturbed.
+    assert_eq!(served.get("/healthz"), "ok\n");
+}

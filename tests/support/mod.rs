@@ -565,10 +565,18 @@ pub fn socket_activated(cmd: &Command, listener: &std::net::TcpListener) -> Comm
         sh.current_dir(dir);
     }
     let fd = listener.as_raw_fd();
-    // SAFETY: dup2 is async-signal-safe; the new fd 3 has no FD_CLOEXEC.
+    // SAFETY: dup2 and fcntl are async-signal-safe. The new fd 3 has no
+    // FD_CLOEXEC; when the listener is fd 3 already, dup2 would do nothing
+    // and leave the flag set (the socket would close at exec), so the flag
+    // is cleared instead.
     unsafe {
         sh.pre_exec(move || {
-            if nix::libc::dup2(fd, 3) < 0 {
+            let done = if fd == 3 {
+                nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
+            } else {
+                nix::libc::dup2(fd, 3)
+            };
+            if done < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

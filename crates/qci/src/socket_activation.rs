@@ -15,6 +15,8 @@ pub enum ActivationError {
     Count(String),
     #[error("the socket passed in LISTEN_FDS is not a TCP listener: {0}")]
     NotTcp(#[source] std::io::Error),
+    #[error("LISTEN_FDS=1, but file descriptor 3 is not open in this process")]
+    NotOpen,
 }
 
 /// The socket passed to this process, if one was: `LISTEN_PID` names this
@@ -31,6 +33,14 @@ pub fn inherited_listener() -> Result<Option<TcpListener>, ActivationError> {
     match std::env::var("LISTEN_FDS").as_deref() {
         Ok("1") => {}
         other => return Err(ActivationError::Count(other.unwrap_or("").to_owned())),
+    }
+    // Owned only once known to be open: an OwnedFd of a closed descriptor
+    // would abort the process when dropped.
+    // SAFETY: F_GETFD reads a descriptor's flags and touches no memory.
+    #[expect(unsafe_code, reason = "asking whether fd 3 is open")]
+    let open = unsafe { nix::libc::fcntl(SD_LISTEN_FDS_START, nix::libc::F_GETFD) } >= 0;
+    if !open {
+        return Err(ActivationError::NotOpen);
     }
     // SAFETY: by the protocol, fd 3 was opened for this process and nothing
     // else in it owns that descriptor; it is taken once, here.
