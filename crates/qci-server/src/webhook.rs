@@ -448,23 +448,58 @@ fn foreign_app(config: &ServerConfig, app: &CheckApp) -> Option<String> {
     }
 }
 
-fn plan_check_run(config: &ServerConfig, ev: CheckRunEvent) -> Result<Plan, PayloadError> {
-    checked_repo(&ev.repository)?;
-    let Some(repo) = config.repo(&ev.repository.full_name) else {
+/// What a check run's or suite's event has in common: the repository, the
+/// action, and the commit and app of the check.
+struct CheckRequest<'e> {
+    /// `check_run` or `check_suite`, as the event is named.
+    kind: &'static str,
+    /// Its `head_sha` field, as a refusal names it.
+    sha_field: &'static str,
+    repository: &'e Repo,
+    action: &'e str,
+    head_sha: &'e str,
+    app: &'e CheckApp,
+}
+
+/// The repository and commit of a re-run qci acts on, or why it does not
+/// (a plan that ignores it).
+fn rerequested<'c>(
+    config: &'c ServerConfig,
+    req: &CheckRequest<'_>,
+) -> Result<Result<(&'c crate::config::RepoConfig, CommitSha), Plan>, PayloadError> {
+    checked_repo(req.repository)?;
+    let Some(repo) = config.repo(&req.repository.full_name) else {
         return ignore(format!(
             "repository {} is not configured",
-            ev.repository.full_name
-        ));
+            req.repository.full_name
+        ))
+        .map(Err);
     };
-    if ev.action != "rerequested" {
-        return ignore(format!("check_run action {:?}", ev.action));
+    if req.action != "rerequested" {
+        return ignore(format!("{} action {:?}", req.kind, req.action)).map(Err);
     }
+    let sha = CommitSha::parse(req.head_sha).map_err(|_| PayloadError::BadField(req.sha_field))?;
+    if let Some(why) = foreign_app(config, req.app) {
+        let noun = req.kind.replace('_', " ");
+        return ignore(format!("a re-run of a {noun} {why}")).map(Err);
+    }
+    Ok(Ok((repo, sha)))
+}
+
+fn plan_check_run(config: &ServerConfig, ev: CheckRunEvent) -> Result<Plan, PayloadError> {
     let run = ev.check_run;
-    let sha = CommitSha::parse(&run.head_sha)
-        .map_err(|_| PayloadError::BadField("check_run.head_sha"))?;
-    if let Some(why) = foreign_app(config, &run.app) {
-        return ignore(format!("a re-run of a check run {why}"));
-    }
+    let req = CheckRequest {
+        kind: "check_run",
+        sha_field: "check_run.head_sha",
+        repository: &ev.repository,
+        action: &ev.action,
+        head_sha: &run.head_sha,
+        app: &run.app,
+    };
+    let (repo, sha) = match rerequested(config, &req)? {
+        Ok(found) => found,
+        Err(ignored) => return Ok(ignored),
+    };
     let external = run.external_id.unwrap_or_default();
     if qci_core::JobId::parse(&external).is_err() {
         return ignore(format!(
@@ -481,22 +516,19 @@ fn plan_check_run(config: &ServerConfig, ev: CheckRunEvent) -> Result<Plan, Payl
 }
 
 fn plan_check_suite(config: &ServerConfig, ev: CheckSuiteEvent) -> Result<Plan, PayloadError> {
-    checked_repo(&ev.repository)?;
-    let Some(repo) = config.repo(&ev.repository.full_name) else {
-        return ignore(format!(
-            "repository {} is not configured",
-            ev.repository.full_name
-        ));
-    };
-    if ev.action != "rerequested" {
-        return ignore(format!("check_suite action {:?}", ev.action));
-    }
     let suite = ev.check_suite;
-    let sha = CommitSha::parse(&suite.head_sha)
-        .map_err(|_| PayloadError::BadField("check_suite.head_sha"))?;
-    if let Some(why) = foreign_app(config, &suite.app) {
-        return ignore(format!("a re-run of a check suite {why}"));
-    }
+    let req = CheckRequest {
+        kind: "check_suite",
+        sha_field: "check_suite.head_sha",
+        repository: &ev.repository,
+        action: &ev.action,
+        head_sha: &suite.head_sha,
+        app: &suite.app,
+    };
+    let (repo, sha) = match rerequested(config, &req)? {
+        Ok(found) => found,
+        Err(ignored) => return Ok(ignored),
+    };
     let git_ref = suite
         .head_branch
         .map_or_else(|| sha.as_str().to_owned(), |b| format!("refs/heads/{b}"));
