@@ -212,6 +212,12 @@ fn a_failed_job_on_libvirt_leaves_a_screenshot_and_a_passing_one_none() {
         .join("screenshot.png");
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(PNG_SIGNATURE), "not a PNG");
+    // `qci run` names it at the end, as it names the log.
+    assert!(
+        stdout(&out).contains(&format!("qci: screenshot: {}", shot.display())),
+        "{}",
+        stdout(&out)
+    );
     assert!(
         !host.host_log(&job).contains("[host]"),
         "{}",

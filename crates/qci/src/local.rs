@@ -9,7 +9,6 @@ use qci_core::job_file::{
 use qci_core::process::{ExitFd, wait_or_kill_at, write_within};
 use qci_core::{ExitCode, JobId, State, StatusEvent};
 use qci_emulator::{DOM0, Machine};
-use qci_junit::Outcome;
 use qci_pool::artifacts::{self, ArchiveSource, JobArtifacts};
 use qci_pool::backend::install;
 use std::os::unix::process::CommandExt;
@@ -328,49 +327,12 @@ impl LocalRun {
             }
         };
         if let Some(a) = &artifacts {
-            outln!(
-                "qci: artifacts: {}/ ({} files)",
-                a.dir.display(),
-                a.files.len()
-            );
-            test_summary(a);
+            crate::results::print(a);
         }
         Ok(LocalOutcome {
             exit: outcome,
             artifacts,
         })
-    }
-}
-
-/// The run's last lines: what the tests said, then each failed test by
-/// name with its message (or why a report could not be read).
-fn test_summary(artifacts: &JobArtifacts) {
-    for problem in &artifacts.report_problems {
-        outln!("qci: {}", crate::out::remote(problem));
-    }
-    if artifacts.reports.is_empty() {
-        return;
-    }
-    outln!("qci: tests: {}", qci_junit::Counts::of(&artifacts.tests));
-    for t in artifacts
-        .tests
-        .iter()
-        .filter(|t| matches!(t.outcome, Outcome::Failed | Outcome::Errored))
-    {
-        let name = if t.classname.is_empty() {
-            t.name.clone()
-        } else {
-            format!("{}::{}", t.classname, t.name)
-        };
-        match &t.message {
-            Some(m) => outln!(
-                "qci:   {} {}: {}",
-                t.outcome,
-                crate::out::remote(&name),
-                crate::out::remote(m)
-            ),
-            None => outln!("qci:   {} {}", t.outcome, crate::out::remote(&name)),
-        }
     }
 }
 

@@ -8,6 +8,7 @@ mod jobs;
 mod local;
 mod out;
 mod pool;
+mod results;
 mod serve;
 mod socket_activation;
 
@@ -46,7 +47,10 @@ enum Command {
     /// out, makes sure a final status exists, and powers it off.
     ///
     /// The live log goes to stdout, progress to stderr; at the end the final
-    /// state and the log's path are printed.
+    /// state and the log's path are printed, then, for a job that declared
+    /// `[artifacts]`, where its files are (and a failed machine's
+    /// screenshot) and a summary of its JUnit reports: the counts, then each
+    /// failed test by name.
     #[command(
         group(clap::ArgGroup::new("where").required(true).args(["local", "machine", "qubes"])),
         arg_required_else_help = true,

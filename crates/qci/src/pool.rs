@@ -236,6 +236,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, HostError> {
         outcome.machine
     );
     outln!("qci: log: {}", outcome.log.display());
+    if let Some(a) = &outcome.artifacts {
+        crate::results::print(a);
+    }
     Ok(outcome.exit)
 }
 
