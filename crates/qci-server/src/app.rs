@@ -2,6 +2,7 @@
 //! task holds. It depends on no handler; the handlers depend on it.
 
 use crate::config::ServerConfig;
+use crate::credentials::Credentials;
 use crate::executor::Executor;
 use crate::logs::Logs;
 use crate::metrics::Metrics;
@@ -21,6 +22,8 @@ pub struct App {
     pub executor: Arc<dyn Executor>,
     pub metrics: Arc<Metrics>,
     pub webhook_secret: Arc<str>,
+    /// How the host authenticates to GitHub: a personal token or the App.
+    pub github: Credentials,
     /// The operator token's hash ([`crate::tokens::hash`]), if the job API is on.
     pub admin_token_hash: Option<String>,
     pub relay_rate: Arc<RateLimit>,

@@ -238,6 +238,16 @@ impl ServerConfig {
 }
 
 impl SecretSource {
+    /// Where the secret is kept, for an error about what it holds (never
+    /// the secret itself).
+    pub fn origin(&self) -> String {
+        match (&self.file, &self.env) {
+            (Some(path), _) => format!("file {}", path.display()),
+            (None, Some(var)) => format!("environment variable {var}"),
+            (None, None) => "nowhere".into(),
+        }
+    }
+
     /// Reads the secret now; the server reads each once at start.
     pub fn read(&self) -> Result<String, ConfigError> {
         match (&self.file, &self.env) {

@@ -41,6 +41,10 @@ pub enum GithubError {
         #[source]
         source: serde_json::Error,
     },
+    /// No credential to send with (an App's installation token that
+    /// could not be had), as [`crate::github_app::AppError`] words it.
+    #[error("no GitHub token: {0}")]
+    NoToken(String),
     #[error("{url}: bad base64 content: {source}")]
     BadBase64 {
         url: String,

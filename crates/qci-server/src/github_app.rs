@@ -43,8 +43,13 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 pub enum AppError {
     #[error(transparent)]
     Key(#[from] ConfigError),
-    #[error("server.github_app.private_key is not an RSA private key in PEM form: {0}")]
-    BadKey(#[source] jsonwebtoken::errors::Error),
+    #[error(
+        "server.github_app.private_key ({origin}) is not an RSA private key in PEM form: {source}"
+    )]
+    BadKey {
+        origin: String,
+        source: jsonwebtoken::errors::Error,
+    },
     #[error("cannot sign the GitHub App's JWT: {0}")]
     Sign(#[source] jsonwebtoken::errors::Error),
     /// GitHub said 401 to the JWT: the wrong key, app id, or clock.
@@ -78,6 +83,19 @@ impl From<Failure<GithubError>> for AppError {
         match failure {
             Failure::Transient { error, .. } => Self::Transient(error),
             Failure::Permanent(error) => Self::Github(error),
+        }
+    }
+}
+
+/// No token yet, as a failed request to GitHub: tried again within the
+/// budget when GitHub may give one later, given up on at once otherwise
+/// (the App not installed, its key refused).
+impl From<AppError> for Failure<GithubError> {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::Transient(error) => Failure::Transient { error, wait: None },
+            AppError::Github(error) => Failure::Permanent(error),
+            other => Failure::Permanent(GithubError::NoToken(other.to_string())),
         }
     }
 }
@@ -149,7 +167,11 @@ impl GithubApp {
     /// at start rather than at the first status.
     pub fn new(config: &GithubAppConfig, api_url: &str) -> Result<Self, AppError> {
         let pem = config.private_key.read()?;
-        let key = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(AppError::BadKey)?;
+        let bad_key = |source| AppError::BadKey {
+            origin: config.private_key.origin(),
+            source,
+        };
+        let key = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(bad_key)?;
         let app = Self {
             app_id: config.app_id,
             key,
@@ -159,7 +181,7 @@ impl GithubApp {
             tokens: Mutex::default(),
         };
         app.jwt().map_err(|e| match e {
-            AppError::Sign(e) => AppError::BadKey(e),
+            AppError::Sign(e) => bad_key(e),
             other => other,
         })?;
         Ok(app)

@@ -12,6 +12,7 @@
 //! - [`outbox`]: GitHub and notifications; [`check_run`]: what a job's check run says
 //! - [`github`]: GitHub's REST API (headers, retries, reading `.qci.toml`)
 //! - [`github_app`]: GitHub App authentication (a JWT, installation tokens)
+//! - [`credentials`]: a personal token or the App, as the config chooses
 //! - [`dispatch`]: runs jobs on the machine pool ([`executor`]); [`running`]: the runs in flight
 //! - [`state_lock`]: one server per state dir; [`connections`]: what a client can hold
 //! - [`logs`]: published logs; [`pages`]: the monitor and job pages
@@ -23,6 +24,7 @@ pub mod app;
 pub mod check_run;
 pub mod config;
 pub mod connections;
+pub mod credentials;
 pub mod dispatch;
 pub mod executor;
 pub mod github;

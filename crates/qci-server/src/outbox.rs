@@ -39,6 +39,7 @@ pub struct Destination {
     pub kind: Kind,
     /// GitHub's API base, or the notification URL.
     pub url: String,
+    /// A notification's credential; GitHub's is the host's [`App::github`].
     pub token: Option<HeaderValue>,
     pub policy: RetryPolicy,
 }
@@ -111,14 +112,23 @@ fn send(
     dest: &Destination,
     msg: &Outgoing,
 ) -> Result<(), SendError> {
-    let (url, body) = match dest.kind {
+    let (url, body, repo) = match dest.kind {
         Kind::Github => github_request(app, dest, msg)?,
-        Kind::Slack | Kind::Webhook => notification(app, dest, msg)?,
+        Kind::Slack | Kind::Webhook => {
+            let (url, body) = notification(app, dest, msg)?;
+            (url, body, None)
+        }
     };
     let attempt = || {
         let request = client.post(&url).json(&body);
         // GitHub's headers name qci too; a header set twice is sent twice.
-        let request = match &dest.token {
+        let token = match &repo {
+            // Asked for at each attempt: an App's token may have been
+            // refreshed since the last.
+            Some(repo) => Some(app.github.token(client, repo)?),
+            None => dest.token.clone(),
+        };
+        let request = match &token {
             Some(token) => github::authorized(request, token),
             None => request.header(USER_AGENT, "qci"),
         };
@@ -144,7 +154,7 @@ fn github_request(
     app: &App,
     dest: &Destination,
     msg: &Outgoing,
-) -> Result<(String, serde_json::Value), SendError> {
+) -> Result<(String, serde_json::Value, Option<String>), SendError> {
     let body: serde_json::Value = serde_json::from_str(&msg.body).map_err(SendError::BadEntry)?;
     let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
     let url = format!(
@@ -165,6 +175,7 @@ fn github_request(
             "description": description,
             "context": text("context"),
         }),
+        Some(text("repo")),
     ))
 }
 

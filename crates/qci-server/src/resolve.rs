@@ -27,15 +27,13 @@ use qci_core::JobId;
 use qci_core::pipeline::{Pipeline, PipelineError};
 use qci_core::retry::{self, RetryPolicy, Stop};
 use qci_core::status::clean_description;
-use reqwest::header::HeaderValue;
 use std::time::Duration;
 
-/// Where the resolver reads commits' `.qci.toml`, with what token, and how
-/// hard it tries.
+/// Where the resolver reads commits' `.qci.toml`, and how hard it tries;
+/// with the host's credential ([`App::github`]).
 #[derive(Clone)]
 pub struct Source {
     pub api_url: String,
-    pub token: HeaderValue,
     pub policy: RetryPolicy,
 }
 
@@ -219,7 +217,8 @@ fn versions(
     let sha = commit.sha.as_str();
     let what = format!("reading .qci.toml of {} at {sha}", commit.slug);
     let read = retry::retry(&source.policy, &what, || {
-        github::pipeline_file(client, &source.api_url, &source.token, &commit.slug, sha)
+        let token = app.github.token(client, &commit.slug)?;
+        github::pipeline_file(client, &source.api_url, &token, &commit.slug, sha)
     });
     let asked = match read {
         Ok(PipelineFile::Missing) => Ok(repo.qubes.clone()),

@@ -3,8 +3,10 @@
 //! pruning) and serves the routes.
 
 use crate::app::App;
-use crate::config::{ConfigError, HostConfig};
+use crate::config::{ConfigError, HostConfig, ServerConfig};
+use crate::credentials::Credentials;
 use crate::executor::Executor;
+use crate::github_app::{AppError, GithubApp};
 use crate::logs::Logs;
 use crate::outbox::{self, Destination};
 use crate::queue::{self, Kind};
@@ -12,7 +14,6 @@ use crate::state_lock::{StateLock, StateLockError};
 use crate::store::{Store, StoreError};
 use crate::{dispatch, resolve, routes, tokens};
 use qci_core::JobId;
-use reqwest::header::HeaderValue;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,9 +33,6 @@ pub enum ServeError {
     #[error("the GitHub token is not usable in an HTTP header")]
     BadToken,
 }
-
-/// `[server.github_app]` authenticates, but nothing sends with it yet.
-const APP_NOT_WIRED: &str = "server.github_app: statuses and .qci.toml reads do not use a GitHub App yet; set github_token instead";
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
     let what = what.into();
@@ -58,21 +56,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let server = config.server.clone();
     let webhook_secret: Arc<str> = server.webhook_secret.read()?.into();
-    let Some(github_token) = &server.github_token else {
-        let Some(app) = &server.github_app else {
-            let why = crate::config::NO_GITHUB_AUTH.to_owned();
-            return Err(ConfigError::Invalid(why).into());
-        };
-        // The key is checked at start; both refusals are the operator's
-        // config to fix (`qci serve` exits 2).
-        crate::github_app::GithubApp::new(app, &server.github_api_url).map_err(|e| match e {
-            crate::github_app::AppError::Key(e) => e,
-            other => ConfigError::Invalid(other.to_string()),
-        })?;
-        // The outbox and the resolver still send with a personal token.
-        return Err(ConfigError::Invalid(APP_NOT_WIRED.into()).into());
-    };
-    let github_token = github_token.read()?;
+    let github = credentials(&server)?;
     let admin_token_hash = server
         .admin_token
         .as_ref()
@@ -119,6 +103,7 @@ pub async fn serve(
         executor,
         metrics: Arc::default(),
         webhook_secret,
+        github,
         admin_token_hash,
         relay_rate: Arc::default(),
         artifacts: state_dir.join("artifacts"),
@@ -135,18 +120,14 @@ pub async fn serve(
         }
     }
 
-    let mut token = HeaderValue::from_str(&format!("Bearer {github_token}"))
-        .map_err(|_| ServeError::BadToken)?;
-    token.set_sensitive(true);
     let github = Destination {
         kind: Kind::Github,
         url: server.github_api_url.clone(),
-        token: Some(token.clone()),
+        token: None,
         policy: outbox::policy(server.github_retry_budget),
     };
     let source = resolve::Source {
         api_url: server.github_api_url.clone(),
-        token,
         policy: outbox::policy(server.github_retry_budget),
     };
     let notify = |kind, url: Option<String>| {
@@ -194,6 +175,32 @@ pub async fn serve(
             what: "the server stopped".into(),
             source: std::io::Error::other(e),
         }),
+    }
+}
+
+/// The config's GitHub credential, read now: the personal token, or the
+/// App's private key (refused when others may read its file, and signed
+/// with once so that a key that cannot sign is said at start). Both
+/// refusals are the operator's config to fix (`qci serve` exits 2).
+fn credentials(server: &ServerConfig) -> Result<Credentials, ServeError> {
+    match (&server.github_token, &server.github_app) {
+        (Some(token), None) => {
+            let token = qci_github::bearer(&token.read()?).ok_or(ServeError::BadToken)?;
+            Ok(Credentials::Token(token))
+        }
+        (None, Some(app)) => {
+            let app = GithubApp::new(app, &server.github_api_url).map_err(|e| match e {
+                AppError::Key(e) => e,
+                other => ConfigError::Invalid(other.to_string()),
+            })?;
+            Ok(Credentials::App(Arc::new(app)))
+        }
+        // `HostConfig::load` refuses both and neither; a config built
+        // otherwise is refused the same way.
+        (Some(_), Some(_)) => {
+            Err(ConfigError::Invalid(crate::config::BOTH_GITHUB_AUTHS.into()).into())
+        }
+        (None, None) => Err(ConfigError::Invalid(crate::config::NO_GITHUB_AUTH.into()).into()),
     }
 }
 

@@ -3,8 +3,9 @@
 //! `iss`, `iat` and `exp`; installation tokens that expire (a short life,
 //! set per test) and are refused with 401 once they have.
 //!
-//! The fake is this file's own: the shared one (`support/fake_github.rs`)
-//! knows one fixed personal token, which the end-to-end tests rely on.
+//! The fake is this file's own, to count lookups and fail exchanges; the
+//! shared one (`support/fake_github.rs`) has the same checks in App mode,
+//! for the tests of whole jobs.
 //!
 //! The key pair is made for each test with `openssl genrsa` in a tempdir
 //! (PKCS#1, the form GitHub hands out), so no private key is committed.
@@ -414,11 +415,13 @@ fn a_key_readable_by_others_is_refused_at_start() {
     std::fs::write(&junk, "not a key\n").unwrap();
     std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o600)).unwrap();
     let err = GithubApp::new(&config(&junk, APP_ID), "http://127.0.0.1:9").unwrap_err();
-    assert!(matches!(err, AppError::BadKey(_)), "{err:?}");
-    assert!(
-        err.to_string()
-            .starts_with("server.github_app.private_key is not an RSA private key in PEM form: "),
-        "{err}"
+    assert!(matches!(err, AppError::BadKey { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "server.github_app.private_key (file {}) is not an RSA private key in PEM form: InvalidKeyFormat",
+            junk.display()
+        )
     );
 }
 
@@ -524,12 +527,17 @@ fn qci_serve_checks_the_key_at_start() {
             "secret file {shown} is readable by others (mode 0644); it must be readable by its owner only: chmod 600 {shown}"
         )
     );
+    // Kept as it should be, but not a key: refused too, naming the file
+    // and never showing what it holds.
+    std::fs::write(&key, "ghp_notakey\n").unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let err = serve();
     assert!(matches!(err, qci_server::ServeError::Config(_)), "{err:?}");
     assert_eq!(
         err.to_string(),
-        "server.github_app: statuses and .qci.toml reads do not use a GitHub App yet; set github_token instead"
+        format!(
+            "server.github_app.private_key (file {shown}) is not an RSA private key in PEM form: InvalidKeyFormat"
+        )
     );
     assert!(!d.join("state/server.sqlite").exists());
 }

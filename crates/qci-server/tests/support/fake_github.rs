@@ -14,7 +14,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// One commit status GitHub accepted.
 #[derive(Debug, Clone)]
@@ -40,6 +40,12 @@ struct Shared {
     /// While set, `.qci.toml` reads wait (GitHub slow or away).
     hold_reads: std::sync::atomic::AtomicBool,
     requests: AtomicUsize,
+    /// Every request, as `METHOD PATH` (no query), in the order it came.
+    seen: Mutex<Vec<String>>,
+    /// The personal token every call must carry (token mode).
+    token: String,
+    /// App mode: calls carry installation tokens this fake issued.
+    app: Option<AppAuth>,
     /// Called with each accepted status before GitHub answers.
     on_post: Mutex<Option<Hook>>,
     /// `.qci.toml` per `(OWNER/REPO, SHA)`.
@@ -65,20 +71,33 @@ fn sha_ok(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// What every API call needs: the token, GitHub's media type, a User-Agent.
-fn check_headers(
-    shared: &Shared,
-    token: &str,
-    headers: &HeaderMap,
-) -> Result<(), (StatusCode, String)> {
+/// What GitHub knows of the App in App mode: its id and public key, the
+/// installation tokens it issued (each with its expiry, as announced, and
+/// its installation), and how long a new one lives.
+pub struct AppAuth {
+    pub app_id: u64,
+    public_key: jsonwebtoken::DecodingKey,
+    token_life: Mutex<Duration>,
+    issued: Mutex<HashMap<String, SystemTime>>,
+    exchanges: AtomicUsize,
+    /// Calls made with an installation token that had expired.
+    expired_uses: AtomicUsize,
+    /// JWT-authenticated calls (`/app/...`) that passed the checks.
+    jwt_calls: AtomicUsize,
+}
+
+/// The one installation the fake App has: on every repository.
+pub const INSTALLATION: u64 = 42;
+
+#[derive(serde::Deserialize)]
+struct Claims {
+    iat: u64,
+    exp: u64,
+}
+
+/// The credential after `Bearer `, with GitHub's media type and a User-Agent.
+fn bearer<'h>(shared: &Shared, headers: &'h HeaderMap) -> Result<&'h str, (StatusCode, String)> {
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if header("authorization") != format!("Bearer {token}") {
-        return Err(refuse(
-            shared,
-            StatusCode::UNAUTHORIZED,
-            "Bad credentials".into(),
-        ));
-    }
     if !header("accept").contains("application/vnd.github") || header("user-agent").is_empty() {
         return Err(refuse(
             shared,
@@ -86,13 +105,130 @@ fn check_headers(
             "missing Accept or User-Agent".into(),
         ));
     }
+    header_bearer(headers)
+        .ok_or_else(|| refuse(shared, StatusCode::UNAUTHORIZED, "Bad credentials".into()))
+}
+
+fn header_bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// What every repository call needs: the personal token (token mode) or a
+/// live installation token (App mode), GitHub's media type, a User-Agent.
+fn check_headers(shared: &Shared, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+    let credential = bearer(shared, headers)?;
+    let Some(app) = &shared.app else {
+        if credential != shared.token {
+            return Err(refuse(
+                shared,
+                StatusCode::UNAUTHORIZED,
+                "Bad credentials".into(),
+            ));
+        }
+        return Ok(());
+    };
+    let expires = app.issued.lock().unwrap().get(credential).copied();
+    match expires {
+        None => Err(refuse(
+            shared,
+            StatusCode::UNAUTHORIZED,
+            "Bad credentials".into(),
+        )),
+        Some(at) if SystemTime::now() >= at => {
+            app.expired_uses.fetch_add(1, Ordering::SeqCst);
+            Err(refuse(
+                shared,
+                StatusCode::UNAUTHORIZED,
+                "expired installation token".into(),
+            ))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// What GitHub checks of an App's JWT: RS256 by the App's key, `iss` the
+/// App's id, `exp` not past and at most 10 minutes after `iat`, `iat` not
+/// in the future. Refused (401) in token mode: there is no App.
+fn check_jwt(shared: &Shared, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+    let jwt = bearer(shared, headers)?;
+    let Some(app) = &shared.app else {
+        return Err(refuse(
+            shared,
+            StatusCode::UNAUTHORIZED,
+            "A JSON web token could not be decoded".into(),
+        ));
+    };
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_issuer(&[app.app_id.to_string()]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    // Checked below, to the second.
+    validation.validate_exp = false;
+    let claims = match jsonwebtoken::decode::<Claims>(jwt, &app.public_key, &validation) {
+        Ok(data) => data.claims,
+        Err(e) => {
+            return Err(refuse(
+                shared,
+                StatusCode::UNAUTHORIZED,
+                format!("bad JWT: {:?}", e.kind()),
+            ));
+        }
+    };
+    let now = unix(SystemTime::now());
+    if claims.exp <= now {
+        return Err(refuse(
+            shared,
+            StatusCode::UNAUTHORIZED,
+            "expired JWT".into(),
+        ));
+    }
+    if claims.iat > now || claims.exp.saturating_sub(claims.iat) > 600 {
+        return Err(refuse(
+            shared,
+            StatusCode::UNAUTHORIZED,
+            "iat in the future or exp too far".into(),
+        ));
+    }
+    app.jwt_calls.fetch_add(1, Ordering::SeqCst);
     Ok(())
+}
+
+fn unix(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// `POST /app/installations/ID/access_tokens`: a new token, announced to
+/// the second and held to what was announced.
+fn access_token(shared: &Shared, id: &str, headers: &HeaderMap) -> (StatusCode, String) {
+    if let Err(refused) = check_jwt(shared, headers) {
+        return refused;
+    }
+    let Some(app) = &shared.app else {
+        unreachable!("check_jwt refuses without an App")
+    };
+    if id != INSTALLATION.to_string() {
+        return refuse(shared, StatusCode::NOT_FOUND, "Not Found".into());
+    }
+    let n = app.exchanges.fetch_add(1, Ordering::SeqCst);
+    let token = format!("ghs_installation{id}token{n}");
+    let expires = SystemTime::now() + *app.token_life.lock().unwrap();
+    let expires_at = humantime::format_rfc3339_seconds(expires).to_string();
+    let expires = humantime::parse_rfc3339(&expires_at).unwrap();
+    app.issued.lock().unwrap().insert(token.clone(), expires);
+    let body = serde_json::json!({
+        "token": token, "expires_at": expires_at,
+        "permissions": {"checks": "write", "contents": "read", "pull_requests": "read"},
+        "repository_selection": "all",
+    });
+    (StatusCode::CREATED, body.to_string())
 }
 
 /// `GET /repos/OWNER/REPO/contents/.qci.toml?ref=SHA`, as the contents API
 /// answers it: the file as base64 in a JSON object, or 404.
-fn contents(shared: &Shared, token: &str, uri: &Uri, headers: &HeaderMap) -> (StatusCode, String) {
-    if let Err(refused) = check_headers(shared, token, headers) {
+fn contents(shared: &Shared, uri: &Uri, headers: &HeaderMap) -> (StatusCode, String) {
+    if let Err(refused) = check_headers(shared, headers) {
         return refused;
     }
     let parts: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
@@ -149,13 +285,12 @@ fn contents(shared: &Shared, token: &str, uri: &Uri, headers: &HeaderMap) -> (St
 
 fn check(
     shared: &Shared,
-    token: &str,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &str,
 ) -> Result<Posted, (StatusCode, String)> {
-    check_headers(shared, token, headers)?;
+    check_headers(shared, headers)?;
     let parts: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
     let (repo, sha) = match parts.as_slice() {
         ["repos", owner, repo, "statuses", sha] if sha_ok(sha) => {
@@ -246,50 +381,128 @@ fn check(
     })
 }
 
-impl FakeGithub {
-    pub fn start(token: &str) -> Self {
-        let shared = Arc::new(Shared::default());
-        let state = shared.clone();
-        let expected = token.to_owned();
-        let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: String| {
-            let shared = state.clone();
-            let token = expected.clone();
-            async move {
-                shared.requests.fetch_add(1, Ordering::SeqCst);
-                let read = method == Method::GET;
-                while read && shared.hold_reads.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                let counter = if read {
-                    &shared.fail_next_reads
-                } else {
-                    &shared.fail_next
-                };
-                let failing = counter
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok();
-                if failing {
-                    return (StatusCode::BAD_GATEWAY, "Bad Gateway".to_owned());
-                }
-                if read {
-                    return contents(&shared, &token, &uri, &headers);
-                }
-                match check(&shared, &token, &method, &uri, &headers, &body) {
-                    Ok(posted) => {
-                        if let Some(hook) = shared.on_post.lock().unwrap().as_ref() {
-                            // The hook may make blocking requests.
-                            tokio::task::block_in_place(|| hook(&posted));
-                        }
-                        shared.posted.lock().unwrap().push(posted.clone());
-                        let reply = serde_json::json!({
-                            "id": 1, "state": posted.state, "description": posted.description,
-                            "target_url": posted.target_url, "context": posted.context,
-                        });
-                        (StatusCode::CREATED, reply.to_string())
-                    }
-                    Err(refused) => refused,
-                }
+/// Answers 502 if `counter` still asks for failures (and counts one down).
+fn failing(counter: &AtomicUsize) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+const BAD_GATEWAY: (StatusCode, &str) = (StatusCode::BAD_GATEWAY, "Bad Gateway");
+
+/// Every request, by its method and path, to the API it is for.
+async fn route(
+    shared: Arc<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: String,
+) -> (StatusCode, String) {
+    shared.requests.fetch_add(1, Ordering::SeqCst);
+    shared
+        .seen
+        .lock()
+        .unwrap()
+        .push(format!("{method} {}", uri.path()));
+    let path: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+    match (&method, path.as_slice()) {
+        (&Method::GET, ["repos", _, _, "contents", ..]) => {
+            while shared.hold_reads.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            if failing(&shared.fail_next_reads) {
+                return (BAD_GATEWAY.0, BAD_GATEWAY.1.into());
+            }
+            contents(&shared, &uri, &headers)
+        }
+        (_, ["repos", _, _, "statuses", ..]) => {
+            if failing(&shared.fail_next) {
+                return (BAD_GATEWAY.0, BAD_GATEWAY.1.into());
+            }
+            statuses(&shared, &method, &uri, &headers, &body)
+        }
+        (&Method::POST, ["app", "installations", id, "access_tokens"]) => {
+            access_token(&shared, id, &headers)
+        }
+        (&Method::GET, ["repos", _, _, "installation"]) => match check_jwt(&shared, &headers) {
+            Ok(()) => {
+                let app_id = shared.app.as_ref().map_or(0, |a| a.app_id);
+                let body = serde_json::json!({"id": INSTALLATION, "app_id": app_id});
+                (StatusCode::OK, body.to_string())
+            }
+            Err(refused) => refused,
+        },
+        // Check runs.
+        // Hook deliveries and their redelivery.
+        // Collaborators' permissions, pull requests, reactions.
+        _ => refuse(
+            &shared,
+            StatusCode::NOT_FOUND,
+            format!("Not Found: {method} {}", uri.path()),
+        ),
+    }
+}
+
+/// `POST /repos/OWNER/REPO/statuses/SHA`: checked, recorded, answered 201.
+fn statuses(
+    shared: &Shared,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &str,
+) -> (StatusCode, String) {
+    match check(shared, method, uri, headers, body) {
+        Ok(posted) => {
+            if let Some(hook) = shared.on_post.lock().unwrap().as_ref() {
+                // The hook may make blocking requests.
+                tokio::task::block_in_place(|| hook(&posted));
+            }
+            shared.posted.lock().unwrap().push(posted.clone());
+            let reply = serde_json::json!({
+                "id": 1, "state": posted.state, "description": posted.description,
+                "target_url": posted.target_url, "context": posted.context,
+            });
+            (StatusCode::CREATED, reply.to_string())
+        }
+        Err(refused) => refused,
+    }
+}
+
+impl FakeGithub {
+    /// A GitHub that takes `token` (a personal token) on every call.
+    pub fn start(token: &str) -> Self {
+        Self::serve(Shared {
+            token: token.to_owned(),
+            ..Shared::default()
+        })
+    }
+
+    /// A GitHub with the App `app_id` whose public key is the PEM file
+    /// `public_key`, installed on every repository ([`INSTALLATION`]):
+    /// repository calls need a live installation token, which lives
+    /// `token_life` from when it is issued.
+    pub fn start_app(app_id: u64, public_key: &std::path::Path, token_life: Duration) -> Self {
+        let pem = std::fs::read(public_key).unwrap();
+        Self::serve(Shared {
+            app: Some(AppAuth {
+                app_id,
+                public_key: jsonwebtoken::DecodingKey::from_rsa_pem(&pem).unwrap(),
+                token_life: Mutex::new(token_life),
+                issued: Mutex::default(),
+                exchanges: AtomicUsize::new(0),
+                expired_uses: AtomicUsize::new(0),
+                jwt_calls: AtomicUsize::new(0),
+            }),
+            ..Shared::default()
+        })
+    }
+
+    fn serve(shared: Shared) -> Self {
+        let token = shared.token.clone();
+        let shared = Arc::new(shared);
+        let state = shared.clone();
+        let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: String| {
+            route(state.clone(), method, uri, headers, body)
         };
         // A hook blocks in place, which needs a multi-thread runtime.
         let server = qci_test_http::Listener::bind()
@@ -297,10 +510,34 @@ impl FakeGithub {
             .serve("fake-github", axum::Router::new().fallback(handler));
         Self {
             base: server.url(),
-            token: token.to_owned(),
+            token,
             shared,
             _server: server,
         }
+    }
+
+    fn app(&self) -> &AppAuth {
+        self.shared.app.as_ref().expect("a fake GitHub in App mode")
+    }
+
+    /// Installation tokens issued so far.
+    pub fn exchanges(&self) -> usize {
+        self.app().exchanges.load(Ordering::SeqCst)
+    }
+
+    /// Calls that came with an installation token that had expired.
+    pub fn expired_uses(&self) -> usize {
+        self.app().expired_uses.load(Ordering::SeqCst)
+    }
+
+    /// How long the tokens issued from now on live.
+    pub fn set_token_life(&self, life: Duration) {
+        *self.app().token_life.lock().unwrap() = life;
+    }
+
+    /// Every request so far, as `METHOD PATH`, in order.
+    pub fn seen(&self) -> Vec<String> {
+        self.shared.seen.lock().unwrap().clone()
     }
 
     pub fn posted(&self) -> Vec<Posted> {

@@ -18,6 +18,48 @@ pub const SECRET: &str = "It's a Secret to Everybody";
 pub const GITHUB_TOKEN: &str = "ghp_hostsecrettoken0123456789";
 pub const ADMIN_TOKEN: &str = "operator-token-42";
 pub const REPO: &str = "freedomofpress/securedrop-workstation";
+/// The GitHub App of [`Host::start_app`].
+pub const APP_ID: u64 = 12345;
+
+/// A new App private key (PKCS#1, as GitHub hands them out; mode 0600) and
+/// its public half, in `dir`: no key is committed.
+pub fn app_key(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let private = dir.join("app.pem");
+    let public = dir.join("app.pub.pem");
+    for args in [
+        vec![
+            "genrsa".as_ref(),
+            "-traditional".as_ref(),
+            "-out".as_ref(),
+            private.as_os_str(),
+            "2048".as_ref(),
+        ],
+        vec![
+            "rsa".as_ref(),
+            "-in".as_ref(),
+            private.as_os_str(),
+            "-pubout".as_ref(),
+            "-out".as_ref(),
+            public.as_os_str(),
+        ],
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    (private, public)
+}
 
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -273,8 +315,30 @@ pub struct Host {
 
 impl Host {
     pub fn start(extra: &str, executor: Arc<dyn Executor>) -> Self {
-        let github = FakeGithub::start(GITHUB_TOKEN);
         let dir = tempfile::tempdir().unwrap();
+        Self::start_with(dir, FakeGithub::start(GITHUB_TOKEN), None, extra, executor)
+    }
+
+    /// A host in App mode (`[server.github_app]`, app [`APP_ID`]), with a
+    /// fake GitHub whose installation tokens live `token_life`.
+    pub fn start_app(extra: &str, token_life: Duration, executor: Arc<dyn Executor>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (private, public) = app_key(dir.path());
+        let github = FakeGithub::start_app(APP_ID, &public, token_life);
+        let app = format!(
+            "[server.github_app]\napp_id = {APP_ID}\nprivate_key = {{ file = \"{}\" }}\n",
+            private.display()
+        );
+        Self::start_with(dir, github, Some(app), extra, executor)
+    }
+
+    fn start_with(
+        dir: tempfile::TempDir,
+        github: FakeGithub,
+        app: Option<String>,
+        extra: &str,
+        executor: Arc<dyn Executor>,
+    ) -> Self {
         std::fs::write(dir.path().join("webhook-secret"), SECRET).unwrap();
         // A secret file as its owner keeps it (qci refuses others reading it).
         std::fs::set_permissions(
@@ -304,12 +368,18 @@ impl Host {
             "[pool]\nstate_dir = \"{d}/state\"\n[server]\nlisten = \"{addr}\"\n\
              public_url = \"{base}\"\ngithub_api_url = \"{}\"\n\
              webhook_secret = {{ file = \"{d}/webhook-secret\" }}\n\
-             github_token = {{ file = \"{d}/github-token\" }}\n\
+             {token}\
              admin_token = {{ file = \"{d}/admin-token\" }}\n\
-             max_body_bytes = 65536\ngithub_retry_budget = \"20s\"\n{extra}\n\
+             max_body_bytes = 65536\ngithub_retry_budget = \"20s\"\n{extra}\n{app}\
              [[server.repos]]\nslug = \"{REPO}\"\nbranches = [\"main\", \"release/*\"]\n\
              tags = [\"v*\"]\n",
-            github.base
+            github.base,
+            token = if app.is_some() {
+                String::new()
+            } else {
+                format!("github_token = {{ file = \"{d}/github-token\" }}\n")
+            },
+            app = app.as_deref().unwrap_or(""),
         );
         let path = dir.path().join("host.toml");
         std::fs::write(&path, text).unwrap();
