@@ -59,8 +59,8 @@ const LOCAL_MACHINE: &str =
 /// `qci serve` as a child process, with its config and state in `dir`.
 struct Served {
     dir: PathBuf,
-    /// The server's socket, open across its restarts.
-    listener: std::net::TcpListener,
+    /// The server's socket, open across its restarts unless closed.
+    listener: Option<std::net::TcpListener>,
     base: String,
     child: Option<Child>,
     client: reqwest::blocking::Client,
@@ -80,6 +80,34 @@ impl Served {
         project: &Path,
         machine: &str,
         server: &str,
+    ) -> Self {
+        let token = format!(
+            "github_token = {{ file = \"{}/github-token\" }}\n",
+            dir.display()
+        );
+        Self::start_as(dir, github, project, machine, server, &token)
+    }
+
+    /// In App mode: the App `fake_github::APP_ID` with the private key
+    /// `key`, instead of a personal token.
+    fn start_app(dir: &Path, github: &FakeGithub, project: &Path, key: &Path) -> Self {
+        let app = format!(
+            "[server.github_app]\napp_id = {}\nprivate_key = {{ file = \"{}\" }}\n",
+            fake_github::APP_ID,
+            key.display()
+        );
+        Self::start_as(dir, github, project, LOCAL_MACHINE, &app, "")
+    }
+
+    /// `auth` is the `github_token` line, or empty when `server` has
+    /// `[server.github_app]` (which comes last in `[server]`).
+    fn start_as(
+        dir: &Path,
+        github: &FakeGithub,
+        project: &Path,
+        machine: &str,
+        server: &str,
+        auth: &str,
     ) -> Self {
         // Held here for the test's whole life and handed to each `qci
         // serve` it starts, restarts included.
@@ -114,8 +142,7 @@ impl Served {
              [[pool.machines]]\n{machine}\n\
              [server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n\
              github_api_url = \"{}\"\n\
-             webhook_secret = {{ file = \"{d}/webhook-secret\" }}\n\
-             github_token = {{ file = \"{d}/github-token\" }}\n\
+             webhook_secret = {{ file = \"{d}/webhook-secret\" }}\n{auth}\
              admin_token = {{ file = \"{d}/admin-token\" }}\njob_timeout = \"5m\"\n{server}\n\
              [[server.repos]]\nslug = \"{REPO}\"\nclone_url = \"{}\"\n",
             github.base,
@@ -124,7 +151,7 @@ impl Served {
         std::fs::write(dir.join("host.toml"), config).unwrap();
         let mut served = Self {
             dir: dir.to_owned(),
-            listener,
+            listener: Some(listener),
             base,
             child: None,
             client: reqwest::blocking::Client::builder()
@@ -143,7 +170,8 @@ impl Served {
     fn spawn(&mut self) {
         let mut serve = qci();
         serve.arg("serve").arg("--config").arg(self.config());
-        let mut child = support::socket_activated(&serve, &self.listener)
+        let listener = self.listener.as_ref().expect("a listening socket");
+        let mut child = support::socket_activated(&serve, listener)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start qci serve");
@@ -158,6 +186,20 @@ impl Served {
         let mut child = self.child.take().unwrap();
         support::signal(child.id() as i32, "KILL");
         child.wait().unwrap();
+    }
+
+    /// Kills the server and closes its socket: connecting is refused, as
+    /// to a host that is down.
+    fn kill9_and_close(&mut self) {
+        self.kill9();
+        self.listener = None;
+    }
+
+    /// Listens on the same port again and starts the server.
+    fn reopen(&mut self) {
+        let port = self.base.rsplit(':').next().unwrap();
+        self.listener = Some(std::net::TcpListener::bind(format!("127.0.0.1:{port}")).unwrap());
+        self.spawn();
     }
 
     fn webhook(&self, event: &str, delivery: &str, body: &[u8]) -> Result<(u16, String), String> {
@@ -181,6 +223,12 @@ impl Served {
     fn jobs(&self, event: &str, delivery: &str, body: &[u8]) -> Vec<String> {
         let (code, reply) = self.webhook(event, delivery, body).unwrap();
         assert_eq!(code, 202, "{reply}");
+        self.jobs_of(delivery)
+    }
+
+    /// The jobs of a delivery, once the host has received it and worked
+    /// them out.
+    fn jobs_of(&self, delivery: &str) -> Vec<String> {
         let mut jobs = Vec::new();
         wait_for("the delivery's jobs", Duration::from_secs(60), || {
             let d: serde_json::Value =
@@ -524,6 +572,68 @@ fn kill_9_under_load_loses_no_accepted_webhook_and_ends_the_running_job() {
     wait_for("the next job to succeed", Duration::from_secs(120), || {
         served.job_state(&next).0 == "success"
     });
+}
+
+#[test]
+fn pushes_refused_while_the_host_is_down_are_redelivered_after_it_starts_and_run_once() {
+    let area = support::Scratch::new();
+    let scratch = &area.dir;
+    let (project, sha) = project(scratch.path(), "echo one push, one run");
+    let (key, public) = fake_github::app_key(scratch.path());
+    let github = FakeGithub::start_app(fake_github::APP_ID, &public, Duration::from_secs(3600));
+    // Pages of 2: the listing follows GitHub's `Link` header.
+    github.page_size(2);
+    let mut served = Served::start_app(scratch.path(), &github, &project, &key);
+    github.hook_to(&format!("{}/webhook", served.base), SECRET);
+
+    // Taken while up: it must not run a second time.
+    assert_eq!(
+        github.send_webhook("push", "guid-up", &push(REPO, "b0", &sha)),
+        202
+    );
+    let first = served.jobs_of("guid-up");
+    assert_eq!(first.len(), 1);
+    // Refused as malformed: asking for it again would be refused the same.
+    let bad = github.send_webhook("push", "guid-malformed", br#"{"ref": 5}"#);
+    assert!((400..500).contains(&bad), "a malformed push answered {bad}");
+
+    served.kill9_and_close();
+    let missed = ["guid-down-1", "guid-down-2", "guid-down-3"];
+    for (i, guid) in missed.iter().enumerate() {
+        let body = push(REPO, &format!("b{}", i + 1), &sha);
+        assert_eq!(
+            github.send_webhook("push", guid, &body),
+            0,
+            "{guid} reached a stopped host"
+        );
+    }
+
+    served.reopen();
+    for guid in missed {
+        let jobs = served.jobs_of(guid);
+        assert_eq!(jobs.len(), 1, "{guid}: {jobs:?}");
+        wait_for(
+            "the redelivered push's job",
+            Duration::from_secs(120),
+            || served.job_state(&jobs[0]).0 == "success",
+        );
+    }
+    let mut asked = github.redelivered();
+    asked.sort();
+    assert_eq!(asked, missed, "only what the host missed is asked for");
+    // One job per push, the first one's included: nothing ran twice.
+    let jobs: i64 = served
+        .db()
+        .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(jobs, 4);
+    let ok = github
+        .deliveries()
+        .iter()
+        .filter(|d| d.redelivery)
+        .all(|d| d.status_code == 202);
+    assert!(ok, "{:#?}", github.deliveries());
+    assert!(github.refused().is_empty(), "{:?}", github.refused());
 }
 
 #[test]
@@ -1144,6 +1254,12 @@ fn a_disk_that_fills_mid_job_is_survived_and_everything_goes_on_once_space_is_ba
         },
     );
     assert!(health.contains("cannot be written"), "{health}");
+    // A push GitHub delivers meanwhile is refused, not lost: it is asked
+    // for again once the disk recovers (token mode: through the
+    // repository's webhook).
+    github.hook_to(&format!("{}/webhook", served.base), SECRET);
+    let refused = github.send_webhook("push", "full-missed", &push(REPO, "other", &sha));
+    assert_eq!(refused, 503, "a webhook taken while the disk is full");
     // Reading still works while the disk is full.
     let listed = qci()
         .args(["jobs", "--config"])
@@ -1184,6 +1300,14 @@ fn a_disk_that_fills_mid_job_is_survived_and_everything_goes_on_once_space_is_ba
     wait_for("/healthz to recover", Duration::from_secs(60), || {
         served.get("/healthz") == "ok\n"
     });
+    let missed = served.jobs_of("full-missed");
+    assert_eq!(missed.len(), 1, "{missed:?}");
+    assert_eq!(github.redelivered(), ["full-missed"]);
+    wait_for(
+        "the redelivered push's job",
+        Duration::from_secs(120),
+        || served.job_state(&missed[0]).0 == "success",
+    );
     git(&project, &["commit", "-q", "--allow-empty", "-m", "second"]);
     let sha2 = git(&project, &["rev-parse", "HEAD"]).trim().to_owned();
     github.pipeline(REPO, &sha2, &toml);
@@ -1193,15 +1317,15 @@ fn a_disk_that_fills_mid_job_is_survived_and_everything_goes_on_once_space_is_ba
         state != "running" && state != "queued"
     });
     assert_eq!(served.job_state(&second).0, "success");
-    github.wait_for("both final statuses", Duration::from_secs(60), |p| {
-        p.iter().filter(|p| p.state != "pending").count() >= 2
+    github.wait_for("the three final statuses", Duration::from_secs(60), |p| {
+        p.iter().filter(|p| p.state != "pending").count() >= 3
     });
     let finals: Vec<_> = github
         .states("qci/qubes-4.2")
         .into_iter()
         .filter(|s| s.0 != "pending")
         .collect();
-    assert_eq!(finals.len(), 2, "{finals:?}");
+    assert_eq!(finals.len(), 3, "{finals:?}");
     assert!(finals.iter().all(|s| s.0 == "success"), "{finals:?}");
 }
 

@@ -63,6 +63,13 @@ pub struct ServerConfig {
     /// Published logs older than this are deleted; the job stays in history.
     #[serde(default = "default_keep_logs", with = "duration")]
     pub keep_logs: Duration,
+    /// Webhook deliveries GitHub made this recently and qci never took (it
+    /// was stopped, crashed, or its disk was full) are redelivered, on
+    /// start and when storage recovers ([`crate::redelivery`]). GitHub
+    /// redelivers only the last 3 days' deliveries, the default; `0s` turns
+    /// it off.
+    #[serde(default = "default_redeliver_within", with = "duration")]
+    pub redeliver_within: Duration,
     /// How long the host keeps trying to post one GitHub status.
     #[serde(default = "default_github_retry", with = "duration")]
     pub github_retry_budget: Duration,
@@ -281,6 +288,9 @@ fn default_start_retry_delay() -> Duration {
 }
 fn default_keep_logs() -> Duration {
     Duration::from_secs(90 * 24 * 3600)
+}
+fn default_redeliver_within() -> Duration {
+    Duration::from_secs(3 * 24 * 3600)
 }
 fn default_github_retry() -> Duration {
     Duration::from_secs(10 * 60)

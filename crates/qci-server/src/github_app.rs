@@ -192,8 +192,9 @@ impl GithubApp {
         self.default_installation
     }
 
-    /// A JWT that says "this is the App", good for [`JWT_LIFE`].
-    fn jwt(&self) -> Result<HeaderValue, AppError> {
+    /// A JWT that says "this is the App", good for [`JWT_LIFE`]: for the
+    /// App's own calls (`/app/...`), such as its hook's deliveries.
+    pub fn jwt(&self) -> Result<HeaderValue, AppError> {
         let now = SystemTime::now();
         let claims = Claims {
             iat: unix_secs(now.checked_sub(JWT_BACKDATE).unwrap_or(now)),

@@ -7,6 +7,7 @@
 //! - [`serve`]: start-up and the background tasks; [`routes`]: which handler answers what
 //! - [`webhook`]: signatures and payloads; [`api`]: the HTTP API
 //! - [`resolve`]: deliveries into jobs, one per Qubes version of the commit's `.qci.toml`
+//! - [`redelivery`]: webhooks GitHub sent while the host was down, asked for again
 //! - [`queue`]: the queue's rules as transactions; [`store`]: SQLite, its schema and migrations
 //! - [`tokens`]: job and operator tokens; [`relay`]: the status endpoint
 //! - [`outbox`]: GitHub and notifications; [`check_run`]: what a job's check run says
@@ -35,6 +36,7 @@ pub mod outbox;
 pub mod pages;
 pub mod queue;
 pub mod rate_limit;
+pub mod redelivery;
 pub mod relay;
 pub mod resolve;
 pub mod routes;

@@ -10,6 +10,7 @@ use crate::github_app::{AppError, GithubApp};
 use crate::logs::Logs;
 use crate::outbox::{self, Destination};
 use crate::queue::{self, Kind};
+use crate::redelivery;
 use crate::state_lock::{StateLock, StateLockError};
 use crate::store::{Store, StoreError};
 use crate::{dispatch, resolve, routes, tokens};
@@ -166,6 +167,15 @@ pub async fn serve(
         outbox::spawn(app.clone(), kind, dest).map_err(io("cannot start a sender"))?;
     }
     resolve::spawn(app.clone(), source).map_err(io("cannot start the resolver"))?;
+    // Once the server listens: what GitHub redelivers is taken.
+    let missed = redelivery::Source {
+        api_url: server.github_api_url.clone(),
+        webhook_url: format!("{}/webhook", server.public_base()),
+        repos: server.repos.iter().map(|r| r.slug.clone()).collect(),
+        within: server.redeliver_within,
+        policy: outbox::policy(server.github_retry_budget),
+    };
+    redelivery::spawn(app.clone(), missed).map_err(io("cannot start the redeliverer"))?;
     tokio::spawn(dispatch::run(app.clone()));
     tokio::spawn(prune(app));
 

@@ -93,6 +93,9 @@ impl StoreError {
 pub struct Health {
     failing: Mutex<Option<String>>,
     failures: std::sync::atomic::AtomicU64,
+    /// How many times writes came back after failing, rung each time:
+    /// what was refused meanwhile (webhooks) can be asked for again.
+    recoveries: (Mutex<u64>, Condvar),
 }
 
 impl Health {
@@ -104,9 +107,31 @@ impl Health {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 *failing = Some(e.to_string());
             }
-            Ok(_) => *failing = None,
+            Ok(_) => {
+                if failing.take().is_some() {
+                    let (count, cvar) = &self.recoveries;
+                    *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                    cvar.notify_all();
+                }
+            }
             Err(_) => {}
         }
+    }
+
+    /// How many times storage recovered so far: pass it to
+    /// [`Health::wait_recovery`].
+    pub fn recoveries(&self) -> u64 {
+        *self.recoveries.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks until storage recovers after `seen` recoveries, or `timeout`.
+    pub fn wait_recovery(&self, seen: u64, timeout: Duration) -> u64 {
+        let (count, cvar) = &self.recoveries;
+        let guard = count.lock().unwrap_or_else(|p| p.into_inner());
+        let (n, _) = cvar
+            .wait_timeout_while(guard, timeout, |n| *n == seen)
+            .unwrap_or_else(|p| p.into_inner());
+        *n
     }
 
     /// Why writes fail now, if they do.

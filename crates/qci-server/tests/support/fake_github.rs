@@ -46,6 +46,14 @@ struct Shared {
     token: String,
     /// App mode: calls carry installation tokens this fake issued.
     app: Option<AppAuth>,
+    /// Where webhooks go, every delivery made, and the guids asked for again.
+    hook: Mutex<Option<HookTarget>>,
+    deliveries: Mutex<Vec<Delivery>>,
+    redelivered: Mutex<Vec<String>>,
+    /// The most deliveries listed on one page.
+    page_size: AtomicUsize,
+    /// This fake's own URL, for the absolute links GitHub gives.
+    base: String,
     /// Called with each accepted status before GitHub answers.
     on_post: Mutex<Option<Hook>>,
     /// `.qci.toml` per `(OWNER/REPO, SHA)`.
@@ -85,6 +93,49 @@ pub struct AppAuth {
     /// JWT-authenticated calls (`/app/...`) that passed the checks.
     jwt_calls: AtomicUsize,
 }
+
+/// A new App private key (PKCS#1, as GitHub hands them out; mode 0600) and
+/// its public half, in `dir`: no key is committed.
+pub fn app_key(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let private = dir.join("app.pem");
+    let public = dir.join("app.pub.pem");
+    for args in [
+        vec![
+            "genrsa".as_ref(),
+            "-traditional".as_ref(),
+            "-out".as_ref(),
+            private.as_os_str(),
+            "2048".as_ref(),
+        ],
+        vec![
+            "rsa".as_ref(),
+            "-in".as_ref(),
+            private.as_os_str(),
+            "-pubout".as_ref(),
+            "-out".as_ref(),
+            public.as_os_str(),
+        ],
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    (private, public)
+}
+
+/// The fake's GitHub App, in App mode.
+pub const APP_ID: u64 = 12345;
 
 /// The one installation the fake App has: on every repository.
 pub const INSTALLATION: u64 = 42;
@@ -397,7 +448,8 @@ async fn route(
     uri: Uri,
     headers: HeaderMap,
     body: String,
-) -> (StatusCode, String) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     shared.requests.fetch_add(1, Ordering::SeqCst);
     shared
         .seen
@@ -405,19 +457,19 @@ async fn route(
         .unwrap()
         .push(format!("{method} {}", uri.path()));
     let path: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
-    match (&method, path.as_slice()) {
+    let answer = match (&method, path.as_slice()) {
         (&Method::GET, ["repos", _, _, "contents", ..]) => {
             while shared.hold_reads.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             if failing(&shared.fail_next_reads) {
-                return (BAD_GATEWAY.0, BAD_GATEWAY.1.into());
+                return (BAD_GATEWAY.0, BAD_GATEWAY.1).into_response();
             }
             contents(&shared, &uri, &headers)
         }
         (_, ["repos", _, _, "statuses", ..]) => {
             if failing(&shared.fail_next) {
-                return (BAD_GATEWAY.0, BAD_GATEWAY.1.into());
+                return (BAD_GATEWAY.0, BAD_GATEWAY.1).into_response();
             }
             statuses(&shared, &method, &uri, &headers, &body)
         }
@@ -433,14 +485,181 @@ async fn route(
             Err(refused) => refused,
         },
         // Check runs.
-        // Hook deliveries and their redelivery.
+        // Hook deliveries and their redelivery: the App's (JWT), or a
+        // repository's (its one hook, id 1).
+        (&Method::GET, ["app", "hook", "deliveries"]) => {
+            return match check_jwt(&shared, &headers) {
+                Ok(()) => deliveries_page(&shared, &uri),
+                Err(refused) => refused.into_response(),
+            };
+        }
+        (&Method::GET, ["repos", _, _, "hooks", "1", "deliveries"]) => {
+            return match check_headers(&shared, &headers) {
+                Ok(()) => deliveries_page(&shared, &uri),
+                Err(refused) => refused.into_response(),
+            };
+        }
+        (&Method::POST, ["app", "hook", "deliveries", id, "attempts"]) => {
+            match check_jwt(&shared, &headers) {
+                Ok(()) => redeliver(&shared, id),
+                Err(refused) => refused,
+            }
+        }
+        (&Method::POST, ["repos", _, _, "hooks", "1", "deliveries", id, "attempts"]) => {
+            match check_headers(&shared, &headers) {
+                Ok(()) => redeliver(&shared, id),
+                Err(refused) => refused,
+            }
+        }
+        (&Method::GET, ["repos", _, _, "hooks"]) => match check_headers(&shared, &headers) {
+            Ok(()) => {
+                let url = shared.hook.lock().unwrap().as_ref().map(|h| h.url.clone());
+                let hooks = serde_json::json!([{
+                    "type": "Repository", "id": 1, "name": "web", "active": true,
+                    "events": ["push", "pull_request"],
+                    "config": {"content_type": "json", "insecure_ssl": "0", "url": url},
+                }]);
+                (StatusCode::OK, hooks.to_string())
+            }
+            Err(refused) => refused,
+        },
         // Collaborators' permissions, pull requests, reactions.
         _ => refuse(
             &shared,
             StatusCode::NOT_FOUND,
             format!("Not Found: {method} {}", uri.path()),
         ),
+    };
+    answer.into_response()
+}
+
+/// Where the fake delivers webhooks, signed with the webhook secret.
+struct HookTarget {
+    url: String,
+    secret: String,
+}
+
+/// One delivery the fake made (or tried): what the deliveries API lists.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: u64,
+    pub guid: String,
+    pub event: String,
+    pub body: Vec<u8>,
+    /// What qci answered; 0 when no connection could be made.
+    pub status_code: u16,
+    pub redelivery: bool,
+    pub delivered_at: SystemTime,
+}
+
+/// Makes one delivery as GitHub does: signed, with its event and guid;
+/// recorded whatever the answer, with GitHub's 10 s timeout.
+fn deliver(shared: &Shared, event: &str, guid: &str, body: &[u8], redelivery: bool) -> u16 {
+    let (url, secret) = {
+        let hook = shared.hook.lock().unwrap();
+        let hook = hook.as_ref().expect("FakeGithub::hook_to first");
+        (hook.url.clone(), hook.secret.clone())
+    };
+    let reply = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .post(url)
+        .header("X-GitHub-Event", event)
+        .header("X-GitHub-Delivery", guid)
+        .header(
+            "X-Hub-Signature-256",
+            qci_server::webhook::sign(secret.as_bytes(), body),
+        )
+        .header("content-type", "application/json")
+        .header("user-agent", "GitHub-Hookshot/fake")
+        .body(body.to_vec())
+        .send();
+    let status_code = reply.map_or(0, |r| r.status().as_u16());
+    let mut deliveries = shared.deliveries.lock().unwrap();
+    let id = 12_000_000_000 + deliveries.len() as u64;
+    deliveries.push(Delivery {
+        id,
+        guid: guid.to_owned(),
+        event: event.to_owned(),
+        body: body.to_vec(),
+        status_code,
+        redelivery,
+        delivered_at: SystemTime::now(),
+    });
+    status_code
+}
+
+/// A page of deliveries, newest first, as GitHub lists them: `per_page`
+/// (at most 100, and at most the fake's page size), a `cursor`, and a
+/// `Link` header to the next page.
+fn deliveries_page(shared: &Shared, uri: &Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let query = |key: &str| {
+        uri.query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    let per_page = query("per_page")
+        .unwrap_or(30)
+        .min(100)
+        .min(shared.page_size.load(Ordering::SeqCst));
+    let from = query("cursor").unwrap_or(0);
+    let all: Vec<Delivery> = shared
+        .deliveries
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .cloned()
+        .collect();
+    let page: Vec<Value> = all
+        .iter()
+        .skip(from)
+        .take(per_page)
+        .map(|d| {
+            serde_json::json!({
+                "id": d.id, "guid": d.guid,
+                "delivered_at": humantime::format_rfc3339_seconds(d.delivered_at).to_string(),
+                "redelivery": d.redelivery, "duration": 0.01,
+                "status": if d.status_code == 0 { "failed to connect".to_owned() } else { d.status_code.to_string() },
+                "status_code": d.status_code, "event": d.event, "action": null,
+                "installation_id": INSTALLATION, "repository_id": 1,
+            })
+        })
+        .collect();
+    let mut reply = (StatusCode::OK, Value::Array(page).to_string()).into_response();
+    if from + per_page < all.len() {
+        let next = format!(
+            "<{}{}?per_page={per_page}&cursor={}>; rel=\"next\"",
+            shared.base,
+            uri.path(),
+            from + per_page
+        );
+        reply.headers_mut().insert("link", next.parse().unwrap());
     }
+    reply
+}
+
+/// `POST .../deliveries/ID/attempts`: 202 now, and the delivery made
+/// again soon after, with its guid, as GitHub does.
+fn redeliver(shared: &Arc<Shared>, id: &str) -> (StatusCode, String) {
+    let found = shared
+        .deliveries
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|d| d.id.to_string() == id)
+        .cloned();
+    let Some(d) = found else {
+        return refuse(shared, StatusCode::NOT_FOUND, "Not Found".into());
+    };
+    shared.redelivered.lock().unwrap().push(d.guid.clone());
+    let shared = shared.clone();
+    std::thread::spawn(move || deliver(&shared, &d.event, &d.guid, &d.body, true));
+    (StatusCode::ACCEPTED, "{}".into())
 }
 
 /// `POST /repos/OWNER/REPO/statuses/SHA`: checked, recorded, answered 201.
@@ -497,17 +716,18 @@ impl FakeGithub {
         })
     }
 
-    fn serve(shared: Shared) -> Self {
+    fn serve(mut shared: Shared) -> Self {
+        shared.page_size.store(100, Ordering::SeqCst);
+        // A hook blocks in place, which needs a multi-thread runtime.
+        let listener = qci_test_http::Listener::bind().multi_thread(1);
+        shared.base = listener.url();
         let token = shared.token.clone();
         let shared = Arc::new(shared);
         let state = shared.clone();
         let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: String| {
             route(state.clone(), method, uri, headers, body)
         };
-        // A hook blocks in place, which needs a multi-thread runtime.
-        let server = qci_test_http::Listener::bind()
-            .multi_thread(1)
-            .serve("fake-github", axum::Router::new().fallback(handler));
+        let server = listener.serve("fake-github", axum::Router::new().fallback(handler));
         Self {
             base: server.url(),
             token,
@@ -528,6 +748,35 @@ impl FakeGithub {
     /// Calls that came with an installation token that had expired.
     pub fn expired_uses(&self) -> usize {
         self.app().expired_uses.load(Ordering::SeqCst)
+    }
+
+    /// Delivers webhooks to `url` from now on, signed with `secret`.
+    pub fn hook_to(&self, url: &str, secret: &str) {
+        *self.shared.hook.lock().unwrap() = Some(HookTarget {
+            url: url.to_owned(),
+            secret: secret.to_owned(),
+        });
+    }
+
+    /// Sends a webhook as GitHub does, and records the delivery: what qci
+    /// answered, or 0 when it could not be reached.
+    pub fn send_webhook(&self, event: &str, guid: &str, body: &[u8]) -> u16 {
+        deliver(&self.shared, event, guid, body, false)
+    }
+
+    /// Every delivery made so far, in order, redeliveries included.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.shared.deliveries.lock().unwrap().clone()
+    }
+
+    /// The guids qci asked to have redelivered, in order.
+    pub fn redelivered(&self) -> Vec<String> {
+        self.shared.redelivered.lock().unwrap().clone()
+    }
+
+    /// Lists at most `n` deliveries a page, so that paging is used.
+    pub fn page_size(&self, n: usize) {
+        self.shared.page_size.store(n, Ordering::SeqCst);
     }
 
     /// How long the tokens issued from now on live.

@@ -18,48 +18,7 @@ pub const SECRET: &str = "It's a Secret to Everybody";
 pub const GITHUB_TOKEN: &str = "ghp_hostsecrettoken0123456789";
 pub const ADMIN_TOKEN: &str = "operator-token-42";
 pub const REPO: &str = "freedomofpress/securedrop-workstation";
-/// The GitHub App of [`Host::start_app`].
-pub const APP_ID: u64 = 12345;
-
-/// A new App private key (PKCS#1, as GitHub hands them out; mode 0600) and
-/// its public half, in `dir`: no key is committed.
-pub fn app_key(dir: &std::path::Path) -> (PathBuf, PathBuf) {
-    let private = dir.join("app.pem");
-    let public = dir.join("app.pub.pem");
-    for args in [
-        vec![
-            "genrsa".as_ref(),
-            "-traditional".as_ref(),
-            "-out".as_ref(),
-            private.as_os_str(),
-            "2048".as_ref(),
-        ],
-        vec![
-            "rsa".as_ref(),
-            "-in".as_ref(),
-            private.as_os_str(),
-            "-pubout".as_ref(),
-            "-out".as_ref(),
-            public.as_os_str(),
-        ],
-    ] {
-        let out = std::process::Command::new("openssl")
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    std::fs::set_permissions(
-        &private,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    (private, public)
-}
+pub use fake_github::APP_ID;
 
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -323,7 +282,7 @@ impl Host {
     /// fake GitHub whose installation tokens live `token_life`.
     pub fn start_app(extra: &str, token_life: Duration, executor: Arc<dyn Executor>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (private, public) = app_key(dir.path());
+        let (private, public) = fake_github::app_key(dir.path());
         let github = FakeGithub::start_app(APP_ID, &public, token_life);
         let app = format!(
             "[server.github_app]\napp_id = {APP_ID}\nprivate_key = {{ file = \"{}\" }}\n",
