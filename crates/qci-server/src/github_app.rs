@@ -255,6 +255,30 @@ impl GithubApp {
         }
     }
 
+    /// Forgets `token`, `repo`'s cached installation token, after GitHub
+    /// answered 401 to it (revoked, or expired earlier than announced): the
+    /// next [`Self::token_for`] fetches a new one. A token cached since
+    /// (another sender refreshed it) is kept.
+    pub fn invalidate(&self, repo: &str, token: &HeaderValue) {
+        let Some(id) = lock(&self.installations)
+            .get(&repo.to_ascii_lowercase())
+            .copied()
+        else {
+            return;
+        };
+        let Some(slot) = lock(&self.tokens).get(&id).cloned() else {
+            return;
+        };
+        let mut cached = lock(&slot);
+        if cached.as_ref().is_some_and(|c| c.token == *token) {
+            tracing::info!(
+                installation = id,
+                "GitHub refused the installation token; fetching a new one"
+            );
+            *cached = None;
+        }
+    }
+
     /// `repo`'s installation id, asked of GitHub the first time.
     pub fn installation_of(&self, client: &Client, repo: &str) -> Result<u64, AppError> {
         let name = repo.to_ascii_lowercase();

@@ -11,6 +11,7 @@
 //! - [`queue`]: the queue's rules as transactions; [`store`]: SQLite, its schema and migrations
 //! - [`tokens`]: job and operator tokens; [`relay`]: the status endpoint
 //! - [`outbox`]: GitHub and notifications; [`check_run`]: what a job's check run says
+//! - [`check_run_sender`]: App mode's check runs, one per job, from the outbox
 //! - [`github`]: GitHub's REST API (headers, retries, reading `.qci.toml`)
 //! - [`github_app`]: GitHub App authentication (a JWT, installation tokens)
 //! - [`credentials`]: a personal token or the App, as the config chooses
@@ -23,6 +24,7 @@
 pub mod api;
 pub mod app;
 pub mod check_run;
+pub mod check_run_sender;
 pub mod config;
 pub mod connections;
 pub mod credentials;

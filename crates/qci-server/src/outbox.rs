@@ -1,4 +1,5 @@
-//! Sends what the outbox holds, in order: commit statuses to GitHub, and
+//! Sends what the outbox holds, in order: commit statuses to GitHub (in
+//! App mode, check runs instead: [`crate::check_run_sender`]), and
 //! notifications (Slack, a generic JSON webhook) when a job finishes. Each
 //! kind has its own sender, so a slow Slack never delays a commit status,
 //! and nothing here ever holds up a job: the job is recorded as finished
@@ -6,6 +7,7 @@
 //! budget. The outbox is in the database, so a restart resumes sending.
 
 use crate::app::App;
+use crate::check_run_sender::{self, CheckRunError};
 use crate::github::{self, GithubError};
 use crate::queue::{self, Kind, Outgoing};
 use crate::store::StoreError;
@@ -31,6 +33,8 @@ pub enum SendError {
     Store(#[from] StoreError),
     #[error("job {0} is gone")]
     JobGone(JobId),
+    #[error(transparent)]
+    CheckRun(#[from] CheckRunError),
 }
 
 /// Where one kind of message goes, and with what credential.
@@ -112,6 +116,19 @@ fn send(
     dest: &Destination,
     msg: &Outgoing,
 ) -> Result<(), SendError> {
+    // App mode: the job's check run, and never a commit status.
+    if dest.kind == Kind::Github
+        && let Some(github_app) = app.github.app()
+    {
+        return Ok(check_run_sender::send(
+            app,
+            client,
+            &dest.url,
+            &dest.policy,
+            github_app,
+            msg,
+        )?);
+    }
     let (url, body, repo) = match dest.kind {
         Kind::Github => github_request(app, dest, msg)?,
         Kind::Slack | Kind::Webhook => {

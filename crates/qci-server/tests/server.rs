@@ -7,6 +7,10 @@
     reason = "a test fails by panicking, its setup too"
 )]
 
+#[expect(
+    dead_code,
+    reason = "token mode: the App's part of the support is unused"
+)]
 mod support;
 
 use serde_json::json;

@@ -104,6 +104,44 @@ mod tests {
     }
 
     #[test]
+    fn each_github_message_keeps_its_own_job_state_and_coalescing_keeps_the_first() {
+        let conn = memory();
+        let jobs = queue(&conn, &["a"]);
+        let job = claim_next(&conn, "4.2", "h1").unwrap().unwrap();
+        for description in ["Running 1", "Running 2"] {
+            relay(&conn, &job.id, "h1", qci_core::State::Running, description)
+                .unwrap()
+                .unwrap();
+        }
+        let bodies: Vec<serde_json::Value> = outgoing(&conn, Kind::Github, 100)
+            .unwrap()
+            .iter()
+            .map(|m| serde_json::from_str(&m.body).unwrap())
+            .collect();
+        // The first (it creates the check run in App mode) stays; the
+        // waiting progress one is replaced by the latest.
+        let states: Vec<(&str, &str, &str)> = bodies
+            .iter()
+            .map(|b| {
+                (
+                    b["job_state"].as_str().unwrap(),
+                    b["state"].as_str().unwrap(),
+                    b["description"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(states.len(), 2, "{states:?}");
+        assert_eq!((states[0].0, states[0].1), ("queued", "pending"));
+        assert_eq!(states[1], ("running", "pending", "Running 2"));
+        assert_eq!(outbox::check_run_id(&conn, &jobs[0]).unwrap(), None);
+        outbox::set_check_run_id(&conn, &jobs[0], 41_000_000_001).unwrap();
+        assert_eq!(
+            outbox::check_run_id(&conn, &jobs[0]).unwrap(),
+            Some(41_000_000_001)
+        );
+    }
+
+    #[test]
     fn reconcile_requeues_what_never_started_and_ends_what_ran() {
         let conn = memory();
         let queued = queue(&conn, &["a", "b", "c"]);

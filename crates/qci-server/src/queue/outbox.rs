@@ -25,7 +25,11 @@ impl Kind {
     }
 }
 
-/// Everything the outbox needs to know to post a job's commit status.
+/// Everything the outbox needs to know to post a job's commit status, or,
+/// in App mode, to bring its check run to this state: `job_state` is the
+/// job's own state (`queued` and `running` are both `pending` as a
+/// status), so each message says where the check run stands whatever the
+/// job's row says by the time it is sent.
 pub(crate) fn enqueue_github(
     conn: &Connection,
     job: &JobId,
@@ -39,6 +43,7 @@ pub(crate) fn enqueue_github(
     let body = serde_json::json!({
         "repo": repo, "sha": sha, "context": context,
         "state": state.github_state(), "description": description,
+        "job_state": state.as_str(),
     });
     conn.prepare_cached(
         "INSERT INTO outbox (kind, job, body, ready) VALUES ('github', ?1, ?2, ?3)",
@@ -72,6 +77,7 @@ pub(crate) fn coalesce_github(
     let mut body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     body["state"] = state.github_state().into();
     body["description"] = description.into();
+    body["job_state"] = state.as_str().into();
     conn.prepare_cached("UPDATE outbox SET body = ?2 WHERE id = ?1")?
         .execute(params![row, body.to_string()])?;
     Ok(())
@@ -111,5 +117,21 @@ pub fn sent(conn: &Connection, done: &[(Outgoing, Option<String>)]) -> Result<()
     for (msg, error) in done {
         stmt.execute(params![msg.id, now_ms(), error, msg.body])?;
     }
+    Ok(())
+}
+
+/// The id of the job's check run (App mode), once GitHub has given it.
+pub fn check_run_id(conn: &Connection, job: &JobId) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT check_run_id FROM jobs WHERE id = ?1")?
+        .query_row([job.as_str()], |r| r.get(0))
+        .optional()?
+        .flatten())
+}
+
+/// Keeps the id GitHub gave the job's check run, for its later messages.
+pub fn set_check_run_id(conn: &Connection, job: &JobId, id: i64) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE jobs SET check_run_id = ?2 WHERE id = ?1")?
+        .execute(params![job.as_str(), id])?;
     Ok(())
 }

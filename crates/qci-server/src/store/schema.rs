@@ -140,6 +140,11 @@ CREATE TABLE artifacts (
 );
 ";
 
+/// Migration 5: the GitHub check run that reports a job in App mode, once
+/// GitHub has given its id (none in token mode, and for older jobs): each
+/// later message of the job updates that check run instead of making one.
+const CHECK_RUN_ID: &str = "ALTER TABLE jobs ADD COLUMN check_run_id INTEGER;";
+
 /// Every migration, oldest first. Append only: a database records how
 /// many it has run.
 pub fn migrations() -> Migrations<'static> {
@@ -149,6 +154,7 @@ pub fn migrations() -> Migrations<'static> {
             .comment("jobs: start_failures and not_before, where a database lacks them"),
         M::up(MACHINE_COLUMNS).comment("jobs: the machine and snapshot a job ran on"),
         M::up(RESULTS).comment("test results and artifacts"),
+        M::up(CHECK_RUN_ID).comment("jobs: the id of the job's GitHub check run"),
     ])
 }
 
@@ -275,7 +281,7 @@ mod tests {
             let version: i64 = store
                 .read_blocking(|conn| Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?))
                 .unwrap();
-            assert_eq!(version as usize, 4);
+            assert_eq!(version as usize, 5);
         }
     }
 
@@ -294,7 +300,7 @@ mod tests {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 4);
+        assert_eq!(version, 5);
     }
 
     #[test]
@@ -309,6 +315,24 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
             .unwrap();
         assert_eq!(jobs, 1);
+    }
+
+    #[test]
+    fn a_database_of_migration_4_gets_the_check_run_column_and_keeps_its_jobs() {
+        let mut conn = premigration_database(false);
+        migrations().to_version(&mut conn, 4).unwrap();
+        assert!(!columns(&conn, "jobs").contains(&"check_run_id".to_owned()));
+        migrate(&mut conn).unwrap();
+        let (id, check_run): (String, Option<i64>) = conn
+            .query_row("SELECT id, check_run_id FROM jobs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((id.as_str(), check_run), ("1-q4.2", None));
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 5);
     }
 
     #[test]

@@ -34,6 +34,8 @@ type Hook = Box<dyn Fn(&Posted) + Send>;
 struct Shared {
     posted: Mutex<Vec<Posted>>,
     refused: Mutex<Vec<String>>,
+    /// Check runs: every request taken, and each run's repository.
+    check_runs: Mutex<CheckRuns>,
     /// Status posts, then `.qci.toml` reads, still to answer 502.
     fail_next: AtomicUsize,
     fail_next_reads: AtomicUsize,
@@ -485,6 +487,10 @@ async fn route(
             Err(refused) => refused,
         },
         // Check runs.
+        (_, ["repos", owner, repo, "check-runs", rest @ ..]) => {
+            let repo = format!("{owner}/{repo}");
+            check_runs(&shared, &method, &repo, rest, &headers, &body)
+        }
         // Hook deliveries and their redelivery: the App's (JWT), or a
         // repository's (its one hook, id 1).
         (&Method::GET, ["app", "hook", "deliveries"]) => {
@@ -854,6 +860,171 @@ impl FakeGithub {
             assert!(
                 Instant::now() < end,
                 "timed out waiting for {what}; GitHub got {posted:#?}, refused {:?}",
+                self.refused()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// One check run request GitHub took, as it came: `POST` (create) or
+/// `PATCH` (update), with what it set. Fields it did not send are `None`.
+#[derive(Debug, Clone)]
+pub struct CheckRun {
+    pub method: String,
+    pub id: u64,
+    pub repo: String,
+    pub name: Option<String>,
+    pub head_sha: Option<String>,
+    pub external_id: Option<String>,
+    pub details_url: Option<String>,
+    pub status: Option<String>,
+    pub started_at: Option<String>,
+    pub conclusion: Option<String>,
+    pub output: Option<Value>,
+    /// How many annotations this request carried.
+    pub annotations: usize,
+    pub at: Instant,
+}
+
+/// The check runs GitHub holds: each run's repository by id, and every
+/// request taken, in order.
+#[derive(Default)]
+struct CheckRuns {
+    repos: HashMap<u64, String>,
+    requests: Vec<CheckRun>,
+}
+
+/// The first check run's id: as large as GitHub's are (more than 32 bits).
+const FIRST_CHECK_RUN: u64 = 41_000_000_001;
+
+/// `POST /repos/OWNER/REPO/check-runs` and `PATCH .../check-runs/ID`:
+/// authenticated, the body checked with `check_run::validate` (422 with the
+/// violation), recorded, answered 201 or 200 with the run's id.
+fn check_runs(
+    shared: &Shared,
+    method: &Method,
+    repo: &str,
+    rest: &[&str],
+    headers: &HeaderMap,
+    body: &str,
+) -> (StatusCode, String) {
+    use qci_server::check_run::{Request, validate};
+    if let Err(refused) = check_headers(shared, headers) {
+        return refused;
+    }
+    let request = match (method, rest) {
+        (&Method::POST, []) => Request::Create,
+        (&Method::PATCH, [_]) => Request::Update,
+        _ => {
+            return refuse(
+                shared,
+                StatusCode::NOT_FOUND,
+                format!("Not Found: {method} check-runs/{}", rest.join("/")),
+            );
+        }
+    };
+    let value: Value = match serde_json::from_str(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return refuse(
+                shared,
+                StatusCode::BAD_REQUEST,
+                format!("Problems parsing JSON: {e}"),
+            );
+        }
+    };
+    if let Err(violation) = validate(request, &value) {
+        return refuse(
+            shared,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            violation.to_string(),
+        );
+    }
+    let mut runs = shared.check_runs.lock().unwrap();
+    let id = match rest {
+        [] => {
+            let id = FIRST_CHECK_RUN + runs.repos.len() as u64;
+            runs.repos.insert(id, repo.to_owned());
+            id
+        }
+        [id] => match id.parse::<u64>() {
+            Ok(id) if runs.repos.get(&id).is_some_and(|r| r == repo) => id,
+            _ => {
+                drop(runs);
+                return refuse(
+                    shared,
+                    StatusCode::NOT_FOUND,
+                    format!("Not Found: check run {id} of {repo}"),
+                );
+            }
+        },
+        _ => unreachable!("matched above"),
+    };
+    let text = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_owned);
+    let output = value.get("output").cloned();
+    let annotations = output
+        .as_ref()
+        .and_then(|o| o.get("annotations"))
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let run = CheckRun {
+        method: method.to_string(),
+        id,
+        repo: repo.to_owned(),
+        name: text("name"),
+        head_sha: text("head_sha"),
+        external_id: text("external_id"),
+        details_url: text("details_url"),
+        status: text("status"),
+        started_at: text("started_at"),
+        conclusion: text("conclusion"),
+        output,
+        annotations,
+        at: Instant::now(),
+    };
+    runs.requests.push(run.clone());
+    let reply = serde_json::json!({
+        "id": id, "name": run.name, "head_sha": run.head_sha,
+        "external_id": run.external_id, "details_url": run.details_url,
+        "status": run.status.as_deref().unwrap_or("queued"), "conclusion": run.conclusion,
+        "html_url": format!("https://github.com/{repo}/runs/{id}"),
+    });
+    let code = match request {
+        Request::Create => StatusCode::CREATED,
+        Request::Update => StatusCode::OK,
+    };
+    (code, reply.to_string())
+}
+
+impl FakeGithub {
+    /// Revokes every installation token issued so far, as GitHub may
+    /// before their announced expiry: calls with them get 401.
+    pub fn revoke_tokens(&self) {
+        self.app().issued.lock().unwrap().clear();
+    }
+
+    /// Every check run request taken, in order.
+    pub fn check_runs(&self) -> Vec<CheckRun> {
+        self.shared.check_runs.lock().unwrap().requests.clone()
+    }
+
+    /// Waits until `ready` holds for the check run requests taken so far.
+    pub fn wait_check_runs(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&[CheckRun]) -> bool,
+    ) -> Vec<CheckRun> {
+        let end = Instant::now() + timeout;
+        loop {
+            let runs = self.check_runs();
+            if ready(&runs) {
+                return runs;
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for {what}; GitHub took {runs:#?}, refused {:?}",
                 self.refused()
             );
             std::thread::sleep(Duration::from_millis(20));
