@@ -2,10 +2,10 @@
 //! deliveries make new jobs, once per delivery, and the jobs they re-run
 //! stay in history as they were. What is not ours is ignored, saying why.
 //!
-//! `qci serve` refuses App mode for now, so these hosts run in token mode,
-//! where no app id is configured: a check run of another app is told by
-//! the job it names (none, or one on another commit). The app id check is
-//! in `webhook.rs`'s unit tests.
+//! These hosts run in token mode, where no app id is configured: a check
+//! run of another app is told by the job it names (none, or one on another
+//! commit). The app id check is in `webhook.rs`'s unit tests, and the
+//! re-run of a check run qci made in App mode in `check_runs.rs`.
 
 #![expect(
     clippy::unwrap_used,
