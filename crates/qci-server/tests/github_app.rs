@@ -25,7 +25,6 @@ use qci_server::github_app::{AppError, GithubApp};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -35,36 +34,11 @@ const INSTALLATION: u64 = 42;
 const REPO: &str = "freedomofpress/securedrop-client";
 const REPO_INSTALLATION: u64 = 77;
 
-/// A private key (mode 0600) and its public half, in `dir`.
+/// A private key (mode 0600) and its public half, in `dir/name/`.
 fn key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let private = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub.pem"));
-    let ok = Command::new("openssl")
-        .args(["genrsa", "-traditional", "-out"])
-        .arg(&private)
-        .arg("2048")
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    let ok = Command::new("openssl")
-        .arg("rsa")
-        .arg("-in")
-        .arg(&private)
-        .args(["-pubout", "-out"])
-        .arg(&public)
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
-    (private, public)
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    support::fake_github::app_key(&dir)
 }
 
 #[derive(serde::Deserialize)]
