@@ -117,6 +117,9 @@ pub fn send(
         repo: &job.repo,
         job: &job.id,
     };
+    // GitHub changes a completed check run no more: a fork's job waiting
+    // for approval (`action_required`) gets a new one once approved.
+    let waiting = check_run::conclusion(&job) == Some(check_run::Conclusion::ActionRequired);
     let id = match known_id {
         Some(id) => id,
         None => {
@@ -124,11 +127,6 @@ pub fn send(
             let id = reply["id"]
                 .as_i64()
                 .ok_or_else(|| CheckRunError::NoId { url: runs.clone() })?;
-            let key = job.id.clone();
-            app.store
-                .write_durable_blocking("the check run's id", move |conn| {
-                    queue::outbox::set_check_run_id(conn, &key, id)
-                })?;
             tracing::debug!(
                 job = job.id.as_str(),
                 check_run = id,
@@ -137,8 +135,9 @@ pub fn send(
             // The create carries the status and output; a final one still
             // needs its annotations, which only updates carry.
             if !job.is_final() {
-                return Ok(());
+                return keep_id(app, &job.id, (!waiting).then_some(id));
             }
+            keep_id(app, &job.id, Some(id))?;
             id
         }
     };
@@ -146,6 +145,19 @@ pub fn send(
     for request in check_run::update(&report) {
         caller.call(Method::PATCH, &url, &request)?;
     }
+    if waiting {
+        keep_id(app, &job.id, None)?;
+    }
+    Ok(())
+}
+
+/// Records the job's check run, or that the next message needs a new one.
+fn keep_id(app: &App, job: &JobId, id: Option<i64>) -> Result<(), CheckRunError> {
+    let key = job.clone();
+    app.store
+        .write_durable_blocking("the check run's id", move |conn| {
+            queue::outbox::set_check_run_id(conn, &key, id)
+        })?;
     Ok(())
 }
 

@@ -134,7 +134,7 @@ mod tests {
         assert_eq!((states[0].0, states[0].1), ("queued", "pending"));
         assert_eq!(states[1], ("running", "pending", "Running 2"));
         assert_eq!(outbox::check_run_id(&conn, &jobs[0]).unwrap(), None);
-        outbox::set_check_run_id(&conn, &jobs[0], 41_000_000_001).unwrap();
+        outbox::set_check_run_id(&conn, &jobs[0], Some(41_000_000_001)).unwrap();
         assert_eq!(
             outbox::check_run_id(&conn, &jobs[0]).unwrap(),
             Some(41_000_000_001)

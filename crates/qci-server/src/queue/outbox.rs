@@ -130,7 +130,7 @@ pub fn check_run_id(conn: &Connection, job: &JobId) -> Result<Option<i64>, Store
 }
 
 /// Keeps the id GitHub gave the job's check run, for its later messages.
-pub fn set_check_run_id(conn: &Connection, job: &JobId, id: i64) -> Result<(), StoreError> {
+pub fn set_check_run_id(conn: &Connection, job: &JobId, id: Option<i64>) -> Result<(), StoreError> {
     conn.prepare_cached("UPDATE jobs SET check_run_id = ?2 WHERE id = ?1")?
         .execute(params![job.as_str(), id])?;
     Ok(())

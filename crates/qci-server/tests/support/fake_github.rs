@@ -893,6 +893,8 @@ pub struct CheckRun {
 struct CheckRuns {
     repos: HashMap<u64, String>,
     requests: Vec<CheckRun>,
+    /// Runs made `completed`: GitHub changes their status no more.
+    completed: std::collections::HashSet<u64>,
 }
 
 /// The first check run's id: as large as GitHub's are (more than 32 bits).
@@ -962,6 +964,18 @@ fn check_runs(
         _ => unreachable!("matched above"),
     };
     let text = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_owned);
+    let changes_status = value.get("status").is_some() || value.get("conclusion").is_some();
+    if runs.completed.contains(&id) && changes_status {
+        drop(runs);
+        return refuse(
+            shared,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("check run {id} is completed: its status and conclusion cannot change"),
+        );
+    }
+    if text("status").as_deref() == Some("completed") || value.get("conclusion").is_some() {
+        runs.completed.insert(id);
+    }
     let output = value.get("output").cloned();
     let annotations = output
         .as_ref()
