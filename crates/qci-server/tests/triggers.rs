@@ -430,3 +430,44 @@ fn in_always_mode_a_triagers_label_approves_a_forks_waiting_jobs() {
     }
     assert_eq!(pool.started(), 2);
 }
+
+/// GitHub's answers are network calls of the resolver: retried through a
+/// 5xx like any other; a pull request GitHub does not give runs nothing.
+#[test]
+fn permission_checks_are_retried_and_an_unknown_pull_request_runs_nothing() {
+    let host = Host::start("", Scripted::new(true));
+    host.github.permission("rosharma", "write");
+    host.github.fail_next_permissions(2);
+    let (code, body) = host.webhook(
+        "issue_comment",
+        "u1",
+        &fixture("issue_comment-command.json"),
+    );
+    assert_eq!(code, 202, "{body}");
+    let outcome = host.resolved("u1")["outcome"].clone();
+    eprintln!("no such pull request: {outcome}");
+    let permission = format!("GET /repos/{REPO}/collaborators/rosharma/permission");
+    let asked = host
+        .github
+        .seen()
+        .iter()
+        .filter(|s| **s == permission)
+        .count();
+    assert_eq!(asked, 3, "two 502s, then the answer");
+    assert!(
+        outcome
+            .as_str()
+            .unwrap()
+            .starts_with("error: cannot read #1234: ")
+            && outcome.as_str().unwrap().contains("HTTP 404"),
+        "{outcome}"
+    );
+    assert_eq!(host.count("jobs"), 0);
+    assert!(host.github.reactions().is_empty());
+
+    host.github
+        .pull_request(REPO, PR, SYNC_SHA, REPO, "fix-retention");
+    let jobs = host.deliver("issue_comment", "u2", &command("/qci run", "rosharma"));
+    assert_eq!(qubes_of(&host, &jobs), ["4.2"], "the repository's versions");
+    host.wait_state(&jobs[0], "success");
+}

@@ -435,6 +435,11 @@ async fn route(
         // Check runs.
         // Hook deliveries and their redelivery.
         // Collaborators' permissions, pull requests, reactions.
+        (&Method::GET, ["repos", _, _, "collaborators", _, "permission"])
+            if failing(&people(&shared).fail_permissions) =>
+        {
+            (BAD_GATEWAY.0, BAD_GATEWAY.1.into())
+        }
         (&Method::GET, ["repos", owner, repo, "collaborators", user, "permission"]) => {
             collaborator_permission(&shared, &headers, &format!("{owner}/{repo}"), user)
         }
@@ -632,6 +637,8 @@ struct People {
     pulls: Mutex<HashMap<(String, u64), Value>>,
     /// `(OWNER/REPO, COMMENT, CONTENT)`, in order.
     reactions: Mutex<Vec<(String, u64, String)>>,
+    /// Permission requests still to answer 502.
+    fail_permissions: AtomicUsize,
 }
 
 type PeopleOf = Vec<(std::sync::Weak<Shared>, Arc<People>)>;
@@ -796,6 +803,13 @@ impl FakeGithub {
             .lock()
             .unwrap()
             .insert((repo.to_owned(), number), pr);
+    }
+
+    /// Answers the next `n` permission requests with 502 Bad Gateway.
+    pub fn fail_next_permissions(&self, n: usize) {
+        people(&self.shared)
+            .fail_permissions
+            .store(n, Ordering::SeqCst);
     }
 
     /// The reactions posted: `(OWNER/REPO, COMMENT, CONTENT)`.
