@@ -109,7 +109,9 @@ pub struct RepoConfig {
     /// API, never read off the label alone) approves the commit labelled
     /// then. Each new push to a fork is code no one reviewed yet, so its
     /// jobs wait again, label or not, until it is labelled again or
-    /// someone with write access comments `/qci approve` or `/qci run`.
+    /// someone with write access comments `/qci approve` or `/qci run`
+    /// (which approves a fork's head only if qci had it before the comment:
+    /// a push after it is not what the commenter saw).
     #[serde(default)]
     pub pull_requests: PullRequests,
     /// Comment commands on pull requests, from people with write access or

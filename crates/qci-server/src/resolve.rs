@@ -128,19 +128,31 @@ fn resolve(
         let outcome = match action {
             Action::Done(outcome) => outcome,
             Action::Run {
-                commit,
+                mut commit,
                 versions,
                 narrow,
+                approve_before,
             } => match versions {
                 None => format!("ignored: repository {} is not configured", commit.slug),
                 Some(versions) => {
+                    let mut waits = "";
+                    if let Some(by) = approve_before
+                        && commit.needs_approval
+                    {
+                        if queue::had_commit(conn, &commit, by)? {
+                            commit.needs_approval = false;
+                        } else {
+                            waits =
+                                " (waiting for approval: the fork's head came after the comment)";
+                        }
+                    }
                     let queued = if narrow {
                         queue::run_versions(conn, &trigger, &commit, &versions)?
                     } else {
                         queue::run_commit(conn, &trigger, &commit, &versions)?
                     };
                     stop = queued.stop;
-                    format!("queued {}", joined(&queued.jobs))
+                    format!("queued {}{waits}", joined(&queued.jobs))
                 }
             },
             Action::Approve {
@@ -226,10 +238,13 @@ enum Action {
     Done(String),
     /// `versions` is `None` when the repository is no longer configured;
     /// `narrow` when only these versions run (see [`queue::run_versions`]).
+    /// With `approve_before`, a commit waiting for approval (a fork's
+    /// head, by a command) is approved if qci had it by then (Unix ms).
     Run {
         commit: Commit,
         versions: Option<Vec<Version>>,
         narrow: bool,
+        approve_before: Option<i64>,
     },
     Approve {
         slug: String,
@@ -275,11 +290,13 @@ fn prepare(
             versions: versions(app, client, source, &commit),
             commit,
             narrow: false,
+            approve_before: None,
         },
         Plan::RunVersions { commit, versions } => Action::Run {
             versions: named_versions(app, &commit.slug, versions),
             commit,
             narrow: true,
+            approve_before: None,
         },
         Plan::Approve {
             slug,
@@ -378,9 +395,10 @@ fn asked(
                 versions: named_versions(app, &slug, versions),
                 commit,
                 narrow: true,
+                approve_before: None,
             };
         }
-        Ask::Run { versions } => Some(versions),
+        Ask::Run { versions, before } => Some((versions, before)),
         Ask::Retry => None,
         Ask::Cancel => {
             return match head(app, client, source, &slug, pr) {
@@ -398,7 +416,7 @@ fn asked(
         Ok(head) => head,
         Err(why) => return Action::Done(why),
     };
-    let Some(versions) = ask else {
+    let Some((versions, before)) = ask else {
         return Action::Retry {
             slug,
             pr,
@@ -410,7 +428,13 @@ fn asked(
         || format!("https://github.com/{slug}.git"),
         |r| r.clone_url.clone(),
     );
-    // Someone with write access asked: that approves a fork's head too.
+    // A fork's head: approved by the command if qci had it before the
+    // comment (see `Ask::Run`), which the write tells.
+    let fork = found
+        .head
+        .repo
+        .as_ref()
+        .is_none_or(|r| !r.full_name.eq_ignore_ascii_case(&slug));
     let commit = pull_request_commit(
         repo,
         pr,
@@ -421,7 +445,7 @@ fn asked(
             git_ref: &found.head.git_ref,
             clone_url: &clone_url,
         },
-        false,
+        fork,
     );
     let versions = if versions.is_empty() {
         self::versions(app, client, source, &commit)
@@ -432,6 +456,8 @@ fn asked(
         commit,
         versions,
         narrow: true,
+        // A command stored without its time approves no fork's head.
+        approve_before: fork.then_some(before.unwrap_or(i64::MIN)),
     }
 }
 

@@ -295,8 +295,14 @@ pub enum Ask {
         versions: Vec<String>,
     },
     /// Its head (asked of GitHub) runs on `versions`; on its `.qci.toml`'s
-    /// when empty.
-    Run { versions: Vec<String> },
+    /// when empty. A fork's head runs at once only if qci had it before
+    /// `before` (the comment's time, Unix ms): one pushed after the
+    /// comment is code its author did not see, and waits for approval.
+    Run {
+        versions: Vec<String>,
+        #[serde(default)]
+        before: Option<i64>,
+    },
     /// Its head runs again on the versions whose latest job failed.
     Retry,
     /// Its head's queued and running jobs are canceled.
@@ -604,6 +610,15 @@ fn plan_comment(config: &ServerConfig, ev: IssueCommentEvent) -> Result<Plan, Pa
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("");
+    // Within the second the comment was made: GitHub's stamp has no fraction.
+    let made = || -> Result<i64, PayloadError> {
+        let created = humantime::parse_rfc3339(&ev.comment.created_at)
+            .map_err(|_| PayloadError::BadField("comment.created_at"))?;
+        let since = created
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| PayloadError::BadField("comment.created_at"))?;
+        Ok(since.as_millis() as i64 + 999)
+    };
     let mut words = first.split_whitespace();
     let ask = if first == config.approve_comment.trim() {
         None
@@ -632,7 +647,10 @@ fn plan_comment(config: &ServerConfig, ev: IssueCommentEvent) -> Result<Plan, Pa
                         "/qci run names more than {MAX_ASKED_VERSIONS} versions"
                     ));
                 }
-                Some(Ask::Run { versions })
+                Some(Ask::Run {
+                    versions,
+                    before: Some(made()?),
+                })
             }
             _ => {
                 return ignore(format!(
@@ -646,18 +664,10 @@ fn plan_comment(config: &ServerConfig, ev: IssueCommentEvent) -> Result<Plan, Pa
     };
     let ask = match ask {
         Some(ask) => ask,
-        None => {
-            let created = humantime::parse_rfc3339(&ev.comment.created_at)
-                .map_err(|_| PayloadError::BadField("comment.created_at"))?;
-            let before = created
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_err(|_| PayloadError::BadField("comment.created_at"))?;
-            Ask::Approve {
-                sha: None,
-                // Within the second the comment was made: GitHub's stamp has no fraction.
-                before: Some(before.as_millis() as i64 + 999),
-            }
-        }
+        None => Ask::Approve {
+            sha: None,
+            before: Some(made()?),
+        },
     };
     // Anyone can comment: whether this one may is GitHub's to say (the
     // resolver asks), not the comment's `author_association`, which hides
@@ -901,6 +911,8 @@ mod tests {
         let run = |versions: &[&str]| {
             Ok(Ask::Run {
                 versions: versions.iter().map(|v| v.to_string()).collect(),
+                // 2026-11-29T12:45:10Z, to the end of its second.
+                before: Some(1_795_956_310_999),
             })
         };
         assert_eq!(asked(&config, "/qci run 4.2"), run(&["4.2"]));

@@ -471,3 +471,50 @@ fn permission_checks_are_retried_and_an_unknown_pull_request_runs_nothing() {
     assert_eq!(qubes_of(&host, &jobs), ["4.2"], "the repository's versions");
     host.wait_state(&jobs[0], "success");
 }
+
+/// `/qci run` on a fork's pull request approves the head the commenter
+/// could have seen: one qci had before the comment runs at once, one that
+/// came after (or that qci never had) waits for approval.
+#[test]
+fn a_run_command_approves_only_a_fork_head_qci_had_before_the_comment() {
+    const PR_SHA: &str = "e83c5163316f89bfbde7d9ab23ca2e25604af290";
+    let pool = Scripted::new(true);
+    let host = Host::start("", pool.clone());
+    host.github.permission("rosharma", "write");
+    let waiting = host.deliver("pull_request", "w1", &fixture("pull_request-fork.json"));
+    assert_eq!(host.job(&waiting[0])["needs_approval"], true);
+
+    // The comment came after qci had the head (its time is in 2099).
+    host.github
+        .pull_request(REPO, PR, PR_SHA, FORK, "fix-retention");
+    let later = edited(
+        "issue_comment-command.json",
+        &[("comment/created_at", json!("2099-01-01T00:00:00Z"))],
+    );
+    let ran = host.deliver("issue_comment", "w2", &later);
+    let job = host.job(&ran[0]);
+    assert_eq!(
+        (&job["sha"], &job["needs_approval"]),
+        (&json!(PR_SHA), &json!(false))
+    );
+    assert_eq!(job["clone_url"], format!("https://github.com/{FORK}.git"));
+    host.wait_state(&ran[0], "success");
+
+    // The head moved to a commit qci never had before the comment.
+    host.github
+        .pull_request(REPO, PR, SYNC_SHA, FORK, "fix-retention");
+    let held = host.deliver("issue_comment", "w3", &later);
+    let outcome = host.resolved("w3")["outcome"].clone();
+    eprintln!("unseen fork head: {outcome}");
+    assert!(
+        outcome.as_str().unwrap().contains("waiting for approval"),
+        "{outcome}"
+    );
+    let job = host.job(&held[0]);
+    assert_eq!(
+        (&job["sha"], &job["needs_approval"]),
+        (&json!(SYNC_SHA), &json!(true))
+    );
+    assert_eq!(job["state"], "queued");
+    assert_eq!(pool.started(), 1);
+}

@@ -291,6 +291,25 @@ pub fn head_jobs(
     Ok(latest)
 }
 
+/// Whether a job of `commit`'s pull request on its commit was queued by
+/// `by` (Unix ms): whether qci had that head then.
+pub fn had_commit(conn: &Connection, commit: &Commit, by: i64) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE repo = ?1 AND pr = ?2 AND sha = ?3 \
+             AND created_at <= ?4)",
+        )?
+        .query_row(
+            params![
+                commit.slug,
+                commit.pr.map(|n| n as i64),
+                commit.sha.as_str(),
+                by
+            ],
+            |r| r.get(0),
+        )?)
+}
+
 /// Drops the jobs of a closed pull request that have not reached a machine.
 pub fn close_pr(conn: &Connection, slug: &str, pr: u64) -> Result<Vec<JobId>, StoreError> {
     let waiting: Vec<JobId> = conn
