@@ -70,6 +70,14 @@ async fn handle_webhook(app: &App, headers: &HeaderMap, body: &Bytes) -> Respons
         }
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    // A signed delivery says which installation the repository is in:
+    // its calls then need no lookup.
+    if let Some(github_app) = app.github.app()
+        && let Some((repo, id)) = webhook::installation(body)
+        && app.config.repo(&repo).is_some()
+    {
+        github_app.remember_installation(&repo, id);
+    }
     let (delivery, event) = (delivery.to_owned(), event.to_owned());
     let d = delivery.clone();
     let applied = app

@@ -73,10 +73,14 @@ pub struct ServerConfig {
     /// How long the host keeps trying to post one GitHub status.
     #[serde(default = "default_github_retry", with = "duration")]
     pub github_retry_budget: Duration,
-    /// A fork's pull request runs once a maintainer adds this label ...
+    /// A fork's pull request runs once someone with triage access or more
+    /// adds this label (checked with GitHub's permission API: a label is
+    /// never trusted alone) ...
     #[serde(default = "default_approve_label")]
     pub approve_label: String,
-    /// ... or comments exactly this (owners, members and collaborators only).
+    /// ... or someone with write access or more comments this (as the
+    /// comment's first line): an alias of `/qci approve`, kept so existing
+    /// setups go on working. Off with the repository's `comments = false`.
     #[serde(default = "default_approve_comment")]
     pub approve_comment: String,
     #[serde(default)]
@@ -99,8 +103,36 @@ pub struct RepoConfig {
     /// Tag patterns whose pushes run (release jobs). None by default.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Which pull requests run: `"always"` (or `true`, the default) every
+    /// opened, reopened or pushed one, on every version, a fork's waiting
+    /// for approval; `"label"` only those carrying a label
+    /// `LABEL_PREFIX VERSION` (`qci:4.3`), on those versions only, when
+    /// labelled and on each push while the label stays; `"off"` (or
+    /// `false`) none, comments included. Removing a label stops the runs
+    /// of later pushes; it does not cancel a job already running.
+    ///
+    /// A fork's code runs only once approved: a version label added by
+    /// someone with triage access or more (asked of GitHub's permission
+    /// API, never read off the label alone) approves the commit labelled
+    /// then. Each new push to a fork is code no one reviewed yet, so its
+    /// jobs wait again, label or not, until it is labelled again or
+    /// someone with write access comments `/qci approve` or `/qci run`
+    /// (which approves a fork's head only if qci had it before the comment:
+    /// a push after it is not what the commenter saw).
+    #[serde(default)]
+    pub pull_requests: PullRequests,
+    /// Comment commands on pull requests, from people with write access or
+    /// more (asked of GitHub's permission API): `/qci run [VERSION…]` (the
+    /// commit's versions when none are named), `/qci retry` (the versions
+    /// whose latest job on the head failed), `/qci cancel` (the head's
+    /// queued and running jobs), `/qci approve`. The command is the
+    /// comment's first line. Others' commands do nothing (the delivery's
+    /// outcome says why); an accepted one gets a 👍 reaction.
     #[serde(default = "yes")]
-    pub pull_requests: bool,
+    pub comments: bool,
+    /// What a version label starts with: `qci:` makes `qci:4.3`.
+    #[serde(default = "default_label_prefix")]
+    pub label_prefix: String,
     /// The Qubes versions to run on, one job and one status context each,
     /// unless the commit's own `.qci.toml` names its `qubes` (read through
     /// GitHub's contents API with `github_token`, which then needs read
@@ -110,6 +142,43 @@ pub struct RepoConfig {
     /// Status contexts are `CONTEXT/qubes-VERSION`.
     #[serde(default = "default_context")]
     pub context: String,
+}
+
+/// `pull_requests` of a repository: `true`/`false` as before, or a word.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "PullRequestsWord")]
+pub enum PullRequests {
+    #[default]
+    Always,
+    Label,
+    Off,
+}
+
+/// What the file may say for [`PullRequests`].
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PullRequestsWord {
+    Bool(bool),
+    Word(String),
+}
+
+impl TryFrom<PullRequestsWord> for PullRequests {
+    type Error = String;
+
+    fn try_from(word: PullRequestsWord) -> Result<Self, String> {
+        match word {
+            PullRequestsWord::Bool(true) => Ok(Self::Always),
+            PullRequestsWord::Bool(false) => Ok(Self::Off),
+            PullRequestsWord::Word(w) => match w.as_str() {
+                "always" => Ok(Self::Always),
+                "label" => Ok(Self::Label),
+                "off" => Ok(Self::Off),
+                other => Err(format!(
+                    "pull_requests {other:?}: expected true, false, \"always\", \"label\" or \"off\""
+                )),
+            },
+        }
+    }
 }
 
 /// `[server.github_app]`: the App's id and private key (the PEM GitHub
@@ -211,6 +280,9 @@ impl ServerConfig {
                     repo.slug
                 ));
             }
+            if repo.label_prefix.trim().is_empty() {
+                return bad(format!("server.repos {}: label_prefix is empty", repo.slug));
+            }
             if repo.qubes.is_empty() {
                 return bad(format!("server.repos {}: qubes is empty", repo.slug));
             }
@@ -301,6 +373,9 @@ fn default_approve_label() -> String {
 fn default_approve_comment() -> String {
     "/qci approve".into()
 }
+fn default_label_prefix() -> String {
+    "qci:".into()
+}
 fn default_branches() -> Vec<String> {
     vec!["**".into()]
 }
@@ -360,6 +435,26 @@ qubes = ["4.2", "4.3"]
         assert_eq!(repo.qubes, ["4.2", "4.3"]);
 
         assert!(config.server.github_token.is_some() && config.server.github_app.is_none());
+        assert_eq!(repo.pull_requests, PullRequests::Always);
+        assert!(repo.comments);
+        assert_eq!(repo.label_prefix, "qci:");
+        for (said, mode) in [
+            ("true", PullRequests::Always),
+            ("false", PullRequests::Off),
+            ("\"always\"", PullRequests::Always),
+            ("\"label\"", PullRequests::Label),
+            ("\"off\"", PullRequests::Off),
+        ] {
+            let with = text.replace("tags = [", &format!("pull_requests = {said}\ntags = ["));
+            let config: HostConfig = toml::from_str(&with).unwrap();
+            assert_eq!(config.server.repos[0].pull_requests, mode, "{said}");
+        }
+        let odd = text.replace("tags = [", "pull_requests = \"sometimes\"\ntags = [");
+        let err = toml::from_str::<HostConfig>(&odd).unwrap_err().to_string();
+        assert!(
+            err.contains("\"sometimes\"") && err.contains("\"label\""),
+            "{err}"
+        );
 
         let typo = text.replace("job_timeout", "job_timout");
         let err = toml::from_str::<HostConfig>(&typo).unwrap_err().to_string();

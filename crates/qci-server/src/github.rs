@@ -178,3 +178,177 @@ pub fn pipeline_file(
         Err(_) => Ok(PipelineFile::Unusable(format!("{FILE_NAME} is not UTF-8"))),
     }
 }
+
+/// What someone may do in a repository, least first: GitHub's roles
+/// (`role_name` of the collaborator permission API).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    None,
+    Read,
+    Triage,
+    Write,
+    Maintain,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Read => "read",
+            Self::Triage => "triage",
+            Self::Write => "write",
+            Self::Maintain => "maintain",
+            Self::Admin => "admin",
+        }
+    }
+
+    fn named(name: &str) -> Option<Self> {
+        Some(match name {
+            "none" => Self::None,
+            "read" => Self::Read,
+            "triage" => Self::Triage,
+            "write" => Self::Write,
+            "maintain" => Self::Maintain,
+            "admin" => Self::Admin,
+            _ => return None,
+        })
+    }
+}
+
+/// `GET /repos/OWNER/REPO/collaborators/USER/permission` answers this (and more).
+#[derive(serde::Deserialize)]
+struct PermissionAnswer {
+    permission: String,
+    #[serde(default)]
+    role_name: Option<String>,
+}
+
+/// `user`'s role in `slug`: one attempt, for [`qci_core::retry::retry`].
+/// A custom role (an organization's own `role_name`) counts as the base
+/// permission it extends (`permission`: admin, write, read or none); 404
+/// (no such user) as none.
+pub fn permission(
+    client: &reqwest::blocking::Client,
+    api_url: &str,
+    token: &HeaderValue,
+    slug: &str,
+    user: &str,
+) -> Result<Role, Failure<GithubError>> {
+    let url = format!(
+        "{}/repos/{slug}/collaborators/{user}/permission",
+        api_url.trim_end_matches('/')
+    );
+    let reply = authorized(client.get(&url), token)
+        .send()
+        .map_err(|e| unanswered(&url, e))?;
+    if reply.status() == StatusCode::NOT_FOUND {
+        return Ok(Role::None);
+    }
+    if !reply.status().is_success() {
+        return Err(refused(&url, &reply));
+    }
+    let answer: PermissionAnswer = read_json(&url, reply)?;
+    Ok(answer
+        .role_name
+        .as_deref()
+        .and_then(Role::named)
+        .or_else(|| Role::named(&answer.permission))
+        .unwrap_or(Role::None))
+}
+
+/// What a pull request's head is, from `GET /repos/OWNER/REPO/pulls/N`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PullRequest {
+    pub title: String,
+    pub state: String,
+    pub user: Login,
+    pub head: PullHead,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Login {
+    pub login: String,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PullHead {
+    pub sha: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// `null` when the fork was deleted.
+    pub repo: Option<HeadRepo>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct HeadRepo {
+    pub full_name: String,
+    pub clone_url: String,
+}
+
+/// Pull request `number` of `slug`: one attempt.
+pub fn pull_request(
+    client: &reqwest::blocking::Client,
+    api_url: &str,
+    token: &HeaderValue,
+    slug: &str,
+    number: u64,
+) -> Result<PullRequest, Failure<GithubError>> {
+    let url = format!(
+        "{}/repos/{slug}/pulls/{number}",
+        api_url.trim_end_matches('/')
+    );
+    let reply = authorized(client.get(&url), token)
+        .send()
+        .map_err(|e| unanswered(&url, e))?;
+    if !reply.status().is_success() {
+        return Err(refused(&url, &reply));
+    }
+    read_json(&url, reply)
+}
+
+/// Reacts to comment `id` of `slug` (`+1`, `rocket`...): one attempt, and
+/// only a courtesy, so its failure is for the log alone.
+pub fn react(
+    client: &reqwest::blocking::Client,
+    api_url: &str,
+    token: &HeaderValue,
+    slug: &str,
+    id: u64,
+    content: &str,
+) -> Result<(), GithubError> {
+    let url = format!(
+        "{}/repos/{slug}/issues/comments/{id}/reactions",
+        api_url.trim_end_matches('/')
+    );
+    let reply = authorized(client.post(&url), token)
+        .json(&serde_json::json!({ "content": content }))
+        .send()
+        .map_err(|e| GithubError::Unanswered {
+            url: url.clone(),
+            source: e.without_url(),
+        })?;
+    if !reply.status().is_success() {
+        return Err(GithubError::Refused {
+            url,
+            status: reply.status(),
+        });
+    }
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(
+    url: &str,
+    reply: Response,
+) -> Result<T, Failure<GithubError>> {
+    let body = reply.bytes().map_err(|e| unanswered(url, e))?;
+    serde_json::from_slice(&body).map_err(|source| {
+        Failure::Permanent(GithubError::Unexpected {
+            url: url.to_owned(),
+            source,
+        })
+    })
+}

@@ -279,6 +279,17 @@ impl GithubApp {
         }
     }
 
+    /// Notes that `repo` is in installation `id`, as a signed webhook
+    /// says (`installation.id`): its calls then need no lookup.
+    pub fn remember_installation(&self, repo: &str, id: u64) {
+        let name = repo.to_ascii_lowercase();
+        let mut known = lock(&self.installations);
+        if known.get(&name) != Some(&id) {
+            tracing::debug!(installation = id, "{repo} is in installation {id}");
+            known.insert(name, id);
+        }
+    }
+
     /// `repo`'s installation id, asked of GitHub the first time.
     pub fn installation_of(&self, client: &Client, repo: &str) -> Result<u64, AppError> {
         let name = repo.to_ascii_lowercase();

@@ -18,12 +18,20 @@
 //! resolved one at a time, so approvals and closed pull requests apply to
 //! the jobs of the deliveries before them; a GitHub outage holds the ones
 //! behind it until the budget is spent.
+//!
+//! Whoever asks for something by a label on a fork's pull request or by a
+//! comment command ([`Plan::Asked`]) is checked here too, with GitHub's
+//! permission API under the same retries, and the pull request's head is
+//! read from GitHub for a command: a refusal or GitHub's silence ends the
+//! trigger with the reason as its outcome, and nothing runs or is posted.
 
 use crate::app::App;
+use crate::github::Role;
 use crate::github::{self, GithubError, PipelineFile};
-use crate::queue::{self, RetryOutcome, Trigger, Version};
-use crate::webhook::{Commit, Plan};
+use crate::queue::{self, CancelOutcome, RetryOutcome, Trigger, Version};
+use crate::webhook::{Ask, Commit, Plan, PullRequestHead, pull_request_commit};
 use qci_core::JobId;
+use qci_core::job_file::CommitSha;
 use qci_core::pipeline::{Pipeline, PipelineError};
 use qci_core::retry::{self, RetryPolicy, Stop};
 use qci_core::status::clean_description;
@@ -104,41 +112,101 @@ fn resolve(
     source: &Source,
     trigger: Trigger,
 ) -> Result<(), crate::store::StoreError> {
-    let plan = serde_json::from_str::<Plan>(&trigger.plan);
-    let versions = match &plan {
-        Ok(Plan::Run(commit)) => versions(app, client, source, commit),
-        _ => None,
+    // What needs GitHub (permissions, pull requests, `.qci.toml`) is asked
+    // before the write, which then holds no lock across the network.
+    let (action, react) = match serde_json::from_str::<Plan>(&trigger.plan) {
+        Err(e) => (
+            Action::Done(format!("error: the stored request cannot be read: {e}")),
+            None,
+        ),
+        Ok(plan) => prepare(app, client, source, plan),
     };
     let pool = app.executor.versions();
+    let accepted = !matches!(action, Action::Done(_));
     let stop = app.store.write_blocking(move |conn| {
         let mut stop = Vec::new();
-        let outcome = match plan {
-            Err(e) => format!("error: the stored request cannot be read: {e}"),
-            Ok(Plan::Ignore(why)) => format!("ignored: {why}"),
-            Ok(Plan::Run(commit)) => match versions {
+        let outcome = match action {
+            Action::Done(outcome) => outcome,
+            Action::Run {
+                mut commit,
+                versions,
+                narrow,
+                approve_before,
+            } => match versions {
                 None => format!("ignored: repository {} is not configured", commit.slug),
                 Some(versions) => {
-                    let queued = queue::run_commit(conn, &trigger, &commit, &versions)?;
+                    let mut waits = "";
+                    if let Some(by) = approve_before
+                        && commit.needs_approval
+                    {
+                        if queue::had_commit(conn, &commit, by)? {
+                            commit.needs_approval = false;
+                        } else {
+                            waits =
+                                " (waiting for approval: the fork's head came after the comment)";
+                        }
+                    }
+                    let queued = if narrow {
+                        queue::run_versions(conn, &trigger, &commit, &versions)?
+                    } else {
+                        queue::run_commit(conn, &trigger, &commit, &versions)?
+                    };
                     stop = queued.stop;
-                    format!("queued {}", joined(&queued.jobs))
+                    format!("queued {}{waits}", joined(&queued.jobs))
                 }
             },
-            Ok(Plan::Approve {
+            Action::Approve {
                 slug,
                 pr,
                 sha,
                 before,
                 by,
-            }) => {
+            } => {
                 let approved = queue::approve(conn, &slug, pr, sha.as_deref(), before, &by)?;
                 format!("approved by {by}: {}", joined(&approved))
             }
-            Ok(Plan::Close { slug, pr }) => {
+            Action::Close { slug, pr } => {
                 let dropped = queue::close_pr(conn, &slug, pr)?;
                 format!("pull request closed: dropped {}", joined(&dropped))
             }
-            Ok(Plan::Rerun { slug, job, sha, by }) => {
+            Action::Rerun { slug, job, sha, by } => {
                 rerun(conn, &trigger.delivery, &slug, &job, &sha, &by, &pool)?
+            }
+            Action::Retry { slug, pr, sha, by } => {
+                let mut queued = Vec::new();
+                let mut refused = Vec::new();
+                for (id, qubes, state) in queue::head_jobs(conn, &slug, pr, &sha)? {
+                    if state != "failure" && state != "error" {
+                        continue;
+                    }
+                    match queue::retry(conn, &id, &pool, Some(&trigger.delivery))? {
+                        RetryOutcome::Queued(new) => queued.push(new),
+                        RetryOutcome::NoMachine(_) => {
+                            refused.push(format!("no machine runs Qubes {qubes}"));
+                        }
+                        RetryOutcome::NotFinal(_) | RetryOutcome::NotFound => {}
+                    }
+                }
+                match (queued.is_empty(), refused.is_empty()) {
+                    (true, true) => format!("ignored: /qci retry: nothing failed at {sha}"),
+                    (true, false) => format!("ignored: /qci retry: {}", refused.join("; ")),
+                    _ => format!("retry by {by}: queued {}", joined(&queued)),
+                }
+            }
+            Action::Cancel { slug, pr, sha, by } => {
+                let mut canceled = Vec::new();
+                for (id, _, state) in queue::head_jobs(conn, &slug, pr, &sha)? {
+                    if state != "queued" && state != "running" {
+                        continue;
+                    }
+                    if let CancelOutcome::Canceled { running } = queue::cancel(conn, &id, &by)? {
+                        if running {
+                            stop.push(id.clone());
+                        }
+                        canceled.push(id);
+                    }
+                }
+                format!("canceled by {by}: {}", joined(&canceled))
             }
         };
         queue::trigger_done(conn, &trigger, &outcome)?;
@@ -147,7 +215,309 @@ fn resolve(
     for job in &stop {
         app.running.cancel(job);
     }
+    if let (true, Some((slug, comment))) = (accepted, react) {
+        // A courtesy: the command's author sees it was taken.
+        let reacted = app
+            .github
+            .token(client, &slug)
+            .map_err(|e| e.to_string())
+            .and_then(|token| {
+                github::react(client, &source.api_url, &token, &slug, comment, "+1")
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = reacted {
+            tracing::warn!("reacting to comment {comment} of {slug}: {e}");
+        }
+    }
     Ok(())
+}
+
+/// A plan with what GitHub said: what the write does.
+enum Action {
+    /// Nothing to change: only the delivery's outcome.
+    Done(String),
+    /// `versions` is `None` when the repository is no longer configured;
+    /// `narrow` when only these versions run (see [`queue::run_versions`]).
+    /// With `approve_before`, a commit waiting for approval (a fork's
+    /// head, by a command) is approved if qci had it by then (Unix ms).
+    Run {
+        commit: Commit,
+        versions: Option<Vec<Version>>,
+        narrow: bool,
+        approve_before: Option<i64>,
+    },
+    Approve {
+        slug: String,
+        pr: u64,
+        sha: Option<String>,
+        before: Option<i64>,
+        by: String,
+    },
+    Close {
+        slug: String,
+        pr: u64,
+    },
+    Rerun {
+        slug: String,
+        job: String,
+        sha: String,
+        by: String,
+    },
+    Retry {
+        slug: String,
+        pr: u64,
+        sha: String,
+        by: String,
+    },
+    Cancel {
+        slug: String,
+        pr: u64,
+        sha: String,
+        by: String,
+    },
+}
+
+/// Asks GitHub what `plan` needs; with the comment to react to once done.
+fn prepare(
+    app: &App,
+    client: &reqwest::blocking::Client,
+    source: &Source,
+    plan: Plan,
+) -> (Action, Option<(String, u64)>) {
+    let action = match plan {
+        Plan::Ignore(why) => Action::Done(format!("ignored: {why}")),
+        Plan::Run(commit) => Action::Run {
+            versions: versions(app, client, source, &commit),
+            commit,
+            narrow: false,
+            approve_before: None,
+        },
+        Plan::RunVersions { commit, versions } => Action::Run {
+            versions: named_versions(app, &commit.slug, versions),
+            commit,
+            narrow: true,
+            approve_before: None,
+        },
+        Plan::Approve {
+            slug,
+            pr,
+            sha,
+            before,
+            by,
+        } => Action::Approve {
+            slug,
+            pr,
+            sha,
+            before,
+            by,
+        },
+        Plan::Close { slug, pr } => Action::Close { slug, pr },
+        Plan::Rerun { slug, job, sha, by } => Action::Rerun { slug, job, sha, by },
+        Plan::Asked {
+            slug,
+            pr,
+            by,
+            needs,
+            comment,
+            ask,
+        } => {
+            let action = asked(app, client, source, &slug, pr, &by, needs, ask);
+            if let Action::Done(why) = &action {
+                tracing::info!("#{pr} of {slug}, asked by {by}: {why}");
+            }
+            return (action, comment.map(|id| (slug, id)));
+        }
+    };
+    (action, None)
+}
+
+/// What `by` asked of pull request `pr`, if GitHub says their role is at
+/// least `needs`; else only why not (nothing runs, nothing is posted).
+#[expect(clippy::too_many_arguments, reason = "the fields of Plan::Asked")]
+fn asked(
+    app: &App,
+    client: &reqwest::blocking::Client,
+    source: &Source,
+    slug: &str,
+    pr: u64,
+    by: &str,
+    needs: Role,
+    ask: Ask,
+) -> Action {
+    let Some(repo) = app.config.repo(slug) else {
+        return Action::Done(format!("ignored: repository {slug} is not configured"));
+    };
+    // GitHub logins are letters, digits and `-` (`[bot]` for apps): nothing
+    // that could change the URL it is put in.
+    let login_ok = !by.is_empty()
+        && by.len() <= 64
+        && by
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_[]".contains(&b));
+    if !login_ok {
+        return Action::Done("ignored: the request's sender is no GitHub login".into());
+    }
+    let what = format!("asking GitHub what {by} may do in {slug}");
+    let role = retry::retry(&source.policy, &what, || {
+        let token = app.github.token(client, slug)?;
+        github::permission(client, &source.api_url, &token, slug, by)
+    });
+    let role = match role {
+        Ok(role) => role,
+        Err(stop) => {
+            return Action::Done(format!(
+                "error: cannot ask GitHub what {by} may do: {}",
+                stopped(stop)
+            ));
+        }
+    };
+    if role < needs {
+        return Action::Done(format!(
+            "ignored: {by} ({}) may not do this on #{pr}: it takes {} access or more",
+            role.as_str(),
+            needs.as_str()
+        ));
+    }
+    let by = by.to_owned();
+    let slug = slug.to_owned();
+    let ask = match ask {
+        Ask::Approve { sha, before } => {
+            return Action::Approve {
+                slug,
+                pr,
+                sha,
+                before,
+                by,
+            };
+        }
+        Ask::RunCommit { commit, versions } => {
+            return Action::Run {
+                versions: named_versions(app, &slug, versions),
+                commit,
+                narrow: true,
+                approve_before: None,
+            };
+        }
+        Ask::Run { versions, before } => Some((versions, before)),
+        Ask::Retry => None,
+        Ask::Cancel => {
+            return match head(app, client, source, &slug, pr) {
+                Ok((sha, _)) => Action::Cancel {
+                    slug,
+                    pr,
+                    sha: sha.as_str().to_owned(),
+                    by,
+                },
+                Err(why) => Action::Done(why),
+            };
+        }
+    };
+    let (sha, found) = match head(app, client, source, &slug, pr) {
+        Ok(head) => head,
+        Err(why) => return Action::Done(why),
+    };
+    let Some((versions, before)) = ask else {
+        return Action::Retry {
+            slug,
+            pr,
+            sha: sha.as_str().to_owned(),
+            by,
+        };
+    };
+    let clone_url = found.head.repo.as_ref().map_or_else(
+        || format!("https://github.com/{slug}.git"),
+        |r| r.clone_url.clone(),
+    );
+    // A fork's head: approved by the command if qci had it before the
+    // comment (see `Ask::Run`), which the write tells.
+    let fork = found
+        .head
+        .repo
+        .as_ref()
+        .is_none_or(|r| !r.full_name.eq_ignore_ascii_case(&slug));
+    let commit = pull_request_commit(
+        repo,
+        pr,
+        sha,
+        PullRequestHead {
+            title: &found.title,
+            author: &found.user.login,
+            git_ref: &found.head.git_ref,
+            clone_url: &clone_url,
+        },
+        fork,
+    );
+    let versions = if versions.is_empty() {
+        self::versions(app, client, source, &commit)
+    } else {
+        named_versions(app, &slug, versions)
+    };
+    Action::Run {
+        commit,
+        versions,
+        narrow: true,
+        // A command stored without its time approves no fork's head.
+        approve_before: fork.then_some(before.unwrap_or(i64::MIN)),
+    }
+}
+
+/// Pull request `pr`'s head commit and what GitHub says of
+/// it, if it is open; else the delivery's outcome, saying why not.
+fn head(
+    app: &App,
+    client: &reqwest::blocking::Client,
+    source: &Source,
+    slug: &str,
+    pr: u64,
+) -> Result<(CommitSha, github::PullRequest), String> {
+    let what = format!("reading pull request #{pr} of {slug}");
+    let found = retry::retry(&source.policy, &what, || {
+        let token = app.github.token(client, slug)?;
+        github::pull_request(client, &source.api_url, &token, slug, pr)
+    })
+    .map_err(|stop| format!("error: cannot read #{pr}: {}", stopped(stop)))?;
+    if found.state != "open" {
+        return Err(format!("ignored: #{pr} is {}", found.state));
+    }
+    match CommitSha::parse(&found.head.sha) {
+        Ok(sha) => Ok((sha, found)),
+        Err(_) => Err(format!("error: #{pr}'s head is no commit id")),
+    }
+}
+
+/// Why GitHub did not answer, in a delivery's outcome.
+fn stopped(stop: Stop<GithubError>) -> String {
+    match stop {
+        Stop::Permanent(e) => e.to_string(),
+        Stop::GaveUp { attempts, last, .. } => format!("{attempts} attempts; last: {last}"),
+    }
+}
+
+/// `wanted` as jobs of `slug`'s repository, each refused when no machine
+/// of the pool runs it; `None` if the repository is no longer configured.
+fn named_versions(app: &App, slug: &str, wanted: Vec<String>) -> Option<Vec<Version>> {
+    let repo = app.config.repo(slug)?;
+    Some(pool_versions(app, &repo.context, wanted))
+}
+
+/// One job per version of `wanted`, with its context; refused when no
+/// machine of the pool runs it.
+fn pool_versions(app: &App, context: &str, wanted: Vec<String>) -> Vec<Version> {
+    let pool = app.executor.versions();
+    let has = if pool.is_empty() {
+        "none".to_owned()
+    } else {
+        pool.join(", ")
+    };
+    wanted
+        .into_iter()
+        .map(|v| Version {
+            refused: (!pool.contains(&v))
+                .then(|| format!("No machine of this qci host runs Qubes {v} (it has: {has})")),
+            context: format!("{context}/qubes-{v}"),
+            qubes: v,
+        })
+        .collect()
 }
 
 /// GitHub's Re-run of a check run: the job it names runs again, as the
@@ -233,24 +603,7 @@ fn versions(
     };
     let context = |v: &str| format!("{}/qubes-{v}", repo.context);
     Some(match asked {
-        Ok(wanted) => {
-            let pool = app.executor.versions();
-            let has = if pool.is_empty() {
-                "none".to_owned()
-            } else {
-                pool.join(", ")
-            };
-            wanted
-                .into_iter()
-                .map(|v| Version {
-                    refused: (!pool.contains(&v)).then(|| {
-                        format!("No machine of this qci host runs Qubes {v} (it has: {has})")
-                    }),
-                    context: context(&v),
-                    qubes: v,
-                })
-                .collect()
-        }
+        Ok(wanted) => pool_versions(app, &repo.context, wanted),
         Err(why) => {
             tracing::warn!("{what}: {why}");
             let why = clean_description(&why.to_string());

@@ -2,7 +2,8 @@
 //! and what each delivery asks of the queue. Payloads carry far more than
 //! this; unknown fields are ignored on purpose (GitHub adds them freely).
 
-use crate::config::ServerConfig;
+use crate::config::{PullRequests, RepoConfig, ServerConfig};
+use crate::github::Role;
 use hmac::{Hmac, Mac};
 use qci_core::job_file::valid_slug;
 use qci_core::job_file::{CommitSha, Reason};
@@ -115,6 +116,9 @@ struct PullRequest {
     user: User,
     head: Branch,
     base: Branch,
+    /// Its labels now (after the change, in a `labeled` event).
+    #[serde(default)]
+    labels: Vec<Label>,
 }
 
 #[derive(Deserialize)]
@@ -149,9 +153,9 @@ struct Issue {
 
 #[derive(Deserialize)]
 struct Comment {
+    id: u64,
     body: String,
     user: User,
-    author_association: String,
     created_at: String,
 }
 
@@ -231,7 +235,28 @@ pub enum Plan {
     Ignore(String),
     /// Run a commit, on the Qubes versions its `.qci.toml` asks for.
     Run(Commit),
-    /// A maintainer approved a fork's pull request: its waiting jobs may
+    /// Run a commit on these versions only (a version label's), not its
+    /// `.qci.toml`'s; it supersedes its pull request's runs of other
+    /// commits, and its own runs of these versions.
+    RunVersions {
+        commit: Commit,
+        versions: Vec<String>,
+    },
+    /// Something `by` asked (a label on a fork's pull request, a comment
+    /// command) that holds only if GitHub says their role in the
+    /// repository is at least `needs`: a network call, so the resolver
+    /// makes it, then does `ask`. `comment` is the comment to react to.
+    Asked {
+        slug: String,
+        pr: u64,
+        by: String,
+        needs: Role,
+        comment: Option<u64>,
+        ask: Ask,
+    },
+    /// A fork's pull request approved, from before approvals were checked
+    /// with GitHub (now an [`Ask::Approve`]): kept so that triggers stored
+    /// by an older host still resolve. Its waiting jobs may
     /// run. `sha`, when known, limits it to the commit they saw; `before`
     /// (Unix ms) to jobs queued before the approving comment.
     Approve {
@@ -254,11 +279,62 @@ pub enum Plan {
     },
 }
 
+/// What someone asked of a pull request, once they are found allowed.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ask {
+    /// Its waiting jobs may run: of `sha` only when known, of those queued
+    /// before `before` (Unix ms) when known.
+    Approve {
+        sha: Option<String>,
+        before: Option<i64>,
+    },
+    /// A fork's labelled commit runs on `versions`.
+    RunCommit {
+        commit: Commit,
+        versions: Vec<String>,
+    },
+    /// Its head (asked of GitHub) runs on `versions`; on its `.qci.toml`'s
+    /// when empty. A fork's head runs at once only if qci had it before
+    /// `before` (the comment's time, Unix ms): one pushed after the
+    /// comment is code its author did not see, and waits for approval.
+    Run {
+        versions: Vec<String>,
+        #[serde(default)]
+        before: Option<i64>,
+    },
+    /// Its head runs again on the versions whose latest job failed.
+    Retry,
+    /// Its head's queued and running jobs are canceled.
+    Cancel,
+}
+
 fn json<'a, T: Deserialize<'a>>(event: &str, body: &'a [u8]) -> Result<T, PayloadError> {
     serde_json::from_slice(body).map_err(|source| PayloadError::Json {
         event: event.to_owned(),
         source,
     })
+}
+
+/// A delivery's repository and the App installation it came through
+/// (`installation.id`, in App mode), if it names both.
+pub fn installation(body: &[u8]) -> Option<(String, u64)> {
+    #[derive(Deserialize)]
+    struct Installed {
+        installation: Option<InstallationRef>,
+        repository: Option<NamedRepo>,
+    }
+    #[derive(Deserialize)]
+    struct InstallationRef {
+        id: u64,
+    }
+    #[derive(Deserialize)]
+    struct NamedRepo {
+        full_name: String,
+    }
+    let found: Installed = serde_json::from_slice(body).ok()?;
+    let repo = found.repository?.full_name;
+    valid_slug(&repo).then_some((repo, found.installation?.id))
 }
 
 /// Turns one verified delivery into a plan, by the config's filters.
@@ -342,60 +418,173 @@ fn plan_pull_request(config: &ServerConfig, ev: PullRequestEvent) -> Result<Plan
             ev.repository.full_name
         ));
     };
-    if !repo.pull_requests {
+    if repo.pull_requests == PullRequests::Off {
         return ignore("pull requests are off for this repository");
     }
-    let pr = ev.pull_request;
+    let pr = &ev.pull_request;
     let head_repo = pr.head.repo.as_ref();
     let base_name = pr.base.repo.as_ref().map(|r| r.full_name.as_str());
     // A deleted fork has no head repository: treat it as a fork.
     let from_fork = head_repo.map(|r| r.full_name.as_str()) != base_name.or(Some(&repo.slug));
+    let commit = |needs_approval: bool| -> Result<Commit, PayloadError> {
+        let sha = CommitSha::parse(&pr.head.sha).map_err(|_| PayloadError::BadField("head.sha"))?;
+        // The commit is in the head repository; the base one only has it
+        // under refs/pull/N/head, which a plain clone does not fetch.
+        let clone_url = head_repo.map_or(ev.repository.clone_url.as_str(), |r| &r.clone_url);
+        Ok(pull_request_commit(
+            repo,
+            ev.number,
+            sha,
+            PullRequestHead {
+                title: &pr.title,
+                author: &pr.user.login,
+                git_ref: &pr.head.git_ref,
+                clone_url,
+            },
+            needs_approval,
+        ))
+    };
     match ev.action.as_str() {
-        "opened" | "synchronize" | "reopened" => {}
-        "labeled" => {
-            let approved = ev.label.is_some_and(|l| l.name == config.approve_label);
-            if !approved {
-                return ignore("a label that approves nothing");
+        "opened" | "synchronize" | "reopened" => match repo.pull_requests {
+            PullRequests::Label => {
+                let versions = label_versions(repo, pr.labels.iter().map(|l| l.name.as_str()));
+                if versions.is_empty() {
+                    return ignore(format!(
+                        "#{} has no {}VERSION label (pull_requests = \"label\")",
+                        ev.number, repo.label_prefix
+                    ));
+                }
+                // A fork's new push is code no one has seen: its jobs wait
+                // for a new approval, however it was labelled before.
+                Ok(Plan::RunVersions {
+                    commit: commit(from_fork)?,
+                    versions,
+                })
             }
-            return Ok(Plan::Approve {
-                slug: repo.slug.clone(),
-                pr: ev.number,
-                sha: Some(pr.head.sha.to_ascii_lowercase()),
-                before: None,
-                by: ev.sender.login,
-            });
+            _ => Ok(Plan::Run(commit(from_fork)?)),
+        },
+        "labeled" => {
+            let Some(label) = ev.label.as_ref() else {
+                return ignore("a labeled event without its label");
+            };
+            if label.name == config.approve_label {
+                if !from_fork {
+                    return ignore("the approve label on a pull request not from a fork");
+                }
+                return Ok(approve_by_label(repo, &ev, commit(true)?));
+            }
+            let Some(name) = label.name.strip_prefix(&repo.label_prefix) else {
+                return ignore("a label that asks nothing of qci");
+            };
+            let versions = label_versions(repo, [label.name.as_str()]);
+            if versions.is_empty() {
+                return ignore(format!(
+                    "label {:?} names no Qubes version",
+                    name.chars().take(64).collect::<String>()
+                ));
+            }
+            match repo.pull_requests {
+                PullRequests::Label if from_fork => Ok(Plan::Asked {
+                    slug: repo.slug.clone(),
+                    pr: ev.number,
+                    by: ev.sender.login.clone(),
+                    needs: Role::Triage,
+                    comment: None,
+                    // Runs only once the labeller's role is checked.
+                    ask: Ask::RunCommit {
+                        commit: commit(false)?,
+                        versions,
+                    },
+                }),
+                PullRequests::Label => Ok(Plan::RunVersions {
+                    commit: commit(false)?,
+                    versions,
+                }),
+                _ if from_fork => Ok(approve_by_label(repo, &ev, commit(true)?)),
+                _ => ignore(
+                    "every version runs already (pull_requests = \"always\"): labels narrow nothing",
+                ),
+            }
         }
-        "closed" => {
-            return Ok(Plan::Close {
-                slug: repo.slug.clone(),
-                pr: ev.number,
-            });
-        }
-        other => return ignore(format!("pull_request action {other:?}")),
+        "unlabeled" => ignore(
+            "a label was removed: later pushes do not run for it; jobs already running go on",
+        ),
+        "closed" => Ok(Plan::Close {
+            slug: repo.slug.clone(),
+            pr: ev.number,
+        }),
+        other => ignore(format!("pull_request action {other:?}")),
     }
-    let sha = CommitSha::parse(&pr.head.sha).map_err(|_| PayloadError::BadField("head.sha"))?;
-    // The commit is in the head repository; the base one only has it
-    // under refs/pull/N/head, which a plain clone does not fetch.
-    let clone_url = head_repo.map_or(ev.repository.clone_url.as_str(), |r| &r.clone_url);
-    Ok(Plan::Run(Commit {
+}
+
+/// A label that approves a fork's waiting jobs on the labelled commit, once
+/// GitHub says its sender may triage (labelling needs that on GitHub, but
+/// the label is never trusted alone).
+fn approve_by_label(repo: &RepoConfig, ev: &PullRequestEvent, commit: Commit) -> Plan {
+    Plan::Asked {
+        slug: repo.slug.clone(),
+        pr: ev.number,
+        by: ev.sender.login.clone(),
+        needs: Role::Triage,
+        comment: None,
+        ask: Ask::Approve {
+            sha: Some(commit.sha.as_str().to_owned()),
+            before: None,
+        },
+    }
+}
+
+/// The Qubes versions that labels `PREFIX VERSION` name, in order, once each.
+fn label_versions<'l>(repo: &RepoConfig, labels: impl IntoIterator<Item = &'l str>) -> Vec<String> {
+    let mut versions = Vec::new();
+    for label in labels {
+        if let Some(v) = label.strip_prefix(&repo.label_prefix).map(str::trim)
+            && qci_core::pipeline::valid_qubes_version(v)
+            && !versions.iter().any(|w| w == v)
+        {
+            versions.push(v.to_owned());
+        }
+    }
+    versions
+}
+
+/// What a pull request's commit is run as, besides its number and sha.
+pub struct PullRequestHead<'a> {
+    pub title: &'a str,
+    pub author: &'a str,
+    /// The head branch's name, in the fork or not.
+    pub git_ref: &'a str,
+    pub clone_url: &'a str,
+}
+
+/// A pull request's head commit as a run: the same whether a webhook or a
+/// comment command (through the pull request API) asked for it.
+pub fn pull_request_commit(
+    repo: &RepoConfig,
+    number: u64,
+    sha: CommitSha,
+    head: PullRequestHead<'_>,
+    needs_approval: bool,
+) -> Commit {
+    Commit {
         slug: repo.slug.clone(),
         clone_url: repo
             .clone_url
             .clone()
-            .unwrap_or_else(|| clone_url.to_owned()),
+            .unwrap_or_else(|| head.clone_url.to_owned()),
         sha,
-        git_ref: format!("refs/pull/{}/head", ev.number),
+        git_ref: format!("refs/pull/{number}/head"),
         reason: Reason::PullRequest,
-        author: pr.user.login,
-        message: format!("#{} {} ({})", ev.number, pr.title, pr.head.git_ref),
-        supersede_key: Some(format!("{}#pr:{}", repo.slug, ev.number)),
-        pr: Some(ev.number),
-        needs_approval: from_fork,
-    }))
+        author: head.author.to_owned(),
+        message: format!("#{number} {} ({})", head.title, head.git_ref),
+        supersede_key: Some(format!("{}#pr:{number}", repo.slug)),
+        pr: Some(number),
+        needs_approval,
+    }
 }
 
-/// The associations GitHub gives people with write access to the repository.
-const MAINTAINERS: [&str; 3] = ["OWNER", "MEMBER", "COLLABORATOR"];
+/// At most this many versions in one `/qci run`.
+const MAX_ASKED_VERSIONS: usize = 8;
 
 fn plan_comment(config: &ServerConfig, ev: IssueCommentEvent) -> Result<Plan, PayloadError> {
     checked_repo(&ev.repository)?;
@@ -408,28 +597,88 @@ fn plan_comment(config: &ServerConfig, ev: IssueCommentEvent) -> Result<Plan, Pa
     if ev.action != "created" || ev.issue.pull_request.is_none() {
         return ignore("not a new comment on a pull request");
     }
-    if ev.comment.body.trim() != config.approve_comment {
-        return ignore("a comment that approves nothing");
+    if repo.pull_requests == PullRequests::Off {
+        return ignore("pull requests are off for this repository");
     }
-    // Anyone can comment: only a maintainer's comment approves.
-    if !MAINTAINERS.contains(&ev.comment.author_association.as_str()) {
-        return ignore(format!(
-            "{} ({}) may not approve pull requests",
-            ev.comment.user.login, ev.comment.author_association
-        ));
+    if !repo.comments {
+        return ignore("comment commands are off for this repository");
     }
-    let created = humantime::parse_rfc3339(&ev.comment.created_at)
-        .map_err(|_| PayloadError::BadField("comment.created_at"))?;
-    let before = created
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| PayloadError::BadField("comment.created_at"))?;
-    Ok(Plan::Approve {
+    let first = ev
+        .comment
+        .body
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    // Within the second the comment was made: GitHub's stamp has no fraction.
+    let made = || -> Result<i64, PayloadError> {
+        let created = humantime::parse_rfc3339(&ev.comment.created_at)
+            .map_err(|_| PayloadError::BadField("comment.created_at"))?;
+        let since = created
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| PayloadError::BadField("comment.created_at"))?;
+        Ok(since.as_millis() as i64 + 999)
+    };
+    let mut words = first.split_whitespace();
+    let ask = if first == config.approve_comment.trim() {
+        None
+    } else if words.next() == Some("/qci") {
+        let command = words.next().unwrap_or("");
+        let rest: Vec<&str> = words.collect();
+        match (command, rest.as_slice()) {
+            ("approve", []) => None,
+            ("retry", []) => Some(Ask::Retry),
+            ("cancel", []) => Some(Ask::Cancel),
+            ("run", named) => {
+                let mut versions: Vec<String> = Vec::new();
+                for v in named.iter().take(MAX_ASKED_VERSIONS + 1) {
+                    if !qci_core::pipeline::valid_qubes_version(v) {
+                        return ignore(format!(
+                            "/qci run: {:?} is no Qubes version",
+                            v.chars().take(32).collect::<String>()
+                        ));
+                    }
+                    if !versions.iter().any(|w| w == v) {
+                        versions.push((*v).to_owned());
+                    }
+                }
+                if versions.len() > MAX_ASKED_VERSIONS {
+                    return ignore(format!(
+                        "/qci run names more than {MAX_ASKED_VERSIONS} versions"
+                    ));
+                }
+                Some(Ask::Run {
+                    versions,
+                    before: Some(made()?),
+                })
+            }
+            _ => {
+                return ignore(format!(
+                    "unknown command {:?} (qci knows /qci run [VERSION…], retry, cancel, approve)",
+                    first.chars().take(64).collect::<String>()
+                ));
+            }
+        }
+    } else {
+        return ignore("a comment that asks nothing of qci");
+    };
+    let ask = match ask {
+        Some(ask) => ask,
+        None => Ask::Approve {
+            sha: None,
+            before: Some(made()?),
+        },
+    };
+    // Anyone can comment: whether this one may is GitHub's to say (the
+    // resolver asks), not the comment's `author_association`, which hides
+    // private organization members.
+    Ok(Plan::Asked {
         slug: repo.slug.clone(),
         pr: ev.issue.number,
-        sha: None,
-        // Within the second the comment was made: GitHub's stamp has no fraction.
-        before: Some(before.as_millis() as i64 + 999),
         by: ev.comment.user.login,
+        needs: Role::Write,
+        comment: Some(ev.comment.id),
+        ask,
     })
 }
 
@@ -627,6 +876,123 @@ mod tests {
             *at = value.clone();
         }
         serde_json::to_vec(&v).unwrap()
+    }
+
+    const COMMENT: &[u8] = include_bytes!("../tests/fixtures/issue_comment-command.json");
+    const LABELED: &[u8] = include_bytes!("../tests/fixtures/pull_request-labeled-version.json");
+
+    /// The fixtures' repository with `keys` in its table.
+    fn repo_with(keys: &str) -> ServerConfig {
+        let mut config = host(None);
+        let text = format!("slug = \"freedomofpress/securedrop-workstation\"\n{keys}");
+        config.repos = vec![toml::from_str(&text).unwrap()];
+        config
+    }
+
+    fn asked(config: &ServerConfig, body: &str) -> Result<Ask, String> {
+        let comment = edited(COMMENT, &[("comment.body", body.into())]);
+        match plan(config, "issue_comment", &comment).unwrap() {
+            Plan::Asked {
+                ask,
+                needs: Role::Write,
+                comment: Some(2500000002),
+                by,
+                pr: 1234,
+                ..
+            } if by == "rosharma" => Ok(ask),
+            Plan::Ignore(why) => Err(why),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn comment_commands_are_the_first_line_and_need_write_access() {
+        let config = repo_with("");
+        let run = |versions: &[&str]| {
+            Ok(Ask::Run {
+                versions: versions.iter().map(|v| v.to_string()).collect(),
+                // 2026-11-29T12:45:10Z, to the end of its second.
+                before: Some(1_795_956_310_999),
+            })
+        };
+        assert_eq!(asked(&config, "/qci run 4.2"), run(&["4.2"]));
+        assert_eq!(
+            asked(&config, "  /qci run 4.3 4.2 4.3\n\nplease"),
+            run(&["4.3", "4.2"])
+        );
+        assert_eq!(asked(&config, "/qci run"), run(&[]));
+        assert_eq!(asked(&config, "/qci retry"), Ok(Ask::Retry));
+        assert_eq!(asked(&config, "/qci cancel"), Ok(Ask::Cancel));
+        for approve in ["/qci approve", "/qci approve\nlooks fine"] {
+            assert!(
+                matches!(
+                    asked(&config, approve),
+                    Ok(Ask::Approve {
+                        sha: None,
+                        before: Some(_)
+                    })
+                ),
+                "{approve}"
+            );
+        }
+        assert_eq!(
+            asked(&config, "/qci run 4.2; rm -rf /"),
+            Err("/qci run: \"4.2;\" is no Qubes version".into())
+        );
+        assert!(
+            asked(&config, "/qci deploy")
+                .unwrap_err()
+                .starts_with("unknown command")
+        );
+        assert_eq!(
+            asked(&config, "> /qci run\nquoted"),
+            Err("a comment that asks nothing of qci".into())
+        );
+        assert_eq!(
+            asked(&repo_with("comments = false"), "/qci run"),
+            Err("comment commands are off for this repository".into())
+        );
+        assert_eq!(
+            asked(&repo_with("pull_requests = false"), "/qci run"),
+            Err("pull requests are off for this repository".into())
+        );
+    }
+
+    #[test]
+    fn a_version_label_runs_its_version_in_label_mode_only() {
+        let Plan::RunVersions { commit, versions } = plan(
+            &repo_with("pull_requests = \"label\""),
+            "pull_request",
+            LABELED,
+        )
+        .unwrap() else {
+            panic!("not a run of versions");
+        };
+        assert_eq!(versions, ["4.3"]);
+        assert!(!commit.needs_approval);
+        let prefixed = edited(LABELED, &[("label.name", "ci/4.2".into())]);
+        let config = repo_with("pull_requests = \"label\"\nlabel_prefix = \"ci/\"");
+        assert!(matches!(
+            plan(&config, "pull_request", &prefixed).unwrap(),
+            Plan::RunVersions { versions, .. } if versions == ["4.2"]
+        ));
+        assert_eq!(
+            plan(&repo_with(""), "pull_request", LABELED).unwrap(),
+            Plan::Ignore(
+                "every version runs already (pull_requests = \"always\"): labels narrow nothing"
+                    .into()
+            )
+        );
+        let odd = edited(LABELED, &[("label.name", "qci:needs-review".into())]);
+        assert_eq!(
+            plan(
+                &repo_with("pull_requests = \"label\""),
+                "pull_request",
+                &odd
+            )
+            .unwrap(),
+            Plan::Ignore("label \"needs-review\" names no Qubes version".into())
+        );
     }
 
     #[test]

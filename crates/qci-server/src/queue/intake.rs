@@ -39,6 +39,19 @@ pub fn apply(
             c.slug,
             c.sha.as_str()
         ),
+        Plan::RunVersions {
+            commit: c,
+            versions,
+        } => format!(
+            "accepted: {} of {} at {} on Qubes {}",
+            c.git_ref,
+            c.slug,
+            c.sha.as_str(),
+            versions.join(", ")
+        ),
+        Plan::Asked { slug, pr, by, .. } => {
+            format!("accepted: a request of {by} on {slug}#{pr}, once GitHub says they may")
+        }
         Plan::Approve { slug, pr, .. } => format!("accepted: approval of {slug}#{pr}"),
         Plan::Close { slug, pr } => format!("accepted: closing of {slug}#{pr}"),
         Plan::Rerun { slug, job, .. } => format!("accepted: re-run of {job} of {slug}"),
@@ -131,8 +144,35 @@ pub fn run_commit(
 ) -> Result<Queued, StoreError> {
     let mut queued = Queued::default();
     if let Some(key) = &commit.supersede_key {
-        queued.stop = supersede(conn, key, commit.sha.as_str())?;
+        queued.stop = supersede(conn, key, commit.sha.as_str(), None)?;
     }
+    queue_versions(conn, trigger, commit, versions, queued)
+}
+
+/// Queues a commit's jobs on some versions only (a label's, a comment's):
+/// the unfinished jobs of its pull request on other commits are
+/// superseded, and its own on these versions; its others go on.
+pub fn run_versions(
+    conn: &Connection,
+    trigger: &Trigger,
+    commit: &Commit,
+    versions: &[Version],
+) -> Result<Queued, StoreError> {
+    let mut queued = Queued::default();
+    if let Some(key) = &commit.supersede_key {
+        let only: Vec<&str> = versions.iter().map(|v| v.qubes.as_str()).collect();
+        queued.stop = supersede(conn, key, commit.sha.as_str(), Some(&only))?;
+    }
+    queue_versions(conn, trigger, commit, versions, queued)
+}
+
+fn queue_versions(
+    conn: &Connection,
+    trigger: &Trigger,
+    commit: &Commit,
+    versions: &[Version],
+    mut queued: Queued,
+) -> Result<Queued, StoreError> {
     for v in versions {
         let job = NewJob {
             commit: commit.clone(),
@@ -151,15 +191,35 @@ pub fn run_commit(
     Ok(queued)
 }
 
-/// Ends the unfinished jobs of `key` as `error` "Superseded by SHA";
-/// returns those already handed to the pool, whose runs must stop.
-fn supersede(conn: &Connection, key: &str, sha: &str) -> Result<Vec<JobId>, StoreError> {
+/// Ends the unfinished jobs of `key` as `error` "Superseded by SHA"
+/// (with `only`, those of other commits and those of `sha` on these
+/// versions); returns those already handed to the pool, whose runs must stop.
+fn supersede(
+    conn: &Connection,
+    key: &str,
+    sha: &str,
+    only: Option<&[&str]>,
+) -> Result<Vec<JobId>, StoreError> {
     let older: Vec<(JobId, Option<i64>)> = conn
         .prepare_cached(
-            "SELECT id, dispatched_at FROM jobs WHERE supersede_key = ?1 \
+            "SELECT id, dispatched_at, sha, qubes FROM jobs WHERE supersede_key = ?1 \
              AND state IN ('queued', 'running') ORDER BY seq",
         )?
-        .query_map(params![key], |r| Ok((job_id_column(r, 0)?, r.get(1)?)))?
+        .query_map(params![key], |r| {
+            Ok((
+                job_id_column(r, 0)?,
+                r.get(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?
+        .filter(|row| match (row, only) {
+            (Ok((_, _, old_sha, qubes)), Some(only)) => {
+                old_sha != sha || only.contains(&qubes.as_str())
+            }
+            _ => true,
+        })
+        .map(|row| row.map(|(id, dispatched, _, _)| (id, dispatched)))
         .collect::<Result<_, _>>()?;
     let why = format!("Superseded by {sha}");
     let mut running = Vec::new();
@@ -202,6 +262,52 @@ pub fn approve(
         enqueue_github(conn, id, State::Queued, &description, true)?;
     }
     Ok(waiting)
+}
+
+/// The latest job of each Qubes version on a pull request's head, oldest
+/// version first: `(job, version, state)`.
+pub fn head_jobs(
+    conn: &Connection,
+    slug: &str,
+    pr: u64,
+    sha: &str,
+) -> Result<Vec<(JobId, String, String)>, StoreError> {
+    let all: Vec<(JobId, String, String)> = conn
+        .prepare_cached(
+            "SELECT id, qubes, state FROM jobs WHERE repo = ?1 AND pr = ?2 AND sha = ?3 \
+             ORDER BY seq",
+        )?
+        .query_map(params![slug, pr as i64, sha], |r| {
+            Ok((job_id_column(r, 0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut latest: Vec<(JobId, String, String)> = Vec::new();
+    for job in all {
+        match latest.iter_mut().find(|(_, q, _)| *q == job.1) {
+            Some(slot) => *slot = job,
+            None => latest.push(job),
+        }
+    }
+    Ok(latest)
+}
+
+/// Whether a job of `commit`'s pull request on its commit was queued by
+/// `by` (Unix ms): whether qci had that head then.
+pub fn had_commit(conn: &Connection, commit: &Commit, by: i64) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE repo = ?1 AND pr = ?2 AND sha = ?3 \
+             AND created_at <= ?4)",
+        )?
+        .query_row(
+            params![
+                commit.slug,
+                commit.pr.map(|n| n as i64),
+                commit.sha.as_str(),
+                by
+            ],
+            |r| r.get(0),
+        )?)
 }
 
 /// Drops the jobs of a closed pull request that have not reached a machine.

@@ -27,8 +27,8 @@ pub use dispatch::{
 };
 pub use history::{Counts, Delivery, counts, delivery, events, expired_logs, get, overview};
 pub use intake::{
-    Applied, Queued, Trigger, Version, apply, approve, close_pr, next_trigger, run_commit,
-    trigger_done,
+    Applied, Queued, Trigger, Version, apply, approve, close_pr, had_commit, head_jobs,
+    next_trigger, run_commit, run_versions, trigger_done,
 };
 pub use job::{Job, UnknownWord, now_ms, parse_reason, parse_state, reason_str};
 pub use operator::{CancelOutcome, RetryOutcome, cancel, retry};

@@ -530,6 +530,20 @@ async fn route(
             Err(refused) => refused,
         },
         // Collaborators' permissions, pull requests, reactions.
+        (&Method::GET, ["repos", _, _, "collaborators", _, "permission"])
+            if failing(&people(&shared).fail_permissions) =>
+        {
+            (BAD_GATEWAY.0, BAD_GATEWAY.1.into())
+        }
+        (&Method::GET, ["repos", owner, repo, "collaborators", user, "permission"]) => {
+            collaborator_permission(&shared, &headers, &format!("{owner}/{repo}"), user)
+        }
+        (&Method::GET, ["repos", owner, repo, "pulls", number]) => {
+            pull_request(&shared, &headers, &format!("{owner}/{repo}"), number)
+        }
+        (&Method::POST, ["repos", owner, repo, "issues", "comments", id, "reactions"]) => {
+            reaction(&shared, &headers, &format!("{owner}/{repo}"), id, &body)
+        }
         _ => refuse(
             &shared,
             StatusCode::NOT_FOUND,
@@ -1043,5 +1057,197 @@ impl FakeGithub {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// What the tests tell the fake of collaborators and pull requests, and
+/// the reactions it got. Kept beside [`Shared`] (one per fake, found by
+/// its `Arc`), so the fake's other parts stay as they are.
+#[derive(Default)]
+struct People {
+    /// `login` → `role_name`; anyone else is `read` (a public repository).
+    roles: Mutex<HashMap<String, String>>,
+    /// `(OWNER/REPO, NUMBER)` → the pull request as the API answers it.
+    pulls: Mutex<HashMap<(String, u64), Value>>,
+    /// `(OWNER/REPO, COMMENT, CONTENT)`, in order.
+    reactions: Mutex<Vec<(String, u64, String)>>,
+    /// Permission requests still to answer 502.
+    fail_permissions: AtomicUsize,
+}
+
+type PeopleOf = Vec<(std::sync::Weak<Shared>, Arc<People>)>;
+
+/// The fake's [`People`]. A `Weak` keeps its fake's allocation, so no later
+/// fake can take its address; entries of dropped fakes are let go here.
+fn people(shared: &Arc<Shared>) -> Arc<People> {
+    static ALL: std::sync::OnceLock<Mutex<PeopleOf>> = std::sync::OnceLock::new();
+    let mut all = ALL.get_or_init(Mutex::default).lock().unwrap();
+    all.retain(|(weak, _)| weak.strong_count() > 0);
+    let me = Arc::downgrade(shared);
+    if let Some((_, found)) = all.iter().find(|(weak, _)| weak.ptr_eq(&me)) {
+        return found.clone();
+    }
+    let fresh = Arc::new(People::default());
+    all.push((me, fresh.clone()));
+    fresh
+}
+
+/// `GET /repos/OWNER/REPO/collaborators/USER/permission`: the role the
+/// test gave, `read` otherwise, with the base permission GitHub pairs it with.
+fn collaborator_permission(
+    shared: &Arc<Shared>,
+    headers: &HeaderMap,
+    repo: &str,
+    user: &str,
+) -> (StatusCode, String) {
+    if let Err(refused) = check_headers(shared, headers) {
+        return refused;
+    }
+    let role = people(shared)
+        .roles
+        .lock()
+        .unwrap()
+        .get(user)
+        .cloned()
+        .unwrap_or_else(|| "read".into());
+    let permission = match role.as_str() {
+        "admin" => "admin",
+        "maintain" | "write" => "write",
+        "none" => "none",
+        _ => "read",
+    };
+    let body = serde_json::json!({
+        "permission": permission,
+        "role_name": role,
+        "user": {"login": user, "type": "User", "site_admin": false},
+        "repository": repo,
+    });
+    (StatusCode::OK, body.to_string())
+}
+
+/// `GET /repos/OWNER/REPO/pulls/N`: a pull request the test registered.
+fn pull_request(
+    shared: &Arc<Shared>,
+    headers: &HeaderMap,
+    repo: &str,
+    number: &str,
+) -> (StatusCode, String) {
+    if let Err(refused) = check_headers(shared, headers) {
+        return refused;
+    }
+    let found = number.parse::<u64>().ok().and_then(|n| {
+        people(shared)
+            .pulls
+            .lock()
+            .unwrap()
+            .get(&(repo.to_owned(), n))
+            .cloned()
+    });
+    match found {
+        Some(pr) => (StatusCode::OK, pr.to_string()),
+        None => refuse(
+            shared,
+            StatusCode::NOT_FOUND,
+            format!("Not Found: pull request {number} of {repo}"),
+        ),
+    }
+}
+
+/// `POST /repos/OWNER/REPO/issues/comments/ID/reactions`: GitHub's
+/// reactions only, recorded, answered 201.
+fn reaction(
+    shared: &Arc<Shared>,
+    headers: &HeaderMap,
+    repo: &str,
+    id: &str,
+    body: &str,
+) -> (StatusCode, String) {
+    if let Err(refused) = check_headers(shared, headers) {
+        return refused;
+    }
+    let content = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["content"].as_str().map(str::to_owned));
+    let known = [
+        "+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes",
+    ];
+    let (Some(content), Ok(id)) = (content, id.parse::<u64>()) else {
+        return refuse(
+            shared,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation Failed: content".into(),
+        );
+    };
+    if !known.contains(&content.as_str()) {
+        return refuse(
+            shared,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("Validation Failed: content {content:?}"),
+        );
+    }
+    people(shared)
+        .reactions
+        .lock()
+        .unwrap()
+        .push((repo.to_owned(), id, content.clone()));
+    let body = serde_json::json!({"id": 1, "content": content, "user": {"login": "qci[bot]"}});
+    (StatusCode::CREATED, body.to_string())
+}
+
+impl FakeGithub {
+    /// Gives `user` the role `role` (`read`, `triage`, `write`, `maintain`,
+    /// `admin`, `none`) in every repository.
+    pub fn permission(&self, user: &str, role: &str) {
+        people(&self.shared)
+            .roles
+            .lock()
+            .unwrap()
+            .insert(user.to_owned(), role.to_owned());
+    }
+
+    /// Registers open pull request `number` of `repo`, its head `sha` on
+    /// branch `branch` of `head_repo` (`repo` itself, or a fork).
+    pub fn pull_request(&self, repo: &str, number: u64, sha: &str, head_repo: &str, branch: &str) {
+        let pr = serde_json::json!({
+            "url": format!("{}/repos/{repo}/pulls/{number}", self.base),
+            "number": number,
+            "state": "open",
+            "title": "Update the RPM build for Fedora 41",
+            "user": {"login": "contributor-x", "type": "User"},
+            "head": {
+                "label": format!("{}:{branch}", head_repo.split('/').next().unwrap_or("")),
+                "ref": branch,
+                "sha": sha,
+                "repo": {
+                    "full_name": head_repo,
+                    "clone_url": format!("https://github.com/{head_repo}.git"),
+                },
+            },
+            "base": {
+                "ref": "main",
+                "sha": "0000000000000000000000000000000000000001",
+                "repo": {
+                    "full_name": repo,
+                    "clone_url": format!("https://github.com/{repo}.git"),
+                },
+            },
+        });
+        people(&self.shared)
+            .pulls
+            .lock()
+            .unwrap()
+            .insert((repo.to_owned(), number), pr);
+    }
+
+    /// Answers the next `n` permission requests with 502 Bad Gateway.
+    pub fn fail_next_permissions(&self, n: usize) {
+        people(&self.shared)
+            .fail_permissions
+            .store(n, Ordering::SeqCst);
+    }
+
+    /// The reactions posted: `(OWNER/REPO, COMMENT, CONTENT)`.
+    pub fn reactions(&self) -> Vec<(String, u64, String)> {
+        people(&self.shared).reactions.lock().unwrap().clone()
     }
 }

@@ -274,13 +274,29 @@ pub struct Host {
 
 impl Host {
     pub fn start(extra: &str, executor: Arc<dyn Executor>) -> Self {
+        Self::start_repo(extra, "", executor)
+    }
+
+    /// As [`Self::start`], with `repo` added to [`REPO`]'s `[[server.repos]]` table.
+    pub fn start_repo(extra: &str, repo: &str, executor: Arc<dyn Executor>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        Self::start_with(dir, FakeGithub::start(GITHUB_TOKEN), None, extra, executor)
+        let github = FakeGithub::start(GITHUB_TOKEN);
+        Self::start_with(dir, github, None, extra, repo, executor)
     }
 
     /// A host in App mode (`[server.github_app]`, app [`APP_ID`]), with a
     /// fake GitHub whose installation tokens live `token_life`.
     pub fn start_app(extra: &str, token_life: Duration, executor: Arc<dyn Executor>) -> Self {
+        Self::start_app_repo(extra, "", token_life, executor)
+    }
+
+    /// As [`Self::start_app`], with `repo` added to [`REPO`]'s `[[server.repos]]` table.
+    pub fn start_app_repo(
+        extra: &str,
+        repo: &str,
+        token_life: Duration,
+        executor: Arc<dyn Executor>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (private, public) = fake_github::app_key(dir.path());
         let github = FakeGithub::start_app(APP_ID, &public, token_life);
@@ -288,7 +304,7 @@ impl Host {
             "[server.github_app]\napp_id = {APP_ID}\nprivate_key = {{ file = \"{}\" }}\n",
             private.display()
         );
-        Self::start_with(dir, github, Some(app), extra, executor)
+        Self::start_with(dir, github, Some(app), extra, repo, executor)
     }
 
     fn start_with(
@@ -296,6 +312,7 @@ impl Host {
         github: FakeGithub,
         app: Option<String>,
         extra: &str,
+        repo_extra: &str,
         executor: Arc<dyn Executor>,
     ) -> Self {
         std::fs::write(dir.path().join("webhook-secret"), SECRET).unwrap();
@@ -331,7 +348,7 @@ impl Host {
              admin_token = {{ file = \"{d}/admin-token\" }}\n\
              max_body_bytes = 65536\ngithub_retry_budget = \"20s\"\n{redeliver}{extra}\n{app}\
              [[server.repos]]\nslug = \"{REPO}\"\nbranches = [\"main\", \"release/*\"]\n\
-             tags = [\"v*\"]\n",
+             tags = [\"v*\"]\n{repo_extra}\n",
             github.base,
             token = if app.is_some() {
                 String::new()
