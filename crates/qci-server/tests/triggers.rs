@@ -518,3 +518,76 @@ fn a_run_command_approves_only_a_fork_head_qci_had_before_the_comment() {
     assert_eq!(job["state"], "queued");
     assert_eq!(pool.started(), 1);
 }
+
+/// App mode: a fork's job waiting for approval is a completed check run
+/// (`action_required`, which GitHub changes no more); once a triager
+/// approves, the job runs under a new check run: queued, in progress,
+/// completed.
+#[test]
+fn in_app_mode_a_forks_waiting_job_is_action_required_then_a_new_check_run_runs() {
+    let pool = Scripted::on(true, &["4.2"]);
+    let host = Host::start_app_repo("", "", Duration::from_secs(3600), pool.clone());
+    host.github.permission("rosharma", "triage");
+    let opened = edited(
+        "pull_request-fork.json",
+        &[("pull_request/head/sha", json!(LABEL_SHA))],
+    );
+    let waiting = host.deliver("pull_request", "w1", &opened);
+    assert_eq!(waiting.len(), 1);
+    let asked =
+        host.github
+            .wait_check_runs("the approval check run", Duration::from_secs(30), |r| {
+                r.iter()
+                    .any(|r| r.conclusion.as_deref() == Some("action_required"))
+            });
+    let first = asked[0].id;
+    assert_eq!(asked[0].method, "POST");
+    assert_eq!(asked[0].head_sha.as_deref(), Some(LABEL_SHA));
+
+    host.deliver("pull_request", "w2", &fork_labeled("rosharma"));
+    host.wait_state(&waiting[0], "success");
+    let runs = host
+        .github
+        .wait_check_runs("the run's check run", Duration::from_secs(30), |r| {
+            r.iter().any(|r| r.conclusion.as_deref() == Some("success"))
+        });
+    let seen: Vec<(String, u64, Option<String>, Option<String>)> = runs
+        .iter()
+        .filter(|r| r.status.is_some())
+        .map(|r| {
+            (
+                r.method.clone(),
+                r.id,
+                r.status.clone(),
+                r.conclusion.clone(),
+            )
+        })
+        .collect();
+    eprintln!("{seen:?}");
+    let second = runs.iter().map(|r| r.id).find(|id| *id != first).unwrap();
+    let status = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        seen,
+        [
+            (
+                "POST".into(),
+                first,
+                status("completed"),
+                status("action_required")
+            ),
+            ("POST".into(), second, status("queued"), None),
+            ("PATCH".into(), second, status("in_progress"), None),
+            (
+                "PATCH".into(),
+                second,
+                status("completed"),
+                status("success")
+            ),
+        ]
+    );
+    assert!(
+        host.github.refused().is_empty(),
+        "{:?}",
+        host.github.refused()
+    );
+}
