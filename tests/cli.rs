@@ -308,7 +308,15 @@ fn run_alone_shows_its_three_forms_and_every_flag_is_described() {
         !text.contains("required arguments were not provided"),
         "{text}"
     );
-    for sub in ["run", "pool", "nightly", "serve", "jobs", "qrexec"] {
+    for sub in [
+        "run",
+        "pool",
+        "nightly",
+        "serve",
+        "jobs",
+        "gitlab-executor",
+        "qrexec",
+    ] {
         // -h: one line per flag, its description beside it.
         let (code, out, err) = qci_in(scratch.dir.path(), &[sub, "-h"]);
         assert_eq!(code, Some(0), "{sub} --help: {err}");

@@ -94,7 +94,13 @@ pub fn me() -> String {
     owner_of(std::process::id() as i32).unwrap_or_else(|| format!("?:{}:?", std::process::id()))
 }
 
-fn owner_of(pid: i32) -> Option<String> {
+/// An owner no process ever has: a lease handed to it is stale at once,
+/// so the next reconcile cleans its machine up and frees it.
+pub const NOBODY: &str = "?:0:?";
+
+/// `pid`'s owner string (see [`me`]), if it lives: how a lease is handed
+/// to a process that outlives the one that took it.
+pub fn owner_of(pid: i32) -> Option<String> {
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
@@ -529,6 +535,25 @@ impl LeaseStore {
             .execute(
                 "UPDATE leases SET owner = ?1, pid = ?2 WHERE machine = ?3 AND owner = ?4",
                 params![me(), std::process::id(), row.machine, row.owner],
+            )
+            .map_err(db)?;
+        Ok(n == 1)
+    }
+
+    /// Gives `job`'s lease of `machine` to another owner (see [`owner_of`],
+    /// [`NOBODY`]): `false` if there is no such lease.
+    pub fn hand_over(
+        &self,
+        machine: &str,
+        job: &JobId,
+        owner: &str,
+        pid: i64,
+    ) -> Result<bool, PoolError> {
+        let n = self
+            .conn()?
+            .execute(
+                "UPDATE leases SET owner = ?1, pid = ?2 WHERE machine = ?3 AND job = ?4",
+                params![owner, pid, machine, job.as_str()],
             )
             .map_err(db)?;
         Ok(n == 1)

@@ -53,6 +53,28 @@ pub struct Pool {
     store: LeaseStore,
 }
 
+/// How [`Pool::lease_booted`] ended when it did not fail.
+pub enum Ready {
+    Booted(Box<Booted>),
+    /// No machine's dom0 answered: the machine is off and free again, and
+    /// the job's final status should say `why`.
+    GaveUp {
+        machine: String,
+        why: String,
+    },
+}
+
+/// A machine leased for a job, reverted and booted, its dom0 reaching the
+/// dev VM. The lease stays held until [`Pool::end_lease`] (or a runner's
+/// end) frees it, or its owner dies and a reconcile does.
+pub struct Booted {
+    pub machine: config::MachineConfig,
+    pub lease: lease::Lease,
+    pub backend: Backend,
+    /// How long the lease and its marker hold before they count as void.
+    pub lease_for: Duration,
+}
+
 /// A lease whose holder died, cleaned up by [`Pool::reconcile`].
 #[derive(Debug)]
 pub struct Reconciled {
@@ -174,12 +196,52 @@ impl Pool {
         events: &dyn JobEvents,
         status: &dyn FinalStatus,
     ) -> Result<JobOutcome, PoolError> {
-        self.check_target(&request.target)?;
-        let want = match &request.target {
+        let job_timeout = request.timeout.unwrap_or(self.config.job_timeout);
+        let ready = self.lease_booted(
+            &request.job,
+            &request.target,
+            &request.cancel,
+            job_timeout,
+            events,
+        )?;
+        let booted = match ready {
+            Ready::Booted(b) => b,
+            Ready::GaveUp { machine, why } => {
+                return Ok(self.give_up(request, &machine, status, events, why));
+            }
+        };
+        let runner = Runner {
+            config: &self.config,
+            store: &self.store,
+            machine: &booted.machine,
+            lease: &booted.lease,
+            events,
+            status,
+            lease_for: booted.lease_for,
+            bootstrap: false,
+        };
+        Ok(runner.finish(&booted.backend, request, job_timeout))
+    }
+
+    /// Waits in the FIFO for a machine `target` accepts, leases it, reverts
+    /// it, boots it and waits for dom0 to reach the dev VM: what every job
+    /// does before it runs, whoever runs it (`qci run`, `qci serve`, the
+    /// GitLab executor). A machine whose hypervisor fails, or whose dom0
+    /// never answers, sends the job to another machine of the version once;
+    /// `Err` means nothing ran and no lease is held.
+    pub fn lease_booted(
+        &self,
+        job: &JobId,
+        target: &Target,
+        cancel: &std::sync::atomic::AtomicBool,
+        job_timeout: Duration,
+        events: &dyn JobEvents,
+    ) -> Result<Ready, PoolError> {
+        self.check_target(target)?;
+        let want = match target {
             Target::Machine(m) => Want::Machine(m.clone()),
             Target::Qubes(q) => Want::Qubes(q.clone()),
         };
-        let job_timeout = request.timeout.unwrap_or(self.config.job_timeout);
         let lease_for = self.lease_for(job_timeout);
         let queue_deadline = Instant::now() + self.config.queue_timeout;
         let mut exclude: Vec<String> = Vec::new();
@@ -187,21 +249,21 @@ impl Pool {
         let mut moved_after_no_answer = false;
         loop {
             let lease = self.store.acquire(
-                &request.job,
+                job,
                 &want,
                 &exclude,
                 &self.config.machines,
                 lease_for,
-                &request.cancel,
+                cancel,
                 queue_deadline,
-                &mut |ahead| events.phase(&request.job, &Phase::Queued { ahead }),
+                &mut |ahead| events.phase(job, &Phase::Queued { ahead }),
             )?;
             let machine = self
                 .config
                 .machine(&lease.machine)
                 .ok_or_else(|| PoolError::UnknownMachine(lease.machine.clone()))?;
             events.phase(
-                &request.job,
+                job,
                 &Phase::Leased {
                     machine: machine.name.clone(),
                 },
@@ -212,26 +274,33 @@ impl Pool {
                 machine,
                 lease: &lease,
                 events,
-                status,
+                status: &status::NoStatus,
                 lease_for,
                 bootstrap: false,
             };
             // Another machine of the version not tried yet.
             let others =
-                match &request.target {
+                match target {
                     Target::Qubes(q) => self.config.machines.iter().any(|m| {
                         &m.qubes == q && m.name != machine.name && !exclude.contains(&m.name)
                     }),
                     Target::Machine(_) => false,
                 };
-            match runner.attempt(request, job_timeout) {
-                Attempt::Done(outcome) => return Ok(outcome),
+            match runner.bring_up(job, cancel) {
+                Ok(backend) => {
+                    return Ok(Ready::Booted(Box::new(Booted {
+                        machine: machine.clone(),
+                        lease,
+                        backend,
+                        lease_for,
+                    })));
+                }
                 // A hypervisor failing one machine may not fail the others
                 // (they may be on other hosts): each is tried once before
                 // the job is given back, unstarted.
-                Attempt::NotStarted(e @ PoolError::Hypervisor { .. }) if others => {
+                Err(Attempt::NotStarted(e @ PoolError::Hypervisor { .. })) if others => {
                     events.phase(
-                        &request.job,
+                        job,
                         &Phase::Retrying {
                             machine: machine.name.clone(),
                             why: e.to_string(),
@@ -240,13 +309,13 @@ impl Pool {
                     exclude.push(machine.name.clone());
                     continue;
                 }
-                Attempt::NotStarted(e) => return Err(e),
-                Attempt::Foreign => continue,
-                Attempt::NoAnswer(why) => {
+                Err(Attempt::NotStarted(e)) => return Err(e),
+                Err(Attempt::Foreign) => continue,
+                Err(Attempt::NoAnswer(why)) => {
                     let why = why.to_string();
                     if !moved_after_no_answer && others {
                         events.phase(
-                            &request.job,
+                            job,
                             &Phase::Retrying {
                                 machine: machine.name.clone(),
                                 why,
@@ -261,10 +330,51 @@ impl Pool {
                     } else {
                         why
                     };
-                    return Ok(self.give_up(request, &machine.name, status, events, why));
+                    return Ok(Ready::GaveUp {
+                        machine: machine.name.clone(),
+                        why,
+                    });
                 }
             }
         }
+    }
+
+    /// The lease this host holds for `job`, if any: how a process that did
+    /// not take a lease (a later GitLab stage) finds it.
+    pub fn lease_of(&self, job: &JobId) -> Result<Option<LeaseRow>, PoolError> {
+        Ok(self
+            .store
+            .leases()?
+            .into_iter()
+            .find(|l| &l.job == job && l.host == self.config.host_id))
+    }
+
+    /// Powers the machine of `row` off, clears its marker, records the
+    /// run's end and frees the lease. When the hypervisor fails, the lease
+    /// is handed to no live process, so the next reconcile (any `qci` start
+    /// on this host) powers it off, reverts it and frees it instead: the
+    /// machine is never left held by a job that has ended. `end` is the
+    /// run's final state and description, when the caller knows them.
+    pub fn end_lease(&self, row: &LeaseRow, end: Option<(State, &str)>) -> Result<(), PoolError> {
+        let cleaned = self.config.machine(&row.machine).map(|m| {
+            let b = Backend::open(m, self.config.call_timeout)?;
+            b.control.power_off()?;
+            runner::clear_marker(b.control.as_ref(), &self.config.host_id, &row.job)
+        });
+        if let Some(Err(source)) = cleaned {
+            let _ = self
+                .store
+                .hand_over(&row.machine, &row.job, lease::NOBODY, 0);
+            return Err(PoolError::Hypervisor {
+                machine: row.machine.clone(),
+                source,
+            });
+        }
+        if let Some((state, why)) = end {
+            let _ = self.store.run_ended(&row.job, state.as_str(), why, None);
+        }
+        self.store
+            .release(&row.machine, &row.job, row.log_id, &self.config.machines)
     }
 
     /// The job could not run on any machine: its final status says why.

@@ -78,9 +78,8 @@ pub enum DevVmCheck {
     Failed(#[from] GuestError),
 }
 
-/// How one attempt on one machine ended.
+/// How one attempt to make a machine ready ended, when it did not.
 pub(crate) enum Attempt {
-    Done(JobOutcome),
     /// dom0 never answered: the machine is off and free again.
     NoAnswer(NoAnswer),
     /// Another host holds the machine: back to the queue.
@@ -205,16 +204,19 @@ impl Runner<'_> {
         }
     }
 
-    pub fn attempt(&self, request: &JobRequest, job_timeout: Duration) -> Attempt {
+    /// Opens the backend, then marker, revert, boot and dom0's answer. On
+    /// any failure the lease is freed (or, for another host's machine, only
+    /// our row goes) and nothing ran.
+    pub fn bring_up(&self, job: &JobId, cancel: &AtomicBool) -> Result<Backend, Attempt> {
         let backend = match Backend::open(self.machine, self.config.call_timeout) {
             Ok(b) => b,
             Err(e) => {
                 self.free(None);
-                return Attempt::NotStarted(hypervisor(&self.machine.name)(e));
+                return Err(Attempt::NotStarted(hypervisor(&self.machine.name)(e)));
             }
         };
-        match self.boot(&backend, &request.job, &request.cancel) {
-            Boot::Ready => {}
+        match self.boot(&backend, job, cancel) {
+            Boot::Ready => Ok(backend),
             Boot::Foreign => {
                 // Not ours to touch: only our own row goes.
                 let _ = self.store.release(
@@ -223,21 +225,31 @@ impl Runner<'_> {
                     self.lease.log_id,
                     &self.config.machines,
                 );
-                return Attempt::Foreign;
+                Err(Attempt::Foreign)
             }
             Boot::NoAnswer(why) => {
                 self.free(Some(&backend));
-                return Attempt::NoAnswer(why);
+                Err(Attempt::NoAnswer(why))
             }
             Boot::Failed(e) => {
                 self.free(Some(&backend));
-                return Attempt::NotStarted(e);
+                Err(Attempt::NotStarted(e))
             }
         }
-        let dom0 = self.dom0(&backend, self.config.call_timeout);
-        let outcome = self.execute(&backend, &dom0, request, job_timeout);
+    }
+
+    /// Runs the job on a machine [`Runner::bring_up`] made ready, then
+    /// powers it off and frees it.
+    pub fn finish(
+        &self,
+        backend: &Backend,
+        request: &JobRequest,
+        job_timeout: Duration,
+    ) -> JobOutcome {
+        let dom0 = self.dom0(backend, self.config.call_timeout);
+        let outcome = self.execute(backend, &dom0, request, job_timeout);
         self.events.phase(&request.job, &Phase::PoweringOff);
-        self.free(Some(&backend));
+        self.free(Some(backend));
         let _ = self.store.run_ended(
             self.job(),
             outcome.state.as_str(),
@@ -250,7 +262,7 @@ impl Runner<'_> {
                 state: outcome.state,
             },
         );
-        Attempt::Done(outcome)
+        outcome
     }
 
     pub fn dom0<'b>(&'b self, backend: &'b Backend, timeout: Duration) -> Dom0<'b> {

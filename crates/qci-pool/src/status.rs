@@ -76,6 +76,26 @@ pub trait JobEvents: Sync {
 pub struct Silent;
 impl JobEvents for Silent {}
 
+/// Knows no final status and records none: for the steps before a job
+/// runs, which never need one.
+pub(crate) struct NoStatus;
+
+impl FinalStatus for NoStatus {
+    fn final_state(&self, _: &JobId, _: Option<&Dom0<'_>>) -> Option<(State, String)> {
+        None
+    }
+
+    fn record(
+        &self,
+        _: &JobId,
+        _: State,
+        _: &str,
+        _: Option<&Dom0<'_>>,
+    ) -> Result<(), RecordError> {
+        Ok(())
+    }
+}
+
 /// Why a final status could not be recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {

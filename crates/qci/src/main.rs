@@ -4,6 +4,7 @@
 //! emulated machine puts on its domains' PATH), it is that emulated tool.
 
 mod error;
+mod gitlab_executor;
 mod jobs;
 mod local;
 mod out;
@@ -179,6 +180,22 @@ enum Command {
         #[command(subcommand)]
         command: jobs::JobsCommand,
     },
+    /// GitLab Runner's custom executor: the config, prepare, run and
+    /// cleanup stages of a job on a machine of the pool.
+    ///
+    /// Set as config_exec, prepare_exec, run_exec and cleanup_exec in
+    /// gitlab-runner's config.toml (see contrib/gitlab-runner/config.toml).
+    /// The job variable QCI_QUBES picks the Qubes version. Failures exit
+    /// with gitlab-runner's BUILD_FAILURE_EXIT_CODE (the script failed, or
+    /// the job asked for a version no machine runs) or
+    /// SYSTEM_FAILURE_EXIT_CODE (machine, hypervisor, timeout, cancel).
+    GitlabExecutor {
+        /// The host config (its [pool] table lists the machines).
+        #[arg(long, value_name = "HOST.toml", default_value = pool::DEFAULT_CONFIG, global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        stage: gitlab_executor::Stage,
+    },
     /// Make one qrexec call on an emulated machine, as `qrexec-client-vm`
     /// does inside Qubes (calls from dom0 are not policy-checked).
     Qrexec {
@@ -292,6 +309,7 @@ fn run(command: Command) -> Result<std::process::ExitCode, CliError> {
         } => jobs::run(&config, url.as_deref(), &command)
             .map(Into::into)
             .map_err(CliError::from),
+        Command::GitlabExecutor { config, stage } => Ok(gitlab_executor::main(&config, &stage)),
         Command::Qrexec {
             machine,
             from,

@@ -44,18 +44,18 @@ impl HostError {
     }
 }
 
-fn load(config: &Path) -> Result<PoolConfig, HostError> {
+pub(crate) fn load(config: &Path) -> Result<PoolConfig, HostError> {
     Ok(qci_pool::load_host_file(config)?.pool)
 }
 
-fn sink_status(pool: &Pool) -> SinkStatus {
+pub(crate) fn sink_status(pool: &Pool) -> SinkStatus {
     SinkStatus {
         logs_dir: pool.config().state_dir.join("logs"),
     }
 }
 
 /// Cleans up after host processes that died, and says what it did.
-fn reconcile(pool: &Pool) -> Result<(), HostError> {
+pub(crate) fn reconcile(pool: &Pool) -> Result<(), HostError> {
     let done = pool.reconcile(&sink_status(pool))?;
     for r in done {
         match r.result {
@@ -124,12 +124,18 @@ pub fn check_repo_url(url: &str) -> Result<(), BadRepoUrl> {
 /// Set by SIGINT / SIGTERM: the job is canceled, the machine freed.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// Whether SIGINT, SIGTERM or SIGHUP came (after [`cancel_on_signals`]),
+/// read at once rather than through the flag's polling thread.
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
 extern "C" fn on_signal(_: nix::libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
 #[expect(unsafe_code, reason = "see the SAFETY comment at each unsafe block")]
-fn cancel_on_signals() -> Arc<AtomicBool> {
+pub(crate) fn cancel_on_signals() -> Arc<AtomicBool> {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
     let action = SigAction::new(
         SigHandler::Handler(on_signal),
@@ -153,8 +159,20 @@ fn cancel_on_signals() -> Arc<AtomicBool> {
 
 /// Progress on stderr (at most one "waiting" line every few seconds), the
 /// live log on stdout.
-struct Terminal {
+pub(crate) struct Terminal {
     last_wait: std::sync::Mutex<Option<Instant>>,
+    /// Where the live log goes: stdout for `qci run`, nowhere when the
+    /// caller streams output itself.
+    show_log: bool,
+}
+
+impl Terminal {
+    pub(crate) fn new(show_log: bool) -> Self {
+        Self {
+            last_wait: Default::default(),
+            show_log,
+        }
+    }
 }
 
 impl qci_pool::JobEvents for Terminal {
@@ -170,7 +188,9 @@ impl qci_pool::JobEvents for Terminal {
     }
 
     fn log(&self, _job: &JobId, chunk: &[u8]) {
-        out::write(chunk);
+        if self.show_log {
+            out::write(chunk);
+        }
     }
 }
 
@@ -220,9 +240,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, HostError> {
         cancel: cancel_on_signals(),
     };
     eprintln!("qci: job {job}: {} at {}", args.repo, args.commit);
-    let terminal = Terminal {
-        last_wait: Default::default(),
-    };
+    let terminal = Terminal::new(true);
     let outcome = pool
         .run_job(&request, &terminal, &sink_status(&pool))
         .map_err(|source| HostError::NotRun {
@@ -309,9 +327,7 @@ pub fn nightly(config: &Path, machines: &[String]) -> Result<ExitCode, HostError
         pool.check_target(&Target::Machine(name.clone()))?;
     }
     reconcile(&pool)?;
-    let terminal = Terminal {
-        last_wait: Default::default(),
-    };
+    let terminal = Terminal::new(true);
     let outcomes = pool.nightly(machines, &terminal)?;
     let mut code = ExitCode::Success;
     for o in outcomes {
