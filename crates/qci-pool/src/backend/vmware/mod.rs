@@ -1,6 +1,8 @@
 //! The `vmware` backend: machine control through the vSphere API (power,
 //! snapshots, and the lease marker as the VM's `extraConfig` key
-//! `qci.lease`), and Guest Operations as the guest channel
+//! `qci.lease`, written as a compare-and-swap on `config.changeVersion` so
+//! that several hosts may share one vCenter), and Guest Operations as the
+//! guest channel
 //! (`StartProgramInGuest`, `ListProcessesInGuest` for the exit code,
 //! `InitiateFileTransferToGuest` / `FromGuest`).
 //!
