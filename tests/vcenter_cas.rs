@@ -10,7 +10,7 @@
 //! `changeVersion` is stale as vCenter does, with a task that ends in
 //! `error` with a `ConcurrentAccess` fault (`info.error`). It handles one
 //! request at a time, so a check and the write behind it are one step, as
-//! on vCenter.
+//! on vCenter. Without its check, the same race does double-hold.
 
 #![expect(
     clippy::unwrap_used,
@@ -22,7 +22,9 @@ mod support;
 
 use pool_support::Vcsim;
 use qci_pool::backend::vmware::{Connection, Vmware};
-use qci_pool::control::{Claim, MachineControl, Marker, Swap, claim_marker, release_marker};
+use qci_pool::control::{
+    Claim, MachineControl, Marker, MarkerRead, Swap, claim_marker, release_marker,
+};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -51,6 +53,11 @@ struct State {
     rival: Option<String>,
     /// The tasks the proxy made up to refuse a stale write.
     stale_tasks: HashSet<String>,
+    /// Refuse a stale write as a fault of the call itself rather than in
+    /// its task (vCenter uses the task; the client takes either).
+    stale_as_fault: bool,
+    /// Forward stale writes too, as the simulator alone does.
+    no_check: bool,
 }
 
 struct Proxy {
@@ -193,7 +200,21 @@ fn handle(
             last_read: state.last_read.get(&session).cloned(),
             current: current.clone(),
         });
-        if sent.as_deref() != Some(current.as_str()) {
+        if sent.as_deref() != Some(current.as_str()) && !state.no_check {
+            if state.stale_as_fault {
+                let n = state.stale_tasks.len() + 1;
+                state.stale_tasks.insert(format!("fault-{n}"));
+                return (
+                    500,
+                    None,
+                    envelope(
+                        "<soapenv:Fault><faultcode>ServerFaultCode</faultcode>\
+                         <faultstring>Cannot complete operation due to concurrent modification by another operation.</faultstring>\
+                         <detail><ConcurrentAccessFault xmlns=\"urn:vim25\" xsi:type=\"ConcurrentAccess\"></ConcurrentAccessFault></detail>\
+                         </soapenv:Fault>",
+                    ),
+                );
+            }
             let task = format!("task-stale-{}", state.stale_tasks.len() + 1);
             state.stale_tasks.insert(task.clone());
             return (
@@ -273,6 +294,24 @@ fn marker(host: &str, job: &str) -> Marker {
     }
 }
 
+/// Why the proxy: the simulator takes any `changeVersion`. Should a newer
+/// one check it, this fails, and the race can run against it directly.
+#[test]
+fn the_simulator_alone_neither_reports_nor_checks_change_version() {
+    let Some(vc) = Vcsim::start() else { return };
+    let direct = vm(&vc.url, &vc);
+    let read = direct.read_marker().unwrap();
+    // Left out of its answer, read as empty.
+    assert_eq!(read.version.as_deref(), Some(""));
+    let stale = MarkerRead {
+        version: Some("not-its-version".into()),
+        ..read
+    };
+    let m = marker("rack-a", "J1");
+    assert_eq!(direct.swap_marker(&stale, Some(&m)).unwrap(), Swap::Done);
+    assert_eq!(direct.marker().unwrap(), Some(m));
+}
+
 #[test]
 fn every_marker_write_sends_the_change_version_read_just_before() {
     let Some(vc) = Vcsim::start() else { return };
@@ -342,17 +381,36 @@ fn a_stale_change_version_is_a_lost_race_and_the_other_lease_stands() {
 }
 
 #[test]
-fn two_hosts_racing_200_times_through_a_change_version_check_never_both_hold_it() {
+fn a_stale_change_version_refused_as_a_fault_of_the_call_is_lost_too() {
     let Some(vc) = Vcsim::start() else { return };
     let proxy = Proxy::start(&vc.url);
+    let ours = vm(&proxy.url, &vc);
+    let theirs = marker("rack-b", "J2");
+    {
+        let mut state = proxy.state.lock().unwrap();
+        state.rival = Some(theirs.encode());
+        state.stale_as_fault = true;
+    }
+    assert_eq!(
+        claim_marker(&ours, &marker("rack-a", "J1"), now()).unwrap(),
+        Claim::Foreign(Some(theirs.clone()))
+    );
+    assert_eq!(proxy.state.lock().unwrap().stale_tasks.len(), 1);
+    assert_eq!(vm(&vc.url, &vc).marker().unwrap(), Some(theirs));
+}
+
+/// Two hosts, each with its own session, claim the free machine at the
+/// same moment, `rounds` times; the winner frees it after both have
+/// claimed. Gives how often both held it, each one's wins, and how many
+/// stale writes the proxy refused.
+fn race(vc: &Vcsim, proxy: &Proxy, rounds: usize) -> (usize, [usize; 2], usize) {
     let hosts = ["rack-a", "rack-b"];
     let barrier = Arc::new(Barrier::new(2));
-    let rounds = 200;
     let results: Vec<Vec<bool>> = std::thread::scope(|s| {
         let threads: Vec<_> = hosts
             .iter()
             .map(|host| {
-                let (barrier, control) = (barrier.clone(), vm(&proxy.url, &vc));
+                let (barrier, control) = (barrier.clone(), vm(&proxy.url, vc));
                 s.spawn(move || {
                     let mut won = Vec::new();
                     for round in 0..rounds {
@@ -373,11 +431,17 @@ fn two_hosts_racing_200_times_through_a_change_version_check_never_both_hold_it(
     let both = (0..rounds)
         .filter(|&r| results[0][r] && results[1][r])
         .count();
-    let wins: Vec<usize> = results
-        .iter()
-        .map(|w| w.iter().filter(|&&x| x).count())
-        .collect();
+    let wins = [0, 1].map(|h| results[h].iter().filter(|&&x| x).count());
     let stale = proxy.state.lock().unwrap().stale_tasks.len();
+    (both, wins, stale)
+}
+
+#[test]
+fn two_hosts_racing_200_times_through_a_change_version_check_never_both_hold_it() {
+    let Some(vc) = Vcsim::start() else { return };
+    let proxy = Proxy::start(&vc.url);
+    let rounds = 200;
+    let (both, wins, stale) = race(&vc, &proxy, rounds);
     eprintln!("{rounds} rounds: wins {wins:?}, both held {both}, stale writes refused {stale}");
     assert_eq!(both, 0);
     // Someone got the free machine each round, and the race did happen.
@@ -386,4 +450,19 @@ fn two_hosts_racing_200_times_through_a_change_version_check_never_both_hold_it(
     for w in proxy.writes() {
         assert_eq!(w.sent, w.last_read, "{w:?}");
     }
+}
+
+/// The same race against a vCenter that checks no `changeVersion` (as
+/// the simulator alone): both hosts read their own marker back in many
+/// rounds. So the race above is one that the check wins, not one that
+/// never happens.
+#[test]
+fn without_a_change_version_check_the_same_race_double_holds() {
+    let Some(vc) = Vcsim::start() else { return };
+    let proxy = Proxy::start(&vc.url);
+    proxy.state.lock().unwrap().no_check = true;
+    let rounds = 200;
+    let (both, wins, _) = race(&vc, &proxy, rounds);
+    eprintln!("{rounds} rounds with no check: wins {wins:?}, both held {both}");
+    assert!(both > 0, "{wins:?}");
 }
