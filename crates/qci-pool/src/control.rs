@@ -68,6 +68,101 @@ impl Marker {
     }
 }
 
+/// The marker as read, with the version of the machine's configuration it
+/// was read at, when the hypervisor offers a compare-and-swap on it
+/// (vSphere's `config.changeVersion`). libvirt has none: `version` is
+/// `None` there, and a write is a plain write.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MarkerRead {
+    pub marker: Option<Marker>,
+    pub version: Option<String>,
+}
+
+/// What became of a compare-and-swap of the marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Swap {
+    /// Written: nothing changed the machine since the read.
+    Done,
+    /// Something changed the machine since the read (another host took it,
+    /// most likely): nothing was written. Not a failure of the hypervisor.
+    Lost,
+}
+
+/// The outcome of [`claim_marker`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Our marker is on the machine, read back after the write.
+    Ours(Marker),
+    /// Another live host's marker is there (`None`: the machine kept
+    /// changing under us, so someone else is at work on it).
+    Foreign(Option<Marker>),
+}
+
+/// How many times a compare-and-swap that lost is tried again from a
+/// fresh read: a loss to a change that is not a lease (a snapshot, a power
+/// change on vSphere) deserves another go, a lease does not get one.
+const SWAP_TRIES: usize = 3;
+
+/// Puts `mine` on the machine unless another live host's marker is there,
+/// as a compare-and-swap where the hypervisor has one: two hosts sharing a
+/// vCenter that read the same free machine cannot both write, as the second
+/// write is refused. Then reads it back: where there is no
+/// compare-and-swap (libvirt), of two writers the one whose marker stuck
+/// goes on.
+pub fn claim_marker(
+    control: &dyn MachineControl,
+    mine: &Marker,
+    now: u64,
+) -> Result<Claim, ControlError> {
+    for _ in 0..SWAP_TRIES {
+        let read = control.read_marker()?;
+        if let Some(m) = &read.marker
+            && m.host != mine.host
+            && m.is_live(now)
+        {
+            return Ok(Claim::Foreign(Some(m.clone())));
+        }
+        match control.swap_marker(&read, Some(mine))? {
+            Swap::Lost => continue,
+            Swap::Done => {}
+        }
+        return match control.marker()? {
+            Some(b) if &b == mine => Ok(Claim::Ours(b)),
+            Some(b) => Ok(Claim::Foreign(Some(b))),
+            None => Err(ControlError::Refused(
+                "the lease marker did not stick".into(),
+            )),
+        };
+    }
+    // Changed under us each time: whoever is changing it holds it for now.
+    Ok(Claim::Foreign(
+        control.marker()?.filter(|m| m.host != mine.host),
+    ))
+}
+
+/// Clears the marker if it is still `host`'s for `job`, as a
+/// compare-and-swap where the hypervisor has one, so that a marker another
+/// host wrote after our read is never wiped.
+pub fn release_marker(
+    control: &dyn MachineControl,
+    host: &str,
+    job: &str,
+) -> Result<(), ControlError> {
+    for _ in 0..SWAP_TRIES {
+        let read = control.read_marker()?;
+        match &read.marker {
+            Some(m) if m.host == host && m.job == job => {}
+            _ => return Ok(()),
+        }
+        if control.swap_marker(&read, None)? == Swap::Done {
+            return Ok(());
+        }
+    }
+    Err(ControlError::Refused(format!(
+        "the lease marker kept changing; {SWAP_TRIES} tries to clear it lost"
+    )))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub name: String,
@@ -115,6 +210,25 @@ pub trait MachineControl: Send + Sync {
     fn marker(&self) -> Result<Option<Marker>, ControlError>;
     /// Sets the marker, or clears it with `None`.
     fn set_marker(&self, marker: Option<&Marker>) -> Result<(), ControlError>;
+    /// The marker with the version to compare against in
+    /// [`Self::swap_marker`]. Without a compare-and-swap: no version.
+    fn read_marker(&self) -> Result<MarkerRead, ControlError> {
+        Ok(MarkerRead {
+            marker: self.marker()?,
+            version: None,
+        })
+    }
+    /// Writes `marker` (clears it with `None`) only if the machine is still
+    /// as `read` saw it. Without a compare-and-swap, a plain write that is
+    /// always [`Swap::Done`] (the read-back of [`claim_marker`] decides).
+    fn swap_marker(
+        &self,
+        read: &MarkerRead,
+        marker: Option<&Marker>,
+    ) -> Result<Swap, ControlError> {
+        let _ = read;
+        self.set_marker(marker).map(|()| Swap::Done)
+    }
     /// What the machine's screen shows, as PNG bytes (at most
     /// [`crate::artifacts::MAX_SCREENSHOT_BYTES`]); `None` for a machine
     /// with no screen. Taken of a machine whose job failed, before it is

@@ -3,7 +3,8 @@
 //! A lease is a row in `leases`, taken in one `BEGIN IMMEDIATE` transaction,
 //! so two processes sharing the state directory never hold one machine.
 //! (The marker on the hypervisor, set by the runner right after, keeps a
-//! second *host* away.)
+//! second *host* away: see [`crate::control::claim_marker`], a
+//! compare-and-swap on vSphere, a write and read-back on libvirt.)
 //!
 //! Waiting is a FIFO: every waiter, of every process, is a row in `waiters`
 //! in arrival order. Who gets which free machine is computed from the whole

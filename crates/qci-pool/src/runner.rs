@@ -5,7 +5,7 @@
 use crate::artifacts::{self, ArchiveSource, JobArtifacts};
 use crate::backend::Backend;
 use crate::config::{MachineConfig, PoolConfig};
-use crate::control::{ControlError, MachineControl, Marker, Snapshot};
+use crate::control::{self as ctl, Claim, ControlError, MachineControl, Marker, Snapshot};
 use crate::error::PoolError;
 use crate::guest::{Dom0, GuestError, GuestPid, sh_quote};
 use crate::lease::{Lease, LeaseStore, now};
@@ -166,41 +166,28 @@ impl Runner<'_> {
         }
     }
 
-    /// Puts our marker on the machine, unless another live host has its own.
+    /// Puts our marker on the machine, unless another live host has its own
+    /// ([`ctl::claim_marker`]: a compare-and-swap on vSphere).
     fn claim_marker(&self, control: &dyn MachineControl) -> Result<bool, ControlError> {
         let t = now() as u64;
-        if let Some(m) = control.marker()?
-            && m.host != self.config.host_id
-            && m.is_live(t)
-        {
-            let _ = self
-                .store
-                .note_foreign(&self.machine.name, &m.host, m.expires as f64);
-            return Ok(false);
-        }
         let mine = Marker {
             host: self.config.host_id.clone(),
             job: self.job().to_string(),
             expires: t + self.lease_for.as_secs(),
         };
-        control.set_marker(Some(&mine))?;
-        // Read back: of two hosts writing at once, the one whose marker
-        // stuck goes on.
-        let back = control.marker()?;
-        if let Some(b) = &back {
-            let _ = self.store.note_marker(self.lease.log_id, &b.encode());
-        }
-        match back {
-            Some(b) if b == mine => Ok(true),
-            Some(b) => {
-                let _ = self
-                    .store
-                    .note_foreign(&self.machine.name, &b.host, b.expires as f64);
+        match ctl::claim_marker(control, &mine, t)? {
+            Claim::Ours(back) => {
+                let _ = self.store.note_marker(self.lease.log_id, &back.encode());
+                Ok(true)
+            }
+            Claim::Foreign(theirs) => {
+                if let Some(b) = theirs {
+                    let _ = self
+                        .store
+                        .note_foreign(&self.machine.name, &b.host, b.expires as f64);
+                }
                 Ok(false)
             }
-            None => Err(ControlError::Refused(
-                "the lease marker did not stick".into(),
-            )),
         }
     }
 
@@ -681,8 +668,5 @@ pub(crate) fn clear_marker(
     host: &str,
     job: &JobId,
 ) -> Result<(), ControlError> {
-    match control.marker()? {
-        Some(m) if m.host == host && m.job == job.as_str() => control.set_marker(None),
-        _ => Ok(()),
-    }
+    ctl::release_marker(control, host, job.as_str())
 }

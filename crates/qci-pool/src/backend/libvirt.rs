@@ -8,7 +8,9 @@
 //! nothing beside a machine's boot.
 //!
 //! The lease marker is domain metadata in qci's own namespace:
-//! `<lease host=".." job=".." expires=".."/>`.
+//! `<lease host=".." job=".." expires=".."/>`. libvirt offers no
+//! compare-and-swap on it (a write is a plain write, checked by reading
+//! back), so one libvirt URI belongs to one host.
 
 use crate::artifacts::PNG_SIGNATURE;
 use crate::command::run_bounded;

@@ -1,6 +1,8 @@
 //! The `vmware` backend: machine control through the vSphere API (power,
 //! snapshots, and the lease marker as the VM's `extraConfig` key
-//! `qci.lease`), and Guest Operations as the guest channel
+//! `qci.lease`, written as a compare-and-swap on `config.changeVersion` so
+//! that several hosts may share one vCenter), and Guest Operations as the
+//! guest channel
 //! (`StartProgramInGuest`, `ListProcessesInGuest` for the exit code,
 //! `InitiateFileTransferToGuest` / `FromGuest`).
 //!
@@ -10,7 +12,9 @@ pub mod soap;
 
 use crate::artifacts::MAX_SCREENSHOT_BYTES;
 use crate::config::Credentials;
-use crate::control::{ControlError, MachineControl, Marker, PowerState, Snapshot};
+use crate::control::{
+    ControlError, MachineControl, Marker, MarkerRead, PowerState, Snapshot, Swap,
+};
 use crate::guest::{GuestChannel, GuestError, GuestPid, sh_quote};
 use soap::{Client, MoRef, Node, SoapError, esc};
 use std::path::Path;
@@ -176,11 +180,25 @@ impl Connection {
 
     /// One property of one object, as its `val` element.
     fn property(&self, obj: &MoRef, path: &str) -> Result<Option<Node>, ControlError> {
+        Ok(self
+            .properties(obj, &[path])?
+            .into_iter()
+            .find(|(name, _)| name == path)
+            .map(|(_, val)| val))
+    }
+
+    /// Several properties of one object in one `RetrieveProperties`, so
+    /// that they are read together, as one state of the object: each
+    /// found one by name, with its `val` element.
+    fn properties(&self, obj: &MoRef, paths: &[&str]) -> Result<Vec<(String, Node)>, ControlError> {
         let s = self.session()?;
+        let path_set: String = paths
+            .iter()
+            .map(|p| format!("<pathSet>{}</pathSet>", esc(p)))
+            .collect();
         let spec = format!(
-            "<specSet><propSet><type>{}</type><pathSet>{}</pathSet></propSet><objectSet>{}</objectSet></specSet>",
+            "<specSet><propSet><type>{}</type>{path_set}</propSet><objectSet>{}</objectSet></specSet>",
             esc(&obj.kind),
-            esc(path),
             obj.xml("obj")
         );
         let answer = self
@@ -189,12 +207,17 @@ impl Connection {
             .map_err(from_soap)?;
         Ok(answer
             .child("returnval")
-            .and_then(|o| {
+            .map(|o| {
                 o.children_named("propSet")
-                    .find(|p| p.text_of("name") == Some(path))
+                    .filter_map(|p| {
+                        Some((
+                            p.text_of("name")?.trim().to_owned(),
+                            p.child("val")?.clone(),
+                        ))
+                    })
+                    .collect()
             })
-            .and_then(|p| p.child("val"))
-            .cloned())
+            .unwrap_or_default())
     }
 
     /// Calls a `*_Task` method and waits for its task to end.
@@ -204,7 +227,30 @@ impl Connection {
 
     /// [`Self::task`], giving the task's `info` (its `result` is the answer).
     fn task_result(&self, method: &str, this: &MoRef, args: &str) -> Result<Node, ControlError> {
-        let answer = self.client.call(method, this, args).map_err(from_soap)?;
+        self.task_outcome(method, this, args)?
+            .map_err(|f| ControlError::Refused(f.to_string()))
+    }
+
+    /// [`Self::task_result`], keeping apart what vSphere refused (a fault of
+    /// the call, or the task ending in `error`), with the fault's type, from
+    /// a vSphere that did not answer.
+    fn task_outcome(
+        &self,
+        method: &str,
+        this: &MoRef,
+        args: &str,
+    ) -> Result<Result<Node, Refusal>, ControlError> {
+        let answer = match self.client.call(method, this, args) {
+            Ok(a) => a,
+            Err(SoapError::Fault { kind, message }) => {
+                return Ok(Err(Refusal {
+                    mentions_change_version: message.contains("changeVersion"),
+                    text: format!("vSphere: {kind}: {message}"),
+                    kind,
+                }));
+            }
+            Err(e) => return Err(from_soap(e)),
+        };
         let task = answer
             .child("returnval")
             .and_then(MoRef::from_node)
@@ -213,13 +259,24 @@ impl Connection {
         loop {
             let info = self.property(&task, "info")?.unwrap_or_default();
             match info.text_of("state").map(str::trim) {
-                Some("success") => return Ok(info),
+                Some("success") => return Ok(Ok(info)),
                 Some("error") => {
-                    let why = info
-                        .child("error")
-                        .and_then(|e| e.text_of("localizedMessage"))
+                    let error = info.child("error").cloned().unwrap_or_default();
+                    let why = error
+                        .text_of("localizedMessage")
+                        .map(str::trim)
                         .unwrap_or("no message");
-                    return Err(ControlError::Refused(format!("vSphere: {method}: {why}")));
+                    // `<fault xsi:type="ConcurrentAccess">`, maybe prefixed.
+                    let kind = error
+                        .child("fault")
+                        .and_then(|f| f.attr("type"))
+                        .map(|t| t.rsplit(':').next().unwrap_or(t).to_owned())
+                        .unwrap_or_default();
+                    return Ok(Err(Refusal {
+                        mentions_change_version: mentions(&error, "changeVersion"),
+                        text: format!("vSphere: {method}: {why}"),
+                        kind,
+                    }));
                 }
                 _ if Instant::now() >= deadline => {
                     return Err(ControlError::Unreachable(format!(
@@ -307,6 +364,60 @@ impl Connection {
             .map(|(_, m)| m)
             .ok_or_else(|| ControlError::NoSuchSnapshot(name.into()))
     }
+}
+
+/// vSphere said no: to a call (a SOAP fault) or in its task's `info.error`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{text}")]
+struct Refusal {
+    /// The fault's type, e.g. `ConcurrentAccess`; empty when not given.
+    kind: String,
+    /// Whether the fault or its message names `changeVersion`.
+    mentions_change_version: bool,
+    text: String,
+}
+
+impl Refusal {
+    /// A stale `changeVersion`: vSphere's `ReconfigVM_Task` ends in
+    /// `ConcurrentAccess` ("Cannot complete operation due to concurrent
+    /// modification by another operation") when the spec's
+    /// `changeVersion` is not the VM's current one.
+    fn is_stale_version(&self) -> bool {
+        self.kind == "ConcurrentAccess" || self.mentions_change_version
+    }
+}
+
+/// Whether `needle` is in any text or attribute under `node`.
+fn mentions(node: &Node, needle: &str) -> bool {
+    node.text.contains(needle)
+        || node.attrs.iter().any(|(_, v)| v.contains(needle))
+        || node.children.iter().any(|c| mentions(c, needle))
+}
+
+/// The marker's value in a VM's `config.extraConfig`. Some servers (the
+/// govmomi simulator) append rather than replace: the last entry counts.
+pub fn marker_in(extra_config: Option<&Node>) -> Option<Marker> {
+    let value = extra_config.and_then(|c| {
+        c.children
+            .iter()
+            .rfind(|o| o.text_of("key") == Some(MARKER_KEY))
+            .and_then(|o| o.text_of("value"))
+    })?;
+    Marker::decode(value)
+}
+
+/// The `VirtualMachineConfigSpec` that sets the marker (clears it with an
+/// empty value) only if the VM's `config.changeVersion` is still
+/// `change_version`. `changeVersion` comes first: the spec is an XML
+/// schema sequence, and vSphere checks its order.
+pub fn marker_spec(change_version: &str, marker: Option<&Marker>) -> String {
+    let value = marker.map(Marker::encode).unwrap_or_default();
+    format!(
+        "<spec><changeVersion>{}</changeVersion><extraConfig><key>{MARKER_KEY}</key>\
+         <value xsi:type=\"xsd:string\">{}</value></extraConfig></spec>",
+        esc(change_version),
+        esc(&value)
+    )
 }
 
 /// Seconds since the epoch of an xsd:dateTime such as
@@ -439,25 +550,62 @@ impl MachineControl for Vmware {
 
     fn marker(&self) -> Result<Option<Marker>, ControlError> {
         let config = self.0.property(&self.vm()?, "config.extraConfig")?;
-        // Some servers append rather than replace: the last entry counts.
-        let value = config.as_ref().and_then(|c| {
-            c.children
-                .iter()
-                .rfind(|o| o.text_of("key") == Some(MARKER_KEY))
-                .and_then(|o| o.text_of("value"))
-                .map(str::to_owned)
-        });
-        Ok(value.as_deref().and_then(Marker::decode))
+        Ok(marker_in(config.as_ref()))
     }
 
+    /// Not used for leases (they go through [`Self::swap_marker`]); still a
+    /// compare-and-swap, against a read made just now.
     fn set_marker(&self, marker: Option<&Marker>) -> Result<(), ControlError> {
-        // An empty value removes the key.
-        let value = marker.map(Marker::encode).unwrap_or_default();
-        let spec = format!(
-            "<spec><extraConfig><key>{MARKER_KEY}</key><value xsi:type=\"xsd:string\">{}</value></extraConfig></spec>",
-            esc(&value)
-        );
-        self.0.task("ReconfigVM_Task", &self.vm()?, &spec)
+        let read = self.read_marker()?;
+        match self.swap_marker(&read, marker)? {
+            Swap::Done => Ok(()),
+            Swap::Lost => Err(ControlError::Refused(
+                "vSphere: the VM changed while its lease marker was written".into(),
+            )),
+        }
+    }
+
+    /// `config.changeVersion` and `config.extraConfig` in one
+    /// `RetrieveProperties`: one state of the VM, so the version is the one
+    /// of the marker read with it.
+    fn read_marker(&self) -> Result<MarkerRead, ControlError> {
+        let props = self
+            .0
+            .properties(&self.vm()?, &["config.changeVersion", "config.extraConfig"])?;
+        let get = |name: &str| props.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+        // Real vSphere always gives one. A server that gives none (the
+        // govmomi simulator 0.24 omits an empty one, and checks none) gets
+        // an empty one back: equal to its own if it has none, stale (and
+        // so refused) if it has one after all.
+        let version = get("config.changeVersion")
+            .map(|v| v.text.trim().to_owned())
+            .unwrap_or_default();
+        Ok(MarkerRead {
+            marker: marker_in(get("config.extraConfig")),
+            version: Some(version),
+        })
+    }
+
+    /// `ReconfigVM_Task` with the `changeVersion` read: vSphere refuses it
+    /// with `ConcurrentAccess` if the VM changed since, which is
+    /// [`Swap::Lost`]. Every other refusal is an error.
+    fn swap_marker(
+        &self,
+        read: &MarkerRead,
+        marker: Option<&Marker>,
+    ) -> Result<Swap, ControlError> {
+        let version = read.version.as_deref().ok_or_else(|| {
+            ControlError::Refused("vSphere: a marker write needs the changeVersion read".into())
+        })?;
+        let spec = marker_spec(version, marker);
+        match self.0.task_outcome("ReconfigVM_Task", &self.vm()?, &spec)? {
+            Ok(_) => Ok(Swap::Done),
+            Err(r) if r.is_stale_version() => {
+                tracing::debug!("lease marker: lost the race ({r})");
+                Ok(Swap::Lost)
+            }
+            Err(r) => Err(ControlError::Refused(r.to_string())),
+        }
     }
 
     /// `CreateScreenshot_Task`, then the PNG it left on the datastore,
@@ -800,6 +948,66 @@ mod tests {
             "https://vc.example:8443/folder/DC0_H0_VM0/DC0_H0_VM0-1.png?dcPath=DC+0&dsName=datastore1"
         );
         assert_eq!(datastore_path("vm1/vm1.png"), None);
+    }
+
+    #[test]
+    fn a_marker_write_carries_the_change_version_first() {
+        let m = Marker {
+            host: "rack-a".into(),
+            job: "J<1>".into(),
+            expires: 9,
+        };
+        let spec = soap::parse(&marker_spec("2026-12-04T01:02:03.4Z", Some(&m))).unwrap();
+        let spec = spec.child("spec").unwrap();
+        // A schema sequence: changeVersion before extraConfig.
+        let names: Vec<&str> = spec.children.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["changeVersion", "extraConfig"]);
+        assert_eq!(
+            spec.text_of("changeVersion"),
+            Some("2026-12-04T01:02:03.4Z")
+        );
+        let extra = spec.child("extraConfig").unwrap();
+        assert_eq!(extra.text_of("key"), Some(MARKER_KEY));
+        assert_eq!(extra.text_of("value"), Some(m.encode().as_str()));
+        // Clearing is an empty value, still against the version read.
+        let clear = soap::parse(&marker_spec("7", None)).unwrap();
+        let clear = clear.child("spec").unwrap();
+        assert_eq!(clear.text_of("changeVersion"), Some("7"));
+        assert_eq!(
+            clear.child("extraConfig").unwrap().text_of("value"),
+            Some("")
+        );
+    }
+
+    #[test]
+    fn the_last_marker_entry_counts() {
+        let config = soap::parse(
+            "<val><OptionValue><key>qci.lease</key><value>host=a job=1 expires=5</value></OptionValue>\
+             <OptionValue><key>other</key><value>x</value></OptionValue>\
+             <OptionValue><key>qci.lease</key><value>host=b job=2 expires=6</value></OptionValue></val>",
+        )
+        .unwrap();
+        let m = marker_in(config.child("val")).unwrap();
+        assert_eq!((m.host.as_str(), m.job.as_str()), ("b", "2"));
+        assert_eq!(marker_in(None), None);
+    }
+
+    #[test]
+    fn only_a_stale_change_version_is_a_lost_race() {
+        let refusal = |kind: &str, mentions_change_version: bool| Refusal {
+            kind: kind.into(),
+            mentions_change_version,
+            text: String::new(),
+        };
+        assert!(refusal("ConcurrentAccess", false).is_stale_version());
+        assert!(refusal("InvalidArgument", true).is_stale_version());
+        assert!(!refusal("InvalidPowerState", false).is_stale_version());
+        assert!(!refusal("", false).is_stale_version());
+        let error = soap::parse(
+            "<error><fault xsi:type=\"InvalidArgument\"><invalidProperty>spec.changeVersion</invalidProperty></fault></error>",
+        )
+        .unwrap();
+        assert!(mentions(&error, "changeVersion"));
     }
 
     #[test]
