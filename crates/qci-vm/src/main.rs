@@ -76,8 +76,7 @@ enum Command {
         #[command(flatten)]
         manual: Box<manual::ManualArgs>,
     },
-    /// Run the checkout in dom0 from a CI engine's step, and exit with the
-    /// job's code.
+    /// Run the checkout in dom0 from a CI step; exit with the job's code.
     ///
     /// For GitHub Actions on a self-hosted runner in the dev VM, or GitLab
     /// CI's shell executor there:
@@ -92,7 +91,8 @@ enum Command {
     /// out), and dom0 runs its .qci.toml's steps; with `-- COMMAND…`, dom0
     /// runs that command as the one step "command" instead (a generated
     /// .qci.toml, sent in place of the tree's own and checked by dom0 like
-    /// any; the checkout is not changed).
+    /// any; the checkout is not changed, and the tree's artifacts are not
+    /// collected).
     ///
     /// The job id is new each run, made from the engine's ids when there are
     /// some: gh-RUN_ID-RUN_ATTEMPT-JOB-RANDOM (GitHub), gl-CI_JOB_ID-RANDOM
