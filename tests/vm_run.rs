@@ -185,6 +185,25 @@ fn a_given_command_runs_in_dom0_instead_of_the_pipeline_and_the_checkout_is_unto
     assert!(stdout.contains("[command] a  b"), "{stdout}");
     assert!(stdout.contains("step command failed in"), "{stdout}");
 
+    // A step that outlives --timeout: a CI error (3), its group closed.
+    let (code, stdout, stderr) = run_in(
+        &s,
+        &project,
+        "GITHUB_ACTIONS=true",
+        "--timeout 2s -- 'echo started; sleep 60'",
+    );
+    println!("--- stdout of a command that times out ---\n{stdout}");
+    assert_eq!(code, Some(3), "{stdout}\n{stderr}");
+    assert!(stdout.contains("[command] started"), "{stdout}");
+    let ended = stdout
+        .lines()
+        .position(|l| l.contains("step command timed out in"))
+        .unwrap_or_else(|| panic!("no end line:\n{stdout}"));
+    assert!(
+        stdout.lines().skip(ended).any(|l| l == "::endgroup::"),
+        "{stdout}"
+    );
+
     // A blank command is refused before anything runs.
     let (code, stdout, stderr) = run_in(&s, &project, "", "-- ''");
     assert_eq!(code, Some(2), "{stdout}\n{stderr}");

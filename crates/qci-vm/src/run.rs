@@ -69,6 +69,13 @@ pub struct RunArgs {
 pub enum RunError {
     #[error("cannot find the current directory: {0}")]
     CurrentDir(std::io::Error),
+    #[error("cannot use --dir {}: {source}", .path.display())]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--dir {} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
     #[error("cannot read random bytes: {0}")]
     Random(std::io::Error),
     #[error("cannot make a job id from {0:?}: {1}")]
@@ -93,7 +100,11 @@ impl RunError {
     /// when this VM cannot do its part.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Command(_) | Self::EmptyCommand | Self::CommandTooLong => ExitCode::BadInput,
+            Self::Command(_)
+            | Self::EmptyCommand
+            | Self::CommandTooLong
+            | Self::Dir { .. }
+            | Self::NotADirectory(_) => ExitCode::BadInput,
             Self::Manual(e) => e.exit_code(),
             Self::CurrentDir(_)
             | Self::Random(_)
@@ -137,16 +148,28 @@ fn prepare(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<JobId, RunError> {
     let dir = match &args.dir {
-        Some(d) => d.clone(),
+        // Checked here, so that errors name --dir (`manual` would say --source).
+        Some(d) => std::fs::canonicalize(d).map_err(|source| RunError::Dir {
+            path: d.clone(),
+            source,
+        })?,
         None => std::env::current_dir().map_err(RunError::CurrentDir)?,
     };
+    if !dir.is_dir() {
+        return Err(RunError::NotADirectory(dir));
+    }
     let job = job_id(&env, &random_hex(4)?)?;
-    if !args.command.is_empty() {
+    let generated = if args.command.is_empty() {
+        None
+    } else {
         let text = generated_pipeline(&args.command, args.timeout)?;
         let path = paths.generated_pipeline(&job);
-        write_new(&path, text.as_bytes())
-            .map_err(|source| RunError::WritePipeline { path, source })?;
-    }
+        write_new(&path, text.as_bytes()).map_err(|source| RunError::WritePipeline {
+            path: path.clone(),
+            source,
+        })?;
+        Some(path)
+    };
     let manual = ManualArgs {
         source: Some(dir),
         repo: None,
@@ -159,7 +182,15 @@ fn prepare(
         context: args.context.clone(),
         timeout: args.timeout,
     };
-    manual::write_job_file(&job, &manual, paths)?;
+    if let Err(e) = manual::write_job_file(&job, &manual, paths) {
+        // No job will send it: it goes too.
+        if let Some(path) = generated
+            && let Err(e) = std::fs::remove_file(&path)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the generated pipeline");
+        }
+        return Err(e.into());
+    }
     Ok(job)
 }
 
@@ -545,6 +576,51 @@ mod tests {
             generated_pipeline(&huge, Duration::from_secs(1)),
             Err(RunError::CommandTooLong)
         ));
+    }
+
+    #[test]
+    fn prepare_writes_the_job_file_and_the_generated_pipeline_or_nothing() {
+        let home = tempfile::tempdir().unwrap();
+        let paths = Paths {
+            home: home.path().to_owned(),
+        };
+        let checkout = tempfile::tempdir().unwrap();
+        let mut args = RunArgs {
+            dir: Some(checkout.path().to_owned()),
+            context: "qci/run".into(),
+            timeout: Duration::from_secs(60),
+            command: vec!["make".into(), "test".into()],
+        };
+        let job = prepare(&args, &paths, env(&[("CI_JOB_ID", "77")])).unwrap();
+        assert!(job.as_str().starts_with("gl-77-"), "{job}");
+        let job_file = qci_core::job_file::JobFile::load(&paths.job_file(&job)).unwrap();
+        let canonical = std::fs::canonicalize(checkout.path()).unwrap();
+        assert_eq!(job_file.source.as_deref(), Some(canonical.as_path()));
+        assert_eq!(job_file.context, "qci/run");
+        assert_eq!(job_file.timeout_secs, 60);
+        let text = std::fs::read_to_string(paths.generated_pipeline(&job)).unwrap();
+        let steps = Pipeline::parse(&text).unwrap().steps;
+        assert_eq!(steps[0].command, "make test");
+        assert_eq!(steps[0].timeout, Duration::from_secs(60));
+
+        // No command: no generated pipeline.
+        args.command.clear();
+        let job = prepare(&args, &paths, env(&[])).unwrap();
+        assert!(!paths.generated_pipeline(&job).exists());
+
+        // A bad --dir: refused by its name, nothing written.
+        let before = std::fs::read_dir(home.path().join(".qci/jobs"))
+            .unwrap()
+            .count();
+        args.dir = Some(checkout.path().join("missing"));
+        args.command = vec!["true".into()];
+        let err = prepare(&args, &paths, env(&[])).unwrap_err();
+        assert!(err.to_string().starts_with("cannot use --dir"), "{err}");
+        assert_eq!(err.exit_code(), ExitCode::BadInput);
+        let after = std::fs::read_dir(home.path().join(".qci/jobs"))
+            .unwrap()
+            .count();
+        assert_eq!(before, after);
     }
 
     #[test]
