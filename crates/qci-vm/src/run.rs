@@ -118,17 +118,14 @@ impl RunError {
 /// called is said on stderr.
 pub fn run(args: &RunArgs, paths: &Paths) -> ExitCode {
     let github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
+    // Made before anything is written: a job is not left unrun for want of it.
+    let token = match github.then(|| random_hex(16)).transpose() {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
     match prepare(args, paths, |name| std::env::var(name).ok()) {
         Ok(job) => {
             eprintln!("qci-vm: job {job}");
-            let token = if github {
-                match random_hex(16) {
-                    Ok(t) => Some(t),
-                    Err(e) => return fail(&e),
-                }
-            } else {
-                None
-            };
             stream(&job, paths, token, std::io::stdout())
         }
         Err(e) => fail(&e),
