@@ -40,6 +40,13 @@ const RELAY_GRACE: Duration = Duration::from_secs(2);
 /// state has reached the sink, `begin` posts `error` saying why. See
 /// [`deliver`] for where final states are recorded.
 pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
+    begin_to(job, paths, std::io::stdout())
+}
+
+/// [`begin`], with dom0's live log passed to `out` instead of stdout, as
+/// `qci-vm run` needs to mark its steps. `out` is dropped when the log
+/// ends, which may be after this returns (see [`relay`]'s thread).
+pub fn begin_to(job: &JobId, paths: &Paths, out: impl Write + Send + 'static) -> ExitCode {
     let path = paths.job_file(job);
     let job_file = match JobFile::load(&path) {
         Ok(j) => j,
@@ -116,7 +123,7 @@ pub fn begin(job: &JobId, paths: &Paths) -> ExitCode {
         let mask = mask.clone();
         // Not joined: a process dom0 left behind may hold the stream open.
         std::thread::spawn(move || {
-            let _ = said.send(relay(log, std::io::stdout(), &mask));
+            let _ = said.send(relay(log, out, &mask));
         });
     }
     let timeout = Duration::from_secs(job_file.timeout_secs);

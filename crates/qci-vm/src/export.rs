@@ -21,6 +21,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use qci_core::pipeline::FILE_NAME;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     /// Names the user: in an emulated machine started by root the qubes
@@ -56,13 +58,46 @@ pub fn export(workspace: &Path, out: impl Write) -> Result<(), ExportError> {
 /// too, each before its first file; a listed directory (a nested
 /// repository) is sent whole. Names that are not plain relative paths are
 /// refused.
-pub fn export_listed(root: &Path, list: &[u8], out: impl Write) -> Result<(), ExportError> {
+///
+/// With `pipeline`, that file is sent as the tree's `.qci.toml` and the
+/// tree's own is left out: how `qci-vm run -- COMMAND` has dom0 run the
+/// command through the one path dom0 has for steps (its `.qci.toml`
+/// parser), without touching the user's checkout or copying it.
+pub fn export_listed(
+    root: &Path,
+    list: &[u8],
+    pipeline: Option<&Path>,
+    out: impl Write,
+) -> Result<(), ExportError> {
     let mut paths: Vec<&[u8]> = list.split(|&b| b == 0).filter(|p| !p.is_empty()).collect();
     // Byte order keeps each directory's entries together, after it.
     paths.sort_unstable();
     paths.dedup();
     let mut sender = Sender::new(out);
     let root_fd = open_dir(AT_FDCWD, root.as_os_str()).map_err(|e| read_error(root, e))?;
+    if let Some(file) = pipeline {
+        // However the list spells it (`./.qci.toml`), the tree's own goes.
+        paths.retain(|p| {
+            let parts = Path::new(OsStr::from_bytes(p)).iter().filter(|p| *p != ".");
+            parts.ne([OsStr::new(FILE_NAME)])
+        });
+        let (dir, name) = match (file.parent(), file.file_name()) {
+            (Some(dir), Some(name)) => (dir, name),
+            _ => {
+                return Err(read_error(file, std::io::Error::other("not a file's path")));
+            }
+        };
+        let dir_fd = open_dir(AT_FDCWD, dir.as_os_str()).map_err(|e| read_error(dir, e))?;
+        let stat = fstatat(&dir_fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| read_error(file, e))?;
+        if kind(&stat) != SFlag::S_IFREG {
+            return Err(read_error(
+                file,
+                std::io::Error::other("not a regular file"),
+            ));
+        }
+        sender.file(&dir_fd, name, Path::new(FILE_NAME), &stat)?;
+    }
     // The directories on the last path, open, from `root` down.
     let mut open: Vec<(&OsStr, OwnedFd)> = Vec::new();
     'paths: for raw in paths {
@@ -436,7 +471,34 @@ mod tests {
     fn listed(root: &Path, names: &[&str]) -> Result<Vec<u8>, ExportError> {
         let list: Vec<u8> = names.iter().flat_map(|n| n.bytes().chain([0])).collect();
         let mut out = Vec::new();
-        export_listed(root, &list, &mut out).map(|()| out)
+        export_listed(root, &list, None, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn a_generated_pipeline_is_sent_as_the_trees_qci_toml_in_place_of_its_own() {
+        let dir = tree();
+        let root = dir.path();
+        fs::write(root.join(FILE_NAME), "[[steps]]\nname = \"own\"\n").unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let generated = other.path().join("j.pipeline.toml");
+        fs::write(&generated, "generated").unwrap();
+        let list = b"Makefile\0./.qci.toml\0.qci.toml\0";
+        let mut out = Vec::new();
+        export_listed(root, list, Some(&generated), &mut out).unwrap();
+        let seen = entries(&out);
+        let names: Vec<_> = seen.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(names, [FILE_NAME, "Makefile"], "the tree's own left out");
+        assert_eq!(seen[0].4, "generated");
+        assert_eq!(
+            fs::read_to_string(root.join(FILE_NAME)).unwrap(),
+            "[[steps]]\nname = \"own\"\n",
+            "the checkout is not touched"
+        );
+
+        let link = other.path().join("link.toml");
+        std::os::unix::fs::symlink(&generated, &link).unwrap();
+        let err = export_listed(root, list, Some(&link), Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
     #[test]
@@ -533,7 +595,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("a.txt"), "first version").unwrap();
         let out = Growing(dir.path().join("a.txt"), Vec::new());
-        let err = export_listed(dir.path(), b"a.txt\0", out).unwrap_err();
+        let err = export_listed(dir.path(), b"a.txt\0", None, out).unwrap_err();
         assert!(matches!(err, ExportError::Changed(_)), "{err}");
         assert_eq!(
             err.to_string(),

@@ -4,6 +4,10 @@
 //!   `qci.Run+JOB`, passing the live log through. With `--source DIR` or
 //!   `--repo URL --commit SHA` it first writes the job file itself, for a
 //!   job started by hand.
+//! - `qci-vm run [--dir DIR] [-- COMMAND…]` is `begin --source` for a CI
+//!   engine's step: a new job id, the checkout (or the current directory),
+//!   `.qci.toml`'s steps or the one COMMAND, the log on stdout (grouped by
+//!   step under GitHub Actions) and the job's exit code.
 //! - `qci-vm status [JOB]` is the `qci.Status` service: one status event on
 //!   stdin, forwarded to the job's sink.
 //! - `qci-vm export [JOB]` is the `qci.Export` service: the job's workspace
@@ -19,6 +23,7 @@ mod deliver;
 mod export;
 mod manual;
 mod paths;
+mod run;
 mod settings;
 mod sink;
 
@@ -71,6 +76,38 @@ enum Command {
         #[command(flatten)]
         manual: Box<manual::ManualArgs>,
     },
+    /// Run the checkout in dom0 from a CI step; exit with the job's code.
+    ///
+    /// For GitHub Actions on a self-hosted runner in the dev VM, or GitLab
+    /// CI's shell executor there:
+    ///
+    ///   steps:                              script:
+    ///     - uses: actions/checkout@v4         - qci-vm run
+    ///     - run: qci-vm run
+    ///
+    /// The checkout is DIR, or the current directory (the checkout in both
+    /// engines). Like `begin JOB --source DIR`, it is sent to dom0 over
+    /// qci.Export as it is (in a git work tree, ignored files and .git left
+    /// out), and dom0 runs its .qci.toml's steps; with `-- COMMAND…`, dom0
+    /// runs that command as the one step "command" instead (a generated
+    /// .qci.toml, sent in place of the tree's own and checked by dom0 like
+    /// any; the checkout is not changed, and the tree's artifacts are not
+    /// collected).
+    ///
+    /// The job id is new each run, made from the engine's ids when there are
+    /// some: gh-RUN_ID-RUN_ATTEMPT-JOB-RANDOM (GitHub), gl-CI_JOB_ID-RANDOM
+    /// (GitLab), else run-RANDOM. Statuses go to ~/.qci/status/JOB.jsonl.
+    ///
+    /// dom0's log goes to stdout line by line. With GITHUB_ACTIONS=true each
+    /// step's lines are between `::group::STEP` and `::endgroup::`, and
+    /// workflow commands are stopped while dom0's lines are shown, so that
+    /// nothing the job prints (`::error::`, `::set-output`, …) reaches the
+    /// workflow. Otherwise the lines are as dom0 sends them.
+    ///
+    /// Exit codes: the job's: 0 success, 1 a step failed, 2 bad input,
+    /// 3 CI error.
+    #[command(verbatim_doc_comment)]
+    Run(Box<run::RunArgs>),
     /// The qci.Status service: forward one status event (JSON on stdin).
     Status {
         /// The job id (qrexec passes it as the service argument).
@@ -95,6 +132,7 @@ fn main() -> std::process::ExitCode {
             Ok(job) => start(&job, &manual, &paths),
             Err(e) => fail(ExitCode::BadInput, &e.to_string()),
         },
+        Command::Run(args) => run::run(&args, &paths),
         Command::Status { job } => service_call(job).map_or_else(|e| e, |job| status(&job, &paths)),
         Command::Export { job } => service_call(job).map_or_else(|e| e, |job| export(&job, &paths)),
     };
@@ -190,14 +228,28 @@ fn export(job: &JobId, paths: &Paths) -> ExitCode {
     // instead of the two taking turns 64 KiB at a time. Not a pipe: no matter.
     let _ = nix::fcntl::fcntl(&stdout, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
     let mut out = std::io::BufWriter::with_capacity(64 << 10, stdout);
-    let sent = match source {
-        Some(root) => {
+    // Only `qci-vm run -- COMMAND` writes one, and only for a working tree.
+    let generated = paths.generated_pipeline(job);
+    let generated = generated.exists().then_some(generated);
+    let sent = match (source, generated) {
+        (Some(root), generated) => {
             let list = Paths::source_list(&workspace);
             std::fs::read(&list)
                 .map_err(|e| export::read_error(&list, e))
-                .and_then(|list| export::export_listed(&root, &list, &mut out))
+                .and_then(|list| {
+                    export::export_listed(&root, &list, generated.as_deref(), &mut out)
+                })
         }
-        None => export::export(&workspace, &mut out),
+        (None, None) => export::export(&workspace, &mut out),
+        (None, Some(file)) => {
+            return fail(
+                ExitCode::BadInput,
+                &format!(
+                    "job {job} is no working tree's, yet {} exists: refusing to guess which pipeline to send",
+                    file.display()
+                ),
+            );
+        }
     };
     match sent.and_then(|()| out.flush().map_err(export::ExportError::Finish)) {
         Ok(()) => ExitCode::Success,

@@ -28,6 +28,16 @@ impl Paths {
         self.home.join(job_file_rel(job))
     }
 
+    /// `~/.qci/jobs/JOB.pipeline.toml`: the pipeline `qci-vm run -- COMMAND`
+    /// generated, which `qci.Export` sends as the tree's `.qci.toml`. Kept
+    /// beside the job file, out of the tree: what is under test can neither
+    /// write it nor see it written.
+    pub fn generated_pipeline(&self, job: &JobId) -> PathBuf {
+        self.home
+            .join(".qci/jobs")
+            .join(format!("{job}.pipeline.toml"))
+    }
+
     /// `~/.qci/status/JOB.jsonl`: where a job's default `file` sink appends.
     pub fn status_file(&self, job: &JobId) -> PathBuf {
         self.home.join(status_file_rel(job))
