@@ -108,7 +108,17 @@ pub async fn serve(
         admin_token_hash,
         relay_rate: Arc::default(),
         artifacts: state_dir.join("artifacts"),
+        actions: Arc::default(),
     };
+    if server.actions.is_some() && app.github.app().is_none() {
+        tracing::warn!(
+            "[server.actions] needs App mode ([server.github_app]): a runner's JIT config \
+             is made with an installation token; workflow_job deliveries are ignored"
+        );
+        eprintln!(
+            "qci serve: warning: [server.actions] is ignored in token mode (it needs [server.github_app])"
+        );
+    }
 
     // Said once at start; each such job also ends as `error` saying so.
     let machines = app.executor.versions();
