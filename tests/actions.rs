@@ -304,6 +304,14 @@ fn a_queued_job_starts_a_machine_in_under_a_second_runs_there_and_frees_it() {
     assert!(r.used);
     assert_eq!(host.job(1001).runner, Some((r.name.clone(), r.id)));
     assert_eq!(host.github.refused_runner_tokens(), 0);
+    // The config is single-use: its token takes no second job.
+    let again = reqwest::blocking::get(format!(
+        "{}/_fake/runner/jobs?token={}",
+        host.github.base, r.token
+    ))
+    .unwrap();
+    assert_eq!(again.status().as_u16(), 401);
+    assert_eq!(host.github.refused_runner_tokens(), 1);
     assert!(
         host.github.refused().is_empty(),
         "{:?}",
@@ -478,6 +486,30 @@ fn canceled_unpicked_killed_foreign_and_forged_jobs_end_without_holding_a_machin
     }
     host.wait_off_and_free("emu-42", Duration::from_secs(30));
     assert!(host.job(4003).result.is_none());
+
+    // `completed` naming a runner that still runs (GitHub canceled the
+    // job) powers its machine off and frees it.
+    assert_eq!(
+        host.github
+            .queue_actions_job(4005, "test", &["self-hosted", "qubes-4.2"], &slow, &[]),
+        202
+    );
+    wait_for("the slow step", Duration::from_secs(60), || {
+        ran.exists() && host.job(4005).runner.is_some()
+    });
+    let done = fake_github::workflow_job_payload(&host.job(4005), "completed", Some("cancelled"));
+    assert_eq!(
+        host.github
+            .send_webhook("workflow_job", "cancel-4005", &done),
+        202
+    );
+    host.wait_off_and_free("emu-42", Duration::from_secs(30));
+    assert!(
+        host.outcome("cancel-4005")
+            .contains("powered off and freed"),
+        "{}",
+        host.outcome("cancel-4005")
+    );
 
     // Labels qci does not serve: ignored, no machine.
     let mut other = lone.clone();

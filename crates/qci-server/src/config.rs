@@ -571,6 +571,35 @@ qubes = ["4.2", "4.3"]
     /// `[server.github_app]` instead of `github_token`; both or neither
     /// refused, saying so.
     #[test]
+    fn the_actions_table_has_defaults_and_refuses_what_qci_cannot_do() {
+        let head = "[pool]\nstate_dir = \"/s\"\n[server]\nlisten = \"127.0.0.1:8080\"\n\
+                    public_url = \"https://ci.example.org/\"\nwebhook_secret = { env = \"S\" }\n\
+                    [server.github_app]\napp_id = 1\nprivate_key = { file = \"/k\" }\n";
+        let load = |actions: &str| {
+            let config: HostConfig =
+                toml::from_str(&format!("{head}[server.actions]\n{actions}")).unwrap();
+            config
+                .server
+                .validate()
+                .map(|()| config.server.actions.unwrap())
+        };
+        let a = load("labels = { \"qubes-4.2\" = \"4.2\" }\n").unwrap();
+        assert_eq!(a.runner_group_id, 1);
+        assert_eq!(a.pickup_timeout, Duration::from_secs(300));
+        assert_eq!(a.work_folder, "_work");
+        assert!(a.command.contains("run.sh --jitconfig \"$QCI_JITCONFIG\""));
+        assert_eq!(a.runner_labels("qubes-4.2"), ["self-hosted", "qubes-4.2"]);
+        let refused = |t: &str| load(t).unwrap_err().to_string();
+        assert!(refused("labels = {}\n").contains("labels is empty"));
+        assert!(refused("labels = { q = \"4.2; x\" }\n").contains("bad Qubes version"));
+        assert!(refused("labels = { q = \"4.2\" }\nmin_idle = 1\n").contains("min_idle"));
+        let unknown: Result<HostConfig, _> = toml::from_str(&format!(
+            "{head}[server.actions]\nlabels = {{}}\nlabel = 1\n"
+        ));
+        assert!(unknown.is_err());
+    }
+
+    #[test]
     fn a_host_uses_a_token_or_an_app_not_both() {
         let head = r#"
 [pool]

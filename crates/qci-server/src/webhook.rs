@@ -992,6 +992,82 @@ mod tests {
         serde_json::to_vec(&v).unwrap()
     }
 
+    const QUEUED: &[u8] = include_bytes!("../tests/fixtures/workflow_job-queued.json");
+    const COMPLETED: &[u8] = include_bytes!("../tests/fixtures/workflow_job-completed.json");
+
+    fn with_actions(mut config: ServerConfig) -> ServerConfig {
+        let text = "labels = { \"qubes-4.2\" = \"4.2\" }\nextra_labels = [\"fast\"]\n";
+        config.actions = Some(toml::from_str(text).unwrap());
+        config
+    }
+
+    #[test]
+    fn a_queued_workflow_job_on_a_qubes_label_is_planned_with_its_version() {
+        let config = with_actions(host(Some(12345)));
+        match plan(&config, "workflow_job", QUEUED).unwrap() {
+            Plan::WorkflowJob(job) => {
+                assert_eq!(job.action, JobAction::Queued);
+                assert_eq!(job.job_id, 29679449);
+                assert_eq!(job.qubes, "4.2");
+                assert_eq!(job.label, "qubes-4.2");
+                assert_eq!(job.slug, "freedomofpress/securedrop-workstation");
+                assert_eq!(job.runner_name, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        match plan(&config, "workflow_job", COMPLETED).unwrap() {
+            Plan::WorkflowJob(job) => {
+                assert_eq!(job.action, JobAction::Completed);
+                assert_eq!(job.runner_name.as_deref(), Some("qci-emu-42-1796346000000"));
+                assert_eq!(job.runner_id, Some(101));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The extra label is the runner's too: a job may ask for it.
+        let fast = edited(
+            QUEUED,
+            &[(
+                "workflow_job.labels",
+                serde_json::json!(["self-hosted", "qubes-4.2", "fast"]),
+            )],
+        );
+        assert!(matches!(
+            plan(&config, "workflow_job", &fast).unwrap(),
+            Plan::WorkflowJob(_)
+        ));
+    }
+
+    #[test]
+    fn workflow_jobs_qci_does_not_serve_are_ignored_saying_why() {
+        let why = |config: &ServerConfig, body: &[u8]| match plan(config, "workflow_job", body) {
+            Ok(Plan::Ignore(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        let app = with_actions(host(Some(12345)));
+        let labels = |l: serde_json::Value| edited(QUEUED, &[("workflow_job.labels", l)]);
+        assert!(
+            why(&app, &labels(serde_json::json!(["ubuntu-latest"]))).contains("names no label")
+        );
+        assert!(why(&app, &labels(serde_json::json!(["qubes-4.2"]))).contains("lacks self-hosted"));
+        assert!(
+            why(
+                &app,
+                &labels(serde_json::json!(["self-hosted", "qubes-4.2", "gpu"]))
+            )
+            .contains("\"gpu\"")
+        );
+        assert!(why(&host(Some(12345)), QUEUED).contains("not configured"));
+        assert!(why(&with_actions(host(None)), QUEUED).contains("App mode"));
+        let waiting = edited(QUEUED, &[("action", "waiting".into())]);
+        assert!(why(&app, &waiting).contains("waiting"));
+        let elsewhere = edited(QUEUED, &[("repository.full_name", "someone/else".into())]);
+        assert!(why(&app, &elsewhere).contains("not configured"));
+        let bad = edited(QUEUED, &[("repository.full_name", "../x".into())]);
+        assert!(plan(&app, "workflow_job", &bad).is_err());
+        let no_id = edited(QUEUED, &[("workflow_job.id", "x".into())]);
+        assert!(plan(&app, "workflow_job", &no_id).is_err());
+    }
+
     const COMMENT: &[u8] = include_bytes!("../tests/fixtures/issue_comment-command.json");
     const LABELED: &[u8] = include_bytes!("../tests/fixtures/pull_request-labeled-version.json");
 
