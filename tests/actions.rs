@@ -32,6 +32,7 @@ use support::{qci, wait_for};
 const SECRET: &str = "webhook secret for the actions tests";
 const REPO: &str = "freedomofpress/securedrop-workstation";
 const GROUP: u64 = 3;
+const TOKEN: &str = "ghp_actionsTestsToken0123456789abcdef";
 
 /// One test at a time: each boots machines and times them on 2 cores.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -64,10 +65,19 @@ struct Host {
 impl Host {
     /// `qci serve` in App mode with one machine per `(name, qubes)`.
     fn start(machines: &[(&str, &str)], pickup: &str) -> Self {
+        Self::start_as(machines, pickup, true)
+    }
+
+    /// The same in App mode or, with `app` false, token mode (its stderr piped).
+    fn start_as(machines: &[(&str, &str)], pickup: &str, app: bool) -> Self {
         let area = support::Scratch::new();
         let dir = area.dir.path().to_owned();
         let (key, public) = fake_github::app_key(&dir);
-        let github = FakeGithub::start_app(fake_github::APP_ID, &public, Duration::from_secs(3600));
+        let github = if app {
+            FakeGithub::start_app(fake_github::APP_ID, &public, Duration::from_secs(3600))
+        } else {
+            FakeGithub::start(TOKEN)
+        };
         github.expect_runners(GROUP, &["qci-runner"]);
         // Where the dev VM's user can read them.
         let bin = dir.join("bin");
@@ -81,7 +91,11 @@ impl Host {
         let listener = support::listener();
         let port = listener.local_addr().unwrap().port();
         let base = format!("http://127.0.0.1:{port}");
-        for (name, text) in [("webhook-secret", SECRET), ("admin-token", "op-token")] {
+        for (name, text) in [
+            ("webhook-secret", SECRET),
+            ("admin-token", "op-token"),
+            ("github-token", TOKEN),
+        ] {
             std::fs::write(dir.join(name), text).unwrap();
             std::fs::set_permissions(
                 dir.join(name),
@@ -90,6 +104,15 @@ impl Host {
             .unwrap();
         }
         let d = dir.display();
+        let auth = if app {
+            format!(
+                "[server.github_app]\napp_id = {}\nprivate_key = {{ file = \"{}\" }}\n",
+                fake_github::APP_ID,
+                key.display()
+            )
+        } else {
+            format!("github_token = {{ file = \"{d}/github-token\" }}\n")
+        };
         let mut pool = String::new();
         for (name, qubes) in machines {
             pool.push_str(&format!(
@@ -105,14 +128,12 @@ impl Host {
              github_api_url = \"{}\"\n\
              webhook_secret = {{ file = \"{d}/webhook-secret\" }}\n\
              admin_token = {{ file = \"{d}/admin-token\" }}\njob_timeout = \"5m\"\n\
-             [server.github_app]\napp_id = {}\nprivate_key = {{ file = \"{}\" }}\n\
+             {auth}\
              [server.actions]\nlabels = {{ \"qubes-4.2\" = \"4.2\", \"qubes-4.3\" = \"4.3\" }}\n\
              runner_group_id = {GROUP}\nextra_labels = [\"qci-runner\"]\npickup_timeout = \"{pickup}\"\n\
              command = \"{command}\"\n\
              [[server.repos]]\nslug = \"{REPO}\"\nclone_url = \"{d}/nowhere\"\n",
             github.base,
-            fake_github::APP_ID,
-            key.display()
         );
         std::fs::write(dir.join("host.toml"), config).unwrap();
         // Each machine made once (qci installed, first snapshot) before
@@ -134,6 +155,11 @@ impl Host {
             .arg(dir.join("host.toml"));
         let mut child = support::socket_activated(&serve, &listener)
             .stdout(Stdio::piped())
+            .stderr(if app {
+                Stdio::inherit()
+            } else {
+                Stdio::piped()
+            })
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -157,6 +183,16 @@ impl Host {
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v["power"].as_str().map(str::to_owned))
             .unwrap_or_default()
+    }
+
+    /// The jobs waiting in the pool's FIFO.
+    fn waiting(&self) -> Vec<String> {
+        let db = rusqlite::Connection::open(self.dir.join("state/pool.sqlite")).unwrap();
+        let mut q = db.prepare("SELECT job FROM waiters ORDER BY seq").unwrap();
+        q.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 
     fn leases(&self) -> i64 {
@@ -444,6 +480,7 @@ fn canceled_unpicked_killed_foreign_and_forged_jobs_end_without_holding_a_machin
     wait_for("the cancel's outcome", Duration::from_secs(10), || {
         host.outcome("cancelled-4002").contains("dropped")
     });
+    assert!(host.waiting().is_empty());
     host.wait_off_and_free("emu-42", Duration::from_secs(30));
     let freed_after = started.elapsed();
     println!(
@@ -553,4 +590,28 @@ fn canceled_unpicked_killed_foreign_and_forged_jobs_end_without_holding_a_machin
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(host.power("emu-42"), "off");
     assert_eq!(host.leases(), 0);
+}
+
+#[test]
+fn in_token_mode_the_actions_table_is_said_to_be_ignored_at_start_and_jobs_are() {
+    let _one = serial();
+    let mut host = Host::start_as(&[("emu-42", "4.2")], "60s", false);
+    let queued = fake_github::workflow_job_payload(&lone_job(), "queued", None);
+    assert_eq!(
+        host.github
+            .send_webhook("workflow_job", "token-4001", &queued),
+        200
+    );
+    let outcome = host.outcome("token-4001");
+    assert!(outcome.contains("App mode"), "{outcome}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(host.power("emu-42"), "off");
+    let child = host.child.take().unwrap();
+    support::signal(child.id() as i32, "TERM");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[server.actions] is ignored in token mode"),
+        "{stderr}"
+    );
 }
