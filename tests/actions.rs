@@ -60,6 +60,8 @@ struct Host {
     base: String,
     github: FakeGithub,
     child: Option<Child>,
+    /// App mode, else token mode.
+    app: bool,
 }
 
 impl Host {
@@ -148,14 +150,44 @@ impl Host {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut host = Self {
+            _area: area,
+            dir,
+            base: String::new(),
+            github,
+            child: None,
+            app,
+        };
+        host.spawn();
+        host
+    }
+
+    /// Starts `qci serve` on a new port, GitHub's hook pointing at it.
+    fn spawn(&mut self) {
+        let listener = support::listener();
+        let port = listener.local_addr().unwrap().port();
+        let config = std::fs::read_to_string(self.dir.join("host.toml")).unwrap();
+        let config: String = config
+            .lines()
+            .map(|l| {
+                if l.starts_with("listen = ") {
+                    format!("listen = \"127.0.0.1:{port}\"")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(self.dir.join("host.toml"), config).unwrap();
+        self.base = format!("http://127.0.0.1:{port}");
         let mut serve = qci();
         serve
             .arg("serve")
             .arg("--config")
-            .arg(dir.join("host.toml"));
+            .arg(self.dir.join("host.toml"));
         let mut child = support::socket_activated(&serve, &listener)
             .stdout(Stdio::piped())
-            .stderr(if app {
+            .stderr(if self.app {
                 Stdio::inherit()
             } else {
                 Stdio::piped()
@@ -167,14 +199,15 @@ impl Host {
             .read_line(&mut line)
             .unwrap();
         assert!(line.starts_with("qci serve: listening on"), "{line:?}");
-        github.hook_to(&format!("{base}/webhook"), SECRET);
-        Self {
-            _area: area,
-            dir,
-            base,
-            github,
-            child: Some(child),
-        }
+        self.github
+            .hook_to(&format!("{}/webhook", self.base), SECRET);
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        support::signal(child.id() as i32, "KILL");
+        child.wait().unwrap();
     }
 
     fn power(&self, machine: &str) -> String {
@@ -614,4 +647,27 @@ fn in_token_mode_the_actions_table_is_said_to_be_ignored_at_start_and_jobs_are()
         stderr.contains("[server.actions] is ignored in token mode"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_host_killed_while_a_runner_holds_a_machine_frees_it_when_it_starts_again() {
+    let _one = serial();
+    let mut host = Host::start(&[("emu-42", "4.2")], "60s");
+    let slow = WORKFLOW.replace(
+        "touch \"$HOME/step-ran\"",
+        "touch \"$HOME/step-ran\"; sleep 600",
+    );
+    assert_eq!(
+        host.github
+            .queue_actions_job(5001, "test", &["self-hosted", "qubes-4.2"], &slow, &[]),
+        202
+    );
+    let ran = host.dir.join("emu-42/machine/sd-dev/home/user/step-ran");
+    wait_for("the slow step", Duration::from_secs(60), || ran.exists());
+    host.kill9();
+    assert_eq!(host.power("emu-42"), "on");
+    assert_eq!(host.leases(), 1);
+    host.spawn();
+    host.wait_off_and_free("emu-42", Duration::from_secs(30));
+    println!("the restarted host powered off and freed the runner's machine");
 }
