@@ -669,5 +669,6 @@ fn a_host_killed_while_a_runner_holds_a_machine_frees_it_when_it_starts_again() 
     assert_eq!(host.leases(), 1);
     host.spawn();
     host.wait_off_and_free("emu-42", Duration::from_secs(30));
-    println!("the restarted host powered off and freed the runner's machine");
+    assert!(host.job(5001).result.is_none());
+    println!("the restarted host powered off and freed the dead host's runner machine");
 }

@@ -13,9 +13,10 @@
 //! completes while still waiting for a machine leaves the FIFO: no more
 //! machines start than jobs are queued.
 //!
-//! What is held here is in memory ([`crate::actions_runs`]): a host that
-//! restarts frees the machines its runners held (the pool's reconcile) and
-//! forgets the jobs still waiting; GitHub's own timeout then fails them.
+//! Which runner holds which job is in memory ([`crate::actions_runs`]); a
+//! job waiting for a machine is also on disk (`actions_waiting`) until its
+//! runner starts. A host that restarts frees the machines its runners held
+//! (the pool's reconcile) and queues the waiting jobs again ([`resume`]).
 
 use crate::actions_runs::{ActionsRuns, Completed};
 use crate::app::App;
@@ -78,11 +79,13 @@ pub fn take(app: &App, job: ActionsJob) -> String {
             let Some((key, cancel)) = app.actions.open(job.job_id) else {
                 return format!("ignored: Actions job {} is queued already", job.job_id);
             };
+            remember(app, &job);
             let (app, id) = (app.clone(), job.job_id);
             let started = std::thread::Builder::new()
                 .name(format!("qci-actions-{id}"))
                 .spawn(move || {
                     run_slot(&app, &config, &job, key, &cancel);
+                    forget(&app, job.job_id);
                     app.actions.close(key);
                 });
             match started {
@@ -116,6 +119,72 @@ pub fn take(app: &App, job: ActionsJob) -> String {
             }
         }
     }
+}
+
+/// Keeps a queued job on disk until its runner starts.
+fn remember(app: &App, job: &ActionsJob) {
+    let Ok(plan) = serde_json::to_string(job) else {
+        return;
+    };
+    let id = job.job_id as i64;
+    let written = app.store.write_blocking(move |conn| {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO actions_waiting (job_id, plan, queued_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(rusqlite::params![id, plan, crate::queue::now_ms()])?;
+        Ok(())
+    });
+    if let Err(e) = written {
+        tracing::warn!("Actions job {id}: not kept on disk (a restart would forget it): {e}");
+    }
+}
+
+fn forget(app: &App, job_id: u64) {
+    let id = job_id as i64;
+    let written = app.store.write_blocking(move |conn| {
+        conn.prepare_cached("DELETE FROM actions_waiting WHERE job_id = ?1")?
+            .execute([id])?;
+        Ok(())
+    });
+    if let Err(e) = written {
+        tracing::warn!("Actions job {id}: cannot drop it from actions_waiting: {e}");
+    }
+}
+
+/// At start: the Actions jobs that were waiting for a machine when the
+/// host stopped take their places in the FIFO again, oldest first. One
+/// that GitHub completed meanwhile gets a runner no job reaches, freed
+/// after `pickup_timeout`. Returns how many.
+pub fn resume(app: &App) -> usize {
+    let rows = app.store.read_blocking(|conn| {
+        let mut q = conn.prepare("SELECT plan FROM actions_waiting ORDER BY queued_at, job_id")?;
+        let plans = q
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(plans)
+    });
+    let plans = match rows {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("reading the waiting Actions jobs: {e}");
+            return 0;
+        }
+    };
+    let mut n = 0;
+    for plan in plans {
+        match serde_json::from_str::<ActionsJob>(&plan) {
+            Ok(job) => {
+                let id = job.job_id;
+                tracing::info!(
+                    "Actions job {id}: queued again after a restart: {}",
+                    take(app, job)
+                );
+                n += 1;
+            }
+            Err(e) => tracing::error!("a waiting Actions job cannot be read: {e}"),
+        }
+    }
+    n
 }
 
 /// The pool's id of the lease: one per GitHub job.
@@ -223,6 +292,9 @@ fn on_machine(
         Ok(pid) => pid,
         Err(e) => return end(State::Error, format!("cannot start the runner: {e}")),
     };
+    // From here the job is the runner's: a host that dies now leaves it to
+    // GitHub, and its machine to the pool's reconcile.
+    forget(app, job.job_id);
     tracing::info!(
         "Actions job {}: runner {} (id {}) started on {}",
         job.job_id,

@@ -169,6 +169,14 @@ pub async fn serve(
     for line in freed {
         tracing::warn!("reconciled: {line}");
     }
+    // Once the machines the dead host's runners held are free.
+    let resumer = app.clone();
+    let resumed = tokio::task::spawn_blocking(move || crate::actions::resume(&resumer))
+        .await
+        .unwrap_or_default();
+    if resumed > 0 {
+        tracing::warn!("host restarted: {resumed} GitHub Actions job(s) queued again");
+    }
     for (kind, dest) in [
         (Kind::Github, Some(github)),
         (Kind::Slack, notify(Kind::Slack, slack_url)),
