@@ -650,7 +650,7 @@ fn in_token_mode_the_actions_table_is_said_to_be_ignored_at_start_and_jobs_are()
 }
 
 #[test]
-fn a_host_killed_while_a_runner_holds_a_machine_frees_it_when_it_starts_again() {
+fn a_host_killed_while_a_runner_holds_a_machine_frees_it_and_queues_the_waiting_job_again() {
     let _one = serial();
     let mut host = Host::start(&[("emu-42", "4.2")], "60s");
     let slow = WORKFLOW.replace(
@@ -664,11 +664,27 @@ fn a_host_killed_while_a_runner_holds_a_machine_frees_it_when_it_starts_again() 
     );
     let ran = host.dir.join("emu-42/machine/sd-dev/home/user/step-ran");
     wait_for("the slow step", Duration::from_secs(60), || ran.exists());
+    // A second job waits in the pool's FIFO, and on disk.
+    assert_eq!(
+        host.github
+            .queue_actions_job(5002, "test", &["self-hosted", "qubes-4.2"], WORKFLOW, &[]),
+        202
+    );
+    wait_for(
+        "job 5002 in the pool's FIFO",
+        Duration::from_secs(10),
+        || host.waiting() == ["actions-5002"],
+    );
     host.kill9();
     assert_eq!(host.power("emu-42"), "on");
     assert_eq!(host.leases(), 1);
     host.spawn();
+    // The dead host's runner machine is powered off and freed; the job
+    // that waited is queued again and runs on it.
+    let (conclusion, output) = host.wait_result(5002, Duration::from_secs(120));
+    assert_eq!(conclusion, "success", "{output}");
     host.wait_off_and_free("emu-42", Duration::from_secs(30));
     assert!(host.job(5001).result.is_none());
-    println!("the restarted host powered off and freed the dead host's runner machine");
+    assert_eq!(host.github.jit_runners().len(), 2);
+    println!("the restarted host freed the dead host's runner machine and ran the job that waited");
 }

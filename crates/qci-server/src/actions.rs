@@ -175,10 +175,9 @@ pub fn resume(app: &App) -> usize {
         match serde_json::from_str::<ActionsJob>(&plan) {
             Ok(job) => {
                 let id = job.job_id;
-                tracing::info!(
-                    "Actions job {id}: queued again after a restart: {}",
-                    take(app, job)
-                );
+                // Outside the macro: a disabled level evaluates no argument.
+                let outcome = take(app, job);
+                tracing::info!("Actions job {id}: queued again after a restart: {outcome}");
                 n += 1;
             }
             Err(e) => tracing::error!("a waiting Actions job cannot be read: {e}"),
