@@ -524,6 +524,7 @@ fn bundle_unpacks_verifies_and_its_states_render() {
         [
             "qci.top 644",
             "qci/SHA256SUMS 644",
+            "qci/actions-runner.sls 644",
             "qci/bin/qci-dom0 755",
             "qci/bin/qci-vm 755",
             "qci/defaults.yaml 644",
@@ -896,4 +897,54 @@ fn salt_installed_machine_runs_a_job() {
         "Request refused"
     );
     assert!(!d0.join("var/log/qci/intruder.log").exists());
+}
+
+#[test]
+fn the_actions_runner_is_unpacked_from_the_admins_archive_checked_by_its_sha256() {
+    let Some(salt_call) = salt_call() else { return };
+    let sha = "AB".repeat(32);
+    let runner = |sha: &str| {
+        json!({"qci": {"actions_runner": {
+            "tarball": "salt://qci/actions-runner-linux-x64-2.321.0.tar.gz",
+            "sha256": sha, "user": "nobody", "group": group_of("nobody"),
+        }}})
+    };
+    let pillar = runner(&sha);
+    let minion = Minion::new(&salt_call, &bundle().srv_salt, "sd-dev", &pillar);
+    let states = minion.show_sls("qci.actions-runner");
+    let ids: Vec<&str> = states.keys().map(String::as_str).collect();
+    assert_eq!(ids, ["qci-actions-runner", "qci-actions-runner-dir"]);
+    let unpack = &states["qci-actions-runner"];
+    assert_eq!(unpack.function, "archive.extracted");
+    assert_eq!(unpack.str("name"), "/home/user/actions-runner");
+    assert_eq!(
+        unpack.str("source"),
+        "salt://qci/actions-runner-linux-x64-2.321.0.tar.gz"
+    );
+    assert_eq!(
+        unpack.str("source_hash"),
+        format!("sha256={}", sha.to_lowercase())
+    );
+    assert_eq!(unpack.str("user"), "nobody");
+    // The dev VM gets it from the top file only when a tarball is set.
+    assert_eq!(
+        render_top(&salt_call, &pillar)["base"]["sd-dev"],
+        json!(["qci.dev-vm", "qci.actions-runner"])
+    );
+
+    // No archive, or one without a checkable SHA-256: refused before
+    // anything is installed.
+    for (pillar, why) in [
+        (runner(""), "qci:actions_runner:sha256 must be"),
+        (runner("abc"), "qci:actions_runner:sha256 must be"),
+        (
+            json!({"qci": {"actions_runner": {"tarball": "https://example.org/r.tgz", "sha256": sha}}}),
+            "salt:// path or an absolute path",
+        ),
+    ] {
+        let minion = Minion::new(&salt_call, &bundle().srv_salt, "sd-dev", &pillar);
+        let out = minion.call(&["state.show_sls", "qci.actions-runner"]);
+        assert_ne!(out.code, Some(0), "{out:#?}");
+        assert!(render_errors(&out.data).contains(why), "{out:#?}");
+    }
 }

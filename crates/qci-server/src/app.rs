@@ -1,6 +1,7 @@
 //! The host's shared state: what every request handler and background
 //! task holds. It depends on no handler; the handlers depend on it.
 
+use crate::actions_runs::ActionsRuns;
 use crate::config::ServerConfig;
 use crate::credentials::Credentials;
 use crate::executor::Executor;
@@ -29,6 +30,8 @@ pub struct App {
     pub relay_rate: Arc<RateLimit>,
     /// Where the pool leaves each job's files (`STATE/artifacts/JOB/`).
     pub artifacts: PathBuf,
+    /// The GitHub Actions jobs a machine is waited for or runs a runner.
+    pub actions: Arc<ActionsRuns>,
 }
 
 impl App {

@@ -87,6 +87,95 @@ pub struct ServerConfig {
     pub repos: Vec<RepoConfig>,
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// `[server.actions]`: GitHub Actions jobs whose `runs-on` names one of
+    /// its labels get a fresh machine and a single-use runner (App mode
+    /// only: the runner's JIT config needs an installation token).
+    #[serde(default)]
+    pub actions: Option<ActionsConfig>,
+}
+
+/// `[server.actions]`: which `runs-on` labels qci serves, and how the
+/// runner it starts in the dev VM is registered and started.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionsConfig {
+    /// A `runs-on` label to the Qubes version whose machine runs the job,
+    /// e.g. `{ "qubes-4.2" = "4.2" }`. A job must also ask for
+    /// `self-hosted`, as GitHub requires of every self-hosted runner.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The runner group the runners join (1: the repository's default).
+    #[serde(default = "default_runner_group")]
+    pub runner_group_id: u64,
+    /// Labels every runner gets besides `self-hosted` and the job's Qubes label.
+    #[serde(default)]
+    pub extra_labels: Vec<String>,
+    /// A runner no job reached this long after its machine booted is
+    /// powered off and freed: GitHub may have given the job to another runner.
+    #[serde(default = "default_pickup_timeout", with = "duration")]
+    pub pickup_timeout: Duration,
+    /// The runner's work folder, relative to its install directory.
+    #[serde(default = "default_work_folder")]
+    pub work_folder: String,
+    /// The command that starts the runner in the dev VM, run by `sh -c`
+    /// from `$HOME` with the encoded JIT config in `$QCI_JITCONFIG` (kept
+    /// out of the command line qci logs). The default is the runner that
+    /// Salt installs (`qci.actions-runner`).
+    #[serde(default = "default_runner_command")]
+    pub command: String,
+    /// Machines kept booted with a runner waiting: only 0 is supported
+    /// (every machine starts for one queued job and is reverted after it).
+    #[serde(default)]
+    pub min_idle: u32,
+}
+
+impl ActionsConfig {
+    /// The Qubes version a job's `runs-on` labels ask for, if qci serves
+    /// them: `self-hosted` and exactly one configured label, and no label
+    /// the runner would not have (GitHub would never give it the job).
+    pub fn version_for(&self, labels: &[String]) -> Result<&str, String> {
+        let mut versions = labels.iter().filter_map(|l| self.labels.get_key_value(l));
+        let Some((label, version)) = versions.next() else {
+            return Err(format!(
+                "runs-on {labels:?} names no label of [server.actions]"
+            ));
+        };
+        if versions.next().is_some() {
+            return Err(format!("runs-on {labels:?} names two Qubes labels"));
+        }
+        if !labels.iter().any(|l| l.eq_ignore_ascii_case("self-hosted")) {
+            return Err(format!("runs-on {labels:?} lacks self-hosted"));
+        }
+        let runner = self.runner_labels(label);
+        if let Some(other) = labels
+            .iter()
+            .find(|l| !runner.iter().any(|r| r.eq_ignore_ascii_case(l)))
+        {
+            return Err(format!(
+                "runs-on label {other:?} is not one qci's runners have"
+            ));
+        }
+        Ok(version)
+    }
+
+    /// The labels a runner for `label` registers with.
+    pub fn runner_labels(&self, label: &str) -> Vec<String> {
+        let mut labels = vec!["self-hosted".to_owned(), label.to_owned()];
+        labels.extend(self.extra_labels.iter().cloned());
+        labels
+    }
+}
+
+fn default_runner_group() -> u64 {
+    1
+}
+fn default_pickup_timeout() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+fn default_work_folder() -> String {
+    "_work".into()
+}
+fn default_runner_command() -> String {
+    "cd ~/actions-runner && exec ./run.sh --jitconfig \"$QCI_JITCONFIG\"".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -272,6 +361,21 @@ impl ServerConfig {
         }
         if self.approve_label.trim().is_empty() || self.approve_comment.trim().is_empty() {
             return bad("server: approve_label and approve_comment must not be empty".into());
+        }
+        if let Some(actions) = &self.actions {
+            if actions.labels.is_empty() {
+                return bad("server.actions: labels is empty".into());
+            }
+            for (label, v) in &actions.labels {
+                if !qci_core::pipeline::valid_qubes_version(v) {
+                    return bad(format!(
+                        "server.actions: label {label:?}: bad Qubes version {v:?}"
+                    ));
+                }
+            }
+            if actions.min_idle != 0 {
+                return bad("server.actions: min_idle other than 0 is not supported yet".into());
+            }
         }
         for repo in &self.repos {
             if !qci_core::job_file::valid_slug(&repo.slug) {
@@ -466,6 +570,35 @@ qubes = ["4.2", "4.3"]
 
     /// `[server.github_app]` instead of `github_token`; both or neither
     /// refused, saying so.
+    #[test]
+    fn the_actions_table_has_defaults_and_refuses_what_qci_cannot_do() {
+        let head = "[pool]\nstate_dir = \"/s\"\n[server]\nlisten = \"127.0.0.1:8080\"\n\
+                    public_url = \"https://ci.example.org/\"\nwebhook_secret = { env = \"S\" }\n\
+                    [server.github_app]\napp_id = 1\nprivate_key = { file = \"/k\" }\n";
+        let load = |actions: &str| {
+            let config: HostConfig =
+                toml::from_str(&format!("{head}[server.actions]\n{actions}")).unwrap();
+            config
+                .server
+                .validate()
+                .map(|()| config.server.actions.unwrap())
+        };
+        let a = load("labels = { \"qubes-4.2\" = \"4.2\" }\n").unwrap();
+        assert_eq!(a.runner_group_id, 1);
+        assert_eq!(a.pickup_timeout, Duration::from_secs(300));
+        assert_eq!(a.work_folder, "_work");
+        assert!(a.command.contains("run.sh --jitconfig \"$QCI_JITCONFIG\""));
+        assert_eq!(a.runner_labels("qubes-4.2"), ["self-hosted", "qubes-4.2"]);
+        let refused = |t: &str| load(t).unwrap_err().to_string();
+        assert!(refused("labels = {}\n").contains("labels is empty"));
+        assert!(refused("labels = { q = \"4.2; x\" }\n").contains("bad Qubes version"));
+        assert!(refused("labels = { q = \"4.2\" }\nmin_idle = 1\n").contains("min_idle"));
+        let unknown: Result<HostConfig, _> = toml::from_str(&format!(
+            "{head}[server.actions]\nlabels = {{}}\nlabel = 1\n"
+        ));
+        assert!(unknown.is_err());
+    }
+
     #[test]
     fn a_host_uses_a_token_or_an_app_not_both() {
         let head = r#"

@@ -2,7 +2,38 @@
 //! in production. The seam exists so the server's own tests can script what
 //! a machine does without booting one.
 
-use qci_pool::{FinalStatus, JobEvents, JobOutcome, JobRequest, MachineReport, Pool, PoolError};
+use qci_core::{JobId, State};
+use qci_pool::backend::Backend;
+use qci_pool::guest::{GuestPid, sh_quote};
+use qci_pool::{
+    Dom0, FinalStatus, JobEvents, JobOutcome, JobRequest, MachineReport, Pool, PoolError, Ready,
+    Silent, Target,
+};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+/// A booted machine lent to another engine's job (a GitHub Actions
+/// runner): it runs commands in the machine's dev VM through the guest
+/// channel. The lender powers it off and frees it once the engine's work
+/// returns, whatever that work did.
+pub trait EngineMachine {
+    /// The pool's name of the machine.
+    fn name(&self) -> &str;
+    /// Starts `command` (`sh -c`, from `$HOME`) in the dev VM, with
+    /// `secret` in its environment as `$QCI_JITCONFIG`: the secret goes in
+    /// a file only the dev VM's user reads, removed once read, never on a
+    /// command line. Its output goes to `.qci/engine/NAME.out` in the dev VM.
+    fn start(&self, name: &str, command: &str, secret: &str) -> Result<i64, String>;
+    /// The started command's exit code, once it has ended.
+    fn exited(&self, pid: i64) -> Result<Option<i32>, String>;
+}
+
+/// How an engine's work on a lent machine ended: what the machine's run
+/// records (`qci pool`'s last run).
+pub struct EngineEnd {
+    pub state: State,
+    pub description: String,
+}
 
 /// Why a job never started on a machine (nothing ran; no status was posted
 /// by the machine).
@@ -54,6 +85,89 @@ pub trait Executor: Send + Sync + 'static {
     fn leased(&self, _qubes: &str) -> Result<usize, PoolError> {
         Ok(0)
     }
+    /// Waits in the pool's FIFO for a machine of Qubes `qubes` (the same
+    /// queue and leases as every job, whichever engine asked), reverts and
+    /// boots it, hands it to `work`, then powers it off and frees it.
+    /// `Err` when no machine was lent (canceled while waiting, no such
+    /// version, the pool failed); `work` then never ran.
+    fn lend(
+        &self,
+        _job: &JobId,
+        _qubes: &str,
+        _cancel: &AtomicBool,
+        _timeout: Duration,
+        _work: &mut dyn FnMut(&dyn EngineMachine) -> EngineEnd,
+    ) -> Result<EngineEnd, NotStarted> {
+        Err(NotStarted::Refused("this executor lends no machine".into()))
+    }
+}
+
+/// A machine of the pool, booted and leased, as [`EngineMachine`].
+struct Lent<'a> {
+    pool: &'a Pool,
+    machine: &'a qci_pool::config::MachineConfig,
+    backend: &'a Backend,
+}
+
+impl Lent<'_> {
+    fn dom0(&self) -> Dom0<'_> {
+        Dom0 {
+            guest: self.backend.guest.as_ref(),
+            dev_vm: &self.machine.dev_vm,
+            tmp_dir: &self.backend.tmp_dir,
+            log_dir: &self.backend.log_dir,
+            timeout: self.pool.config().call_timeout,
+        }
+    }
+}
+
+impl EngineMachine for Lent<'_> {
+    fn name(&self) -> &str {
+        &self.machine.name
+    }
+
+    fn start(&self, name: &str, command: &str, secret: &str) -> Result<i64, String> {
+        let dir = ".qci/engine";
+        let secret_file = format!("{dir}/{name}.secret");
+        // Readable by the dev VM's user only; gone once the command read it.
+        self.dom0()
+            .dev_vm(
+                &format!(
+                    "umask 077 && mkdir -p {d} && cat > {f}",
+                    d = sh_quote(dir),
+                    f = sh_quote(&secret_file)
+                ),
+                Some(secret.as_bytes()),
+                &format!("{name}.secret"),
+            )
+            .map_err(|e| e.to_string())?;
+        let script = format!(
+            "cd && QCI_JITCONFIG=$(cat {f}) && rm -f {f} && export QCI_JITCONFIG && {command}",
+            f = sh_quote(&secret_file)
+        );
+        let inner = format!(
+            "cd && exec sh -c {} > {} 2>&1",
+            sh_quote(&script),
+            sh_quote(&format!("{dir}/{name}.out"))
+        );
+        let start = format!(
+            "exec qvm-run --pass-io --no-gui {} {} < /dev/null > /dev/null 2>&1",
+            sh_quote(&self.machine.dev_vm),
+            sh_quote(&inner),
+        );
+        self.backend
+            .guest
+            .start(&["sh".into(), "-c".into(), start])
+            .map(|p| p.0)
+            .map_err(|e| e.to_string())
+    }
+
+    fn exited(&self, pid: i64) -> Result<Option<i32>, String> {
+        self.backend
+            .guest
+            .exit_code(GuestPid(pid))
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl Executor for Pool {
@@ -98,6 +212,38 @@ impl Executor for Pool {
 
     fn report(&self) -> Result<Vec<MachineReport>, PoolError> {
         Pool::report(self)
+    }
+
+    fn lend(
+        &self,
+        job: &JobId,
+        qubes: &str,
+        cancel: &AtomicBool,
+        timeout: Duration,
+        work: &mut dyn FnMut(&dyn EngineMachine) -> EngineEnd,
+    ) -> Result<EngineEnd, NotStarted> {
+        let target = Target::Qubes(qubes.to_owned());
+        let booted = match self.lease_booted(job, &target, cancel, timeout, &Silent)? {
+            Ready::Booted(b) => b,
+            Ready::GaveUp { machine, why } => {
+                return Err(NotStarted::Failed(format!("{machine}: {why}")));
+            }
+        };
+        let _ = self.store().run_started(job, &booted.machine.name);
+        let end = work(&Lent {
+            pool: self,
+            machine: &booted.machine,
+            backend: &booted.backend,
+        });
+        let row = self.lease_of(job).map_err(NotStarted::from)?;
+        if let Some(row) = row {
+            // A hypervisor that fails here leaves the lease to the next
+            // reconcile, which powers the machine off and reverts it.
+            if let Err(e) = self.end_lease(&row, Some((end.state, &end.description))) {
+                tracing::error!("job {job}: cannot free {}: {e}", row.machine);
+            }
+        }
+        Ok(end)
     }
 
     fn leased(&self, qubes: &str) -> Result<usize, PoolError> {

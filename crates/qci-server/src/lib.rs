@@ -17,10 +17,13 @@
 //! - [`credentials`]: a personal token or the App, as the config chooses
 //! - [`dispatch`]: runs jobs on the machine pool ([`executor`]); [`running`]: the runs in flight
 //! - [`state_lock`]: one server per state dir; [`connections`]: what a client can hold
+//! - [`actions`]: GitHub Actions jobs on fresh machines; [`actions_runs`]: the ones held
 //! - [`logs`]: published logs; [`pages`]: the monitor and job pages
 
 #![forbid(unsafe_code)]
 
+pub mod actions;
+pub mod actions_runs;
 pub mod api;
 pub mod app;
 pub mod check_run;

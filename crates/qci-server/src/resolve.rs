@@ -313,6 +313,9 @@ fn prepare(
         },
         Plan::Close { slug, pr } => Action::Close { slug, pr },
         Plan::Rerun { slug, job, sha, by } => Action::Rerun { slug, job, sha, by },
+        // Carried out on its own threads: a machine's boot must not hold
+        // up the triggers behind it.
+        Plan::WorkflowJob(job) => Action::Done(crate::actions::take(app, job)),
         Plan::Asked {
             slug,
             pr,

@@ -108,7 +108,17 @@ pub async fn serve(
         admin_token_hash,
         relay_rate: Arc::default(),
         artifacts: state_dir.join("artifacts"),
+        actions: Arc::default(),
     };
+    if server.actions.is_some() && app.github.app().is_none() {
+        tracing::warn!(
+            "[server.actions] needs App mode ([server.github_app]): a runner's JIT config \
+             is made with an installation token; workflow_job deliveries are ignored"
+        );
+        eprintln!(
+            "qci serve: warning: [server.actions] is ignored in token mode (it needs [server.github_app])"
+        );
+    }
 
     // Said once at start; each such job also ends as `error` saying so.
     let machines = app.executor.versions();
@@ -158,6 +168,14 @@ pub async fn serve(
         .unwrap_or_default();
     for line in freed {
         tracing::warn!("reconciled: {line}");
+    }
+    // Once the machines the dead host's runners held are free.
+    let resumer = app.clone();
+    let resumed = tokio::task::spawn_blocking(move || crate::actions::resume(&resumer))
+        .await
+        .unwrap_or_default();
+    if resumed > 0 {
+        tracing::warn!("host restarted: {resumed} GitHub Actions job(s) queued again");
     }
     for (kind, dest) in [
         (Kind::Github, Some(github)),

@@ -268,6 +268,10 @@ pub enum Plan {
     },
     /// A pull request was closed: its jobs that have not started are dropped.
     Close { slug: String, pr: u64 },
+    /// A GitHub Actions job on a label of `[server.actions]`: queued (a
+    /// machine and a runner start for it), picked up or completed (its
+    /// machine, or its place in the pool's queue, ends).
+    WorkflowJob(ActionsJob),
     /// GitHub's Re-run of one check run: the job it names (its
     /// `external_id`) runs again as a new job, if it is one of ours, of
     /// `slug`, on `sha`; whether it is can only be told from the database.
@@ -307,6 +311,115 @@ pub enum Ask {
     Retry,
     /// Its head's queued and running jobs are canceled.
     Cancel,
+}
+
+/// What `workflow_job` says happened to an Actions job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobAction {
+    Queued,
+    InProgress,
+    Completed,
+}
+
+/// One Actions job, as a `workflow_job` delivery names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionsJob {
+    pub action: JobAction,
+    pub slug: String,
+    /// GitHub's job id (`workflow_job.id`).
+    pub job_id: u64,
+    pub run_id: u64,
+    pub name: String,
+    /// The Qubes version its labels ask for.
+    pub qubes: String,
+    /// The `[server.actions]` label that picked the version.
+    pub label: String,
+    /// The runner GitHub gave it to (`in_progress`, `completed`).
+    pub runner_name: Option<String>,
+    pub runner_id: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct WorkflowJobEvent {
+    action: String,
+    workflow_job: WorkflowJobBody,
+    repository: NamedRepository,
+}
+
+#[derive(Deserialize)]
+struct NamedRepository {
+    full_name: String,
+}
+
+#[derive(Deserialize)]
+struct WorkflowJobBody {
+    id: u64,
+    #[serde(default)]
+    run_id: u64,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    runner_id: Option<u64>,
+    #[serde(default)]
+    runner_name: Option<String>,
+}
+
+/// `workflow_job`: only jobs on a label of `[server.actions]`, in App mode,
+/// of a configured repository; `waiting` and other actions change nothing.
+fn plan_workflow_job(config: &ServerConfig, ev: WorkflowJobEvent) -> Result<Plan, PayloadError> {
+    let slug = ev.repository.full_name;
+    if !valid_slug(&slug) {
+        return Err(PayloadError::BadField("repository.full_name"));
+    }
+    let Some(actions) = &config.actions else {
+        return ignore("workflow_job: [server.actions] is not configured");
+    };
+    if config.github_app.is_none() {
+        return ignore("workflow_job: Actions runners need App mode ([server.github_app])");
+    }
+    if config.repo(&slug).is_none() {
+        return ignore(format!("repository {slug} is not configured"));
+    }
+    let job = ev.workflow_job;
+    let action = match ev.action.as_str() {
+        "queued" => JobAction::Queued,
+        "in_progress" => JobAction::InProgress,
+        "completed" => JobAction::Completed,
+        other => {
+            return ignore(format!(
+                "workflow_job action {:?}",
+                other.chars().take(32).collect::<String>()
+            ));
+        }
+    };
+    let qubes = match actions.version_for(&job.labels) {
+        Ok(v) => v.to_owned(),
+        Err(why) => return ignore(format!("workflow_job {}: {why}", job.id)),
+    };
+    let label = job
+        .labels
+        .iter()
+        .find(|l| actions.labels.contains_key(*l))
+        .cloned()
+        .unwrap_or_default();
+    // A runner's name is ours to match only if it is one qci could have made.
+    let runner_name = job.runner_name.filter(|n| {
+        !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    Ok(Plan::WorkflowJob(ActionsJob {
+        action,
+        slug,
+        job_id: job.id,
+        run_id: job.run_id,
+        name: job.name.chars().take(200).collect(),
+        qubes,
+        label,
+        runner_name,
+        runner_id: job.runner_id,
+    }))
 }
 
 fn json<'a, T: Deserialize<'a>>(event: &str, body: &'a [u8]) -> Result<T, PayloadError> {
@@ -350,6 +463,7 @@ pub fn plan(config: &ServerConfig, event: &str, body: &[u8]) -> Result<Plan, Pay
         "issue_comment" => plan_comment(config, json(event, body)?),
         "check_run" => plan_check_run(config, json(event, body)?),
         "check_suite" => plan_check_suite(config, json(event, body)?),
+        "workflow_job" => plan_workflow_job(config, json(event, body)?),
         other => Err(PayloadError::UnknownEvent(other.chars().take(64).collect())),
     }
 }
@@ -876,6 +990,82 @@ mod tests {
             *at = value.clone();
         }
         serde_json::to_vec(&v).unwrap()
+    }
+
+    const QUEUED: &[u8] = include_bytes!("../tests/fixtures/workflow_job-queued.json");
+    const COMPLETED: &[u8] = include_bytes!("../tests/fixtures/workflow_job-completed.json");
+
+    fn with_actions(mut config: ServerConfig) -> ServerConfig {
+        let text = "labels = { \"qubes-4.2\" = \"4.2\" }\nextra_labels = [\"fast\"]\n";
+        config.actions = Some(toml::from_str(text).unwrap());
+        config
+    }
+
+    #[test]
+    fn a_queued_workflow_job_on_a_qubes_label_is_planned_with_its_version() {
+        let config = with_actions(host(Some(12345)));
+        match plan(&config, "workflow_job", QUEUED).unwrap() {
+            Plan::WorkflowJob(job) => {
+                assert_eq!(job.action, JobAction::Queued);
+                assert_eq!(job.job_id, 29679449);
+                assert_eq!(job.qubes, "4.2");
+                assert_eq!(job.label, "qubes-4.2");
+                assert_eq!(job.slug, "freedomofpress/securedrop-workstation");
+                assert_eq!(job.runner_name, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        match plan(&config, "workflow_job", COMPLETED).unwrap() {
+            Plan::WorkflowJob(job) => {
+                assert_eq!(job.action, JobAction::Completed);
+                assert_eq!(job.runner_name.as_deref(), Some("qci-emu-42-1796346000000"));
+                assert_eq!(job.runner_id, Some(101));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The extra label is the runner's too: a job may ask for it.
+        let fast = edited(
+            QUEUED,
+            &[(
+                "workflow_job.labels",
+                serde_json::json!(["self-hosted", "qubes-4.2", "fast"]),
+            )],
+        );
+        assert!(matches!(
+            plan(&config, "workflow_job", &fast).unwrap(),
+            Plan::WorkflowJob(_)
+        ));
+    }
+
+    #[test]
+    fn workflow_jobs_qci_does_not_serve_are_ignored_saying_why() {
+        let why = |config: &ServerConfig, body: &[u8]| match plan(config, "workflow_job", body) {
+            Ok(Plan::Ignore(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        let app = with_actions(host(Some(12345)));
+        let labels = |l: serde_json::Value| edited(QUEUED, &[("workflow_job.labels", l)]);
+        assert!(
+            why(&app, &labels(serde_json::json!(["ubuntu-latest"]))).contains("names no label")
+        );
+        assert!(why(&app, &labels(serde_json::json!(["qubes-4.2"]))).contains("lacks self-hosted"));
+        assert!(
+            why(
+                &app,
+                &labels(serde_json::json!(["self-hosted", "qubes-4.2", "gpu"]))
+            )
+            .contains("\"gpu\"")
+        );
+        assert!(why(&host(Some(12345)), QUEUED).contains("not configured"));
+        assert!(why(&with_actions(host(None)), QUEUED).contains("App mode"));
+        let waiting = edited(QUEUED, &[("action", "waiting".into())]);
+        assert!(why(&app, &waiting).contains("waiting"));
+        let elsewhere = edited(QUEUED, &[("repository.full_name", "someone/else".into())]);
+        assert!(why(&app, &elsewhere).contains("not configured"));
+        let bad = edited(QUEUED, &[("repository.full_name", "../x".into())]);
+        assert!(plan(&app, "workflow_job", &bad).is_err());
+        let no_id = edited(QUEUED, &[("workflow_job.id", "x".into())]);
+        assert!(plan(&app, "workflow_job", &no_id).is_err());
     }
 
     const COMMENT: &[u8] = include_bytes!("../tests/fixtures/issue_comment-command.json");

@@ -55,6 +55,10 @@ pub fn apply(
         Plan::Approve { slug, pr, .. } => format!("accepted: approval of {slug}#{pr}"),
         Plan::Close { slug, pr } => format!("accepted: closing of {slug}#{pr}"),
         Plan::Rerun { slug, job, .. } => format!("accepted: re-run of {job} of {slug}"),
+        Plan::WorkflowJob(j) => format!(
+            "accepted: Actions job {} of {} {:?} on Qubes {}",
+            j.job_id, j.slug, j.action, j.qubes
+        ),
     };
     let inserted = conn
         .prepare_cached(

@@ -145,6 +145,17 @@ CREATE TABLE artifacts (
 /// later message of the job updates that check run instead of making one.
 const CHECK_RUN_ID: &str = "ALTER TABLE jobs ADD COLUMN check_run_id INTEGER;";
 
+/// Migration 6: GitHub Actions jobs queued for a machine and not yet on a
+/// runner, so that a host that restarts takes them up again (GitHub would
+/// otherwise hold them queued until its own timeout).
+const ACTIONS_WAITING: &str = "
+CREATE TABLE actions_waiting (
+    job_id    INTEGER PRIMARY KEY,  -- GitHub's workflow_job id
+    plan      TEXT NOT NULL,        -- JSON of webhook::ActionsJob
+    queued_at INTEGER NOT NULL
+);
+";
+
 /// Every migration, oldest first. Append only: a database records how
 /// many it has run.
 pub fn migrations() -> Migrations<'static> {
@@ -155,6 +166,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(MACHINE_COLUMNS).comment("jobs: the machine and snapshot a job ran on"),
         M::up(RESULTS).comment("test results and artifacts"),
         M::up(CHECK_RUN_ID).comment("jobs: the id of the job's GitHub check run"),
+        M::up(ACTIONS_WAITING).comment("GitHub Actions jobs waiting for a machine"),
     ])
 }
 
@@ -281,7 +293,7 @@ mod tests {
             let version: i64 = store
                 .read_blocking(|conn| Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?))
                 .unwrap();
-            assert_eq!(version as usize, 5);
+            assert_eq!(version as usize, 6);
         }
     }
 
@@ -300,7 +312,7 @@ mod tests {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 5);
+        assert_eq!(version, 6);
     }
 
     #[test]
@@ -332,7 +344,7 @@ mod tests {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 5);
+        assert_eq!(version, 6);
     }
 
     #[test]

@@ -62,6 +62,8 @@ struct Shared {
     files: Mutex<HashMap<(String, String), String>>,
     /// Each contents request that passed the checks: `(OWNER/REPO, SHA)`.
     reads: Mutex<Vec<(String, String)>>,
+    /// GitHub Actions: queued jobs, the runners registered, what they did.
+    actions: Mutex<FakeActions>,
 }
 
 pub struct FakeGithub {
@@ -544,6 +546,31 @@ async fn route(
         (&Method::POST, ["repos", owner, repo, "issues", "comments", id, "reactions"]) => {
             reaction(&shared, &headers, &format!("{owner}/{repo}"), id, &body)
         }
+        // GitHub Actions: just-in-time runners, and the stand-in runner's
+        // side of the runner protocol (`/_fake/runner/...`).
+        (
+            &Method::POST,
+            [
+                "repos",
+                owner,
+                repo,
+                "actions",
+                "runners",
+                "generate-jitconfig",
+            ],
+        ) => generate_jitconfig(&shared, &headers, &format!("{owner}/{repo}"), &body),
+        (&Method::DELETE, ["repos", _, _, "actions", "runners", id]) => {
+            match check_headers(&shared, &headers) {
+                Ok(()) => {
+                    let id = id.parse::<u64>().unwrap_or(0);
+                    shared.actions.lock().unwrap().removed.push(id);
+                    (StatusCode::NO_CONTENT, String::new())
+                }
+                Err(refused) => refused,
+            }
+        }
+        (&Method::GET, ["_fake", "runner", "jobs"]) => runner_takes_job(&shared, &uri),
+        (&Method::POST, ["_fake", "runner", "result"]) => runner_reports(&shared, &body),
         _ => refuse(
             &shared,
             StatusCode::NOT_FOUND,
@@ -1249,5 +1276,366 @@ impl FakeGithub {
     /// The reactions posted: `(OWNER/REPO, COMMENT, CONTENT)`.
     pub fn reactions(&self) -> Vec<(String, u64, String)> {
         people(&self.shared).reactions.lock().unwrap().clone()
+    }
+}
+
+/// One Actions job the fake holds: queued until a runner takes it.
+#[derive(Debug, Clone)]
+pub struct ActionsJob {
+    pub id: u64,
+    pub repo: String,
+    /// The job's key in the workflow (what `act -j` names).
+    pub name: String,
+    pub labels: Vec<String>,
+    /// The workflow's YAML.
+    pub workflow: String,
+    /// The matrix entry this job is (`key:value`, as `act --matrix` takes it).
+    pub matrix: Vec<String>,
+    /// The runner that took it, and its id.
+    pub runner: Option<(String, u64)>,
+    /// What the runner reported: `success` or `failure`, and its output.
+    pub result: Option<(String, String)>,
+    pub cancelled: bool,
+}
+
+/// A runner registered with `generate-jitconfig`.
+#[derive(Debug, Clone)]
+pub struct JitRunner {
+    pub id: u64,
+    pub name: String,
+    pub repo: String,
+    pub labels: Vec<String>,
+    pub runner_group_id: u64,
+    pub work_folder: String,
+    /// The one-time token its encoded config carries.
+    pub token: String,
+    /// The token was used to take a job: a second use is refused.
+    pub used: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeActions {
+    pub jobs: Vec<ActionsJob>,
+    pub runners: Vec<JitRunner>,
+    /// Runner ids removed with `DELETE .../actions/runners/ID`.
+    pub removed: Vec<u64>,
+    /// The runner group every `generate-jitconfig` must name.
+    pub runner_group_id: u64,
+    /// The labels every runner must have, besides its job's.
+    pub required_labels: Vec<String>,
+    /// Uses of a spent or unknown one-time token.
+    pub refused_tokens: usize,
+    /// The repository queued jobs are of (empty: the tests' usual one).
+    pub repo: String,
+}
+
+/// A `workflow_job` payload as GitHub documents it, with the installation.
+pub fn workflow_job_payload(job: &ActionsJob, action: &str, conclusion: Option<&str>) -> Vec<u8> {
+    let (runner_name, runner_id) = match &job.runner {
+        Some((n, id)) => (Value::from(n.clone()), Value::from(*id)),
+        None => (Value::Null, Value::Null),
+    };
+    let status = match action {
+        "in_progress" => "in_progress",
+        "completed" => "completed",
+        _ => "queued",
+    };
+    serde_json::to_vec(&serde_json::json!({
+        "action": action,
+        "workflow_job": {
+            "id": job.id,
+            "run_id": 9_000_000 + job.id,
+            "workflow_name": "CI",
+            "head_branch": "main",
+            "run_url": format!("https://api.github.com/repos/{}/actions/runs/{}", job.repo, 9_000_000 + job.id),
+            "run_attempt": 1,
+            "node_id": "CR_kwDOAAAAAM8AAAAB",
+            "head_sha": "f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3",
+            "url": format!("https://api.github.com/repos/{}/actions/jobs/{}", job.repo, job.id),
+            "html_url": format!("https://github.com/{}/actions/runs/{}/job/{}", job.repo, 9_000_000 + job.id, job.id),
+            "status": status,
+            "conclusion": conclusion,
+            "created_at": "2026-12-04T01:00:00Z",
+            "started_at": "2026-12-04T01:00:01Z",
+            "completed_at": if action == "completed" { Value::from("2026-12-04T01:00:09Z") } else { Value::Null },
+            "name": job.name,
+            "steps": [],
+            "check_run_url": format!("https://api.github.com/repos/{}/check-runs/{}", job.repo, job.id),
+            "labels": job.labels,
+            "runner_id": runner_id,
+            "runner_name": runner_name,
+            "runner_group_id": if job.runner.is_some() { Value::from(1) } else { Value::Null },
+            "runner_group_name": if job.runner.is_some() { Value::from("Default") } else { Value::Null },
+        },
+        "repository": {
+            "id": 1,
+            "name": job.repo.split('/').nth(1).unwrap_or_default(),
+            "full_name": job.repo,
+            "private": false,
+            "clone_url": format!("https://github.com/{}.git", job.repo),
+        },
+        "sender": {"login": "octocat", "id": 1, "type": "User"},
+        "installation": {"id": INSTALLATION, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uNDI="},
+    }))
+    .unwrap()
+}
+
+fn generate_jitconfig(
+    shared: &Shared,
+    headers: &HeaderMap,
+    repo: &str,
+    body: &str,
+) -> (StatusCode, String) {
+    if let Err(refused) = check_headers(shared, headers) {
+        return refused;
+    }
+    let Ok(v) = serde_json::from_str::<Value>(body) else {
+        return refuse(
+            shared,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "body is not JSON".into(),
+        );
+    };
+    let name = v["name"].as_str().unwrap_or_default().to_owned();
+    let group = v["runner_group_id"].as_u64();
+    let labels: Vec<String> = v["labels"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let work_folder = v["work_folder"].as_str().unwrap_or_default().to_owned();
+    let mut actions = shared.actions.lock().unwrap();
+    let expected_group = actions.runner_group_id.max(1);
+    let why = if name.is_empty() || name.len() > 64 {
+        Some(format!("bad runner name {name:?}"))
+    } else if group != Some(expected_group) {
+        Some(format!("runner_group_id {group:?}, not {expected_group}"))
+    } else if !labels.iter().any(|l| l == "self-hosted") {
+        Some(format!("labels {labels:?} lack self-hosted"))
+    } else if let Some(missing) = actions.required_labels.iter().find(|l| !labels.contains(l)) {
+        Some(format!("labels {labels:?} lack {missing}"))
+    } else if work_folder.is_empty() {
+        Some("no work_folder".into())
+    } else if actions.runners.iter().any(|r| r.name == name) {
+        Some(format!("a runner named {name} exists already"))
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        drop(actions);
+        return refuse(shared, StatusCode::UNPROCESSABLE_ENTITY, why);
+    }
+    let id = 100 + actions.runners.len() as u64;
+    let token: String = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(id);
+        format!("jit-{id}-{:016x}", h.finish())
+    };
+    actions.runners.push(JitRunner {
+        id,
+        name: name.clone(),
+        repo: repo.to_owned(),
+        labels: labels.clone(),
+        runner_group_id: expected_group,
+        work_folder,
+        token: token.clone(),
+        used: false,
+    });
+    let config = serde_json::json!({"url": shared.base, "runner_name": name, "token": token});
+    let encoded = base64::engine::general_purpose::STANDARD.encode(config.to_string());
+    let reply = serde_json::json!({
+        "runner": {"id": id, "name": name, "os": "unknown", "status": "offline", "busy": false,
+                   "labels": labels.iter().map(|l| serde_json::json!({"name": l, "type": "custom"})).collect::<Vec<_>>()},
+        "encoded_jit_config": encoded,
+    });
+    (StatusCode::CREATED, reply.to_string())
+}
+
+fn query_param(uri: &Uri, key: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.to_owned())
+    })
+}
+
+/// Delivers a `workflow_job` webhook on its own thread, if a hook is set:
+/// as GitHub does, after it has answered the runner.
+fn deliver_job_event(
+    shared: &Arc<Shared>,
+    job: &ActionsJob,
+    action: &str,
+    conclusion: Option<&str>,
+) {
+    if shared.hook.lock().unwrap().is_none() {
+        return;
+    }
+    let body = workflow_job_payload(job, action, conclusion);
+    let guid = format!("fake-{action}-{}", job.id);
+    let shared = shared.clone();
+    let event = "workflow_job".to_owned();
+    std::thread::spawn(move || deliver(&shared, &event, &guid, &body, false));
+}
+
+/// `GET /_fake/runner/jobs?token=T`: the runner's one job, the oldest
+/// queued one its labels fit; 204 while there is none. The token is spent
+/// once a job is taken.
+fn runner_takes_job(shared: &Arc<Shared>, uri: &Uri) -> (StatusCode, String) {
+    let token = query_param(uri, "token").unwrap_or_default();
+    let mut actions = shared.actions.lock().unwrap();
+    let Some(r) = actions.runners.iter().position(|r| r.token == token) else {
+        actions.refused_tokens += 1;
+        return (StatusCode::UNAUTHORIZED, "unknown runner token".into());
+    };
+    if actions.runners[r].used {
+        actions.refused_tokens += 1;
+        return (
+            StatusCode::UNAUTHORIZED,
+            "the one-time token was used".into(),
+        );
+    }
+    let runner = actions.runners[r].clone();
+    let Some(j) = actions.jobs.iter().position(|j| {
+        j.runner.is_none()
+            && !j.cancelled
+            && j.repo == runner.repo
+            && j.labels
+                .iter()
+                .all(|l| runner.labels.iter().any(|rl| rl.eq_ignore_ascii_case(l)))
+    }) else {
+        return (StatusCode::NO_CONTENT, String::new());
+    };
+    actions.runners[r].used = true;
+    actions.jobs[j].runner = Some((runner.name.clone(), runner.id));
+    let job = actions.jobs[j].clone();
+    drop(actions);
+    deliver_job_event(shared, &job, "in_progress", None);
+    let reply = serde_json::json!({
+        "job_id": job.id, "name": job.name, "workflow": job.workflow, "matrix": job.matrix,
+        "labels": job.labels,
+    });
+    (StatusCode::OK, reply.to_string())
+}
+
+/// `POST /_fake/runner/result` `{job_id, token, conclusion, output}`.
+fn runner_reports(shared: &Arc<Shared>, body: &str) -> (StatusCode, String) {
+    let Ok(v) = serde_json::from_str::<Value>(body) else {
+        return (StatusCode::BAD_REQUEST, "not JSON".into());
+    };
+    let token = v["token"].as_str().unwrap_or_default();
+    let mut actions = shared.actions.lock().unwrap();
+    let Some(runner) = actions
+        .runners
+        .iter()
+        .find(|r| r.token == token && r.used)
+        .cloned()
+    else {
+        return (StatusCode::UNAUTHORIZED, "unknown runner token".into());
+    };
+    let conclusion = match v["conclusion"].as_str() {
+        Some("success") => "success",
+        _ => "failure",
+    };
+    let output = v["output"].as_str().unwrap_or_default().to_owned();
+    let Some(job) = actions
+        .jobs
+        .iter_mut()
+        .find(|j| j.runner.as_ref().is_some_and(|(n, _)| *n == runner.name))
+    else {
+        return (StatusCode::NOT_FOUND, "the runner took no job".into());
+    };
+    job.result = Some((conclusion.to_owned(), output));
+    let job = job.clone();
+    drop(actions);
+    deliver_job_event(shared, &job, "completed", Some(conclusion));
+    (StatusCode::OK, "{}".into())
+}
+
+impl FakeGithub {
+    /// The runner group and labels every `generate-jitconfig` must name.
+    pub fn expect_runners(&self, runner_group_id: u64, labels: &[&str]) {
+        let mut a = self.shared.actions.lock().unwrap();
+        a.runner_group_id = runner_group_id;
+        a.required_labels = labels.iter().map(|l| (*l).to_owned()).collect();
+    }
+
+    /// Queues an Actions job and, when a hook is set, delivers its
+    /// `queued` webhook; returns qci's answer (0 without a hook).
+    pub fn queue_actions_job(
+        &self,
+        id: u64,
+        name: &str,
+        labels: &[&str],
+        workflow: &str,
+        matrix: &[&str],
+    ) -> u16 {
+        let job = ActionsJob {
+            id,
+            repo: self.actions_repo(),
+            name: name.to_owned(),
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+            workflow: workflow.to_owned(),
+            matrix: matrix.iter().map(|m| (*m).to_owned()).collect(),
+            runner: None,
+            result: None,
+            cancelled: false,
+        };
+        self.shared.actions.lock().unwrap().jobs.push(job.clone());
+        if self.shared.hook.lock().unwrap().is_none() {
+            return 0;
+        }
+        deliver(
+            &self.shared,
+            "workflow_job",
+            &format!("fake-queued-{id}"),
+            &workflow_job_payload(&job, "queued", None),
+            false,
+        )
+    }
+
+    /// Cancels a job no runner took: GitHub sends `completed`, `cancelled`.
+    pub fn cancel_actions_job(&self, id: u64) -> u16 {
+        let job = {
+            let mut a = self.shared.actions.lock().unwrap();
+            let job = a.jobs.iter_mut().find(|j| j.id == id).unwrap();
+            job.cancelled = true;
+            job.clone()
+        };
+        deliver(
+            &self.shared,
+            "workflow_job",
+            &format!("fake-cancelled-{id}"),
+            &workflow_job_payload(&job, "completed", Some("cancelled")),
+            false,
+        )
+    }
+
+    /// Which repository the Actions jobs are of.
+    fn actions_repo(&self) -> String {
+        let a = self.shared.actions.lock().unwrap();
+        if a.repo.is_empty() {
+            "freedomofpress/securedrop-workstation".into()
+        } else {
+            a.repo.clone()
+        }
+    }
+
+    pub fn actions_jobs(&self) -> Vec<ActionsJob> {
+        self.shared.actions.lock().unwrap().jobs.clone()
+    }
+
+    pub fn jit_runners(&self) -> Vec<JitRunner> {
+        self.shared.actions.lock().unwrap().runners.clone()
+    }
+
+    pub fn removed_runners(&self) -> Vec<u64> {
+        self.shared.actions.lock().unwrap().removed.clone()
+    }
+
+    pub fn refused_runner_tokens(&self) -> usize {
+        self.shared.actions.lock().unwrap().refused_tokens
     }
 }

@@ -1,0 +1,180 @@
+//! The Actions jobs qci holds a place or a machine for, in memory: what a
+//! later `workflow_job` delivery (picked up, completed) is matched against.
+//! It imports no handler, so [`crate::app::App`] can hold it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One queued Actions job qci starts a machine and a runner for.
+#[derive(Debug)]
+pub struct Slot {
+    /// The GitHub job it stands for: the job it was queued for, or, once
+    /// its runner took another job, that one ([`ActionsRuns::picked_up`]).
+    pub for_job: u64,
+    /// Set when the job ends before a runner took it: waiting in the
+    /// pool's FIFO, it leaves; booted, its runner is not started.
+    pub cancel: Arc<AtomicBool>,
+    /// Its runner's name, once registered with GitHub.
+    pub runner: Option<String>,
+    /// A job reached its runner (`in_progress` named it).
+    pub picked: bool,
+    /// The runner's job ended (`completed` named it).
+    pub completed: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct ActionsRuns {
+    slots: Mutex<Vec<(u64, Slot)>>,
+    next: Mutex<u64>,
+}
+
+/// What a slot's watcher reads each time it looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub canceled: bool,
+    pub picked: bool,
+    pub completed: bool,
+}
+
+impl ActionsRuns {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Slot)>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new slot for GitHub job `job`, unless one stands for it already
+    /// (a redelivery under a new GUID): its key and cancel flag.
+    pub fn open(&self, job: u64) -> Option<(u64, Arc<AtomicBool>)> {
+        let mut slots = self.slots();
+        if slots.iter().any(|(_, s)| s.for_job == job) {
+            return None;
+        }
+        let key = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            *next += 1;
+            *next
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        slots.push((
+            key,
+            Slot {
+                for_job: job,
+                cancel: cancel.clone(),
+                runner: None,
+                picked: false,
+                completed: false,
+            },
+        ));
+        Some((key, cancel))
+    }
+
+    pub fn close(&self, key: u64) {
+        self.slots().retain(|(k, _)| *k != key);
+    }
+
+    pub fn set_runner(&self, key: u64, name: &str) {
+        if let Some((_, s)) = self.slots().iter_mut().find(|(k, _)| *k == key) {
+            s.runner = Some(name.to_owned());
+        }
+    }
+
+    pub fn seen(&self, key: u64) -> Seen {
+        self.slots().iter().find(|(k, _)| *k == key).map_or(
+            Seen {
+                canceled: true,
+                picked: false,
+                completed: false,
+            },
+            |(_, s)| Seen {
+                canceled: s.cancel.load(Ordering::SeqCst),
+                picked: s.picked,
+                completed: s.completed,
+            },
+        )
+    }
+
+    /// `in_progress`: runner `runner` took job `job`. GitHub gives a
+    /// queued job to any idle runner whose labels fit, so the runner
+    /// started for job A may take job B: its slot then stands for B, and
+    /// B's slot, if it still waits, for A, which still needs a runner.
+    /// `false` when the runner is none of qci's.
+    pub fn picked_up(&self, job: u64, runner: &str) -> bool {
+        let mut slots = self.slots();
+        let Some(i) = slots
+            .iter()
+            .position(|(_, s)| s.runner.as_deref() == Some(runner))
+        else {
+            return false;
+        };
+        let was = slots[i].1.for_job;
+        if was != job
+            && let Some((_, other)) = slots
+                .iter_mut()
+                .find(|(_, s)| s.for_job == job && !s.picked)
+        {
+            other.for_job = was;
+        }
+        let slot = &mut slots[i].1;
+        slot.for_job = job;
+        slot.picked = true;
+        true
+    }
+
+    /// `completed`: job `job` ended, on runner `runner` if it reached one.
+    /// Its runner's slot ends its machine; a slot that still stands for it
+    /// without a runner job is canceled (it leaves the queue). What it did.
+    pub fn completed(&self, job: u64, runner: Option<&str>) -> Completed {
+        let mut slots = self.slots();
+        if let Some(r) = runner
+            && let Some((_, s)) = slots
+                .iter_mut()
+                .find(|(_, s)| s.runner.as_deref() == Some(r))
+        {
+            s.completed = true;
+            return Completed::Ended;
+        }
+        match slots
+            .iter_mut()
+            .find(|(_, s)| s.for_job == job && !s.picked)
+        {
+            Some((_, s)) => {
+                s.cancel.store(true, Ordering::SeqCst);
+                Completed::Dropped
+            }
+            None => Completed::Unknown,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completed {
+    /// Its runner's machine is powered off and freed.
+    Ended,
+    /// It never reached a runner of qci's: its place is given up.
+    Dropped,
+    /// qci held nothing for it.
+    Unknown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runner_that_takes_another_job_swaps_the_slots() {
+        let runs = ActionsRuns::default();
+        let (a, _) = runs.open(1).unwrap();
+        let (b, b_cancel) = runs.open(2).unwrap();
+        assert!(runs.open(1).is_none(), "a redelivery opens no second slot");
+        runs.set_runner(a, "r-a");
+        assert!(runs.picked_up(2, "r-a"));
+        assert!(!runs.picked_up(2, "someone-else"));
+        // Job 1 still needs a runner: slot b stands for it now.
+        assert_eq!(runs.completed(1, None), Completed::Dropped);
+        assert!(b_cancel.load(Ordering::SeqCst));
+        assert_eq!(runs.completed(2, Some("r-a")), Completed::Ended);
+        assert!(runs.seen(a).completed);
+        runs.close(a);
+        runs.close(b);
+        assert_eq!(runs.completed(3, None), Completed::Unknown);
+    }
+}

@@ -1,0 +1,693 @@
+//! GitHub Actions jobs on Qubes machines, end to end: the real `qci serve`
+//! in App mode, emulated machines of the pool's `local` backend, a fake
+//! GitHub that registers just-in-time runners and hands them jobs, and a
+//! stand-in runner (`tests/actions_support/runner.py`) that qci starts in
+//! the dev VM as it starts the real one; it runs its job's workflow with
+//! `act` on the dev VM's shell.
+//!
+//! What the stand-in replaces: GitHub's runner binary and its protocol
+//! with GitHub (registration by JIT config, job assignment, logs). What
+//! runs for real: the webhook's signature and dedup, the pool's FIFO and
+//! leases, revert and boot, `generate-jitconfig` with the installation
+//! token, the runner started in the dev VM through the guest channel, and
+//! the machine powered off and freed.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, its setup too"
+)]
+
+#[path = "../crates/qci-server/tests/support/fake_github.rs"]
+mod fake_github;
+mod support;
+
+use fake_github::FakeGithub;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use support::{qci, wait_for};
+
+const SECRET: &str = "webhook secret for the actions tests";
+const REPO: &str = "freedomofpress/securedrop-workstation";
+const GROUP: u64 = 3;
+const TOKEN: &str = "ghp_actionsTestsToken0123456789abcdef";
+
+/// One test at a time: each boots machines and times them on 2 cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// `act`, from `scripts/setup-act` (which installs it once, cached).
+fn act() -> PathBuf {
+    if let Ok(p) = std::env::var("QCI_ACT") {
+        return PathBuf::from(p);
+    }
+    let out =
+        std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-act"))
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "setup-act: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+struct Host {
+    _area: support::Scratch,
+    dir: PathBuf,
+    base: String,
+    github: FakeGithub,
+    child: Option<Child>,
+    /// App mode, else token mode.
+    app: bool,
+}
+
+impl Host {
+    /// `qci serve` in App mode with one machine per `(name, qubes)`.
+    fn start(machines: &[(&str, &str)], pickup: &str) -> Self {
+        Self::start_as(machines, pickup, true)
+    }
+
+    /// The same in App mode or, with `app` false, token mode (its stderr piped).
+    fn start_as(machines: &[(&str, &str)], pickup: &str, app: bool) -> Self {
+        let area = support::Scratch::new();
+        let dir = area.dir.path().to_owned();
+        let (key, public) = fake_github::app_key(&dir);
+        let github = if app {
+            FakeGithub::start_app(fake_github::APP_ID, &public, Duration::from_secs(3600))
+        } else {
+            FakeGithub::start(TOKEN)
+        };
+        github.expect_runners(GROUP, &["qci-runner"]);
+        // Where the dev VM's user can read them.
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy(act(), bin.join("act")).unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/actions_support/runner.py"),
+            bin.join("runner.py"),
+        )
+        .unwrap();
+        let listener = support::listener();
+        let port = listener.local_addr().unwrap().port();
+        let base = format!("http://127.0.0.1:{port}");
+        for (name, text) in [
+            ("webhook-secret", SECRET),
+            ("admin-token", "op-token"),
+            ("github-token", TOKEN),
+        ] {
+            std::fs::write(dir.join(name), text).unwrap();
+            std::fs::set_permissions(
+                dir.join(name),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap();
+        }
+        let d = dir.display();
+        let auth = if app {
+            format!(
+                "[server.github_app]\napp_id = {}\nprivate_key = {{ file = \"{}\" }}\n",
+                fake_github::APP_ID,
+                key.display()
+            )
+        } else {
+            format!("github_token = {{ file = \"{d}/github-token\" }}\n")
+        };
+        let mut pool = String::new();
+        for (name, qubes) in machines {
+            pool.push_str(&format!(
+                "[[pool.machines]]\nname = \"{name}\"\nqubes = \"{qubes}\"\nbackend = \"local\"\npath = \"{d}/{name}\"\n"
+            ));
+        }
+        let command = format!(
+            "exec /usr/bin/python3 {d}/bin/runner.py --jitconfig \\\"$QCI_JITCONFIG\\\" --act {d}/bin/act"
+        );
+        let config = format!(
+            "[pool]\nstate_dir = \"{d}/state\"\nhost_id = \"e2e\"\nboot_timeout = \"2m\"\n{pool}\
+             [server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n\
+             github_api_url = \"{}\"\n\
+             webhook_secret = {{ file = \"{d}/webhook-secret\" }}\n\
+             admin_token = {{ file = \"{d}/admin-token\" }}\njob_timeout = \"5m\"\n\
+             {auth}\
+             [server.actions]\nlabels = {{ \"qubes-4.2\" = \"4.2\", \"qubes-4.3\" = \"4.3\" }}\n\
+             runner_group_id = {GROUP}\nextra_labels = [\"qci-runner\"]\npickup_timeout = \"{pickup}\"\n\
+             command = \"{command}\"\n\
+             [[server.repos]]\nslug = \"{REPO}\"\nclone_url = \"{d}/nowhere\"\n",
+            github.base,
+        );
+        std::fs::write(dir.join("host.toml"), config).unwrap();
+        // Each machine made once (qci installed, first snapshot) before
+        // anything is timed: what a host's machines are before jobs come.
+        let out = qci()
+            .args(["pool", "--config"])
+            .arg(dir.join("host.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut host = Self {
+            _area: area,
+            dir,
+            base: String::new(),
+            github,
+            child: None,
+            app,
+        };
+        host.spawn();
+        host
+    }
+
+    /// Starts `qci serve` on a new port, GitHub's hook pointing at it.
+    fn spawn(&mut self) {
+        let listener = support::listener();
+        let port = listener.local_addr().unwrap().port();
+        let config = std::fs::read_to_string(self.dir.join("host.toml")).unwrap();
+        let config: String = config
+            .lines()
+            .map(|l| {
+                if l.starts_with("listen = ") {
+                    format!("listen = \"127.0.0.1:{port}\"")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(self.dir.join("host.toml"), config).unwrap();
+        self.base = format!("http://127.0.0.1:{port}");
+        let mut serve = qci();
+        serve
+            .arg("serve")
+            .arg("--config")
+            .arg(self.dir.join("host.toml"));
+        let mut child = support::socket_activated(&serve, &listener)
+            .stdout(Stdio::piped())
+            .stderr(if self.app {
+                Stdio::inherit()
+            } else {
+                Stdio::piped()
+            })
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("qci serve: listening on"), "{line:?}");
+        self.github
+            .hook_to(&format!("{}/webhook", self.base), SECRET);
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        support::signal(child.id() as i32, "KILL");
+        child.wait().unwrap();
+    }
+
+    fn power(&self, machine: &str) -> String {
+        std::fs::read_to_string(self.dir.join(machine).join("control.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["power"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// The jobs waiting in the pool's FIFO.
+    fn waiting(&self) -> Vec<String> {
+        let db = rusqlite::Connection::open(self.dir.join("state/pool.sqlite")).unwrap();
+        let mut q = db.prepare("SELECT job FROM waiters ORDER BY seq").unwrap();
+        q.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    fn leases(&self) -> i64 {
+        rusqlite::Connection::open(self.dir.join("state/pool.sqlite"))
+            .unwrap()
+            .query_row("SELECT count(*) FROM leases", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// The machine powered off and its lease gone.
+    fn wait_off_and_free(&self, machine: &str, within: Duration) {
+        wait_for(&format!("{machine} off and free"), within, || {
+            self.power(machine) == "off" && self.leases() == 0
+        });
+    }
+
+    /// Polls the machine's power until it is on: when it started.
+    fn wait_on(&self, machine: &str, within: Duration) -> Instant {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.power(machine) == "on" {
+                return Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("{machine} never started");
+    }
+
+    fn job(&self, id: u64) -> fake_github::ActionsJob {
+        self.github
+            .actions_jobs()
+            .into_iter()
+            .find(|j| j.id == id)
+            .unwrap()
+    }
+
+    fn wait_result(&self, id: u64, within: Duration) -> (String, String) {
+        wait_for(&format!("job {id}'s result"), within, || {
+            self.job(id).result.is_some()
+        });
+        self.job(id).result.unwrap()
+    }
+
+    fn server_counts(&self) -> (i64, i64) {
+        let db = rusqlite::Connection::open(self.dir.join("state/server.sqlite")).unwrap();
+        let n = |t: &str| -> i64 {
+            db.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        (n("deliveries"), n("triggers"))
+    }
+
+    fn outcome(&self, delivery: &str) -> String {
+        let db = rusqlite::Connection::open(self.dir.join("state/server.sqlite")).unwrap();
+        db.query_row(
+            "SELECT outcome FROM deliveries WHERE id = ?1",
+            [delivery],
+            |r| r.get(0),
+        )
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            support::signal(child.id() as i32, "TERM");
+            let _ = child.wait();
+        }
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let machine = entry.path().join("machine");
+            if machine.is_dir() {
+                qci_core::process::kill_marked("QCI_EMU_MACHINE", &machine.to_string_lossy());
+            }
+        }
+    }
+}
+
+/// A workflow whose one job runs in the dev VM: it prints where it runs
+/// (the dev VM's home) inside a `::group::`.
+const WORKFLOW: &str = r#"on: push
+jobs:
+  test:
+    runs-on: [self-hosted, qubes-4.2]
+    steps:
+      - run: |
+          echo "::group::where"
+          echo "step ran as $(id -un) in HOME=$HOME"
+          echo "::endgroup::"
+          touch "$HOME/step-ran"
+"#;
+
+const MATRIX: &str = r#"on: push
+jobs:
+  test:
+    strategy:
+      matrix:
+        qubes: ["4.2", "4.3"]
+    runs-on: [self-hosted, "qubes-${{ matrix.qubes }}"]
+    steps:
+      - run: echo "matrix qubes=${{ matrix.qubes }} HOME=$HOME"
+"#;
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[test]
+fn a_queued_job_starts_a_machine_in_under_a_second_runs_there_and_frees_it() {
+    let _one = serial();
+    let host = Host::start(&[("emu-42", "4.2")], "60s");
+    assert_eq!(host.power("emu-42"), "off");
+    let sent = Instant::now();
+    let code =
+        host.github
+            .queue_actions_job(1001, "test", &["self-hosted", "qubes-4.2"], WORKFLOW, &[]);
+    assert_eq!(code, 202);
+    let on = host.wait_on("emu-42", Duration::from_secs(10));
+    let took = on - sent;
+    println!("webhook to machine start: {:.3}s", took.as_secs_f64());
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    let (conclusion, output) = host.wait_result(1001, Duration::from_secs(120));
+    println!("the stand-in's act output:\n{output}");
+    assert_eq!(conclusion, "success", "{output}");
+    assert!(
+        output.contains("::group::where") || output.contains("where"),
+        "{output}"
+    );
+    assert!(
+        output.contains("/emu-42/machine/sd-dev/home/user"),
+        "the step ran in the dev VM: {output}"
+    );
+    host.wait_off_and_free("emu-42", Duration::from_secs(30));
+
+    // What GitHub saw: one runner, in the configured group, with the job's
+    // label, the extra one and self-hosted; it took job 1001; its one-time
+    // token was used once.
+    let runners = host.github.jit_runners();
+    assert_eq!(runners.len(), 1, "{runners:?}");
+    let r = &runners[0];
+    assert_eq!(r.runner_group_id, GROUP);
+    assert_eq!(r.labels, ["self-hosted", "qubes-4.2", "qci-runner"]);
+    assert_eq!(r.work_folder, "_work");
+    assert!(r.used);
+    assert_eq!(host.job(1001).runner, Some((r.name.clone(), r.id)));
+    assert_eq!(host.github.refused_runner_tokens(), 0);
+    // The config is single-use: its token takes no second job.
+    let again = reqwest::blocking::get(format!(
+        "{}/_fake/runner/jobs?token={}",
+        host.github.base, r.token
+    ))
+    .unwrap();
+    assert_eq!(again.status().as_u16(), 401);
+    assert_eq!(host.github.refused_runner_tokens(), 1);
+    assert!(
+        host.github.refused().is_empty(),
+        "{:?}",
+        host.github.refused()
+    );
+    // The in_progress and completed deliveries matched the runner.
+    assert!(
+        host.outcome("fake-in_progress-1001")
+            .contains("picked up by runner"),
+        "{}",
+        host.outcome("fake-in_progress-1001")
+    );
+    // No credential of the host's ever entered the machine: only the
+    // single-use JIT config did, and it was removed once read.
+    let leftovers = std::process::Command::new("grep")
+        .args(["-rl", "jit-"])
+        .arg(host.dir.join("emu-42/machine"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&leftovers.stdout), "");
+}
+
+#[test]
+fn a_matrix_job_runs_each_version_on_its_own_machine() {
+    let _one = serial();
+    let host = Host::start(&[("emu-42", "4.2"), ("emu-43", "4.3")], "60s");
+    for (id, v) in [(2042, "4.2"), (2043, "4.3")] {
+        let label = format!("qubes-{v}");
+        let matrix = format!("qubes:{v}");
+        let code =
+            host.github
+                .queue_actions_job(id, "test", &["self-hosted", &label], MATRIX, &[&matrix]);
+        assert_eq!(code, 202);
+    }
+    for (id, v, machine) in [(2042, "4.2", "emu-42"), (2043, "4.3", "emu-43")] {
+        let (conclusion, output) = host.wait_result(id, Duration::from_secs(120));
+        assert_eq!(conclusion, "success", "{output}");
+        assert!(output.contains(&format!("matrix qubes={v}")), "{output}");
+        assert!(
+            output.contains(&format!("/{machine}/machine/sd-dev/home/user")),
+            "{v} ran on {machine}: {output}"
+        );
+        println!("job {id}: Qubes {v} ran on {machine}");
+    }
+    host.wait_off_and_free("emu-42", Duration::from_secs(30));
+    host.wait_off_and_free("emu-43", Duration::from_secs(30));
+}
+
+#[test]
+fn a_second_job_starts_within_a_second_of_the_first_freeing_the_machine() {
+    let _one = serial();
+    let host = Host::start(&[("emu-42", "4.2")], "60s");
+    for id in [3001, 3002] {
+        let code =
+            host.github
+                .queue_actions_job(id, "test", &["self-hosted", "qubes-4.2"], WORKFLOW, &[]);
+        assert_eq!(code, 202);
+    }
+    host.wait_result(3001, Duration::from_secs(120));
+    // Off (freed) after the first, then on again for the second.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let freed = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the first job's machine never freed"
+        );
+        if host.power("emu-42") == "off" {
+            break Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let on = host.wait_on("emu-42", Duration::from_secs(10));
+    let gap = on - freed;
+    println!("first freed to second started: {:.3}s", gap.as_secs_f64());
+    assert!(gap < Duration::from_secs(1), "{gap:?}");
+    let (conclusion, output) = host.wait_result(3002, Duration::from_secs(120));
+    assert_eq!(conclusion, "success", "{output}");
+    host.wait_off_and_free("emu-42", Duration::from_secs(30));
+    assert_eq!(host.github.jit_runners().len(), 2);
+}
+
+/// A job GitHub has but hands to no runner of the fake's.
+fn lone_job() -> fake_github::ActionsJob {
+    fake_github::ActionsJob {
+        id: 4001,
+        repo: REPO.into(),
+        name: "test".into(),
+        labels: vec!["self-hosted".into(), "qubes-4.2".into()],
+        workflow: String::new(),
+        matrix: vec![],
+        runner: None,
+        result: None,
+        cancelled: false,
+    }
+}
+
+#[test]
+fn canceled_unpicked_killed_foreign_and_forged_jobs_end_without_holding_a_machine() {
+    let _one = serial();
+    let host = Host::start(&[("emu-42", "4.2")], "3s");
+
+    // A runner no job reaches (GitHub gave the job elsewhere: here the
+    // fake holds no job for it) frees its machine after pickup_timeout.
+    let lone = fake_github::workflow_job_payload(&lone_job(), "queued", None);
+    let started = Instant::now();
+    assert_eq!(
+        host.github.send_webhook("workflow_job", "lone-4001", &lone),
+        202
+    );
+    host.wait_on("emu-42", Duration::from_secs(10));
+    // While that machine is busy a second job waits in the pool's FIFO
+    // (GitHub has it only in this delivery, so the lone runner cannot
+    // take it); it is canceled there and never starts a machine.
+    let waiting = fake_github::ActionsJob {
+        id: 4002,
+        ..lone_job()
+    };
+    let queued = fake_github::workflow_job_payload(&waiting, "queued", None);
+    assert_eq!(
+        host.github
+            .send_webhook("workflow_job", "queued-4002", &queued),
+        202
+    );
+    let cancelled = fake_github::workflow_job_payload(&waiting, "completed", Some("cancelled"));
+    assert_eq!(
+        host.github
+            .send_webhook("workflow_job", "cancelled-4002", &cancelled),
+        202
+    );
+    wait_for("the cancel's outcome", Duration::from_secs(10), || {
+        host.outcome("cancelled-4002").contains("dropped")
+    });
+    // It leaves the pool's FIFO at its waiter's next look at the flag.
+    wait_for("job 4002 to leave the FIFO", Duration::from_secs(5), || {
+        host.waiting().is_empty()
+    });
+    host.wait_off_and_free("emu-42", Duration::from_secs(30));
+    let freed_after = started.elapsed();
+    println!(
+        "unpicked runner freed its machine after {:.1}s (pickup_timeout 3s)",
+        freed_after.as_secs_f64()
+    );
+    assert!(freed_after >= Duration::from_secs(3));
+    // Give a dropped job time to have started a machine, were it to.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(host.power("emu-42"), "off");
+    assert_eq!(
+        host.github.jit_runners().len(),
+        1,
+        "only the lone job's runner"
+    );
+    assert_eq!(
+        host.github.removed_runners(),
+        [host.github.jit_runners()[0].id]
+    );
+
+    // A runner killed mid-job frees its machine.
+    let slow = WORKFLOW.replace(
+        "touch \"$HOME/step-ran\"",
+        "touch \"$HOME/step-ran\"; sleep 600",
+    );
+    assert_eq!(
+        host.github
+            .queue_actions_job(4003, "test", &["self-hosted", "qubes-4.2"], &slow, &[]),
+        202
+    );
+    let ran = host.dir.join("emu-42/machine/sd-dev/home/user/step-ran");
+    wait_for("the slow step", Duration::from_secs(60), || ran.exists());
+    let machine = host.dir.join("emu-42/machine");
+    let runners = support::processes(&format!("QCI_EMU_MACHINE={}", machine.display()), |argv| {
+        argv.iter().any(|a| a.ends_with("runner.py"))
+    });
+    assert!(!runners.is_empty());
+    for pid in runners {
+        support::signal(pid, "KILL");
+    }
+    host.wait_off_and_free("emu-42", Duration::from_secs(30));
+    assert!(host.job(4003).result.is_none());
+
+    // `completed` naming a runner that still runs (GitHub canceled the
+    // job) powers its machine off and frees it.
+    assert_eq!(
+        host.github
+            .queue_actions_job(4005, "test", &["self-hosted", "qubes-4.2"], &slow, &[]),
+        202
+    );
+    wait_for("the slow step", Duration::from_secs(60), || {
+        ran.exists() && host.job(4005).runner.is_some()
+    });
+    let done = fake_github::workflow_job_payload(&host.job(4005), "completed", Some("cancelled"));
+    assert_eq!(
+        host.github
+            .send_webhook("workflow_job", "cancel-4005", &done),
+        202
+    );
+    host.wait_off_and_free("emu-42", Duration::from_secs(30));
+    assert!(
+        host.outcome("cancel-4005")
+            .contains("powered off and freed"),
+        "{}",
+        host.outcome("cancel-4005")
+    );
+
+    // Labels qci does not serve: ignored, no machine.
+    let mut other = lone.clone();
+    other = String::from_utf8(other)
+        .unwrap()
+        .replace("qubes-4.2", "ubuntu-latest")
+        .replace("4001", "4004")
+        .into_bytes();
+    assert_eq!(
+        host.github
+            .send_webhook("workflow_job", "other-4004", &other),
+        200
+    );
+    assert!(
+        host.outcome("other-4004").starts_with("ignored:"),
+        "{}",
+        host.outcome("other-4004")
+    );
+
+    // A forged one: 401, nothing written.
+    let before = host.server_counts();
+    let forged = reqwest::blocking::Client::new()
+        .post(format!("{}/webhook", host.base))
+        .header("X-GitHub-Event", "workflow_job")
+        .header("X-GitHub-Delivery", "forged-1")
+        .header(
+            "X-Hub-Signature-256",
+            qci_server::webhook::sign(b"not the secret", &lone),
+        )
+        .header("content-type", "application/json")
+        .body(lone.clone())
+        .send()
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 401);
+    assert_eq!(host.server_counts(), before);
+    // A redelivery of the same GUID is refused as a duplicate.
+    assert_eq!(
+        host.github.send_webhook("workflow_job", "lone-4001", &lone),
+        409
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(host.power("emu-42"), "off");
+    assert_eq!(host.leases(), 0);
+}
+
+#[test]
+fn in_token_mode_the_actions_table_is_said_to_be_ignored_at_start_and_jobs_are() {
+    let _one = serial();
+    let mut host = Host::start_as(&[("emu-42", "4.2")], "60s", false);
+    let queued = fake_github::workflow_job_payload(&lone_job(), "queued", None);
+    assert_eq!(
+        host.github
+            .send_webhook("workflow_job", "token-4001", &queued),
+        200
+    );
+    let outcome = host.outcome("token-4001");
+    assert!(outcome.contains("App mode"), "{outcome}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(host.power("emu-42"), "off");
+    let child = host.child.take().unwrap();
+    support::signal(child.id() as i32, "TERM");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[server.actions] is ignored in token mode"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_host_killed_while_a_runner_holds_a_machine_frees_it_and_queues_the_waiting_job_again() {
+    let _one = serial();
+    let mut host = Host::start(&[("emu-42", "4.2")], "60s");
+    let slow = WORKFLOW.replace(
+        "touch \"$HOME/step-ran\"",
+        "touch \"$HOME/step-ran\"; sleep 600",
+    );
+    assert_eq!(
+        host.github
+            .queue_actions_job(5001, "test", &["self-hosted", "qubes-4.2"], &slow, &[]),
+        202
+    );
+    let ran = host.dir.join("emu-42/machine/sd-dev/home/user/step-ran");
+    wait_for("the slow step", Duration::from_secs(60), || ran.exists());
+    // A second job waits in the pool's FIFO, and on disk.
+    assert_eq!(
+        host.github
+            .queue_actions_job(5002, "test", &["self-hosted", "qubes-4.2"], WORKFLOW, &[]),
+        202
+    );
+    wait_for(
+        "job 5002 in the pool's FIFO",
+        Duration::from_secs(10),
+        || host.waiting() == ["actions-5002"],
+    );
+    host.kill9();
+    assert_eq!(host.power("emu-42"), "on");
+    assert_eq!(host.leases(), 1);
+    host.spawn();
+    // The dead host's runner machine is powered off and freed; the job
+    // that waited is queued again and runs on it.
+    let (conclusion, output) = host.wait_result(5002, Duration::from_secs(120));
+    assert_eq!(conclusion, "success", "{output}");
+    host.wait_off_and_free("emu-42", Duration::from_secs(30));
+    assert!(host.job(5001).result.is_none());
+    assert_eq!(host.github.jit_runners().len(), 2);
+    println!("the restarted host freed the dead host's runner machine and ran the job that waited");
+}
