@@ -305,7 +305,10 @@ impl Drop for Host {
 }
 
 /// A workflow whose one job runs in the dev VM: it prints where it runs
-/// (the dev VM's home) inside a `::group::`.
+/// (the dev VM's home) inside a `::group::`, then has dom0 run `make
+/// test` on its checkout through `qci-vm run`, as a Qubes project's
+/// workflow does (the checkout is made by hand: `actions/checkout` needs
+/// GitHub).
 const WORKFLOW: &str = r#"on: push
 jobs:
   test:
@@ -316,6 +319,10 @@ jobs:
           echo "step ran as $(id -un) in HOME=$HOME"
           echo "::endgroup::"
           touch "$HOME/step-ran"
+      - run: |
+          mkdir -p "$HOME/checkout" && cd "$HOME/checkout"
+          printf 'test:\n\t@echo "make test ran in dom0 as $$(id -un)"\n' > Makefile
+          qci-vm run -- make test
 "#;
 
 const MATRIX: &str = r#"on: push
@@ -359,6 +366,12 @@ fn a_queued_job_starts_a_machine_in_under_a_second_runs_there_and_frees_it() {
         output.contains("/emu-42/machine/sd-dev/home/user"),
         "the step ran in the dev VM: {output}"
     );
+    // `qci-vm run` ran `make test` in dom0, its log in the job's output.
+    assert!(
+        output.contains("[command] make test ran in dom0"),
+        "{output}"
+    );
+    assert!(output.contains("::group::command"), "{output}");
     host.wait_off_and_free("emu-42", Duration::from_secs(30));
 
     // What GitHub saw: one runner, in the configured group, with the job's
