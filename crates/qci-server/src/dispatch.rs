@@ -57,7 +57,16 @@ impl FinalStatus for Finals {
         self.app
             .store
             .write_durable_blocking("the job's final status", move |conn| {
-                queue::record_final(conn, &id, state, &why)
+                // A lease of another engine's job (a GitHub Actions
+                // runner's): its status is the engine's, none of ours.
+                if queue::get(conn, &id)?.is_none() {
+                    tracing::debug!(
+                        job = id.as_str(),
+                        "no job of ours: no final status to record"
+                    );
+                    return Ok(());
+                }
+                queue::record_final(conn, &id, state, &why).map(|_| ())
             })
             .map(|_| ())
             .map_err(|e| qci_pool::RecordError::Store(Box::new(e)))
