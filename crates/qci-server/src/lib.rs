@@ -1,7 +1,8 @@
 //! The host's web side of qci (`qci serve`): GitHub webhooks become jobs in
 //! a SQLite queue that survives crashes; dispatch runs them on the machine
 //! pool; the dev VM reports statuses through a job-scoped relay token; the
-//! host publishes the live log and posts the commit statuses to GitHub.
+//! host publishes the live log and reports to GitHub: commit statuses with a
+//! personal token, check runs as a GitHub App.
 //!
 //! - [`app`]: the shared state every handler and task holds; it imports none of them
 //! - [`serve`]: start-up and the background tasks; [`routes`]: which handler answers what

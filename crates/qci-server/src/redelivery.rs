@@ -299,26 +299,27 @@ fn next_page(link: &str) -> Option<String> {
 /// The deliveries to ask for again: one attempt (the newest) per guid that
 /// qci never recorded, unless qci refused it (4xx).
 fn missed(app: &App, deliveries: Vec<Delivery>) -> Result<Vec<u64>, RedeliveryError> {
+    let refused: HashSet<&str> = deliveries
+        .iter()
+        .filter(|d| (400..500).contains(&d.status_code))
+        .map(|d| d.guid.as_str())
+        .collect();
+    // Newest first: the first of each guid is its newest attempt.
     let mut looked_at = HashSet::new();
-    let mut refused = HashSet::new();
-    for d in &deliveries {
-        if (400..500).contains(&d.status_code) {
-            refused.insert(d.guid.clone());
-        }
-    }
+    let newest: Vec<&Delivery> = deliveries
+        .iter()
+        .filter(|d| !refused.contains(d.guid.as_str()) && looked_at.insert(d.guid.as_str()))
+        .collect();
+    // One read for the whole listing.
+    let recorded: Vec<bool> = app.store.read_blocking(|conn| {
+        let mut known = conn.prepare_cached("SELECT 1 FROM deliveries WHERE id = ?1")?;
+        newest
+            .iter()
+            .map(|d| Ok(known.query_row([&d.guid], |_| Ok(())).optional()?.is_some()))
+            .collect()
+    })?;
     let mut ids = Vec::new();
-    for d in deliveries {
-        if refused.contains(&d.guid) || !looked_at.insert(d.guid.clone()) {
-            continue;
-        }
-        let guid = d.guid.clone();
-        let recorded = app.store.read_blocking(move |conn| {
-            Ok(conn
-                .prepare_cached("SELECT 1 FROM deliveries WHERE id = ?1")?
-                .query_row([&guid], |_| Ok(()))
-                .optional()?
-                .is_some())
-        })?;
+    for (d, recorded) in newest.into_iter().zip(recorded) {
         if !recorded {
             tracing::info!(
                 delivery = d.guid.as_str(),

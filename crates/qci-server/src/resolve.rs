@@ -146,11 +146,7 @@ fn resolve(
                                 " (waiting for approval: the fork's head came after the comment)";
                         }
                     }
-                    let queued = if narrow {
-                        queue::run_versions(conn, &trigger, &commit, &versions)?
-                    } else {
-                        queue::run_commit(conn, &trigger, &commit, &versions)?
-                    };
+                    let queued = queue::run_commit(conn, &trigger, &commit, &versions, narrow)?;
                     stop = queued.stop;
                     format!("queued {}{waits}", joined(&queued.jobs))
                 }
@@ -237,7 +233,7 @@ enum Action {
     /// Nothing to change: only the delivery's outcome.
     Done(String),
     /// `versions` is `None` when the repository is no longer configured;
-    /// `narrow` when only these versions run (see [`queue::run_versions`]).
+    /// `narrow` when only these versions run (see [`queue::run_commit`]).
     /// With `approve_before`, a commit waiting for approval (a fork's
     /// head, by a command) is approved if qci had it by then (Unix ms).
     Run {

@@ -150,8 +150,9 @@ enum Command {
         #[arg(long = "vm", value_name = "NAME", default_value = "sd-dev")]
         vms: Vec<String>,
     },
-    /// Serve GitHub webhooks: queue jobs, run them on the pool, post commit
-    /// statuses, publish logs and the monitor page.
+    /// Serve GitHub webhooks: queue jobs, run them on the pool, report to
+    /// GitHub (commit statuses, or check runs as a GitHub App), publish logs
+    /// and the monitor page.
     ///
     /// Reads the [server] and [pool] tables of HOST.toml. Stops cleanly on
     /// SIGTERM or SIGINT; after a crash it reconciles at start (jobs that

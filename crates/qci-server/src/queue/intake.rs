@@ -138,45 +138,23 @@ pub struct Queued {
 }
 
 /// Queues a commit's jobs, one per version, after superseding the older
-/// unfinished jobs of its branch or pull request (whatever their versions:
-/// the newer commit's `.qci.toml` may have dropped one).
+/// unfinished jobs of its branch or pull request: whatever their versions
+/// (the newer commit's `.qci.toml` may have dropped one), or, `narrow`
+/// (a label's or a comment's versions), those of other commits and its
+/// own on these versions only, its others going on.
 pub fn run_commit(
     conn: &Connection,
     trigger: &Trigger,
     commit: &Commit,
     versions: &[Version],
+    narrow: bool,
 ) -> Result<Queued, StoreError> {
     let mut queued = Queued::default();
     if let Some(key) = &commit.supersede_key {
-        queued.stop = supersede(conn, key, commit.sha.as_str(), None)?;
+        let only: Option<Vec<&str>> =
+            narrow.then(|| versions.iter().map(|v| v.qubes.as_str()).collect());
+        queued.stop = supersede(conn, key, commit.sha.as_str(), only.as_deref())?;
     }
-    queue_versions(conn, trigger, commit, versions, queued)
-}
-
-/// Queues a commit's jobs on some versions only (a label's, a comment's):
-/// the unfinished jobs of its pull request on other commits are
-/// superseded, and its own on these versions; its others go on.
-pub fn run_versions(
-    conn: &Connection,
-    trigger: &Trigger,
-    commit: &Commit,
-    versions: &[Version],
-) -> Result<Queued, StoreError> {
-    let mut queued = Queued::default();
-    if let Some(key) = &commit.supersede_key {
-        let only: Vec<&str> = versions.iter().map(|v| v.qubes.as_str()).collect();
-        queued.stop = supersede(conn, key, commit.sha.as_str(), Some(&only))?;
-    }
-    queue_versions(conn, trigger, commit, versions, queued)
-}
-
-fn queue_versions(
-    conn: &Connection,
-    trigger: &Trigger,
-    commit: &Commit,
-    versions: &[Version],
-    mut queued: Queued,
-) -> Result<Queued, StoreError> {
     for v in versions {
         let job = NewJob {
             commit: commit.clone(),

@@ -28,7 +28,7 @@ pub use dispatch::{
 pub use history::{Counts, Delivery, counts, delivery, events, expired_logs, get, overview};
 pub use intake::{
     Applied, Queued, Trigger, Version, apply, approve, close_pr, had_commit, head_jobs,
-    next_trigger, run_commit, run_versions, trigger_done,
+    next_trigger, run_commit, trigger_done,
 };
 pub use job::{Job, UnknownWord, now_ms, parse_reason, parse_state, reason_str};
 pub use operator::{CancelOutcome, RetryOutcome, cancel, retry};
@@ -71,7 +71,11 @@ mod tests {
                 context: "qci/qubes-4.2".into(),
                 refused: None,
             };
-            jobs.extend(run_commit(conn, &trigger, &commit(b), &[v]).unwrap().jobs);
+            jobs.extend(
+                run_commit(conn, &trigger, &commit(b), &[v], false)
+                    .unwrap()
+                    .jobs,
+            );
             trigger_done(conn, &trigger, "done").unwrap();
         }
         jobs
