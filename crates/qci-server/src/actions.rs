@@ -76,20 +76,17 @@ pub fn take(app: &App, job: ActionsJob) -> String {
     }
     match job.action {
         JobAction::Queued => {
-            let Some((key, cancel)) = app.actions.open(job.job_id) else {
+            let Some((key, cancel)) = app.actions.open(Some(job.job_id), &job.label) else {
                 return format!("ignored: Actions job {} is queued already", job.job_id);
             };
             remember(app, &job);
-            let (app, id) = (app.clone(), job.job_id);
-            let started = std::thread::Builder::new()
-                .name(format!("qci-actions-{id}"))
-                .spawn(move || {
-                    run_slot(&app, &config, &job, key, &cancel);
-                    forget(&app, job.job_id);
-                    app.actions.close(key);
-                });
-            match started {
-                Ok(_) => format!("Actions job {id}: waiting for a machine"),
+            let id = job.job_id;
+            let Some(plan) = SlotPlan::for_job(&config, job) else {
+                app.actions.close(key);
+                return format!("error: Actions job {id}: no lease id can be made");
+            };
+            match spawn_slot(app, config, plan, key, cancel) {
+                Ok(()) => format!("Actions job {id}: waiting for a machine"),
                 Err(e) => format!("error: Actions job {id}: cannot start a thread: {e}"),
             }
         }
@@ -186,60 +183,226 @@ pub fn resume(app: &App) -> usize {
     n
 }
 
-/// The pool's id of the lease: one per GitHub job.
-fn lease_id(job: &ActionsJob) -> Option<JobId> {
-    JobId::parse(&format!("actions-{}", job.job_id)).ok()
+/// Where a runner registers with GitHub.
+#[derive(Debug, Clone)]
+enum Scope {
+    /// `OWNER/REPO`: it takes that repository's jobs only.
+    Repo(String),
+    /// `[server.actions] organization`: any of its repositories' jobs.
+    Org(String),
+}
+
+impl Scope {
+    /// Where GitHub keeps its runners: `repos/OWNER/REPO` or `orgs/ORG`.
+    fn api_path(&self) -> String {
+        match self {
+            Self::Repo(slug) => format!("repos/{slug}"),
+            Self::Org(org) => format!("orgs/{org}"),
+        }
+    }
+
+    /// The App's installation token for calls about its runners.
+    fn token(
+        &self,
+        app: &App,
+        client: &reqwest::blocking::Client,
+    ) -> Result<reqwest::header::HeaderValue, ActionsError> {
+        let token = match (self, app.github.app()) {
+            (Self::Org(org), Some(github)) => github.token_for_org(client, org),
+            (Self::Repo(slug), _) => app.github.token(client, slug),
+            (Self::Org(_), None) => {
+                return Err(ActionsError::Token {
+                    slug: self.api_path(),
+                    why: "organization runners need App mode".into(),
+                });
+            }
+        };
+        token.map_err(|e| ActionsError::Token {
+            slug: self.api_path(),
+            why: e.to_string(),
+        })
+    }
+}
+
+/// What one slot leases a machine and starts a runner for.
+struct SlotPlan {
+    /// The pool's id of its lease.
+    lease: JobId,
+    qubes: String,
+    label: String,
+    scope: Scope,
+    /// The job it was queued for; `None` for an idle runner (`min_idle`).
+    job: Option<ActionsJob>,
+    /// How long its runner may wait for a job once started.
+    pickup: Duration,
+}
+
+/// How long an idle runner waits for a job before its machine is
+/// reverted and a fresh one takes its place: a machine kept waiting is
+/// renewed daily rather than left to age.
+const IDLE_LIFE: Duration = Duration::from_secs(24 * 3600);
+
+/// How long after an idle slot ended without a job the next one of its
+/// label starts: a pool that fails to boot is not asked in a loop.
+const IDLE_RETRY: Duration = Duration::from_secs(30);
+
+impl SlotPlan {
+    fn for_job(config: &ActionsConfig, job: ActionsJob) -> Option<Self> {
+        // One lease per GitHub job.
+        let lease = JobId::parse(&format!("actions-{}", job.job_id)).ok()?;
+        let scope = match &config.organization {
+            Some(org)
+                if job
+                    .slug
+                    .split_once('/')
+                    .is_some_and(|(owner, _)| owner.eq_ignore_ascii_case(org)) =>
+            {
+                Scope::Org(org.clone())
+            }
+            _ => Scope::Repo(job.slug.clone()),
+        };
+        Some(Self {
+            lease,
+            qubes: job.qubes.clone(),
+            label: job.label.clone(),
+            scope,
+            pickup: config.pickup_timeout,
+            job: Some(job),
+        })
+    }
+
+    fn idle(org: &str, label: &str, qubes: &str, key: u64) -> Option<Self> {
+        let lease = JobId::parse(&format!("actions-idle-{key}-{}", crate::queue::now_ms())).ok()?;
+        Some(Self {
+            lease,
+            qubes: qubes.to_owned(),
+            label: label.to_owned(),
+            scope: Scope::Org(org.to_owned()),
+            job: None,
+            pickup: IDLE_LIFE,
+        })
+    }
+
+    /// What the logs call it.
+    fn what(&self) -> String {
+        match &self.job {
+            Some(job) => format!("Actions job {} ({}) of {}", job.job_id, job.name, job.slug),
+            None => format!("idle runner {} of {}", self.lease, self.label),
+        }
+    }
+}
+
+/// Runs `plan`'s slot on a thread of its own, until its machine is freed.
+fn spawn_slot(
+    app: &App,
+    config: ActionsConfig,
+    plan: SlotPlan,
+    key: u64,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<()> {
+    let (app, runs) = (app.clone(), app.actions.clone());
+    let spawned = std::thread::Builder::new()
+        .name(format!("qci-{}", plan.lease))
+        .spawn(move || {
+            run_slot(&app, &config, &plan, key, &cancel);
+            if let Some(job) = &plan.job {
+                forget(&app, job.job_id);
+            }
+            app.actions.close(key);
+        });
+    if spawned.is_err() {
+        runs.close(key);
+    }
+    spawned.map(|_| ())
+}
+
+/// Keeps `min_idle` runners of each label waiting, for as long as the
+/// server runs: at start, and whenever one took a job or ended.
+pub fn keep_idle(app: &App) {
+    let Some(config) = app.config.actions.clone() else {
+        return;
+    };
+    let Some(org) = config.organization.clone() else {
+        return;
+    };
+    if config.min_idle == 0 || app.github.app().is_none() {
+        return;
+    }
+    let app = app.clone();
+    let kept = std::thread::Builder::new()
+        .name("qci-actions-idle".into())
+        .spawn(move || {
+            loop {
+                for (label, qubes) in &config.labels {
+                    let (waiting, ended) = app.actions.idle(label);
+                    if ended.is_some_and(|t| t.elapsed() < IDLE_RETRY) {
+                        continue;
+                    }
+                    for _ in waiting..config.min_idle as usize {
+                        open_idle(&app, &config, &org, label, qubes);
+                    }
+                }
+                std::thread::sleep(POLL * 10);
+            }
+        });
+    if let Err(e) = kept {
+        tracing::error!("cannot keep idle Actions runners: {e}");
+    }
+}
+
+fn open_idle(app: &App, config: &ActionsConfig, org: &str, label: &str, qubes: &str) {
+    let Some((key, cancel)) = app.actions.open(None, label) else {
+        return;
+    };
+    let Some(plan) = SlotPlan::idle(org, label, qubes, key) else {
+        tracing::error!("an idle runner of {label}: no lease id can be made");
+        app.actions.close(key);
+        return;
+    };
+    tracing::info!("{}: waiting for a machine of Qubes {qubes}", plan.what());
+    if let Err(e) = spawn_slot(app, config.clone(), plan, key, cancel) {
+        tracing::error!("an idle runner of {label}: cannot start a thread: {e}");
+    }
 }
 
 fn run_slot(
     app: &App,
     config: &ActionsConfig,
-    job: &ActionsJob,
+    plan: &SlotPlan,
     key: u64,
     cancel: &std::sync::atomic::AtomicBool,
 ) {
-    let Some(lease) = lease_id(job) else {
-        tracing::error!("Actions job {}: no lease id can be made", job.job_id);
-        return;
-    };
     let queued_at = Instant::now();
-    tracing::info!(
-        "Actions job {} ({}) of {}: waiting for a machine of Qubes {}",
-        job.job_id,
-        job.name,
-        job.slug,
-        job.qubes
-    );
+    let what = plan.what();
+    tracing::info!("{what}: waiting for a machine of Qubes {}", plan.qubes);
     let client = match crate::github::client() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!("Actions job {}: no HTTP client: {e}", job.job_id);
+            tracing::error!("{what}: no HTTP client: {e}");
             return;
         }
     };
     let runs = app.actions.clone();
     // The runner's lease: its pickup wait and one job, bounded by the
     // server's job timeout.
-    let timeout = config.pickup_timeout + app.config.job_timeout;
+    let timeout = plan.pickup + app.config.job_timeout;
     let lent = app
         .executor
-        .lend(&lease, &job.qubes, cancel, timeout, &mut |machine| {
+        .lend(&plan.lease, &plan.qubes, cancel, timeout, &mut |machine| {
             tracing::info!(
-                "Actions job {}: machine {} booted {:.3}s after it was queued",
-                job.job_id,
+                "{what}: machine {} booted {:.3}s after it was queued",
                 machine.name(),
                 queued_at.elapsed().as_secs_f64()
             );
-            on_machine(app, config, &client, &runs, job, key, machine)
+            on_machine(app, config, &client, &runs, plan, key, machine)
         });
     match lent {
-        Ok(end) => tracing::info!("Actions job {}: {}", job.job_id, end.description),
-        Err(NotStarted::Canceled) => tracing::info!(
-            "Actions job {}: it completed while waiting for a machine; none started",
-            job.job_id
-        ),
+        Ok(end) => tracing::info!("{what}: {}", end.description),
+        Err(NotStarted::Canceled) => {
+            tracing::info!("{what}: it completed while waiting for a machine; none started");
+        }
         Err(NotStarted::Refused(why) | NotStarted::Failed(why)) => {
-            tracing::error!("Actions job {}: no machine: {why}", job.job_id);
+            tracing::error!("{what}: no machine: {why}");
         }
     }
 }
@@ -256,7 +419,7 @@ fn on_machine(
     config: &ActionsConfig,
     client: &reqwest::blocking::Client,
     runs: &Arc<ActionsRuns>,
-    job: &ActionsJob,
+    plan: &SlotPlan,
     key: u64,
     machine: &dyn EngineMachine,
 ) -> EngineEnd {
@@ -280,7 +443,7 @@ fn on_machine(
         .collect();
     // Known before GitHub answers: an `in_progress` may come right after.
     runs.set_runner(key, &name);
-    let jit = match generate_jitconfig(app, config, client, job, &name) {
+    let jit = match generate_jitconfig(app, config, client, plan, &name) {
         Ok(j) => j,
         Err(e) => return end(State::Error, format!("no runner config: {e}")),
     };
@@ -293,10 +456,12 @@ fn on_machine(
     };
     // From here the job is the runner's: a host that dies now leaves it to
     // GitHub, and its machine to the pool's reconcile.
-    forget(app, job.job_id);
+    if let Some(job) = &plan.job {
+        forget(app, job.job_id);
+    }
     tracing::info!(
-        "Actions job {}: runner {} (id {}) started on {}",
-        job.job_id,
+        "{}: runner {} (id {}) started on {}",
+        plan.what(),
         jit.runner.name,
         jit.runner.id,
         machine.name()
@@ -326,19 +491,25 @@ fn on_machine(
             );
         }
         if !seen.picked && seen.canceled {
-            remove_runner(app, client, job, jit.runner.id);
+            remove_runner(app, client, &plan.scope, jit.runner.id);
             return end(
                 State::Canceled,
                 format!("runner {name}: its job completed before reaching it"),
             );
         }
-        if !seen.picked && started.elapsed() >= config.pickup_timeout {
-            remove_runner(app, client, job, jit.runner.id);
+        if !seen.picked && started.elapsed() >= plan.pickup {
+            remove_runner(app, client, &plan.scope, jit.runner.id);
+            // An idle runner's wait is over: the keeper starts a fresh one.
+            let state = if seen.idle {
+                State::Success
+            } else {
+                State::Error
+            };
             return end(
-                State::Error,
+                state,
                 format!(
                     "runner {name}: no job reached it within {}s",
-                    config.pickup_timeout.as_secs()
+                    plan.pickup.as_secs()
                 ),
             );
         }
@@ -346,31 +517,25 @@ fn on_machine(
     }
 }
 
-/// `POST /repos/{slug}/actions/runners/generate-jitconfig`: a runner
-/// registered for one job, named `name`, with the job's labels.
+/// `POST /{repos/OWNER/REPO | orgs/ORG}/actions/runners/generate-jitconfig`:
+/// a runner that takes one job, named `name`, with the slot's labels.
 fn generate_jitconfig(
     app: &App,
     config: &ActionsConfig,
     client: &reqwest::blocking::Client,
-    job: &ActionsJob,
+    plan: &SlotPlan,
     name: &str,
 ) -> Result<JitConfig, ActionsError> {
-    let token = app
-        .github
-        .token(client, &job.slug)
-        .map_err(|e| ActionsError::Token {
-            slug: job.slug.clone(),
-            why: e.to_string(),
-        })?;
+    let token = plan.scope.token(app, client)?;
     let url = format!(
-        "{}/repos/{}/actions/runners/generate-jitconfig",
+        "{}/{}/actions/runners/generate-jitconfig",
         app.config.github_api_url.trim_end_matches('/'),
-        job.slug
+        plan.scope.api_path()
     );
     let body = serde_json::json!({
         "name": name,
         "runner_group_id": config.runner_group_id,
-        "labels": config.runner_labels(&job.label),
+        "labels": config.runner_labels(&plan.label),
         "work_folder": config.work_folder,
     });
     let reply = qci_github::authorized(client.post(&url), &token)
@@ -392,16 +557,17 @@ fn generate_jitconfig(
     serde_json::from_str(&text).map_err(|source| ActionsError::Unexpected { url, source })
 }
 
-/// A runner that took no job is removed from the repository (a courtesy:
-/// GitHub drops offline just-in-time runners itself).
-fn remove_runner(app: &App, client: &reqwest::blocking::Client, job: &ActionsJob, id: u64) {
-    let Ok(token) = app.github.token(client, &job.slug) else {
+/// A runner that took no job is removed from its repository or
+/// organization (a courtesy: GitHub drops offline just-in-time runners
+/// itself).
+fn remove_runner(app: &App, client: &reqwest::blocking::Client, scope: &Scope, id: u64) {
+    let Ok(token) = scope.token(app, client) else {
         return;
     };
     let url = format!(
-        "{}/repos/{}/actions/runners/{id}",
+        "{}/{}/actions/runners/{id}",
         app.config.github_api_url.trim_end_matches('/'),
-        job.slug
+        scope.api_path()
     );
     if let Err(e) = qci_github::authorized(client.delete(&url), &token).send() {
         tracing::warn!("removing runner {id}: {}", e.without_url());

@@ -2,15 +2,21 @@
 //! later `workflow_job` delivery (picked up, completed) is matched against.
 //! It imports no handler, so [`crate::app::App`] can hold it.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-/// One queued Actions job qci starts a machine and a runner for.
+/// A machine and a runner qci starts: for one queued Actions job, or
+/// idle (`min_idle`), for whichever job of its label comes.
 #[derive(Debug)]
 pub struct Slot {
     /// The GitHub job it stands for: the job it was queued for, or, once
     /// its runner took another job, that one ([`ActionsRuns::picked_up`]).
-    pub for_job: u64,
+    /// `None`: an idle runner's, waiting for any job of its label.
+    pub for_job: Option<u64>,
+    /// The `[server.actions]` label its runner has.
+    pub label: String,
     /// Set when the job ends before a runner took it: waiting in the
     /// pool's FIFO, it leaves; booted, its runner is not started.
     pub cancel: Arc<AtomicBool>,
@@ -26,11 +32,17 @@ pub struct Slot {
 pub struct ActionsRuns {
     slots: Mutex<Vec<(u64, Slot)>>,
     next: Mutex<u64>,
+    /// When an idle slot of each label last ended without a job: the
+    /// keeper waits a while before it starts the next (a pool that
+    /// cannot boot would otherwise be asked again and again).
+    idle_ended: Mutex<HashMap<String, Instant>>,
 }
 
 /// What a slot's watcher reads each time it looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seen {
+    /// It stands for no job: an idle runner's slot.
+    pub idle: bool,
     pub canceled: bool,
     pub picked: bool,
     pub completed: bool,
@@ -41,11 +53,12 @@ impl ActionsRuns {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new slot for GitHub job `job`, unless one stands for it already
-    /// (a redelivery under a new GUID): its key and cancel flag.
-    pub fn open(&self, job: u64) -> Option<(u64, Arc<AtomicBool>)> {
+    /// A new slot for GitHub job `job` (`None`: an idle one) with a runner
+    /// of `label`, unless one stands for that job already (a redelivery
+    /// under a new GUID): its key and cancel flag.
+    pub fn open(&self, job: Option<u64>, label: &str) -> Option<(u64, Arc<AtomicBool>)> {
         let mut slots = self.slots();
-        if slots.iter().any(|(_, s)| s.for_job == job) {
+        if job.is_some() && slots.iter().any(|(_, s)| s.for_job == job) {
             return None;
         }
         let key = {
@@ -58,6 +71,7 @@ impl ActionsRuns {
             key,
             Slot {
                 for_job: job,
+                label: label.to_owned(),
                 cancel: cancel.clone(),
                 runner: None,
                 picked: false,
@@ -67,8 +81,42 @@ impl ActionsRuns {
         Some((key, cancel))
     }
 
+    /// Ends slot `key`. One that ended idle (no job reached its runner,
+    /// and none stands for it) holds back the next idle slot of its label.
     pub fn close(&self, key: u64) {
-        self.slots().retain(|(k, _)| *k != key);
+        let mut slots = self.slots();
+        if let Some((_, s)) = slots.iter().find(|(k, _)| *k == key)
+            && s.for_job.is_none()
+            && !s.picked
+        {
+            self.idle_ended
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(s.label.clone(), Instant::now());
+        }
+        slots.retain(|(k, _)| *k != key);
+    }
+
+    /// How many slots of `label` wait for any job (idle, not canceled),
+    /// and when the last one of the label ended without a job.
+    pub fn idle(&self, label: &str) -> (usize, Option<Instant>) {
+        let waiting = self
+            .slots()
+            .iter()
+            .filter(|(_, s)| {
+                s.label == label
+                    && s.for_job.is_none()
+                    && !s.picked
+                    && !s.cancel.load(Ordering::SeqCst)
+            })
+            .count();
+        let ended = self
+            .idle_ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(label)
+            .copied();
+        (waiting, ended)
     }
 
     pub fn set_runner(&self, key: u64, name: &str) {
@@ -80,11 +128,13 @@ impl ActionsRuns {
     pub fn seen(&self, key: u64) -> Seen {
         self.slots().iter().find(|(k, _)| *k == key).map_or(
             Seen {
+                idle: false,
                 canceled: true,
                 picked: false,
                 completed: false,
             },
             |(_, s)| Seen {
+                idle: s.for_job.is_none(),
                 canceled: s.cancel.load(Ordering::SeqCst),
                 picked: s.picked,
                 completed: s.completed,
@@ -95,7 +145,8 @@ impl ActionsRuns {
     /// `in_progress`: runner `runner` took job `job`. GitHub gives a
     /// queued job to any idle runner whose labels fit, so the runner
     /// started for job A may take job B: its slot then stands for B, and
-    /// B's slot, if it still waits, for A, which still needs a runner.
+    /// B's slot, if it still waits, for A, which still needs a runner (or,
+    /// when the runner was idle, B's slot becomes the next idle one).
     /// `false` when the runner is none of qci's.
     pub fn picked_up(&self, job: u64, runner: &str) -> bool {
         let mut slots = self.slots();
@@ -106,15 +157,15 @@ impl ActionsRuns {
             return false;
         };
         let was = slots[i].1.for_job;
-        if was != job
+        if was != Some(job)
             && let Some((_, other)) = slots
                 .iter_mut()
-                .find(|(_, s)| s.for_job == job && !s.picked)
+                .find(|(_, s)| s.for_job == Some(job) && !s.picked)
         {
             other.for_job = was;
         }
         let slot = &mut slots[i].1;
-        slot.for_job = job;
+        slot.for_job = Some(job);
         slot.picked = true;
         true
     }
@@ -134,7 +185,7 @@ impl ActionsRuns {
         }
         match slots
             .iter_mut()
-            .find(|(_, s)| s.for_job == job && !s.picked)
+            .find(|(_, s)| s.for_job == Some(job) && !s.picked)
         {
             Some((_, s)) => {
                 s.cancel.store(true, Ordering::SeqCst);
@@ -162,9 +213,12 @@ mod tests {
     #[test]
     fn a_runner_that_takes_another_job_swaps_the_slots() {
         let runs = ActionsRuns::default();
-        let (a, _) = runs.open(1).unwrap();
-        let (b, b_cancel) = runs.open(2).unwrap();
-        assert!(runs.open(1).is_none(), "a redelivery opens no second slot");
+        let (a, _) = runs.open(Some(1), "q").unwrap();
+        let (b, b_cancel) = runs.open(Some(2), "q").unwrap();
+        assert!(
+            runs.open(Some(1), "q").is_none(),
+            "a redelivery opens no second slot"
+        );
         runs.set_runner(a, "r-a");
         assert!(runs.picked_up(2, "r-a"));
         assert!(!runs.picked_up(2, "someone-else"));
@@ -176,5 +230,38 @@ mod tests {
         runs.close(a);
         runs.close(b);
         assert_eq!(runs.completed(3, None), Completed::Unknown);
+    }
+
+    #[test]
+    fn a_job_an_idle_runner_takes_makes_its_own_slot_the_next_idle_one() {
+        let runs = ActionsRuns::default();
+        let (idle, _) = runs.open(None, "q").unwrap();
+        assert!(
+            runs.open(None, "q").is_some(),
+            "idle slots are not deduplicated"
+        );
+        assert_eq!(runs.idle("q").0, 2);
+        runs.set_runner(idle, "r-idle");
+        let (own, own_cancel) = runs.open(Some(7), "q").unwrap();
+        assert!(!runs.seen(own).idle);
+        assert!(runs.picked_up(7, "r-idle"));
+        // The idle runner holds job 7; job 7's own slot is idle now.
+        assert!(runs.seen(own).idle);
+        assert!(!runs.seen(idle).idle);
+        assert_eq!(runs.idle("q").0, 2);
+        assert_eq!(runs.idle("other").0, 0);
+        // Job 7 ending ends the idle runner's machine, not the new idle slot.
+        assert_eq!(runs.completed(7, Some("r-idle")), Completed::Ended);
+        assert!(!own_cancel.load(Ordering::SeqCst));
+        runs.close(idle);
+        assert!(
+            runs.idle("q").1.is_none(),
+            "a slot that took a job is no idle end"
+        );
+        runs.close(own);
+        assert!(
+            runs.idle("q").1.is_some(),
+            "an idle slot ended without a job"
+        );
     }
 }

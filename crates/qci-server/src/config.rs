@@ -122,8 +122,20 @@ pub struct ActionsConfig {
     /// Salt installs (`qci.actions-runner`).
     #[serde(default = "default_runner_command")]
     pub command: String,
-    /// Machines kept booted with a runner waiting: only 0 is supported
-    /// (every machine starts for one queued job and is reverted after it).
+    /// Runners register with this organization
+    /// (`POST /orgs/ORG/actions/runners/generate-jitconfig`) for the jobs
+    /// of its repositories, rather than with each job's repository. The
+    /// App then needs the organization's "Self-hosted runners" permission
+    /// (read and write). Jobs of other owners' repositories still get a
+    /// repository runner.
+    #[serde(default)]
+    pub organization: Option<String>,
+    /// Runners kept waiting per label, each on a booted machine of its own,
+    /// so a job starts without waiting for a boot. A job an idle runner
+    /// takes makes the machine started for that job the next idle one:
+    /// at most `min_idle` per label plus the queued jobs hold machines.
+    /// Needs `organization`: a runner that waits before any job named a
+    /// repository can only register with an organization.
     #[serde(default)]
     pub min_idle: u32,
 }
@@ -332,7 +344,26 @@ impl HostConfig {
             .validate()
             .map_err(|e| ConfigError::Invalid(e.0))?;
         config.server.validate()?;
+        config.check_idle_machines()?;
         Ok(config)
+    }
+
+    /// Every label `min_idle` keeps runners for has machines of its
+    /// version: an idle runner for a version the pool lacks would be
+    /// refused a machine, again and again.
+    fn check_idle_machines(&self) -> Result<(), ConfigError> {
+        let Some(actions) = self.server.actions.as_ref().filter(|a| a.min_idle > 0) else {
+            return Ok(());
+        };
+        for (label, version) in &actions.labels {
+            if !self.pool.machines.iter().any(|m| m.qubes == *version) {
+                return Err(ConfigError::Invalid(format!(
+                    "server.actions: min_idle keeps runners for label {label:?}, \
+                     but the pool has no machine of Qubes {version}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -373,8 +404,20 @@ impl ServerConfig {
                     ));
                 }
             }
-            if actions.min_idle != 0 {
-                return bad("server.actions: min_idle other than 0 is not supported yet".into());
+            if let Some(org) = &actions.organization
+                && !qci_core::job_file::valid_slug(&format!("{org}/x"))
+            {
+                return bad(format!(
+                    "server.actions: organization {org:?} is not a GitHub account name"
+                ));
+            }
+            if actions.min_idle > 0 && actions.organization.is_none() {
+                return bad(
+                    "server.actions: min_idle needs organization: a runner that \
+                     waits before any job names a repository can only register with \
+                     an organization"
+                        .into(),
+                );
             }
         }
         for repo in &self.repos {
@@ -592,11 +635,52 @@ qubes = ["4.2", "4.3"]
         let refused = |t: &str| load(t).unwrap_err().to_string();
         assert!(refused("labels = {}\n").contains("labels is empty"));
         assert!(refused("labels = { q = \"4.2; x\" }\n").contains("bad Qubes version"));
-        assert!(refused("labels = { q = \"4.2\" }\nmin_idle = 1\n").contains("min_idle"));
+        assert!(
+            refused("labels = { q = \"4.2\" }\nmin_idle = 1\n")
+                .contains("min_idle needs organization")
+        );
+        assert!(
+            refused("labels = { q = \"4.2\" }\norganization = \"a b\"\n")
+                .contains("not a GitHub account name")
+        );
+        let idle =
+            load("labels = { q = \"4.2\" }\norganization = \"acme\"\nmin_idle = 2\n").unwrap();
+        assert_eq!(
+            (idle.min_idle, idle.organization.as_deref()),
+            (2, Some("acme"))
+        );
         let unknown: Result<HostConfig, _> = toml::from_str(&format!(
             "{head}[server.actions]\nlabels = {{}}\nlabel = 1\n"
         ));
         assert!(unknown.is_err());
+    }
+
+    #[test]
+    fn min_idle_needs_a_machine_for_every_label() {
+        let config = |labels: &str| -> HostConfig {
+            toml::from_str(&format!(
+                "[pool]\nstate_dir = \"/s\"\n[[pool.machines]]\nname = \"m\"\nqubes = \"4.2\"\n\
+                 backend = \"local\"\npath = \"/m\"\n[server]\nlisten = \"127.0.0.1:8080\"\n\
+                 public_url = \"https://ci.example.org/\"\nwebhook_secret = {{ env = \"S\" }}\n\
+                 [server.github_app]\napp_id = 1\nprivate_key = {{ file = \"/k\" }}\n\
+                 [server.actions]\nlabels = {{ {labels} }}\norganization = \"acme\"\nmin_idle = 1\n"
+            ))
+            .unwrap()
+        };
+        assert!(
+            config("\"qubes-4.2\" = \"4.2\"")
+                .check_idle_machines()
+                .is_ok()
+        );
+        let err = config("\"qubes-4.2\" = \"4.2\", \"qubes-4.3\" = \"4.3\"")
+            .check_idle_machines()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "server.actions: min_idle keeps runners for label \"qubes-4.3\", \
+             but the pool has no machine of Qubes 4.3"
+        );
     }
 
     #[test]

@@ -290,13 +290,29 @@ impl GithubApp {
         }
     }
 
+    /// A valid token for organization `org`'s installation, for calls
+    /// about the organization itself (its runners): looked up once with
+    /// `GET /orgs/ORG/installation`.
+    pub fn token_for_org(&self, client: &Client, org: &str) -> Result<HeaderValue, AppError> {
+        let id = self.installation_at(client, &format!("orgs/{org}"), &format!("org:{org}"))?;
+        self.token_for_installation(client, id)
+    }
+
     /// `repo`'s installation id, asked of GitHub the first time.
     pub fn installation_of(&self, client: &Client, repo: &str) -> Result<u64, AppError> {
-        let name = repo.to_ascii_lowercase();
+        self.installation_at(client, &format!("repos/{repo}"), repo)
+    }
+
+    /// The installation id behind `GET /PATH/installation` (`repos/OWNER/REPO`
+    /// or `orgs/ORG`), asked of GitHub the first time and cached as `key`:
+    /// a repository under its `OWNER/REPO`, as [`Self::remember_installation`]
+    /// keeps it, an organization as `org:ORG` (no slug has a `:`).
+    fn installation_at(&self, client: &Client, path: &str, key: &str) -> Result<u64, AppError> {
+        let name = key.to_ascii_lowercase();
         if let Some(id) = lock(&self.installations).get(&name) {
             return Ok(*id);
         }
-        let url = format!("{}/repos/{repo}/installation", self.api_url);
+        let url = format!("{}/{path}/installation", self.api_url);
         let reply = github::authorized(client.get(&url), &self.jwt()?)
             .send()
             .map_err(|e| github::unanswered(&url, e))?;
@@ -304,7 +320,7 @@ impl GithubApp {
             StatusCode::UNAUTHORIZED => return Err(AppError::JwtRefused { url }),
             StatusCode::NOT_FOUND => {
                 return Err(AppError::NotInstalled {
-                    repo: repo.to_owned(),
+                    repo: key.to_owned(),
                     url,
                 });
             }

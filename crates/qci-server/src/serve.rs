@@ -177,6 +177,8 @@ pub async fn serve(
     if resumed > 0 {
         tracing::warn!("host restarted: {resumed} GitHub Actions job(s) queued again");
     }
+    // After them: the waiting jobs come first in the pool's FIFO.
+    crate::actions::keep_idle(&app);
     for (kind, dest) in [
         (Kind::Github, Some(github)),
         (Kind::Slack, notify(Kind::Slack, slack_url)),

@@ -480,14 +480,16 @@ async fn route(
         (&Method::POST, ["app", "installations", id, "access_tokens"]) => {
             access_token(&shared, id, &headers)
         }
-        (&Method::GET, ["repos", _, _, "installation"]) => match check_jwt(&shared, &headers) {
-            Ok(()) => {
-                let app_id = shared.app.as_ref().map_or(0, |a| a.app_id);
-                let body = serde_json::json!({"id": INSTALLATION, "app_id": app_id});
-                (StatusCode::OK, body.to_string())
+        (&Method::GET, ["repos", _, _, "installation"] | ["orgs", _, "installation"]) => {
+            match check_jwt(&shared, &headers) {
+                Ok(()) => {
+                    let app_id = shared.app.as_ref().map_or(0, |a| a.app_id);
+                    let body = serde_json::json!({"id": INSTALLATION, "app_id": app_id});
+                    (StatusCode::OK, body.to_string())
+                }
+                Err(refused) => refused,
             }
-            Err(refused) => refused,
-        },
+        }
         // Check runs.
         (_, ["repos", owner, repo, "check-runs", rest @ ..]) => {
             let repo = format!("{owner}/{repo}");
@@ -559,16 +561,21 @@ async fn route(
                 "generate-jitconfig",
             ],
         ) => generate_jitconfig(&shared, &headers, &format!("{owner}/{repo}"), &body),
-        (&Method::DELETE, ["repos", _, _, "actions", "runners", id]) => {
-            match check_headers(&shared, &headers) {
-                Ok(()) => {
-                    let id = id.parse::<u64>().unwrap_or(0);
-                    shared.actions.lock().unwrap().removed.push(id);
-                    (StatusCode::NO_CONTENT, String::new())
-                }
-                Err(refused) => refused,
-            }
+        // An organization's runners take any of its repositories' jobs.
+        (&Method::POST, ["orgs", org, "actions", "runners", "generate-jitconfig"]) => {
+            generate_jitconfig(&shared, &headers, org, &body)
         }
+        (
+            &Method::DELETE,
+            ["repos", _, _, "actions", "runners", id] | ["orgs", _, "actions", "runners", id],
+        ) => match check_headers(&shared, &headers) {
+            Ok(()) => {
+                let id = id.parse::<u64>().unwrap_or(0);
+                shared.actions.lock().unwrap().removed.push(id);
+                (StatusCode::NO_CONTENT, String::new())
+            }
+            Err(refused) => refused,
+        },
         (&Method::GET, ["_fake", "runner", "jobs"]) => runner_takes_job(&shared, &uri),
         (&Method::POST, ["_fake", "runner", "result"]) => runner_reports(&shared, &body),
         _ => refuse(
@@ -1303,6 +1310,7 @@ pub struct ActionsJob {
 pub struct JitRunner {
     pub id: u64,
     pub name: String,
+    /// The repository it was registered with, or the organization.
     pub repo: String,
     pub labels: Vec<String>,
     pub runner_group_id: u64,
@@ -1501,7 +1509,10 @@ fn runner_takes_job(shared: &Arc<Shared>, uri: &Uri) -> (StatusCode, String) {
     let Some(j) = actions.jobs.iter().position(|j| {
         j.runner.is_none()
             && !j.cancelled
-            && j.repo == runner.repo
+            && (j.repo == runner.repo
+                || j.repo
+                    .split_once('/')
+                    .is_some_and(|(owner, _)| owner.eq_ignore_ascii_case(&runner.repo)))
             && j.labels
                 .iter()
                 .all(|l| runner.labels.iter().any(|rl| rl.eq_ignore_ascii_case(l)))
