@@ -149,9 +149,9 @@ fn forget(app: &App, job_id: u64) {
 }
 
 /// At start: the Actions jobs that were waiting for a machine when the
-/// host stopped take their places in the FIFO again, oldest first. One
-/// that GitHub completed meanwhile gets a runner no job reaches, freed
-/// after `pickup_timeout`. Returns how many.
+/// host stopped take their places in the FIFO again, oldest first, but
+/// for those GitHub says are running elsewhere or completed meanwhile.
+/// Returns how many.
 pub fn resume(app: &App) -> usize {
     let rows = app.store.read_blocking(|conn| {
         let mut q = conn.prepare("SELECT plan FROM actions_waiting ORDER BY queued_at, job_id")?;
@@ -167,11 +167,21 @@ pub fn resume(app: &App) -> usize {
             return 0;
         }
     };
+    let client = crate::github::client().ok();
     let mut n = 0;
     for plan in plans {
         match serde_json::from_str::<ActionsJob>(&plan) {
             Ok(job) => {
                 let id = job.job_id;
+                if let Some(status) = client.as_ref().and_then(|c| status_of(app, c, &job))
+                    && matches!(status.as_str(), "in_progress" | "completed")
+                {
+                    tracing::info!(
+                        "Actions job {id}: {status} while the host was down; not queued again"
+                    );
+                    forget(app, id);
+                    continue;
+                }
                 // Outside the macro: a disabled level evaluates no argument.
                 let outcome = take(app, job);
                 tracing::info!("Actions job {id}: queued again after a restart: {outcome}");
@@ -181,6 +191,36 @@ pub fn resume(app: &App) -> usize {
         }
     }
     n
+}
+
+/// The job's `status` as GitHub has it now (`GET
+/// /repos/OWNER/REPO/actions/jobs/ID`); `None` when it cannot be told,
+/// and the job is then queued again: a runner no job reaches is freed
+/// after `pickup_timeout`.
+fn status_of(app: &App, client: &reqwest::blocking::Client, job: &ActionsJob) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        status: String,
+    }
+    let token = app.github.token(client, &job.slug).ok()?;
+    let url = format!(
+        "{}/repos/{}/actions/jobs/{}",
+        app.config.github_api_url.trim_end_matches('/'),
+        job.slug,
+        job.job_id
+    );
+    let reply = qci_github::authorized(client.get(&url), &token).send();
+    match reply.map(|r| (r.status(), r.json::<Status>())) {
+        Ok((code, Ok(s))) if code.is_success() => Some(s.status),
+        Ok((code, _)) => {
+            tracing::warn!("Actions job {}: {url} answered HTTP {code}", job.job_id);
+            None
+        }
+        Err(e) => {
+            tracing::warn!("Actions job {}: {}", job.job_id, e.without_url());
+            None
+        }
+    }
 }
 
 /// Where a runner registers with GitHub.

@@ -561,6 +561,13 @@ async fn route(
                 "generate-jitconfig",
             ],
         ) => generate_jitconfig(&shared, &headers, &format!("{owner}/{repo}"), &body),
+        // A job's status, as `GET /repos/O/R/actions/jobs/ID` documents it.
+        (&Method::GET, ["repos", owner, repo, "actions", "jobs", id]) => {
+            match check_headers(&shared, &headers) {
+                Ok(()) => actions_job_status(&shared, &format!("{owner}/{repo}"), id),
+                Err(refused) => refused,
+            }
+        }
         // An organization's runners take any of its repositories' jobs.
         (&Method::POST, ["orgs", org, "actions", "runners", "generate-jitconfig"]) => {
             generate_jitconfig(&shared, &headers, org, &body)
@@ -1463,6 +1470,28 @@ fn generate_jitconfig(
     (StatusCode::CREATED, reply.to_string())
 }
 
+fn actions_job_status(shared: &Shared, repo: &str, id: &str) -> (StatusCode, String) {
+    let actions = shared.actions.lock().unwrap();
+    let Some(job) = actions
+        .jobs
+        .iter()
+        .find(|j| j.id.to_string() == id && j.repo == repo)
+    else {
+        return (StatusCode::NOT_FOUND, r#"{"message":"Not Found"}"#.into());
+    };
+    let (status, conclusion) = match (&job.result, job.cancelled, &job.runner) {
+        (Some((c, _)), _, _) => ("completed", Value::from(c.clone())),
+        (None, true, _) => ("completed", Value::from("cancelled")),
+        (None, false, Some(_)) => ("in_progress", Value::Null),
+        (None, false, None) => ("queued", Value::Null),
+    };
+    let body = serde_json::json!({
+        "id": job.id, "run_id": 9_000_000 + job.id, "status": status,
+        "conclusion": conclusion, "name": job.name, "labels": job.labels,
+    });
+    (StatusCode::OK, body.to_string())
+}
+
 fn query_param(uri: &Uri, key: &str) -> Option<String> {
     uri.query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
@@ -1608,6 +1637,13 @@ impl FakeGithub {
     }
 
     /// Cancels a job no runner took: GitHub sends `completed`, `cancelled`.
+    /// Cancels job `id` with no webhook about it: one whose delivery was
+    /// lost for good (outside the redelivery window).
+    pub fn cancel_actions_job_unannounced(&self, id: u64) {
+        let mut a = self.shared.actions.lock().unwrap();
+        a.jobs.iter_mut().find(|j| j.id == id).unwrap().cancelled = true;
+    }
+
     pub fn cancel_actions_job(&self, id: u64) -> u16 {
         let job = {
             let mut a = self.shared.actions.lock().unwrap();
