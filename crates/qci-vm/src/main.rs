@@ -102,7 +102,8 @@ enum Command {
     /// step's lines are between `::group::STEP` and `::endgroup::`, and
     /// workflow commands are stopped while dom0's lines are shown, so that
     /// nothing the job prints (`::error::`, `::set-output`, …) reaches the
-    /// workflow. Otherwise the lines are as dom0 sends them.
+    /// workflow. With GITLAB_CI=true each step is a collapsible section.
+    /// Otherwise the lines are as dom0 sends them.
     ///
     /// Exit codes: the job's: 0 success, 1 a step failed, 2 bad input,
     /// 3 CI error.

@@ -23,8 +23,10 @@
 //!   with workflow commands stopped (`::stop-commands::TOKEN` … `::TOKEN::`,
 //!   with a random token the job never sees), so that nothing the job
 //!   prints, `::error::` or `::set-output` included, can act on the
-//!   workflow. Elsewhere (GitLab, a terminal) the lines pass as they are:
-//!   GitLab shows them plainly, and its collapsible sections are left out;
+//!   workflow. Under GitLab CI (`GITLAB_CI=true`) each step is a
+//!   collapsible section (`section_start:UNIX:STEP` … `section_end`),
+//!   which only changes how the log is shown. Elsewhere (a terminal) the
+//!   lines pass as they are;
 //! - its exit code is the job's: 0 success, 1 a step failed, 2 bad input,
 //!   3 CI error.
 
@@ -117,16 +119,22 @@ impl RunError {
 /// Runs the job and returns its exit code; what went wrong before dom0 was
 /// called is said on stderr.
 pub fn run(args: &RunArgs, paths: &Paths) -> ExitCode {
-    let github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
+    let set = |name| std::env::var(name).is_ok_and(|v| v == "true");
     // Made before anything is written: a job is not left unrun for want of it.
-    let token = match github.then(|| random_hex(16)).transpose() {
-        Ok(t) => t,
-        Err(e) => return fail(&e),
+    let engine = if set("GITHUB_ACTIONS") {
+        match random_hex(16) {
+            Ok(token) => Engine::Github { token },
+            Err(e) => return fail(&e),
+        }
+    } else if set("GITLAB_CI") {
+        Engine::Gitlab
+    } else {
+        Engine::Plain
     };
     match prepare(args, paths, |name| std::env::var(name).ok()) {
         Ok(job) => {
             eprintln!("qci-vm: job {job}");
-            stream(&job, paths, token, std::io::stdout())
+            stream(&job, paths, engine, std::io::stdout())
         }
         Err(e) => fail(&e),
     }
@@ -301,16 +309,28 @@ fn shell_quote(word: &str) -> String {
     }
 }
 
-/// Runs the job through `begin`, with its log marked for GitHub Actions
-/// when there is a `token`, and closes the output once the log has ended
-/// (or [`LOG_GRACE`] after `qci.Run` did).
+/// The CI engine whose log `qci-vm run` writes to: how steps are marked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Engine {
+    /// A terminal: the log as it is.
+    Plain,
+    /// GitHub Actions: groups, and workflow commands stopped with `token`,
+    /// a random one the job never sees.
+    Github { token: String },
+    /// GitLab CI: collapsible sections.
+    Gitlab,
+}
+
+/// Runs the job through `begin`, with its log marked for `engine`, and
+/// closes the output once the log has ended (or [`LOG_GRACE`] after
+/// `qci.Run` did).
 fn stream(
     job: &JobId,
     paths: &Paths,
-    token: Option<String>,
+    engine: Engine,
     out: impl Write + Send + 'static,
 ) -> ExitCode {
-    let marked = Arc::new(Mutex::new(Marked::new(out, token)));
+    let marked = Arc::new(Mutex::new(Marked::new(out, engine)));
     let (ended, log_ended) = mpsc::channel::<()>();
     let feed = Feed {
         marked: Arc::clone(&marked),
@@ -351,18 +371,16 @@ impl<W: Write> Write for Feed<W> {
     }
 }
 
-/// dom0's log, line by line, with GitHub Actions' markers around steps
-/// when it has a token.
+/// dom0's log, line by line, with the engine's markers around steps.
 struct Marked<W: Write> {
     out: W,
-    /// The token workflow commands are stopped with: GitHub Actions only.
-    token: Option<String>,
+    engine: Engine,
     /// A line not ended yet.
     partial: Vec<u8>,
-    /// Whether workflow commands are stopped now.
+    /// Whether workflow commands are stopped now (GitHub Actions).
     stopped: bool,
-    /// Whether a `::group::` is open.
-    grouped: bool,
+    /// The step whose group or section is open.
+    grouped: Option<String>,
     /// Once finished, lines that still come are dropped: commands are no
     /// longer stopped, so they could act on the workflow.
     finished: bool,
@@ -376,13 +394,13 @@ enum Marker<'a> {
 }
 
 impl<W: Write> Marked<W> {
-    fn new(out: W, token: Option<String>) -> Self {
+    fn new(out: W, engine: Engine) -> Self {
         Self {
             out,
-            token,
+            engine,
             partial: Vec::new(),
             stopped: false,
-            grouped: false,
+            grouped: None,
             finished: false,
         }
     }
@@ -392,7 +410,7 @@ impl<W: Write> Marked<W> {
             tracing::warn!(bytes = buf.len(), "log output after the job ended: dropped");
             return Ok(());
         }
-        if self.token.is_none() {
+        if self.engine == Engine::Plain {
             return self.out.write_all(buf);
         }
         while let Some(end) = buf.iter().position(|&b| b == b'\n') {
@@ -410,7 +428,7 @@ impl<W: Write> Marked<W> {
         Ok(())
     }
 
-    /// One whole line, its newline included (GitHub mode).
+    /// One whole line, its newline included (GitHub or GitLab).
     fn line(&mut self, line: &[u8]) -> std::io::Result<()> {
         let text = String::from_utf8_lossy(line);
         match marker(text.trim_end_matches('\n')) {
@@ -418,8 +436,15 @@ impl<W: Write> Marked<W> {
                 let name = name.to_owned();
                 self.close_group()?;
                 self.resume()?;
-                writeln!(self.out, "::group::{name}")?;
-                self.grouped = true;
+                match self.engine {
+                    Engine::Gitlab => write!(
+                        self.out,
+                        "\x1b[0Ksection_start:{}:{name}\r\x1b[0K",
+                        unix_now()
+                    )?,
+                    _ => writeln!(self.out, "::group::{name}")?,
+                }
+                self.grouped = Some(name);
                 self.stop()?;
                 self.out.write_all(line)
             }
@@ -436,7 +461,9 @@ impl<W: Write> Marked<W> {
     }
 
     fn stop(&mut self) -> std::io::Result<()> {
-        if let Some(token) = self.token.as_deref().filter(|_| !self.stopped) {
+        if let Engine::Github { token } = &self.engine
+            && !self.stopped
+        {
             writeln!(self.out, "::stop-commands::{token}")?;
             self.stopped = true;
         }
@@ -444,7 +471,9 @@ impl<W: Write> Marked<W> {
     }
 
     fn resume(&mut self) -> std::io::Result<()> {
-        if let Some(token) = self.token.as_deref().filter(|_| self.stopped) {
+        if let Engine::Github { token } = &self.engine
+            && self.stopped
+        {
             writeln!(self.out, "::{token}::")?;
             self.stopped = false;
         }
@@ -452,12 +481,18 @@ impl<W: Write> Marked<W> {
     }
 
     fn close_group(&mut self) -> std::io::Result<()> {
-        if self.grouped {
-            self.resume()?;
-            writeln!(self.out, "::endgroup::")?;
-            self.grouped = false;
+        let Some(name) = self.grouped.take() else {
+            return Ok(());
+        };
+        self.resume()?;
+        match self.engine {
+            Engine::Gitlab => write!(
+                self.out,
+                "\x1b[0Ksection_end:{}:{name}\r\x1b[0K",
+                unix_now()
+            ),
+            _ => writeln!(self.out, "::endgroup::"),
         }
-        Ok(())
     }
 
     /// Ends the output: the last line, the open group, commands resumed.
@@ -481,6 +516,13 @@ impl<W: Write> Marked<W> {
             tracing::warn!(error = %e, "cannot finish the log on stdout");
         }
     }
+}
+
+/// Seconds since the epoch, as GitLab's section markers carry them.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Whether `line` (`TIMESTAMP [qci] step …`, see docs/architecture.md "The
@@ -646,8 +688,8 @@ mod tests {
         assert_eq!(m("[qci] job started"), None);
     }
 
-    fn marked(token: Option<&str>, chunks: &[&str]) -> String {
-        let mut m = Marked::new(Vec::new(), token.map(str::to_owned));
+    fn marked(engine: Engine, chunks: &[&str]) -> String {
+        let mut m = Marked::new(Vec::new(), engine);
         for c in chunks {
             m.push(c.as_bytes()).unwrap();
         }
@@ -665,7 +707,8 @@ mod tests {
         );
         // Split mid-line: lines are whole whatever the reads.
         let (one, two) = log.split_at(log.len() - 20);
-        let out = marked(Some("T0K"), &[one, two, "tial\n"]);
+        let token = "T0K".to_owned();
+        let out = marked(Engine::Github { token }, &[one, two, "tial\n"]);
         let expected = format!(
             "::stop-commands::T0K\n{at} [qci] job j on dom0\n::T0K::\n::group::a\n\
              ::stop-commands::T0K\n{at} [qci] step a: echo\n{at} [a] ::error::x\n\
@@ -678,6 +721,32 @@ mod tests {
     #[test]
     fn plain_output_is_the_log_as_it_is() {
         let log = "t [qci] step a: echo\nt [a] ::error::x\nt [qci] step a passed in 1s\n";
-        assert_eq!(marked(None, &[log]), log);
+        assert_eq!(marked(Engine::Plain, &[log]), log);
+    }
+
+    #[test]
+    fn gitlab_output_makes_each_step_a_collapsible_section() {
+        let log = "t [qci] job j\nt [qci] step a: echo\nt [a] x\nt [qci] step a passed in 1s\n\
+                   t [qci] step b: b\nt [b] y";
+        let out = marked(Engine::Gitlab, &[log]);
+        // The time in each marker is now's: masked to compare the rest.
+        let masked: String = out
+            .split("section_")
+            .map(|part| match part.split_once(':') {
+                Some((kind, rest)) => {
+                    let (_, rest) = rest.split_once(':').unwrap();
+                    format!("{kind}:T:{rest}")
+                }
+                None => part.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("section_");
+        assert_eq!(
+            masked,
+            "t [qci] job j\n\x1b[0Ksection_start:T:a\r\x1b[0Kt [qci] step a: echo\nt [a] x\n\
+             t [qci] step a passed in 1s\n\x1b[0Ksection_end:T:a\r\x1b[0K\
+             \x1b[0Ksection_start:T:b\r\x1b[0Kt [qci] step b: b\nt [b] y\n\
+             \x1b[0Ksection_end:T:b\r\x1b[0K"
+        );
     }
 }
