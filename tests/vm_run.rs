@@ -19,10 +19,11 @@ fn quoted(p: &Path) -> String {
 }
 
 /// Runs `qci-vm run ARGS` in `dir` in the dev VM, with `env` set (and
-/// GITHUB_ACTIONS unset unless `env` sets it), as a CI engine's step would.
+/// GITHUB_ACTIONS and GITLAB_CI unset unless `env` sets them), as a CI
+/// engine's step would.
 fn run_in(s: &Scratch, dir: &Path, env: &str, args: &str) -> (Option<i32>, String, String) {
     let line = format!(
-        "cd {} && env -u GITHUB_ACTIONS -u GITHUB_RUN_ID -u CI_JOB_ID {env} qci-vm run {args}; exit\n",
+        "cd {} && env -u GITHUB_ACTIONS -u GITHUB_RUN_ID -u GITLAB_CI -u CI_JOB_ID {env} qci-vm run {args}; exit\n",
         quoted(dir)
     );
     let out: Output = s.qrexec("dom0", "sd-dev", "qubes.VMShell", line.as_bytes());
@@ -284,4 +285,20 @@ fn what_a_job_prints_never_becomes_a_workflow_command_and_plain_output_has_no_gr
         stdout.contains("[qci] step hostile: sh hostile.sh"),
         "{stdout}"
     );
+
+    // Under GitLab CI: the step is a collapsible section, the job id the
+    // engine's, and the job's own lines as they are.
+    let (code, stdout, stderr) = run_in(&s, &project, "GITLAB_CI=true CI_JOB_ID=77", "");
+    println!("--- stdout under GITLAB_CI ---\n{stdout:?}");
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(job_of(&stderr).starts_with("gl-77-"), "{stderr}");
+    let start = stdout
+        .find("\x1b[0Ksection_start:")
+        .expect("a section starts");
+    let end = stdout.find("\x1b[0Ksection_end:").expect("a section ends");
+    let step = stdout.find("[qci] step hostile: sh hostile.sh").unwrap();
+    assert!(start < step && step < end, "{stdout:?}");
+    assert!(stdout[start..].contains(":hostile\r\x1b[0K"), "{stdout:?}");
+    assert!(stdout.contains("[hostile] ::error::pwned"), "{stdout}");
+    assert!(!stdout.contains("::group::"), "{stdout}");
 }
