@@ -54,6 +54,7 @@ fn main() {
             pickup: "60s".into(),
             runner: Some(HOLD.into()),
             qci: Box::new(move || release_qci(&qci_bin)),
+            actions: String::new(),
         },
     );
     let repo = Repo::new(&host.dir);

@@ -23,7 +23,7 @@ mod fake_github;
 mod host;
 mod support;
 
-use host::{GROUP, Host, REPO};
+use host::{GROUP, Host, REPO, Setup};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::wait_for;
@@ -444,5 +444,100 @@ fn a_host_killed_while_a_runner_holds_a_machine_frees_it_and_queues_the_waiting_
     println!(
         "the restarted host freed the dead host's runner machine, ran the job that waited \
          and left out the one GitHub cancelled meanwhile"
+    );
+}
+
+#[test]
+fn an_organizations_idle_runner_takes_a_job_at_once_and_the_jobs_own_machine_waits_next() {
+    let _one = serial();
+    let mut setup = Setup::tests("3s", true);
+    setup.actions = "organization = \"freedomofpress\"\nmin_idle = 1\n".into();
+    let machines = [("emu-a", "4.2"), ("emu-b", "4.2"), ("emu-c", "4.3")];
+    let host = Host::start_with(&machines, setup);
+    let on_42 = || -> Vec<&str> {
+        ["emu-a", "emu-b"]
+            .into_iter()
+            .filter(|m| host.power(m) == "on")
+            .collect()
+    };
+
+    // One idle runner per label, registered with the organization, each
+    // on a booted machine of its own, before any job is queued.
+    wait_for("an idle runner per label", Duration::from_secs(60), || {
+        host.github.jit_runners().len() == 2
+    });
+    let runners = host.github.jit_runners();
+    let mut labels: Vec<_> = runners.iter().map(|r| r.labels.clone()).collect();
+    labels.sort();
+    assert_eq!(
+        labels,
+        [
+            ["self-hosted", "qubes-4.2", "qci-runner"],
+            ["self-hosted", "qubes-4.3", "qci-runner"]
+        ]
+    );
+    assert!(
+        runners.iter().all(|r| r.repo == "freedomofpress"),
+        "{runners:?}"
+    );
+    wait_for("both idle machines on", Duration::from_secs(30), || {
+        on_42().len() == 1 && host.power("emu-c") == "on"
+    });
+    // Idle runners wait past pickup_timeout (3 s), and no more start.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(host.github.jit_runners().len(), 2);
+    assert!(host.github.removed_runners().is_empty());
+    assert_eq!(host.leases(), 2);
+    let idle_machine = on_42()[0];
+    let idle = runners
+        .iter()
+        .find(|r| r.labels.contains(&"qubes-4.2".to_owned()))
+        .unwrap()
+        .clone();
+
+    // A job: the idle runner takes it at once, with no machine to boot.
+    let sent = Instant::now();
+    let code =
+        host.github
+            .queue_actions_job(6001, "test", &["self-hosted", "qubes-4.2"], WORKFLOW, &[]);
+    assert_eq!(code, 202);
+    wait_for("job 6001 taken", Duration::from_secs(10), || {
+        host.job(6001).runner.is_some()
+    });
+    println!(
+        "queued to taken by the idle runner: {:.3}s",
+        sent.elapsed().as_secs_f64()
+    );
+    assert_eq!(host.job(6001).runner.unwrap().0, idle.name);
+    let (conclusion, output) = host.wait_result(6001, Duration::from_secs(120));
+    assert_eq!(conclusion, "success", "{output}");
+    assert!(
+        output.contains(&format!("/{idle_machine}/machine/sd-dev/home/user")),
+        "it ran on the idle machine: {output}"
+    );
+
+    // The machine started for job 6001 holds the next idle runner; the
+    // one that ran the job ends off and free. One idle runner per label
+    // again: min_idle per label, plus no queued job.
+    let next = if idle_machine == "emu-a" {
+        "emu-b"
+    } else {
+        "emu-a"
+    };
+    wait_for(
+        "the job's machine off, the next idle one on",
+        Duration::from_secs(30),
+        || host.power(idle_machine) == "off" && host.power(next) == "on" && host.leases() == 2,
+    );
+    let runners = host.github.jit_runners();
+    assert_eq!(runners.len(), 3, "{runners:?}");
+    let third = &runners[2];
+    assert_eq!(third.repo, "freedomofpress");
+    assert_eq!(third.labels, ["self-hosted", "qubes-4.2", "qci-runner"]);
+    assert!(!third.used, "it waits for the next job");
+    assert!(
+        host.github.refused().is_empty(),
+        "{:?}",
+        host.github.refused()
     );
 }

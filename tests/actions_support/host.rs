@@ -61,6 +61,8 @@ pub struct Setup {
     /// A new `qci` command (the binary under test, its environment set),
     /// for `qci pool` and `qci serve`.
     pub qci: Box<dyn Fn() -> Command>,
+    /// More lines of `[server.actions]` (`organization`, `min_idle`).
+    pub actions: String,
 }
 
 impl Setup {
@@ -71,6 +73,7 @@ impl Setup {
             pickup: pickup.to_owned(),
             runner: None,
             qci: Box::new(support::qci),
+            actions: String::new(),
         }
     }
 }
@@ -93,6 +96,7 @@ impl Host {
             pickup,
             runner,
             qci,
+            actions,
         } = setup;
         let area = support::Scratch::new();
         let dir = area.dir.path().to_owned();
@@ -160,7 +164,7 @@ impl Host {
              {auth}\
              [server.actions]\nlabels = {{ \"qubes-4.2\" = \"4.2\", \"qubes-4.3\" = \"4.3\" }}\n\
              runner_group_id = {GROUP}\nextra_labels = [\"qci-runner\"]\npickup_timeout = \"{pickup}\"\n\
-             command = \"{command}\"\n\
+             command = \"{command}\"\n{actions}\
              [[server.repos]]\nslug = \"{REPO}\"\nclone_url = \"{d}/nowhere\"\n",
             github.base,
         );
