@@ -63,7 +63,7 @@ fn main() {
         bin: &bin,
         repo: &repo,
     };
-    let load_before = loadavg();
+    let load_before = common::loadavg();
 
     eprintln!("actions: warm-up");
     let mut next_id = 1u64;
@@ -135,7 +135,7 @@ fn main() {
         "",
         &format!(
             "{load_before} before, {} after; {} cores",
-            loadavg(),
+            common::loadavg(),
             std::thread::available_parallelism().map_or(0, |n| n.get())
         ),
         None,
@@ -291,13 +291,4 @@ impl Baseline<'_> {
             .wait_off_and_free(MACHINE, Duration::from_secs(60));
         gap
     }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .next()
-        .unwrap_or("?")
-        .to_owned()
 }

@@ -112,7 +112,7 @@ fn run(kind: &str, host: &Host, jobs: usize, markers: impl Fn(&[LeaseInterval]) 
         pool_support::stderr(&pool)
     );
 
-    let load_before = loadavg();
+    let load_before = common::loadavg();
     let next = AtomicUsize::new(0);
     let failures = std::sync::Mutex::new(Vec::new());
     let started = Instant::now();
@@ -156,7 +156,7 @@ fn run(kind: &str, host: &Host, jobs: usize, markers: impl Fn(&[LeaseInterval]) 
         }
     });
     let elapsed = started.elapsed();
-    let load_after = loadavg();
+    let load_after = common::loadavg();
 
     let log = host.lease_log();
     let overlaps = overlaps(&log);
@@ -292,13 +292,4 @@ fn percentile(values: &[Duration], p: f64) -> Duration {
     v.sort();
     let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
     v[i]
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .next()
-        .unwrap_or("?")
-        .to_owned()
 }

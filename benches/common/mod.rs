@@ -401,3 +401,14 @@ pub fn fs_type(dir: &Path) -> String {
         _ => "unknown file system".into(),
     }
 }
+
+/// The 1-minute load average, printed beside figures: the machine is
+/// shared, and a figure taken under load says so.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_owned()
+}
