@@ -82,7 +82,7 @@ pub fn take(app: &App, job: ActionsJob) -> String {
             remember(app, &job);
             let id = job.job_id;
             let Some(plan) = SlotPlan::for_job(&config, job) else {
-                app.actions.close(key);
+                app.actions.close(key, false);
                 return format!("error: Actions job {id}: no lease id can be made");
             };
             match spawn_slot(app, config, plan, key, cancel) {
@@ -282,8 +282,9 @@ struct SlotPlan {
 /// renewed daily rather than left to age.
 const IDLE_LIFE: Duration = Duration::from_secs(24 * 3600);
 
-/// How long after an idle slot ended without a job the next one of its
-/// label starts: a pool that fails to boot is not asked in a loop.
+/// How long after an idle slot failed (no machine, no runner) the next
+/// one of its label starts: a pool that fails to boot is not asked in a
+/// loop.
 const IDLE_RETRY: Duration = Duration::from_secs(30);
 
 impl SlotPlan {
@@ -344,20 +345,20 @@ fn spawn_slot(
     let spawned = std::thread::Builder::new()
         .name(format!("qci-{}", plan.lease))
         .spawn(move || {
-            run_slot(&app, &config, &plan, key, &cancel);
+            let failed = run_slot(&app, &config, &plan, key, &cancel);
             if let Some(job) = &plan.job {
                 forget(&app, job.job_id);
             }
-            app.actions.close(key);
+            app.actions.close(key, failed);
         });
     if spawned.is_err() {
-        runs.close(key);
+        runs.close(key, true);
     }
     spawned.map(|_| ())
 }
 
 /// Keeps `min_idle` runners of each label waiting, for as long as the
-/// server runs: at start, and whenever one took a job or ended.
+/// server runs: it looks once a second and starts the missing ones.
 pub fn keep_idle(app: &App) {
     let Some(config) = app.config.actions.clone() else {
         return;
@@ -374,8 +375,8 @@ pub fn keep_idle(app: &App) {
         .spawn(move || {
             loop {
                 for (label, qubes) in &config.labels {
-                    let (waiting, ended) = app.actions.idle(label);
-                    if ended.is_some_and(|t| t.elapsed() < IDLE_RETRY) {
+                    let (waiting, failed) = app.actions.idle(label);
+                    if failed.is_some_and(|t| t.elapsed() < IDLE_RETRY) {
                         continue;
                     }
                     for _ in waiting..config.min_idle as usize {
@@ -396,22 +397,23 @@ fn open_idle(app: &App, config: &ActionsConfig, org: &str, label: &str, qubes: &
     };
     let Some(plan) = SlotPlan::idle(org, label, qubes, key) else {
         tracing::error!("an idle runner of {label}: no lease id can be made");
-        app.actions.close(key);
+        app.actions.close(key, true);
         return;
     };
-    tracing::info!("{}: waiting for a machine of Qubes {qubes}", plan.what());
     if let Err(e) = spawn_slot(app, config.clone(), plan, key, cancel) {
         tracing::error!("an idle runner of {label}: cannot start a thread: {e}");
     }
 }
 
+/// Leases, boots and runs the slot's machine until its runner is done;
+/// whether it failed (no machine, or the runner could not run).
 fn run_slot(
     app: &App,
     config: &ActionsConfig,
     plan: &SlotPlan,
     key: u64,
     cancel: &std::sync::atomic::AtomicBool,
-) {
+) -> bool {
     let queued_at = Instant::now();
     let what = plan.what();
     tracing::info!("{what}: waiting for a machine of Qubes {}", plan.qubes);
@@ -419,7 +421,7 @@ fn run_slot(
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{what}: no HTTP client: {e}");
-            return;
+            return true;
         }
     };
     let runs = app.actions.clone();
@@ -437,12 +439,17 @@ fn run_slot(
             on_machine(app, config, &client, &runs, plan, key, machine)
         });
     match lent {
-        Ok(end) => tracing::info!("{what}: {}", end.description),
+        Ok(end) => {
+            tracing::info!("{what}: {}", end.description);
+            matches!(end.state, State::Error | State::Failure)
+        }
         Err(NotStarted::Canceled) => {
             tracing::info!("{what}: it completed while waiting for a machine; none started");
+            false
         }
         Err(NotStarted::Refused(why) | NotStarted::Failed(why)) => {
             tracing::error!("{what}: no machine: {why}");
+            true
         }
     }
 }

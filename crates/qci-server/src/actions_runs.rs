@@ -32,10 +32,10 @@ pub struct Slot {
 pub struct ActionsRuns {
     slots: Mutex<Vec<(u64, Slot)>>,
     next: Mutex<u64>,
-    /// When an idle slot of each label last ended without a job: the
-    /// keeper waits a while before it starts the next (a pool that
-    /// cannot boot would otherwise be asked again and again).
-    idle_ended: Mutex<HashMap<String, Instant>>,
+    /// When an idle slot of each label last failed: the keeper waits a
+    /// while before it starts the next (a pool that cannot boot would
+    /// otherwise be asked again and again).
+    idle_failed: Mutex<HashMap<String, Instant>>,
 }
 
 /// What a slot's watcher reads each time it looks.
@@ -81,15 +81,17 @@ impl ActionsRuns {
         Some((key, cancel))
     }
 
-    /// Ends slot `key`. One that ended idle (no job reached its runner,
-    /// and none stands for it) holds back the next idle slot of its label.
-    pub fn close(&self, key: u64) {
+    /// Ends slot `key`. An idle one (no job reached its runner, and none
+    /// stands for it) that `failed` holds back the next idle slot of its
+    /// label.
+    pub fn close(&self, key: u64, failed: bool) {
         let mut slots = self.slots();
         if let Some((_, s)) = slots.iter().find(|(k, _)| *k == key)
+            && failed
             && s.for_job.is_none()
             && !s.picked
         {
-            self.idle_ended
+            self.idle_failed
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(s.label.clone(), Instant::now());
@@ -98,7 +100,7 @@ impl ActionsRuns {
     }
 
     /// How many slots of `label` wait for any job (idle, not canceled),
-    /// and when the last one of the label ended without a job.
+    /// and when the last idle one of the label failed.
     pub fn idle(&self, label: &str) -> (usize, Option<Instant>) {
         let waiting = self
             .slots()
@@ -110,13 +112,13 @@ impl ActionsRuns {
                     && !s.cancel.load(Ordering::SeqCst)
             })
             .count();
-        let ended = self
-            .idle_ended
+        let failed = self
+            .idle_failed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(label)
             .copied();
-        (waiting, ended)
+        (waiting, failed)
     }
 
     pub fn set_runner(&self, key: u64, name: &str) {
@@ -227,8 +229,8 @@ mod tests {
         assert!(b_cancel.load(Ordering::SeqCst));
         assert_eq!(runs.completed(2, Some("r-a")), Completed::Ended);
         assert!(runs.seen(a).completed);
-        runs.close(a);
-        runs.close(b);
+        runs.close(a, false);
+        runs.close(b, false);
         assert_eq!(runs.completed(3, None), Completed::Unknown);
     }
 
@@ -253,15 +255,15 @@ mod tests {
         // Job 7 ending ends the idle runner's machine, not the new idle slot.
         assert_eq!(runs.completed(7, Some("r-idle")), Completed::Ended);
         assert!(!own_cancel.load(Ordering::SeqCst));
-        runs.close(idle);
+        runs.close(idle, true);
         assert!(
             runs.idle("q").1.is_none(),
-            "a slot that took a job is no idle end"
+            "a slot that took a job is no idle failure"
         );
-        runs.close(own);
-        assert!(
-            runs.idle("q").1.is_some(),
-            "an idle slot ended without a job"
-        );
+        let (other, _) = runs.open(None, "q").unwrap();
+        runs.close(other, false);
+        assert!(runs.idle("q").1.is_none(), "an idle slot whose wait ended");
+        runs.close(own, true);
+        assert!(runs.idle("q").1.is_some(), "an idle slot failed");
     }
 }
