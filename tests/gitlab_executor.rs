@@ -506,6 +506,49 @@ fn sigterm_while_waiting_in_the_queue_leaves_it_and_holds_nothing() {
 }
 
 #[test]
+fn a_dev_vm_that_stops_answering_mid_script_is_a_system_failure_and_cleanup_recovers_the_machine() {
+    let mut host = Host::new();
+    host.local("emu-1", "4.2");
+    let mut job = Job::new(&host, 109);
+    job.config();
+    assert_eq!(job.prepare().status.code(), Some(0));
+    let child = job.spawn_run("step_script", "echo started; sleep 61");
+    let machine = host.machine_dir("emu-1").join("machine");
+    let marker = format!("QCI_EMU_MACHINE={}", machine.display());
+    let script = || processes(&marker, |argv| argv.iter().any(|a| a == "61"));
+    wait_for("the script to start", Duration::from_secs(60), || {
+        !script().is_empty()
+    });
+    // The dev VM dies: its processes are gone and it answers no call.
+    std::fs::rename(machine.join("sd-dev"), machine.join("sd-dev.crashed")).unwrap();
+    for pid in script() {
+        support::signal(pid, "KILL");
+    }
+    let out = child.wait_with_output().unwrap();
+    println!("run: {:?}\n{}", out.status.code(), stderr(&out));
+    assert_eq!(out.status.code(), Some(SYSTEM_FAILURE), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("sd-dev no longer answers"),
+        "{}",
+        stderr(&out)
+    );
+    // Not the job's failure: cleanup powers the machine off and reverts it,
+    // and the next job runs on a whole dev VM again.
+    let out = job.cleanup();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let line = pool_line(&host, "emu-1");
+    assert!(line.contains(" off ") && line.contains(" free "), "{line}");
+    let mut next = Job::new(&host, 110);
+    let outs = next.run_all("echo next job on $(hostname)");
+    assert_eq!(
+        outs["step_script"].status.code(),
+        Some(0),
+        "{}",
+        show(&outs)
+    );
+}
+
+#[test]
 fn sigkill_leaves_the_lease_to_cleanup_and_a_dead_runner_is_reconciled_by_the_next_prepare() {
     let mut host = Host::new();
     host.local("emu-1", "4.2");
