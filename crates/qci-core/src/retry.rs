@@ -59,6 +59,16 @@ pub enum Stop<E> {
     },
 }
 
+/// The error alone, or how long it was tried and the last error.
+impl<E: Display> Display for Stop<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Permanent(e) => e.fmt(f),
+            Self::GaveUp { attempts, last, .. } => write!(f, "{attempts} attempts; last: {last}"),
+        }
+    }
+}
+
 /// Runs `attempt` until it succeeds, fails permanently, or the policy's
 /// budget is spent. Each retry is logged with `what`, the attempt number,
 /// the delay and the error's Display (so `E` must never show secrets).

@@ -22,47 +22,13 @@ use crate::actions_runs::{ActionsRuns, Completed};
 use crate::app::App;
 use crate::config::ActionsConfig;
 use crate::executor::{EngineEnd, EngineMachine, NotStarted};
+use crate::github::{self, JitConfig};
+use crate::github_app::AppError;
 use crate::webhook::{ActionsJob, JobAction};
+use qci_core::retry::{self, Failure};
 use qci_core::{JobId, State};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ActionsError {
-    #[error("no installation token for {slug}: {why}")]
-    Token { slug: String, why: String },
-    #[error("{url}: {source}")]
-    Unanswered {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("{url} answered HTTP {status}: {body}")]
-    Refused {
-        url: String,
-        status: reqwest::StatusCode,
-        body: String,
-    },
-    #[error("{url}: unexpected answer: {source}")]
-    Unexpected {
-        url: String,
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
-/// The part of GitHub's 201 to `generate-jitconfig` qci uses.
-#[derive(Debug, serde::Deserialize)]
-pub struct JitConfig {
-    pub runner: JitRunner,
-    pub encoded_jit_config: String,
-}
-
-#[derive(Debug, serde::Deserialize)]
-pub struct JitRunner {
-    pub id: u64,
-    pub name: String,
-}
 
 /// Carries out one `workflow_job` delivery; what it did, for the
 /// delivery's outcome. A queued job's machine is waited for and run on a
@@ -193,31 +159,28 @@ pub fn resume(app: &App) -> usize {
     n
 }
 
-/// The job's `status` as GitHub has it now (`GET
-/// /repos/OWNER/REPO/actions/jobs/ID`); `None` when it cannot be told,
-/// and the job is then queued again: a runner no job reaches is freed
-/// after `pickup_timeout`.
+/// The job's `status` as GitHub has it now; `None` when it cannot be
+/// told (one attempt: start-up does not wait on GitHub), and the job is
+/// then queued again: a runner no job reaches is freed after
+/// `pickup_timeout`.
 fn status_of(app: &App, client: &reqwest::blocking::Client, job: &ActionsJob) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Status {
-        status: String,
-    }
-    let token = app.github.token(client, &job.slug).ok()?;
-    let url = format!(
-        "{}/repos/{}/actions/jobs/{}",
-        app.config.github_api_url.trim_end_matches('/'),
-        job.slug,
-        job.job_id
-    );
-    let reply = qci_github::authorized(client.get(&url), &token).send();
-    match reply.map(|r| (r.status(), r.json::<Status>())) {
-        Ok((code, Ok(s))) if code.is_success() => Some(s.status),
-        Ok((code, _)) => {
-            tracing::warn!("Actions job {}: {url} answered HTTP {code}", job.job_id);
-            None
-        }
-        Err(e) => {
-            tracing::warn!("Actions job {}: {}", job.job_id, e.without_url());
+    let status = app
+        .github
+        .token(client, &job.slug)
+        .map_err(Failure::from)
+        .and_then(|token| {
+            github::actions_job_status(
+                client,
+                &app.config.github_api_url,
+                &token,
+                &job.slug,
+                job.job_id,
+            )
+        });
+    match status {
+        Ok(status) => Some(status),
+        Err(Failure::Transient { error, .. } | Failure::Permanent(error)) => {
+            tracing::warn!("Actions job {}: {error}", job.job_id);
             None
         }
     }
@@ -241,26 +204,16 @@ impl Scope {
         }
     }
 
-    /// The App's installation token for calls about its runners.
+    /// The header for calls about its runners.
     fn token(
         &self,
         app: &App,
         client: &reqwest::blocking::Client,
-    ) -> Result<reqwest::header::HeaderValue, ActionsError> {
-        let token = match (self, app.github.app()) {
-            (Self::Org(org), Some(github)) => github.token_for_org(client, org),
-            (Self::Repo(slug), _) => app.github.token(client, slug),
-            (Self::Org(_), None) => {
-                return Err(ActionsError::Token {
-                    slug: self.api_path(),
-                    why: "organization runners need App mode".into(),
-                });
-            }
-        };
-        token.map_err(|e| ActionsError::Token {
-            slug: self.api_path(),
-            why: e.to_string(),
-        })
+    ) -> Result<reqwest::header::HeaderValue, AppError> {
+        match self {
+            Self::Repo(slug) => app.github.token(client, slug),
+            Self::Org(org) => app.github.token_for_org(client, org),
+        }
     }
 }
 
@@ -564,44 +517,29 @@ fn on_machine(
     }
 }
 
-/// `POST /{repos/OWNER/REPO | orgs/ORG}/actions/runners/generate-jitconfig`:
-/// a runner that takes one job, named `name`, with the slot's labels.
+/// Registers a runner that takes one job, named `name`, with the slot's
+/// labels, where its scope keeps runners; GitHub away for a moment is
+/// asked again within the retry budget.
 fn generate_jitconfig(
     app: &App,
     config: &ActionsConfig,
     client: &reqwest::blocking::Client,
     plan: &SlotPlan,
     name: &str,
-) -> Result<JitConfig, ActionsError> {
-    let token = plan.scope.token(app, client)?;
-    let url = format!(
-        "{}/{}/actions/runners/generate-jitconfig",
-        app.config.github_api_url.trim_end_matches('/'),
-        plan.scope.api_path()
-    );
+) -> Result<JitConfig, String> {
     let body = serde_json::json!({
         "name": name,
         "runner_group_id": config.runner_group_id,
         "labels": config.runner_labels(&plan.label),
         "work_folder": config.work_folder,
     });
-    let reply = qci_github::authorized(client.post(&url), &token)
-        .json(&body)
-        .send()
-        .map_err(|e| ActionsError::Unanswered {
-            url: url.clone(),
-            source: e.without_url(),
-        })?;
-    let status = reply.status();
-    let text = reply.text().unwrap_or_default();
-    if !status.is_success() {
-        return Err(ActionsError::Refused {
-            url,
-            status,
-            body: text.chars().take(200).collect(),
-        });
-    }
-    serde_json::from_str(&text).map_err(|source| ActionsError::Unexpected { url, source })
+    let at = plan.scope.api_path();
+    let policy = crate::outbox::policy(app.config.github_retry_budget);
+    retry::retry(&policy, &format!("registering a runner at {at}"), || {
+        let token = plan.scope.token(app, client)?;
+        github::generate_jitconfig(client, &app.config.github_api_url, &token, &at, &body)
+    })
+    .map_err(|stop| stop.to_string())
 }
 
 /// A runner that took no job is removed from its repository or
@@ -611,12 +549,8 @@ fn remove_runner(app: &App, client: &reqwest::blocking::Client, scope: &Scope, i
     let Ok(token) = scope.token(app, client) else {
         return;
     };
-    let url = format!(
-        "{}/{}/actions/runners/{id}",
-        app.config.github_api_url.trim_end_matches('/'),
-        scope.api_path()
-    );
-    if let Err(e) = qci_github::authorized(client.delete(&url), &token).send() {
-        tracing::warn!("removing runner {id}: {}", e.without_url());
+    let at = scope.api_path();
+    if let Err(e) = github::delete_runner(client, &app.config.github_api_url, &token, &at, id) {
+        tracing::warn!("removing runner {id}: {e}");
     }
 }

@@ -28,6 +28,15 @@ impl Credentials {
         }
     }
 
+    /// The header for a request about organization `org` itself (its
+    /// runners): its installation's token in App mode.
+    pub fn token_for_org(&self, client: &Client, org: &str) -> Result<HeaderValue, AppError> {
+        match self {
+            Self::Token(token) => Ok(token.clone()),
+            Self::App(app) => app.token_for_org(client, org),
+        }
+    }
+
     /// The App, in App mode.
     pub fn app(&self) -> Option<&Arc<GithubApp>> {
         match self {

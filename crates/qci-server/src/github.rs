@@ -340,6 +340,102 @@ pub fn react(
     Ok(())
 }
 
+/// The part of GitHub's 201 to `generate-jitconfig` qci uses.
+#[derive(Debug, serde::Deserialize)]
+pub struct JitConfig {
+    pub runner: JitRunner,
+    pub encoded_jit_config: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct JitRunner {
+    pub id: u64,
+    pub name: String,
+}
+
+/// Registers a just-in-time runner where `runners_at` keeps them
+/// (`repos/OWNER/REPO` or `orgs/ORG`), as `body` asks: one attempt.
+pub fn generate_jitconfig(
+    client: &reqwest::blocking::Client,
+    api_url: &str,
+    token: &HeaderValue,
+    runners_at: &str,
+    body: &serde_json::Value,
+) -> Result<JitConfig, Failure<GithubError>> {
+    let url = format!(
+        "{}/{runners_at}/actions/runners/generate-jitconfig",
+        api_url.trim_end_matches('/')
+    );
+    let reply = authorized(client.post(&url), token)
+        .json(body)
+        .send()
+        .map_err(|e| unanswered(&url, e))?;
+    let status = reply.status();
+    if !status.is_success() {
+        let failure = refused(&url, &reply);
+        // GitHub says why (a runner group the App may not use, a name
+        // taken): for the admin, who must mend the config.
+        let why: String = reply.text().unwrap_or_default().chars().take(200).collect();
+        tracing::warn!("{url} answered HTTP {status}: {why}");
+        return Err(failure);
+    }
+    read_json(&url, reply)
+}
+
+/// Deletes runner `id` where `runners_at` keeps it: one attempt.
+pub fn delete_runner(
+    client: &reqwest::blocking::Client,
+    api_url: &str,
+    token: &HeaderValue,
+    runners_at: &str,
+    id: u64,
+) -> Result<(), GithubError> {
+    let url = format!(
+        "{}/{runners_at}/actions/runners/{id}",
+        api_url.trim_end_matches('/')
+    );
+    let reply =
+        authorized(client.delete(&url), token)
+            .send()
+            .map_err(|e| GithubError::Unanswered {
+                url: url.clone(),
+                source: e.without_url(),
+            })?;
+    if !reply.status().is_success() {
+        return Err(GithubError::Refused {
+            url,
+            status: reply.status(),
+        });
+    }
+    Ok(())
+}
+
+/// Actions job `id` of `slug`: its `status` (`queued`, `in_progress`,
+/// `completed`, …), one attempt.
+pub fn actions_job_status(
+    client: &reqwest::blocking::Client,
+    api_url: &str,
+    token: &HeaderValue,
+    slug: &str,
+    id: u64,
+) -> Result<String, Failure<GithubError>> {
+    #[derive(serde::Deserialize)]
+    struct Job {
+        status: String,
+    }
+    let url = format!(
+        "{}/repos/{slug}/actions/jobs/{id}",
+        api_url.trim_end_matches('/')
+    );
+    let reply = authorized(client.get(&url), token)
+        .send()
+        .map_err(|e| unanswered(&url, e))?;
+    if !reply.status().is_success() {
+        return Err(refused(&url, &reply));
+    }
+    read_json::<Job>(&url, reply).map(|job| job.status)
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(
     url: &str,
     reply: Response,

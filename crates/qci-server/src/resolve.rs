@@ -366,7 +366,7 @@ fn asked(
         Err(stop) => {
             return Action::Done(format!(
                 "error: cannot ask GitHub what {by} may do: {}",
-                stopped(stop)
+                stop
             ));
         }
     };
@@ -474,21 +474,13 @@ fn head(
         let token = app.github.token(client, slug)?;
         github::pull_request(client, &source.api_url, &token, slug, pr)
     })
-    .map_err(|stop| format!("error: cannot read #{pr}: {}", stopped(stop)))?;
+    .map_err(|stop| format!("error: cannot read #{pr}: {}", stop))?;
     if found.state != "open" {
         return Err(format!("ignored: #{pr} is {}", found.state));
     }
     match CommitSha::parse(&found.head.sha) {
         Ok(sha) => Ok((sha, found)),
         Err(_) => Err(format!("error: #{pr}'s head is no commit id")),
-    }
-}
-
-/// Why GitHub did not answer, in a delivery's outcome.
-fn stopped(stop: Stop<GithubError>) -> String {
-    match stop {
-        Stop::Permanent(e) => e.to_string(),
-        Stop::GaveUp { attempts, last, .. } => format!("{attempts} attempts; last: {last}"),
     }
 }
 
