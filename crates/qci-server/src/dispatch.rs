@@ -57,15 +57,6 @@ impl FinalStatus for Finals {
         self.app
             .store
             .write_durable_blocking("the job's final status", move |conn| {
-                // A lease of another engine's job (a GitHub Actions
-                // runner's): its status is the engine's, none of ours.
-                if queue::get(conn, &id)?.is_none() {
-                    tracing::debug!(
-                        job = id.as_str(),
-                        "no job of ours: no final status to record"
-                    );
-                    return Ok(());
-                }
                 queue::record_final(conn, &id, state, &why).map(|_| ())
             })
             .map(|_| ())

@@ -146,20 +146,16 @@ pub fn publish(conn: &Connection, id: &JobId, why_no_final: &str) -> Result<(), 
     Ok(())
 }
 
-/// Whether a final status has been recorded for a job (the pool asks).
-pub fn has_final(conn: &Connection, id: &JobId) -> Result<bool, StoreError> {
-    Ok(get(conn, id)?.is_some_and(|j| j.is_final()))
-}
-
 /// Records a final state the host (or the pool) decided, unless the job
-/// has one already.
+/// has one already or is none of ours (a lease of another engine's job,
+/// a GitHub Actions runner's: its status is the engine's).
 pub fn record_final(
     conn: &Connection,
     id: &JobId,
     state: State,
     why: &str,
 ) -> Result<bool, StoreError> {
-    if has_final(conn, id)? || !state.is_final() {
+    if !state.is_final() || get(conn, id)?.is_none_or(|j| j.is_final()) {
         return Ok(false);
     }
     finish(conn, id, state, why, "host")?;

@@ -22,7 +22,7 @@ pub mod record;
 pub mod results;
 
 pub use dispatch::{
-    MAX_EVENTS_PER_JOB, RelayRefusal, Requeued, claim_next, has_final, mark_machine, mark_snapshot,
+    MAX_EVENTS_PER_JOB, RelayRefusal, Requeued, claim_next, mark_machine, mark_snapshot,
     mark_started, publish, record_final, relay, requeue, runnable,
 };
 pub use history::{Counts, Delivery, counts, delivery, events, expired_logs, get, overview};
