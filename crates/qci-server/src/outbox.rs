@@ -43,7 +43,9 @@ pub struct Destination {
     pub kind: Kind,
     /// GitHub's API base, or the notification URL.
     pub url: String,
-    /// A notification's credential; GitHub's is the host's [`App::github`].
+    /// The credential sent: for commit statuses the host's token (token
+    /// mode: in App mode the check-run sender asks for installation
+    /// tokens itself), for notifications none.
     pub token: Option<HeaderValue>,
     pub policy: RetryPolicy,
 }
@@ -129,23 +131,14 @@ fn send(
             msg,
         )?);
     }
-    let (url, body, repo) = match dest.kind {
+    let (url, body) = match dest.kind {
         Kind::Github => github_request(app, dest, msg)?,
-        Kind::Slack | Kind::Webhook => {
-            let (url, body) = notification(app, dest, msg)?;
-            (url, body, None)
-        }
+        Kind::Slack | Kind::Webhook => notification(app, dest, msg)?,
     };
     let attempt = || {
         let request = client.post(&url).json(&body);
         // GitHub's headers name qci too; a header set twice is sent twice.
-        let token = match &repo {
-            // Asked for at each attempt: an App's token may have been
-            // refreshed since the last.
-            Some(repo) => Some(app.github.token(client, repo)?),
-            None => dest.token.clone(),
-        };
-        let request = match &token {
+        let request = match &dest.token {
             Some(token) => github::authorized(request, token),
             None => request.header(USER_AGENT, "qci"),
         };
@@ -171,7 +164,7 @@ fn github_request(
     app: &App,
     dest: &Destination,
     msg: &Outgoing,
-) -> Result<(String, serde_json::Value, Option<String>), SendError> {
+) -> Result<(String, serde_json::Value), SendError> {
     let body: serde_json::Value = serde_json::from_str(&msg.body).map_err(SendError::BadEntry)?;
     let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
     let url = format!(
@@ -192,7 +185,6 @@ fn github_request(
             "description": description,
             "context": text("context"),
         }),
-        Some(text("repo")),
     ))
 }
 

@@ -1,6 +1,8 @@
-//! `qci serve`: opens the state, reconciles what a crash left, starts the
-//! background tasks (dispatch, the resolver, the outbox senders, log
-//! pruning) and serves the routes.
+//! `qci serve`: opens the state, reconciles what a crash left (and queues
+//! the GitHub Actions jobs that were waiting again), starts the background
+//! tasks (dispatch, the resolver, the outbox senders, the redeliverer of
+//! missed webhooks, idle Actions runners, log pruning) and serves the
+//! routes.
 
 use crate::app::App;
 use crate::config::{ConfigError, HostConfig, ServerConfig};
@@ -134,7 +136,10 @@ pub async fn serve(
     let github = Destination {
         kind: Kind::Github,
         url: server.github_api_url.clone(),
-        token: None,
+        token: match &app.github {
+            Credentials::Token(token) => Some(token.clone()),
+            Credentials::App(_) => None,
+        },
         policy: outbox::policy(server.github_retry_budget),
     };
     let source = resolve::Source {

@@ -152,11 +152,14 @@ enum Command {
     },
     /// Serve GitHub webhooks: queue jobs, run them on the pool, report to
     /// GitHub (commit statuses, or check runs as a GitHub App), publish logs
-    /// and the monitor page.
+    /// and the monitor page. As a GitHub App it also gives GitHub Actions
+    /// jobs of [server.actions] labels a machine and a runner each.
     ///
     /// Reads the [server] and [pool] tables of HOST.toml. Stops cleanly on
     /// SIGTERM or SIGINT; after a crash it reconciles at start (jobs that
-    /// never started are queued again, running ones end as error).
+    /// never started are queued again, running ones end as error, waiting
+    /// Actions jobs are queued again) and asks GitHub to redeliver the
+    /// webhooks it missed while down.
     ///
     /// Under systemd socket activation (LISTEN_PID and LISTEN_FDS=1, as a
     /// .socket unit sets them) it serves the socket it is given instead of
