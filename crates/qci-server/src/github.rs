@@ -436,7 +436,8 @@ pub fn actions_job_status(
     read_json::<Job>(&url, reply).map(|job| job.status)
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(
+/// The answer's JSON body as `T`; one that is not is a permanent failure.
+pub fn read_json<T: serde::de::DeserializeOwned>(
     url: &str,
     reply: Response,
 ) -> Result<T, Failure<GithubError>> {

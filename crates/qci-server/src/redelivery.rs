@@ -257,14 +257,7 @@ fn get_json<T: serde::de::DeserializeOwned>(
             .and_then(next_page)
             .and_then(|next| reply.url().join(&next).ok())
             .map(String::from);
-        let body = reply.bytes().map_err(|e| github::unanswered(url, e))?;
-        let value = serde_json::from_slice(&body).map_err(|source| {
-            Failure::Permanent(GithubError::Unexpected {
-                url: url.to_owned(),
-                source,
-            })
-        })?;
-        Ok((value, next))
+        Ok((github::read_json(url, reply)?, next))
     })?;
     Ok(answer)
 }
