@@ -122,8 +122,7 @@ fn resolve(
         Ok(plan) => prepare(app, client, source, plan),
     };
     let pool = app.executor.versions();
-    let accepted = !matches!(action, Action::Done(_));
-    let stop = app.store.write_blocking(move |conn| {
+    let (stop, outcome) = app.store.write_blocking(move |conn| {
         let mut stop = Vec::new();
         let outcome = match action {
             Action::Done(outcome) => outcome,
@@ -206,12 +205,15 @@ fn resolve(
             }
         };
         queue::trigger_done(conn, &trigger, &outcome)?;
-        Ok(stop)
+        Ok((stop, outcome))
     })?;
     for job in &stop {
         app.running.cancel(job);
     }
-    if let (true, Some((slug, comment))) = (accepted, react) {
+    // Only a command that did something: `/qci retry` with nothing failed
+    // is ignored as surely as one from a passer-by.
+    let taken = !(outcome.starts_with("ignored:") || outcome.starts_with("error:"));
+    if let (true, Some((slug, comment))) = (taken, react) {
         // A courtesy: the command's author sees it was taken.
         let reacted = app
             .github

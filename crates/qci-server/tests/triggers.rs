@@ -293,10 +293,26 @@ fn retry_reruns_only_the_failed_version_and_cancel_cancels() {
     assert_eq!(qubes_of(&host, &again), ["4.2"]);
     assert_eq!(host.job(&again[0])["retry_of"], jobs[0]);
     host.wait_state(&again[0], "success");
-    // Nothing failed any more: a second retry runs nothing.
+    // A 👍 for `/qci run`, and one for this retry.
+    wait_for("the retry's reaction", Duration::from_secs(10), || {
+        host.github.reactions().len() == 2
+    });
+    // Nothing failed any more: a second retry runs nothing, and gets no 👍.
     assert!(
         host.deliver("issue_comment", "r3", &command("/qci retry", "rosharma"))
             .is_empty()
+    );
+    assert!(
+        host.resolved("r3")["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("ignored: /qci retry: nothing failed")
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        host.github.reactions().len(),
+        2,
+        "no 👍 for a retry that ran nothing"
     );
 
     // Cancel: the head's running job ends, and its run on the machine stops.
