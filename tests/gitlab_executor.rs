@@ -433,10 +433,13 @@ fn sigterm_mid_script_stops_it_and_frees_the_machine_before_cleanup() {
     }
     let machine = host.machine_dir("emu-1").join("machine");
     let marker = format!("QCI_EMU_MACHINE={}", machine.display());
-    assert!(
-        !processes(&marker, |_| true).is_empty(),
-        "the script runs in the machine"
-    );
+    let release_arg = release.display().to_string();
+    let script = || {
+        processes(&marker, |argv| {
+            argv.iter().any(|a| a.contains(&release_arg))
+        })
+    };
+    assert!(!script().is_empty(), "the script runs in the machine");
 
     let (out, killed) = cancel(child, Duration::from_secs(10));
     assert!(!killed, "run did not stop within the grace period");
@@ -447,13 +450,15 @@ fn sigterm_mid_script_stops_it_and_frees_the_machine_before_cleanup() {
         "{}",
         stderr(&out)
     );
+    assert!(!stdout(&out).contains("not canceled"), "{}", stdout(&out));
     // Free and off before cleanup, and nothing of the script is left.
     let line = pool_line(&host, "emu-1");
     assert!(line.contains(" off ") && line.contains(" free "), "{line}");
     assert!(line.contains("gitlab-9-105 canceled"), "{line}");
+    assert!(script().is_empty(), "the script survived");
     assert!(
         processes(&marker, |_| true).is_empty(),
-        "the script survived"
+        "the machine's processes survived"
     );
     let out = job.cleanup();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -88,7 +88,14 @@ fn under_github_actions_each_step_is_a_group_and_the_code_is_the_jobs() {
     let at = |needle: &str| {
         lines
             .iter()
-            .position(|l| *l == needle || l.ends_with(needle))
+            // A marker is a line of its own; a log line ends with its text.
+            .position(|l| {
+                if needle.starts_with("::") {
+                    *l == needle
+                } else {
+                    l.ends_with(needle)
+                }
+            })
             .unwrap_or_else(|| panic!("no {needle:?} in:\n{stdout}"))
     };
     let (g1, out1, g2, out2) = (
