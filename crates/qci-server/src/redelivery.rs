@@ -134,11 +134,7 @@ fn run(app: &App, source: &Source) {
 }
 
 /// One scan of every hook: how many deliveries were asked for again.
-pub fn redeliver_missed(
-    app: &App,
-    client: &Client,
-    source: &Source,
-) -> Result<usize, RedeliveryError> {
+fn redeliver_missed(app: &App, client: &Client, source: &Source) -> Result<usize, RedeliveryError> {
     let since = SystemTime::now()
         .checked_sub(source.within)
         .unwrap_or(SystemTime::UNIX_EPOCH);

@@ -435,15 +435,11 @@ pub fn installation(body: &[u8]) -> Option<(String, u64)> {
     #[derive(Deserialize)]
     struct Installed {
         installation: Option<InstallationRef>,
-        repository: Option<NamedRepo>,
+        repository: Option<NamedRepository>,
     }
     #[derive(Deserialize)]
     struct InstallationRef {
         id: u64,
-    }
-    #[derive(Deserialize)]
-    struct NamedRepo {
-        full_name: String,
     }
     let found: Installed = serde_json::from_slice(body).ok()?;
     let repo = found.repository?.full_name;
