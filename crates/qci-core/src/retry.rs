@@ -69,6 +69,15 @@ impl<E: Display> Display for Stop<E> {
     }
 }
 
+impl<E: std::error::Error + 'static> std::error::Error for Stop<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Permanent(e) => e.source(),
+            Self::GaveUp { last, .. } => Some(last),
+        }
+    }
+}
+
 /// Runs `attempt` until it succeeds, fails permanently, or the policy's
 /// budget is spent. Each retry is logged with `what`, the attempt number,
 /// the delay and the error's Display (so `E` must never show secrets).

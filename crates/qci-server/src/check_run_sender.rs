@@ -35,11 +35,9 @@ use std::time::Duration;
 /// Why a job's check run could not be brought to a message's state.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckRunError {
-    /// Refused for good (GitHub's answer, as [`github`] words it).
+    /// Refused for good, or tried until the budget ran out.
     #[error(transparent)]
-    Refused(GithubError),
-    #[error("{attempts} attempts; last: {last}")]
-    GaveUp { attempts: u32, last: GithubError },
+    Github(#[from] Stop<GithubError>),
     #[error("bad outbox entry: {0}")]
     BadEntry(String),
     #[error(transparent)]
@@ -48,15 +46,6 @@ pub enum CheckRunError {
     JobGone(JobId),
     #[error("{url}: the answer names no check run id")]
     NoId { url: String },
-}
-
-impl From<Stop<GithubError>> for CheckRunError {
-    fn from(stop: Stop<GithubError>) -> Self {
-        match stop {
-            Stop::Permanent(e) => Self::Refused(e),
-            Stop::GaveUp { attempts, last, .. } => Self::GaveUp { attempts, last },
-        }
-    }
 }
 
 /// What the outbox wrote of a GitHub message

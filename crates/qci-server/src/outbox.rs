@@ -22,11 +22,9 @@ const GITHUB_DESCRIPTION_CHARS: usize = 140;
 /// Why a message was given up on; recorded with it in the outbox.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// Refused for good (GitHub's answer, as [`github`] words it).
+    /// Refused for good, or tried until the budget ran out.
     #[error(transparent)]
-    Refused(GithubError),
-    #[error("{attempts} attempts; last: {last}")]
-    GaveUp { attempts: u32, last: GithubError },
+    Github(#[from] Stop<GithubError>),
     #[error("bad outbox entry: {0}")]
     BadEntry(#[source] serde_json::Error),
     #[error(transparent)]
@@ -153,11 +151,7 @@ fn send(
         dest.kind.as_str(),
         msg.job
     );
-    match retry::retry(&dest.policy, &what, attempt) {
-        Ok(()) => Ok(()),
-        Err(Stop::Permanent(e)) => Err(SendError::Refused(e)),
-        Err(Stop::GaveUp { attempts, last, .. }) => Err(SendError::GaveUp { attempts, last }),
-    }
+    Ok(retry::retry(&dest.policy, &what, attempt)?)
 }
 
 fn github_request(

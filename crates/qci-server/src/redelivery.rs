@@ -45,21 +45,11 @@ pub struct Source {
 /// Why the deliveries could not be looked at or asked for.
 #[derive(Debug, thiserror::Error)]
 pub enum RedeliveryError {
+    /// Refused for good, or tried until the budget ran out.
     #[error(transparent)]
-    Github(GithubError),
-    #[error("{attempts} attempts; last: {last}")]
-    GaveUp { attempts: u32, last: GithubError },
+    Github(#[from] Stop<GithubError>),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl From<Stop<GithubError>> for RedeliveryError {
-    fn from(stop: Stop<GithubError>) -> Self {
-        match stop {
-            Stop::Permanent(e) => Self::Github(e),
-            Stop::GaveUp { attempts, last, .. } => Self::GaveUp { attempts, last },
-        }
-    }
 }
 
 /// One delivery in GitHub's list (it has more fields).
