@@ -9,8 +9,9 @@
 //!   /app/hook/deliveries/ID/attempts`, with the App's JWT;
 //! - token mode: each configured repository's webhook whose URL is ours
 //!   (`GET /repos/O/R/hooks`), through `/repos/O/R/hooks/ID/deliveries`,
-//!   with the token, which then needs the `admin:repo_hook` scope (read):
-//!   without it, this says so once and the rest goes on.
+//!   with the token, which then needs admin access to the repository
+//!   (classic `repo` scope, or the fine-grained "Webhooks" permission,
+//!   read and write): without it, this says so once and the rest goes on.
 //!
 //! Only deliveries of the last `redeliver_within` are looked at (GitHub
 //! keeps 3 days), newest first, page by page (`Link: rel="next"`). A
@@ -166,7 +167,7 @@ fn hooks(app: &App, client: &Client, source: &Source) -> Result<Vec<Hook>, Redel
         };
         let hooks: Vec<RepoHook> = match get_json(app, client, source, &listing, &url) {
             Ok((hooks, _)) => hooks,
-            // Most often a token without `admin:repo_hook`: said, and the
+            // Most often a token without access to the hooks: said, and the
             // other repositories are still looked at.
             Err(e) => {
                 tracing::warn!("cannot list the webhooks of {repo} to find missed deliveries: {e}");
