@@ -1,9 +1,12 @@
 //! The resolver: carries out each trigger (a delivery that asks for
 //! something) in the order the deliveries came. A push or a pull request
 //! becomes one job per Qubes version, each with its own status context;
-//! the versions are the `qubes` of the commit's own `.qci.toml`, read
-//! through GitHub's contents API, or the repository's configured ones when
-//! the commit has no such file (or names none).
+//! the versions are the ones a version label or a `/qci run` command
+//! names, else the `qubes` of the commit's own `.qci.toml`, read through
+//! GitHub's contents API, or the repository's configured ones when the
+//! commit has no such file (or names none). A GitHub Actions job is handed
+//! to [`crate::actions`], which waits for its machine on a thread of its
+//! own.
 //!
 //! That GitHub call is why this is not done while answering the webhook:
 //! the webhook is answered as soon as its trigger is committed, and the
