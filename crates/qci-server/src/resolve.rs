@@ -33,11 +33,11 @@ use crate::github::Role;
 use crate::github::{self, GithubError, PipelineFile};
 use crate::queue::{self, CancelOutcome, RetryOutcome, Trigger, Version};
 use crate::webhook::{Ask, Commit, Plan, PullRequestHead, pull_request_commit};
-use qci_core::JobId;
 use qci_core::job_file::CommitSha;
 use qci_core::pipeline::{Pipeline, PipelineError};
 use qci_core::retry::{self, RetryPolicy, Stop};
 use qci_core::status::clean_description;
+use qci_core::{JobId, State};
 use std::time::Duration;
 
 /// Where the resolver reads commits' `.qci.toml`, and how hard it tries;
@@ -174,7 +174,7 @@ fn resolve(
                 let mut queued = Vec::new();
                 let mut refused = Vec::new();
                 for (id, qubes, state) in queue::head_jobs(conn, &slug, pr, &sha)? {
-                    if state != "failure" && state != "error" {
+                    if !matches!(state, State::Failure | State::Error) {
                         continue;
                     }
                     match queue::retry(conn, &id, &pool, Some(&trigger.delivery))? {
@@ -194,7 +194,7 @@ fn resolve(
             Action::Cancel { slug, pr, sha, by } => {
                 let mut canceled = Vec::new();
                 for (id, _, state) in queue::head_jobs(conn, &slug, pr, &sha)? {
-                    if state != "queued" && state != "running" {
+                    if !matches!(state, State::Queued | State::Running) {
                         continue;
                     }
                     if let CancelOutcome::Canceled { running } = queue::cancel(conn, &id, &by)? {

@@ -2,7 +2,7 @@
 //! is kept as a trigger, and the resolver turns each trigger, in order,
 //! into jobs (superseding, approving, dropping).
 
-use super::job::{job_id_column, now_ms, reason_str};
+use super::job::{job_id_column, now_ms, reason_str, state_column};
 use super::outbox::enqueue_github;
 use super::record::{finish, record_event};
 use crate::store::StoreError;
@@ -253,17 +253,17 @@ pub fn head_jobs(
     slug: &str,
     pr: u64,
     sha: &str,
-) -> Result<Vec<(JobId, String, String)>, StoreError> {
-    let all: Vec<(JobId, String, String)> = conn
+) -> Result<Vec<(JobId, String, State)>, StoreError> {
+    let all: Vec<(JobId, String, State)> = conn
         .prepare_cached(
             "SELECT id, qubes, state FROM jobs WHERE repo = ?1 AND pr = ?2 AND sha = ?3 \
              ORDER BY seq",
         )?
         .query_map(params![slug, pr as i64, sha], |r| {
-            Ok((job_id_column(r, 0)?, r.get(1)?, r.get(2)?))
+            Ok((job_id_column(r, 0)?, r.get(1)?, state_column(r, 2)?))
         })?
         .collect::<Result<_, _>>()?;
-    let mut latest: Vec<(JobId, String, String)> = Vec::new();
+    let mut latest: Vec<(JobId, String, State)> = Vec::new();
     for job in all {
         match latest.iter_mut().find(|(_, q, _)| *q == job.1) {
             Some(slot) => *slot = job,
