@@ -2,13 +2,16 @@
 //! /repos/{o}/{r}/check-runs` and `PATCH /repos/{o}/{r}/check-runs/{id}`,
 //! built from the job, its log's steps, its tests and its log's tail.
 //! Sending them (the App's token, the outbox) is elsewhere; this is plain
-//! data, so the fake GitHub can check it with [`validate`].
+//! data, so the tests can check it with [`validate`] (the fake GitHub
+//! checks GitHub's limits with its own code: the product is not judged by
+//! its own rules).
 //!
 //! Everything but our own words is the machine's or the tests' text, never
 //! trusted: outside fences it goes into code spans (no Markdown, HTML,
 //! links or autolinks inside one) sized to the text's own backticks, and
 //! the log's tail goes into a fence longer than any run of backticks in it.
-//! Each text is within GitHub's limits, cut on a character boundary with a
+//! Each text is within GitHub's limits, counted in UTF-8 bytes as GitHub
+//! counts them ([`MAX_OUTPUT_BYTES`]), cut on a character boundary with a
 //! note saying what was left out, whatever the size of the log or the
 //! number of failed tests.
 //!
@@ -35,10 +38,15 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-/// The most characters GitHub takes in `output.title`, `summary` or `text`.
-pub const MAX_OUTPUT_CHARS: usize = 65_535;
-/// The longest title we write: one line that reads in a PR's list of checks.
-pub const MAX_TITLE_CHARS: usize = 255;
+/// The most GitHub takes in `output.title`, `summary` or `text`, in UTF-8
+/// bytes: its docs say characters, but it refuses a longer body by bytes
+/// ("exceeds a maximum bytesize of 65535", github/docs#35252), so a text
+/// of multi-byte characters within 65,535 characters is refused whole.
+pub const MAX_OUTPUT_BYTES: usize = 65_535;
+/// The longest title we write: one line that reads in a PR's list of
+/// checks. In bytes, as every limit of the body, to be safe whichever
+/// way GitHub counts.
+pub const MAX_TITLE_BYTES: usize = 255;
 /// The most annotations GitHub takes in one request.
 pub const MAX_ANNOTATIONS: usize = 50;
 /// An annotation's `message` and `raw_details`: at most 64 KB each.
@@ -52,12 +60,13 @@ pub const MAX_RAW_DETAILS_BYTES: usize = 16 * 1024;
 ///
 /// [`MAX_LISTED`]: crate::queue::results::MAX_LISTED
 pub const MAX_ANNOTATED: usize = crate::queue::results::MAX_LISTED;
-/// An annotation's `title`.
-pub const MAX_ANNOTATION_TITLE_CHARS: usize = 255;
+/// An annotation's `title`: GitHub documents 255 characters; counted in
+/// bytes, never more than the characters, it holds however GitHub counts.
+pub const MAX_ANNOTATION_TITLE_BYTES: usize = 255;
 /// How many of the log's last lines `output.text` shows.
 pub const TAIL_LINES: usize = 100;
 /// How much of the log's end is read for its tail: more than the text can
-/// hold (65,535 characters of at most 4 bytes), and never the whole log.
+/// hold ([`MAX_OUTPUT_BYTES`]), and never the whole log.
 pub const TAIL_BYTES: u64 = 256 * 1024;
 /// A failed test's message in the summary, at most (the annotation and the
 /// job page have it whole).
@@ -275,7 +284,7 @@ pub fn annotations(failing: &[Failing]) -> Vec<Annotation> {
             let path = clean_line(f.test.file.as_deref()?);
             let path = path.trim_start_matches("./");
             let line = f.test.line?.max(1);
-            let title = cut_chars(&test_name(f), MAX_ANNOTATION_TITLE_CHARS).into_owned();
+            let title = cut_bytes(&test_name(f), MAX_ANNOTATION_TITLE_BYTES).into_owned();
             (!path.is_empty()).then(|| (path.to_owned(), line, title, f))
         })
         .collect();
@@ -403,7 +412,7 @@ pub fn title(report: &Report<'_>) -> String {
     } else {
         line
     };
-    cut_chars(&clean_line(&line), MAX_TITLE_CHARS).into_owned()
+    cut_bytes(&clean_line(&line), MAX_TITLE_BYTES).into_owned()
 }
 
 /// `text` as an inline code span: no Markdown, HTML or autolink inside,
@@ -456,7 +465,7 @@ fn longest_run(text: &str, of: char) -> usize {
 }
 
 /// Markdown: why it ended, the steps (a table), the failed tests with their
-/// history, then the counts; at most [`MAX_OUTPUT_CHARS`].
+/// history, then the counts; at most [`MAX_OUTPUT_BYTES`].
 pub fn summary(report: &Report<'_>) -> String {
     let job = report.job;
     let mut head = String::new();
@@ -501,7 +510,7 @@ pub fn summary(report: &Report<'_>) -> String {
         if job.is_final() {
             head.push_str("No test reports.\n");
         }
-        return cut_chars(&head, MAX_OUTPUT_CHARS).into_owned();
+        return cut_bytes(&head, MAX_OUTPUT_BYTES).into_owned();
     };
     let mut counts = format!(
         "### Tests\n\n{}\n",
@@ -526,12 +535,12 @@ pub fn summary(report: &Report<'_>) -> String {
         list.push_str("### Failed tests\n\n");
     }
     // Room for the note on what is left out, however large its number.
-    let reserve = counts.chars().count() + 100;
-    let mut used = head.chars().count() + list.chars().count();
+    let reserve = counts.len() + 100;
+    let mut used = head.len() + list.len();
     for f in &tests.failing {
         let item = failed_test(f);
-        let len = item.chars().count();
-        if used + len + reserve > MAX_OUTPUT_CHARS {
+        let len = item.len();
+        if used + len + reserve > MAX_OUTPUT_BYTES {
             break;
         }
         used += len;
@@ -550,14 +559,14 @@ pub fn summary(report: &Report<'_>) -> String {
         list.push('\n');
     }
     // The reserve keeps this whole; the cut is a last guard.
-    cut_chars(&format!("{head}{list}{counts}"), MAX_OUTPUT_CHARS).into_owned()
+    cut_bytes(&format!("{head}{list}{counts}"), MAX_OUTPUT_BYTES).into_owned()
 }
 
 /// `- `name` — new failure; flaky: ...` and its message on the next line.
 fn failed_test(f: &Failing) -> String {
     let mut item = format!(
         "- {} \u{2014} {}",
-        code(&cut_chars(&test_name(f), MAX_TITLE_CHARS)),
+        code(&cut_bytes(&test_name(f), MAX_TITLE_BYTES)),
         markdown_text(&f.since.to_string())
     );
     if let Some(flaky) = f.flaky {
@@ -574,24 +583,26 @@ fn failed_test(f: &Failing) -> String {
 }
 
 /// The log's tail in a fence no line of it can close, at most
-/// [`MAX_OUTPUT_CHARS`]: the newest lines are kept, the older cut.
+/// [`MAX_OUTPUT_BYTES`]: the newest lines are kept, the older cut.
 pub fn text(tail: &str) -> String {
     let lines: Vec<&str> = tail.lines().collect();
     let fence = "`".repeat((longest_run(tail, '`') + 1).max(3));
     let open = format!("{fence}text\n");
     let close = format!("{fence}\n");
     // The note is at most this long.
-    let reserve = open.chars().count() + close.chars().count() + 80;
+    let reserve = open.len() + close.len() + 80;
     let mut kept = Vec::new();
     let mut used = 0;
     for line in lines.iter().rev().take(TAIL_LINES) {
-        let len = line.chars().count() + 1;
-        if used + len + reserve > MAX_OUTPUT_CHARS {
-            // A line too long alone keeps its end.
+        let len = line.len() + 1;
+        if used + len + reserve > MAX_OUTPUT_BYTES {
+            // A line too long alone keeps its end, from a character's start.
             if kept.is_empty() {
-                let room = MAX_OUTPUT_CHARS - reserve - 2;
-                let skip = line.chars().count().saturating_sub(room);
-                let at = line.char_indices().nth(skip).map_or(0, |(i, _)| i);
+                let room = MAX_OUTPUT_BYTES - reserve - 2;
+                let mut at = line.len().saturating_sub(room);
+                while !line.is_char_boundary(at) {
+                    at += 1;
+                }
                 kept.push(&line[at..]);
             }
             break;
@@ -615,7 +626,7 @@ pub fn text(tail: &str) -> String {
         out.push('\n');
     }
     out.push_str(&close);
-    cut_chars(&out, MAX_OUTPUT_CHARS).into_owned()
+    cut_bytes(&out, MAX_OUTPUT_BYTES).into_owned()
 }
 
 /// The last [`TAIL_LINES`] lines of the log at `path`, reading at most
@@ -684,7 +695,7 @@ pub enum Violation {
     },
     #[error("{field} {value:?} is not an ISO 8601 time")]
     BadTime { field: String, value: String },
-    #[error("{field} is {len} long, more than {max}")]
+    #[error("{field} is {len} bytes long, more than {max}")]
     TooLong {
         field: String,
         len: usize,
@@ -705,10 +716,11 @@ const LEVELS: &str = "notice, warning, failure";
 /// `name` and a 40-hex `head_sha` to create; a known `status` and
 /// `conclusion` that go together (a conclusion only with `completed` or no
 /// status, `completed` only with one); times in ISO 8601; output `title`
-/// and `summary` present, each text at most [`MAX_OUTPUT_CHARS`]; at most
+/// and `summary` present, each text at most [`MAX_OUTPUT_BYTES`]; at most
 /// [`MAX_ANNOTATIONS`] annotations, each with a path, lines, a valid
-/// `annotation_level` and a message of at most 64 KB. For the fake GitHub
-/// and the tests: the first violation found.
+/// `annotation_level` and a message of at most 64 KB. Every length in
+/// bytes. For the tests, which build bodies with these limits' constants:
+/// the first violation found.
 pub fn validate(request: Request, body: &Value) -> Result<(), Violation> {
     let body = body.as_object().ok_or(Violation::NotAnObject)?;
     let string = |field: &str| -> Result<Option<&str>, Violation> {
@@ -786,7 +798,7 @@ fn validate_output(output: &serde_json::Map<String, Value>) -> Result<(), Violat
                 return Err(Violation::Missing(format!("output.{field}")));
             }
             None | Some(Value::Null) => {}
-            Some(Value::String(s)) => too_long(&format!("output.{field}"), s, MAX_OUTPUT_CHARS)?,
+            Some(Value::String(s)) => too_long(&format!("output.{field}"), s, MAX_OUTPUT_BYTES)?,
             Some(_) => {
                 return Err(Violation::WrongType {
                     field: format!("output.{field}"),
@@ -856,14 +868,14 @@ fn validate_output(output: &serde_json::Map<String, Value>) -> Result<(), Violat
             too_long_bytes(&at("raw_details"), details)?;
         }
         if let Some(title) = text("title")? {
-            too_long(&at("title"), title, MAX_ANNOTATION_TITLE_CHARS)?;
+            too_long(&at("title"), title, MAX_ANNOTATION_TITLE_BYTES)?;
         }
     }
     Ok(())
 }
 
 fn too_long(field: &str, text: &str, max: usize) -> Result<(), Violation> {
-    let len = text.chars().count();
+    let len = text.len();
     if len > max {
         return Err(Violation::TooLong {
             field: field.to_owned(),
@@ -1117,7 +1129,7 @@ mod tests {
         );
         let long = job(State::Error, &"é".repeat(2000));
         let t = title(&report(&long, &[], None, None));
-        assert_eq!(t.chars().count(), MAX_TITLE_CHARS);
+        assert_eq!(t.len(), MAX_TITLE_BYTES);
         assert!(t.ends_with('…'));
     }
 
@@ -1238,21 +1250,56 @@ mod tests {
         let text = text(tail);
         assert_eq!(text, "```````text\nok\n``````\n<img src=x>\n```\n```````\n");
         assert_eq!(super::text("plain\n"), "```text\nplain\n```\n");
-        // 100 lines of 1,000 multi-byte characters: the newest whole lines
-        // that fit, and a note saying how many.
+        // 100 lines of 1,000 multi-byte characters (2,995 bytes each): the
+        // newest whole lines that fit in the bytes, and a note saying how many.
         let tail: String = (0..100)
             .map(|i| format!("{i:03}{}\n", "€".repeat(997)))
             .collect();
         let text = super::text(&tail);
-        assert!(text.chars().count() <= MAX_OUTPUT_CHARS);
+        assert!(text.chars().count() <= MAX_OUTPUT_BYTES);
+        assert!(text.len() <= MAX_OUTPUT_BYTES, "{}", text.len());
         assert!(
             text.starts_with(
-                "The log's last 65 lines (the whole log is on the job's page):\n\n```text\n035€"
+                "The log's last 21 lines (the whole log is on the job's page):\n\n```text\n079€"
             ),
             "{}",
             text.chars().take(80).collect::<String>()
         );
         assert!(text.ends_with(&format!("099{}\n```\n", "€".repeat(997))));
+    }
+
+    #[test]
+    fn multi_byte_texts_are_cut_under_githubs_byte_limit_on_a_character_boundary() {
+        // One line of 30,000 four-byte characters: 30,000 characters, well
+        // within 65,535 of them, but 120,000 bytes, which GitHub refuses.
+        let line = "𝄞".repeat(30_000);
+        let text = text(&format!("{line}\n"));
+        assert!(text.len() <= MAX_OUTPUT_BYTES, "{}", text.len());
+        assert!(text.len() > MAX_OUTPUT_BYTES - 200, "the room is used");
+        // A `String`: whole characters only. The line kept is its end.
+        let fenced = text
+            .strip_suffix("\n```\n")
+            .and_then(|t| t.split_once("```text\n"))
+            .map(|(_, kept)| kept)
+            .unwrap();
+        assert!(!fenced.is_empty());
+        assert!(fenced.chars().all(|c| c == '𝄞'), "{fenced:.40}");
+        assert!(line.ends_with(fenced));
+        // A summary and a title of multi-byte characters, too.
+        let long = job(State::Failure, &"€".repeat(30_000));
+        let summary = summary(&report(&long, &[], None, None));
+        assert!(summary.len() <= MAX_OUTPUT_BYTES, "{}", summary.len());
+        assert!(summary.ends_with('…'), "cut, and says so");
+        let title = title(&report(&long, &[], None, None));
+        assert!(title.len() <= MAX_TITLE_BYTES);
+        assert!(title.starts_with('€') && title.ends_with('…'), "{title}");
+        for cut in [&summary, &title] {
+            validate(
+                Request::Update,
+                &json!({"output": {"title": &title, "summary": cut}}),
+            )
+            .unwrap();
+        }
     }
 
     #[test]
@@ -1332,12 +1379,11 @@ mod tests {
         let output = &updates[0]["output"];
         let summary = output["summary"].as_str().unwrap();
         let text = output["text"].as_str().unwrap();
-        assert!(summary.chars().count() <= MAX_OUTPUT_CHARS);
-        assert!(
-            summary.chars().count() > MAX_OUTPUT_CHARS - 2000,
-            "the room is used"
-        );
-        assert!(text.chars().count() <= MAX_OUTPUT_CHARS);
+        assert!(summary.chars().count() <= MAX_OUTPUT_BYTES);
+        assert!(summary.len() <= MAX_OUTPUT_BYTES, "{}", summary.len());
+        assert!(summary.len() > MAX_OUTPUT_BYTES - 2000, "the room is used");
+        assert!(text.chars().count() <= MAX_OUTPUT_BYTES);
+        assert!(text.len() <= MAX_OUTPUT_BYTES, "{}", text.len());
         assert_eq!(output["title"], "5000 of 5010 tests failed (10 passed)");
         // The summary says what it left out and still ends with the counts.
         let listed = summary.matches("\n- ").count();
@@ -1458,20 +1504,32 @@ mod tests {
         assert_eq!(
             refused(&with(
                 "/output/summary",
-                json!("x".repeat(MAX_OUTPUT_CHARS + 1))
+                json!("x".repeat(MAX_OUTPUT_BYTES + 1))
             )),
             Violation::TooLong {
                 field: "output.summary".into(),
-                len: MAX_OUTPUT_CHARS + 1,
-                max: MAX_OUTPUT_CHARS
+                len: MAX_OUTPUT_BYTES + 1,
+                max: MAX_OUTPUT_BYTES
             }
         );
-        // Characters, not bytes.
+        // Bytes, not characters, as GitHub counts: 32,767 two-byte
+        // characters are taken, one more is refused.
         validate(
             Request::Create,
-            &with("/output/summary", json!("é".repeat(MAX_OUTPUT_CHARS))),
+            &with("/output/summary", json!("é".repeat(MAX_OUTPUT_BYTES / 2))),
         )
         .unwrap();
+        assert_eq!(
+            refused(&with(
+                "/output/summary",
+                json!("é".repeat(MAX_OUTPUT_BYTES / 2 + 1))
+            )),
+            Violation::TooLong {
+                field: "output.summary".into(),
+                len: MAX_OUTPUT_BYTES + 1,
+                max: MAX_OUTPUT_BYTES
+            }
+        );
         let note = json!({"path": "a.py", "start_line": 1, "end_line": 1,
                           "annotation_level": "failure", "message": "m"});
         let notes = |n: usize, note: &Value| {

@@ -1,7 +1,8 @@
 //! App mode: each job is one GitHub check run, created when the job is
 //! queued and updated as it runs and ends, through the outbox, with the
 //! App's installation tokens; never a commit status. The fake GitHub
-//! checks every body against GitHub's schema (`check_run::validate`).
+//! checks every body against GitHub's documented limits with its own code
+//! (not qci's `check_run::validate`), and takes check runs from an App only.
 
 #![expect(
     clippy::unwrap_used,
@@ -307,11 +308,11 @@ fn a_10_mb_log_and_5000_failed_tests_make_a_check_run_github_accepts() {
     assert!(done[1..].iter().all(|r| r.status.is_none()), "appends only");
     let last = done[0];
     assert_eq!(last.conclusion.as_deref(), Some("failure"));
+    // GitHub counts bytes, and these texts are of multi-byte characters.
     for field in ["title", "summary", "text"] {
-        assert!(
-            output_text(last, field).chars().count() <= 65_535,
-            "{field}"
-        );
+        let text = output_text(last, field);
+        assert!(text.chars().count() <= 65_535, "{field}");
+        assert!(text.len() <= 65_535, "{field}: {} bytes", text.len());
     }
     assert_eq!(
         output_text(last, "title"),
@@ -384,21 +385,33 @@ fn a_rerequested_check_run_makes_one_new_job_and_one_new_check_run() {
     assert_only_check_runs(&host.github);
 }
 
+/// A fake GitHub in App mode and an installation token for it.
+fn app_github() -> (FakeGithub, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, public) = support::fake_github::app_key(dir.path());
+    let github = FakeGithub::start_app(APP_ID, &public, Duration::from_secs(3600));
+    let token = github.installation_token();
+    (github, token, dir)
+}
+
+/// `POST /repos/REPO/check-runs` with `body`, as `(code, body)`.
+fn post_check_run(github: &FakeGithub, token: &str, body: &serde_json::Value) -> (u16, String) {
+    let reply = reqwest::blocking::Client::new()
+        .post(format!("{}/repos/{REPO}/check-runs", github.base))
+        .bearer_auth(token)
+        .header("accept", "application/vnd.github+json")
+        .header("user-agent", "test")
+        .json(body)
+        .send()
+        .unwrap();
+    let code = reply.status().as_u16();
+    (code, reply.text().unwrap())
+}
+
 #[test]
 fn the_fake_github_refuses_an_invalid_check_run_with_422() {
-    let github = FakeGithub::start(GITHUB_TOKEN);
-    let post = |body: serde_json::Value| {
-        let reply = reqwest::blocking::Client::new()
-            .post(format!("{}/repos/{REPO}/check-runs", github.base))
-            .bearer_auth(GITHUB_TOKEN)
-            .header("accept", "application/vnd.github+json")
-            .header("user-agent", "test")
-            .json(&body)
-            .send()
-            .unwrap();
-        let code = reply.status().as_u16();
-        (code, reply.text().unwrap())
-    };
+    let (github, token, _dir) = app_github();
+    let post = |body: serde_json::Value| post_check_run(&github, &token, &body);
     // Completed, without a conclusion.
     let (code, body) = post(json!({
         "name": "qci / qubes-4.2", "head_sha": MAIN_SHA, "status": "completed",
@@ -419,6 +432,98 @@ fn the_fake_github_refuses_an_invalid_check_run_with_422() {
     assert_eq!(code, 201, "{body}");
     let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].clone();
     assert_eq!(github.check_runs()[0].id, id.as_u64().unwrap());
+}
+
+#[test]
+fn the_fake_github_judges_check_runs_by_githubs_limits_in_bytes() {
+    let (github, token, _dir) = app_github();
+    let with_output = |output: serde_json::Value| json!({"name": "qci / qubes-4.2", "head_sha": MAIN_SHA, "output": output});
+    // 32,767 two-byte characters fit in 65,535 bytes; one more does not,
+    // though 32,768 characters are far fewer than 65,535.
+    let fits = "é".repeat(32_767);
+    let (code, body) = post_check_run(
+        &github,
+        &token,
+        &with_output(json!({"title": "t", "summary": fits, "text": fits})),
+    );
+    assert_eq!(code, 201, "{body}");
+    let over = "é".repeat(32_768);
+    for field in ["summary", "text"] {
+        let mut output = json!({"title": "t", "summary": "s"});
+        output[field] = json!(over);
+        let (code, body) = post_check_run(&github, &token, &with_output(output));
+        assert_eq!(code, 422, "{field}: {body}");
+        assert!(body.contains("maximum bytesize of 65535"), "{body}");
+    }
+    let note = json!({"path": "a.py", "start_line": 1, "end_line": 1,
+                      "annotation_level": "failure", "message": "m"});
+    let notes = |notes: Vec<serde_json::Value>| {
+        with_output(json!({"title": "t", "summary": "s", "annotations": notes}))
+    };
+    let (code, body) = post_check_run(&github, &token, &notes(vec![note.clone(); 50]));
+    assert_eq!(code, 201, "{body}");
+    let mut refusals = vec![
+        with_output(json!({"summary": "s"})),
+        notes(vec![note.clone(); 51]),
+        json!({"name": "n", "head_sha": MAIN_SHA, "status": "done"}),
+        json!({"name": "n", "head_sha": MAIN_SHA, "conclusion": "stale"}),
+    ];
+    let mut bad = note.clone();
+    bad["annotation_level"] = json!("error");
+    refusals.push(notes(vec![bad]));
+    for field in [
+        "path",
+        "start_line",
+        "end_line",
+        "annotation_level",
+        "message",
+    ] {
+        let mut bad = note.clone();
+        bad.as_object_mut().unwrap().remove(field);
+        refusals.push(notes(vec![bad]));
+    }
+    let before = github.check_runs().len();
+    for body in &refusals {
+        let (code, reply) = post_check_run(&github, &token, body);
+        assert_eq!(code, 422, "{body}: {reply}");
+    }
+    assert_eq!(github.check_runs().len(), before, "none taken");
+    assert_eq!(github.refused().len(), 2 + refusals.len());
+}
+
+#[test]
+fn the_fake_github_takes_no_check_run_from_a_personal_token() {
+    let github = FakeGithub::start(GITHUB_TOKEN);
+    let (code, body) = post_check_run(
+        &github,
+        GITHUB_TOKEN,
+        &json!({
+            "name": "qci / qubes-4.2", "head_sha": MAIN_SHA, "status": "completed",
+            "conclusion": "success", "output": {"title": "t", "summary": "s"},
+        }),
+    );
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["message"],
+        "Resource not accessible by personal access token"
+    );
+    let patch = reqwest::blocking::Client::new()
+        .patch(format!("{}/repos/{REPO}/check-runs/1", github.base))
+        .bearer_auth(GITHUB_TOKEN)
+        .header("accept", "application/vnd.github+json")
+        .header("user-agent", "test")
+        .json(&json!({"output": {"title": "t", "summary": "s"}}))
+        .send()
+        .unwrap();
+    assert_eq!(patch.status().as_u16(), 403);
+    assert!(github.check_runs().is_empty());
+    assert_eq!(
+        github.refused(),
+        [
+            "Resource not accessible by personal access token",
+            "Resource not accessible by personal access token"
+        ]
+    );
 }
 
 #[test]

@@ -266,18 +266,24 @@ fn access_token(shared: &Shared, id: &str, headers: &HeaderMap) -> (StatusCode, 
     if id != INSTALLATION.to_string() {
         return refuse(shared, StatusCode::NOT_FOUND, "Not Found".into());
     }
-    let n = app.exchanges.fetch_add(1, Ordering::SeqCst);
-    let token = format!("ghs_installation{id}token{n}");
-    let expires = SystemTime::now() + *app.token_life.lock().unwrap();
-    let expires_at = humantime::format_rfc3339_seconds(expires).to_string();
-    let expires = humantime::parse_rfc3339(&expires_at).unwrap();
-    app.issued.lock().unwrap().insert(token.clone(), expires);
+    let (token, expires_at) = issue(app);
     let body = serde_json::json!({
         "token": token, "expires_at": expires_at,
         "permissions": {"checks": "write", "contents": "read", "pull_requests": "read"},
         "repository_selection": "all",
     });
     (StatusCode::CREATED, body.to_string())
+}
+
+/// A new installation token and its expiry as announced (to the second).
+fn issue(app: &AppAuth) -> (String, String) {
+    let n = app.exchanges.fetch_add(1, Ordering::SeqCst);
+    let token = format!("ghs_installation{INSTALLATION}token{n}");
+    let expires = SystemTime::now() + *app.token_life.lock().unwrap();
+    let expires_at = humantime::format_rfc3339_seconds(expires).to_string();
+    let expires = humantime::parse_rfc3339(&expires_at).unwrap();
+    app.issued.lock().unwrap().insert(token.clone(), expires);
+    (token, expires_at)
 }
 
 /// `GET /repos/OWNER/REPO/contents/.qci.toml?ref=SHA`, as the contents API
@@ -576,11 +582,7 @@ async fn route(
             &Method::DELETE,
             ["repos", _, _, "actions", "runners", id] | ["orgs", _, "actions", "runners", id],
         ) => match check_headers(&shared, &headers) {
-            Ok(()) => {
-                let id = id.parse::<u64>().unwrap_or(0);
-                shared.actions.lock().unwrap().removed.push(id);
-                (StatusCode::NO_CONTENT, String::new())
-            }
+            Ok(()) => delete_runner(&shared, &path, id),
             Err(refused) => refused,
         },
         (&Method::GET, ["_fake", "runner", "jobs"]) => runner_takes_job(&shared, &uri),
@@ -801,6 +803,12 @@ impl FakeGithub {
         self.shared.app.as_ref().expect("a fake GitHub in App mode")
     }
 
+    /// An installation token, as an exchange would issue it: for a test
+    /// that calls the fake itself, without an App's key to sign a JWT.
+    pub fn installation_token(&self) -> String {
+        issue(self.app()).0
+    }
+
     /// Installation tokens issued so far.
     pub fn exchanges(&self) -> usize {
         self.app().exchanges.load(Ordering::SeqCst)
@@ -956,8 +964,10 @@ struct CheckRuns {
 const FIRST_CHECK_RUN: u64 = 41_000_000_001;
 
 /// `POST /repos/OWNER/REPO/check-runs` and `PATCH .../check-runs/ID`:
-/// authenticated, the body checked with `check_run::validate` (422 with the
-/// violation), recorded, answered 201 or 200 with the run's id.
+/// authenticated, by an App only (403 to a personal token, as GitHub
+/// answers), the body checked against GitHub's documented limits by
+/// [`check_run_violation`] (422 with the first violation), recorded,
+/// answered 201 or 200 with the run's id.
 fn check_runs(
     shared: &Shared,
     method: &Method,
@@ -966,13 +976,19 @@ fn check_runs(
     headers: &HeaderMap,
     body: &str,
 ) -> (StatusCode, String) {
-    use qci_server::check_run::{Request, validate};
     if let Err(refused) = check_headers(shared, headers) {
         return refused;
     }
-    let request = match (method, rest) {
-        (&Method::POST, []) => Request::Create,
-        (&Method::PATCH, [_]) => Request::Update,
+    if shared.app.is_none() {
+        return refuse(
+            shared,
+            StatusCode::FORBIDDEN,
+            "Resource not accessible by personal access token".into(),
+        );
+    }
+    let create = match (method, rest) {
+        (&Method::POST, []) => true,
+        (&Method::PATCH, [_]) => false,
         _ => {
             return refuse(
                 shared,
@@ -991,12 +1007,8 @@ fn check_runs(
             );
         }
     };
-    if let Err(violation) = validate(request, &value) {
-        return refuse(
-            shared,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            violation.to_string(),
-        );
+    if let Some(violation) = check_run_violation(create, &value) {
+        return refuse(shared, StatusCode::UNPROCESSABLE_ENTITY, violation);
     }
     let mut runs = shared.check_runs.lock().unwrap();
     let id = match rest {
@@ -1059,11 +1071,158 @@ fn check_runs(
         "status": run.status.as_deref().unwrap_or("queued"), "conclusion": run.conclusion,
         "html_url": format!("https://github.com/{repo}/runs/{id}"),
     });
-    let code = match request {
-        Request::Create => StatusCode::CREATED,
-        Request::Update => StatusCode::OK,
+    let code = if create {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
     (code, reply.to_string())
+}
+
+/// GitHub's documented limits, in the fake's own code so that qci's bodies
+/// are judged by GitHub's rules, not by qci's (`check_run::validate`).
+/// Texts are measured in UTF-8 bytes: GitHub refuses a summary "exceeding
+/// a maximum bytesize of 65535" although its docs say characters
+/// (github/docs#35252). `stale` is GitHub's to set, never a caller's.
+fn check_run_violation(create: bool, body: &Value) -> Option<String> {
+    const STATUSES: [&str; 6] = [
+        "queued",
+        "in_progress",
+        "completed",
+        "waiting",
+        "requested",
+        "pending",
+    ];
+    const CONCLUSIONS: [&str; 7] = [
+        "action_required",
+        "cancelled",
+        "failure",
+        "neutral",
+        "success",
+        "skipped",
+        "timed_out",
+    ];
+    const LEVELS: [&str; 3] = ["notice", "warning", "failure"];
+    const MAX_TEXT_BYTES: usize = 65_535;
+    const MAX_NOTE_BYTES: usize = 64 * 1024;
+    let Some(body) = body.as_object() else {
+        return Some("the body is not a JSON object".into());
+    };
+    let text = |v: Option<&Value>, field: &str| -> Result<Option<String>, String> {
+        match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("{field} is not a string")),
+        }
+    };
+    let check = || -> Result<(), String> {
+        if create {
+            let name = text(body.get("name"), "name")?.unwrap_or_default();
+            if name.is_empty() {
+                return Err("name is missing".into());
+            }
+            let sha = text(body.get("head_sha"), "head_sha")?.unwrap_or_default();
+            if !sha_ok(&sha) {
+                return Err(format!("head_sha {sha:?} is not 40 hex digits"));
+            }
+        }
+        let status = text(body.get("status"), "status")?;
+        let conclusion = text(body.get("conclusion"), "conclusion")?;
+        for (field, value, allowed) in [
+            ("status", &status, &STATUSES[..]),
+            ("conclusion", &conclusion, &CONCLUSIONS[..]),
+        ] {
+            if let Some(v) = value
+                && !allowed.contains(&v.as_str())
+            {
+                return Err(format!("{field} {v:?} is not one of {allowed:?}"));
+            }
+        }
+        // A conclusion completes the run; `completed` needs one.
+        let completed_at = text(body.get("completed_at"), "completed_at")?;
+        let fits = match (status.as_deref(), conclusion.as_deref()) {
+            (Some("completed"), None) => false,
+            (Some(s), Some(_)) => s == "completed",
+            (_, None) => completed_at.is_none(),
+            (None, Some(_)) => true,
+        };
+        if !fits {
+            return Err(format!(
+                "status {:?} does not go with conclusion {:?}",
+                status.as_deref(),
+                conclusion.as_deref()
+            ));
+        }
+        for field in ["started_at", "completed_at"] {
+            if let Some(at) = text(body.get(field), field)?
+                && humantime::parse_rfc3339_weak(&at).is_err()
+            {
+                return Err(format!("{field} {at:?} is not an ISO 8601 time"));
+            }
+        }
+        let output = match body.get("output") {
+            None | Some(Value::Null) => return Ok(()),
+            Some(Value::Object(o)) => o,
+            Some(_) => return Err("output is not an object".into()),
+        };
+        for (field, required) in [("title", true), ("summary", true), ("text", false)] {
+            match text(output.get(field), &format!("output.{field}"))? {
+                None if required => return Err(format!("output.{field} is missing")),
+                Some(t) if t.len() > MAX_TEXT_BYTES => {
+                    return Err(format!(
+                        "output.{field} exceeds a maximum bytesize of {MAX_TEXT_BYTES} ({} bytes)",
+                        t.len()
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let notes = match output.get("annotations") {
+            None | Some(Value::Null) => return Ok(()),
+            Some(Value::Array(notes)) => notes,
+            Some(_) => return Err("output.annotations is not an array".into()),
+        };
+        if notes.len() > 50 {
+            return Err(format!(
+                "{} annotations in one request, more than 50",
+                notes.len()
+            ));
+        }
+        for (i, note) in notes.iter().enumerate() {
+            let at = |f: &str| format!("output.annotations[{i}].{f}");
+            for f in ["start_line", "end_line"] {
+                if note.get(f).and_then(Value::as_u64).is_none_or(|n| n < 1) {
+                    return Err(format!("{} is not a line number", at(f)));
+                }
+            }
+            for f in ["path", "annotation_level", "message"] {
+                if text(note.get(f), &at(f))?.is_none_or(|t| t.is_empty()) {
+                    return Err(format!("{} is missing", at(f)));
+                }
+            }
+            let level = note["annotation_level"].as_str().unwrap_or_default();
+            if !LEVELS.contains(&level) {
+                return Err(format!(
+                    "{} {level:?} is not one of {LEVELS:?}",
+                    at("annotation_level")
+                ));
+            }
+            for f in ["message", "raw_details"] {
+                if let Some(t) = text(note.get(f), &at(f))?
+                    && t.len() >= MAX_NOTE_BYTES
+                {
+                    return Err(format!("{} is over 64 KB ({} bytes)", at(f), t.len()));
+                }
+            }
+            if let Some(title) = text(note.get("title"), &at("title"))?
+                && title.chars().count() > 255
+            {
+                return Err(format!("{} is over 255 characters", at("title")));
+            }
+        }
+        Ok(())
+    };
+    check().err()
 }
 
 impl FakeGithub {
@@ -1393,6 +1552,36 @@ pub fn workflow_job_payload(job: &ActionsJob, action: &str, conclusion: Option<&
         "installation": {"id": INSTALLATION, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uNDI="},
     }))
     .unwrap()
+}
+
+/// `DELETE /repos/O/R/actions/runners/ID` or `/orgs/O/...`: 204 for a
+/// runner registered there and not yet removed, else 404, as GitHub
+/// answers; only a real removal is recorded.
+fn delete_runner(shared: &Shared, path: &[&str], id: &str) -> (StatusCode, String) {
+    // `repos/O/R` or `orgs/O`: where `generate-jitconfig` registered it.
+    let scope = match path {
+        ["repos", owner, repo, ..] => format!("{owner}/{repo}"),
+        [_, org, ..] => (*org).to_owned(),
+        _ => String::new(),
+    };
+    let mut actions = shared.actions.lock().unwrap();
+    let registered = id.parse::<u64>().ok().filter(|id| {
+        !actions.removed.contains(id)
+            && actions
+                .runners
+                .iter()
+                .any(|r| r.id == *id && r.repo == scope)
+    });
+    let Some(id) = registered else {
+        drop(actions);
+        return refuse(
+            shared,
+            StatusCode::NOT_FOUND,
+            format!("Not Found: runner {id} of {scope}"),
+        );
+    };
+    actions.removed.push(id);
+    (StatusCode::NO_CONTENT, String::new())
 }
 
 fn generate_jitconfig(
