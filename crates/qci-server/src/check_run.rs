@@ -33,7 +33,6 @@ use crate::queue::results::{Failing, JobTests};
 use qci_core::State;
 use qci_core::status::{clean_line, cut_bytes, cut_chars};
 use serde::Serialize;
-use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
@@ -661,250 +660,263 @@ pub fn read_log_tail(path: &Path) -> std::io::Result<String> {
     Ok(tail)
 }
 
-/// Which request a body is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Request {
-    Create,
-    Update,
-}
+/// GitHub's schema and limits as the unit tests check bodies against
+/// them. Test-only: the fake GitHub has its own, written apart, so the
+/// product is never judged by its own reading of the rules alone.
+#[cfg(test)]
+mod rules {
+    use super::*;
+    use serde_json::Value;
 
-/// The first thing in a body that GitHub would refuse (with a 422).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Violation {
-    #[error("the body is not a JSON object")]
-    NotAnObject,
-    #[error("{0} is missing")]
-    Missing(String),
-    #[error("{field} must be {expected}")]
-    WrongType {
-        field: String,
-        expected: &'static str,
-    },
-    #[error("head_sha {0:?} is not 40 hex digits")]
-    BadSha(String),
-    #[error("{field} {value:?} is not one of {allowed}")]
-    NotAllowed {
-        field: String,
-        value: String,
-        allowed: &'static str,
-    },
-    #[error("status {status:?} does not go with conclusion {conclusion:?}")]
-    Inconsistent {
-        status: Option<String>,
-        conclusion: Option<String>,
-    },
-    #[error("{field} {value:?} is not an ISO 8601 time")]
-    BadTime { field: String, value: String },
-    #[error("{field} is {len} bytes long, more than {max}")]
-    TooLong {
-        field: String,
-        len: usize,
-        max: usize,
-    },
-    #[error("{0} annotations in one request, more than 50")]
-    TooManyAnnotations(usize),
-    #[error("{field}: end_line {end} is before start_line {start}")]
-    BadLines { field: String, start: u64, end: u64 },
-}
+    /// Which request a body is for.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Request {
+        Create,
+        Update,
+    }
 
-const STATUSES: &str = "queued, in_progress, completed, waiting, requested, pending";
-const CONCLUSIONS: &str =
-    "action_required, cancelled, failure, neutral, success, skipped, timed_out";
-const LEVELS: &str = "notice, warning, failure";
+    /// The first thing in a body that GitHub would refuse (with a 422).
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum Violation {
+        #[error("the body is not a JSON object")]
+        NotAnObject,
+        #[error("{0} is missing")]
+        Missing(String),
+        #[error("{field} must be {expected}")]
+        WrongType {
+            field: String,
+            expected: &'static str,
+        },
+        #[error("head_sha {0:?} is not 40 hex digits")]
+        BadSha(String),
+        #[error("{field} {value:?} is not one of {allowed}")]
+        NotAllowed {
+            field: String,
+            value: String,
+            allowed: &'static str,
+        },
+        #[error("status {status:?} does not go with conclusion {conclusion:?}")]
+        Inconsistent {
+            status: Option<String>,
+            conclusion: Option<String>,
+        },
+        #[error("{field} {value:?} is not an ISO 8601 time")]
+        BadTime { field: String, value: String },
+        #[error("{field} is {len} bytes long, more than {max}")]
+        TooLong {
+            field: String,
+            len: usize,
+            max: usize,
+        },
+        #[error("{0} annotations in one request, more than 50")]
+        TooManyAnnotations(usize),
+        #[error("{field}: end_line {end} is before start_line {start}")]
+        BadLines { field: String, start: u64, end: u64 },
+    }
 
-/// Checks a check-run request body as GitHub does (its schema and limits):
-/// `name` and a 40-hex `head_sha` to create; a known `status` and
-/// `conclusion` that go together (a conclusion only with `completed` or no
-/// status, `completed` only with one); times in ISO 8601; output `title`
-/// and `summary` present, each text at most [`MAX_OUTPUT_BYTES`]; at most
-/// [`MAX_ANNOTATIONS`] annotations, each with a path, lines, a valid
-/// `annotation_level` and a message of at most 64 KB. Every length in
-/// bytes. For the tests, which build bodies with these limits' constants:
-/// the first violation found.
-pub fn validate(request: Request, body: &Value) -> Result<(), Violation> {
-    let body = body.as_object().ok_or(Violation::NotAnObject)?;
-    let string = |field: &str| -> Result<Option<&str>, Violation> {
-        match body.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(Violation::WrongType {
-                field: field.to_owned(),
-                expected: "a string",
-            }),
-        }
-    };
-    let required = |field: &str| -> Result<&str, Violation> {
-        string(field)?.ok_or_else(|| Violation::Missing(field.to_owned()))
-    };
-    if request == Request::Create {
-        if required("name")?.is_empty() {
-            return Err(Violation::Missing("name".into()));
-        }
-        let sha = required("head_sha")?;
-        if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Violation::BadSha(sha.to_owned()));
-        }
-    }
-    let status = string("status")?;
-    let conclusion = string("conclusion")?;
-    one_of("status", status, STATUSES)?;
-    one_of("conclusion", conclusion, CONCLUSIONS)?;
-    let consistent = match (status, conclusion) {
-        (Some("completed"), None) => false,
-        (Some(s), Some(_)) => s == "completed",
-        _ => true,
-    };
-    if !consistent || (conclusion.is_none() && string("completed_at")?.is_some()) {
-        return Err(Violation::Inconsistent {
-            status: status.map(str::to_owned),
-            conclusion: conclusion.map(str::to_owned),
-        });
-    }
-    for field in ["started_at", "completed_at"] {
-        if let Some(at) = string(field)?
-            && humantime::parse_rfc3339_weak(at).is_err()
-        {
-            return Err(Violation::BadTime {
-                field: field.to_owned(),
-                value: at.to_owned(),
-            });
-        }
-    }
-    match body.get("output") {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::Object(output)) => validate_output(output),
-        Some(_) => Err(Violation::WrongType {
-            field: "output".into(),
-            expected: "an object",
-        }),
-    }
-}
+    pub const STATUSES: &str = "queued, in_progress, completed, waiting, requested, pending";
+    pub const CONCLUSIONS: &str =
+        "action_required, cancelled, failure, neutral, success, skipped, timed_out";
+    pub const LEVELS: &str = "notice, warning, failure";
 
-fn one_of(field: &str, value: Option<&str>, allowed: &'static str) -> Result<(), Violation> {
-    match value {
-        Some(v) if !allowed.split(", ").any(|a| a == v) => Err(Violation::NotAllowed {
-            field: field.to_owned(),
-            value: v.to_owned(),
-            allowed,
-        }),
-        _ => Ok(()),
-    }
-}
-
-fn validate_output(output: &serde_json::Map<String, Value>) -> Result<(), Violation> {
-    for (field, needed) in [("title", true), ("summary", true), ("text", false)] {
-        match output.get(field) {
-            None | Some(Value::Null) if needed => {
-                return Err(Violation::Missing(format!("output.{field}")));
-            }
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) => too_long(&format!("output.{field}"), s, MAX_OUTPUT_BYTES)?,
-            Some(_) => {
-                return Err(Violation::WrongType {
-                    field: format!("output.{field}"),
-                    expected: "a string",
-                });
-            }
-        }
-    }
-    let notes = match output.get("annotations") {
-        None | Some(Value::Null) => return Ok(()),
-        Some(Value::Array(notes)) => notes,
-        Some(_) => {
-            return Err(Violation::WrongType {
-                field: "output.annotations".into(),
-                expected: "an array",
-            });
-        }
-    };
-    if notes.len() > MAX_ANNOTATIONS {
-        return Err(Violation::TooManyAnnotations(notes.len()));
-    }
-    for (i, note) in notes.iter().enumerate() {
-        let at = |f: &str| format!("output.annotations[{i}].{f}");
-        let note = note.as_object().ok_or_else(|| Violation::WrongType {
-            field: format!("output.annotations[{i}]"),
-            expected: "an object",
-        })?;
-        let text = |f: &str| -> Result<Option<&str>, Violation> {
-            match note.get(f) {
+    /// Checks a check-run request body as GitHub does (its schema and limits):
+    /// `name` and a 40-hex `head_sha` to create; a known `status` and
+    /// `conclusion` that go together (a conclusion only with `completed` or no
+    /// status, `completed` only with one); times in ISO 8601; output `title`
+    /// and `summary` present, each text at most [`MAX_OUTPUT_BYTES`]; at most
+    /// [`MAX_ANNOTATIONS`] annotations, each with a path, lines, a valid
+    /// `annotation_level` and a message of at most 64 KB. Every length in
+    /// bytes. For the tests, which build bodies with these limits' constants:
+    /// the first violation found.
+    pub fn validate(request: Request, body: &Value) -> Result<(), Violation> {
+        let body = body.as_object().ok_or(Violation::NotAnObject)?;
+        let string = |field: &str| -> Result<Option<&str>, Violation> {
+            match body.get(field) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s)),
                 Some(_) => Err(Violation::WrongType {
-                    field: at(f),
+                    field: field.to_owned(),
                     expected: "a string",
                 }),
             }
         };
-        let line = |f: &str| -> Result<u64, Violation> {
-            match note.get(f) {
-                None | Some(Value::Null) => Err(Violation::Missing(at(f))),
-                Some(v) => v
-                    .as_u64()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| Violation::WrongType {
-                        field: at(f),
-                        expected: "a line number (1 or more)",
-                    }),
-            }
+        let required = |field: &str| -> Result<&str, Violation> {
+            string(field)?.ok_or_else(|| Violation::Missing(field.to_owned()))
         };
-        if text("path")?.is_none_or(str::is_empty) {
-            return Err(Violation::Missing(at("path")));
+        if request == Request::Create {
+            if required("name")?.is_empty() {
+                return Err(Violation::Missing("name".into()));
+            }
+            let sha = required("head_sha")?;
+            if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Violation::BadSha(sha.to_owned()));
+            }
         }
-        let (start, end) = (line("start_line")?, line("end_line")?);
-        if end < start {
-            return Err(Violation::BadLines {
-                field: format!("output.annotations[{i}]"),
-                start,
-                end,
+        let status = string("status")?;
+        let conclusion = string("conclusion")?;
+        one_of("status", status, STATUSES)?;
+        one_of("conclusion", conclusion, CONCLUSIONS)?;
+        let consistent = match (status, conclusion) {
+            (Some("completed"), None) => false,
+            (Some(s), Some(_)) => s == "completed",
+            _ => true,
+        };
+        if !consistent || (conclusion.is_none() && string("completed_at")?.is_some()) {
+            return Err(Violation::Inconsistent {
+                status: status.map(str::to_owned),
+                conclusion: conclusion.map(str::to_owned),
             });
         }
-        let level =
-            text("annotation_level")?.ok_or_else(|| Violation::Missing(at("annotation_level")))?;
-        one_of(&at("annotation_level"), Some(level), LEVELS)?;
-        let message = text("message")?.ok_or_else(|| Violation::Missing(at("message")))?;
-        too_long_bytes(&at("message"), message)?;
-        if let Some(details) = text("raw_details")? {
-            too_long_bytes(&at("raw_details"), details)?;
+        for field in ["started_at", "completed_at"] {
+            if let Some(at) = string(field)?
+                && humantime::parse_rfc3339_weak(at).is_err()
+            {
+                return Err(Violation::BadTime {
+                    field: field.to_owned(),
+                    value: at.to_owned(),
+                });
+            }
         }
-        if let Some(title) = text("title")? {
-            too_long(&at("title"), title, MAX_ANNOTATION_TITLE_BYTES)?;
+        match body.get("output") {
+            None | Some(Value::Null) => Ok(()),
+            Some(Value::Object(output)) => validate_output(output),
+            Some(_) => Err(Violation::WrongType {
+                field: "output".into(),
+                expected: "an object",
+            }),
         }
     }
-    Ok(())
-}
 
-fn too_long(field: &str, text: &str, max: usize) -> Result<(), Violation> {
-    let len = text.len();
-    if len > max {
-        return Err(Violation::TooLong {
-            field: field.to_owned(),
-            len,
-            max,
-        });
+    fn one_of(field: &str, value: Option<&str>, allowed: &'static str) -> Result<(), Violation> {
+        match value {
+            Some(v) if !allowed.split(", ").any(|a| a == v) => Err(Violation::NotAllowed {
+                field: field.to_owned(),
+                value: v.to_owned(),
+                allowed,
+            }),
+            _ => Ok(()),
+        }
     }
-    Ok(())
-}
 
-/// 64 KB, in bytes (as GitHub says it for annotations).
-fn too_long_bytes(field: &str, text: &str) -> Result<(), Violation> {
-    if text.len() >= MAX_ANNOTATION_BYTES {
-        return Err(Violation::TooLong {
-            field: field.to_owned(),
-            len: text.len(),
-            max: MAX_ANNOTATION_BYTES - 1,
-        });
+    fn validate_output(output: &serde_json::Map<String, Value>) -> Result<(), Violation> {
+        for (field, needed) in [("title", true), ("summary", true), ("text", false)] {
+            match output.get(field) {
+                None | Some(Value::Null) if needed => {
+                    return Err(Violation::Missing(format!("output.{field}")));
+                }
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) => {
+                    too_long(&format!("output.{field}"), s, MAX_OUTPUT_BYTES)?
+                }
+                Some(_) => {
+                    return Err(Violation::WrongType {
+                        field: format!("output.{field}"),
+                        expected: "a string",
+                    });
+                }
+            }
+        }
+        let notes = match output.get("annotations") {
+            None | Some(Value::Null) => return Ok(()),
+            Some(Value::Array(notes)) => notes,
+            Some(_) => {
+                return Err(Violation::WrongType {
+                    field: "output.annotations".into(),
+                    expected: "an array",
+                });
+            }
+        };
+        if notes.len() > MAX_ANNOTATIONS {
+            return Err(Violation::TooManyAnnotations(notes.len()));
+        }
+        for (i, note) in notes.iter().enumerate() {
+            let at = |f: &str| format!("output.annotations[{i}].{f}");
+            let note = note.as_object().ok_or_else(|| Violation::WrongType {
+                field: format!("output.annotations[{i}]"),
+                expected: "an object",
+            })?;
+            let text = |f: &str| -> Result<Option<&str>, Violation> {
+                match note.get(f) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) => Ok(Some(s)),
+                    Some(_) => Err(Violation::WrongType {
+                        field: at(f),
+                        expected: "a string",
+                    }),
+                }
+            };
+            let line = |f: &str| -> Result<u64, Violation> {
+                match note.get(f) {
+                    None | Some(Value::Null) => Err(Violation::Missing(at(f))),
+                    Some(v) => v
+                        .as_u64()
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| Violation::WrongType {
+                            field: at(f),
+                            expected: "a line number (1 or more)",
+                        }),
+                }
+            };
+            if text("path")?.is_none_or(str::is_empty) {
+                return Err(Violation::Missing(at("path")));
+            }
+            let (start, end) = (line("start_line")?, line("end_line")?);
+            if end < start {
+                return Err(Violation::BadLines {
+                    field: format!("output.annotations[{i}]"),
+                    start,
+                    end,
+                });
+            }
+            let level = text("annotation_level")?
+                .ok_or_else(|| Violation::Missing(at("annotation_level")))?;
+            one_of(&at("annotation_level"), Some(level), LEVELS)?;
+            let message = text("message")?.ok_or_else(|| Violation::Missing(at("message")))?;
+            too_long_bytes(&at("message"), message)?;
+            if let Some(details) = text("raw_details")? {
+                too_long_bytes(&at("raw_details"), details)?;
+            }
+            if let Some(title) = text("title")? {
+                too_long(&at("title"), title, MAX_ANNOTATION_TITLE_BYTES)?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
+
+    fn too_long(field: &str, text: &str, max: usize) -> Result<(), Violation> {
+        let len = text.len();
+        if len > max {
+            return Err(Violation::TooLong {
+                field: field.to_owned(),
+                len,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// 64 KB, in bytes (as GitHub says it for annotations).
+    fn too_long_bytes(field: &str, text: &str) -> Result<(), Violation> {
+        if text.len() >= MAX_ANNOTATION_BYTES {
+            return Err(Violation::TooLong {
+                field: field.to_owned(),
+                len: text.len(),
+                max: MAX_ANNOTATION_BYTES - 1,
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::rules::*;
     use super::*;
     use crate::pages::sections;
     use crate::queue::results::{Flakiness, Since, TestResult};
     use qci_core::job_file::Reason;
     use qci_junit::Counts;
+    use serde_json::Value;
     use serde_json::json;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
