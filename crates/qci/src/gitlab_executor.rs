@@ -25,7 +25,7 @@
 use crate::out::{self, outln};
 use crate::pool::{Terminal, cancel_on_signals, interrupted, load, reconcile};
 use qci_core::job_id::JobIdError;
-use qci_core::{JobId, State};
+use qci_core::{ExitCode, JobId, State};
 use qci_pool::backend::Backend;
 use qci_pool::guest::{GuestError, GuestPid, sh_quote};
 use qci_pool::lease::{LeaseRow, owner_alive, owner_of};
@@ -142,17 +142,17 @@ impl GitlabError {
 }
 
 /// The exit code gitlab-runner gave for `fault` (its variables), else
-/// qci's own (1 a step failed, 3 CI error) when run by hand.
+/// qci's own table when run by hand, so a script sees the codes `qci run`
+/// would give.
 fn exit_code(fault: Fault) -> std::process::ExitCode {
     let (var, default) = match fault {
-        Fault::Build => ("BUILD_FAILURE_EXIT_CODE", 1),
-        Fault::System => ("SYSTEM_FAILURE_EXIT_CODE", 3),
+        Fault::Build => ("BUILD_FAILURE_EXIT_CODE", ExitCode::StepFailed),
+        Fault::System => ("SYSTEM_FAILURE_EXIT_CODE", ExitCode::CiError),
     };
-    let code = std::env::var(var)
+    std::env::var(var)
         .ok()
         .and_then(|v| v.trim().parse::<u8>().ok())
-        .unwrap_or(default);
-    std::process::ExitCode::from(code)
+        .map_or_else(|| default.into(), std::process::ExitCode::from)
 }
 
 /// Runs a stage: its own `qci: WHY` line and gitlab-runner's exit code, not
