@@ -316,7 +316,7 @@ fn prepare(config: PoolConfig, env: &Env, flag: Option<&str>) -> Result<(), Gitl
     }
     let cancel = cancel_on_signals();
     eprintln!("qci: job {job}: waiting for a machine of Qubes {qubes}");
-    let terminal = Terminal::new(false);
+    let terminal = Terminal::default();
     let booted = match pool.lease_booted(&job, &target, &cancel, job_timeout, &terminal)? {
         Ready::Booted(b) => b,
         Ready::GaveUp { why, .. } => return Err(GitlabError::GaveUp(why)),
