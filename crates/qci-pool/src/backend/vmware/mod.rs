@@ -553,18 +553,6 @@ impl MachineControl for Vmware {
         Ok(marker_in(config.as_ref()))
     }
 
-    /// Not used for leases (they go through [`Self::swap_marker`]); still a
-    /// compare-and-swap, against a read made just now.
-    fn set_marker(&self, marker: Option<&Marker>) -> Result<(), ControlError> {
-        let read = self.read_marker()?;
-        match self.swap_marker(&read, marker)? {
-            Swap::Done => Ok(()),
-            Swap::Lost => Err(ControlError::Refused(
-                "vSphere: the VM changed while its lease marker was written".into(),
-            )),
-        }
-    }
-
     /// `config.changeVersion` and `config.extraConfig` in one
     /// `RetrieveProperties`: one state of the VM, so the version is the one
     /// of the marker read with it.
