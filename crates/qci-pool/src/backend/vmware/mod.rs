@@ -396,7 +396,7 @@ fn mentions(node: &Node, needle: &str) -> bool {
 
 /// The marker's value in a VM's `config.extraConfig`. Some servers (the
 /// govmomi simulator) append rather than replace: the last entry counts.
-pub fn marker_in(extra_config: Option<&Node>) -> Option<Marker> {
+fn marker_in(extra_config: Option<&Node>) -> Option<Marker> {
     let value = extra_config.and_then(|c| {
         c.children
             .iter()
@@ -410,7 +410,7 @@ pub fn marker_in(extra_config: Option<&Node>) -> Option<Marker> {
 /// empty value) only if the VM's `config.changeVersion` is still
 /// `change_version`. `changeVersion` comes first: the spec is an XML
 /// schema sequence, and vSphere checks its order.
-pub fn marker_spec(change_version: &str, marker: Option<&Marker>) -> String {
+fn marker_spec(change_version: &str, marker: Option<&Marker>) -> String {
     let value = marker.map(Marker::encode).unwrap_or_default();
     format!(
         "<spec><changeVersion>{}</changeVersion><extraConfig><key>{MARKER_KEY}</key>\
