@@ -253,13 +253,7 @@ impl Runner<'_> {
     }
 
     pub fn dom0<'b>(&'b self, backend: &'b Backend, timeout: Duration) -> Dom0<'b> {
-        Dom0 {
-            guest: backend.guest.as_ref(),
-            dev_vm: &self.machine.dev_vm,
-            tmp_dir: &backend.tmp_dir,
-            log_dir: &backend.log_dir,
-            timeout,
-        }
+        backend.dom0(self.machine, timeout)
     }
 
     /// Marker, revert, boot, and wait for dom0 (a cancel while waiting

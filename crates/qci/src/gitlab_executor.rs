@@ -405,13 +405,7 @@ fn run(config: PoolConfig, env: &Env, script: &Path, stage: &str) -> Result<(), 
         machine: row.machine.clone(),
         source,
     })?;
-    let dom0 = Dom0 {
-        guest: backend.guest.as_ref(),
-        dev_vm: &machine.dev_vm,
-        tmp_dir: &backend.tmp_dir,
-        log_dir: &backend.log_dir,
-        timeout: call_timeout,
-    };
+    let dom0 = backend.dom0(machine, call_timeout);
     let dir = format!(".qci/gitlab/{job}");
     let mut exports = String::new();
     for (k, v) in env.job_vars() {
