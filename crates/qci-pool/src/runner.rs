@@ -318,19 +318,9 @@ impl Runner<'_> {
     ) -> Result<(), NoAnswer> {
         let started = Instant::now();
         let deadline = started + self.config.boot_timeout;
-        let check: Vec<String> = [
-            "qvm-run",
-            "--pass-io",
-            "--no-gui",
-            &self.machine.dev_vm,
-            "true",
-        ]
-        .map(String::from)
-        .to_vec();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let last = match dom0.guest.run(
-                &check,
+            let last = match dom0.check_dev_vm(
                 self.config
                     .call_timeout
                     .min(left.max(Duration::from_millis(100))),

@@ -457,7 +457,7 @@ fn run(config: PoolConfig, env: &Env, script: &Path, stage: &str) -> Result<(), 
         }
         // qvm-run also fails when the dev VM or qrexec does: the exit is the
         // script's only if the dev VM still answers.
-        End::Exited(code) if !dev_vm_answers(&dom0, &machine.dev_vm) => Err(GitlabError::Lost {
+        End::Exited(code) if !dev_vm_answers(&dom0) => Err(GitlabError::Lost {
             stage: stage.to_owned(),
             machine: name,
             source: GuestError::Failed(format!(
@@ -496,12 +496,8 @@ fn run(config: PoolConfig, env: &Env, script: &Path, stage: &str) -> Result<(), 
     }
 }
 
-fn dev_vm_answers(dom0: &Dom0<'_>, dev_vm: &str) -> bool {
-    let check = format!(
-        "qvm-run --pass-io --no-gui {} true < /dev/null > /dev/null 2>&1",
-        sh_quote(dev_vm)
-    );
-    matches!(dom0.sh(&check), Ok(0))
+fn dev_vm_answers(dom0: &Dom0<'_>) -> bool {
+    matches!(dom0.check_dev_vm(dom0.timeout), Ok(0))
 }
 
 /// The job's own script stages say how the job went, for `qci pool`.
