@@ -208,8 +208,6 @@ pub trait MachineControl: Send + Sync {
     fn create_snapshot(&self, name: &str) -> Result<(), ControlError>;
     fn delete_snapshot(&self, name: &str) -> Result<(), ControlError>;
     fn marker(&self) -> Result<Option<Marker>, ControlError>;
-    /// Sets the marker, or clears it with `None`.
-    fn set_marker(&self, marker: Option<&Marker>) -> Result<(), ControlError>;
     /// The marker with the version to compare against in
     /// [`Self::swap_marker`]. Without a compare-and-swap: no version.
     fn read_marker(&self) -> Result<MarkerRead, ControlError> {
@@ -221,14 +219,10 @@ pub trait MachineControl: Send + Sync {
     /// Writes `marker` (clears it with `None`) only if the machine is still
     /// as `read` saw it. Without a compare-and-swap, a plain write that is
     /// always [`Swap::Done`] (the read-back of [`claim_marker`] decides).
-    fn swap_marker(
-        &self,
-        read: &MarkerRead,
-        marker: Option<&Marker>,
-    ) -> Result<Swap, ControlError> {
-        let _ = read;
-        self.set_marker(marker).map(|()| Swap::Done)
-    }
+    /// The only way a marker is written, so that no write can skip the
+    /// compare where the hypervisor has one.
+    fn swap_marker(&self, read: &MarkerRead, marker: Option<&Marker>)
+    -> Result<Swap, ControlError>;
     /// What the machine's screen shows, as PNG bytes (at most
     /// [`crate::artifacts::MAX_SCREENSHOT_BYTES`]); `None` for a machine
     /// with no screen. Taken of a machine whose job failed, before it is

@@ -80,6 +80,14 @@ impl Dom0<'_> {
             .run(&["sh".into(), "-c".into(), script.into()], self.timeout)
     }
 
+    /// The exit of `true` in the dev VM, run from dom0: the one test that a
+    /// machine is up for a job, both while it boots and when a failed
+    /// script may instead mean a lost dev VM, so both ask the same thing.
+    pub fn check_dev_vm(&self, timeout: Duration) -> Result<i32, GuestError> {
+        let argv = ["qvm-run", "--pass-io", "--no-gui", self.dev_vm, "true"].map(String::from);
+        self.guest.run(&argv, timeout)
+    }
+
     /// `qvm-run --pass-io` of `command` in the dev VM; stdin from `input`
     /// (placed in dom0 first), stdout returned. Fails on a non-zero exit.
     pub fn dev_vm(

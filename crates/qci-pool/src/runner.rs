@@ -253,13 +253,7 @@ impl Runner<'_> {
     }
 
     pub fn dom0<'b>(&'b self, backend: &'b Backend, timeout: Duration) -> Dom0<'b> {
-        Dom0 {
-            guest: backend.guest.as_ref(),
-            dev_vm: &self.machine.dev_vm,
-            tmp_dir: &backend.tmp_dir,
-            log_dir: &backend.log_dir,
-            timeout,
-        }
+        backend.dom0(self.machine, timeout)
     }
 
     /// Marker, revert, boot, and wait for dom0 (a cancel while waiting
@@ -324,19 +318,9 @@ impl Runner<'_> {
     ) -> Result<(), NoAnswer> {
         let started = Instant::now();
         let deadline = started + self.config.boot_timeout;
-        let check: Vec<String> = [
-            "qvm-run",
-            "--pass-io",
-            "--no-gui",
-            &self.machine.dev_vm,
-            "true",
-        ]
-        .map(String::from)
-        .to_vec();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let last = match dom0.guest.run(
-                &check,
+            let last = match dom0.check_dev_vm(
                 self.config
                     .call_timeout
                     .min(left.max(Duration::from_millis(100))),

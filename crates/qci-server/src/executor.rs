@@ -111,13 +111,8 @@ struct Lent<'a> {
 
 impl Lent<'_> {
     fn dom0(&self) -> Dom0<'_> {
-        Dom0 {
-            guest: self.backend.guest.as_ref(),
-            dev_vm: &self.machine.dev_vm,
-            tmp_dir: &self.backend.tmp_dir,
-            log_dir: &self.backend.log_dir,
-            timeout: self.pool.config().call_timeout,
-        }
+        self.backend
+            .dom0(self.machine, self.pool.config().call_timeout)
     }
 }
 

@@ -162,9 +162,10 @@ pub fn begin_to(job: &JobId, paths: &Paths, out: impl Write + Send + 'static) ->
 /// credentials (dom0 never has them, but the code under test runs there and
 /// could print what it found in the exported tree). Each read goes out as
 /// one write: lines are not copied one by one, and memory stays one read's
-/// worth whatever the line length. Returns the reason if dom0 refused the
-/// job: then its first line is `[qci] refused: WHY` (a step's lines cannot
-/// come first).
+/// worth whatever the line length. Each write holds whole lines only (an
+/// unended last line is given its `\n`), which `qci-vm run`'s step markers
+/// rely on. Returns the reason if dom0 refused the job: then its first line
+/// is `[qci] refused: WHY` (a step's lines cannot come first).
 fn relay(mut log: impl Read, mut out: impl Write, mask: &SecretMask) -> Option<String> {
     let mut splitter = LineSplitter::masking(mask.clone());
     let mut buf = vec![0; 256 * 1024];
@@ -444,6 +445,55 @@ mod tests {
             &long[max..]
         );
         assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+
+    /// Keeps each write it is given, apart.
+    struct Writes(Vec<Vec<u8>>);
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn relay_writes_whole_lines_only_however_the_reads_cut_them() {
+        let long = "y".repeat(qci_core::log::MAX_LINE + 10);
+        let pieces = || -> Vec<Vec<u8>> {
+            vec![
+                b"T [qci] job J called from sd-dev\n".to_vec(),
+                b"T [a] plain\nT [a] more\nT [a] ha".to_vec(),
+                b"lf done\nT [a] bad \xff byte\n".to_vec(),
+                format!("{long}\nT [a] after").into_bytes(),
+                b" long\nT [a] last".to_vec(),
+            ]
+        };
+        let all = pieces().concat();
+        for mask in [SecretMask::default(), SecretMask::new(["more".to_owned()])] {
+            for writes in [
+                {
+                    let mut w = Writes(Vec::new());
+                    relay(Reads(pieces().into()), &mut w, &mask);
+                    w.0
+                },
+                {
+                    let mut w = Writes(Vec::new());
+                    relay(Trickle(all.clone(), 0), &mut w, &mask);
+                    w.0
+                },
+            ] {
+                assert!(!writes.is_empty());
+                for w in &writes {
+                    assert!(w.ends_with(b"\n"), "{:?}", String::from_utf8_lossy(w));
+                }
+                assert!(writes.concat().ends_with(b"T [a] last\n"));
+            }
+        }
     }
 
     #[test]

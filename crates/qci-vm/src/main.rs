@@ -7,7 +7,8 @@
 //! - `qci-vm run [--dir DIR] [-- COMMAND…]` is `begin --source` for a CI
 //!   engine's step: a new job id, the checkout (or the current directory),
 //!   `.qci.toml`'s steps or the one COMMAND, the log on stdout (grouped by
-//!   step under GitHub Actions) and the job's exit code.
+//!   step under GitHub Actions, a collapsible section per step under GitLab
+//!   CI) and the job's exit code.
 //! - `qci-vm status [JOB]` is the `qci.Status` service: one status event on
 //!   stdin, forwarded to the job's sink.
 //! - `qci-vm export [JOB]` is the `qci.Export` service: the job's workspace

@@ -25,7 +25,7 @@
 use crate::out::{self, outln};
 use crate::pool::{Terminal, cancel_on_signals, interrupted, load, reconcile};
 use qci_core::job_id::JobIdError;
-use qci_core::{JobId, State};
+use qci_core::{ExitCode, JobId, State};
 use qci_pool::backend::Backend;
 use qci_pool::guest::{GuestError, GuestPid, sh_quote};
 use qci_pool::lease::{LeaseRow, owner_alive, owner_of};
@@ -142,17 +142,17 @@ impl GitlabError {
 }
 
 /// The exit code gitlab-runner gave for `fault` (its variables), else
-/// qci's own (1 a step failed, 3 CI error) when run by hand.
+/// qci's own table when run by hand, so a script sees the codes `qci run`
+/// would give.
 fn exit_code(fault: Fault) -> std::process::ExitCode {
     let (var, default) = match fault {
-        Fault::Build => ("BUILD_FAILURE_EXIT_CODE", 1),
-        Fault::System => ("SYSTEM_FAILURE_EXIT_CODE", 3),
+        Fault::Build => ("BUILD_FAILURE_EXIT_CODE", ExitCode::StepFailed),
+        Fault::System => ("SYSTEM_FAILURE_EXIT_CODE", ExitCode::CiError),
     };
-    let code = std::env::var(var)
+    std::env::var(var)
         .ok()
         .and_then(|v| v.trim().parse::<u8>().ok())
-        .unwrap_or(default);
-    std::process::ExitCode::from(code)
+        .map_or_else(|| default.into(), std::process::ExitCode::from)
 }
 
 /// Runs a stage: its own `qci: WHY` line and gitlab-runner's exit code, not
@@ -316,7 +316,7 @@ fn prepare(config: PoolConfig, env: &Env, flag: Option<&str>) -> Result<(), Gitl
     }
     let cancel = cancel_on_signals();
     eprintln!("qci: job {job}: waiting for a machine of Qubes {qubes}");
-    let terminal = Terminal::new(false);
+    let terminal = Terminal::default();
     let booted = match pool.lease_booted(&job, &target, &cancel, job_timeout, &terminal)? {
         Ready::Booted(b) => b,
         Ready::GaveUp { why, .. } => return Err(GitlabError::GaveUp(why)),
@@ -405,13 +405,7 @@ fn run(config: PoolConfig, env: &Env, script: &Path, stage: &str) -> Result<(), 
         machine: row.machine.clone(),
         source,
     })?;
-    let dom0 = Dom0 {
-        guest: backend.guest.as_ref(),
-        dev_vm: &machine.dev_vm,
-        tmp_dir: &backend.tmp_dir,
-        log_dir: &backend.log_dir,
-        timeout: call_timeout,
-    };
+    let dom0 = backend.dom0(machine, call_timeout);
     let dir = format!(".qci/gitlab/{job}");
     let mut exports = String::new();
     for (k, v) in env.job_vars() {
@@ -463,7 +457,7 @@ fn run(config: PoolConfig, env: &Env, script: &Path, stage: &str) -> Result<(), 
         }
         // qvm-run also fails when the dev VM or qrexec does: the exit is the
         // script's only if the dev VM still answers.
-        End::Exited(code) if !dev_vm_answers(&dom0, &machine.dev_vm) => Err(GitlabError::Lost {
+        End::Exited(code) if !dev_vm_answers(&dom0) => Err(GitlabError::Lost {
             stage: stage.to_owned(),
             machine: name,
             source: GuestError::Failed(format!(
@@ -502,12 +496,8 @@ fn run(config: PoolConfig, env: &Env, script: &Path, stage: &str) -> Result<(), 
     }
 }
 
-fn dev_vm_answers(dom0: &Dom0<'_>, dev_vm: &str) -> bool {
-    let check = format!(
-        "qvm-run --pass-io --no-gui {} true < /dev/null > /dev/null 2>&1",
-        sh_quote(dev_vm)
-    );
-    matches!(dom0.sh(&check), Ok(0))
+fn dev_vm_answers(dom0: &Dom0<'_>) -> bool {
+    matches!(dom0.check_dev_vm(dom0.timeout), Ok(0))
 }
 
 /// The job's own script stages say how the job went, for `qci pool`.

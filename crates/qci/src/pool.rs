@@ -158,21 +158,11 @@ pub(crate) fn cancel_on_signals() -> Arc<AtomicBool> {
 }
 
 /// Progress on stderr (at most one "waiting" line every few seconds), the
-/// live log on stdout.
+/// live log on stdout. The GitLab executor's prepare shares it safely:
+/// `lease_booted` only boots, so no log reaches its stdout.
+#[derive(Default)]
 pub(crate) struct Terminal {
     last_wait: std::sync::Mutex<Option<Instant>>,
-    /// Where the live log goes: stdout for `qci run`, nowhere when the
-    /// caller streams output itself.
-    show_log: bool,
-}
-
-impl Terminal {
-    pub(crate) fn new(show_log: bool) -> Self {
-        Self {
-            last_wait: Default::default(),
-            show_log,
-        }
-    }
 }
 
 impl qci_pool::JobEvents for Terminal {
@@ -188,9 +178,7 @@ impl qci_pool::JobEvents for Terminal {
     }
 
     fn log(&self, _job: &JobId, chunk: &[u8]) {
-        if self.show_log {
-            out::write(chunk);
-        }
+        out::write(chunk);
     }
 }
 
@@ -240,7 +228,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, HostError> {
         cancel: cancel_on_signals(),
     };
     eprintln!("qci: job {job}: {} at {}", args.repo, args.commit);
-    let terminal = Terminal::new(true);
+    let terminal = Terminal::default();
     let outcome = pool
         .run_job(&request, &terminal, &sink_status(&pool))
         .map_err(|source| HostError::NotRun {
@@ -327,7 +315,7 @@ pub fn nightly(config: &Path, machines: &[String]) -> Result<ExitCode, HostError
         pool.check_target(&Target::Machine(name.clone()))?;
     }
     reconcile(&pool)?;
-    let terminal = Terminal::new(true);
+    let terminal = Terminal::default();
     let outcomes = pool.nightly(machines, &terminal)?;
     let mut code = ExitCode::Success;
     for o in outcomes {

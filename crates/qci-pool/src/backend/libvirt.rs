@@ -14,7 +14,9 @@
 
 use crate::artifacts::PNG_SIGNATURE;
 use crate::command::run_bounded;
-use crate::control::{ControlError, MachineControl, Marker, PowerState, Snapshot};
+use crate::control::{
+    ControlError, MachineControl, Marker, MarkerRead, PowerState, Snapshot, Swap,
+};
 use std::process::Command;
 use std::time::Duration;
 
@@ -144,7 +146,9 @@ impl MachineControl for Libvirt {
         }
     }
 
-    fn set_marker(&self, marker: Option<&Marker>) -> Result<(), ControlError> {
+    /// No compare-and-swap in virsh: a plain write, which `claim_marker`
+    /// reads back.
+    fn swap_marker(&self, _: &MarkerRead, marker: Option<&Marker>) -> Result<Swap, ControlError> {
         let mut args = vec![
             "metadata",
             &self.domain,
@@ -168,9 +172,9 @@ impl MachineControl for Libvirt {
             Err(ControlError::Refused(e))
                 if marker.is_none() && e.contains("metadata not found") =>
             {
-                Ok(())
+                Ok(Swap::Done)
             }
-            other => other.map(drop),
+            other => other.map(|_| Swap::Done),
         }
     }
 

@@ -13,7 +13,9 @@
 //! ```
 
 use super::install;
-use crate::control::{ControlError, MachineControl, Marker, PowerState, Snapshot};
+use crate::control::{
+    ControlError, MachineControl, Marker, MarkerRead, PowerState, Snapshot, Swap,
+};
 use crate::guest::{GuestChannel, GuestError, GuestPid};
 use qci_emulator::{DOM0, ENV_MACHINE, Machine};
 use serde::{Deserialize, Serialize};
@@ -299,10 +301,11 @@ impl MachineControl for LocalMachine {
         Ok(self.read()?.marker)
     }
 
-    fn set_marker(&self, marker: Option<&Marker>) -> Result<(), ControlError> {
+    /// No compare-and-swap: a plain write.
+    fn swap_marker(&self, _: &MarkerRead, marker: Option<&Marker>) -> Result<Swap, ControlError> {
         self.update(|s| s.marker = marker.cloned())?;
         self.log_marker(marker);
-        Ok(())
+        Ok(Swap::Done)
     }
 
     /// An emulated machine has no screen.

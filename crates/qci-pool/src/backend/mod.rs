@@ -9,7 +9,7 @@ pub mod vmware;
 
 use crate::config::{BackendKind, Credentials, Dom0Access, MachineConfig};
 use crate::control::{ControlError, MachineControl};
-use crate::guest::GuestChannel;
+use crate::guest::{Dom0, GuestChannel};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,6 +97,19 @@ impl Backend {
             tmp_dir,
             artifact_dir,
         })
+    }
+
+    /// dom0 of `m`, the machine this backend was opened for: its directories
+    /// are the backend's (an emulated dom0 moves them under its root), its
+    /// dev VM the machine's, so no caller can pair them wrongly.
+    pub fn dom0<'a>(&'a self, m: &'a MachineConfig, timeout: Duration) -> Dom0<'a> {
+        Dom0 {
+            guest: self.guest.as_ref(),
+            dev_vm: &m.dev_vm,
+            tmp_dir: &self.tmp_dir,
+            log_dir: &self.log_dir,
+            timeout,
+        }
     }
 }
 

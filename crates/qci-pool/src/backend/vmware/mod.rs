@@ -396,7 +396,7 @@ fn mentions(node: &Node, needle: &str) -> bool {
 
 /// The marker's value in a VM's `config.extraConfig`. Some servers (the
 /// govmomi simulator) append rather than replace: the last entry counts.
-pub fn marker_in(extra_config: Option<&Node>) -> Option<Marker> {
+fn marker_in(extra_config: Option<&Node>) -> Option<Marker> {
     let value = extra_config.and_then(|c| {
         c.children
             .iter()
@@ -410,7 +410,7 @@ pub fn marker_in(extra_config: Option<&Node>) -> Option<Marker> {
 /// empty value) only if the VM's `config.changeVersion` is still
 /// `change_version`. `changeVersion` comes first: the spec is an XML
 /// schema sequence, and vSphere checks its order.
-pub fn marker_spec(change_version: &str, marker: Option<&Marker>) -> String {
+fn marker_spec(change_version: &str, marker: Option<&Marker>) -> String {
     let value = marker.map(Marker::encode).unwrap_or_default();
     format!(
         "<spec><changeVersion>{}</changeVersion><extraConfig><key>{MARKER_KEY}</key>\
@@ -551,18 +551,6 @@ impl MachineControl for Vmware {
     fn marker(&self) -> Result<Option<Marker>, ControlError> {
         let config = self.0.property(&self.vm()?, "config.extraConfig")?;
         Ok(marker_in(config.as_ref()))
-    }
-
-    /// Not used for leases (they go through [`Self::swap_marker`]); still a
-    /// compare-and-swap, against a read made just now.
-    fn set_marker(&self, marker: Option<&Marker>) -> Result<(), ControlError> {
-        let read = self.read_marker()?;
-        match self.swap_marker(&read, marker)? {
-            Swap::Done => Ok(()),
-            Swap::Lost => Err(ControlError::Refused(
-                "vSphere: the VM changed while its lease marker was written".into(),
-            )),
-        }
     }
 
     /// `config.changeVersion` and `config.extraConfig` in one
