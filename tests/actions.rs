@@ -518,7 +518,13 @@ fn an_organizations_idle_runner_takes_a_job_at_once_and_the_jobs_own_machine_wai
     wait_for(
         "the job's machine off, the next idle one on",
         Duration::from_secs(30),
-        || host.power(idle_machine) == "off" && host.power(next) == "on" && host.leases() == 2,
+        || {
+            host.power(idle_machine) == "off"
+                && host.power(next) == "on"
+                && host.leases() == 2
+                // Its runner registers once the machine has booted.
+                && host.github.jit_runners().len() >= 3
+        },
     );
     let runners = host.github.jit_runners();
     assert_eq!(runners.len(), 3, "{runners:?}");
