@@ -324,13 +324,18 @@ pub fn react(
         "{}/repos/{slug}/issues/comments/{id}/reactions",
         api_url.trim_end_matches('/')
     );
-    let reply = authorized(client.post(&url), token)
-        .json(&serde_json::json!({ "content": content }))
-        .send()
-        .map_err(|e| GithubError::Unanswered {
-            url: url.clone(),
-            source: e.without_url(),
-        })?;
+    once(
+        url.clone(),
+        authorized(client.post(&url), token).json(&serde_json::json!({ "content": content })),
+    )
+}
+
+/// Sends a courtesy request once: its failure is for the log alone.
+fn once(url: String, request: reqwest::blocking::RequestBuilder) -> Result<(), GithubError> {
+    let reply = request.send().map_err(|e| GithubError::Unanswered {
+        url: url.clone(),
+        source: e.without_url(),
+    })?;
     if !reply.status().is_success() {
         return Err(GithubError::Refused {
             url,
@@ -382,7 +387,7 @@ pub fn generate_jitconfig(
     read_json(&url, reply)
 }
 
-/// Deletes runner `id` where `runners_at` keeps it: one attempt.
+/// Deletes runner `id` where `runners_at` keeps it: one attempt, a courtesy.
 pub fn delete_runner(
     client: &reqwest::blocking::Client,
     api_url: &str,
@@ -394,20 +399,7 @@ pub fn delete_runner(
         "{}/{runners_at}/actions/runners/{id}",
         api_url.trim_end_matches('/')
     );
-    let reply =
-        authorized(client.delete(&url), token)
-            .send()
-            .map_err(|e| GithubError::Unanswered {
-                url: url.clone(),
-                source: e.without_url(),
-            })?;
-    if !reply.status().is_success() {
-        return Err(GithubError::Refused {
-            url,
-            status: reply.status(),
-        });
-    }
-    Ok(())
+    once(url.clone(), authorized(client.delete(&url), token))
 }
 
 /// Actions job `id` of `slug`: its `status` (`queued`, `in_progress`,
