@@ -2,7 +2,7 @@
 //! /repos/{o}/{r}/check-runs` and `PATCH /repos/{o}/{r}/check-runs/{id}`,
 //! built from the job, its log's steps, its tests and its log's tail.
 //! Sending them (the App's token, the outbox) is elsewhere; this is plain
-//! data, so the tests can check it with [`validate`] (the fake GitHub
+//! data, so the tests can check it with `validate` (test-only) (the fake GitHub
 //! checks GitHub's limits with its own code: the product is not judged by
 //! its own rules).
 //!
