@@ -2,9 +2,9 @@
 //! /repos/{o}/{r}/check-runs` and `PATCH /repos/{o}/{r}/check-runs/{id}`,
 //! built from the job, its log's steps, its tests and its log's tail.
 //! Sending them (the App's token, the outbox) is elsewhere; this is plain
-//! data, so the tests can check it with `validate` (test-only) (the fake GitHub
-//! checks GitHub's limits with its own code: the product is not judged by
-//! its own rules).
+//! data, so the unit tests check it with their `validate`; the fake
+//! GitHub checks GitHub's limits with its own code, so the product is not
+//! judged by its own rules alone.
 //!
 //! Everything but our own words is the machine's or the tests' text, never
 //! trusted: outside fences it goes into code spans (no Markdown, HTML,
